@@ -1,0 +1,1 @@
+"""TACEResponse computation library (no Slicer import)."""

@@ -1,0 +1,42 @@
+"""Shared pytest fixtures: synthetic phantoms (SYNTHETIC data) and headless MRML scenes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def oblique_case():
+    """Oblique (rotated grid), anisotropic SYNTHETIC CT phantom."""
+    from TACEResponseLib.phantoms import make_phantom
+
+    return make_phantom("SD", shape_kji=(48, 110, 96), spacing_ijk=(0.9, 1.3, 2.5),
+                        rotation_deg=(12.0, -9.0, 27.0), seed=11)
+
+
+@pytest.fixture(scope="session")
+def axial_case():
+    from TACEResponseLib.phantoms import make_phantom
+
+    return make_phantom("PR", shape_kji=(64, 96, 96), spacing_ijk=(1.5, 1.5, 2.0), seed=5)
+
+
+@pytest.fixture()
+def mrml():
+    """A fresh headless MRML scene (slicer-core) with the logics Slicer registers."""
+    from TACEResponseLib.mrml import create_headless_scene
+
+    context = create_headless_scene()
+    yield context
+    context.scene.Clear(1)
