@@ -106,22 +106,95 @@ def _write_patch_outputs(patches, reference, out: Path, stem: str, mask=None) ->
                               orient=lambda patch: to_screen(patch, reference, axis).image)
 
 
+def _progress_printer(enabled: bool):
+    """JSON progress lines on stdout for the Slicer module's background process."""
+    import json
+
+    def report(fraction: float, stage: str) -> None:
+        if enabled:
+            print(json.dumps({"progress": round(float(fraction), 4), "stage": stage}), flush=True)
+
+    return report
+
+
+def _clinical_values(pairs: Sequence[str] | None) -> dict[str, str]:
+    values = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise TACEResponseError(f"--clinical expects NAME=VALUE, got {pair!r}")
+        name, value = pair.split("=", 1)
+        values[name.strip()] = value.strip()
+    return values
+
+
+def default_bundle_name() -> str:
+    """The first model of Resources/Models.json (the bundled SYNTHETIC demo model)."""
+    from .bundle import read_registry
+    from .errors import BundleError
+
+    entries = read_registry()
+    if not entries:
+        raise BundleError("no model registered in Resources/Models.json; pass --bundle FOLDER")
+    return entries[0].name
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict one case from files: result.json + heatmap.nrrd (+ overlay PNG) in --output."""
+    from .inference import Predictor
+    from .pipeline import predict_files
+
+    predictor = Predictor(args.bundle or default_bundle_name(), device=args.device, cam_method=args.cam)
+    result = predict_files(predictor, args.image, args.segmentation, args.output,
+                           segments=args.segment, clinical=_clinical_values(args.clinical),
+                           case_id=args.case_id, nomogram=args.nomogram, progress=_progress_printer(args.progress))
+    if args.png:
+        _write_overlay(result, args.image[0], args.segmentation, Path(args.output) / "overlay.png")
+    if not args.progress:
+        print("\n".join(result.summary_lines()))
+    return 0
+
+
+def _write_overlay(result, reference_path, segmentation_path, png: Path) -> Path:
+    from .io import read_segmentation, read_volume, segment_mask_on
+    from .report import save_prediction_png
+
+    reference = read_volume(reference_path)
+    mask = segment_mask_on(read_segmentation(segmentation_path), result.tumours[0].segment_id, reference)
+    return save_prediction_png(reference, result.heatmap, result, png, mask=mask)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Predict a cohort manifest (resumable; failing cases recorded, the batch goes on)."""
+    from .batch import run_batch
+
+    summary = run_batch(args.manifest, args.bundle or default_bundle_name(), args.output, workers=args.workers,
+                        device=args.device, progress_bar=not args.no_progress)
+    print(f"{summary.total} cases: {summary.done} predicted now, {summary.skipped} already done, "
+          f"{summary.failed} failed → {summary.summary_csv}")
+    return 0 if summary.failed == 0 else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Make the bundled SYNTHETIC demo case, cut its patches and write them (PNG + files)."""
-    from .patches import PatchSpec, extract_patches
+    """Make the SYNTHETIC demo case, predict it with the demo bundle, write result + overlay PNG."""
+    from .inference import Predictor
+    from .patches import extract_patches
     from .phantoms import make_phantom
+    from .pipeline import predict_files
 
     out = Path(args.output)
     case = make_phantom("PR", seed=args.seed, case_id="demo_case")
     paths = case.write(out / "case")
+    predictor = Predictor(args.bundle or default_bundle_name(), device=args.device)
+    images = [paths["phases"][p.name] for p in predictor.bundle.card.inputs]
+    result = predict_files(predictor, images, paths["segmentation"], out, case_id=case.case_id)
+    png = _write_overlay(result, images[0], paths["segmentation"], out / "demo_overlay.png")
+    reference = case.phases[predictor.bundle.card.inputs[0].name]
     mask = case.segmentation.mask(case.tumours[0].segment_id)
-    patches = extract_patches([case.phases["arterial"]], mask, PatchSpec(), label="Tumour")
-    png = _write_patch_outputs(patches, case.phases["arterial"], out, "demo_patches", mask=mask)
-    print(f"SYNTHETIC demo case (true class {case.label}) written to {Path(paths['case_json']).parent}")
-    for prov in patches.provenance:
-        centre = ", ".join(f"{c:.1f}" for c in prov.center_ras)
-        print(f"  patch on slice {prov.slice_index}: {prov.side_mm[0]:.1f} mm square, centre RAS ({centre})")
-    print(f"patches: {png}")
+    patches = extract_patches([reference], mask, predictor.bundle.card.patch_spec, label="Tumour")
+    _write_patch_outputs(patches, reference, out, "demo_patches", mask=mask)
+    print(f"SYNTHETIC demo case (true class {case.label}), written to {Path(paths['case_json']).parent}")
+    print("\n".join(result.summary_lines()))
+    print(f"result: {out / 'result.json'}\nheatmap: {out / 'heatmap.nrrd'}\noverlay: {png}")
     return 0
 
 
@@ -150,9 +223,39 @@ def _patches_args(p: argparse.ArgumentParser) -> None:
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="demo-output")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", action="append", required=True, metavar="PATH",
+                   help="images in the order the model lists them (reference first)")
+    p.add_argument("--segmentation", required=True, metavar="PATH", help=".seg.nrrd or labelmap")
+    p.add_argument("--segment", action="append", default=None,
+                   help="segment id or name (repeatable; default: every segment)")
+    p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
+    p.add_argument("--output", required=True, help="folder for result.json and heatmap.nrrd")
+    p.add_argument("--clinical", action="append", metavar="NAME=VALUE", help="clinical factor (repeatable)")
+    p.add_argument("--nomogram", default=None, metavar="PATH", help="nomogram file for the survival read-out")
+    p.add_argument("--case-id", default=None)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--cam", choices=["auto", "cam", "gradcam", "none"], default="auto")
+    p.add_argument("--png", action="store_true", help="also write overlay.png")
+    p.add_argument("--progress", action="store_true", help="print JSON progress lines (for the Slicer module)")
+
+
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="CSV: case_id, one column per model input, segmentation, segment")
+    p.add_argument("--bundle", default=None)
+    p.add_argument("--output", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
 
 
 _register("demo", cmd_demo, _demo_args, "run the main job on the bundled SYNTHETIC demo case")
+_register("predict", cmd_predict, _predict_args, "predict one case (result.json + heatmap.nrrd)")
+_register("batch", cmd_batch, _batch_args, "predict a cohort manifest (resumable, N workers)")
 _register("phantoms", cmd_phantoms, _phantoms_args, "write a SYNTHETIC phantom cohort + manifest.csv")
 _register("patches", cmd_patches, _patches_args, "cut tumour patches for one case (PNG + npz + provenance)")
 

@@ -125,3 +125,57 @@ def save_patch_montage(
     if suptitle:
         figure.suptitle(suptitle, fontsize=9)
     return save_figure(figure, path)
+
+
+def save_prediction_png(
+    reference: Volume,
+    heatmap: Volume,
+    result,
+    path: str | Path,
+    mask: Volume | None = None,
+    tumour_index: int = 0,
+    window: tuple[float, float] = (-160.0, 240.0),
+) -> Path:
+    """The reference slice through the tumour's first patch with the heatmap overlaid (as in
+    Slicer's foreground layer), the tumour outline, and the class probabilities beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tumour = result.tumours[tumour_index]
+    first = tumour.provenance[0]
+    axis, index = int(first["slice_axis"]), int(first["slice_index"])
+    background = display_plane(reference, reference, axis, index)
+    heat = display_plane(heatmap, reference, axis, index).image
+    figure = plt.figure(figsize=(9.5, 4.6), facecolor="white")
+    grid = figure.add_gridspec(1, 2, width_ratios=[1.15, 1.0], wspace=0.25)
+    ax = figure.add_subplot(grid[0])
+    ax.imshow(background.image, cmap="gray", vmin=window[0], vmax=window[1], aspect=background.aspect)
+    masked = np.ma.masked_where(heat <= 1e-3, heat)
+    overlay = ax.imshow(masked, cmap="inferno", vmin=0, vmax=1, alpha=0.55, aspect=background.aspect)
+    if mask is not None:
+        ax.contour(display_plane(mask, reference, axis, index).image, levels=[0.5], colors="cyan", linewidths=0.8)
+    ax.set_title(f"{reference.name} · slice {index} · heatmap of {tumour.predicted_class}", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.01, 0.01, "R", color="white", transform=ax.transAxes, fontsize=8, va="bottom")
+    ax.text(0.99, 0.01, "L", color="white", transform=ax.transAxes, fontsize=8, va="bottom", ha="right")
+    figure.colorbar(overlay, ax=ax, fraction=0.04, pad=0.02, label="CAM (relative)")
+    bars = figure.add_subplot(grid[1])
+    names = list(tumour.class_names) + (["ORR"] if tumour.objective_response_probability is not None else [])
+    values = list(tumour.probabilities) + ([tumour.objective_response_probability]
+                                           if tumour.objective_response_probability is not None else [])
+    colours = ["tab:orange" if n == tumour.predicted_class else "tab:blue" for n in tumour.class_names] + ["tab:green"]
+    positions = np.arange(len(names))[::-1]
+    bars.barh(positions, values, color=colours[: len(names)])
+    for y, value in zip(positions, values):
+        bars.text(min(value + 0.02, 0.9), y, f"{value:.2f}", va="center", fontsize=9)
+    bars.set_yticks(positions, names)
+    bars.set_xlim(0, 1)
+    bars.set_xlabel("probability")
+    bars.set_title(f"{tumour.label}: predicted {tumour.predicted_class}", fontsize=10, fontweight="bold")
+    footer = result.warning if result.synthetic_model else "Research use only."
+    figure.text(0.5, 0.005, f"{footer}  Model {result.bundle_id}.", ha="center", fontsize=8,
+                color="darkred" if result.synthetic_model else "black")
+    return save_figure(figure, path)

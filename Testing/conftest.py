@@ -40,3 +40,26 @@ def mrml():
     context = create_headless_scene()
     yield context
     context.scene.Clear(1)
+
+
+def make_random_bundle(folder, seed: int = 0, architecture: str = "resnet18", size: int = 64, inputs=("arterial",),
+                       class_names=("CR", "PR", "SD", "PD"), **card_fields):
+    """A bundle with seeded random weights (for mechanics tests; it predicts nothing real)."""
+    import torch
+
+    from TACEResponseLib.bundle import BundleCard, PhaseInput, save_bundle
+    from TACEResponseLib.models import build_network
+    from TACEResponseLib.patches import PatchSpec
+
+    torch.manual_seed(seed)
+    card = BundleCard(name=f"random-{architecture}-{seed}", version="0", architecture=architecture,
+                      class_names=list(class_names), inputs=[PhaseInput(p) for p in inputs],
+                      patch_spec=PatchSpec(size=size),
+                      training_data={"synthetic": True, "note": "random weights, test only"}, **card_fields)
+    network = build_network(architecture, len(class_names), card.in_channels, **card.network_options)
+    return save_bundle(folder, network, card)
+
+
+@pytest.fixture(scope="session")
+def random_bundle(tmp_path_factory):
+    return make_random_bundle(tmp_path_factory.mktemp("bundle") / "random", seed=0)

@@ -155,3 +155,12 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_volume(volume, tmp_path / "out.nrrd")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+
+    path = write_volume(_oblique_volume(), tmp_path / "ct.nrrd")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)

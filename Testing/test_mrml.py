@@ -82,3 +82,37 @@ def test_segment_errors(axial_case, mrml):
     seg_node.GetSegmentation().AddEmptySegment("Empty", "Empty")
     with pytest.raises(InputError, match="'Empty' is empty"):
         segment_mask_from_node(seg_node, "Empty", reference)
+
+
+def test_prediction_nodes_keep_reference_geometry_and_survive_an_mrb(random_bundle, oblique_case, mrml, tmp_path):
+    from TACEResponseLib.inference import Predictor
+    from TACEResponseLib.mrml import create_headless_scene, predict_nodes, read_result_from_scene, show_prediction
+
+    reference = volume_to_node(oblique_case.phases["arterial"], mrml.scene, "arterial")
+    seg_node = segmentation_to_node(oblique_case.segmentation, mrml.scene)
+    result, nodes = predict_nodes(Predictor(random_bundle, device="cpu"), [reference], seg_node)
+    assert result.tumours[0].segment_id == oblique_case.tumours[0].segment_id
+    heat = volume_from_node(nodes.heatmap_node)
+    np.testing.assert_array_equal(heat.ijk_to_ras, volume_from_node(reference).ijk_to_ras)
+    np.testing.assert_array_equal(heat.array, result.heatmap.array)
+    assert nodes.table_node.GetNumberOfRows() == len(result.tumours)
+    assert nodes.table_node.GetTable().GetColumnByName("P(CR)").GetValue(0) == pytest.approx(result.tumours[0].probabilities[0])
+    # a second run updates the same nodes instead of adding new ones
+    count = mrml.scene.GetNumberOfNodes()
+    show_prediction(mrml.scene, result, result.heatmap, reference, output_nodes=nodes)
+    assert mrml.scene.GetNumberOfNodes() == count
+
+    mrb = tmp_path / "scene.mrb"
+    assert mrml.scene.WriteToMRB(str(mrb))
+    loaded = create_headless_scene()
+    assert loaded.scene.ReadFromMRB(str(mrb))
+    heat_node = next(loaded.scene.GetNthNodeByClass(n, "vtkMRMLScalarVolumeNode")
+                     for n in range(loaded.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))
+                     if loaded.scene.GetNthNodeByClass(n, "vtkMRMLScalarVolumeNode").GetAttribute("TACEResponse.Heatmap"))
+    reloaded = volume_from_node(heat_node)
+    np.testing.assert_allclose(reloaded.array, result.heatmap.array)
+    np.testing.assert_allclose(reloaded.ijk_to_ras, heat.ijk_to_ras, atol=1e-9)
+    (back,) = read_result_from_scene(loaded.scene)
+    assert back.tumours[0].probabilities == result.tumours[0].probabilities
+    assert heat_node.GetDisplayNode().GetColorNode().GetName() == "TACEResponse inferno"
+    loaded.scene.Clear(1)

@@ -1,0 +1,226 @@
+"""Resumable batch prediction over a cohort manifest.
+
+Manifest CSV: ``case_id``, one column per image the bundle needs (named like its inputs,
+e.g. ``arterial``; the first is the reference), ``segmentation``, optional ``segment``, and
+clinical columns when the bundle wants them. Relative paths are relative to the manifest.
+
+Each case is written to ``<output>/cases/<case_id>/`` (``heatmap.nrrd`` then ``result.json``,
+atomically); a failing case gets ``error.json`` with its message and the batch goes on.
+Re-running skips cases whose ``result.json`` exists (failed ones are tried again), so a run
+killed at any moment resumes without losing or duplicating a case. ``summary.csv`` is
+rebuilt from the per-case files in manifest order after every case, one row per case.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import InputError, TACEResponseError
+from .io import atomic_path, write_json_atomic
+from .pipeline import RESULT_FILE, predict_files, read_result
+
+logger = logging.getLogger(__name__)
+
+ERROR_FILE = "error.json"
+SUMMARY_FILE = "summary.csv"
+_RESERVED = {"case_id", "segmentation", "segment", "label"}
+
+
+@dataclass
+class BatchCase:
+    """One manifest row resolved against the manifest's folder."""
+
+    case_id: str
+    images: list[str]
+    segmentation: str
+    segment: str | None
+    clinical: dict[str, str] = field(default_factory=dict)
+    label: str | None = None
+
+
+@dataclass
+class BatchSummary:
+    total: int
+    done: int
+    failed: int
+    skipped: int
+    summary_csv: Path
+
+
+def read_batch_manifest(path: str | Path, phases: list[str], clinical: list[str]) -> list[BatchCase]:
+    """Rows of the manifest (problems with a row's files are found when that case runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: manifest does not exist")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        missing = [c for c in ["case_id", *phases, "segmentation"] if c not in columns]
+        if missing:
+            raise InputError(f"{path}: manifest lacks column(s) {missing}; it has {columns}")
+        rows = list(reader)
+    base = path.parent
+    resolve = lambda value: str(value if os.path.isabs(value) else base / value)  # noqa: E731
+    cases = []
+    for row in rows:
+        cases.append(BatchCase(
+            case_id=row["case_id"].strip(),
+            images=[resolve(row[p].strip()) for p in phases],
+            segmentation=resolve(row["segmentation"].strip()),
+            segment=(row.get("segment") or "").strip() or None,
+            clinical={c: row[c] for c in clinical if c in row},
+            label=(row.get("label") or "").strip() or None,
+        ))
+    return cases
+
+
+# --- worker side ------------------------------------------------------------------------------
+_PREDICTOR = None
+
+
+def _init_worker(bundle_path: str, device: str, threads: int) -> None:
+    global _PREDICTOR
+    import torch
+
+    from .inference import Predictor
+
+    torch.set_num_threads(max(1, threads))
+    _PREDICTOR = Predictor(bundle_path, device=device)
+
+
+def _run_case(case: BatchCase, case_dir: str) -> dict[str, Any]:
+    """Predict one case; any user-facing error is recorded in error.json instead of raised."""
+    folder = Path(case_dir)
+    try:
+        result = predict_files(_PREDICTOR, case.images, case.segmentation, folder,
+                               segments=[case.segment] if case.segment else None,
+                               clinical=case.clinical or None, case_id=case.case_id)
+        if (folder / ERROR_FILE).exists():
+            (folder / ERROR_FILE).unlink()
+        return {"case_id": case.case_id, "status": "ok", "classes": [t.predicted_class for t in result.tumours]}
+    except (TACEResponseError, OSError, ValueError) as exc:
+        write_json_atomic(folder / ERROR_FILE, {"case_id": case.case_id, "error": str(exc), "type": type(exc).__name__})
+        return {"case_id": case.case_id, "status": "failed", "error": str(exc)}
+
+
+# --- driver -------------------------------------------------------------------------------------
+def _case_dir(output: Path, case_id: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in case_id) or "case"
+    return output / "cases" / safe
+
+
+def summary_row(case: BatchCase, output: Path) -> dict[str, Any] | None:
+    """The summary row of one case from its files (None while the case has not run)."""
+    folder = _case_dir(output, case.case_id)
+    result = read_result(folder)
+    if result is not None and result.tumours:
+        tumour = result.tumours[0]  # the index tumour: first segment / largest island
+        return {"case_id": case.case_id, "status": "ok", "label": case.label or "",
+                "tumours": len(result.tumours), "predicted": tumour.predicted_class,
+                **{f"p_{c}": f"{p:.6f}" for c, p in zip(tumour.class_names, tumour.probabilities)},
+                "p_objective_response": "" if tumour.objective_response_probability is None
+                else f"{tumour.objective_response_probability:.6f}",
+                "synthetic_model": result.synthetic_model, "error": "", "_classes": tumour.class_names}
+    if (folder / ERROR_FILE).is_file():
+        error = json.loads((folder / ERROR_FILE).read_text())
+        return {"case_id": case.case_id, "status": "failed", "label": case.label or "", "error": error["error"]}
+    return None
+
+
+def write_summary(rows: dict[str, dict[str, Any]], order: list[str], output: Path) -> Path:
+    """One row per finished or failed case, in manifest order, written atomically (never appended)."""
+    class_names = next((r["_classes"] for r in rows.values() if r and "_classes" in r), [])
+    columns = ["case_id", "status", "label", "tumours", "predicted", *[f"p_{c}" for c in class_names],
+               "p_objective_response", "synthetic_model", "error"]
+    path = output / SUMMARY_FILE
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows[case_id] for case_id in order if rows.get(case_id))
+    return path
+
+
+def run_batch(
+    manifest: str | Path,
+    bundle: str | Path,
+    output: str | Path,
+    workers: int = 1,
+    device: str = "cpu",
+    progress_bar: bool = True,
+    on_case: Callable[[dict[str, Any]], None] | None = None,
+) -> BatchSummary:
+    """Predict every case of ``manifest`` with ``bundle`` into ``output`` (resumable)."""
+    from .bundle import resolve_bundle
+
+    loaded = resolve_bundle(bundle)
+    card = loaded.card
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    cases = read_batch_manifest(manifest, [p.name for p in card.inputs], [c.name for c in card.clinical_factors])
+    _remove_stale_temporaries(output)
+    seen: set[str] = set()
+    todo, skipped = [], 0
+    for case in cases:
+        if case.case_id in seen:
+            raise InputError(f"{manifest}: case id {case.case_id!r} appears more than once")
+        seen.add(case.case_id)
+        if (_case_dir(output, case.case_id) / RESULT_FILE).is_file():
+            skipped += 1
+        else:
+            todo.append(case)
+    logger.info("%d cases: %d finished before, %d to run with %d worker(s)", len(cases), skipped, len(todo), workers)
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    by_id = {case.case_id: case for case in cases}
+    order = [case.case_id for case in cases]
+    rows = {case.case_id: summary_row(case, output) for case in cases}
+    done = failed = 0
+    for outcome in _outcomes(todo, output, str(loaded.path), device, workers, threads, progress_bar):
+        done += outcome["status"] == "ok"
+        failed += outcome["status"] == "failed"
+        rows[outcome["case_id"]] = summary_row(by_id[outcome["case_id"]], output)
+        write_summary(rows, order, output)
+        if on_case:
+            on_case(outcome)
+    summary = write_summary(rows, order, output)
+    return BatchSummary(len(cases), done, failed, skipped, summary)
+
+
+def _remove_stale_temporaries(output: Path) -> None:
+    """Temporary files left by a run that was killed mid-write (never under a final name)."""
+    for stale in (output / "cases").glob("*/.*.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
+def _outcomes(todo: list[BatchCase], output: Path, bundle_path: str, device: str, workers: int, threads: int,
+              progress_bar: bool) -> Iterator[dict[str, Any]]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="case", disable=not progress_bar, desc="predicting")
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            _init_worker(bundle_path, device, threads)
+            for case in todo:
+                yield _run_case(case, str(_case_dir(output, case.case_id)))
+                bar.update()
+            return
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # torch and fork do not mix
+        with context.Pool(workers, initializer=_init_worker, initargs=(bundle_path, device, threads)) as pool:
+            jobs = [(case, str(_case_dir(output, case.case_id))) for case in todo]
+            for outcome in pool.imap_unordered(_star_run_case, jobs):
+                yield outcome
+                bar.update()
+    finally:
+        bar.close()
+
+
+def _star_run_case(job: tuple[BatchCase, str]) -> dict[str, Any]:
+    return _run_case(*job)

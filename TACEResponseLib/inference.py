@@ -1,0 +1,288 @@
+"""Predict one case: images + tumour segment(s) + bundle → probabilities, class, heatmap.
+
+Steps (each timed): align the phases onto the reference grid, list the tumours (each segment,
+and each island of a segment when it has several), cut patches as the bundle's card says,
+one forward pass per case that also yields the CAMs, patient probability = mean over the
+tumour's patches, heatmap = the predicted class's map put back into the reference volume.
+The device is chosen automatically (CUDA, MPS, CPU) and a GPU out-of-memory falls back to
+the CPU. On the CPU results are deterministic.
+
+``progress(fraction, stage)`` is called between steps; raising
+:class:`~TACEResponseLib.errors.CancelledError` from it stops the prediction cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, resolve_bundle
+from .cam import forward_with_cam, grad_cam, normalise, project_to_volume, upsample
+from .errors import InputError
+from .geometry import Volume, check_volume, resample_to_reference
+from .io import Segmentation, segment_mask_on
+from .patches import PatchSet, extract_patches
+from .results import PredictionResult, TumourPrediction
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+STAGES = ("reading", "resampling", "patches", "forward", "cam", "survival", "writing")
+
+
+def _no_progress(fraction: float, stage: str) -> None:  # noqa: ARG001
+    return None
+
+
+@dataclass
+class TumourROI:
+    """One tumour to predict: a segment, or one island of it (islands numbered by size)."""
+
+    segment_id: str
+    segment_name: str
+    mask: Volume
+    island: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.segment_name if self.island is None else f"{self.segment_name} #{self.island}"
+
+
+def tumour_rois(
+    segmentation: Segmentation,
+    reference: Volume,
+    segments: Sequence[str] | None = None,
+    split_islands: bool = True,
+    min_island_ml: float = 0.05,
+) -> list[TumourROI]:
+    """Masks on the reference grid for the chosen segments (all when ``None``).
+
+    A segment made of several separate islands (26-connected components) becomes one tumour
+    per island of at least ``min_island_ml`` millilitres, largest first; smaller specks are
+    ignored with a log message.
+    """
+    from scipy.ndimage import label
+
+    chosen = list(segments) if segments else [s.id for s in segmentation.segments]
+    if not chosen:
+        raise InputError(f"segmentation {segmentation.name!r} has no segments; draw the tumour first")
+    voxel_ml = float(np.prod(reference.spacing)) / 1000.0
+    rois: list[TumourROI] = []
+    for key in chosen:
+        segment = segmentation.find(key)
+        mask = segment_mask_on(segmentation, key, reference)
+        if not split_islands:
+            rois.append(TumourROI(segment.id, segment.name, mask))
+            continue
+        labels, count = label(mask.array > 0, structure=np.ones((3, 3, 3), bool))
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = [n + 1 for n in np.argsort(-sizes) if sizes[n] * voxel_ml >= min_island_ml]
+        if len(keep) < count:
+            logger.info("segment %s: ignoring %d island(s) smaller than %.2f ml", segment.name, count - len(keep), min_island_ml)
+        if len(keep) <= 1:
+            island = labels == keep[0] if keep else mask.array > 0
+            rois.append(TumourROI(segment.id, segment.name, mask.with_array(island.astype(np.uint8))))
+            continue
+        for number, value in enumerate(keep, start=1):
+            rois.append(TumourROI(segment.id, segment.name, mask.with_array((labels == value).astype(np.uint8)), number))
+    return rois
+
+
+def align_phases(images: Sequence[Volume], names: Sequence[str] | None = None) -> list[Volume]:
+    """Check every phase and resample all onto the first (the reference) with linear interpolation."""
+    if not images:
+        raise InputError("no image given")
+    names = list(names or [img.name for img in images])
+    reference = check_volume(images[0], label=names[0] or "reference volume")
+    aligned = [reference]
+    for image, name in zip(images[1:], names[1:]):
+        check_volume(image, label=name)
+        aligned.append(image if image.same_geometry(reference) else resample_to_reference(image, reference))
+    return aligned
+
+
+def clinical_vector(bundle: Bundle, clinical: Mapping[str, Any] | None) -> np.ndarray | None:
+    """Standardised clinical factors in the bundle's order; every problem listed in one error."""
+    factors = bundle.card.clinical_factors
+    if not factors:
+        return None
+    clinical = clinical or {}
+    values, problems = [], []
+    for factor in factors:
+        if factor.name not in clinical or clinical[factor.name] in (None, ""):
+            problems.append(f"clinical factor {factor.name!r} ({factor.unit}) is missing")
+            continue
+        try:
+            values.append((factor.check(clinical[factor.name]) - factor.mean) / (factor.std or 1.0))
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InputError(f"model {bundle.id}: " + "; ".join(problems))
+    return np.asarray(values, np.float32)
+
+
+class Predictor:
+    """A bundle's network on a device, ready to predict cases (reuse it across a batch)."""
+
+    def __init__(self, bundle: Bundle | str | Path, device: str = "auto", cam_method: str = "auto") -> None:
+        from .device import select_device
+
+        self.bundle = bundle if isinstance(bundle, Bundle) else resolve_bundle(bundle)
+        self.device = select_device(device)
+        if cam_method not in ("auto", "cam", "gradcam", "none"):
+            raise InputError(f"cam method must be auto, cam, gradcam or none, got {cam_method!r}")
+        from .models import cam_layers
+
+        self.target_layer, self.fc_layer = cam_layers(self.bundle.card.architecture, **self.bundle.card.network_options)
+        if cam_method == "auto":
+            cam_method = "cam" if self.fc_layer else "gradcam"
+        if cam_method == "cam" and not self.fc_layer:
+            raise InputError(f"{self.bundle.card.architecture} has no linear head for CAM; use gradcam")
+        self.cam_method = cam_method
+        self._network = None
+
+    @property
+    def network(self):
+        if self._network is None:  # loaded on the CPU; _forward moves it to the device in use
+            self._network = self.bundle.load_network("cpu")
+        return self._network
+
+    def predict(
+        self,
+        images: Sequence[Volume],
+        segmentation: Segmentation,
+        segments: Sequence[str] | None = None,
+        clinical: Mapping[str, Any] | None = None,
+        case_id: str = "case",
+        progress: Progress | None = None,
+        split_islands: bool = True,
+    ) -> PredictionResult:
+        """Predict every tumour of one case; the result carries the heatmap as a Volume."""
+        progress = progress or _no_progress
+        card = self.bundle.card
+        timings: dict[str, float] = {}
+        needed = [p.name for p in card.inputs]
+        if len(images) != len(needed):
+            got = ", ".join(img.name or "?" for img in images)
+            raise InputError(f"model {self.bundle.id} needs {len(needed)} image(s) in this order: "
+                             f"{', '.join(needed)}; got {len(images)} ({got})")
+        clinical_values = clinical_vector(self.bundle, clinical)
+
+        progress(0.10, "resampling")
+        start = time.perf_counter()
+        aligned = align_phases(images, needed)
+        reference = aligned[0]
+        rois = tumour_rois(segmentation, reference, segments, split_islands=split_islands)
+        timings["resample"] = time.perf_counter() - start
+
+        progress(0.25, "patches")
+        start = time.perf_counter()
+        patch_sets: list[PatchSet] = [extract_patches(aligned, roi.mask, card.patch_spec, label=roi.label) for roi in rois]
+        timings["patches"] = time.perf_counter() - start
+
+        progress(0.45, "forward")
+        from .device import run_with_device_fallback
+
+        all_images = np.concatenate([p.images for p in patch_sets])
+        owners = np.concatenate([[n] * len(p) for n, p in enumerate(patch_sets)])
+        outcome = run_with_device_fallback(lambda device: self._forward(all_images, clinical_values, owners, device),
+                                           self.device)
+        probabilities, cams, device_used, timings["forward"], timings["cam"] = outcome
+
+        progress(0.80, "cam")
+        start = time.perf_counter()
+        heat = np.zeros(reference.shape_kji, np.float32)
+        tumours: list[TumourPrediction] = []
+        voxel_ml = float(np.prod(reference.spacing)) / 1000.0
+        for n, (roi, patches) in enumerate(zip(rois, patch_sets)):
+            rows = owners == n
+            patch_probs = probabilities[rows]
+            mean = patch_probs.mean(axis=0)
+            predicted = int(np.argmax(mean))
+            orr_idx = card.objective_response_indices
+            peak = None
+            if cams is not None:
+                maps = normalise(cams[rows][np.arange(rows.sum()), predicted] if cams.ndim == 4 else cams[rows])
+                tumour_heat = project_to_volume(maps, patches.provenance, reference)
+                np.maximum(heat, tumour_heat, out=heat)
+                peak_kji = np.unravel_index(int(np.argmax(tumour_heat)), tumour_heat.shape)
+                peak = reference.ijk_to_ras_points(np.array([peak_kji[::-1]], float))[0].tolist()
+            tumours.append(TumourPrediction(
+                segment_id=roi.segment_id,
+                segment_name=roi.segment_name,
+                island=roi.island,
+                class_names=list(card.class_names),
+                probabilities=[float(p) for p in mean],
+                predicted_class=card.class_names[predicted],
+                objective_response_probability=float(mean[orr_idx].sum()) if orr_idx else None,
+                patch_probabilities=patch_probs.astype(float).tolist(),
+                provenance=[p.to_dict() for p in patches.provenance],
+                volume_ml=float(np.count_nonzero(roi.mask.array)) * voxel_ml,
+                heatmap_peak_ras=peak,
+            ))
+        timings["cam"] += time.perf_counter() - start
+        heatmap = reference.with_array(heat, name=f"{reference.name} TACE heatmap", heatmap=True)
+        return PredictionResult(
+            case_id=case_id,
+            bundle_id=self.bundle.id,
+            bundle_sha256=card.weights_sha256,
+            synthetic_model=card.synthetic,
+            warning=card.warning,
+            device=str(device_used),
+            tumours=tumours,
+            timings={k: float(v) for k, v in timings.items()},
+            reference={"name": reference.name, "ijk_to_ras": reference.ijk_to_ras.tolist(),
+                       "shape_kji": list(reference.shape_kji)},
+            heatmap=heatmap,
+        )
+
+    def _forward(self, images: np.ndarray, clinical: np.ndarray | None, owners: np.ndarray, device):
+        """Probabilities ``(N, classes)`` and maps: CAM ``(N, classes, S, S)`` or Grad-CAM ``(N, S, S)``."""
+        import torch
+
+        network = self.network.to(device)
+        x = torch.from_numpy(images).to(device)
+        c = None if clinical is None else torch.from_numpy(np.repeat(clinical[None], len(images), 0)).to(device)
+        size = images.shape[-1]
+        start = time.perf_counter()
+        cams = None
+        with torch.inference_mode():
+            if self.cam_method == "cam":
+                out = forward_with_cam(network, x, self.target_layer, self.fc_layer, clinical=c)
+                logits = out.logits
+                n, k, h, w = out.cams.shape
+                cams = upsample(out.cams.reshape(n * k, h, w), size).reshape(n, k, size, size)
+            else:
+                logits = network(x) if c is None else network(x, c)
+            probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        forward_s = time.perf_counter() - start
+        start = time.perf_counter()
+        if self.cam_method == "gradcam":
+            # the class explained is each tumour's predicted class (mean over its patches)
+            predicted = np.zeros(len(images), int)
+            for owner in np.unique(owners):
+                predicted[owners == owner] = int(np.argmax(probabilities[owners == owner].mean(axis=0)))
+            cams = grad_cam(network, x.clone(), self.target_layer, predicted, clinical=c)
+        cam_np = None if cams is None else cams.detach().float().cpu().numpy()
+        return probabilities, cam_np, device, forward_s, time.perf_counter() - start
+
+
+def predict_case(
+    images: Sequence[Volume],
+    segmentation: Segmentation,
+    bundle: Bundle | str | Path,
+    segments: Sequence[str] | None = None,
+    clinical: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    case_id: str = "case",
+    progress: Progress | None = None,
+    cam_method: str = "auto",
+) -> PredictionResult:
+    """One-call prediction (builds a :class:`Predictor`; reuse one for many cases)."""
+    return Predictor(bundle, device=device, cam_method=cam_method).predict(
+        images, segmentation, segments=segments, clinical=clinical, case_id=case_id, progress=progress)

@@ -1,0 +1,109 @@
+"""Batch prediction: broken cases recorded, the run goes on; a SIGKILLed run resumes exactly."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from TACEResponseLib.io import Segmentation, write_segmentation
+from TACEResponseLib.phantoms import make_cohort
+
+N_CASES = 30
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cohort")
+    manifest = make_cohort(N_CASES, folder, shape_kji=(36, 64, 64), seed=500, tumour_radius_mm=(8.0, 11.0))
+    rows = list(csv.DictReader(open(manifest)))
+    # three broken cases: a missing file, an unreadable file, an empty segment
+    rows[4]["arterial"] = "does_not_exist.nrrd"
+    (folder / "garbage.nrrd").write_text("NRRD0004\nthis is not an image\n")
+    rows[11]["arterial"] = "garbage.nrrd"
+    grid = make_cohort(1, None, shape_kji=(36, 64, 64), seed=999)[0].reference
+    write_segmentation(Segmentation.from_masks(grid, {"Tumour": np.zeros(grid.shape_kji, bool)}), folder / "empty.seg.nrrd")
+    rows[20]["segmentation"] = "empty.seg.nrrd"
+    rows[20]["segment"] = "Segment_1"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest, {rows[4]["case_id"]: "does not exist", rows[11]["case_id"]: "cannot be read",
+                      rows[20]["case_id"]: "is empty"}
+
+
+def _batch_command(manifest: Path, bundle: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "TACEResponseLib.cli", "batch", "--manifest", str(manifest), "--bundle", str(bundle),
+            "--output", str(output), "--workers", "1", "--no-progress"]
+
+
+def _summary(output: Path) -> list[dict]:
+    return list(csv.DictReader(open(output / "summary.csv")))
+
+
+def test_killed_batch_resumes_without_losing_or_duplicating_cases(cohort, random_bundle, tmp_path):
+    manifest, broken = cohort
+    output = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(_batch_command(manifest, random_bundle.path, output), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(output.glob("cases/*/result.json"))) < N_CASES // 2:
+        if process.poll() is not None:
+            pytest.fail("the batch finished before it could be killed; make the cohort slower")
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_before = len(list(output.glob("cases/*/result.json")))
+    assert 0 < finished_before < N_CASES
+
+    rerun = subprocess.run(_batch_command(manifest, random_bundle.path, output), env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 1, rerun.stderr  # 1 = finished, some cases failed
+    assert f"{N_CASES} cases" in rerun.stdout and "already done" in rerun.stdout
+    rows = _summary(output)
+    assert len(rows) == N_CASES
+    assert len({r["case_id"] for r in rows}) == N_CASES
+    failed = {r["case_id"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert set(failed) == set(broken)
+    for case_id, words in broken.items():
+        assert words in failed[case_id]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == N_CASES - 3
+    for row in ok:
+        probabilities = [float(row[f"p_{c}"]) for c in ("CR", "PR", "SD", "PD")]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert not list(output.glob("cases/*/.*.tmp*")), "stale temporary files left behind"
+    # a third run has nothing left to do but the failed cases, and changes nothing else
+    again = subprocess.run(_batch_command(manifest, random_bundle.path, output), env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert f"{N_CASES - 3} already done" in again.stdout
+    assert _summary(output) == rows
+
+
+def test_slicer_batch_script_writes_scenes(random_bundle, tmp_path):
+    """The --python-script entry point runs as a plain file (as Slicer runs it) and writes .mrb scenes."""
+    from TACEResponseLib.mrml import create_headless_scene, read_result_from_scene
+
+    manifest = make_cohort(2, tmp_path / "cohort", shape_kji=(36, 64, 64), seed=42, tumour_radius_mm=(8.0, 11.0))
+    script = Path(__file__).resolve().parents[1] / "TACEResponseLib" / "slicer_batch.py"
+    run = subprocess.run([sys.executable, str(script), "--manifest", str(manifest), "--bundle", str(random_bundle.path),
+                          "--output", str(tmp_path / "out"), "--device", "cpu", "--scenes"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    scenes = sorted((tmp_path / "out").glob("cases/*/scene.mrb"))
+    assert len(scenes) == 2
+    context = create_headless_scene()
+    assert context.scene.ReadFromMRB(str(scenes[0]))
+    assert context.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+    (result,) = read_result_from_scene(context.scene)
+    assert result.case_id == "case0042"
+    context.scene.Clear(1)

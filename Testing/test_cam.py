@@ -1,0 +1,102 @@
+"""CAM: one pass, equal to an independent computation, and put back exactly into the volume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from TACEResponseLib.cam import forward_with_cam, normalise, project_to_volume, upsample
+from TACEResponseLib.inference import Predictor
+from TACEResponseLib.patches import PatchSpec, extract_patches
+from TACEResponseLib.phantoms import make_phantom
+
+
+@pytest.mark.parametrize("architecture, target, fc", [("resnet18", "layer4", "fc"),
+                                                       ("densenet121", "class_layers.relu", "class_layers.out")])
+def test_single_pass_cam_equals_hooked_features_times_head_weights(architecture, target, fc):
+    from monai.visualize import CAM
+
+    from TACEResponseLib.models import build_network
+
+    torch.manual_seed(1)
+    model = build_network(architecture, 4, 3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = forward_with_cam(model, x, target, fc)
+        # reference 1: our own hook + explicit loops over classes and channels
+        feats = []
+        handle = model.get_submodule(target).register_forward_hook(lambda m, i, o: feats.append(o))
+        logits = model(x)
+        handle.remove()
+        weight = model.get_submodule(fc).weight
+        manual = torch.stack([sum(weight[k, c] * feats[0][:, c] for c in range(weight.shape[1]))
+                              for k in range(weight.shape[0])], dim=1)
+    torch.testing.assert_close(out.logits, logits)
+    torch.testing.assert_close(out.cams, manual, rtol=1e-4, atol=1e-4)
+    # reference 2: MONAI's CAM without post-processing applies the head *with* its bias
+    monai_cam = CAM(nn_module=model, target_layers=target, fc_layers=fc,
+                    upsampler=lambda size: (lambda t: t), postprocessing=lambda t: t)
+    bias = model.get_submodule(fc).bias
+    for k in range(4):
+        raw = monai_cam(x, class_idx=torch.tensor([k, k]))[:, 0]
+        torch.testing.assert_close(raw - bias[k], out.cams[:, k], rtol=1e-4, atol=1e-4)
+
+
+def test_projection_is_the_exact_inverse_of_the_patch_sampling():
+    """Project a map whose value is the patch column u; every hot voxel must carry its own u,
+    computed independently from RAS and the patch corners."""
+    case = make_phantom("SD", shape_kji=(48, 100, 90), spacing_ijk=(0.8, 1.3, 2.4), rotation_deg=(14, -9, 33), seed=8)
+    reference = case.phases["arterial"]
+    mask = case.segmentation.mask(case.tumours[0].segment_id)
+    patches = extract_patches([reference], mask, PatchSpec(size=40, strategy="centroid", fov_mm=50.0))
+    prov = patches.provenance[0]
+    u_map = np.tile(np.arange(40, dtype=np.float32), (40, 1)) + 1.0  # +1: keep it positive
+    heat = project_to_volume(u_map[None], patches.provenance, reference)
+    kji = np.argwhere(heat > 0)
+    assert len(kji) > 100
+    ras = reference.ijk_to_ras_points(kji[:, ::-1].astype(float))
+    top_left, top_right = prov.corners_ras[0], prov.corners_ras[1]
+    along = (top_right - top_left) / np.linalg.norm(top_right - top_left)
+    u_expected = (ras - top_left) @ along / (np.linalg.norm(top_right - top_left) / 40) - 0.5
+    values = heat[tuple(kji.T)]
+    interior = (u_expected > 0) & (u_expected < 39)
+    np.testing.assert_allclose(values[interior], u_expected[interior] + 1.0, atol=1e-3)
+    # only the patch's slice is touched
+    assert set(kji[:, prov.slice_axis]) == {prov.slice_index}
+
+
+def test_heatmap_lands_on_the_tumour_in_ras_for_an_oblique_anisotropic_case(random_bundle):
+    case = make_phantom("PR", shape_kji=(48, 110, 96), spacing_ijk=(0.9, 1.3, 2.5), rotation_deg=(12, -9, 27), seed=11)
+    result = Predictor(random_bundle, device="cpu").predict([case.phases["arterial"]], case.segmentation)
+    heat = result.heatmap
+    assert heat.same_geometry(case.reference)
+    hot = np.argwhere(heat.array > 0.05)
+    assert len(hot) > 50
+    # independent truth: the generator's ellipsoid in RAS (not the voxel mask)
+    tumour = case.tumours[0]
+    ras = heat.ijk_to_ras_points(hot[:, ::-1].astype(float))
+    radius = np.sqrt((((ras - tumour.center_ras) / tumour.semi_axes_mm) ** 2).sum(axis=1))
+    voxel_margin = float(np.linalg.norm(heat.spacing)) / min(tumour.semi_axes_mm)
+    assert np.all(radius <= 1.0 + voxel_margin), "a hot voxel lies outside the tumour in RAS"
+    assert 0.0 <= heat.array.min() and heat.array.max() == pytest.approx(1.0)
+
+
+def test_randomised_weights_give_a_different_heatmap(random_bundle, tmp_path):
+    from conftest import make_random_bundle
+
+    other = make_random_bundle(tmp_path / "other", seed=123)
+    case = make_phantom("SD", shape_kji=(48, 96, 96), seed=4)
+    a = Predictor(random_bundle, device="cpu").predict([case.phases["arterial"]], case.segmentation).heatmap.array
+    b = Predictor(other, device="cpu").predict([case.phases["arterial"]], case.segmentation).heatmap.array
+    support = (a > 0) | (b > 0)
+    correlation = np.corrcoef(a[support], b[support])[0, 1]
+    assert correlation < 0.9
+
+
+def test_normalise_and_upsample():
+    maps = np.array([[[-1.0, 2.0], [4.0, 0.0]]])
+    np.testing.assert_allclose(normalise(maps), [[[0, 0.5], [1.0, 0]]])
+    up = upsample(torch.tensor(maps, dtype=torch.float32), 8)
+    assert up.shape == (1, 8, 8)
+    assert float(up.mean()) == pytest.approx(float(maps.mean()), rel=1e-5)  # bilinear, align_corners=False
