@@ -165,6 +165,26 @@ def check_volume(volume: Volume, label: str | None = None, allow_nan: bool = Fal
     return volume
 
 
+def crop(volume: Volume, lo_kji: Sequence[int], hi_kji: Sequence[int]) -> Volume:
+    """The sub-volume ``array[lo:hi]`` (a view) with its own exact IJK→RAS (origin moved to ``lo``)."""
+    lo = np.clip(np.asarray(lo_kji, int), 0, volume.shape_kji)
+    hi = np.clip(np.asarray(hi_kji, int), lo, volume.shape_kji)
+    matrix = volume.ijk_to_ras.copy()
+    matrix[:3, 3] = volume.ijk_to_ras_points(lo[::-1][None].astype(float))[0]
+    array = volume.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    return Volume(array, matrix, volume.name, {**volume.metadata, "crop_offset_kji": lo.tolist()})
+
+
+def bounding_box(mask: np.ndarray, margin_kji: Sequence[int] = (0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` index box (hi exclusive) of the non-zero voxels, grown by ``margin_kji``, clipped."""
+    present = [np.nonzero(np.any(mask, axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1))]
+    if any(p.size == 0 for p in present):
+        raise InputError("bounding box of an empty mask")
+    lo = np.array([p[0] for p in present]) - np.asarray(margin_kji, int)
+    hi = np.array([p[-1] + 1 for p in present]) + np.asarray(margin_kji, int)
+    return np.clip(lo, 0, mask.shape), np.clip(hi, 0, mask.shape)
+
+
 def overlap_fraction(a: Volume, b: Volume) -> float:
     """Fraction of ``a``'s RAS bounding box volume that ``b``'s bounding box covers."""
     box_a, box_b = a.bounds_ras(), b.bounds_ras()

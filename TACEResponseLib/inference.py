@@ -24,9 +24,9 @@ import numpy as np
 from .bundle import Bundle, resolve_bundle
 from .cam import forward_with_cam, grad_cam, normalise, project_to_volume, upsample
 from .errors import InputError
-from .geometry import Volume, check_volume, resample_to_reference
+from .geometry import Volume, bounding_box, check_volume, resample_to_reference
 from .io import Segmentation, segment_mask_on
-from .patches import PatchSet, extract_patches
+from .patches import PatchSet, patches_for_case
 from .results import PredictionResult, TumourPrediction
 
 logger = logging.getLogger(__name__)
@@ -79,17 +79,21 @@ def tumour_rois(
         if not split_islands:
             rois.append(TumourROI(segment.id, segment.name, mask))
             continue
-        labels, count = label(mask.array > 0, structure=np.ones((3, 3, 3), bool))
+        lo, hi = bounding_box(mask.array > 0)  # label only the segment's box: fast on large volumes
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        labels, count = label(mask.array[box] > 0, structure=np.ones((3, 3, 3), bool))
         sizes = np.bincount(labels.ravel())[1:]
         keep = [n + 1 for n in np.argsort(-sizes) if sizes[n] * voxel_ml >= min_island_ml]
+        keep = keep or [int(np.argmax(sizes)) + 1]  # only specks: keep the largest, patches will judge its size
         if len(keep) < count:
             logger.info("segment %s: ignoring %d island(s) smaller than %.2f ml", segment.name, count - len(keep), min_island_ml)
-        if len(keep) <= 1:
-            island = labels == keep[0] if keep else mask.array > 0
-            rois.append(TumourROI(segment.id, segment.name, mask.with_array(island.astype(np.uint8))))
+        if len(keep) <= 1 and len(keep) == count:
+            rois.append(TumourROI(segment.id, segment.name, mask))
             continue
         for number, value in enumerate(keep, start=1):
-            rois.append(TumourROI(segment.id, segment.name, mask.with_array((labels == value).astype(np.uint8)), number))
+            island = np.zeros(mask.shape_kji, np.uint8)
+            island[box] = labels == value
+            rois.append(TumourROI(segment.id, segment.name, mask.with_array(island), number if len(keep) > 1 else None))
     return rois
 
 
@@ -175,15 +179,15 @@ class Predictor:
 
         progress(0.10, "resampling")
         start = time.perf_counter()
-        aligned = align_phases(images, needed)
-        reference = aligned[0]
+        reference = check_volume(images[0], label=needed[0])
         rois = tumour_rois(segmentation, reference, segments, split_islands=split_islands)
-        timings["resample"] = time.perf_counter() - start
+        timings["segments"] = time.perf_counter() - start
 
         progress(0.25, "patches")
-        start = time.perf_counter()
-        patch_sets: list[PatchSet] = [extract_patches(aligned, roi.mask, card.patch_spec, label=roi.label) for roi in rois]
-        timings["patches"] = time.perf_counter() - start
+        named = [img if img.name == name else Volume(img.array, img.ijk_to_ras, name, img.metadata)
+                 for img, name in zip(images, needed)]
+        patch_sets: list[PatchSet] = patches_for_case(named, [roi.mask for roi in rois], card.patch_spec,
+                                                      labels=[roi.label for roi in rois], timings=timings)
 
         progress(0.45, "forward")
         from .device import run_with_device_fallback

@@ -148,13 +148,21 @@ def test_property_largest_slice_patches(blob):
     volume = Volume(np.zeros(mask_array.shape, np.float32), ijk_to_ras_from(spacing, rotation_matrix([0, 0, 17])))
     mask = volume.with_array(mask_array)
     spec = PatchSpec(size=16, min_square_mm=0.1)
-    patches = extract_patches([volume], mask, spec)
     col_mm, row_mm = spacing[0], spacing[1]
+    try:
+        patches = extract_patches([volume], mask, spec)
+    except InputError:  # refused only if no slice holds any box that is square in mm
+        assert all(_brute_force_largest_h(plane.astype(bool), row_mm, col_mm) == 0 for plane in mask_array)
+        return
     areas = mask_array.reshape(mask_array.shape[0], -1).sum(axis=1).astype(int)
     largest = int(np.argmax(areas))
-    present = [k for k in range(len(areas)) if areas[k] > 0 and k != largest]
+    fitting = [k for k in range(len(areas)) if _brute_force_largest_h(mask_array[k].astype(bool), row_mm, col_mm)]
+    present = [k for k in fitting if k != largest]
     nearest = sorted(present, key=lambda k: (abs(k - largest), -areas[k], k))[: spec.n_slices - 1]
-    assert [p.slice_index for p in patches.provenance] == [largest] + nearest
+    expected = ([largest] if largest in fitting else []) + nearest
+    if largest not in fitting:  # the largest slice holds no square: the next nearest one is used instead
+        expected = sorted(fitting, key=lambda k: (abs(k - largest), -areas[k], k))[: spec.n_slices]
+    assert [p.slice_index for p in patches.provenance] == expected
     for prov in patches.provenance:
         plane = mask_array[prov.slice_index]
         r0, c0, h, w = (int(v) for v in prov.box)
@@ -197,3 +205,23 @@ def _shift(mm: float) -> np.ndarray:
     shift = np.zeros((4, 4))
     shift[0, 3] = mm
     return shift
+
+
+@pytest.mark.parametrize("strategy", ["largest_slice", "centroid"])
+def test_case_patches_from_the_working_region_equal_whole_volume_patches(oblique_case, strategy):
+    from TACEResponseLib.geometry import resample_to_reference
+    from TACEResponseLib.patches import patches_for_case
+
+    reference = oblique_case.phases["arterial"]
+    portal = oblique_case.phases["portal"]
+    shifted = Volume(portal.array, portal.ijk_to_ras + _shift(0.37), "portal")  # another grid: must be resampled
+    mask = _mask(oblique_case)
+    spec = PatchSpec(strategy=strategy, size=48, fov_mm=40.0)
+    (region_patches,) = patches_for_case([reference, shifted], [mask], spec)
+    whole = extract_patches([reference, resample_to_reference(shifted, reference)], mask, spec)
+    for a, b in zip(region_patches.provenance, whole.provenance):
+        assert a.slice_index == b.slice_index and a.box == pytest.approx(b.box, abs=1e-9)
+        np.testing.assert_allclose(a.patch_to_ijk, b.patch_to_ijk, atol=1e-9)
+        np.testing.assert_allclose(a.patch_to_ras, b.patch_to_ras, atol=1e-9)
+    np.testing.assert_allclose(region_patches.images[:, 0], whole.images[:, 0], atol=1e-6)  # same pixels, float rounding
+    np.testing.assert_allclose(region_patches.images[:, 1], whole.images[:, 1], atol=1e-4)
