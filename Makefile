@@ -29,3 +29,11 @@ benchmarks: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+
+# Re-create the SYNTHETIC demo model bundle (phantom cohorts → `tace-response train` →
+# held-out `tace-response evaluate` → Resources/Models.json). Seeded and deterministic on the
+# CPU; a few minutes on 2 cores. Intermediate files (cohorts, checkpoint, patch cache,
+# held-out report + PNGs) go to build/demo-bundle, which is not committed.
+DEMO_BUNDLE ?= Resources/Models/TACEResponse-demo-synthetic-ct
+demo-bundle: $(STAMP)
+	$(VENV)/bin/tace-response make-demo-bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2

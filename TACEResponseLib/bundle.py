@@ -110,6 +110,15 @@ class BundleCard:
     def in_channels(self) -> int:
         return self.patch_spec.channels_for(len(self.inputs))
 
+    def clinical_scaler(self):
+        """The z-scoring of the clinical factors, as fitted on the training set (None if none)."""
+        if not self.clinical_factors:
+            return None
+        from .models import ClinicalScaler
+
+        return ClinicalScaler([f.name for f in self.clinical_factors], [f.mean for f in self.clinical_factors],
+                              [f.std or 1.0 for f in self.clinical_factors])
+
     @property
     def objective_response_indices(self) -> list[int]:
         """Indices of CR and PR (mRECIST), or of 'responder' for a binary responder model."""
@@ -215,7 +224,10 @@ def save_bundle(path: str | os.PathLike, network, card: BundleCard) -> Bundle:
     (path / WEIGHTS_FILE).parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     with atomic_path(path / WEIGHTS_FILE) as tmp:
-        torch.save(state, tmp)
+        # through a handle: torch.save(path) names the zip's inner folder after the (random
+        # temporary) file name, so identical weights would get a different sha256 each time
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
     card.weights_sha256 = sha256_of(path / WEIGHTS_FILE)
     write_json_atomic(path / CARD_FILE, card.to_dict())
     write_text_atomic(path / DOC_FILE, card_markdown(card))

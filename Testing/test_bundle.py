@@ -71,3 +71,12 @@ def test_registry_checksum_must_match(random_bundle, tmp_path, monkeypatch):
     (resources / "Models.json").write_text(json.dumps({"models": [entry]}))
     with pytest.raises(BundleError, match="differs from Resources/Models.json"):
         resolve_bundle("rb")
+
+
+def test_saving_the_same_weights_twice_gives_the_same_checksum(random_bundle, tmp_path):
+    from TACEResponseLib.bundle import save_bundle
+
+    network = random_bundle.load_network()
+    a = save_bundle(tmp_path / "a", network, random_bundle.card)
+    b = save_bundle(tmp_path / "b", network, random_bundle.card)
+    assert a.card.weights_sha256 == b.card.weights_sha256 == sha256_of(tmp_path / "b" / WEIGHTS_FILE)
