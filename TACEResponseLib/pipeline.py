@@ -54,7 +54,8 @@ def predict_files(
     if nomogram is not None:
         progress(0.85, "survival")
         start = time.perf_counter()
-        result.survival = patient_survival(nomogram, result, clinical or {})
+        result.survival = patient_survival(nomogram, result, clinical or {}, images=images,
+                                           segmentation=segmentation, segments=segments, device=str(predictor.device))
         result.timings["survival"] = time.perf_counter() - start
     progress(0.90, "writing")
     start = time.perf_counter()
@@ -69,18 +70,37 @@ def predict_files(
     return result
 
 
-def patient_survival(nomogram: Any, result: PredictionResult, clinical: Mapping[str, Any]) -> dict[str, Any]:
-    """The patient's nomogram read-out as a plain dict (points, total, survival, risk group, curve).
+def patient_survival(
+    nomogram: Any,
+    result: PredictionResult,
+    clinical: Mapping[str, Any],
+    images: Sequence[Any] | Mapping[str, Any] | None = None,
+    segmentation: Any = None,
+    segments: Sequence[str] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The patient's nomogram read-out as a plain dict (the ``survival`` of ``result.json``).
 
-    ``nomogram`` is a :class:`TACEResponseLib.survival.nomogram.Nomogram` or a path to one.
-    Variables the nomogram needs come from the clinical values and, for the deep-learning
-    signature, from ``clinical["signature"]`` (computed by the survival pipeline).
+    ``nomogram`` is a ``survival_model.json`` written by ``tace-response survival`` (or its
+    :class:`~TACEResponseLib.survival.features.SurvivalModel`), or a bare nomogram JSON /
+    :class:`~TACEResponseLib.survival.nomogram.Nomogram`. When the nomogram uses the
+    deep-learning signature, it is computed from the case itself: the DenseNet-121 features of
+    ``images`` (Volumes named by phase, e.g. the ones the prediction read) in the tumour segment
+    (the first of ``segments``, else the first predicted tumour's) with the settings and weights
+    saved at fitting time, scored by the saved signature. Clinical variables come from
+    ``clinical`` (labels such as BCLC ``B`` or codes; a missing, non-numeric or out-of-range
+    value is an :class:`~TACEResponseLib.errors.InputError` naming the variable). Keys: points
+    per variable, total points, linear predictor, survival at 12/24/36 months, risk group and
+    the ``curve`` (times, survival) that :func:`TACEResponseLib.mrml.show_survival` plots.
     """
-    from .survival.nomogram import Nomogram
+    from .survival.features import load_survival_model
 
-    if not isinstance(nomogram, Nomogram):
-        nomogram = Nomogram.load(nomogram)
-    return nomogram.patient(dict(clinical)).to_dict()
+    model = load_survival_model(nomogram)
+    segment = segments[0] if segments else (result.tumours[0].segment_id if result.tumours else None)
+    needs_images = model.uses_signature and model.features is not None
+    return model.patient(clinical or {}, images=images if needs_images else None,
+                         segmentation=segmentation if needs_images else None, segment=segment,
+                         case_id=result.case_id, device=device)
 
 
 def read_result(output_dir: str | Path) -> PredictionResult | None:

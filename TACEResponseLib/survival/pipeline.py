@@ -66,6 +66,8 @@ class SurvivalConfig:
     validation_fraction: float = 0.3
     seed: int = 0
     signature_name: str = "signature"
+    #: shown on every figure and saved with the signature/nomograms (e.g. "SYNTHETIC phantom cohort")
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,13 +180,15 @@ def run_survival_pipeline(
         max_features=config.max_signature_features, seed=config.seed, name=config.signature_name,
     )
     signature = signature_fit.signature
+    if config.note:
+        signature.note = f"{config.note} {signature.note}"
     files["signature"] = signature.save(output_dir / "signature.json").name
     table = table.assign(**{config.signature_name: signature.score(feats)})
     cohorts = {"training": table}
     if val_table is not None:
         cohorts["validation"] = val_table.assign(**{config.signature_name: signature.score(val_feats)})
 
-    nomogram_options = dict(labels=config.labels, levels=config.levels, survival_times=config.survival_times,
+    nomogram_options = dict(labels=config.labels, levels=config.levels, survival_times=config.survival_times, note=config.note,
                             time_unit=config.time_unit)
     selections: dict[str, CoxSelection] = {}
     nomograms: dict[str, Nomogram] = {}
@@ -229,7 +233,7 @@ def run_survival_pipeline(
         "example_patient": {"case_id": str(example_id), **patient.to_dict()},
         "files": files,
     })
-    report = evaluate_models(nomograms, cohorts, output_dir, training="training", n_boot=config.n_boot,
+    report = evaluate_models(nomograms, cohorts, output_dir, training="training", n_boot=config.n_boot, figure_note=config.note,
                              seed=config.seed, n_calibration_groups=config.n_calibration_groups, extra=extra)
     files["report"] = "report.json"
     return SurvivalPipelineResult(output_dir, signature_fit, selections, nomograms, report, files, kept_features)

@@ -52,6 +52,7 @@ def evaluate_models(
     n_calibration_groups: int = 4,
     report_name: str = "report.json",
     extra: Mapping[str, Any] | None = None,
+    figure_note: str = "",
 ) -> dict[str, Any]:
     """Evaluate each model on each cohort; write PNGs and ``report_name`` into ``output_dir``.
 
@@ -64,6 +65,7 @@ def evaluate_models(
         raise InputError(f"survival report: training cohort {training!r} not among cohorts {list(cohorts)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    suffix = f"\n{figure_note}" if figure_note else ""
     report: dict[str, Any] = {"note": REPORT_NOTE, "n_boot": n_boot, "seed": seed, "models": {}, "summary": []}
 
     for model_name, nomogram in models.items():
@@ -98,14 +100,14 @@ def evaluate_models(
             tag = f"{slug}_{_slug(cohort_name)}"
             figures = {
                 "calibration": plot_calibration(
-                    calib, output_dir / f"calibration_{tag}.png", title=f"{model_name} — {cohort_name}"
+                    calib, output_dir / f"calibration_{tag}.png", title=f"{model_name} — {cohort_name}{suffix}"
                 ).name,
             }
             strat = None
             if len(set(groups)) > 1:
                 strat = kaplan_meier_logrank(time, event, groups, cutoff=nomogram.risk_cutoff, time_unit=nomogram.time_unit)
                 figures["kaplan_meier"] = plot_kaplan_meier(
-                    time, event, groups, output_dir / f"km_{tag}.png", title=f"{model_name} — {cohort_name}: risk groups",
+                    time, event, groups, output_dir / f"km_{tag}.png", title=f"{model_name} — {cohort_name}: risk groups{suffix}",
                     logrank_p=strat.logrank_p, time_unit=nomogram.time_unit,
                 ).name
             else:
