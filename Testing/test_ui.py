@@ -1,0 +1,193 @@
+"""The panel's .ui against the code that uses it, and an offscreen rendering of the filled panel.
+
+The names the code looks up are parsed from the sources (``self.ui.<name>`` in TACEResponse.py,
+``ui.<name>`` in TACEResponseLib/panel.py, the control groups), so these tests follow the code.
+TACEResponse.py itself cannot be imported outside Slicer; it is read with ``ast``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from TACEResponseLib import panel  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+UI_FILE = REPO / "TACEResponse" / "Resources" / "UI" / "TACEResponse.ui"
+MODULE_FILE = REPO / "TACEResponse" / "TACEResponse.py"
+PANEL_FILE = REPO / "TACEResponseLib" / "panel.py"
+MODULE_SOURCE = MODULE_FILE.read_text(encoding="utf-8")
+HEAVY = {"torch", "monai", "lifelines", "pandas", "matplotlib", "sklearn", "sksurv", "torchvision"}
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    """objectName → <widget> element of every widget in the .ui."""
+    return {w.get("name"): w for w in ET.parse(UI_FILE).getroot().iter("widget")}
+
+
+def bound_parameters() -> dict[str, tuple[str, str]]:
+    """SlicerParameterName → (widget objectName, widget class) from the .ui."""
+    bound = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                assert prop.get("stdset") == "0", f"{name}: SlicerParameterName must be a dynamic property"
+                bound[prop.findtext("string")] = (name, widget.get("class"))
+    return bound
+
+
+def parameter_fields() -> dict[str, str]:
+    """Field name → annotation source of TACEResponseParameterNode (parsed, not imported)."""
+    tree = ast.parse(MODULE_SOURCE)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TACEResponseParameterNode")
+    assert any(ast.unparse(d) == "parameterNodeWrapper" for d in cls.decorator_list)
+    return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+@pytest.fixture(scope="module")
+def qapp():
+    from PySide6.QtWidgets import QApplication
+
+    return QApplication.instance() or QApplication(["test_ui"])
+
+
+def test_ui_loads_with_plain_quiloader(qapp):
+    """Slicer's custom classes fall back to their base classes; every named widget is created."""
+    from PySide6.QtCore import QFile
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QWidget
+
+    handle = QFile(str(UI_FILE))
+    assert handle.open(QFile.ReadOnly)
+    root = QUiLoader().load(handle)
+    handle.close()
+    assert root is not None and root.objectName() == "TACEResponse"
+    created = {w.objectName() for w in root.findChildren(QWidget)}
+    assert set(ui_widgets()) - {"TACEResponse"} <= created
+    assert root.findChild(QWidget, "referenceVolumeSelector").property("SlicerParameterName") == "referenceVolume"
+
+
+def test_every_widget_the_code_uses_exists_in_the_ui():
+    used = set(re.findall(r"\bself\.ui\.([A-Za-z_]\w*)", MODULE_SOURCE))
+    used |= set(re.findall(r"\bui\.([A-Za-z_]\w*)", PANEL_FILE.read_text(encoding="utf-8")))
+    used |= {name for names in panel.CONTROL_GROUPS.values() for name in names}
+    used |= {f"{kind}{i}" for kind in ("probabilityLabel", "probabilityBar") for i in range(panel.PROBABILITY_BARS)}
+    assert len(used) > 30, "the regex no longer finds the widget look-ups"
+    missing = sorted(used - set(ui_widgets()))
+    assert not missing, f"used by the code but not in {UI_FILE.name}: {missing}"
+
+
+def test_every_widget_has_a_name_and_sections_exist():
+    widgets = ui_widgets()
+    assert all(name for name in widgets), "a widget without objectName"
+    sections = {w.findtext("property[@name='text']/string") for w in widgets.values()
+                if w.get("class") == "ctkCollapsibleButton"}
+    assert sections == {"Inputs", "Model", "Clinical factors", "Advanced", "Results"}
+
+
+# which widget class can show which field type (what parameterNodeWrapper's GUI connectors accept)
+CONNECTORS = {
+    "qMRMLNodeComboBox": r"^vtkMRML\w+Node$",
+    "QCheckBox": r"^bool$",
+    "ctkSliderWidget": r"^Annotated\[float, WithinRange\(",
+    "QDoubleSpinBox": r"^(float|Annotated\[float, .*)$",
+    "QComboBox": r"^Annotated\[\w+, Choice\(",
+    "ctkPathLineEdit": r"^Path$",
+    "QLineEdit": r"^str$",
+}
+
+
+def test_every_bound_widget_names_a_parameter_field_of_a_type_it_can_show():
+    fields = parameter_fields()
+    bound = bound_parameters()
+    assert len(bound) >= 7
+    for parameter, (widget, cls) in bound.items():
+        assert parameter in fields, f"{widget}: SlicerParameterName {parameter!r} is not a field of the parameter node"
+        assert re.match(CONNECTORS[cls], fields[parameter]), f"{widget} ({cls}) cannot show {parameter}: {fields[parameter]}"
+
+
+def test_parameter_node_holds_every_input_and_setting():
+    fields = parameter_fields()
+    needed = {"referenceVolume", "phaseVolumes", "segmentationNode", "segmentId", "modelName", "modelPath",
+              "nomogramPath", "clinicalValues", "device", "heatmapVisible", "heatmapOpacity", "heatmapColormap",
+              "heatmapNode", "resultTableNode", "survivalTableNode", "survivalChartNode"}
+    assert needed <= set(fields), sorted(needed - set(fields))
+    used = set(re.findall(r"\b(?:p|q|self\._parameterNode)\.([A-Za-z_]\w*)", MODULE_SOURCE))
+    methods = {"connectGui", "disconnectGui", "parameterNode"}
+    assert not sorted(used - set(fields) - methods), "the module uses parameter fields that do not exist"
+
+
+def test_module_follows_the_scripted_module_template():
+    tree = ast.parse(MODULE_SOURCE)
+    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert classes["TACEResponse"] == ["ScriptedLoadableModule"]
+    assert classes["TACEResponseWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes["TACEResponseLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["TACEResponseTest"] == ["ScriptedLoadableModuleTest"]
+    test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TACEResponseTest")
+    methods = {n.name for n in test_class.body if isinstance(n, ast.FunctionDef)}
+    assert {"setUp", "runTest"} <= methods
+    run_test = next(n for n in test_class.body if isinstance(n, ast.FunctionDef) and n.name == "runTest")
+    called = set(re.findall(r"self\.(test_\w+)", ast.unparse(run_test)))
+    assert called == {m for m in methods if m.startswith("test_")}, "runTest must call every test"
+    assert 'loadUI(self.resourcePath("UI/TACEResponse.ui"))' in MODULE_SOURCE
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_heavy_import_when_slicer_loads_the_module():
+    assert not _top_level_imports(MODULE_FILE) & HEAVY
+    for module in ("panel", "process", "mrml", "selftest", "bundle", "io", "errors", "results", "geometry", "patches"):
+        assert not _top_level_imports(REPO / "TACEResponseLib" / f"{module}.py") & HEAVY, module
+
+
+def test_blocked_panel_says_why_apply_is_disabled(qapp):
+    from render_panel import load_panel
+
+    root, ui = load_panel()
+    blockers = panel.apply_blockers(panel.PanelInputs())
+    panel.apply_control_states(ui, panel.control_states(panel.PanelState.IDLE, has_result=False, blockers=blockers))
+    ui.applyBlockersLabel.setText(panel.blockers_text(blockers))
+    root.show()
+    assert not ui.applyButton.isEnabled() and not ui.cancelButton.isEnabled()
+    assert ui.applyBlockersLabel.isVisible() and "Choose a model." in ui.applyBlockersLabel.text()
+    assert not ui.progressFrame.isVisible()
+    root.close()
+
+
+def test_rendered_panel_shows_the_result(qapp, tmp_path):
+    """A display test (hand-made result, not a prediction) rendered through the module's fill code."""
+    from PySide6.QtGui import QImage
+    from render_panel import display_test_case, render
+
+    case = display_test_case(tmp_path)
+    result = case.pop("result")
+    png, ui = render(result, tmp_path / "panel.png", **case)
+    image = QImage(str(png))
+    assert image.width() >= 380 and image.height() > 900
+    colours = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
+    assert len(colours) > 50, "the picture is blank"
+    tumour = result.tumours[0]
+    assert ui.predictedClassLabel.text() == tumour.predicted_class
+    for index, p in enumerate(tumour.probabilities):
+        assert getattr(ui, f"probabilityBar{index}").value() == round(100 * p)
+    assert ui.orrBar.value() == round(100 * tumour.objective_response_probability)
+    assert ui.syntheticWarningLabel.text() == result.warning and ui.syntheticWarningLabel.isVisibleTo(ui.resultsCollapsibleButton)
+    assert result.survival["risk_group"] in ui.riskGroupLabel.text().lower()
+    assert ui.exportReportButton.isEnabled() and not ui.cancelButton.isEnabled()
