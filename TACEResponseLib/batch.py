@@ -1,6 +1,6 @@
 """Resumable batch prediction over a cohort manifest.
 
-Manifest CSV: ``case_id``, one column per image the bundle needs (named like its inputs,
+Manifest CSV as in :mod:`TACEResponseLib.manifest`: ``case_id``, one column per image the bundle needs (named like its inputs,
 e.g. ``arterial``; the first is the reference), ``segmentation``, optional ``segment``, and
 clinical columns when the bundle wants them. Relative paths are relative to the manifest.
 
@@ -17,31 +17,19 @@ import csv
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import InputError, TACEResponseError
 from .io import atomic_path, write_json_atomic
+from .manifest import ManifestRow, read_manifest
 from .pipeline import RESULT_FILE, predict_files, read_result
 
 logger = logging.getLogger(__name__)
 
 ERROR_FILE = "error.json"
 SUMMARY_FILE = "summary.csv"
-_RESERVED = {"case_id", "segmentation", "segment", "label"}
-
-
-@dataclass
-class BatchCase:
-    """One manifest row resolved against the manifest's folder."""
-
-    case_id: str
-    images: list[str]
-    segmentation: str
-    segment: str | None
-    clinical: dict[str, str] = field(default_factory=dict)
-    label: str | None = None
 
 
 @dataclass
@@ -53,31 +41,14 @@ class BatchSummary:
     summary_csv: Path
 
 
-def read_batch_manifest(path: str | Path, phases: list[str], clinical: list[str]) -> list[BatchCase]:
-    """Rows of the manifest (problems with a row's files are found when that case runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: manifest does not exist")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in ["case_id", *phases, "segmentation"] if c not in columns]
-        if missing:
-            raise InputError(f"{path}: manifest lacks column(s) {missing}; it has {columns}")
-        rows = list(reader)
-    base = path.parent
-    resolve = lambda value: str(value if os.path.isabs(value) else base / value)  # noqa: E731
-    cases = []
-    for row in rows:
-        cases.append(BatchCase(
-            case_id=row["case_id"].strip(),
-            images=[resolve(row[p].strip()) for p in phases],
-            segmentation=resolve(row["segmentation"].strip()),
-            segment=(row.get("segment") or "").strip() or None,
-            clinical={c: row[c] for c in clinical if c in row},
-            label=(row.get("label") or "").strip() or None,
-        ))
-    return cases
+def read_batch_manifest(path: str | Path, phases: list[str], clinical: list[str]) -> list[ManifestRow]:
+    """Manifest rows with their problems attached (a bad row fails alone; duplicates stop the run)."""
+    rows = read_manifest(path, phases, require_label=False, clinical=clinical, check_segments=False, strict=False)
+    duplicates = sorted({row.case_id for row in rows if any("duplicate case id" in p for p in row.problems)})
+    if duplicates:
+        raise InputError(f"{path}: case id(s) {', '.join(duplicates)} appear more than once; "
+                         "outputs are stored per case id, so make them unique")
+    return rows
 
 
 # --- worker side ------------------------------------------------------------------------------
@@ -94,10 +65,12 @@ def _init_worker(bundle_path: str, device: str, threads: int) -> None:
     _PREDICTOR = Predictor(bundle_path, device=device)
 
 
-def _run_case(case: BatchCase, case_dir: str) -> dict[str, Any]:
+def _run_case(case: ManifestRow, case_dir: str) -> dict[str, Any]:
     """Predict one case; any user-facing error is recorded in error.json instead of raised."""
     folder = Path(case_dir)
     try:
+        if case.problems:
+            raise InputError("; ".join(case.problems))
         result = predict_files(_PREDICTOR, case.images, case.segmentation, folder,
                                segments=[case.segment] if case.segment else None,
                                clinical=case.clinical or None, case_id=case.case_id)
@@ -115,7 +88,7 @@ def _case_dir(output: Path, case_id: str) -> Path:
     return output / "cases" / safe
 
 
-def summary_row(case: BatchCase, output: Path) -> dict[str, Any] | None:
+def summary_row(case: ManifestRow, output: Path) -> dict[str, Any] | None:
     """The summary row of one case from its files (None while the case has not run)."""
     folder = _case_dir(output, case.case_id)
     result = read_result(folder)
@@ -128,7 +101,7 @@ def summary_row(case: BatchCase, output: Path) -> dict[str, Any] | None:
                 else f"{tumour.objective_response_probability:.6f}",
                 "synthetic_model": result.synthetic_model, "error": "", "_classes": tumour.class_names}
     if (folder / ERROR_FILE).is_file():
-        error = json.loads((folder / ERROR_FILE).read_text())
+        error = json.loads((folder / ERROR_FILE).read_text(encoding="utf-8"))
         return {"case_id": case.case_id, "status": "failed", "label": case.label or "", "error": error["error"]}
     return None
 
@@ -165,12 +138,8 @@ def run_batch(
     output.mkdir(parents=True, exist_ok=True)
     cases = read_batch_manifest(manifest, [p.name for p in card.inputs], [c.name for c in card.clinical_factors])
     _remove_stale_temporaries(output)
-    seen: set[str] = set()
     todo, skipped = [], 0
     for case in cases:
-        if case.case_id in seen:
-            raise InputError(f"{manifest}: case id {case.case_id!r} appears more than once")
-        seen.add(case.case_id)
         if (_case_dir(output, case.case_id) / RESULT_FILE).is_file():
             skipped += 1
         else:
@@ -198,7 +167,7 @@ def _remove_stale_temporaries(output: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _outcomes(todo: list[BatchCase], output: Path, bundle_path: str, device: str, workers: int, threads: int,
+def _outcomes(todo: list[ManifestRow], output: Path, bundle_path: str, device: str, workers: int, threads: int,
               progress_bar: bool) -> Iterator[dict[str, Any]]:
     from tqdm import tqdm
 
@@ -222,5 +191,5 @@ def _outcomes(todo: list[BatchCase], output: Path, bundle_path: str, device: str
         bar.close()
 
 
-def _star_run_case(job: tuple[BatchCase, str]) -> dict[str, Any]:
+def _star_run_case(job: tuple[ManifestRow, str]) -> dict[str, Any]:
     return _run_case(*job)

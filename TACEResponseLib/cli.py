@@ -117,11 +117,12 @@ def _progress_printer(enabled: bool):
     return report
 
 
-def _clinical_values(pairs: Sequence[str] | None) -> dict[str, str]:
+def _clinical_values(pairs: Sequence[str] | None, option: str = "--clinical") -> dict[str, str]:
+    """``["NAME=VALUE", ...]`` from a repeatable option → ``{NAME: VALUE}``."""
     values = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise TACEResponseError(f"--clinical expects NAME=VALUE, got {pair!r}")
+            raise TACEResponseError(f"{option} expects NAME=VALUE, got {pair!r}")
         name, value = pair.split("=", 1)
         values[name.strip()] = value.strip()
     return values
@@ -260,6 +261,316 @@ _register("phantoms", cmd_phantoms, _phantoms_args, "write a SYNTHETIC phantom c
 _register("patches", cmd_patches, _patches_args, "cut tumour patches for one case (PNG + npz + provenance)")
 
 
+# --- training / evaluation / demo bundle (TACEResponseLib.training, .evaluation) -----------------
+def _train_config_from(args: argparse.Namespace):
+    from .patches import PatchSpec
+    from .training import TrainingConfig
+
+    ranges = {}
+    for name, value in _clinical_values(args.clinical_range, "--clinical-range").items():
+        try:
+            low, high = (float(v) for v in value.split(":"))
+        except ValueError:
+            raise TACEResponseError(f"--clinical-range {name}={value}: expected MIN:MAX") from None
+        ranges[name] = (low, high)
+    spec = PatchSpec(strategy=args.strategy, size=args.size, fov_mm=args.fov_mm, min_square_mm=args.min_square_mm,
+                     normalization=args.normalization, window=tuple(args.window), n_slices=args.n_slices)
+    freeze = args.freeze
+    if freeze is not None and freeze.isdigit():
+        freeze = int(freeze)
+    return TrainingConfig(
+        architecture=args.architecture, phases=args.phase or ["arterial"], modality=args.modality, task=args.task,
+        patch_spec=spec, clinical=args.clinical or [], clinical_ranges=ranges,
+        clinical_units=_clinical_values(args.clinical_unit, "--clinical-unit"), validation_fraction=args.validation_fraction,
+        optimizer=args.optimizer, learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, seed=args.seed,
+        balance=not args.no_balance, augment=not args.no_augment, pretrained=args.pretrained, freeze=freeze,
+        device=args.device, threads=args.threads, weights_dtype=args.weights_dtype, synthetic=args.synthetic,
+        name=args.name or Path(args.output).name, version=args.version, description=args.description or "",
+        n_bootstrap=args.bootstrap)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a response network from a cohort manifest and write a model bundle."""
+    from .training import train
+
+    result = train(args.manifest, args.output, _train_config_from(args), work_dir=args.work_dir,
+                   resume=args.resume, progress_bar=not args.no_progress)
+    card = result.bundle.card
+    print(f"bundle {card.name}@{card.version} → {result.bundle.path}  ({result.epochs_run} epochs, best "
+          f"{result.best_epoch}{', stopped early' if result.stopped_early else ''}, {result.seconds:.0f} s)")
+    if card.synthetic:
+        print(f"! {card.warning}")
+    val = result.validation_metrics
+    if val:
+        orr = (val.get("objective_response") or {}).get("auc") or {}
+        line = f"validation ({val['n_cases']} patients): accuracy {val['accuracy']:.3f}"
+        if orr.get("auc") is not None:
+            line += f", objective-response AUC {orr['auc']:.3f} ({orr['ci_low']:.3f}–{orr['ci_high']:.3f})"
+        print(line)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a bundle on a labelled cohort: report.json, predictions.csv and PNG figures."""
+    from .evaluation import evaluate_bundle
+
+    report = evaluate_bundle(args.bundle or default_bundle_name(), args.manifest, args.output,
+                             n_bootstrap=args.bootstrap, seed=args.seed, device=args.device,
+                             progress_bar=not args.no_progress)
+    print("\n".join(report.summary_lines()))
+    for case_id, error in report.failed.items():
+        print(f"failed: {case_id}: {error}", file=sys.stderr)
+    print(f"report: {Path(args.output) / 'report.json'}  figures: {', '.join(sorted(report.files.values()))}")
+    return 0 if not report.failed else 1
+
+
+def cmd_make_demo_bundle(args: argparse.Namespace) -> int:
+    """Re-create the SYNTHETIC demo bundle (phantoms → train → held-out evaluation → Models.json)."""
+    import json
+
+    from .training import make_demo_bundle
+
+    overrides = {"threads": args.threads} if args.threads else {}
+    summary = make_demo_bundle(args.work_dir, args.output, n_train=args.train_cases, n_held_out=args.held_out_cases,
+                               registry=args.registry, progress_bar=not args.no_progress, **overrides)
+    print("\n".join(summary.pop("held_out")))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="CSV: case_id, one column per phase, segmentation, segment, label")
+    p.add_argument("--output", required=True, help="bundle folder to write")
+    p.add_argument("--architecture", choices=["resnet50", "resnet18", "densenet121", "inceptionv4", "fusion"],
+                   default="resnet50", help="resnet50 = Peng 2019; fusion = InceptionV4 + clinical (Quan 2024)")
+    p.add_argument("--phase", action="append", default=None,
+                   help="image column / model input, in channel order (repeatable; default: arterial)")
+    p.add_argument("--modality", choices=["CT", "MR"], default="CT")
+    p.add_argument("--task", choices=["mrecist", "responder"], default="mrecist",
+                   help="mrecist: labels CR/PR/SD/PD; responder: labels responder/non-responder")
+    _patch_spec_arguments(p)
+    p.add_argument("--n-slices", type=int, default=3, help="patches per tumour (largest slice + nearest)")
+    p.add_argument("--clinical", action="append", default=None, metavar="COLUMN",
+                   help="clinical factor column (repeatable; needs --architecture fusion)")
+    p.add_argument("--clinical-range", action="append", default=None, metavar="NAME=MIN:MAX",
+                   help="accepted range of a clinical factor (default: the range in the cohort)")
+    p.add_argument("--clinical-unit", action="append", default=None, metavar="NAME=UNIT")
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (Peng 2019: 1e-4 with SGD)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=54)
+    p.add_argument("--patience", type=int, default=10, help="early stopping: epochs without validation-loss gain")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-balance", action="store_true", help="no class balancing by augmentation")
+    p.add_argument("--no-augment", action="store_true", help="no random flips/rotations per epoch")
+    p.add_argument("--pretrained", default=None, metavar="FILE", help="ImageNet state dict (torchvision layout)")
+    p.add_argument("--freeze", default="auto",
+                   help="stage name, parameter count, 'none', or 'auto' (with --pretrained: the whole "
+                        "convolutional base as Peng 2019; without: nothing)")
+    p.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--synthetic", action="store_true", help="mark the cohort as synthetic (also auto-detected)")
+    p.add_argument("--name", default=None, help="bundle name (default: the output folder's name)")
+    p.add_argument("--version", default="1.0")
+    p.add_argument("--description", default=None)
+    p.add_argument("--work-dir", default=None, help="checkpoint + patch cache (default: OUTPUT.work)")
+    p.add_argument("--resume", action="store_true", help="continue from the work dir's checkpoint")
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for validation CIs")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
+    p.add_argument("--manifest", required=True, help="labelled cohort CSV")
+    p.add_argument("--output", required=True, help="folder for report.json, predictions.csv and PNGs")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _make_demo_bundle_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work-dir", default="build/demo-bundle", help="phantom cohorts, checkpoint, evaluation")
+    p.add_argument("--output", default="Resources/Models/TACEResponse-demo-synthetic-ct")
+    p.add_argument("--registry", default=None, help="Models.json to update (default: Resources/Models.json)")
+    p.add_argument("--train-cases", type=int, default=80)
+    p.add_argument("--held-out-cases", type=int, default=40)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+_register("train", cmd_train, _train_args, "train a response network from a cohort manifest → model bundle")
+_register("evaluate", cmd_evaluate, _evaluate_args,
+          "evaluate a bundle on a labelled cohort (AUC with bootstrap CI, confusion, calibration, DCA)")
+_register("make-demo-bundle", cmd_make_demo_bundle, _make_demo_bundle_args,
+          "re-create the SYNTHETIC demo bundle and register it in Resources/Models.json")
+
+
+
+# --- survival (Zhang 2020): deep features, signature, nomogram ---------------------------------
+def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--phases", nargs="+", default=["arterial", "portal"], metavar="PHASE",
+                   help="manifest image columns, one DenseNet feature block each (first = reference grid)")
+    p.add_argument("--size", type=int, default=224, help="centroid patch size in pixels (>= 32; paper: 224)")
+    p.add_argument("--fov-mm", type=float, default=None, help="patch field of view in mm (default: size native pixels)")
+    p.add_argument("--pretrained", default=None, metavar="FILE",
+                   help="ImageNet DenseNet-121 state dict (torchvision layout); without it: seeded random init, "
+                        "labelled 'random-init DenseNet features, SYNTHETIC demo'")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation (no --pretrained)")
+    p.add_argument("--perturb", choices=["none", "erode", "dilate", "reader2"], default=None,
+                   help="ROI perturbation: erode/dilate in-plane, or reader2 = the manifest's segmentation_2")
+    p.add_argument("--perturb-voxels", type=int, default=1)
+    p.add_argument("--cache", default=None, metavar="DIR", help="per-case feature cache folder")
+    p.add_argument("--batch-size", type=int, default=16, help="patches per forward pass")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
+def _settings_from(args: argparse.Namespace):
+    from .survival.features import FeatureSettings
+
+    return FeatureSettings(phases=list(args.phases), size=args.size, fov_mm=args.fov_mm, pretrained=args.pretrained,
+                           seed=args.init_seed)
+
+
+def cmd_extract_features(args: argparse.Namespace) -> int:
+    """DenseNet-121 features of every manifest case (cached per case) → CSV + JSON metadata."""
+    from .survival.features import DeepFeatureExtractor, read_feature_manifest, write_feature_table
+
+    settings = _settings_from(args)
+    cases = read_feature_manifest(args.manifest, settings.phases)
+    output = Path(args.output)
+    cache = Path(args.cache) if args.cache else output.parent / "feature_cache"
+    extractor = DeepFeatureExtractor(settings, cache_dir=cache, device=args.device, batch_size=args.batch_size,
+                                     perturb_voxels=args.perturb_voxels)
+    perturbation = args.perturb or "none"
+    table = extractor.extract(cases, perturbation=perturbation)
+    write_feature_table(table, output, {**extractor.metadata(), "perturbation": perturbation,
+                                        "perturb_voxels": args.perturb_voxels, "cases": extractor.case_info})
+    print(f"{len(table)} cases × {table.shape[1]} features ({extractor.cache_hits} from cache) → {output}")
+    print(f"features: {extractor.weights.label}")
+    return 0
+
+
+def _levels_from(pairs: Sequence[str] | None, covariates: Sequence[str]) -> dict[str, dict[str, float]]:
+    from .survival.cohort import CLINICAL_LEVELS
+
+    levels = {k: dict(v) for k, v in CLINICAL_LEVELS.items() if k in covariates}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise TACEResponseError(f"--levels expects NAME=LABEL0,LABEL1,..., got {pair!r}")
+        name, labels = pair.split("=", 1)
+        names = [x.strip() for x in labels.split(",") if x.strip()]
+        if not names:
+            raise TACEResponseError(f"--levels {pair!r}: no labels")
+        levels[name.strip()] = {label: float(code) for code, label in enumerate(names)}
+    return levels
+
+
+def cmd_survival(args: argparse.Namespace) -> int:
+    """Zhang 2020 end to end: features → ICC → signature → Cox screen + stepwise AIC → nomograms → report."""
+    from .survival.cohort import CLINICAL_LABELS
+    from .survival.features import read_feature_table, run_image_survival_pipeline
+    from .survival.pipeline import SurvivalConfig
+
+    if not args.manifest and not args.features:
+        raise TACEResponseError("give --manifest (extract deep features) or --features (a table from extract-features)")
+    covariates = list(args.covariates)
+    config = SurvivalConfig(
+        time_col=args.time_col, event_col=args.event_col, id_col="case_id", clinical_covariates=covariates,
+        labels={**CLINICAL_LABELS, "signature": "DL signature"}, levels=_levels_from(args.levels, covariates),
+        icc_threshold=args.icc_threshold, icc_kind=args.icc_kind, max_signature_features=args.max_features,
+        n_boot=args.n_boot, validation_fraction=args.validation_fraction, seed=args.seed, note=args.note or "",
+    )
+    features = repeat = metadata = None
+    perturbation = args.perturb or "erode"
+    if args.features:
+        features, metadata = read_feature_table(args.features)
+        if args.repeat:
+            repeat, repeat_metadata = read_feature_table(args.repeat)
+            perturbation = (repeat_metadata or {}).get("perturbation") or args.perturb or "repeat"
+    elif args.repeat:
+        raise TACEResponseError("--repeat goes with --features (with --manifest the repeat is extracted here: --perturb)")
+    result = run_image_survival_pipeline(
+        args.output, config=config, settings=_settings_from(args) if not args.features else None,
+        manifest=args.manifest, clinical=args.clinical, features=features, repeat=repeat, feature_metadata=metadata,
+        perturbation=perturbation, perturb_voxels=args.perturb_voxels, cache_dir=args.cache,
+        device=args.device, batch_size=args.batch_size,
+    )
+    report = result.report
+    print(f"deep features: {report['deep_features']['label']}")
+    if result.reproducibility is not None:
+        r = result.reproducibility.to_dict()
+        print(f"{r['kind']} > {r['threshold']:g} ({r['repeat']}): kept {r['n_kept']} of {r['n_features']} features")
+    print(f"signature: {len(result.pipeline.signature_fit.signature.feature_names)} features; "
+          f"nomogram variables: {report['survival_model']['main_nomogram']} = "
+          f"{[v.name for v in result.pipeline.nomograms[report['survival_model']['main_nomogram']].variables]}")
+    for row in report["summary"]:
+        ci = (f" ({row['ci_lower']:.3f}–{row['ci_upper']:.3f})" if row.get("ci_lower") is not None else "")
+        p = f", log-rank p {row['logrank_p']:.3g}" if row.get("logrank_p") is not None else ""
+        print(f"  {row['model']:<10} {row['cohort']:<11} C-index {row['c_index']:.3f}{ci}{p}")
+    print(f"report: {Path(args.output) / 'report.json'}\nmodel:  {result.model_path} "
+          f"(use: tace-response predict ... --nomogram {result.model_path} --clinical NAME=VALUE)")
+    return 0
+
+
+def cmd_survival_cohort(args: argparse.Namespace) -> int:
+    """Write a SYNTHETIC phantom survival cohort (images + segmentation + survival_cohort.csv)."""
+    from .survival.cohort import make_survival_cohort
+
+    cohort = make_survival_cohort(args.cases, args.output, seed=args.seed, shape_kji=tuple(args.shape),
+                                  spacing_ijk=tuple(args.spacing))
+    table = cohort.table
+    print(f"wrote {len(table)} SYNTHETIC phantom cases ({int(table['event'].sum())} deaths) → {cohort.csv_path}")
+    return 0
+
+
+def _extract_features_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="CSV: case_id, one column per phase, segmentation, segment")
+    p.add_argument("--output", required=True, help="feature CSV (metadata JSON written beside it)")
+    _feature_settings_arguments(p)
+
+
+def _survival_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", default=None, help="cases on disk (features extracted and cached)")
+    p.add_argument("--features", default=None, help="feature CSV from extract-features instead of --manifest")
+    p.add_argument("--repeat", default=None, help="second extraction (perturbed ROI / reader 2) for the ICC filter")
+    p.add_argument("--clinical", default=None, help="CSV with case_id, time, event, clinical columns (default: manifest)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--covariates", nargs="+", default=["BCLC", "ALT", "AFP", "tumour_size", "Child_Pugh"])
+    p.add_argument("--levels", action="append", metavar="NAME=A,B,C",
+                   help="category labels in code order (default: BCLC=A,B,C and Child_Pugh=A,B,C)")
+    p.add_argument("--time-col", default="time_months")
+    p.add_argument("--event-col", default="event")
+    p.add_argument("--icc-threshold", type=float, default=0.75)
+    p.add_argument("--icc-kind", choices=["ICC(2,1)", "ICC(3,1)"], default="ICC(2,1)")
+    p.add_argument("--max-features", type=int, default=10, help="signature size limit")
+    p.add_argument("--validation-fraction", type=float, default=0.3)
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", default=None, help="shown on every figure (e.g. 'SYNTHETIC phantom cohort')")
+    _feature_settings_arguments(p)
+
+
+def _survival_cohort_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cases", type=int, default=150)
+    p.add_argument("--output", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64), metavar=("K", "J", "I"))
+    p.add_argument("--spacing", type=float, nargs=3, default=(2.0, 2.0, 2.0), metavar=("I", "J", "K"))
+
+
+_register("extract-features", cmd_extract_features, _extract_features_args,
+          "DenseNet-121 deep features per case and phase (cached) → CSV")
+_register("survival", cmd_survival, _survival_args,
+          "Zhang 2020 survival: ICC → signature → nomograms → report + survival_model.json")
+_register("survival-cohort", cmd_survival_cohort, _survival_cohort_args,
+          "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)")
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tace-response",
@@ -275,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # never crash on "→" or "—" in an ASCII-only terminal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -116,18 +116,18 @@ def clinical_vector(bundle: Bundle, clinical: Mapping[str, Any] | None) -> np.nd
     if not factors:
         return None
     clinical = clinical or {}
-    values, problems = [], []
+    checked, problems = {}, []
     for factor in factors:
         if factor.name not in clinical or clinical[factor.name] in (None, ""):
             problems.append(f"clinical factor {factor.name!r} ({factor.unit}) is missing")
             continue
         try:
-            values.append((factor.check(clinical[factor.name]) - factor.mean) / (factor.std or 1.0))
+            checked[factor.name] = factor.check(clinical[factor.name])
         except InputError as exc:
             problems.append(str(exc))
     if problems:
         raise InputError(f"model {bundle.id}: " + "; ".join(problems))
-    return np.asarray(values, np.float32)
+    return bundle.card.clinical_scaler().transform(checked)[0]
 
 
 class Predictor:

@@ -117,26 +117,40 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     return check_volume(volume, label=str(path))
 
 
+@contextlib.contextmanager
+def _locale_kept() -> Iterator[None]:
+    """GDCM (SimpleITK's DICOM reader) switches the process locale to "C" and leaves it so,
+    after which Python reads and prints text as ASCII; put it back."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> Volume:
     """Read one DICOM series from a folder (the only one, or the one named by ``series_uid``)."""
     import SimpleITK as sitk
 
     folder = Path(folder)
-    series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
-    if not series:
-        raise InputError(f"{folder}: no DICOM series found in this folder")
-    if series_uid is None:
-        if len(series) > 1:
-            raise InputError(f"{folder}: holds {len(series)} DICOM series; choose one of {series}")
-        series_uid = series[0]
-    elif series_uid not in series:
-        raise InputError(f"{folder}: DICOM series {series_uid} not found; available: {series}")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise _read_error(folder, exc) from None
+    with _locale_kept():
+        series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
+        if not series:
+            raise InputError(f"{folder}: no DICOM series found in this folder")
+        if series_uid is None:
+            if len(series) > 1:
+                raise InputError(f"{folder}: holds {len(series)} DICOM series; choose one of {series}")
+            series_uid = series[0]
+        elif series_uid not in series:
+            raise InputError(f"{folder}: DICOM series {series_uid} not found; available: {series}")
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise _read_error(folder, exc) from None
     volume = _volume_from_sitk(image, folder.name, {"source": str(folder), "series_uid": series_uid})
     return check_volume(volume, label=str(folder))
 

@@ -171,6 +171,20 @@ def resolve_segment_id(segmentation_node, segment: str) -> str:
     )
 
 
+@contextlib.contextmanager
+def _temporary_nodes(scene):
+    """Remove every node added to ``scene`` inside the block (temporary labelmaps and the
+    display, storage and colour nodes that Slicer's logics create for them)."""
+    before = {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    finally:
+        added = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node is not None and node.GetID() not in before:
+                scene.RemoveNode(node)
+
+
 def segment_mask_from_node(segmentation_node, segment: str, reference_node) -> Volume:
     """Binary mask (uint8) of one segment on the reference volume node's grid."""
     slicer = _slicer()
@@ -180,8 +194,8 @@ def segment_mask_from_node(segmentation_node, segment: str, reference_node) -> V
         raise InputError("no segmentation chosen")
     segment_id = resolve_segment_id(segmentation_node, segment)
     scene = segmentation_node.GetScene()
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__tace_tmp_mask")
-    try:
+    with _temporary_nodes(scene):
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__tace_tmp_mask")
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(segment_id)
         if not _segmentations_logic().ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, reference_node):
@@ -190,8 +204,6 @@ def segment_mask_from_node(segmentation_node, segment: str, reference_node) -> V
         mask = (np.asarray(array) > 0).astype(np.uint8)
         if mask.shape != slicer.util.arrayFromVolume(reference_node).shape:
             raise InputError(f"segment {segment!r}: exported mask does not match the reference grid")
-    finally:
-        scene.RemoveNode(labelmap)
     name = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
     if not mask.any():
         raise InputError(f"segment {name!r} is empty on {reference_node.GetName()!r}; draw the tumour first")
@@ -208,14 +220,12 @@ def segmentation_to_node(segmentation: Segmentation, scene, name: str | None = N
 
     for segment in segmentation.segments:
         segment_id = node.GetSegmentation().AddEmptySegment(segment.id, segment.name, list(segment.color))
-        labelmap = volume_to_node(segmentation.mask(segment.id), scene, "__tace_tmp_import", labelmap=True)
-        try:
+        with _temporary_nodes(scene):
+            labelmap = volume_to_node(segmentation.mask(segment.id), scene, "__tace_tmp_import", labelmap=True)
             ids = vtk.vtkStringArray()
             ids.InsertNextValue(segment_id)
             if not _segmentations_logic().ImportLabelmapToSegmentationNode(labelmap, node, ids):
                 raise InputError(f"segment {segment.name!r} could not be imported into {node.GetName()!r}")
-        finally:
-            scene.RemoveNode(labelmap)
     del slicer
     return node
 

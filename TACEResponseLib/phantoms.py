@@ -71,6 +71,9 @@ class Tumour:
     semi_axes_mm: tuple[float, float, float]
     segment_id: str = ""
     satellites_ras: list[tuple[float, float, float]] = field(default_factory=list)
+    #: with ``single_deposit``: the one region that carries the class signal (ball, RAS mm)
+    signal_center_ras: tuple[float, float, float] | None = None
+    signal_radius_mm: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +82,8 @@ class Tumour:
             "semi_axes_mm": list(self.semi_axes_mm),
             "segment_id": self.segment_id,
             "satellites_ras": [list(s) for s in self.satellites_ras],
+            "signal_center_ras": None if self.signal_center_ras is None else list(self.signal_center_ras),
+            "signal_radius_mm": self.signal_radius_mm,
         }
 
 
@@ -143,6 +148,7 @@ def make_phantom(
     phases: Sequence[str] | None = None,
     case_id: str | None = None,
     satellites_in_segment: bool = False,
+    single_deposit: bool = False,
 ) -> PhantomCase:
     """Make one SYNTHETIC case.
 
@@ -151,6 +157,8 @@ def make_phantom(
     the anatomy stays put in RAS; ``spacing_ijk`` may be anisotropic (mm). ``noise`` is the
     image noise standard deviation (HU for CT, a.u. for MR; default 12 HU / 15 a.u.).
     ``satellites_in_segment`` adds PD satellite nodules to the tumour's segment as islands.
+    ``single_deposit`` makes a PR tumour's deposit one compact ball off the centre, so that only
+    one region carries the class signal (for the CAM pointing game); its place is recorded.
     """
     responses = [response] if isinstance(response, str) else list(response)
     for r in responses:
@@ -205,7 +213,12 @@ def make_phantom(
         rx, ry, rz = (x - center[0]) / semi[0], (y - center[1]) / semi[1], (z - center[2]) / semi[2]
         radius = np.sqrt(rx * rx + ry * ry + rz * rz)
         inside = radius <= 1.0
-        sat_centres = _add_pattern(resp, rng, comp, inside, radius, ras, center, semi, liver_c, liver_ax, spacing)
+        signal = None
+        if single_deposit and resp == "PR":
+            signal = _single_deposit(rng, comp, inside, ras, center, semi)
+            sat_centres = []
+        else:
+            sat_centres = _add_pattern(resp, rng, comp, inside, radius, ras, center, semi, liver_c, liver_ax, spacing)
         segment_mask = inside.copy()
         if satellites_in_segment:
             for sc in sat_centres:
@@ -213,7 +226,9 @@ def make_phantom(
         name = f"Tumour_{index + 1}" if len(responses) > 1 else "Tumour"
         masks[name] = segment_mask
         tumours.append(Tumour(resp, tuple(float(c) for c in center), tuple(float(s) for s in semi),
-                              satellites_ras=[tuple(float(v) for v in s) for s in sat_centres]))
+                              satellites_ras=[tuple(float(v) for v in s) for s in sat_centres],
+                              signal_center_ras=None if signal is None else tuple(float(v) for v in signal[0]),
+                              signal_radius_mm=None if signal is None else float(signal[1])))
 
     segmentation = Segmentation.from_masks(
         Volume(np.zeros(shape_kji, np.uint8), ijk_to_ras, "grid"), masks, name=f"{case_id or 'phantom'}_tumour"
@@ -274,6 +289,19 @@ def _place_tumour(rng, liver_c, liver_ax, semi, placed) -> np.ndarray:
         if all(np.linalg.norm(center - c) > r + semi.max() + 3.0 for c, r in placed):
             return center
     raise InputError("phantom: cannot fit that many tumours of that size in the liver; use fewer or smaller")
+
+
+def _single_deposit(rng, comp, inside, ras, center, semi) -> tuple[np.ndarray, float]:
+    """One dense ball (the only class signal) in viable tumour, off the centre in-plane."""
+    x, y, z = ras
+    radius = 0.42 * float(semi[:2].min())
+    angle = rng.uniform(0, 2 * np.pi)
+    offset = 0.35 * float(semi[:2].min())
+    ball_centre = center + np.array([np.cos(angle) * offset, np.sin(angle) * offset, 0.0])
+    ball = inside & (((x - ball_centre[0]) ** 2 + (y - ball_centre[1]) ** 2 + (z - ball_centre[2]) ** 2) <= radius ** 2)
+    comp["viable"][inside] = 1.0
+    comp["lipiodol"][ball] = 1.0
+    return ball_centre, radius
 
 
 def _add_pattern(resp, rng, comp, inside, radius, ras, center, semi, liver_c, liver_ax, spacing) -> list[np.ndarray]:
@@ -349,9 +377,9 @@ def make_cohort(
         rows.append(row)
     manifest = folder / "manifest.csv"
     with atomic_path(manifest) as tmp:
-        with open(tmp, "w", newline="") as handle:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    (folder / "README.txt").write_text(SYNTHETIC_NOTE + "\n")
+    (folder / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
     return manifest

@@ -135,34 +135,56 @@ def save_prediction_png(
     mask: Volume | None = None,
     tumour_index: int = 0,
     window: tuple[float, float] = (-160.0, 240.0),
+    zoom_margin: float = 0.6,
 ) -> Path:
-    """The reference slice through the tumour's first patch with the heatmap overlaid (as in
-    Slicer's foreground layer), the tumour outline, and the class probabilities beside it."""
+    """Three panels: the whole slice through the tumour's first patch (tumour outline, zoom box),
+    the zoomed slice with the heatmap overlaid as Slicer's foreground layer would show it, and
+    the class probabilities with objective response."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     tumour = result.tumours[tumour_index]
     first = tumour.provenance[0]
     axis, index = int(first["slice_axis"]), int(first["slice_index"])
     background = display_plane(reference, reference, axis, index)
     heat = display_plane(heatmap, reference, axis, index).image
-    figure = plt.figure(figsize=(9.5, 4.6), facecolor="white")
-    grid = figure.add_gridspec(1, 2, width_ratios=[1.15, 1.0], wspace=0.25)
-    ax = figure.add_subplot(grid[0])
-    ax.imshow(background.image, cmap="gray", vmin=window[0], vmax=window[1], aspect=background.aspect)
-    masked = np.ma.masked_where(heat <= 1e-3, heat)
-    overlay = ax.imshow(masked, cmap="inferno", vmin=0, vmax=1, alpha=0.55, aspect=background.aspect)
-    if mask is not None:
-        ax.contour(display_plane(mask, reference, axis, index).image, levels=[0.5], colors="cyan", linewidths=0.8)
-    ax.set_title(f"{reference.name} · slice {index} · heatmap of {tumour.predicted_class}", fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.text(0.01, 0.01, "R", color="white", transform=ax.transAxes, fontsize=8, va="bottom")
-    ax.text(0.99, 0.01, "L", color="white", transform=ax.transAxes, fontsize=8, va="bottom", ha="right")
-    figure.colorbar(overlay, ax=ax, fraction=0.04, pad=0.02, label="CAM (relative)")
-    bars = figure.add_subplot(grid[1])
+    outline = display_plane(mask, reference, axis, index).image if mask is not None else None
+    focus = heat > 0 if outline is None else (heat > 0) | (outline > 0)
+    rows, cols = np.nonzero(focus) if focus.any() else np.nonzero(np.ones_like(heat))
+    half = max(rows.max() - rows.min(), (cols.max() - cols.min()) * background.aspect) * (0.5 + zoom_margin)
+    centre_r, centre_c = (rows.max() + rows.min()) / 2, (cols.max() + cols.min()) / 2
+    r0, r1 = int(max(centre_r - half, 0)), int(min(centre_r + half, heat.shape[0] - 1)) + 1
+    half_c = half / background.aspect
+    c0, c1 = int(max(centre_c - half_c, 0)), int(min(centre_c + half_c, heat.shape[1] - 1)) + 1
+
+    figure = plt.figure(figsize=(13.5, 4.4), facecolor="white")
+    grid = figure.add_gridspec(1, 3, width_ratios=[1.0, 1.12, 0.95], wspace=0.38)
+    whole = figure.add_subplot(grid[0])
+    whole.imshow(background.image, cmap="gray", vmin=window[0], vmax=window[1], aspect=background.aspect)
+    if outline is not None:
+        whole.contour(outline, levels=[0.5], colors="cyan", linewidths=0.7)
+    whole.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec="yellow", lw=1.0))
+    whole.set_title(f"{reference.name} · slice {index}", fontsize=9)
+    for ax in (whole,):
+        ax.text(0.02, 0.02, "R", color="white", transform=ax.transAxes, fontsize=8)
+        ax.text(0.98, 0.02, "L", color="white", transform=ax.transAxes, fontsize=8, ha="right")
+        ax.text(0.5, 0.98, "A", color="white", transform=ax.transAxes, fontsize=8, ha="center", va="top")
+    zoom = figure.add_subplot(grid[1])
+    zoom.imshow(background.image[r0:r1, c0:c1], cmap="gray", vmin=window[0], vmax=window[1], aspect=background.aspect)
+    overlay = zoom.imshow(np.ma.masked_where(heat[r0:r1, c0:c1] <= 1e-3, heat[r0:r1, c0:c1]), cmap="inferno",
+                          vmin=0, vmax=1, alpha=0.6, aspect=background.aspect)
+    if outline is not None:
+        zoom.contour(outline[r0:r1, c0:c1], levels=[0.5], colors="cyan", linewidths=1.0)
+    zoom.set_title(f"class-activation map of {tumour.predicted_class} (patches only)", fontsize=9)
+    colourbar = figure.colorbar(overlay, ax=zoom, fraction=0.046, pad=0.02)
+    colourbar.set_label("CAM, relative", fontsize=8)
+    for ax in (whole, zoom):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    bars = figure.add_subplot(grid[2])
     names = list(tumour.class_names) + (["ORR"] if tumour.objective_response_probability is not None else [])
     values = list(tumour.probabilities) + ([tumour.objective_response_probability]
                                            if tumour.objective_response_probability is not None else [])
@@ -170,12 +192,13 @@ def save_prediction_png(
     positions = np.arange(len(names))[::-1]
     bars.barh(positions, values, color=colours[: len(names)])
     for y, value in zip(positions, values):
-        bars.text(min(value + 0.02, 0.9), y, f"{value:.2f}", va="center", fontsize=9)
+        bars.text(0.98, y, f"{value:.2f}", va="center", ha="right", fontsize=9,
+                  color="white" if value > 0.85 else "black")
     bars.set_yticks(positions, names)
     bars.set_xlim(0, 1)
     bars.set_xlabel("probability")
     bars.set_title(f"{tumour.label}: predicted {tumour.predicted_class}", fontsize=10, fontweight="bold")
     footer = result.warning if result.synthetic_model else "Research use only."
-    figure.text(0.5, 0.005, f"{footer}  Model {result.bundle_id}.", ha="center", fontsize=8,
+    figure.text(0.5, 0.0, f"{footer}  Model {result.bundle_id}.", ha="center", fontsize=8,
                 color="darkred" if result.synthetic_model else "black")
     return save_figure(figure, path)

@@ -66,7 +66,7 @@ def test_killed_batch_resumes_without_losing_or_duplicating_cases(cohort, random
     assert 0 < finished_before < N_CASES
 
     rerun = subprocess.run(_batch_command(manifest, random_bundle.path, output), env=env, capture_output=True,
-                           text=True, timeout=300)
+                           text=True, encoding="utf-8", timeout=300)
     assert rerun.returncode == 1, rerun.stderr  # 1 = finished, some cases failed
     assert f"{N_CASES} cases" in rerun.stdout and "already done" in rerun.stdout
     rows = _summary(output)
@@ -84,7 +84,7 @@ def test_killed_batch_resumes_without_losing_or_duplicating_cases(cohort, random
     assert not list(output.glob("cases/*/.*.tmp*")), "stale temporary files left behind"
     # a third run has nothing left to do but the failed cases, and changes nothing else
     again = subprocess.run(_batch_command(manifest, random_bundle.path, output), env=env, capture_output=True,
-                           text=True, timeout=300)
+                           text=True, encoding="utf-8", timeout=300)
     assert f"{N_CASES - 3} already done" in again.stdout
     assert _summary(output) == rows
 
@@ -97,7 +97,7 @@ def test_slicer_batch_script_writes_scenes(random_bundle, tmp_path):
     script = Path(__file__).resolve().parents[1] / "TACEResponseLib" / "slicer_batch.py"
     run = subprocess.run([sys.executable, str(script), "--manifest", str(manifest), "--bundle", str(random_bundle.path),
                           "--output", str(tmp_path / "out"), "--device", "cpu", "--scenes"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert run.returncode == 0, run.stderr
     scenes = sorted((tmp_path / "out").glob("cases/*/scene.mrb"))
     assert len(scenes) == 2

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "TACEResponseLib.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "TACEResponseLib.cli", *args], capture_output=True, text=True, encoding="utf-8",
                           timeout=timeout, cwd=REPO)
 
 

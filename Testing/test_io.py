@@ -51,6 +51,16 @@ def test_ras_is_lps_flipped_in_the_file(tmp_path):
 
 
 def _write_dicom_series(volume: Volume, folder):
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the locale to "C", too
+    try:
+        _write_slices(volume, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(volume: Volume, folder):
     image = sitk.GetImageFromArray(volume.array)
     lps = np.diag([-1, -1, 1]) @ volume.ijk_to_ras[:3, :3]
     spacing = np.linalg.norm(lps, axis=0)
@@ -164,3 +174,16 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_reading_dicom_keeps_the_process_locale(tmp_path):
+    """GDCM switches the C locale to "C"; afterwards Python would read and print text as ASCII."""
+    import locale
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    _write_dicom_series(_oblique_volume(), folder)
+    before = locale.getpreferredencoding(False)
+    assert before.upper().replace("-", "") == "UTF8", "the test needs a UTF-8 locale to start from"
+    read_volume(folder)
+    assert locale.getpreferredencoding(False) == before

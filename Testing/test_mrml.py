@@ -116,3 +116,12 @@ def test_prediction_nodes_keep_reference_geometry_and_survive_an_mrb(random_bund
     assert back.tumours[0].probabilities == result.tumours[0].probabilities
     assert heat_node.GetDisplayNode().GetColorNode().GetName() == "TACEResponse inferno"
     loaded.scene.Clear(1)
+
+
+def test_reading_a_segment_leaves_no_node_behind(axial_case, mrml):
+    reference = volume_to_node(axial_case.phases["arterial"], mrml.scene, "arterial")
+    seg_node = segmentation_to_node(axial_case.segmentation, mrml.scene)
+    before = mrml.scene.GetNumberOfNodes()
+    for _ in range(3):
+        segment_mask_from_node(seg_node, "Tumour", reference)
+    assert mrml.scene.GetNumberOfNodes() == before
