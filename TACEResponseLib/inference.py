@@ -24,7 +24,7 @@ import numpy as np
 from .bundle import Bundle, resolve_bundle
 from .cam import forward_with_cam, grad_cam, normalise, project_to_volume, upsample
 from .errors import InputError
-from .geometry import Volume, bounding_box, check_volume, resample_to_reference
+from .geometry import Volume, bounding_box, check_volume
 from .io import Segmentation, segment_mask_on
 from .patches import PatchSet, patches_for_case
 from .results import PredictionResult, TumourPrediction
@@ -95,19 +95,6 @@ def tumour_rois(
             island[box] = labels == value
             rois.append(TumourROI(segment.id, segment.name, mask.with_array(island), number if len(keep) > 1 else None))
     return rois
-
-
-def align_phases(images: Sequence[Volume], names: Sequence[str] | None = None) -> list[Volume]:
-    """Check every phase and resample all onto the first (the reference) with linear interpolation."""
-    if not images:
-        raise InputError("no image given")
-    names = list(names or [img.name for img in images])
-    reference = check_volume(images[0], label=names[0] or "reference volume")
-    aligned = [reference]
-    for image, name in zip(images[1:], names[1:]):
-        check_volume(image, label=name)
-        aligned.append(image if image.same_geometry(reference) else resample_to_reference(image, reference))
-    return aligned
 
 
 def clinical_vector(bundle: Bundle, clinical: Mapping[str, Any] | None) -> np.ndarray | None:

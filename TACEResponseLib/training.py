@@ -5,9 +5,9 @@ Steps:
 1. :func:`~TACEResponseLib.manifest.read_manifest` validates every row (files, labels,
    duplicate ids, empty segments, clinical values) and raises one error listing every bad
    row before anything else happens.
-2. Patches per case exactly as inference cuts them (the card's :class:`PatchSpec`, phases
-   aligned with :func:`~TACEResponseLib.inference.align_phases`, the whole segment as one
-   tumour); cached per case in memory and on disk (``<work_dir>/patches``), keyed by the
+2. Patches per case exactly as inference cuts them (the card's :class:`PatchSpec`, other phases
+   resampled around the tumour by :func:`~TACEResponseLib.patches.patches_for_case`, the whole
+   segment as one tumour); cached per case in memory and on disk (``<work_dir>/patches``), keyed by the
    spec and the files' size and mtime, so epochs and resumed runs do not re-read volumes.
    Cases whose patches cannot be cut are listed together in one error, still before training.
 3. Patient-level stratified train/validation split (:func:`stratified_patient_split`): all
@@ -284,19 +284,19 @@ def _file_key(path: Path) -> list[Any]:
 
 def case_patches(row: ManifestRow, spec: PatchSpec) -> np.ndarray:
     """Patches ``(P, C, S, S)`` of one case, cut exactly as :class:`~TACEResponseLib.inference.Predictor` cuts them."""
-    from .inference import align_phases, tumour_rois
+    from .inference import tumour_rois
     from .io import read_segmentation, read_volume
-    from .patches import extract_patches
+    from .patches import patches_for_case
 
     images = []
     for phase, path in zip(row.phases, row.images):
         volume = read_volume(path)
         volume.name = phase
         images.append(volume)
-    aligned = align_phases(images, row.phases)
     segmentation = read_segmentation(row.segmentation)
-    rois = tumour_rois(segmentation, aligned[0], [row.segment] if row.segment else None, split_islands=False)
-    return extract_patches(aligned, rois[0].mask, spec, label=f"{row.case_id} {rois[0].label}").images
+    rois = tumour_rois(segmentation, images[0], [row.segment] if row.segment else None, split_islands=False)
+    (patches,) = patches_for_case(images, [rois[0].mask], spec, labels=[f"{row.case_id} {rois[0].label}"])
+    return patches.images
 
 
 class PatchCache:
@@ -311,7 +311,7 @@ class PatchCache:
     @staticmethod
     def key(row: ManifestRow, spec: PatchSpec) -> str:
         data = {"spec": spec.to_dict(), "phases": row.phases, "images": [_file_key(p) for p in row.images],
-                "segmentation": _file_key(row.segmentation), "segment": row.segment, "version": 1}
+                "segmentation": _file_key(row.segmentation), "segment": row.segment, "version": 2}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def get(self, row: ManifestRow, spec: PatchSpec) -> np.ndarray:
