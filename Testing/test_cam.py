@@ -82,16 +82,23 @@ def test_heatmap_lands_on_the_tumour_in_ras_for_an_oblique_anisotropic_case(rand
     assert 0.0 <= heat.array.min() and heat.array.max() == pytest.approx(1.0)
 
 
-def test_randomised_weights_give_a_different_heatmap(random_bundle, tmp_path):
-    from conftest import make_random_bundle
+def test_randomised_weights_give_a_different_heatmap(tmp_path):
+    """Model-randomisation sanity check (Adebayo 2018): the trained demo model's heatmap must
+    change when its weights are replaced by random ones of the same architecture."""
+    from TACEResponseLib.bundle import resolve_bundle, save_bundle
+    from TACEResponseLib.models import build_network
 
-    other = make_random_bundle(tmp_path / "other", seed=123)
-    case = make_phantom("SD", shape_kji=(48, 96, 96), seed=4)
-    a = Predictor(random_bundle, device="cpu").predict([case.phases["arterial"]], case.segmentation).heatmap.array
-    b = Predictor(other, device="cpu").predict([case.phases["arterial"]], case.segmentation).heatmap.array
+    trained = resolve_bundle("TACEResponse-demo-synthetic-ct")
+    torch.manual_seed(123)
+    card = trained.card
+    randomised = save_bundle(tmp_path / "randomised", build_network(card.architecture, len(card.class_names),
+                                                                     card.in_channels), card)
+    case = make_phantom("PR", shape_kji=(48, 96, 96), seed=4)
+    a = Predictor(trained, device="cpu").predict([case.phases["arterial"]], case.segmentation).heatmap.array
+    b = Predictor(randomised, device="cpu").predict([case.phases["arterial"]], case.segmentation).heatmap.array
     support = (a > 0) | (b > 0)
     correlation = np.corrcoef(a[support], b[support])[0, 1]
-    assert correlation < 0.9
+    assert correlation < 0.8, f"heatmaps of trained and random weights correlate {correlation:.2f}"
 
 
 def test_normalise_and_upsample():
