@@ -199,10 +199,11 @@ class Predictor:
             peak = None
             if cams is not None:
                 maps = normalise(cams[rows][np.arange(rows.sum()), predicted] if cams.ndim == 4 else cams[rows])
-                tumour_heat = project_to_volume(maps, patches.provenance, reference)
-                np.maximum(heat, tumour_heat, out=heat)
-                peak_kji = np.unravel_index(int(np.argmax(tumour_heat)), tumour_heat.shape)
-                peak = reference.ijk_to_ras_points(np.array([peak_kji[::-1]], float))[0].tolist()
+                project_to_volume(maps, patches.provenance, reference, out=heat)  # max where tumours meet
+                # the voxel holding the tumour's strongest patch pixel (no full-volume temporaries)
+                patch, v, u = np.unravel_index(int(np.argmax(maps)), maps.shape)
+                ijk = (patches.provenance[patch].patch_to_ijk @ np.array([u, v, 0.0, 1.0]))[:3]
+                peak = reference.ijk_to_ras_points(np.round(ijk)[None])[0].tolist()
             tumours.append(TumourPrediction(
                 segment_id=roi.segment_id,
                 segment_name=roi.segment_name,
