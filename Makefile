@@ -37,3 +37,12 @@ clean:
 DEMO_BUNDLE ?= Resources/Models/TACEResponse-demo-synthetic-ct
 demo-bundle: $(STAMP)
 	$(VENV)/bin/tace-response make-demo-bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2
+
+# Re-create the SYNTHETIC demo survival model (200 phantoms like the demo case → Zhang 2020
+# pipeline with random-init DenseNet-121 features → survival_model.json + nomogram + signature +
+# model card → "survival_models" of Resources/Models.json). Seeded; about 3 minutes on 2 cores.
+# The phantom cohort (~2.5 GB), feature cache and full report go to build/demo-survival-model.
+.PHONY: demo-survival-model
+DEMO_SURVIVAL_MODEL ?= Resources/Models/TACEResponse-demo-synthetic-survival
+demo-survival-model: $(STAMP)
+	$(VENV)/bin/tace-response make-demo-survival-model --work-dir build/demo-survival-model --output $(DEMO_SURVIVAL_MODEL) --workers 2

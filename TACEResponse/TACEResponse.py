@@ -79,12 +79,15 @@ class TACEResponseParameterNode:
     """Inputs (volumes, segment, model, clinical values), settings, display and output nodes."""
 
     referenceVolume: vtkMRMLScalarVolumeNode
-    phaseVolumes: dict[str, vtkMRMLScalarVolumeNode]  # further phases the model needs, by phase name
+    # every volume besides the reference, by phase name: the response model's other inputs and the phases
+    # only the survival model's signature needs ("portal (survival)"); one volume per phase name, shared
+    # when both models use it
+    phaseVolumes: dict[str, vtkMRMLScalarVolumeNode]
     segmentationNode: vtkMRMLSegmentationNode
     segmentId: str = ""
     modelName: str = ""  # a model registered in Resources/Models.json …
     modelPath: str = ""  # … or a bundle folder loaded from disk (takes precedence)
-    nomogramPath: Path = Path()
+    nomogramPath: Path = Path()  # survival model; defaults to the one registered for the chosen model
     clinicalValues: str = "{}"  # JSON {factor name: number or category label}
     device: Annotated[str, Choice(list(panel.DEVICE_CHOICES))] = "auto"
     keepTemporaryFiles: bool = False
@@ -267,18 +270,19 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateForms(self, inputs: panel.PanelInputs) -> None:
         """Rebuild the phase selectors and clinical form when the model or nomogram changed."""
-        key = (inputs.model, inputs.card is not None, str(inputs.nomogram), tuple(f.name for f in inputs.clinical_fields))
+        key = (inputs.model, inputs.card is not None, str(inputs.nomogram), tuple(f.name for f in inputs.clinical_fields),
+               tuple(inputs.survival_phases))
         if key != self._formKey:
             self._formKey = key
             self.ui.modelInfoLabel.setText(inputs.model_problem or panel.describe_card(inputs.card))
             warning = panel.model_warning(inputs.card)
             self.ui.modelWarningLabel.setText(warning)
             self.ui.modelWarningLabel.setVisible(bool(warning))
-            self.buildPhaseSelectors(inputs.card)
+            self.buildPhaseSelectors(inputs.card, inputs.survival_phases)
             self.buildClinicalForm(inputs.clinical_fields)
         self.showClinicalValues(inputs.clinical_values)
 
-    def buildPhaseSelectors(self, card) -> None:
+    def buildPhaseSelectors(self, card, survivalPhases=()) -> None:
         layout = self.ui.phaseSelectorsFrame.layout()
         for label, selector in self._phaseSelectors.values():
             selector.setMRMLScene(None)
@@ -289,7 +293,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.referenceVolumeSelector.setToolTip(
             f"The model's first input, {phases[0].name} ({phases[0].modality}): other phases and the segment are "
             "resampled onto its grid and the heatmap is shown on it." if phases else self.ui.referenceVolumeSelector.toolTip)
-        for phase in phases[1:]:
+        for spec in panel.phase_selectors(card, survivalPhases):
             selector = slicer.qMRMLNodeComboBox()
             selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
             selector.showChildNodeTypes = False
@@ -297,14 +301,13 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selector.addEnabled = False
             selector.removeEnabled = False
             selector.setMRMLScene(slicer.mrmlScene)
-            selector.setToolTip(f"Volume of phase '{phase.name}' ({phase.modality}); resampled onto the reference. "
-                                + (phase.description or ""))
+            selector.setToolTip(spec.tooltip)
             selector.connect("currentNodeChanged(vtkMRMLNode*)",
-                             lambda node, name=phase.name: self.onPhaseVolumeSelected(name, node))
-            label = qt.QLabel(f"{phase.name}:")
+                             lambda node, name=spec.phase: self.onPhaseVolumeSelected(name, node))
+            label = qt.QLabel(spec.label)
             label.setMinimumWidth(self.ui.referenceVolumeLabel.minimumWidth)  # aligned with the outer form
             layout.addRow(label, selector)
-            self._phaseSelectors[phase.name] = (label, selector)
+            self._phaseSelectors[spec.phase] = (label, selector)
         self.ui.phaseSelectorsFrame.setVisible(bool(self._phaseSelectors))
 
     def buildClinicalForm(self, fields) -> None:
@@ -428,6 +431,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
+        before = self.logic.modelOf(p)
         data = self.ui.modelSelector.itemData(index) or ""
         if data == "load":
             folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Choose a model bundle folder")
@@ -443,6 +447,8 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif data.startswith("name:"):
             with slicer.util.NodeModify(p):
                 p.modelPath, p.modelName = "", data[len("name:"):]
+        if self.logic.modelOf(p) != before:  # the registered survival model follows the model
+            self.logic.setDefaultNomogram(p)
 
     # -- state and controls ----------------------------------------------------------------------
     def updateControls(self, inputs: Optional[panel.PanelInputs] = None) -> None:
@@ -665,6 +671,14 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
                     choices = panel.model_choices()
                     if choices:
                         p.modelName = choices[0].model
+                        self.setDefaultNomogram(p)
+
+    def setDefaultNomogram(self, p) -> None:
+        """After a model change: its registered survival model, unless the user chose another nomogram
+        (:func:`panel.nomogram_after_model_change`). Clearing the field sticks until the model changes."""
+        with contextlib.suppress(TACEResponseError):
+            nomogram = panel.nomogram_after_model_change(self.modelOf(p), self.nomogramOf(p))
+            p.nomogramPath = nomogram if nomogram is not None else Path()
 
     # -- inputs ---------------------------------------------------------------------------------
     @staticmethod
@@ -702,10 +716,11 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
                 card = panel.load_card(model)
             except TACEResponseError as exc:
                 modelProblem = f"Model '{model}' cannot be used: {exc}"
-        nomogram, variables, nomogramProblem = self.nomogramOf(p), [], None
+        nomogram, variables, survivalPhases, nomogramProblem = self.nomogramOf(p), [], [], None
         if nomogram is not None:
             try:
                 variables = panel.nomogram_fields(nomogram)
+                survivalPhases = panel.survival_phases(nomogram)
             except TACEResponseError as exc:
                 nomogramProblem = f"Nomogram '{nomogram.name}' cannot be used: {exc}"
         return panel.PanelInputs(
@@ -717,7 +732,7 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
             clinical_fields=panel.clinical_fields(card, variables),
             clinical_values=panel.parse_clinical_values(p.clinicalValues),
             nomogram=nomogram, nomogram_problem=nomogramProblem,
-            missing_packages=list(missingPackages or []))
+            missing_packages=list(missingPackages or []), survival_phases=survivalPhases)
 
     def ensureSegmentation(self, p):
         """The chosen segmentation and segment; creates them (empty 'Tumour' on the reference geometry) if needed."""
@@ -860,7 +875,8 @@ class TACEResponseTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        for test in (self.test_apply_blockers, self.test_case_inputs_round_trip, self.test_cancel_stops_process_tree,
+        for test in (self.test_apply_blockers, self.test_case_inputs_round_trip, self.test_survival_phase_inputs,
+                     self.test_cancel_stops_process_tree,
                      self.test_cli_error_is_reported, self.test_parameter_node_round_trip, self.test_prediction):
             self.setUp()
             test()
@@ -873,6 +889,11 @@ class TACEResponseTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Input files for the background process")
         with tempfile.TemporaryDirectory() as folder:
             selftest.check_case_inputs_round_trip(slicer.mrmlScene, folder)
+
+    def test_survival_phase_inputs(self):
+        self.delayDisplay("Phases only the survival model needs: selector, blocker, --survival-image")
+        with tempfile.TemporaryDirectory() as folder:
+            selftest.check_survival_phase_inputs(slicer.mrmlScene, folder)
 
     def test_cancel_stops_process_tree(self):
         self.delayDisplay("Cancel stops the background process tree")

@@ -139,15 +139,28 @@ def default_bundle_name() -> str:
     return entries[0].name
 
 
+def _nomogram_file(name_or_path: str | None) -> Path | None:
+    """``--nomogram``: a survival_model.json / nomogram file, a folder holding one, or a registered
+    survival model name (its checksum verified against Resources/Models.json)."""
+    if not name_or_path:
+        return None
+    from .bundle import resolve_survival_model
+
+    return resolve_survival_model(name_or_path)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict one case from files: result.json + heatmap.nrrd (+ overlay PNG) in --output."""
     from .inference import Predictor
     from .pipeline import predict_files
 
+    survival_images = _clinical_values(args.survival_image, "--survival-image")
+    nomogram = _nomogram_file(args.nomogram)
     predictor = Predictor(args.bundle or default_bundle_name(), device=args.device, cam_method=args.cam)
     result = predict_files(predictor, args.image, args.segmentation, args.output,
                            segments=args.segment, clinical=_clinical_values(args.clinical),
-                           case_id=args.case_id, nomogram=args.nomogram, progress=_progress_printer(args.progress))
+                           case_id=args.case_id, nomogram=nomogram, progress=_progress_printer(args.progress),
+                           survival_images=survival_images)
     if args.png:
         _write_overlay(result, args.image[0], args.segmentation, Path(args.output) / "overlay.png")
     if not args.progress:
@@ -176,7 +189,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Make the SYNTHETIC demo case, predict it with the demo bundle, write result + overlay PNG."""
+    """Make the SYNTHETIC demo case, predict it with the demo bundle and the demo survival model,
+    write result.json, heatmap, overlay, nomogram and survival-curve PNGs."""
     from .inference import Predictor
     from .patches import extract_patches
     from .phantoms import make_phantom
@@ -187,7 +201,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     paths = case.write(out / "case")
     predictor = Predictor(args.bundle or default_bundle_name(), device=args.device)
     images = [paths["phases"][p.name] for p in predictor.bundle.card.inputs]
-    result = predict_files(predictor, images, paths["segmentation"], out, case_id=case.case_id)
+    survival_path, clinical, survival_images = _demo_survival(args, predictor, case, paths)
+    result = predict_files(predictor, images, paths["segmentation"], out, case_id=case.case_id, clinical=clinical,
+                           nomogram=survival_path, survival_images=survival_images)
     png = _write_overlay(result, images[0], paths["segmentation"], out / "demo_overlay.png")
     reference = case.phases[predictor.bundle.card.inputs[0].name]
     mask = case.segmentation.mask(case.tumours[0].segment_id)
@@ -196,7 +212,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"SYNTHETIC demo case (true class {case.label}), written to {Path(paths['case_json']).parent}")
     print("\n".join(result.summary_lines()))
     print(f"result: {out / 'result.json'}\nheatmap: {out / 'heatmap.nrrd'}\noverlay: {png}")
+    if result.survival:
+        for line in _demo_survival_outputs(result, survival_path, out):
+            print(line)
     return 0
+
+
+def _demo_survival(args: argparse.Namespace, predictor, case, paths) -> tuple:
+    """The demo's survival model (``--nomogram``, else the one registered for the bundle), the demo
+    patient's clinical values it needs (printed) and the phases its signature needs as survival images."""
+    from .bundle import default_survival_model, resolve_survival_model
+    from .survival.demo import demo_clinical_values
+    from .survival.features import load_survival_model
+
+    if args.no_survival:
+        return None, {}, None
+    if args.nomogram:
+        survival_path = resolve_survival_model(args.nomogram)
+    else:
+        entry = default_survival_model(predictor.bundle.card.name)
+        if entry is None:
+            print(f"no survival model registered for {predictor.bundle.card.name}; survival skipped (--nomogram)")
+            return None, {}, None
+        survival_path = resolve_survival_model(entry.name)  # checksum verified against Resources/Models.json
+    model = load_survival_model(survival_path)
+    clinical = demo_clinical_values(case, model.clinical_variables)
+    missing = [p for p in model.image_phases if p not in paths["phases"]]
+    if missing:
+        raise TACEResponseError(f"the survival model {model.name!r} needs phase(s) {missing}, which the demo case "
+                                f"does not have ({sorted(paths['phases'])})")
+    inputs = {p.name for p in predictor.bundle.card.inputs}
+    survival_images = {p: paths["phases"][p] for p in model.image_phases if p not in inputs}
+    shown = ", ".join(f"{name} = {value}" for name, value in clinical.items()) or "none needed"
+    print(f"survival model: {model.name} ({survival_path})")
+    print(f"SYNTHETIC demo patient's clinical values: {shown}; signature from "
+          f"{', '.join(model.image_phases) or 'no image'}")
+    return survival_path, clinical, survival_images
+
+
+def _demo_survival_outputs(result, survival_path, out: Path) -> list[str]:
+    """Print lines of the survival read-out; writes demo_nomogram.png and demo_survival.png."""
+    from .panel import nomogram_figure
+    from .survival.nomogram import plot_survival_curve
+
+    survival = result.survival
+    note = survival.get("note") or ""
+    nomogram_png = nomogram_figure(survival_path, survival, out / "demo_nomogram.png",
+                                   title=f"SYNTHETIC demo case {result.case_id}")
+    curve_png = plot_survival_curve(survival, out / "demo_survival.png",
+                                    title=f"SYNTHETIC demo case {result.case_id}", note=note)
+    lines = [f"survival ({survival.get('model_file') or survival_path}):",
+             f"  risk group: {survival['risk_group']} · total points {survival['total_points']:.1f}"]
+    points = ", ".join(f"{name} {value:.1f}" for name, value in survival["points"].items())
+    lines.append(f"  points: {points}")
+    if survival.get("signature"):
+        lines.append(f"  DL signature {survival['signature']['value']:.4f} ({survival['signature'].get('weights')})")
+    lines.append("  predicted survival: " + ", ".join(f"{k} {v:.0%}" for k, v in survival["survival_at"].items()))
+    for warning in survival.get("warnings") or []:
+        lines.append(f"  ! {warning}")
+    lines.append(f"  ! {note}" if note else "")
+    lines.append(f"nomogram: {nomogram_png}\nsurvival curve: {curve_png}")
+    return [line for line in lines if line]
 
 
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -225,6 +301,9 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="demo-output")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
+    p.add_argument("--nomogram", default=None,
+                   help="survival model (file, folder or registered name; default: the one registered for the bundle)")
+    p.add_argument("--no-survival", action="store_true", help="response only: no nomogram / survival read-out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
 
@@ -237,7 +316,12 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
     p.add_argument("--output", required=True, help="folder for result.json and heatmap.nrrd")
     p.add_argument("--clinical", action="append", metavar="NAME=VALUE", help="clinical factor (repeatable)")
-    p.add_argument("--nomogram", default=None, metavar="PATH", help="nomogram file for the survival read-out")
+    p.add_argument("--nomogram", default=None, metavar="PATH",
+                   help="survival model for the survival read-out: survival_model.json (or a bare nomogram JSON), "
+                        "its folder, or a registered survival model name")
+    p.add_argument("--survival-image", action="append", default=None, metavar="PHASE=PATH",
+                   help="an image the survival model's signature needs that is not a model input, e.g. "
+                        "portal=portal.nrrd (repeatable; model inputs are reused)")
     p.add_argument("--case-id", default=None)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--cam", choices=["auto", "cam", "gradcam", "none"], default="auto")
@@ -564,12 +648,48 @@ def _survival_cohort_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacing", type=float, nargs=3, default=(2.0, 2.0, 2.0), metavar=("I", "J", "K"))
 
 
+def cmd_make_demo_survival_model(args: argparse.Namespace) -> int:
+    """Re-create the SYNTHETIC demo survival model and register it under survival_models in Models.json."""
+    import json
+
+    from .survival.demo import make_demo_survival_model
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary = make_demo_survival_model(args.work_dir, args.output, n_cases=args.cases, seed=args.seed,
+                                       workers=args.workers, n_boot=args.n_boot, registry=args.registry,
+                                       device=args.device)
+    for row in summary["c_index"]:
+        p = f", log-rank p {row['logrank_p']:.3g}" if row.get("logrank_p") is not None else ""
+        print(f"  {row['model']:<10} {row['cohort']:<11} C-index {row['c_index']:.3f} "
+              f"({row['ci_lower']:.3f}–{row['ci_upper']:.3f}){p}")
+    print(json.dumps({k: v for k, v in summary.items() if k != "c_index"}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _make_demo_survival_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work-dir", default="build/demo-survival-model",
+                   help="phantom cohort, feature cache and the full report (not shipped)")
+    p.add_argument("--output", default="Resources/Models/TACEResponse-demo-synthetic-survival")
+    p.add_argument("--registry", default=None, help="Models.json to update (default: Resources/Models.json)")
+    p.add_argument("--cases", type=int, default=200, help="SYNTHETIC phantoms in the cohort")
+    p.add_argument("--seed", type=int, default=2000, help="first phantom seed (and the clinical/survival draw)")
+    p.add_argument("--workers", type=int, default=2, help="processes making the phantoms")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the DenseNet features")
+    p.add_argument("--device", default="cpu", help="cpu keeps the model reproducible")
+
+
 _register("extract-features", cmd_extract_features, _extract_features_args,
           "DenseNet-121 deep features per case and phase (cached) → CSV")
 _register("survival", cmd_survival, _survival_args,
           "Zhang 2020 survival: ICC → signature → nomograms → report + survival_model.json")
 _register("survival-cohort", cmd_survival_cohort, _survival_cohort_args,
           "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)")
+_register("make-demo-survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
+          "re-create the SYNTHETIC demo survival model and register it in Resources/Models.json")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

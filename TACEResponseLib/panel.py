@@ -309,6 +309,86 @@ def nomogram_fields(path: str | Path) -> list[ClinicalField]:
     return [dataclasses.replace(f, sources=list(f.sources)) for f in _nomogram_fields(str(path), path.stat().st_mtime_ns)]
 
 
+@lru_cache(maxsize=8)
+def _survival_phases(path: str, _mtime_ns: int) -> tuple[str, ...]:
+    try:
+        from .survival.features import load_survival_model
+    except ImportError as exc:
+        raise InputError(f"reading the nomogram needs the Python package {exc.name!r}: click 'Install dependencies'") from None
+    return tuple(load_survival_model(Path(path)).image_phases)
+
+
+def survival_phases(path: str | Path | None) -> list[str]:
+    """Phases a survival model computes its deep-learning signature from (first = its reference grid);
+    empty for a nomogram without image signature or no file. InputError when the file is not one."""
+    if path is None:
+        return []
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"nomogram file {path} does not exist")
+    return list(_survival_phases(str(path), path.stat().st_mtime_ns))
+
+
+def default_nomogram(model: str) -> Path | None:
+    """The survival model file registered as the default for a response model (registry name),
+    its checksum verified; None when there is none (or it is damaged: logged)."""
+    from .bundle import default_survival_model, verify_survival_model
+    from .errors import BundleError
+
+    try:
+        entry = default_survival_model(model) if model else None
+        return verify_survival_model(entry) if entry is not None else None
+    except BundleError as exc:
+        logger.warning("default survival model of %s not used: %s", model, exc)
+        return None
+
+
+def nomogram_after_model_change(new_model: str, current: Path | None) -> Path | None:
+    """The nomogram path after the user picks ``new_model``: a path the user chose (not a registered
+    default) is kept; an empty path or another model's registered default becomes ``new_model``'s
+    default (None when it has none). So the demo survival model follows the demo response model,
+    and clearing the field sticks until the model is changed."""
+    from .bundle import read_survival_registry
+    from .errors import BundleError
+
+    if current is not None:
+        try:
+            defaults = {entry.model_file().resolve() for entry in read_survival_registry()}
+        except BundleError:
+            defaults = set()
+        if Path(current).resolve() not in defaults:
+            return current
+    return default_nomogram(new_model)
+
+
+@dataclass(frozen=True)
+class PhaseSelector:
+    """One extra volume selector of the inputs section: a model input or a survival-only phase."""
+
+    phase: str
+    label: str
+    tooltip: str
+    survival_only: bool = False
+
+
+def phase_selectors(card: BundleCard | None, survival: Sequence[str] = ()) -> list[PhaseSelector]:
+    """Selectors beside the reference: the model's other inputs ("portal:"), then each phase the
+    survival model needs that the model does not take ("portal (survival):"). A survival phase
+    that is a model input (or the reference) reuses that volume and gets no selector."""
+    phases = [p for p in card.inputs] if card is not None else []
+    selectors = [PhaseSelector(p.name, f"{p.name}:", f"Volume of phase '{p.name}' ({p.modality}); resampled onto the "
+                               "reference. " + (p.description or "")) for p in phases[1:]]
+    taken = {p.name for p in phases}
+    for name in survival:
+        if name not in taken:
+            taken.add(name)
+            selectors.append(PhaseSelector(
+                name, f"{name} (survival):",
+                f"Volume of phase '{name}' for the survival model's deep-learning signature only (the response model "
+                "does not use it); its DenseNet features are computed in the tumour segment.", survival_only=True))
+    return selectors
+
+
 def clinical_fields(card: BundleCard | None, nomogram: Sequence[ClinicalField] = ()) -> list[ClinicalField]:
     """Form fields: the model's clinical factors, then the nomogram's other variables (one per name)."""
     fields: dict[str, ClinicalField] = {}
@@ -408,14 +488,24 @@ class PanelInputs:
     nomogram: Path | None = None
     nomogram_problem: str | None = None
     missing_packages: list[str] = field(default_factory=list)
+    survival_phases: list[str] = field(default_factory=list)  # what the survival model's signature needs
 
     @property
     def phase_names(self) -> list[str]:
         return [p.name for p in self.card.inputs] if self.card is not None else []
 
+    @property
+    def survival_only_phases(self) -> list[str]:
+        """Survival phases that are not model inputs: they get their own selector and file."""
+        return [p.phase for p in phase_selectors(self.card, self.survival_phases) if p.survival_only]
+
     def image_nodes(self) -> list[Any]:
         """Reference first, then the other phases in the model's order."""
         return [self.reference] + [self.phase_volumes.get(name) for name in self.phase_names[1:]]
+
+    def survival_nodes(self) -> dict[str, Any]:
+        """The volumes of the survival-only phases, by phase (None where not chosen)."""
+        return {name: self.phase_volumes.get(name) for name in self.survival_only_phases}
 
 
 def _name(node: Any) -> str:
@@ -442,7 +532,13 @@ def apply_blockers(inputs: PanelInputs) -> list[str]:
     for name in phases[1:]:
         if inputs.phase_volumes.get(name) is None:
             blockers.append(f"Choose a volume for phase '{name}'.")
+    survival_only = inputs.survival_only_phases if not inputs.nomogram_problem else []
+    for name in survival_only:
+        if inputs.phase_volumes.get(name) is None:
+            blockers.append(f"Choose a volume for phase '{name}' (survival): the survival model's signature needs it.")
     chosen = [(name, node) for name, node in zip(phases or ["reference"], inputs.image_nodes()) if node is not None]
+    chosen += [(f"{name} (survival)", inputs.phase_volumes.get(name)) for name in survival_only
+               if inputs.phase_volumes.get(name) is not None]
     for index, (name, node) in enumerate(chosen):
         for other_name, other in chosen[:index]:
             if other is node:
@@ -528,6 +624,7 @@ class PredictionRequest:
     nomogram: Path | None = None
     device: str = "auto"
     case_id: str = "case"
+    survival_images: dict[str, Path] = field(default_factory=dict)  # survival-only phases
 
     def cli_arguments(self, output: str | Path) -> list[str]:
         arguments = ["predict"]
@@ -540,6 +637,8 @@ class PredictionRequest:
             arguments += ["--clinical", f"{name}={value}"]
         if self.nomogram is not None:
             arguments += ["--nomogram", str(self.nomogram)]
+        for phase, path in self.survival_images.items():
+            arguments += ["--survival-image", f"{phase}={path}"]
         return arguments + ["--progress"]
 
 
@@ -564,11 +663,16 @@ def write_case_inputs(folder: str | Path, inputs: PanelInputs, device: str = "au
         volume = volume_from_node(node, label=f"{name} volume {_name(node)!r}")
         # uncompressed: written in the GUI thread at Apply, read once by the background process
         paths.append(write_volume(volume, folder / f"{index:02d}_{_file_stem(name)}.nrrd", compress=False))
+    survival_paths = {}
+    if inputs.nomogram is not None:
+        for index, (name, node) in enumerate(inputs.survival_nodes().items()):
+            volume = volume_from_node(node, label=f"{name} (survival) volume {_name(node)!r}")
+            survival_paths[name] = write_volume(volume, folder / f"s{index:02d}_{_file_stem(name)}.nrrd", compress=False)
     segmentation = segmentation_from_node(inputs.segmentation, inputs.reference, [inputs.segment_id])
     segmentation_path = write_segmentation(segmentation, folder / "tumour.seg.nrrd")
     clinical = {item.name: item.cli_value(inputs.clinical_values[item.name]) for item in inputs.clinical_fields}
     return PredictionRequest(paths, segmentation_path, inputs.segment_id, inputs.model, clinical, inputs.nomogram,
-                             device, _file_stem(_name(inputs.reference)))
+                             device, _file_stem(_name(inputs.reference)), survival_paths)
 
 
 class PredictionRun:

@@ -33,29 +33,54 @@ def predict_files(
     case_id: str | None = None,
     nomogram: Any = None,
     progress: Progress | None = None,
+    survival_images: Mapping[str, str | Path] | None = None,
 ) -> PredictionResult:
-    """Predict one case given as files and write ``heatmap.nrrd`` then ``result.json`` into ``output_dir``."""
+    """Predict one case given as files and write ``heatmap.nrrd`` then ``result.json`` into ``output_dir``.
+
+    ``nomogram`` (a ``survival_model.json`` / nomogram path or object) adds the patient's survival
+    read-out. Its deep-learning signature is computed from the phases the survival model names:
+    a phase that is also a model input reuses the volume read for the prediction; the others come
+    from ``survival_images`` (phase → file), read here and used for the signature only. A phase
+    the survival model needs and nobody gave is an :class:`InputError` raised before any work.
+    """
     progress = progress or _no_progress
     started = time.perf_counter()
-    progress(0.0, "reading")
     if not image_paths:
         raise InputError("no image given (--image)")
+    input_phases = [p.name for p in predictor.bundle.card.inputs][:len(image_paths)]
+    model = _survival_model(nomogram, input_phases, image_paths, survival_images)
+    if model is not None:
+        model.clinical_values(clinical or {})  # a missing or bad clinical value fails before any work
+    progress(0.0, "reading")
     images = []
     for path, phase in zip(image_paths, [p.name for p in predictor.bundle.card.inputs] + [None] * len(image_paths)):
         volume = read_volume(path)
         volume.name = phase or volume.name
         images.append(volume)
+    survival_volumes: dict[str, Any] = {}
+    survival_sources: dict[str, str] = {}
+    if model is not None:
+        by_phase = dict(zip(input_phases, images))
+        for phase in model.image_phases:
+            if phase in by_phase:
+                survival_volumes[phase], survival_sources[phase] = by_phase[phase], "model input"
+            else:
+                volume = read_volume(survival_images[phase])  # type: ignore[index]
+                volume.name = phase
+                survival_volumes[phase], survival_sources[phase] = volume, str(survival_images[phase])  # type: ignore[index]
     segmentation = read_segmentation(segmentation_path)
     read_s = time.perf_counter() - started
     case_id = case_id or Path(image_paths[0]).name.split(".")[0]
     result = predictor.predict(images, segmentation, segments=segments, clinical=clinical, case_id=case_id,
                                progress=progress)
     result.timings["read"] = read_s
-    if nomogram is not None:
+    if model is not None:
         progress(0.85, "survival")
         start = time.perf_counter()
-        result.survival = patient_survival(nomogram, result, clinical or {}, images=images,
+        result.survival = patient_survival(model, result, clinical or {}, images=survival_volumes or images,
                                            segmentation=segmentation, segments=segments, device=str(predictor.device))
+        if result.survival.get("signature") and survival_sources:
+            result.survival["signature"]["images"] = survival_sources
         result.timings["survival"] = time.perf_counter() - start
     progress(0.90, "writing")
     start = time.perf_counter()
@@ -68,6 +93,47 @@ def predict_files(
     result.write_json(output_dir / RESULT_FILE)
     progress(1.0, "done")
     return result
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def _survival_model(nomogram: Any, input_phases: Sequence[str], image_paths: Sequence[str | Path],
+                    survival_images: Mapping[str, str | Path] | None) -> Any:
+    """The survival model (or None), after checking that every phase its signature needs is given."""
+    survival_images = {str(k): v for k, v in (survival_images or {}).items()}
+    if nomogram is None:
+        if survival_images:
+            raise InputError(f"survival image(s) given ({', '.join(survival_images)}) but no survival model "
+                             "(--nomogram); they are only used for the survival signature")
+        return None
+    from .survival.features import load_survival_model
+
+    model = load_survival_model(nomogram)
+    for phase, path in survival_images.items():
+        if not str(path).strip():
+            raise InputError(f"survival image for phase {phase!r}: no path given (--survival-image {phase}=PATH)")
+        if phase in input_phases:
+            model_path = image_paths[list(input_phases).index(phase)]
+            if not _same_file(model_path, path):
+                raise InputError(f"phase {phase!r} is both a model input ({model_path}) and a survival image "
+                                 f"({path}); give it once (a model input is reused for the survival signature)")
+        elif phase not in model.image_phases:
+            logger.warning("survival image %r ignored: the survival model %s uses phases %s", phase, model.name,
+                           model.image_phases or "none (no image signature)")
+    needed = model.image_phases
+    missing = [p for p in needed if p not in input_phases and p not in survival_images]
+    if missing:
+        inputs = f"the response model's inputs are {list(input_phases)}" if input_phases else "no model input"
+        raise InputError(
+            f"the survival model {model.name!r} computes its deep-learning signature from phase(s) {needed}; "
+            f"phase(s) {missing} missing ({inputs}): give "
+            + " ".join(f"--survival-image {p}=PATH" for p in missing))
+    return model
 
 
 def patient_survival(

@@ -282,3 +282,56 @@ def check_demo_model_prediction(scene, folder: str | Path, python: str | None = 
     check(bool(choices), "no model is registered in Resources/Models.json; the demo bundle is missing")
     check_prediction_run(scene, folder, choices[0].model, python=python)
     return choices[0].model
+
+
+def check_survival_phase_inputs(scene, folder: str | Path, nomogram: str | Path | None = None) -> None:
+    """A survival model needing a phase the response model does not take: its own selector
+    ("portal (survival)"), a blocker naming it until chosen, and its file passed as --survival-image.
+
+    ``nomogram`` defaults to the registered demo survival model (arterial + portal signature).
+    """
+    from .bundle import resolve_survival_model
+    from .io import read_volume
+
+    nomogram = Path(nomogram) if nomogram is not None else resolve_survival_model("TACEResponse-demo-synthetic-survival")
+    needed = panel.survival_phases(nomogram)
+    check(len(needed) >= 2, f"the survival model should need two phases, it needs {needed}")
+    card = two_phase_card((needed[0],))  # the response model takes the reference phase only
+    specs = panel.phase_selectors(card, needed)
+    check([(s.phase, s.label, s.survival_only) for s in specs]
+          == [(p, f"{p} (survival):", True) for p in needed[1:]],
+          f"one '(survival)' selector per phase the response model does not take: {specs}")
+    check(panel.phase_selectors(two_phase_card(tuple(needed)), needed) == panel.phase_selectors(two_phase_card(tuple(needed))),
+          "a survival phase that is a model input must not get a second selector")
+
+    nodes = load_phantom_nodes(scene, phases=list(needed))
+    fields = panel.clinical_fields(card, panel.nomogram_fields(nomogram))
+    values = {f.name: (next(iter(f.levels)) if f.levels else (f.training_range[0] + f.training_range[1]) / 2
+                       if f.training_range else 50.0) for f in fields}
+    values["ALT"] = 42.0  # the card's factor (range 0-500) and, when it has it, the nomogram's
+    inputs = panel.PanelInputs(reference=nodes.phases[needed[0]], phase_volumes={}, segmentation=nodes.segmentation,
+                               segment_id=nodes.segment_id, model="input-check", card=card, clinical_fields=fields,
+                               clinical_values=values, nomogram=nomogram, survival_phases=needed)
+    blockers = panel.apply_blockers(inputs)
+    check(len(blockers) == len(needed) - 1 and all(f"'{p}' (survival)" in b for p, b in zip(needed[1:], blockers)),
+          f"each missing survival phase should block Apply, named: {blockers}")
+    inputs.phase_volumes = {needed[1]: inputs.reference}
+    blockers = panel.apply_blockers(inputs)
+    check(len(blockers) == 1 and inputs.reference.GetName() in blockers[0] and "(survival)" in blockers[0],
+          f"the reference chosen again as a survival phase should be refused: {blockers}")
+    inputs.phase_volumes = {p: nodes.phases[p] for p in needed[1:]}
+    check(panel.apply_blockers(inputs) == [], f"complete inputs should not block: {panel.apply_blockers(inputs)}")
+
+    request = panel.write_case_inputs(folder, inputs, device="cpu")
+    check(len(request.image_paths) == 1, f"only the model's input is a --image: {request.image_paths}")
+    check(sorted(request.survival_images) == sorted(needed[1:]), f"survival images written: {request.survival_images}")
+    for phase, path in request.survival_images.items():
+        written = read_volume(path)
+        expected = nodes.case.phases[phase]
+        check(np.array_equal(written.array, expected.array) and np.allclose(written.ijk_to_ras, expected.ijk_to_ras,
+                                                                            atol=1e-6),
+              f"{phase} (survival): voxels or geometry changed on the way to {path}")
+    arguments = request.cli_arguments("OUT")
+    given = [arguments[i + 1] for i, a in enumerate(arguments) if a == "--survival-image"]
+    check(given == [f"{p}={request.survival_images[p]}" for p in needed[1:]], f"--survival-image arguments: {given}")
+    check(arguments[arguments.index("--nomogram") + 1] == str(nomogram), "the nomogram must reach the CLI")

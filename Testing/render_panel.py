@@ -181,17 +181,18 @@ def survival_curve_png(survival: dict[str, Any], width_px: int = 390) -> bytes:
 
 def fill_panel(ui: types.SimpleNamespace, result: PredictionResult, *, card=None, clinical_fields=(),
                clinical_values: dict[str, Any] | None = None, nomogram_png: str | Path | None = None,
-               reference_name: str = "arterial CT", case_name: str = "case") -> None:
+               reference_name: str = "arterial CT", case_name: str = "case", survival_phases=()) -> None:
     """Show inputs, model, clinical form and ``result`` the way the module's widget does."""
     phases = [p.name for p in card.inputs] if card is not None else [reference_name]
     ui.referenceVolumeSelector.addItem(f"{case_name}_{phases[0]}")
     if card is not None:
         ui.referenceVolumeLabel.setText(f"Reference ({phases[0]}):")
     form: QFormLayout = ui.phaseSelectorsFrame.layout()
-    for phase in (card.inputs[1:] if card is not None else []):
+    for spec in panel.phase_selectors(card, survival_phases):  # as the module builds them
         combo = QComboBox()
-        combo.addItem(f"{case_name}_{phase.name}")
-        label = QLabel(f"{phase.name}:")
+        combo.addItem(f"{case_name}_{spec.phase}")
+        combo.setToolTip(spec.tooltip)
+        label = QLabel(spec.label)
         label.setMinimumWidth(ui.referenceVolumeLabel.minimumWidth())  # as the module does
         form.addRow(label, combo)
     ui.phaseSelectorsFrame.setVisible(form.rowCount() > 0)

@@ -11,6 +11,7 @@ Modules, data flowing one way:
 * :mod:`.report` — JSON + PNG report over models and cohorts
 * :mod:`.pipeline` — :func:`run_survival_pipeline` from a feature table + clinical table
 * :mod:`.synthetic` — SYNTHETIC cohorts from a known Cox model (tests, demos)
+* :mod:`.demo` — the bundled SYNTHETIC demo survival model and the demo patient's values
 
 Names below are imported lazily, so ``import TACEResponseLib.survival`` does not pull in
 lifelines, scikit-survival or matplotlib (Slicer instantiates modules at start-up).
@@ -38,6 +39,7 @@ _EXPORTS = {
     "Nomogram": "nomogram",
     "PatientNomogram": "nomogram",
     "plot_nomogram": "nomogram",
+    "plot_survival_curve": "nomogram",
     "concordance": "evaluation",
     "calibration": "evaluation",
     "plot_calibration": "evaluation",

@@ -148,6 +148,22 @@ def survival_table(
     return table, truth
 
 
+def _write_phantom(job: tuple) -> tuple[dict[str, Any], str, float]:
+    """Make and write one phantom of a survival cohort (top level: runs in worker processes too)."""
+    n, seed, pattern, folder, shape_kji, spacing_ijk, noise, phases = job
+    folder = Path(folder)
+    case_id = f"surv{seed + n:04d}"
+    case = make_phantom(pattern, modality="CT", shape_kji=shape_kji, spacing_ijk=spacing_ijk, noise=noise,
+                        seed=seed + n, phases=list(phases), case_id=case_id)
+    case.metadata["survival_cohort"] = SYNTHETIC_COHORT_NOTE
+    paths = case.write(folder / "images")
+    row = {"case_id": case_id}
+    row.update({phase: str(Path(p).relative_to(folder)) for phase, p in paths["phases"].items()})
+    row.update({"segmentation": str(Path(paths["segmentation"]).relative_to(folder)),
+                "segment": case.tumours[0].segment_id})
+    return row, case.label, 2.0 * max(case.tumours[0].semi_axes_mm) / 10.0  # largest diameter, cm
+
+
 def make_survival_cohort(
     n_cases: int,
     folder: str | Path,
@@ -158,37 +174,41 @@ def make_survival_cohort(
     phases: Sequence[str] = CT_PHASES,
     classes: Sequence[str] = RESPONSE_CLASSES,
     noise: float | None = None,
+    workers: int = 1,
     **survival_options: Any,
 ) -> SurvivalCohort:
     """Write ``n_cases`` SYNTHETIC phantoms and ``survival_cohort.csv`` into ``folder``.
 
     Patterns cycle through ``classes`` (balanced); phantom ``n`` uses seed ``seed + n`` and the
     clinical/survival draw uses ``seed``. ``survival_options`` go to :func:`survival_table`.
-    Paths in the CSV are relative to ``folder``. Returns the table (indexed by case id).
+    Paths in the CSV are relative to ``folder``. ``workers`` > 1 makes the phantoms in that many
+    processes (same files: each phantom depends on its own seed only). Returns the table
+    (indexed by case id).
     """
     if n_cases < 2:
         raise InputError(f"survival cohort: need at least 2 cases, got {n_cases}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    images = folder / "images"
     started = time.perf_counter()
-    rows, patterns, sizes = [], [], []
-    for n in range(n_cases):
-        pattern = classes[n % len(classes)]
-        case_id = f"surv{seed + n:04d}"
-        case = make_phantom(pattern, modality="CT", shape_kji=shape_kji, spacing_ijk=spacing_ijk, noise=noise,
-                            seed=seed + n, phases=list(phases), case_id=case_id)
-        case.metadata["survival_cohort"] = SYNTHETIC_COHORT_NOTE
-        paths = case.write(images)
-        row = {"case_id": case_id}
-        row.update({phase: str(Path(p).relative_to(folder)) for phase, p in paths["phases"].items()})
-        row.update({"segmentation": str(Path(paths["segmentation"]).relative_to(folder)),
-                    "segment": case.tumours[0].segment_id})
-        rows.append(row)
-        patterns.append(case.label)
-        sizes.append(2.0 * max(case.tumours[0].semi_axes_mm) / 10.0)  # largest diameter, cm
-        if (n + 1) % 25 == 0:
-            logger.info("survival cohort: %d / %d phantoms (%.0f s)", n + 1, n_cases, time.perf_counter() - started)
+    jobs = [(n, seed, classes[n % len(classes)], str(folder), tuple(shape_kji), tuple(spacing_ijk), noise, tuple(phases))
+            for n in range(n_cases)]
+    if workers > 1 and n_cases > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the parent may hold torch / OpenMP threads
+        with ProcessPoolExecutor(min(int(workers), n_cases), mp_context=multiprocessing.get_context("spawn")) as pool:
+            made = list(pool.map(_write_phantom, jobs, chunksize=4))
+    else:
+        made = []
+        for job in jobs:
+            made.append(_write_phantom(job))
+            if len(made) % 25 == 0:
+                logger.info("survival cohort: %d / %d phantoms (%.0f s)", len(made), n_cases,
+                            time.perf_counter() - started)
+    rows = [row for row, _, _ in made]
+    patterns = [pattern for _, pattern, _ in made]
+    sizes = [size for _, _, size in made]
     clinical, truth = survival_table(patterns, tumour_size_cm=sizes, seed=seed, **survival_options)
     table = pd.concat([pd.DataFrame(rows), clinical], axis=1).set_index("case_id")
     csv_path = folder / COHORT_CSV

@@ -787,6 +787,17 @@ class SurvivalModel:
     def clinical_variables(self) -> list[str]:
         return [v.name for v in self.nomogram.variables if v.name != self.signature_name]
 
+    @property
+    def image_phases(self) -> list[str]:
+        """Phases the signature is computed from (first = reference grid); empty when no image is needed."""
+        return list(self.features.phases) if self.uses_signature and self.features is not None else []
+
+    @property
+    def name(self) -> str:
+        """For messages: the model's folder name, else the nomogram's name."""
+        return self.path.parent.name if self.path is not None and self.path.name == "survival_model.json" \
+            else self.nomogram.name
+
     # persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``survival_model.json``; nomogram/signature are written beside it if not there yet."""

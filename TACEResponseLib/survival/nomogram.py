@@ -433,3 +433,53 @@ def plot_nomogram(
     footer = f"Cox model on {nomogram.n_train} patients ({nomogram.n_events} events). {nomogram.note}".strip()
     ax.text(-34, len(rows) - 0.45, footer, ha="left", va="center", fontsize=7, color="dimgray")
     return save_figure(figure, path)
+
+
+def plot_survival_curve(
+    survival: PatientNomogram | Mapping[str, Any],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    note: str = "",
+) -> Path:
+    """The patient's predicted survival curve with the nomogram's time points marked.
+
+    ``survival`` is a :class:`PatientNomogram` or the read-out dict of ``result.json``
+    (``curve`` {times, survival} or ``curve_times``/``curve_survival``, ``survival_times``,
+    ``survival``, ``risk_group``, ``time_unit``).
+    """
+    data = survival.to_dict() if isinstance(survival, PatientNomogram) else dict(survival)
+    curve = data.get("curve") or {}
+    times = np.asarray(curve.get("times") or data.get("curve_times") or [], float)
+    values = np.asarray(curve.get("survival") or data.get("curve_survival") or [], float)
+    if len(times) == 0 or len(times) != len(values):
+        raise InputError("survival curve: the read-out has no curve (times and survival of equal length)")
+    unit = data.get("time_unit", "months")
+    marks = list(zip(data.get("survival_times") or [], data.get("survival") or []))
+    figure = agg_figure(6.4, 4.2)
+    ax = figure.add_subplot(1, 1, 1)
+    # straight lines between the curve's points: survival between event times is interpolated linearly
+    # (as the read-out's 12/24/36-month values are), so the marks lie on the line
+    ax.plot(times, values, color="tab:blue", linewidth=2, label="predicted overall survival")
+    for t, s in marks:
+        ax.plot([t], [s], marker="o", color="crimson", zorder=3)
+        ax.vlines(t, 0, s, colors="crimson", linestyles=":", linewidth=0.8)
+        ax.annotate(f"{_fmt(t)} {unit}: {s:.0%}", (t, s), textcoords="offset points", xytext=(6, 6), fontsize=9,
+                    color="crimson")
+    ax.set_xlim(0, float(times.max()) * 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"Time ({unit})")
+    ax.set_ylabel("Overall survival probability")
+    risk = data.get("risk_group")
+    points = data.get("total_points")
+    heading = title or "Predicted overall survival"
+    details = ", ".join(x for x in (f"{risk} risk" if risk else "", f"{points:.0f} points" if points is not None else "")
+                        if x)
+    ax.set_title(heading + (f" — {details}" if details else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    if note:
+        import textwrap
+
+        figure.text(0.01, 0.005, textwrap.fill(note, 100), fontsize=7, color="dimgray", ha="left", va="bottom")
+        figure.subplots_adjust(bottom=0.2)
+    return save_figure(figure, path)
