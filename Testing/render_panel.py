@@ -9,7 +9,7 @@ follows the module's code.
 Usage::
 
     python Testing/render_panel.py [RESULT_JSON] [--bundle NAME_OR_FOLDER] [--nomogram NOMOGRAM_JSON]
-                                   [--output Resources/Screenshots/panel_preview.png]
+                                   [--output Resources/Screenshots/panel.png]
 
 Without ``RESULT_JSON`` a hand-made DISPLAY TEST result is shown: made-up numbers to check
 the layout, not a prediction (the case is labelled so in the picture).
@@ -55,7 +55,7 @@ from TACEResponseLib import panel  # noqa: E402
 from TACEResponseLib.results import PredictionResult, TumourPrediction  # noqa: E402
 
 UI_PATH = REPO / "TACEResponse" / "Resources" / "UI" / "TACEResponse.ui"
-DEFAULT_OUTPUT = REPO / "Resources" / "Screenshots" / "panel_preview.png"
+DEFAULT_OUTPUT = REPO / "Resources" / "Screenshots" / "panel.png"
 PANEL_WIDTH = 430
 
 
@@ -181,7 +181,8 @@ def survival_curve_png(survival: dict[str, Any], width_px: int = 390) -> bytes:
 
 def fill_panel(ui: types.SimpleNamespace, result: PredictionResult, *, card=None, clinical_fields=(),
                clinical_values: dict[str, Any] | None = None, nomogram_png: str | Path | None = None,
-               reference_name: str = "arterial CT", case_name: str = "case", survival_phases=()) -> None:
+               reference_name: str = "arterial CT", case_name: str = "case", survival_phases=(),
+               nomogram_name: str = "nomogram.json") -> None:
     """Show inputs, model, clinical form and ``result`` the way the module's widget does."""
     phases = [p.name for p in card.inputs] if card is not None else [reference_name]
     ui.referenceVolumeSelector.addItem(f"{case_name}_{phases[0]}")
@@ -219,7 +220,7 @@ def fill_panel(ui: types.SimpleNamespace, result: PredictionResult, *, card=None
     if clinical_fields:
         ui.clinicalHintLabel.setText("Clinical values for the model and the nomogram (checked against their "
                                      "accepted ranges).")
-    ui.nomogramPathLineEdit.setText("nomogram.json" if result.survival else "")
+    ui.nomogramPathLineEdit.setText(nomogram_name if result.survival else "")
     ui.deviceComboBox.setCurrentText(result.device if result.device in panel.DEVICE_CHOICES else "auto")
     ui.dependencyFrame.setVisible(False)
 
@@ -347,8 +348,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = PredictionResult.read_json(args.result)
         card = panel.load_card(args.bundle) if args.bundle else None
         variables = panel.nomogram_fields(args.nomogram) if args.nomogram else []
-        options: dict[str, Any] = {"card": card, "clinical_fields": panel.clinical_fields(card, variables),
-                                   "clinical_values": dict((result.survival or {}).get("values") or {})}
+        fields = panel.clinical_fields(card, variables)
+        values = dict((result.survival or {}).get("values") or {})
+        for field in fields:  # the read-out stores category codes; the form shows their labels
+            if field.levels and field.name in values:
+                values[field.name] = next((label for label, code in field.levels.items()
+                                           if code == values[field.name]), values[field.name])
+        survival_phases = []
+        if args.nomogram:
+            from TACEResponseLib.survival.features import load_survival_model
+
+            model = load_survival_model(args.nomogram)
+            inputs = {p.name for p in card.inputs} if card is not None else set()
+            survival_phases = [p for p in (model.features.phases if model.features else []) if p not in inputs]
+        options: dict[str, Any] = {"card": card, "clinical_fields": fields, "clinical_values": values,
+                                   "case_name": result.case_id, "survival_phases": survival_phases,
+                                   "nomogram_name": Path(args.nomogram).name if args.nomogram else ""}
         with tempfile.TemporaryDirectory() as folder:
             if args.nomogram and result.survival:
                 options["nomogram_png"] = panel.nomogram_figure(args.nomogram, result.survival,
