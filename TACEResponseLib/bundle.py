@@ -280,16 +280,20 @@ class RegistryEntry:
         return (base or resources_dir()) / self.path
 
 
-def read_registry(path: str | os.PathLike | None = None) -> list[RegistryEntry]:
-    """Bundles listed in ``Resources/Models.json`` (empty list when the file is absent)."""
+def _registry_json(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The content of ``Resources/Models.json`` (empty when the file is absent)."""
     path = Path(path) if path else resources_dir() / "Models.json"
     if not path.is_file():
-        return []
+        return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path}: invalid JSON ({exc})") from None
-    return [RegistryEntry(**entry) for entry in data.get("models", [])]
+
+
+def read_registry(path: str | os.PathLike | None = None) -> list[RegistryEntry]:
+    """Bundles listed in ``Resources/Models.json`` (empty list when the file is absent)."""
+    return [RegistryEntry(**entry) for entry in _registry_json(path).get("models", [])]
 
 
 def resolve_bundle(name_or_path: str | os.PathLike, verify: bool = True) -> Bundle:
@@ -372,15 +376,8 @@ def survival_model_sha256(model_file: str | os.PathLike) -> str:
 
 def read_survival_registry(path: str | os.PathLike | None = None) -> list[SurvivalRegistryEntry]:
     """Survival models listed under ``survival_models`` in ``Resources/Models.json`` (empty when none)."""
-    path = Path(path) if path else resources_dir() / "Models.json"
-    if not path.is_file():
-        return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path}: invalid JSON ({exc})") from None
     entries = []
-    for entry in data.get("survival_models", []):
+    for entry in _registry_json(path).get("survival_models", []):
         try:
             entries.append(SurvivalRegistryEntry(**entry))
         except TypeError as exc:

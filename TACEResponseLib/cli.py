@@ -60,14 +60,14 @@ def cmd_patches(args: argparse.Namespace) -> int:
     """Cut patches for one case and write them as .npz (with provenance JSON) and PNG."""
     import numpy as np
 
-    from .io import read_phases, read_segmentation, segment_mask_on, write_json_atomic
-    from .patches import extract_patches
+    from .io import read_phase_volumes, read_segmentation, segment_mask_on, write_json_atomic
+    from .patches import patches_for_case
 
-    images = read_phases(args.image)
+    images = read_phase_volumes(args.image)
     segmentation = read_segmentation(args.segmentation)
     segment = args.segment or (segmentation.segments[0].id if segmentation.segments else "")
     mask = segment_mask_on(segmentation, segment, images[0])
-    patches = extract_patches(images, mask, _spec_from(args), label=str(segment))
+    (patches,) = patches_for_case(images, [mask], _spec_from(args), labels=[str(segment)])
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     _write_patch_outputs(patches, images[0], out, "patches", mask=mask)

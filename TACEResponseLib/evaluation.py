@@ -276,17 +276,13 @@ def predict_rows(predictor, rows, progress_bar: bool = True) -> tuple[list[CaseP
     """Predict each manifest row (whole segment = one tumour); failures are collected, not raised."""
     from tqdm import tqdm
 
-    from .io import read_segmentation, read_volume
+    from .io import read_phase_volumes, read_segmentation
 
     predictions: list[CasePrediction] = []
     failed: dict[str, str] = {}
     for row in tqdm(rows, desc="evaluating", unit="case", disable=not progress_bar):
         try:
-            images = []
-            for phase, path in zip(row.phases, row.images):
-                volume = read_volume(path)
-                volume.name = phase
-                images.append(volume)
+            images = read_phase_volumes(row.images, row.phases)
             segmentation = read_segmentation(row.segmentation)
             result = predictor.predict(images, segmentation, segments=[row.segment] if row.segment else None,
                                        clinical=row.clinical or None, case_id=row.case_id, split_islands=False)

@@ -352,8 +352,16 @@ def segment_mask_on(segmentation: Segmentation, segment: str, reference: Volume)
     return mask
 
 
-def read_phases(paths: Sequence[str | os.PathLike], reference_index: int = 0) -> list[Volume]:
-    """Read co-registered phases/sequences and resample all onto the first (reference) one."""
-    volumes = [read_volume(p) for p in paths]
-    reference = volumes[reference_index]
-    return [v if n == reference_index else resample_to_reference(v, reference) for n, v in enumerate(volumes)]
+def read_phase_volumes(paths: Sequence[str | os.PathLike], phases: Sequence[str | None] = ()) -> list[Volume]:
+    """Read the images of one case, each named by its phase/sequence when ``phases`` gives one.
+
+    No resampling here: :func:`TACEResponseLib.patches.patches_for_case` resamples the other
+    phases onto the first one around the tumour only.
+    """
+    volumes = []
+    for n, path in enumerate(paths):
+        volume = read_volume(path)
+        phase = phases[n] if n < len(phases) else None
+        volume.name = phase or volume.name
+        volumes.append(volume)
+    return volumes

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import InputError
 from .inference import Predictor, Progress, _no_progress
-from .io import read_segmentation, read_volume, write_volume
+from .io import read_phase_volumes, read_segmentation, write_volume
 from .results import PredictionResult
 
 logger = logging.getLogger(__name__)
@@ -52,11 +52,7 @@ def predict_files(
     if model is not None:
         model.clinical_values(clinical or {})  # a missing or bad clinical value fails before any work
     progress(0.0, "reading")
-    images = []
-    for path, phase in zip(image_paths, [p.name for p in predictor.bundle.card.inputs] + [None] * len(image_paths)):
-        volume = read_volume(path)
-        volume.name = phase or volume.name
-        images.append(volume)
+    images = read_phase_volumes(image_paths, [p.name for p in predictor.bundle.card.inputs])
     survival_volumes: dict[str, Any] = {}
     survival_sources: dict[str, str] = {}
     if model is not None:
@@ -65,8 +61,7 @@ def predict_files(
             if phase in by_phase:
                 survival_volumes[phase], survival_sources[phase] = by_phase[phase], "model input"
             else:
-                volume = read_volume(survival_images[phase])  # type: ignore[index]
-                volume.name = phase
+                (volume,) = read_phase_volumes([survival_images[phase]], [phase])  # type: ignore[index]
                 survival_volumes[phase], survival_sources[phase] = volume, str(survival_images[phase])  # type: ignore[index]
     segmentation = read_segmentation(segmentation_path)
     read_s = time.perf_counter() - started

@@ -285,14 +285,10 @@ def _file_key(path: Path) -> list[Any]:
 def case_patches(row: ManifestRow, spec: PatchSpec) -> np.ndarray:
     """Patches ``(P, C, S, S)`` of one case, cut exactly as :class:`~TACEResponseLib.inference.Predictor` cuts them."""
     from .inference import tumour_rois
-    from .io import read_segmentation, read_volume
+    from .io import read_phase_volumes, read_segmentation
     from .patches import patches_for_case
 
-    images = []
-    for phase, path in zip(row.phases, row.images):
-        volume = read_volume(path)
-        volume.name = phase
-        images.append(volume)
+    images = read_phase_volumes(row.images, row.phases)
     segmentation = read_segmentation(row.segmentation)
     rois = tumour_rois(segmentation, images[0], [row.segment] if row.segment else None, split_islands=False)
     (patches,) = patches_for_case(images, [rois[0].mask], spec, labels=[f"{row.case_id} {rois[0].label}"])
