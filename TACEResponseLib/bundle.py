@@ -319,7 +319,7 @@ SURVIVAL_MODEL_FILE = "survival_model.json"
 
 
 @dataclass
-class SurvivalRegistryEntry:
+class SurvivalRegistryEntry(RegistryEntry):
     """One line of the ``survival_models`` list of Resources/Models.json.
 
     ``path`` is the model's folder (relative to Resources/) holding ``survival_model.json`` and
@@ -328,12 +328,6 @@ class SurvivalRegistryEntry:
     ``tace-response demo`` pair it with by default.
     """
 
-    name: str
-    title: str
-    path: str
-    sha256: str
-    synthetic: bool = False
-    description: str = ""
     default_for: list[str] = field(default_factory=list)
 
     def model_file(self, base: Path | None = None) -> Path:

@@ -555,21 +555,26 @@ def _levels_from(pairs: Sequence[str] | None, covariates: Sequence[str]) -> dict
     return levels
 
 
-def cmd_survival(args: argparse.Namespace) -> int:
-    """Zhang 2020 end to end: features → ICC → signature → Cox screen + stepwise AIC → nomograms → report."""
+def _survival_config(args: argparse.Namespace, covariates: Sequence[str]):
+    """The survival settings of ``survival`` / ``fit-signature`` (no nomogram when ``covariates`` is empty)."""
     from .survival.cohort import CLINICAL_LABELS
-    from .survival.features import read_feature_table, run_image_survival_pipeline
     from .survival.pipeline import SurvivalConfig
+
+    return SurvivalConfig(
+        time_col=args.time_col, event_col=args.event_col, id_col="case_id", clinical_covariates=list(covariates),
+        labels={**CLINICAL_LABELS, "signature": "DL signature"}, levels=_levels_from(getattr(args, "levels", None), covariates),
+        icc_threshold=args.icc_threshold, icc_kind=args.icc_kind, max_signature_features=args.max_features,
+        n_boot=getattr(args, "n_boot", 1000), validation_fraction=args.validation_fraction, seed=args.seed,
+        note=args.note or "",
+    )
+
+
+def _signature_inputs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`~.survival.features.fit_image_signature` from the command line."""
+    from .survival.features import read_feature_table
 
     if not args.manifest and not args.features:
         raise TACEResponseError("give --manifest (extract deep features) or --features (a table from extract-features)")
-    covariates = list(args.covariates)
-    config = SurvivalConfig(
-        time_col=args.time_col, event_col=args.event_col, id_col="case_id", clinical_covariates=covariates,
-        labels={**CLINICAL_LABELS, "signature": "DL signature"}, levels=_levels_from(args.levels, covariates),
-        icc_threshold=args.icc_threshold, icc_kind=args.icc_kind, max_signature_features=args.max_features,
-        n_boot=args.n_boot, validation_fraction=args.validation_fraction, seed=args.seed, note=args.note or "",
-    )
     features = repeat = metadata = None
     perturbation = args.perturb or "erode"
     if args.features:
@@ -579,26 +584,74 @@ def cmd_survival(args: argparse.Namespace) -> int:
             perturbation = (repeat_metadata or {}).get("perturbation") or args.perturb or "repeat"
     elif args.repeat:
         raise TACEResponseError("--repeat goes with --features (with --manifest the repeat is extracted here: --perturb)")
-    result = run_image_survival_pipeline(
-        args.output, config=config, settings=_settings_from(args) if not args.features else None,
-        manifest=args.manifest, clinical=args.clinical, features=features, repeat=repeat, feature_metadata=metadata,
-        perturbation=perturbation, perturb_voxels=args.perturb_voxels, cache_dir=args.cache,
-        device=args.device, batch_size=args.batch_size,
-    )
-    report = result.report
-    print(f"deep features: {report['deep_features']['label']}")
-    if result.reproducibility is not None:
-        r = result.reproducibility.to_dict()
+    return dict(settings=_settings_from(args) if not args.features else None, manifest=args.manifest,
+                clinical=args.clinical, features=features, repeat=repeat, feature_metadata=metadata,
+                perturbation=perturbation, perturb_voxels=args.perturb_voxels, cache_dir=args.cache,
+                device=args.device, batch_size=args.batch_size)
+
+
+def _print_signature(stage) -> None:
+    deep = stage.context.get("deep_features") or {}
+    print(f"deep features: {deep.get('label', 'unknown origin')}")
+    if stage.reproducibility is not None:
+        r = stage.reproducibility.to_dict()
         print(f"{r['kind']} > {r['threshold']:g} ({r['repeat']}): kept {r['n_kept']} of {r['n_features']} features")
-    print(f"signature: {len(result.pipeline.signature_fit.signature.feature_names)} features; "
-          f"nomogram variables: {report['survival_model']['main_nomogram']} = "
-          f"{[v.name for v in result.pipeline.nomograms[report['survival_model']['main_nomogram']].variables]}")
+    signature = stage.signature
+    cv = f", CV C-index {signature.cv_cindex:.3f}" if signature.cv_cindex is not None else ""
+    print(f"signature: {len(signature.feature_names)} features (elastic-net alpha {signature.alpha:.3g}{cv}); "
+          f"training {len(stage.cohorts['training'])} / validation {len(stage.cohorts.get('validation', []))} cases")
+
+
+def _print_nomogram(result) -> None:
+    report = result.report
+    main = report["survival_model"]["main_nomogram"]
+    print(f"nomogram variables: {main} = {[v.name for v in result.pipeline.nomograms[main].variables]}")
     for row in report["summary"]:
         ci = (f" ({row['ci_lower']:.3f}–{row['ci_upper']:.3f})" if row.get("ci_lower") is not None else "")
         p = f", log-rank p {row['logrank_p']:.3g}" if row.get("logrank_p") is not None else ""
         print(f"  {row['model']:<10} {row['cohort']:<11} C-index {row['c_index']:.3f}{ci}{p}")
-    print(f"report: {Path(args.output) / 'report.json'}\nmodel:  {result.model_path} "
+    print(f"report: {result.output_dir / 'report.json'}\nmodel:  {result.model_path} "
           f"(use: tace-response predict ... --nomogram {result.model_path} --clinical NAME=VALUE)")
+
+
+def cmd_survival(args: argparse.Namespace) -> int:
+    """Zhang 2020 end to end: features → ICC → signature → Cox screen + stepwise AIC → nomograms → report."""
+    from .survival.features import fit_image_nomogram, fit_image_signature
+
+    config = _survival_config(args, args.covariates)
+    signature = fit_image_signature(args.output, config=config, **_signature_inputs(args))
+    _print_signature(signature.stage)
+    _print_nomogram(fit_image_nomogram(signature, args.output, config=config, clinical=signature.clinical))
+    return 0
+
+
+def cmd_fit_signature(args: argparse.Namespace) -> int:
+    """Deep features → ICC filter → mRMR → elastic-net Cox (5-fold CV) → signature.json (+ scores, split)."""
+    from .survival.features import fit_image_signature
+
+    signature = fit_image_signature(args.output, config=_survival_config(args, []), **_signature_inputs(args))
+    _print_signature(signature.stage)
+    print(f"signature: {Path(args.output) / 'signature.json'} "
+          f"(next: tace-response fit-nomogram --signature {args.output})")
+    return 0
+
+
+def cmd_fit_nomogram(args: argparse.Namespace) -> int:
+    """Cox screen + stepwise AIC of signature + clinical factors → nomograms → report → survival_model.json."""
+    from dataclasses import replace
+
+    from .survival.features import fit_image_nomogram
+    from .survival.pipeline import SignatureStage
+
+    source = Path(args.signature)
+    stage = SignatureStage.load(source)
+    covariates = list(args.covariates)
+    config = replace(stage.config, clinical_covariates=covariates, levels=_levels_from(args.levels, covariates),
+                     n_boot=args.n_boot, seed=stage.config.seed if args.seed is None else args.seed)
+    result = fit_image_nomogram(stage, args.output or (source if source.is_dir() else source.parent),
+                                config=config, clinical=args.clinical)
+    _print_signature(stage)
+    _print_nomogram(result)
     return 0
 
 
@@ -619,25 +672,41 @@ def _extract_features_args(p: argparse.ArgumentParser) -> None:
     _feature_settings_arguments(p)
 
 
-def _survival_args(p: argparse.ArgumentParser) -> None:
+def _signature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", default=None, help="cases on disk (features extracted and cached)")
     p.add_argument("--features", default=None, help="feature CSV from extract-features instead of --manifest")
     p.add_argument("--repeat", default=None, help="second extraction (perturbed ROI / reader 2) for the ICC filter")
     p.add_argument("--clinical", default=None, help="CSV with case_id, time, event, clinical columns (default: manifest)")
     p.add_argument("--output", required=True)
-    p.add_argument("--covariates", nargs="+", default=["BCLC", "ALT", "AFP", "tumour_size", "Child_Pugh"])
-    p.add_argument("--levels", action="append", metavar="NAME=A,B,C",
-                   help="category labels in code order (default: BCLC=A,B,C and Child_Pugh=A,B,C)")
     p.add_argument("--time-col", default="time_months")
     p.add_argument("--event-col", default="event")
     p.add_argument("--icc-threshold", type=float, default=0.75)
     p.add_argument("--icc-kind", choices=["ICC(2,1)", "ICC(3,1)"], default="ICC(2,1)")
     p.add_argument("--max-features", type=int, default=10, help="signature size limit")
     p.add_argument("--validation-fraction", type=float, default=0.3)
-    p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--note", default=None, help="shown on every figure (e.g. 'SYNTHETIC phantom cohort')")
     _feature_settings_arguments(p)
+
+
+def _nomogram_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--covariates", nargs="+", default=["BCLC", "ALT", "AFP", "tumour_size", "Child_Pugh"])
+    p.add_argument("--levels", action="append", metavar="NAME=A,B,C",
+                   help="category labels in code order (default: BCLC=A,B,C and Child_Pugh=A,B,C)")
+    p.add_argument("--n-boot", type=int, default=1000)
+
+
+def _survival_args(p: argparse.ArgumentParser) -> None:
+    _signature_args(p)
+    _nomogram_args(p)
+
+
+def _fit_nomogram_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--signature", required=True, metavar="DIR", help="the folder fit-signature wrote")
+    p.add_argument("--clinical", default=None, help="clinical CSV (default: the table the signature was fitted with)")
+    p.add_argument("--output", default=None, help="report folder (default: the signature's folder)")
+    p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: the signature's seed)")
+    _nomogram_args(p)
 
 
 def _survival_cohort_args(p: argparse.ArgumentParser) -> None:
@@ -686,6 +755,10 @@ _register("extract-features", cmd_extract_features, _extract_features_args,
           "DenseNet-121 deep features per case and phase (cached) → CSV")
 _register("survival", cmd_survival, _survival_args,
           "Zhang 2020 survival: ICC → signature → nomograms → report + survival_model.json")
+_register("fit-signature", cmd_fit_signature, _signature_args,
+          "Zhang 2020 step 1: ICC filter → mRMR → elastic-net Cox → signature.json (+ scores and split)")
+_register("fit-nomogram", cmd_fit_nomogram, _fit_nomogram_args,
+          "Zhang 2020 step 2: Cox screen + stepwise AIC → nomograms → report + survival_model.json")
 _register("survival-cohort", cmd_survival_cohort, _survival_cohort_args,
           "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)")
 _register("make-demo-survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
@@ -711,6 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # "NumExpr defaulting to N threads" is noise here
     try:
         return int(args.func(args) or 0)
     except TACEResponseError as exc:

@@ -11,6 +11,7 @@ the networks here use seeded random weights (no ImageNet file exists in this rep
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -431,12 +432,14 @@ def test_survival_command_end_to_end(cohort, tmp_path, capsys):
     assert RANDOM_INIT_LABEL in printed and "C-index" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["deep_features"]["label"] == RANDOM_INIT_LABEL
-    assert report["deep_features"]["reproducibility"]["kind"] == "ICC(2,1)"
-    assert report["icc"]["kind"] == "ICC(2,1)"
+    assert report["icc"]["kind"] == "ICC(2,1)" and report["icc"]["repeat"] == "erode"
     split = pd.read_csv(out / "split.csv")
     assert len(split) == 48 and set(split["cohort"]) == {"training", "validation"}
     repeat = pd.read_csv(out / "features_erode.csv")
     assert set(repeat["case_id"]) == set(split.loc[split["cohort"] == "training", "case_id"])
+    assert report["icc"]["n_cases"] == (split["cohort"] == "training").sum()  # ICC on training cases only
+    icc_table = pd.read_csv(out / "icc.csv")
+    assert icc_table["kept"].sum() == report["icc"]["n_kept"] and len(icc_table) == 2048
     assert {r["cohort"] for r in report["summary"]} == {"training", "validation"}
     assert "signature" in report["models"]
     for row in report["summary"]:
@@ -461,3 +464,92 @@ def test_survival_command_end_to_end(cohort, tmp_path, capsys):
     assert again["survival"] == pytest.approx(example["survival"], rel=1e-4, abs=1e-6)
     if model.uses_signature:
         assert again["signature"]["value"] == pytest.approx(example["values"]["signature"], rel=1e-4, abs=1e-5)
+
+
+# --- fit-signature then fit-nomogram = survival ------------------------------------------------------
+@pytest.fixture(scope="module")
+def feature_tables(cohort, settings, tmp_path_factory):
+    """The cohort's feature table and its eroded-ROI repeat, written by ``extract-features``."""
+    from TACEResponseLib import cli
+
+    folder = tmp_path_factory.mktemp("feature_tables")
+    common = ["--manifest", str(cohort.csv_path), "--size", "32", "--fov-mm", "60", "--device", "cpu",
+              "--cache", str(folder / "cache")]
+    assert cli.main(["extract-features", *common, "--output", str(folder / "features.csv")]) == 0
+    assert cli.main(["extract-features", *common, "--perturb", "erode", "--output", str(folder / "repeat.csv")]) == 0
+    return folder / "features.csv", folder / "repeat.csv"
+
+
+def test_fit_signature_then_fit_nomogram_equals_survival(cohort, feature_tables, tmp_path, capsys):
+    from TACEResponseLib import cli
+    from TACEResponseLib.survival.pipeline import SignatureStage
+
+    features, repeat = feature_tables
+    inputs = ["--features", str(features), "--repeat", str(repeat), "--clinical", str(cohort.csv_path), "--seed", "3"]
+    whole, staged = tmp_path / "survival", tmp_path / "staged"
+    assert cli.main(["survival", *inputs, "--output", str(whole), "--n-boot", "40"]) == 0
+    assert cli.main(["fit-signature", *inputs, "--output", str(staged)]) == 0
+    printed = capsys.readouterr().out
+    assert "fit-nomogram --signature" in printed and "kept" in printed
+    # the signature stage alone: signature, scores, split; no nomogram yet
+    assert (staged / "signature.json").is_file() and not (staged / "report.json").exists()
+    assert not list(staged.glob("nomogram_*"))
+    assert cli.main(["fit-nomogram", "--signature", str(staged), "--n-boot", "40"]) == 0
+    assert "C-index" in capsys.readouterr().out
+
+    for name in ["signature.json", "signature_scores.csv", "split.csv", "icc.csv", "scores.csv", "survival_model.json",
+                 *[p.name for p in whole.glob("nomogram_*.json")]]:
+        assert (staged / name).read_bytes() == (whole / name).read_bytes(), name
+    one, two = (json.loads((d / "report.json").read_text()) for d in (whole, staged))
+    assert one["summary"] == two["summary"] and one["models"] == two["models"]
+    assert one["signature"] == two["signature"] and one["selection"] == two["selection"]
+    assert one["config"] == two["config"] and one["deep_features"] == two["deep_features"]
+    assert one["example_patient"] == two["example_patient"]
+
+    # the stage read back scores bit-identically, and its split is the one in split.csv
+    stage = SignatureStage.load(staged / "signature.json")
+    split = pd.read_csv(staged / "split.csv", dtype={"case_id": str})
+    assert list(stage.scores.index) == list(split["case_id"])
+    assert list(stage.scores["cohort"]) == list(split["cohort"])
+    recomputed = stage.signature.score(pd.read_csv(features, dtype={"case_id": str}).set_index("case_id")
+                                       .loc[stage.scores.index])
+    np.testing.assert_allclose(stage.scores["signature"].to_numpy(), recomputed, rtol=1e-12, atol=1e-15)
+    assert "SYNTHETIC" in stage.config.note and "SYNTHETIC" in json.loads((staged / "signature.json").read_text())["note"]
+
+    # another nomogram on the same signature: the signature files stay as they are
+    other = tmp_path / "other"
+    before = (staged / "signature.json").read_bytes()
+    assert cli.main(["fit-nomogram", "--signature", str(staged / "signature.json"), "--output", str(other),
+                     "--covariates", "BCLC", "ALT", "--n-boot", "20"]) == 0
+    assert (staged / "signature.json").read_bytes() == before
+    report = json.loads((other / "report.json").read_text())
+    assert {t["variable"] for t in report["selection"]["combined"]["screen"]["terms"]} == {"BCLC", "ALT", "signature"}
+    assert SurvivalModel.load(other / "survival_model.json").nomogram.name in ("combined", "signature")
+
+
+def test_fit_nomogram_bad_input_is_one_clear_error(cohort, feature_tables, tmp_path, capsys):
+    from TACEResponseLib import cli
+
+    features, repeat = feature_tables
+    staged = tmp_path / "staged"
+    assert cli.main(["fit-signature", "--features", str(features), "--clinical", str(cohort.csv_path),
+                     "--output", str(staged)]) == 0
+    capsys.readouterr()
+    table = pd.read_csv(cohort.csv_path)
+    cases = [
+        ([], tmp_path / "empty", None, r"no signature_fit\.json here; run 'tace-response fit-signature'"),
+        (["--covariates", "BCLC", "albumin"], staged, None, r"albumin"),
+        ([], staged, table.iloc[:-3], r"clinical table: no row for 3 case\(s\)"),
+        ([], staged, table.assign(ALT="high"), r"ALT"),
+    ]
+    for extra, signature, clinical, pattern in cases:
+        signature.mkdir(exist_ok=True)
+        args = ["fit-nomogram", "--signature", str(signature), "--output", str(tmp_path / "out"), *extra]
+        if clinical is not None:
+            clinical.to_csv(tmp_path / "clinical.csv", index=False)
+            args += ["--clinical", str(tmp_path / "clinical.csv")]
+        assert cli.main(args) == 2, pattern
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+        assert re.search(pattern, err), err
+        assert not (tmp_path / "out" / "report.json").exists()

@@ -10,6 +10,7 @@ Modules, data flowing one way:
 * :mod:`.evaluation` — C-index + bootstrap CI, calibration, KM + log-rank, AUC(t)
 * :mod:`.report` — JSON + PNG report over models and cohorts
 * :mod:`.pipeline` — :func:`run_survival_pipeline` from a feature table + clinical table
+  (= :func:`fit_signature_stage` then :func:`fit_nomogram_stage`)
 * :mod:`.synthetic` — SYNTHETIC cohorts from a known Cox model (tests, demos)
 * :mod:`.demo` — the bundled SYNTHETIC demo survival model and the demo patient's values
 
@@ -50,6 +51,9 @@ _EXPORTS = {
     "evaluate_models": "report",
     "SurvivalConfig": "pipeline",
     "run_survival_pipeline": "pipeline",
+    "fit_signature_stage": "pipeline",
+    "fit_nomogram_stage": "pipeline",
+    "SignatureStage": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

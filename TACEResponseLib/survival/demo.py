@@ -252,7 +252,7 @@ def _card_markdown(model: Any, report: Mapping[str, Any], main: str, *, n_cases:
                    total_s: float, workers: int, truth: Mapping[str, Any], cohort_reused: bool = False) -> str:
     """docs/README.md of the demo survival model."""
     deep = report.get("deep_features") or {}
-    repro = deep.get("reproducibility") or {}
+    repro = report.get("icc") or {}
     signature = report.get("signature") or {}
     selection = report.get("selection") or {}
     nomogram = model.nomogram

@@ -27,14 +27,15 @@ recomputed, never served stale. Writes are atomic.
 the ROI eroded / dilated by ``perturb_voxels`` voxels *in-plane* (the slice plane of the
 patch); ``"reader2"`` uses a second reader's segmentation (manifest column
 ``segmentation_2``, optional ``segment_2``). :func:`feature_reproducibility` then computes the
-per-feature ICC with :func:`.icc.reproducible_features` (ICC(2,1) by default; the kind is named
-in the output).
+per-feature ICC with :func:`.icc.feature_reproducibility` (ICC(2,1) by default; the kind is
+named in the output) — inside the signature stage, on the training cases.
 
 **Survival model** (:class:`SurvivalModel`, ``survival_model.json``): points to the nomogram
 and signature files and stores the feature settings and weights hash, so one case (its images,
 segment and clinical values) gives the patient's nomogram read-out with the same extractor as
 at fitting time. :func:`run_image_survival_pipeline` runs the whole Zhang pipeline from a
-manifest: features -> ICC -> signature -> Cox screen + stepwise AIC -> nomograms -> report.
+manifest: features -> ICC -> signature (:func:`fit_image_signature`) -> Cox screen + stepwise
+AIC -> nomograms -> report (:func:`fit_image_nomogram`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from ..errors import InputError
 from ..geometry import Volume, resample_to_reference
 from ..io import Segmentation, atomic_path, read_segmentation, read_volume, segment_mask_on, write_json_atomic
 from ..patches import PatchSpec, extract_patches
+from .icc import Reproducibility, feature_reproducibility  # noqa: F401  (part of this module's API)
 
 logger = logging.getLogger(__name__)
 
@@ -599,7 +601,7 @@ def read_feature_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any] |
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: feature table does not exist")
-    table = pd.read_csv(path)
+    table = pd.read_csv(path, float_precision="round_trip")  # the values written, to the last bit
     if "case_id" not in table.columns:
         raise InputError(f"{path}: feature table has no case_id column")
     table["case_id"] = table["case_id"].astype(str)
@@ -607,44 +609,6 @@ def read_feature_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any] |
     meta_path = feature_metadata_path(path)
     metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
     return table, metadata
-
-
-# --- ICC ----------------------------------------------------------------------------------
-@dataclass
-class Reproducibility:
-    """Per-feature ICC between two extractions and the features kept (ICC > threshold)."""
-
-    kind: str
-    threshold: float
-    values: pd.Series
-    kept: list[str]
-    repeat: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        finite = self.values.dropna()
-        return {
-            "kind": self.kind, "threshold": self.threshold, "repeat": self.repeat,
-            "n_features": int(len(self.values)), "n_kept": len(self.kept), "n_undefined": int(self.values.isna().sum()),
-            "median_icc": float(finite.median()) if len(finite) else None,
-        }
-
-    def write_csv(self, path: str | Path) -> Path:
-        frame = pd.DataFrame({self.kind: self.values, "kept": self.values.index.isin(self.kept)})
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index_label="feature")
-        return Path(path)
-
-
-def feature_reproducibility(features: pd.DataFrame, repeat: pd.DataFrame, *, threshold: float = 0.75,
-                            kind: str = "ICC(2,1)", repeat_name: str = "") -> Reproducibility:
-    """ICC of each feature between ``features`` and ``repeat`` over their common cases."""
-    from .icc import reproducible_features
-
-    cases = features.index.intersection(repeat.index)
-    if len(cases) < 3:
-        raise InputError(f"ICC: only {len(cases)} case(s) have both extractions; need at least 3")
-    kept, values = reproducible_features(features.loc[cases], repeat.loc[cases], threshold=threshold, kind=kind)  # type: ignore[arg-type]
-    return Reproducibility(kind, float(threshold), values, kept, repeat_name)
 
 
 # --- clinical values ------------------------------------------------------------------------
@@ -991,7 +955,34 @@ def _synthetic_cohort(*tables: Any) -> bool:
     return False
 
 
-def run_image_survival_pipeline(
+def _prepare_clinical(clinical: pd.DataFrame | str | Path, config: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Clinical table indexed by case id with categories coded, and its validated survival part."""
+    from .data import validate_survival_table
+
+    table = _read_clinical(clinical, config.id_col or "case_id")
+    table = encode_levels(table, config.levels, config.clinical_covariates, name="clinical table")
+    checked = validate_survival_table(table, config.time_col, config.event_col, config.clinical_covariates,
+                                      check_dimensions=False, name="clinical table")
+    return table, checked
+
+
+def _with_id(frame: pd.DataFrame, id_col: str) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.index.name = id_col
+    return frame.reset_index()
+
+
+@dataclass
+class ImageSignatureResult:
+    """What :func:`fit_image_signature` wrote (paths relative to ``output_dir``) and fitted."""
+
+    output_dir: Path
+    stage: Any  # .pipeline.SignatureStage
+    clinical: pd.DataFrame
+    files: dict[str, str]
+
+
+def fit_image_signature(
     output_dir: str | Path,
     *,
     config: Any = None,
@@ -1006,19 +997,18 @@ def run_image_survival_pipeline(
     cache_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 16,
-    main_model: str = "combined",
-) -> ImageSurvivalResult:
-    """Zhang 2020 end to end: deep features -> ICC -> signature -> nomograms -> report -> survival_model.json.
+) -> ImageSignatureResult:
+    """Zhang 2020 up to the signature: deep features -> split -> ICC -> mRMR + elastic-net Cox.
 
     Either ``manifest`` (cases on disk; features extracted here, cached in ``cache_dir``, default
     ``<output>/feature_cache``) or precomputed ``features`` (+ ``repeat``, + ``feature_metadata``
     from their JSON). ``clinical`` defaults to the manifest itself (time, event, clinical columns).
-    Categories in ``config.levels`` (BCLC A/B/C ...) are encoded before fitting. The training /
-    validation split (``config.validation_fraction``, stratified by event, seeded) is made here so
-    the perturbed extraction runs on the training cases only.
+    The training / validation split (``config.validation_fraction``, stratified by event, seeded)
+    is made here so the perturbed extraction runs on the training cases only. Writes the
+    signature stage (see :class:`.pipeline.SignatureStage`) with the features' origin, the split,
+    the ICC table and the extracted feature tables into ``output_dir``.
     """
-    from .data import validate_survival_table
-    from .pipeline import SurvivalConfig, _split, run_survival_pipeline
+    from .pipeline import SurvivalConfig, _split, fit_signature_stage
 
     config = config or SurvivalConfig()
     output_dir = Path(output_dir)
@@ -1028,10 +1018,8 @@ def run_image_survival_pipeline(
         if manifest is None:
             raise InputError("survival: give a manifest (cases on disk) or a clinical table")
         clinical = manifest
-    table = _read_clinical(clinical, id_col)
-    table = encode_levels(table, config.levels, config.clinical_covariates, name="clinical table")
-    checked = validate_survival_table(table, config.time_col, config.event_col, config.clinical_covariates,
-                                      check_dimensions=False, name="clinical table")
+    clinical_source = str(Path(clinical).resolve()) if isinstance(clinical, (str, Path)) else None
+    table, checked = _prepare_clinical(clinical, config)
     files: dict[str, str] = {}
 
     extractor = None
@@ -1072,7 +1060,6 @@ def run_image_survival_pipeline(
                       "cohort": ["training"] * len(train_ids) + ["validation"] * len(val_ids)}).to_csv(tmp, index=False)
     files["split"] = "split.csv"
 
-    reproducibility = None
     if repeat is None and extractor is not None and perturbation != "none":
         repeat = extractor.extract([cases[c] for c in train_ids], perturbation=perturbation)
         files["repeat"] = write_feature_table(repeat, output_dir / f"features_{perturbation}.csv",
@@ -1082,35 +1069,84 @@ def run_image_survival_pipeline(
     if repeat is not None:
         repeat = repeat.copy()
         repeat.index = repeat.index.astype(str)
-        reproducibility = feature_reproducibility(features.loc[features.index.intersection(train_ids)], repeat,
-                                                  threshold=config.icc_threshold, kind=config.icc_kind,
-                                                  repeat_name=perturbation)
-        files["icc"] = reproducibility.write_csv(output_dir / "icc.csv").name
 
     if _synthetic_cohort(manifest, clinical) and "SYNTHETIC" not in (config.note or ""):
         config = replace(config, note=f"SYNTHETIC phantom cohort. {config.note}".strip())
     if weights and weights.get("kind") == "random-init" and label not in (config.note or ""):
         config = replace(config, note=f"{config.note} Features: {label}.".strip())
 
-    def with_id(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame.copy()
-        frame.index.name = id_col
-        return frame.reset_index()
-
+    context = {
+        "deep_features": {
+            "label": label, "weights": weights, "settings": settings.to_dict() if settings else None,
+            "n_cases": int(len(features)), "n_training": int(len(train_ids)), "n_validation": int(len(val_ids)),
+            "cache": ({"hits": extractor.cache_hits, "misses": extractor.cache_misses} if extractor else None),
+        },
+        "clinical_source": clinical_source,
+        "files": dict(files),
+    }
     has_validation = len(val_ids) > 0
-    result = run_survival_pipeline(
-        with_id(features.loc[train_ids]), with_id(table.loc[train_ids]), output_dir, config,
-        features_repeat=with_id(repeat) if repeat is not None else None,
-        validation_features=with_id(features.loc[val_ids]) if has_validation else None,
-        validation_clinical=with_id(table.loc[val_ids]) if has_validation else None,
+    stage = fit_signature_stage(
+        _with_id(features.loc[train_ids], id_col), _with_id(table.loc[train_ids], id_col), output_dir, config,
+        features_repeat=_with_id(repeat, id_col) if repeat is not None else None,
+        validation_features=_with_id(features.loc[val_ids], id_col) if has_validation else None,
+        validation_clinical=_with_id(table.loc[val_ids], id_col) if has_validation else None,
+        repeat_name=perturbation, context=context,
     )
-    files.update(result.files)
+    files.update(stage.files)
+    return ImageSignatureResult(output_dir, stage, table, files)
+
+
+def fit_image_nomogram(
+    signature: Any,
+    output_dir: str | Path | None = None,
+    *,
+    config: Any = None,
+    clinical: pd.DataFrame | str | Path | None = None,
+    main_model: str = "combined",
+) -> ImageSurvivalResult:
+    """Zhang 2020 from the signature on: Cox screen + stepwise AIC -> nomograms -> report -> survival_model.json.
+
+    ``signature``: an :class:`ImageSignatureResult`, a :class:`.pipeline.SignatureStage` or the
+    folder ``fit-signature`` wrote. ``clinical`` defaults to the table the signature was fitted
+    with; ``output_dir`` to the signature's folder. ``config`` sets the nomogram side
+    (covariates, levels, labels, time points, bootstrap); survival columns, split and the
+    data note (SYNTHETIC ...) come from the signature stage.
+    """
+    from .pipeline import SIGNATURE_STAGE_SETTINGS, SignatureStage, fit_nomogram_stage
+
+    if isinstance(signature, ImageSignatureResult):
+        stage, folder = signature.stage, signature.output_dir
+    elif isinstance(signature, SignatureStage):
+        stage, folder = signature, None
+    else:
+        stage = SignatureStage.load(signature)
+        folder = Path(signature) if Path(signature).is_dir() else Path(signature).parent
+    if output_dir is None and folder is None:
+        raise InputError("fit-nomogram: give an output folder")
+    output_dir = Path(output_dir if output_dir is not None else folder)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = replace(config or stage.config, **{k: getattr(stage.config, k) for k in SIGNATURE_STAGE_SETTINGS})
+    if clinical is None:
+        clinical = stage.context.get("clinical_source")
+        if not clinical:
+            raise InputError("fit-nomogram: the signature stage records no clinical table; give one")
+        if not Path(clinical).is_file():
+            raise InputError(f"fit-nomogram: the clinical table the signature was fitted with, {clinical}, "
+                             "no longer exists; give one")
+    table, _ = _prepare_clinical(clinical, config)
+    result = fit_nomogram_stage(stage, table, output_dir, config)
+    signature_name = stage.config.signature_name
+    files = {**stage.context.get("files", {}), **result.files}
+    deep = dict(stage.context.get("deep_features") or {})
+    settings = FeatureSettings.from_dict(deep["settings"]) if deep.get("settings") else None
+    weights = deep.get("weights")
+    label = deep.get("label") or "deep features of unknown origin"
 
     main = result.nomograms.get(main_model) or result.nomograms.get("combined") or result.nomograms["signature"]
-    uses_signature = any(v.name == config.signature_name for v in main.variables)
+    uses_signature = any(v.name == signature_name for v in main.variables)
     model = SurvivalModel(
-        main, result.signature_fit.signature if uses_signature else None, settings if uses_signature else None,
-        weights if uses_signature else None, signature_name=config.signature_name,
+        main, stage.signature if uses_signature else None, settings if uses_signature else None,
+        weights if uses_signature else None, signature_name=signature_name,
         note=f"{RESEARCH_NOTE} Features: {label}.",
         files={"nomogram": f"nomogram_{main.name}.json",
                **({"signature": "signature.json"} if uses_signature else {})},
@@ -1119,13 +1155,26 @@ def run_image_survival_pipeline(
     files["survival_model"] = model_path.name
 
     report = json.loads((output_dir / "report.json").read_text(encoding="utf-8"))
-    report["deep_features"] = {
-        "label": label, "weights": weights, "settings": settings.to_dict() if settings else None,
-        "n_cases": int(len(features)), "n_training": int(len(train_ids)), "n_validation": int(len(val_ids)),
-        "cache": ({"hits": extractor.cache_hits, "misses": extractor.cache_misses} if extractor else None),
-        "reproducibility": reproducibility.to_dict() if reproducibility else None,
-    }
+    report["deep_features"] = deep or None
     report["survival_model"] = {"file": model_path.name, "main_nomogram": main.name}
     report.setdefault("files", {}).update(files)
     write_json_atomic(output_dir / "report.json", report)
-    return ImageSurvivalResult(output_dir, model_path, report, result, reproducibility, files)
+    return ImageSurvivalResult(output_dir, model_path, report, result, stage.reproducibility, files)
+
+
+def run_image_survival_pipeline(
+    output_dir: str | Path,
+    *,
+    config: Any = None,
+    main_model: str = "combined",
+    **signature_inputs: Any,
+) -> ImageSurvivalResult:
+    """Zhang 2020 end to end: deep features -> ICC -> signature -> nomograms -> report -> survival_model.json.
+
+    :func:`fit_image_signature` (``signature_inputs``: manifest / features, clinical, repeat,
+    settings, perturbation, cache, device ...) then :func:`fit_image_nomogram`, both in
+    ``output_dir`` — the same code and files as ``tace-response fit-signature`` followed by
+    ``fit-nomogram``.
+    """
+    signature = fit_image_signature(output_dir, config=config, **signature_inputs)
+    return fit_image_nomogram(signature, output_dir, config=config, clinical=signature.clinical, main_model=main_model)

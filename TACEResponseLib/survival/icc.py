@@ -21,12 +21,15 @@ A constant feature has an undefined ICC (0/0): it is reported as NaN and never k
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..io import atomic_path
 from .data import numeric_matrix
 
 logger = logging.getLogger(__name__)
@@ -110,3 +113,49 @@ def reproducible_features(
         f" ({n_nan} constant, ICC undefined)" if n_nan else "",
     )
     return kept, values
+
+
+# --- the filter's result ----------------------------------------------------------------------------------
+@dataclass
+class Reproducibility:
+    """Per-feature ICC between two extractions and the features kept (ICC > threshold)."""
+
+    kind: str
+    threshold: float
+    values: pd.Series
+    kept: list[str]
+    repeat: str = ""
+    n_cases: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        finite = self.values.dropna()
+        return {
+            "kind": self.kind, "threshold": self.threshold, "repeat": self.repeat, "n_cases": self.n_cases,
+            "n_features": int(len(self.values)), "n_kept": len(self.kept), "n_undefined": int(self.values.isna().sum()),
+            "median_icc": float(finite.median()) if len(finite) else None,
+        }
+
+    def write_csv(self, path: str | Path) -> Path:
+        frame = pd.DataFrame({self.kind: self.values, "kept": self.values.index.isin(self.kept)})
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index_label="feature")
+        return Path(path)
+
+    @classmethod
+    def read_csv(cls, path: str | Path, summary: Mapping[str, Any]) -> "Reproducibility":
+        """Read back what :meth:`write_csv` wrote (``summary``: :meth:`to_dict`)."""
+        frame = pd.read_csv(path, index_col="feature", float_precision="round_trip")
+        values = frame[summary["kind"]].rename(summary["kind"])
+        return cls(summary["kind"], float(summary["threshold"]), values, list(values.index[frame["kept"]]),
+                   summary.get("repeat", ""), int(summary.get("n_cases", 0)))
+
+
+def feature_reproducibility(features: pd.DataFrame, repeat: pd.DataFrame, *, threshold: float = 0.75,
+                            kind: IccKind = "ICC(2,1)", repeat_name: str = "",
+                            name: str = "repeated feature table") -> Reproducibility:
+    """ICC of each feature between ``features`` and ``repeat`` over their common cases (at least 3)."""
+    cases = features.index.intersection(repeat.index)
+    if len(cases) < 3:
+        raise InputError(f"{name}: only {len(cases)} case(s) in common with the features; the ICC needs at least 3")
+    kept, values = reproducible_features(features.loc[cases], repeat.loc[cases], threshold=threshold, kind=kind)
+    return Reproducibility(kind, float(threshold), values, kept, repeat_name, int(len(cases)))

@@ -15,25 +15,32 @@ clinical table (survival time, event, clinical factors), and runs:
    model on training and validation, with PNGs, the saved signature and nomograms.
 
 Everything is fitted on the training cohort only; the validation cohort is only scored.
+
+The two fitting stages can also run apart (``tace-response fit-signature`` then
+``fit-nomogram``): :func:`fit_signature_stage` (steps 1-4) writes ``signature.json``,
+``signature_fit.json`` and ``signature_scores.csv`` (each case's score and cohort), and
+:func:`fit_nomogram_stage` (steps 5-6) reads them back with :meth:`SignatureStage.load`.
+:func:`run_survival_pipeline` is the two in a row, so both ways give the same files.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_path, write_json_atomic
 from .cox import CoxSelection, fit_cox, select_cox_model
 from .data import align_cases, check_dimensions, index_by_case, numeric_matrix, validate_survival_table
-from .icc import reproducible_features
+from .icc import Reproducibility, feature_reproducibility
 from .nomogram import Nomogram, plot_nomogram
 from .report import evaluate_models
-from .selection import SignatureFit, fit_signature
+from .selection import Signature, fit_signature
 
 logger = logging.getLogger(__name__)
 
@@ -80,17 +87,113 @@ class SurvivalConfig:
         return cls(**data)
 
 
+SIGNATURE_FIT_FILE = "signature_fit.json"
+SIGNATURE_SCORES_FILE = "signature_scores.csv"
+SIGNATURE_STAGE_KIND = "TACEResponse survival signature stage"
+#: Settings the nomogram stage takes from the signature stage (same survival columns, same cases, same data note).
+SIGNATURE_STAGE_SETTINGS = ("time_col", "event_col", "id_col", "time_unit", "signature_name", "validation_fraction",
+                            "note")
+
+
+@dataclass
+class SignatureStage:
+    """The signature stage's output: fitted on the training cases, scored on every case.
+
+    ``scores`` is indexed by case id with the columns ``cohort`` ("training" / "validation")
+    and the signature's name; ``fit`` is :meth:`SignatureFit.to_dict` (mRMR ranking, CV path);
+    ``reproducibility`` the ICC filter (``icc.csv``) when a repeated extraction was given;
+    ``context`` is what the caller records about the features' origin (saved with the stage).
+    """
+
+    signature: Signature
+    fit: dict[str, Any]
+    scores: pd.DataFrame
+    config: SurvivalConfig
+    reproducibility: Reproducibility | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reproducible_features(self) -> list[str] | None:
+        return self.reproducibility.kept if self.reproducibility is not None else None
+
+    @property
+    def cohorts(self) -> dict[str, pd.Index]:
+        """Case ids per cohort, training first."""
+        return {name: self.scores.index[self.scores["cohort"] == name]
+                for name in ("training", "validation") if (self.scores["cohort"] == name).any()}
+
+    def save(self, folder: str | Path) -> dict[str, str]:
+        """Write ``signature.json``, ``signature_fit.json`` and ``signature_scores.csv`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {"signature": self.signature.save(folder / "signature.json").name}
+        with atomic_path(folder / SIGNATURE_SCORES_FILE) as tmp:
+            self.scores.to_csv(tmp, index_label="case_id")
+        files["signature_scores"] = SIGNATURE_SCORES_FILE
+        if self.reproducibility is not None:
+            files["icc"] = self.reproducibility.write_csv(folder / "icc.csv").name
+        self.files.update(files)
+        write_json_atomic(folder / SIGNATURE_FIT_FILE, {
+            "kind": SIGNATURE_STAGE_KIND, "version": 1, "config": self.config.to_dict(), "fit": self.fit,
+            "icc": self.reproducibility.to_dict() if self.reproducibility is not None else None,
+            "context": self.context, "files": {**self.files, "signature_fit": SIGNATURE_FIT_FILE},
+        })
+        self.files["signature_fit"] = SIGNATURE_FIT_FILE
+        return dict(self.files)
+
+    @classmethod
+    def load(cls, source: str | Path) -> "SignatureStage":
+        """Read a stage back from its folder (or its ``signature.json`` / ``signature_fit.json``)."""
+        source = Path(source)
+        folder = source if source.is_dir() else source.parent
+        path = folder / SIGNATURE_FIT_FILE
+        if not path.is_file():
+            raise InputError(f"{folder}: no {SIGNATURE_FIT_FILE} here; run 'tace-response fit-signature' "
+                             f"with --output {folder} first")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: cannot be read as JSON ({exc})") from exc
+        if data.get("kind") != SIGNATURE_STAGE_KIND:
+            raise InputError(f"{path}: not a signature-stage file (kind {data.get('kind')!r})")
+        config = SurvivalConfig.from_dict(data["config"])
+        signature = Signature.load(folder / data["files"]["signature"])
+        scores_path = folder / data["files"]["signature_scores"]
+        if not scores_path.is_file():
+            raise InputError(f"{scores_path}: signature scores missing (written by fit-signature)")
+        # round_trip: the scores read back are bit-identical to the ones written
+        scores = pd.read_csv(scores_path, dtype={"case_id": str}, float_precision="round_trip").set_index("case_id")
+        if list(scores.columns) != ["cohort", config.signature_name]:
+            raise InputError(f"{scores_path}: expected columns case_id, cohort, {config.signature_name}; "
+                             f"found {['case_id', *scores.columns]}")
+        files = dict(data["files"])
+        reproducibility = None
+        if data.get("icc"):
+            if not (folder / files.get("icc", "icc.csv")).is_file():
+                raise InputError(f"{folder / files.get('icc', 'icc.csv')}: ICC table missing (written by fit-signature)")
+            reproducibility = Reproducibility.read_csv(folder / files.get("icc", "icc.csv"), data["icc"])
+        return cls(signature, data.get("fit") or {}, scores, config, reproducibility, data.get("context") or {}, files)
+
+
 @dataclass
 class SurvivalPipelineResult:
     """What the pipeline fitted and wrote (file paths relative to ``output_dir``)."""
 
     output_dir: Path
-    signature_fit: SignatureFit
+    signature_stage: SignatureStage
     selections: dict[str, CoxSelection]
     nomograms: dict[str, Nomogram]
     report: dict[str, Any]
     files: dict[str, str]
-    reproducible_features: list[str] | None = None
+
+    @property
+    def signature(self) -> Signature:
+        return self.signature_stage.signature
+
+    @property
+    def reproducible_features(self) -> list[str] | None:
+        return self.signature_stage.reproducible_features
 
 
 def _split(table: pd.DataFrame, event_col: str, fraction: float, seed: int) -> tuple[pd.Index, pd.Index]:
@@ -116,7 +219,12 @@ def _cohort(
     return align_cases(table, feats, left_name=f"{name} clinical table", right_name=f"{name} feature table")
 
 
-def run_survival_pipeline(
+def _check_config(config: SurvivalConfig) -> None:
+    if config.signature_name in config.clinical_covariates:
+        raise InputError(f"survival config: signature name {config.signature_name!r} is also a clinical covariate")
+
+
+def fit_signature_stage(
     features: pd.DataFrame,
     clinical: pd.DataFrame,
     output_dir: str | Path,
@@ -125,21 +233,19 @@ def run_survival_pipeline(
     features_repeat: pd.DataFrame | None = None,
     validation_features: pd.DataFrame | None = None,
     validation_clinical: pd.DataFrame | None = None,
-) -> SurvivalPipelineResult:
-    """Fit signature + nomograms on training cases, evaluate on training and validation, write the report.
+    repeat_name: str = "repeat",
+    context: Mapping[str, Any] | None = None,
+) -> SignatureStage:
+    """Steps 1-4: validate, split, ICC filter, mRMR + elastic-net Cox signature; save the stage.
 
-    ``features``: one row per case, deep-feature columns (all columns except the id, unless
-    ``config.feature_columns`` lists them). ``clinical``: case id, ``time_col``, ``event_col``
-    and ``config.clinical_covariates`` (numeric; categories coded, see :mod:`.nomogram`).
-    ``features_repeat``: a second extraction (same columns, any subset of cases) for the ICC
-    filter. Without ``validation_*`` tables, ``config.validation_fraction`` of the cases are
-    held out (stratified by event, seeded).
+    Inputs as in :func:`run_survival_pipeline`. ``config.clinical_covariates`` are validated
+    here too (so a later nomogram stage cannot fail on them after the signature was fitted) and
+    may be empty when only the signature is wanted.
     """
     config = config or SurvivalConfig()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if config.signature_name in config.clinical_covariates:
-        raise InputError(f"survival config: signature name {config.signature_name!r} is also a clinical covariate")
+    _check_config(config)
     if (validation_features is None) != (validation_clinical is None):
         raise InputError("validation cohort: give both validation_features and validation_clinical, or neither")
 
@@ -156,22 +262,14 @@ def run_survival_pipeline(
     check_dimensions(len(table), int(table[config.event_col].sum()), len(config.clinical_covariates) + 1,
                      name="training cohort")
 
-    kept_features = None
-    extra: dict[str, Any] = {"config": config.to_dict(), "time_unit": config.time_unit}
-    files: dict[str, str] = {}
-    if features_repeat is not None:
+    reproducibility = None
+    if features_repeat is not None:  # ICC over the training cases only
         repeat = index_by_case(features_repeat, config.id_col, name="repeated feature table")
-        cases = feats.index.intersection(repeat.index)
-        if len(cases) < 3:
-            raise InputError(f"repeated feature table: only {len(cases)} training case(s) in common with the features; need at least 3")
-        kept_features, icc_values = reproducible_features(
-            feats.loc[cases], repeat.loc[cases], threshold=config.icc_threshold, kind=config.icc_kind,  # type: ignore[arg-type]
-        )
-        if not kept_features:
+        reproducibility = feature_reproducibility(feats, repeat, threshold=config.icc_threshold, kind=config.icc_kind,  # type: ignore[arg-type]
+                                                  repeat_name=repeat_name, name="repeated feature table (training cases)")
+        if not reproducibility.kept:
             raise InputError(f"repeated feature table: no feature has {config.icc_kind} > {config.icc_threshold}")
-        extra["icc"] = {"kind": config.icc_kind, "threshold": config.icc_threshold, "n_cases": int(len(cases)),
-                        "n_features": int(len(icc_values)), "n_kept": len(kept_features)}
-        feats = feats[kept_features]
+        feats = feats[reproducibility.kept]
 
     signature_fit = fit_signature(
         feats, table[config.time_col], table[config.event_col],
@@ -182,12 +280,47 @@ def run_survival_pipeline(
     signature = signature_fit.signature
     if config.note:
         signature.note = f"{config.note} {signature.note}"
-    files["signature"] = signature.save(output_dir / "signature.json").name
-    table = table.assign(**{config.signature_name: signature.score(feats)})
-    cohorts = {"training": table}
+    scored = [("training", table.index, signature.score(feats))]
     if val_table is not None:
-        cohorts["validation"] = val_table.assign(**{config.signature_name: signature.score(val_feats)})
+        scored.append(("validation", val_table.index, signature.score(val_feats)))
+    scores = pd.concat([pd.DataFrame({"cohort": name, config.signature_name: values}, index=index)
+                        for name, index, values in scored])
+    stage = SignatureStage(signature, signature_fit.to_dict(), scores, config, reproducibility, dict(context or {}))
+    stage.save(output_dir)
+    return stage
 
+
+def fit_nomogram_stage(
+    stage: SignatureStage,
+    clinical: pd.DataFrame,
+    output_dir: str | Path,
+    config: SurvivalConfig | None = None,
+) -> SurvivalPipelineResult:
+    """Steps 5-6: Cox screen + stepwise AIC -> nomograms, then the report, on the stage's cohorts.
+
+    ``clinical`` holds every case of the stage (training and validation) with the survival
+    columns and ``config.clinical_covariates``. The survival columns, the signature's name and
+    the split are the stage's (:data:`SIGNATURE_STAGE_SETTINGS`); the rest of ``config`` is free.
+    """
+    config = config or stage.config
+    config = replace(config, **{k: getattr(stage.config, k) for k in SIGNATURE_STAGE_SETTINGS})
+    _check_config(config)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = validate_survival_table(
+        clinical, config.time_col, config.event_col, config.clinical_covariates,
+        id_col=config.id_col, check_dimensions=False, name="clinical table",
+    )
+    scores, _ = align_cases(stage.scores, table, left_name="the signature stage's cases", right_name="clinical table")
+    table = table.loc[scores.index]
+    ids = stage.cohorts
+    check_dimensions(len(ids["training"]), int(table.loc[ids["training"], config.event_col].sum()),
+                     len(config.clinical_covariates) + 1, name="training cohort")
+    cohorts = {name: table.loc[index].assign(**{config.signature_name: scores.loc[index, config.signature_name]})
+               for name, index in ids.items()}
+    training = cohorts["training"]
+
+    files: dict[str, str] = dict(stage.files)
     nomogram_options = dict(labels=config.labels, levels=config.levels, survival_times=config.survival_times, note=config.note,
                             time_unit=config.time_unit)
     selections: dict[str, CoxSelection] = {}
@@ -195,20 +328,20 @@ def run_survival_pipeline(
     candidates = {"clinical": list(config.clinical_covariates),
                   "combined": [*config.clinical_covariates, config.signature_name]} if config.clinical_covariates else {}
     for model, names in candidates.items():
-        selections[model] = select_cox_model(table, config.time_col, config.event_col, names,
+        selections[model] = select_cox_model(training, config.time_col, config.event_col, names,
                                              p_threshold=config.screen_p, name=f"{model} model (training)")
         if selections[model].selected:
             nomograms[model] = Nomogram.from_cox(selections[model].stepwise.final, name=model, **nomogram_options)
         else:
             logger.warning("%s model: nothing selected; no nomogram", model)
-    sig_fit = fit_cox(table, config.time_col, config.event_col, [config.signature_name], name="signature model (training)")
+    sig_fit = fit_cox(training, config.time_col, config.event_col, [config.signature_name], name="signature model (training)")
     nomograms["signature"] = Nomogram.from_cox(sig_fit, name="signature", **nomogram_options)
     for name, nomogram in nomograms.items():
         files[f"nomogram_{name}"] = nomogram.save(output_dir / f"nomogram_{name}.json").name
 
     # an example patient (first validation case, else first training case) on the main nomogram
     main = nomograms.get("combined") or nomograms["signature"]
-    example_cohort = cohorts.get("validation", table)
+    example_cohort = cohorts.get("validation", training)
     example_id = example_cohort.index[0]
     patient = main.patient(example_cohort.loc[example_id, [v.name for v in main.variables]].to_dict())
     files["example_patient_figure"] = plot_nomogram(
@@ -216,18 +349,21 @@ def run_survival_pipeline(
         title=f"Nomogram: {main.name} (case {example_id})",
     ).name
 
-    scores = pd.concat({name: df[[config.time_col, config.event_col, config.signature_name]] for name, df in cohorts.items()},
-                       names=["cohort"]).reset_index(level="cohort")
+    scores_out = pd.concat({name: df[[config.time_col, config.event_col, config.signature_name]]
+                            for name, df in cohorts.items()}, names=["cohort"]).reset_index(level="cohort")
     merged = pd.concat(list(cohorts.values()))
     for name, nomogram in nomograms.items():
-        scores[f"lp_{name}"] = nomogram.linear_predictor(merged)
-        scores[f"risk_{name}"] = nomogram.risk_group(merged)
+        scores_out[f"lp_{name}"] = nomogram.linear_predictor(merged)
+        scores_out[f"risk_{name}"] = nomogram.risk_group(merged)
     with atomic_path(output_dir / "scores.csv") as tmp:
-        scores.to_csv(tmp)
+        scores_out.to_csv(tmp)
     files["scores"] = "scores.csv"
 
+    extra: dict[str, Any] = {"config": config.to_dict(), "time_unit": config.time_unit}
+    if stage.reproducibility is not None:
+        extra["icc"] = stage.reproducibility.to_dict()
     extra.update({
-        "signature": signature_fit.to_dict(),
+        "signature": stage.fit,
         "selection": {name: sel.to_dict() for name, sel in selections.items()},
         "signature_model": sig_fit.to_dict(),
         "example_patient": {"case_id": str(example_id), **patient.to_dict()},
@@ -236,4 +372,30 @@ def run_survival_pipeline(
     report = evaluate_models(nomograms, cohorts, output_dir, training="training", n_boot=config.n_boot, figure_note=config.note,
                              seed=config.seed, n_calibration_groups=config.n_calibration_groups, extra=extra)
     files["report"] = "report.json"
-    return SurvivalPipelineResult(output_dir, signature_fit, selections, nomograms, report, files, kept_features)
+    return SurvivalPipelineResult(output_dir, stage, selections, nomograms, report, files)
+
+
+def run_survival_pipeline(
+    features: pd.DataFrame,
+    clinical: pd.DataFrame,
+    output_dir: str | Path,
+    config: SurvivalConfig | None = None,
+    **signature_inputs: Any,
+) -> SurvivalPipelineResult:
+    """Fit signature + nomograms on training cases, evaluate on training and validation, write the report.
+
+    ``features``: one row per case, deep-feature columns (all columns except the id, unless
+    ``config.feature_columns`` lists them). ``clinical``: case id, ``time_col``, ``event_col``
+    and ``config.clinical_covariates`` (numeric; categories coded, see :mod:`.nomogram`).
+    ``signature_inputs`` go to :func:`fit_signature_stage`: ``features_repeat`` (a second
+    extraction, same columns, any subset of cases, for the ICC filter), ``validation_features``
+    + ``validation_clinical`` (without them ``config.validation_fraction`` of the cases are held
+    out, stratified by event, seeded), ``repeat_name``, ``context``.
+    """
+    config = config or SurvivalConfig()
+    stage = fit_signature_stage(features, clinical, output_dir, config, **signature_inputs)
+    validation_clinical = signature_inputs.get("validation_clinical")
+    both = clinical if validation_clinical is None else pd.concat([
+        index_by_case(clinical, config.id_col, name="training clinical table"),
+        index_by_case(validation_clinical, config.id_col, name="validation clinical table")])
+    return fit_nomogram_stage(stage, both, output_dir, config)

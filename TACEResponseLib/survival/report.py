@@ -130,7 +130,8 @@ def evaluate_models(
                 "logrank_p": strat.logrank_p if strat else None,
                 "calibration_rmse": {f"{r.time:g}": r.rmse for r in calib},
             })
-            logger.info("%s on %s: C-index %.3f (%s-%s)", model_name, cohort_name, c.c_index, c.ci_lower, c.ci_upper)
+            ci = f" ({c.ci_lower:.3f}-{c.ci_upper:.3f})" if c.ci_lower is not None and c.ci_upper is not None else ""
+            logger.info("%s on %s: C-index %.3f%s", model_name, cohort_name, c.c_index, ci)
         report["models"][model_name] = entry
     if extra:
         report.update(extra)
