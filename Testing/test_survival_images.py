@@ -35,10 +35,10 @@ from TACEResponseLib.survival.features import (
     DeepFeatureExtractor,
     FeatureSettings,
     SurvivalModel,
-    feature_reproducibility,
     perturb_mask,
     read_feature_manifest,
 )
+from TACEResponseLib.survival.icc import feature_reproducibility
 
 PHASES = ["arterial", "portal"]
 SETTINGS = dict(size=32, fov_mm=60.0)

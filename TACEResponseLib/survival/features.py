@@ -26,9 +26,9 @@ recomputed, never served stale. Writes are atomic.
 **ICC inputs.** ``extract(cases, perturbation="erode" | "dilate")`` repeats the extraction from
 the ROI eroded / dilated by ``perturb_voxels`` voxels *in-plane* (the slice plane of the
 patch); ``"reader2"`` uses a second reader's segmentation (manifest column
-``segmentation_2``, optional ``segment_2``). :func:`feature_reproducibility` then computes the
-per-feature ICC with :func:`.icc.feature_reproducibility` (ICC(2,1) by default; the kind is
-named in the output) — inside the signature stage, on the training cases.
+``segmentation_2``, optional ``segment_2``). The signature stage then computes the per-feature
+ICC on the training cases with :func:`.icc.feature_reproducibility` (ICC(2,1) by default; the
+kind is named in the output).
 
 **Survival model** (:class:`SurvivalModel`, ``survival_model.json``): points to the nomogram
 and signature files and stores the feature settings and weights hash, so one case (its images,
@@ -58,7 +58,6 @@ from ..errors import InputError
 from ..geometry import Volume, resample_to_reference
 from ..io import Segmentation, atomic_path, read_segmentation, read_volume, segment_mask_on, write_json_atomic
 from ..patches import PatchSpec, extract_patches
-from .icc import Reproducibility, feature_reproducibility  # noqa: F401  (part of this module's API)
 
 logger = logging.getLogger(__name__)
 
@@ -925,8 +924,7 @@ class ImageSurvivalResult:
     output_dir: Path
     model_path: Path
     report: dict[str, Any]
-    pipeline: Any
-    reproducibility: Reproducibility | None
+    pipeline: Any  # .pipeline.SurvivalPipelineResult (its signature_stage holds the ICC filter)
     files: dict[str, str]
 
 
@@ -955,15 +953,10 @@ def _synthetic_cohort(*tables: Any) -> bool:
     return False
 
 
-def _prepare_clinical(clinical: pd.DataFrame | str | Path, config: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Clinical table indexed by case id with categories coded, and its validated survival part."""
-    from .data import validate_survival_table
-
+def _coded_clinical(clinical: pd.DataFrame | str | Path, config: Any) -> pd.DataFrame:
+    """Clinical table indexed by case id, categories of ``config.levels`` coded (validated by the stages)."""
     table = _read_clinical(clinical, config.id_col or "case_id")
-    table = encode_levels(table, config.levels, config.clinical_covariates, name="clinical table")
-    checked = validate_survival_table(table, config.time_col, config.event_col, config.clinical_covariates,
-                                      check_dimensions=False, name="clinical table")
-    return table, checked
+    return encode_levels(table, config.levels, config.clinical_covariates, name="clinical table")
 
 
 def _with_id(frame: pd.DataFrame, id_col: str) -> pd.DataFrame:
@@ -974,12 +967,11 @@ def _with_id(frame: pd.DataFrame, id_col: str) -> pd.DataFrame:
 
 @dataclass
 class ImageSignatureResult:
-    """What :func:`fit_image_signature` wrote (paths relative to ``output_dir``) and fitted."""
+    """What :func:`fit_image_signature` fitted; ``stage.files`` lists what it wrote into ``output_dir``."""
 
     output_dir: Path
     stage: Any  # .pipeline.SignatureStage
     clinical: pd.DataFrame
-    files: dict[str, str]
 
 
 def fit_image_signature(
@@ -1008,6 +1000,7 @@ def fit_image_signature(
     signature stage (see :class:`.pipeline.SignatureStage`) with the features' origin, the split,
     the ICC table and the extracted feature tables into ``output_dir``.
     """
+    from .data import validate_survival_table
     from .pipeline import SurvivalConfig, _split, fit_signature_stage
 
     config = config or SurvivalConfig()
@@ -1019,7 +1012,10 @@ def fit_image_signature(
             raise InputError("survival: give a manifest (cases on disk) or a clinical table")
         clinical = manifest
     clinical_source = str(Path(clinical).resolve()) if isinstance(clinical, (str, Path)) else None
-    table, checked = _prepare_clinical(clinical, config)
+    table = _coded_clinical(clinical, config)
+    # every clinical problem is reported now, before any feature is extracted
+    checked = validate_survival_table(table, config.time_col, config.event_col, config.clinical_covariates,
+                                      check_dimensions=False, name="clinical table")
     files: dict[str, str] = {}
 
     extractor = None
@@ -1082,7 +1078,6 @@ def fit_image_signature(
             "cache": ({"hits": extractor.cache_hits, "misses": extractor.cache_misses} if extractor else None),
         },
         "clinical_source": clinical_source,
-        "files": dict(files),
     }
     has_validation = len(val_ids) > 0
     stage = fit_signature_stage(
@@ -1090,10 +1085,9 @@ def fit_image_signature(
         features_repeat=_with_id(repeat, id_col) if repeat is not None else None,
         validation_features=_with_id(features.loc[val_ids], id_col) if has_validation else None,
         validation_clinical=_with_id(table.loc[val_ids], id_col) if has_validation else None,
-        repeat_name=perturbation, context=context,
+        repeat_name=perturbation, context=context, files=files,
     )
-    files.update(stage.files)
-    return ImageSignatureResult(output_dir, stage, table, files)
+    return ImageSignatureResult(output_dir, stage, table)
 
 
 def fit_image_nomogram(
@@ -1133,10 +1127,9 @@ def fit_image_nomogram(
         if not Path(clinical).is_file():
             raise InputError(f"fit-nomogram: the clinical table the signature was fitted with, {clinical}, "
                              "no longer exists; give one")
-    table, _ = _prepare_clinical(clinical, config)
-    result = fit_nomogram_stage(stage, table, output_dir, config)
+    result = fit_nomogram_stage(stage, _coded_clinical(clinical, config), output_dir, config)
     signature_name = stage.config.signature_name
-    files = {**stage.context.get("files", {}), **result.files}
+    files = dict(result.files)
     deep = dict(stage.context.get("deep_features") or {})
     settings = FeatureSettings.from_dict(deep["settings"]) if deep.get("settings") else None
     weights = deep.get("weights")
@@ -1159,7 +1152,7 @@ def fit_image_nomogram(
     report["survival_model"] = {"file": model_path.name, "main_nomogram": main.name}
     report.setdefault("files", {}).update(files)
     write_json_atomic(output_dir / "report.json", report)
-    return ImageSurvivalResult(output_dir, model_path, report, result, stage.reproducibility, files)
+    return ImageSurvivalResult(output_dir, model_path, report, result, files)
 
 
 def run_image_survival_pipeline(

@@ -188,10 +188,6 @@ class SurvivalPipelineResult:
     files: dict[str, str]
 
     @property
-    def signature(self) -> Signature:
-        return self.signature_stage.signature
-
-    @property
     def reproducible_features(self) -> list[str] | None:
         return self.signature_stage.reproducible_features
 
@@ -235,12 +231,14 @@ def fit_signature_stage(
     validation_clinical: pd.DataFrame | None = None,
     repeat_name: str = "repeat",
     context: Mapping[str, Any] | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> SignatureStage:
     """Steps 1-4: validate, split, ICC filter, mRMR + elastic-net Cox signature; save the stage.
 
     Inputs as in :func:`run_survival_pipeline`. ``config.clinical_covariates`` are validated
     here too (so a later nomogram stage cannot fail on them after the signature was fitted) and
-    may be empty when only the signature is wanted.
+    may be empty when only the signature is wanted. ``files``: what the caller wrote into
+    ``output_dir`` for this stage (feature tables, split), listed with the stage's own files.
     """
     config = config or SurvivalConfig()
     output_dir = Path(output_dir)
@@ -285,7 +283,8 @@ def fit_signature_stage(
         scored.append(("validation", val_table.index, signature.score(val_feats)))
     scores = pd.concat([pd.DataFrame({"cohort": name, config.signature_name: values}, index=index)
                         for name, index, values in scored])
-    stage = SignatureStage(signature, signature_fit.to_dict(), scores, config, reproducibility, dict(context or {}))
+    stage = SignatureStage(signature, signature_fit.to_dict(), scores, config, reproducibility, dict(context or {}),
+                           dict(files or {}))
     stage.save(output_dir)
     return stage
 
@@ -311,8 +310,7 @@ def fit_nomogram_stage(
         clinical, config.time_col, config.event_col, config.clinical_covariates,
         id_col=config.id_col, check_dimensions=False, name="clinical table",
     )
-    scores, _ = align_cases(stage.scores, table, left_name="the signature stage's cases", right_name="clinical table")
-    table = table.loc[scores.index]
+    scores, table = align_cases(stage.scores, table, left_name="the signature stage's cases", right_name="clinical table")
     ids = stage.cohorts
     check_dimensions(len(ids["training"]), int(table.loc[ids["training"], config.event_col].sum()),
                      len(config.clinical_covariates) + 1, name="training cohort")
