@@ -35,8 +35,8 @@ for _candidate in (_HERE, os.path.dirname(_HERE)):
     if os.path.isdir(os.path.join(_candidate, "TACEResponseLib")) and _candidate not in sys.path:
         sys.path.insert(0, _candidate)
 
-from TACEResponseLib import mrml, panel, process, selftest  # noqa: E402 - after the path set-up
-from TACEResponseLib.errors import TACEResponseError  # noqa: E402
+from TACEResponseLib.frontend import mrml, panel, process, selftest  # noqa: E402 - after the path set-up
+from TACEResponseLib.core.errors import TACEResponseError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -639,7 +639,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 # Logic
 #
 class TACEResponseLogic(ScriptedLoadableModuleLogic):
-    """Thin: parameter node ↔ :mod:`TACEResponseLib.panel` (inputs, background run) ↔ MRML outputs.
+    """Thin: parameter node ↔ :mod:`TACEResponseLib.frontend.panel` (inputs, background run) ↔ MRML outputs.
 
     Usable without the widget, e.g. from ``Slicer --no-main-window --python-script``::
 
@@ -808,7 +808,7 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
         """The PredictionResult stored on the result table node (so it survives saving the scene)."""
         import json
 
-        from TACEResponseLib.results import PredictionResult
+        from TACEResponseLib.prediction.results import PredictionResult
 
         table = p.resultTableNode
         text = table.GetAttribute(mrml.RESULT_ATTRIBUTE) if table is not None else None
@@ -831,7 +831,9 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
             return None
         try:
             folder = Path(tempfile.mkdtemp(prefix="tace-nomogram-", dir=slicer.app.temporaryPath))
-            return panel.nomogram_figure(nomogram, result.survival, folder / "nomogram.png", title=result.case_id)
+            from TACEResponseLib.survival.model import nomogram_figure
+
+            return nomogram_figure(nomogram, result.survival, folder / "nomogram.png", title=result.case_id)
         except Exception as exc:  # noqa: BLE001 - the figure is optional; the numbers are shown anyway
             logger.warning("nomogram figure not drawn: %s", exc)
             return None
@@ -869,7 +871,7 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
 # Test
 #
 class TACEResponseTest(ScriptedLoadableModuleTest):
-    """Slicer self-test. The bodies are shared with pytest (``TACEResponseLib/selftest.py``)."""
+    """Slicer self-test. The bodies are shared with pytest (``TACEResponseLib/frontend/selftest.py``)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()

@@ -1,1 +1,23 @@
-"""TACEResponse computation library (no Slicer import)."""
+"""TACEResponse computation library: plain Python, importable without Slicer.
+
+Subpackages follow the data, each importing only from the floors below it (a test holds the
+import graph to this; ``Testing/test_layers.py``):
+
+=========  =============  ==========================================================================
+floor      package        owns
+=========  =============  ==========================================================================
+1          ``core``       errors, atomic files, file names, content fingerprints, JSON records, figures
+2          ``imaging``    volumes + geometry, readers/writers, segmentations, tumours, patches, views,
+                          manifests, phantoms
+3          ``networks``   architectures, ImageNet weights, devices, bundles, the model catalogue
+4          ``survival``   Zhang 2020: deep features, ICC, signature, Cox, nomogram, survival models
+5          ``prediction`` one case → result (+ CAM heatmap, survival read-out), batches, figures
+6          ``training``   training and evaluation of response models (they predict through ``prediction``)
+7          ``demo``       the SYNTHETIC demo case and the builders of the two demo models
+8          ``frontend``   the Slicer side: MRML nodes, panel logic, background process, self-test bodies
+8          ``cli``        ``tace-response``: the only place that parses arguments
+=========  =============  ==========================================================================
+
+Nothing outside ``frontend`` imports it, and ``frontend`` and ``cli`` do not import each other
+(the Slicer module runs ``python -m TACEResponseLib.cli`` as a separate process).
+"""

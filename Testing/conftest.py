@@ -19,7 +19,7 @@ if str(REPO) not in sys.path:
 @pytest.fixture(scope="session")
 def oblique_case():
     """Oblique (rotated grid), anisotropic SYNTHETIC CT phantom."""
-    from TACEResponseLib.phantoms import make_phantom
+    from TACEResponseLib.imaging.phantoms import make_phantom
 
     return make_phantom("SD", shape_kji=(48, 110, 96), spacing_ijk=(0.9, 1.3, 2.5),
                         rotation_deg=(12.0, -9.0, 27.0), seed=11)
@@ -27,7 +27,7 @@ def oblique_case():
 
 @pytest.fixture(scope="session")
 def axial_case():
-    from TACEResponseLib.phantoms import make_phantom
+    from TACEResponseLib.imaging.phantoms import make_phantom
 
     return make_phantom("PR", shape_kji=(64, 96, 96), spacing_ijk=(1.5, 1.5, 2.0), seed=5)
 
@@ -35,7 +35,7 @@ def axial_case():
 @pytest.fixture()
 def mrml():
     """A fresh headless MRML scene (slicer-core) with the logics Slicer registers."""
-    from TACEResponseLib.mrml import create_headless_scene
+    from TACEResponseLib.frontend.mrml import create_headless_scene
 
     context = create_headless_scene()
     yield context
@@ -47,9 +47,9 @@ def make_random_bundle(folder, seed: int = 0, architecture: str = "resnet18", si
     """A bundle with seeded random weights (for mechanics tests; it predicts nothing real)."""
     import torch
 
-    from TACEResponseLib.bundle import BundleCard, PhaseInput, save_bundle
-    from TACEResponseLib.models import build_network
-    from TACEResponseLib.patches import PatchSpec
+    from TACEResponseLib.networks.bundle import BundleCard, PhaseInput, save_bundle
+    from TACEResponseLib.networks.architectures import build_network
+    from TACEResponseLib.imaging.patches import PatchSpec
 
     torch.manual_seed(seed)
     card = BundleCard(name=f"random-{architecture}-{seed}", version="0", architecture=architecture,

@@ -2,7 +2,7 @@
 
 The same ``TACEResponse.ui`` the module loads is loaded here; Slicer's custom widgets (ctk,
 qMRML) are replaced by plain Qt stand-ins so the picture shows what a user sees. The panel is
-filled through the same Qt-free code the module uses (:mod:`TACEResponseLib.panel`:
+filled through the same Qt-free code the module uses (:mod:`TACEResponseLib.frontend.panel`:
 ``result_view``, ``fill_results``, ``apply_control_states``, ``spinbox_config``), so the picture
 follows the module's code.
 
@@ -51,8 +51,9 @@ from PySide6.QtWidgets import (  # noqa: E402
     QWidget,
 )
 
-from TACEResponseLib import panel  # noqa: E402
-from TACEResponseLib.results import PredictionResult, TumourPrediction  # noqa: E402
+from TACEResponseLib.frontend import panel  # noqa: E402
+from TACEResponseLib.survival.model import nomogram_figure  # noqa: E402
+from TACEResponseLib.prediction.results import PredictionResult, TumourPrediction  # noqa: E402
 
 UI_PATH = REPO / "TACEResponse" / "Resources" / "UI" / "TACEResponse.ui"
 DEFAULT_OUTPUT = REPO / "Resources" / "Screenshots" / "panel.png"
@@ -292,9 +293,10 @@ def render(result: PredictionResult, png: str | Path, **fill_options: Any) -> tu
 def display_test_case(folder: str | Path) -> dict[str, Any]:
     """Made-up inputs for the picture: a two-phase card, a nomogram with made-up coefficients and
     the patient's read-out from it (as the CLI writes it), its figure, a hand-made result. NOT a prediction."""
-    from TACEResponseLib.bundle import SYNTHETIC_WARNING, BundleCard, ClinicalFactor, PhaseInput
-    from TACEResponseLib.patches import PatchSpec
-    from TACEResponseLib.survival.features import load_survival_model
+    from TACEResponseLib.networks.bundle import SYNTHETIC_WARNING, BundleCard, PhaseInput
+    from TACEResponseLib.networks.clinical import ClinicalFactor
+    from TACEResponseLib.imaging.patches import PatchSpec
+    from TACEResponseLib.survival.model import load_survival_model
     from TACEResponseLib.survival.nomogram import Nomogram, NomogramVariable
 
     folder = Path(folder)
@@ -309,10 +311,10 @@ def display_test_case(folder: str | Path) -> dict[str, Any]:
                    NomogramVariable("signature", 0.9, 0.0, -1.5, 1.5, label="DL signature")],
         baseline_times=[3.0, 6.0, 12.0, 18.0, 24.0, 30.0, 36.0],
         baseline_cumulative_hazard=[0.05, 0.12, 0.28, 0.42, 0.58, 0.71, 0.83])
-    nomogram_path = nomogram.save(folder / "nomogram.json")
+    nomogram_path = nomogram.save_json(folder / "nomogram.json")
     values = {"BCLC": "B", "ALT": 85.0, "AFP": 420.0}
     survival = load_survival_model(nomogram_path).patient({**values, "signature": 0.6})
-    nomogram_png = panel.nomogram_figure(nomogram_path, survival, folder / "nomogram.png", title="DISPLAY TEST")
+    nomogram_png = nomogram_figure(nomogram_path, survival, folder / "nomogram.png", title="DISPLAY TEST")
     probabilities = [0.11, 0.57, 0.22, 0.10]
     tumours = [TumourPrediction("Segment_1", "Tumour", card.class_names, probabilities, "PR",
                                 probabilities[0] + probabilities[1], [probabilities] * 3,
@@ -345,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.result is None:
         path, _ = render_display_test(args.output)
     else:
-        result = PredictionResult.read_json(args.result)
+        result = PredictionResult.load_json(args.result)
         card = panel.load_card(args.bundle) if args.bundle else None
         variables = panel.nomogram_fields(args.nomogram) if args.nomogram else []
         fields = panel.clinical_fields(card, variables)
@@ -356,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            if code == values[field.name]), values[field.name])
         survival_phases = []
         if args.nomogram:
-            from TACEResponseLib.survival.features import load_survival_model
+            from TACEResponseLib.survival.model import load_survival_model
 
             model = load_survival_model(args.nomogram)
             inputs = {p.name for p in card.inputs} if card is not None else set()
@@ -366,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "nomogram_name": Path(args.nomogram).name if args.nomogram else ""}
         with tempfile.TemporaryDirectory() as folder:
             if args.nomogram and result.survival:
-                options["nomogram_png"] = panel.nomogram_figure(args.nomogram, result.survival,
+                options["nomogram_png"] = nomogram_figure(args.nomogram, result.survival,
                                                                 Path(folder) / "nomogram.png", title=result.case_id)
             path, _ = render(result, args.output, **options)
     image = QImage(str(path))

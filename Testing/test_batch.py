@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from TACEResponseLib.io import Segmentation, write_segmentation
-from TACEResponseLib.phantoms import make_cohort
+from TACEResponseLib.imaging.segmentation import Segmentation, write_segmentation
+from TACEResponseLib.imaging.phantoms import make_cohort
 
 N_CASES = 30
 
@@ -91,10 +91,10 @@ def test_killed_batch_resumes_without_losing_or_duplicating_cases(cohort, random
 
 def test_slicer_batch_script_writes_scenes(random_bundle, tmp_path):
     """The --python-script entry point runs as a plain file (as Slicer runs it) and writes .mrb scenes."""
-    from TACEResponseLib.mrml import create_headless_scene, read_result_from_scene
+    from TACEResponseLib.frontend.mrml import create_headless_scene, read_result_from_scene
 
     manifest = make_cohort(2, tmp_path / "cohort", shape_kji=(36, 64, 64), seed=42, tumour_radius_mm=(8.0, 11.0))
-    script = Path(__file__).resolve().parents[1] / "TACEResponseLib" / "slicer_batch.py"
+    script = Path(__file__).resolve().parents[1] / "TACEResponseLib" / "frontend" / "slicer_batch.py"
     run = subprocess.run([sys.executable, str(script), "--manifest", str(manifest), "--bundle", str(random_bundle.path),
                           "--output", str(tmp_path / "out"), "--device", "cpu", "--scenes"],
                          capture_output=True, text=True, encoding="utf-8", timeout=300)

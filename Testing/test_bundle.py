@@ -7,16 +7,10 @@ import shutil
 
 import pytest
 
-from TACEResponseLib.bundle import (
-    CARD_FILE,
-    WEIGHTS_FILE,
-    BundleCard,
-    load_bundle,
-    read_registry,
-    resolve_bundle,
-    sha256_of,
-)
-from TACEResponseLib.errors import BundleError
+from TACEResponseLib.networks.bundle import CARD_FILE, WEIGHTS_FILE, BundleCard, load_bundle
+from TACEResponseLib.networks.catalog import read_registry, resolve_bundle
+from TACEResponseLib.core.files import sha256_of
+from TACEResponseLib.core.errors import BundleError
 
 
 def test_card_round_trip_and_checksum(random_bundle):
@@ -74,7 +68,7 @@ def test_registry_checksum_must_match(random_bundle, tmp_path, monkeypatch):
 
 
 def test_saving_the_same_weights_twice_gives_the_same_checksum(random_bundle, tmp_path):
-    from TACEResponseLib.bundle import save_bundle
+    from TACEResponseLib.networks.bundle import save_bundle
 
     network = random_bundle.load_network()
     a = save_bundle(tmp_path / "a", network, random_bundle.card)

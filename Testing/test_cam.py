@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from TACEResponseLib.cam import forward_with_cam, normalise, project_to_volume, upsample
-from TACEResponseLib.inference import Predictor
-from TACEResponseLib.patches import PatchSpec, extract_patches
-from TACEResponseLib.phantoms import make_phantom
+from TACEResponseLib.prediction.cam import forward_with_cam, normalise, project_to_volume, upsample
+from TACEResponseLib.prediction.predictor import Predictor
+from TACEResponseLib.imaging.patches import PatchSpec, extract_patches
+from TACEResponseLib.imaging.phantoms import make_phantom
 
 
 @pytest.mark.parametrize("architecture, target, fc", [("resnet18", "layer4", "fc"),
@@ -17,7 +17,7 @@ from TACEResponseLib.phantoms import make_phantom
 def test_single_pass_cam_equals_hooked_features_times_head_weights(architecture, target, fc):
     from monai.visualize import CAM
 
-    from TACEResponseLib.models import build_network
+    from TACEResponseLib.networks.architectures import build_network
 
     torch.manual_seed(1)
     model = build_network(architecture, 4, 3).eval()
@@ -85,8 +85,9 @@ def test_heatmap_lands_on_the_tumour_in_ras_for_an_oblique_anisotropic_case(rand
 def test_randomised_weights_give_a_different_heatmap(tmp_path):
     """Model-randomisation sanity check (Adebayo 2018): the trained demo model's heatmap must
     change when its weights are replaced by random ones of the same architecture."""
-    from TACEResponseLib.bundle import resolve_bundle, save_bundle
-    from TACEResponseLib.models import build_network
+    from TACEResponseLib.networks.catalog import resolve_bundle
+    from TACEResponseLib.networks.bundle import save_bundle
+    from TACEResponseLib.networks.architectures import build_network
 
     trained = resolve_bundle("TACEResponse-demo-synthetic-ct")
     torch.manual_seed(123)
@@ -111,9 +112,9 @@ def test_normalise_and_upsample():
 
 def _train_deposit_detector(folder, n_train: int = 32, size: int = 128, fov_mm: float = 30.0, epochs: int = 6):
     """A small ResNet18 that learns PR-with-one-deposit vs PD from SYNTHETIC phantoms (seeded)."""
-    from TACEResponseLib.bundle import BundleCard, PhaseInput, save_bundle
-    from TACEResponseLib.models import build_network
-    from TACEResponseLib.patches import patches_for_case
+    from TACEResponseLib.networks.bundle import BundleCard, PhaseInput, save_bundle
+    from TACEResponseLib.networks.architectures import build_network
+    from TACEResponseLib.imaging.patches import patches_for_case
 
     spec = PatchSpec(strategy="centroid", size=size, fov_mm=fov_mm)
     images, labels = [], []

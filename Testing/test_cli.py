@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from TACEResponseLib.io import read_volume
-from TACEResponseLib.phantoms import make_phantom
+from TACEResponseLib.imaging.volume_io import read_volume
+from TACEResponseLib.imaging.phantoms import make_phantom
 
 REPO = Path(__file__).resolve().parents[1]
 

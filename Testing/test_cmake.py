@@ -1,12 +1,15 @@
-"""The extension package must ship every library file and resource: CMake lists are complete."""
+"""The extension package ships exactly the library files and resources the module needs: CMake lists are complete."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_CMAKE = REPO / "TACEResponse" / "CMakeLists.txt"
+#: packages of TACEResponseLib the Slicer module never needs (it predicts; it does not train or build demo models)
+NOT_INSTALLED = ("training", "demo")
 
 
 def _cmake_list(name: str) -> set[str]:
@@ -16,11 +19,31 @@ def _cmake_list(name: str) -> set[str]:
     return {item for item in match.group(1).split() if not item.startswith("#")}
 
 
-def test_every_library_file_is_listed():
-    on_disk = {str(p.relative_to(REPO)) for p in (REPO / "TACEResponseLib").rglob("*.py")}
+def _installed_library() -> set[str]:
+    return {str(p.relative_to(REPO)) for p in (REPO / "TACEResponseLib").rglob("*.py")
+            if p.relative_to(REPO / "TACEResponseLib").parts[0] not in NOT_INSTALLED}
+
+
+def test_every_installed_library_file_is_listed_and_nothing_else():
     listed = _cmake_list("TACERESPONSELIB_PYTHON_SCRIPTS")
-    assert on_disk - listed == set(), "add these to TACERESPONSELIB_PYTHON_SCRIPTS"
-    assert listed - on_disk == set(), "listed but missing on disk"
+    assert _installed_library() - listed == set(), "add these to TACERESPONSELIB_PYTHON_SCRIPTS"
+    assert listed - _installed_library() == set(), "listed but missing on disk, or training-only"
+
+
+def test_installed_code_needs_nothing_that_is_not_installed():
+    """What Slicer installs imports no training/demo module, except the CLI's training commands, which
+    only import them when run (and then say that training is not part of the Slicer install)."""
+    wrong = []
+    for relative in sorted(_installed_library()):
+        tree = ast.parse((REPO / relative).read_text(encoding="utf-8"))
+        lazy_ok = relative.startswith("TACEResponseLib/cli/")
+        top_level = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if module and any(module.startswith(f"TACEResponseLib.{p}") for p in NOT_INSTALLED):
+                if not lazy_ok or id(node) in top_level:
+                    wrong.append(f"{relative}:{node.lineno} imports {module}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_every_shipped_resource_is_listed():

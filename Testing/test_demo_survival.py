@@ -17,17 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from TACEResponseLib import cli, panel, selftest
-from TACEResponseLib.bundle import (
-    BundleError,
-    default_survival_model,
-    read_registry,
-    read_survival_registry,
-    resolve_survival_model,
-)
-from TACEResponseLib.errors import InputError
-from TACEResponseLib.io import read_segmentation, read_volume, segment_mask_on
-from TACEResponseLib.phantoms import make_phantom
+from TACEResponseLib import cli
+from TACEResponseLib.frontend import panel, selftest
+from TACEResponseLib.core.errors import BundleError
+from TACEResponseLib.networks.catalog import default_survival_model, read_registry, read_survival_registry, resolve_survival_model
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.segmentation import read_segmentation, segment_mask_on
+from TACEResponseLib.imaging.volume_io import read_volume
+from TACEResponseLib.imaging.phantoms import make_phantom
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "TACEResponse-demo-synthetic-survival"
@@ -41,7 +38,7 @@ def model_file() -> Path:
 
 @pytest.fixture(scope="module")
 def survival_model(model_file):
-    from TACEResponseLib.survival.features import SurvivalModel
+    from TACEResponseLib.survival.model import SurvivalModel
 
     return SurvivalModel.load(model_file)
 
@@ -62,9 +59,10 @@ def _independent_signature(model, image_paths: dict, segmentation_path) -> float
     """The signature from scratch: seeded DenseNet-121, centroid patches, ROI z-score, linear score."""
     import torch
 
-    from TACEResponseLib.geometry import resample_to_reference
-    from TACEResponseLib.models import build_network, densenet_features
-    from TACEResponseLib.patches import PatchSpec, extract_patches
+    from TACEResponseLib.imaging.geometry import resample_to_reference
+    from TACEResponseLib.networks.architectures import build_network
+    from TACEResponseLib.networks.features import densenet_features
+    from TACEResponseLib.imaging.patches import PatchSpec, extract_patches
 
     settings = model.features
     with torch.random.fork_rng(devices=[]):
@@ -136,8 +134,8 @@ def test_registry_checksum_mismatch_is_refused(tmp_path, monkeypatch):
 # --- predict --survival-image --------------------------------------------------------------------
 def test_survival_image_end_to_end_signature_is_independent(case_files, survival_model, random_bundle, tmp_path,
                                                             capsys):
-    from TACEResponseLib.results import PredictionResult
-    from TACEResponseLib.survival.demo import demo_clinical_values
+    from TACEResponseLib.prediction.results import PredictionResult
+    from TACEResponseLib.demo.case import demo_clinical_values
 
     case, paths = case_files
     assert [p.name for p in random_bundle.card.inputs] == ["arterial"]  # the portal phase is survival-only
@@ -148,7 +146,7 @@ def test_survival_image_end_to_end_signature_is_independent(case_files, survival
             "--nomogram", NAME, "--survival-image", f"portal={paths['phases']['portal']}"]
     argv += [x for name, value in clinical.items() for x in ("--clinical", f"{name}={value}")]
     assert cli.main(argv) == 0, capsys.readouterr().err
-    survival = PredictionResult.read_json(out / "result.json").survival
+    survival = PredictionResult.load_json(out / "result.json").survival
     for key in ("points", "total_points", "linear_predictor", "survival_at", "risk_group", "curve", "signature"):
         assert key in survival, key
     signature = survival["signature"]
@@ -166,7 +164,7 @@ def test_survival_image_end_to_end_signature_is_independent(case_files, survival
     again = argv + ["--survival-image", f"arterial={paths['phases']['arterial']}"]
     again[again.index(str(out))] = str(tmp_path / "again")
     assert cli.main(again) == 0
-    assert PredictionResult.read_json(tmp_path / "again" / "result.json").survival["signature"]["value"] == \
+    assert PredictionResult.load_json(tmp_path / "again" / "result.json").survival["signature"]["value"] == \
         pytest.approx(signature["value"], rel=1e-6)
     clash = argv + ["--survival-image", f"arterial={paths['phases']['portal']}"]
     clash[clash.index(str(out))] = str(tmp_path / "clash")
@@ -176,8 +174,8 @@ def test_survival_image_end_to_end_signature_is_independent(case_files, survival
 
 def test_missing_survival_phase_is_a_clear_error_before_any_work(case_files, random_bundle, tmp_path, capsys,
                                                                    monkeypatch):
-    from TACEResponseLib.inference import Predictor
-    from TACEResponseLib.pipeline import predict_files
+    from TACEResponseLib.prediction.predictor import Predictor
+    from TACEResponseLib.prediction.case import predict_case
 
     case, paths = case_files
     out = tmp_path / "out"
@@ -193,10 +191,10 @@ def test_missing_survival_phase_is_a_clear_error_before_any_work(case_files, ran
     predictor = Predictor(random_bundle, device="cpu", cam_method="none")
     monkeypatch.setattr(predictor, "predict", lambda *a, **k: pytest.fail("the network ran before the check"))
     with pytest.raises(InputError, match=r"--survival-image portal=PATH"):
-        predict_files(predictor, [paths["phases"]["arterial"]], paths["segmentation"], out, nomogram=
+        predict_case(predictor, [paths["phases"]["arterial"]], paths["segmentation"], out, nomogram=
                       resolve_survival_model(NAME), clinical={"BCLC": "B", "ALT": 40, "Child_Pugh": "A"})
     with pytest.raises(InputError, match="no survival model"):
-        predict_files(predictor, [paths["phases"]["arterial"]], paths["segmentation"], out,
+        predict_case(predictor, [paths["phases"]["arterial"]], paths["segmentation"], out,
                       survival_images={"portal": paths["phases"]["portal"]})
 
 
@@ -220,12 +218,12 @@ def test_panel_nomogram_follows_the_model_unless_the_user_chose_one(model_file, 
 # --- tace-response demo --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_demo_writes_the_survival_outputs(tmp_path, capsys, survival_model):
-    from TACEResponseLib.results import PredictionResult
+    from TACEResponseLib.prediction.results import PredictionResult
 
     out = tmp_path / "demo"
     assert cli.main(["demo", "--output", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    result = PredictionResult.read_json(out / "result.json")
+    result = PredictionResult.load_json(out / "result.json")
     survival = result.survival
     assert survival is not None and survival["signature"]["images"]["portal"].endswith("demo_case_portal.nrrd")
     assert set(survival["points"]) == {*survival_model.clinical_variables, "signature"}

@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from TACEResponseLib.evaluation import (
-    auc_with_ci,
-    bootstrap_ci,
-    compute_metrics,
-    decision_curve,
-    net_benefit,
-    reliability,
-)
-from TACEResponseLib.phantoms import make_cohort
+from TACEResponseLib.training.metrics import auc_with_ci, bootstrap_ci, compute_metrics, decision_curve, net_benefit, reliability
+from TACEResponseLib.imaging.phantoms import make_cohort
 
 SMALL = dict(shape_kji=(40, 64, 64), spacing_ijk=(2.0, 2.0, 2.0), phases=["arterial"])
 
@@ -149,8 +142,9 @@ def test_evaluate_command_end_to_end(eval_cohort, tmp_path):
     from conftest import make_random_bundle
 
     from TACEResponseLib.cli import main
-    from TACEResponseLib.inference import Predictor
-    from TACEResponseLib.io import read_segmentation, read_volume
+    from TACEResponseLib.prediction.predictor import Predictor
+    from TACEResponseLib.imaging.segmentation import read_segmentation
+    from TACEResponseLib.imaging.volume_io import read_volume
 
     bundle = make_random_bundle(tmp_path / "bundle", seed=3, size=32)
     out = tmp_path / "eval"
@@ -182,7 +176,7 @@ def test_evaluate_command_end_to_end(eval_cohort, tmp_path):
     image.name = "arterial"
     result = Predictor(bundle, device="cpu", cam_method="none").predict(
         [image], read_segmentation(eval_cohort.parent / manifest_row["segmentation"]),
-        segments=[manifest_row["segment"]], split_islands=False)
+        segments=[manifest_row["segment"]])
     patch_mean = np.mean(result.tumours[0].patch_probabilities, axis=0)
     assert [float(first[f"p_{c}"]) for c in ("CR", "PR", "SD", "PD")] == pytest.approx(patch_mean, abs=2e-6)
     assert int(first["n_patches"]) == len(result.tumours[0].patch_probabilities) == 3
@@ -191,8 +185,8 @@ def test_evaluate_command_end_to_end(eval_cohort, tmp_path):
 def test_evaluate_refuses_a_bad_manifest_before_predicting(eval_cohort, tmp_path, monkeypatch):
     from conftest import make_random_bundle
 
-    import TACEResponseLib.evaluation as evaluation
-    from TACEResponseLib.errors import InputError
+    import TACEResponseLib.training.evaluation as evaluation
+    from TACEResponseLib.core.errors import InputError
 
     bundle = make_random_bundle(tmp_path / "bundle", seed=3, size=32)
     rows = list(csv.DictReader(open(eval_cohort)))

@@ -5,14 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from TACEResponseLib.errors import InputError
-from TACEResponseLib.geometry import (
-    Volume,
-    check_volume,
-    ijk_to_ras_from,
-    resample_to_reference,
-    rotation_matrix,
-)
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.geometry import Volume, check_volume, ijk_to_ras_from, resample_to_reference, rotation_matrix
 
 
 def _linear_field(volume: Volume, coeffs=(0.7, -1.3, 2.1), offset=5.0) -> Volume:

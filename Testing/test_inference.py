@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from TACEResponseLib.bundle import ClinicalFactor
-from TACEResponseLib.errors import InputError
-from TACEResponseLib.inference import Predictor, tumour_rois
-from TACEResponseLib.phantoms import make_phantom
-from TACEResponseLib.results import PredictionResult
+from TACEResponseLib.networks.clinical import ClinicalFactor
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.prediction.predictor import Predictor
+from TACEResponseLib.imaging.tumours import WHOLE_SEGMENT, tumour_rois
+from TACEResponseLib.imaging.phantoms import make_phantom
+from TACEResponseLib.prediction.results import PredictionResult
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +52,15 @@ def test_islands_of_one_segment_are_separate_tumours():
     assert [r.island for r in rois] == list(range(1, len(rois) + 1))
     sizes = [int(r.mask.array.sum()) for r in rois]
     assert sizes == sorted(sizes, reverse=True)
-    whole = tumour_rois(case.segmentation, case.reference, split_islands=False)
+    whole = tumour_rois(case.segmentation, case.reference, islands=WHOLE_SEGMENT)
     assert len(whole) == 1 and int(whole[0].mask.array.sum()) == sum(sizes)
 
 
 def test_result_json_round_trip(random_bundle, two_tumour_case, tmp_path):
     result = Predictor(random_bundle, device="cpu").predict([two_tumour_case.phases["arterial"]],
                                                             two_tumour_case.segmentation)
-    path = result.write_json(tmp_path / "r.json")
-    back = PredictionResult.read_json(path)
+    path = result.save_json(tmp_path / "r.json")
+    back = PredictionResult.load_json(path)
     assert back.to_dict() == json.loads(path.read_text())
     assert back.tumours[1].probabilities == result.tumours[1].probabilities
 

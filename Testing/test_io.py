@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from TACEResponseLib.errors import InputError
-from TACEResponseLib.geometry import Volume, ijk_to_ras_from, rotation_matrix
-from TACEResponseLib.io import (
-    Segmentation,
-    read_segmentation,
-    read_volume,
-    segment_mask_on,
-    write_segmentation,
-    write_volume,
-)
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.geometry import Volume, ijk_to_ras_from, rotation_matrix
+from TACEResponseLib.imaging.segmentation import Segmentation, read_segmentation, segment_mask_on, write_segmentation
+from TACEResponseLib.imaging.volume_io import read_volume, write_volume
 
 
 def _oblique_volume(dtype=np.int16) -> Volume:

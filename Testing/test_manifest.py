@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from TACEResponseLib.errors import InputError
-from TACEResponseLib.geometry import Volume
-from TACEResponseLib.io import Segmentation, read_segmentation, write_segmentation
-from TACEResponseLib.manifest import read_manifest
-from TACEResponseLib.phantoms import make_cohort
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.geometry import Volume
+from TACEResponseLib.imaging.segmentation import Segmentation, read_segmentation, write_segmentation
+from TACEResponseLib.imaging.manifest import read_manifest
+from TACEResponseLib.imaging.phantoms import make_cohort
 
 SMALL = dict(shape_kji=(40, 64, 64), spacing_ijk=(2.0, 2.0, 2.0), phases=["arterial"])
 

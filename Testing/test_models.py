@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from TACEResponseLib.device import run_with_device_fallback, select_device
-from TACEResponseLib.errors import BundleError, InputError
-from TACEResponseLib.models import (
-    PENG2019_FROZEN_STAGE, ClinicalScaler, DenseNetFeatureExtractor, FusionNet, build_network, cam_layers,
-    count_parameters, densenet_features, freeze_batchnorm_statistics, freeze_layers, load_pretrained,
-)
+from TACEResponseLib.networks.device import run_with_device_fallback, select_device
+from TACEResponseLib.core.errors import BundleError, InputError
+from TACEResponseLib.networks.architectures import PENG2019_FROZEN_STAGE, build_network, cam_layers
+from TACEResponseLib.networks.clinical import ClinicalScaler
+from TACEResponseLib.networks.features import DenseNetFeatureExtractor, densenet_features
+from TACEResponseLib.networks.inception import FusionNet
+from TACEResponseLib.networks.pretrained import count_parameters, freeze_batchnorm_statistics, freeze_layers, load_pretrained
 
 SMALL = {"resnet50": 64, "resnet18": 64, "densenet121": 64, "inceptionv4": 112, "fusion": 112}
 OPTIONS = {"inceptionv4": {"width": 0.25}, "fusion": {"width": 0.25, "n_clinical": 3}}
@@ -415,7 +416,7 @@ def test_gpu_out_of_memory_falls_back_to_cpu(device, error, monkeypatch, caplog)
         with torch.inference_mode():
             return model.to(dev)(x.to(dev))
 
-    with caplog.at_level(logging.WARNING, logger="TACEResponseLib.device"):
+    with caplog.at_level(logging.WARNING, logger="TACEResponseLib.networks.device"):
         result = run_with_device_fallback(predict, device)
     assert tried == [device, "cpu"]
     with torch.inference_mode():

@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from TACEResponseLib.errors import InputError
-from TACEResponseLib.io import read_volume, write_segmentation, write_volume
-from TACEResponseLib.mrml import (
-    load_volume_node,
-    save_volume_node,
-    segment_mask_from_node,
-    segmentation_to_node,
-    volume_from_node,
-    volume_to_node,
-)
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.volume_io import read_volume, write_volume
+from TACEResponseLib.imaging.segmentation import write_segmentation
+from TACEResponseLib.frontend.mrml import load_volume_node, save_volume_node, segment_mask_from_node, segmentation_to_node, volume_from_node, volume_to_node
 
 
 def test_nrrd_to_node_to_nrrd_round_trip_is_exact(oblique_case, mrml, tmp_path):
@@ -85,8 +79,8 @@ def test_segment_errors(axial_case, mrml):
 
 
 def test_prediction_nodes_keep_reference_geometry_and_survive_an_mrb(random_bundle, oblique_case, mrml, tmp_path):
-    from TACEResponseLib.inference import Predictor
-    from TACEResponseLib.mrml import create_headless_scene, predict_nodes, read_result_from_scene, show_prediction
+    from TACEResponseLib.prediction.predictor import Predictor
+    from TACEResponseLib.frontend.mrml import create_headless_scene, predict_nodes, read_result_from_scene, show_prediction
 
     reference = volume_to_node(oblique_case.phases["arterial"], mrml.scene, "arterial")
     seg_node = segmentation_to_node(oblique_case.segmentation, mrml.scene)

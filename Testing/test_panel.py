@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from TACEResponseLib import panel, selftest
-from TACEResponseLib.panel import PanelEvent, PanelState
-from TACEResponseLib.results import PredictionResult, TumourPrediction
+from TACEResponseLib.frontend import panel, selftest
+from TACEResponseLib.survival.model import nomogram_figure
+from TACEResponseLib.frontend.panel.state import PanelEvent, PanelState
+from TACEResponseLib.prediction.results import PredictionResult, TumourPrediction
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def test_enabled_controls_per_state(state, has_result, blocked):
 
 
 def test_every_engine_stage_has_a_label():
-    from TACEResponseLib.inference import STAGES
+    from TACEResponseLib.prediction.predictor import STAGES
 
     for stage in STAGES:
         assert stage in panel.STAGE_LABELS, stage
@@ -163,9 +164,9 @@ def _display_nomogram():
 
 
 def test_nomogram_file_gives_the_form_its_clinical_variables(tmp_path):
-    from TACEResponseLib.survival.features import load_survival_model
+    from TACEResponseLib.survival.model import load_survival_model
 
-    path = _display_nomogram().save(tmp_path / "nomogram.json")
+    path = _display_nomogram().save_json(tmp_path / "nomogram.json")
     model = load_survival_model(path)
     fields = panel.clinical_fields(None, panel.nomogram_fields(path))
     assert [f.name for f in fields] == model.clinical_variables == ["ALT", "BCLC"]  # the signature is computed
@@ -194,11 +195,11 @@ def test_model_factor_and_nomogram_variable_of_the_same_name_merge():
 
 
 def test_nomogram_figure_marks_the_patient(tmp_path):
-    from TACEResponseLib.survival.features import load_survival_model
+    from TACEResponseLib.survival.model import load_survival_model
 
-    path = _display_nomogram().save(tmp_path / "nomogram.json")
+    path = _display_nomogram().save_json(tmp_path / "nomogram.json")
     survival = load_survival_model(path).patient({"ALT": 80.0, "BCLC": "B", "signature": 0.4})
-    png = panel.nomogram_figure(path, survival, tmp_path / "figure.png")
+    png = nomogram_figure(path, survival, tmp_path / "figure.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     risk, text = panel.survival_texts(survival)
     assert survival["risk_group"].capitalize() in risk and f"{survival['total_points']:.0f} nomogram points" in risk

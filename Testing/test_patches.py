@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from TACEResponseLib.errors import InputError
-from TACEResponseLib.geometry import Volume, ijk_to_ras_from, rotation_matrix
-from TACEResponseLib.patches import PatchSpec, extract_patches, largest_square
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.geometry import Volume, ijk_to_ras_from, rotation_matrix
+from TACEResponseLib.imaging.patches import PatchSpec, extract_patches, largest_square
 
 
 def _mask(case) -> Volume:
@@ -209,8 +209,8 @@ def _shift(mm: float) -> np.ndarray:
 
 @pytest.mark.parametrize("strategy", ["largest_slice", "centroid"])
 def test_case_patches_from_the_working_region_equal_whole_volume_patches(oblique_case, strategy):
-    from TACEResponseLib.geometry import resample_to_reference
-    from TACEResponseLib.patches import patches_for_case
+    from TACEResponseLib.imaging.geometry import resample_to_reference
+    from TACEResponseLib.imaging.patches import patches_for_case
 
     reference = oblique_case.phases["arterial"]
     portal = oblique_case.phases["portal"]

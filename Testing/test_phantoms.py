@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from TACEResponseLib.errors import InputError
-from TACEResponseLib.io import read_segmentation, read_volume
-from TACEResponseLib.phantoms import RESPONSE_CLASSES, make_cohort, make_phantom
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.segmentation import read_segmentation
+from TACEResponseLib.imaging.volume_io import read_volume
+from TACEResponseLib.imaging.phantoms import RESPONSE_CLASSES, make_cohort, make_phantom
 
 
 def _tumour_values(case, phase="arterial"):

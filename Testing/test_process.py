@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from TACEResponseLib import process
-from TACEResponseLib.process import BackgroundRun, RunState, extract_error, parse_progress_line
+from TACEResponseLib.frontend import process
+from TACEResponseLib.frontend.process import BackgroundRun, RunState, extract_error, parse_progress_line
 
 FAKE_CLI = textwrap.dedent(r'''
     import json, os, signal, subprocess, sys, time
@@ -221,6 +221,6 @@ def test_python_slicer_executable_prefers_pythonslicer(monkeypatch):
 def test_library_environment_puts_the_library_first():
     env = process.library_environment({"PYTHONPATH": "/elsewhere"})
     paths = env["PYTHONPATH"].split(os.pathsep)
-    assert Path(paths[0], "TACEResponseLib", "process.py").is_file()
+    assert Path(paths[0], "TACEResponseLib", "frontend", "process.py").is_file()
     assert paths[1] == "/elsewhere"
     assert env["PYTHONUNBUFFERED"] == "1"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from TACEResponseLib.phantoms import make_phantom
-from TACEResponseLib.report import display_plane
+from TACEResponseLib.imaging.phantoms import make_phantom
+from TACEResponseLib.imaging.views import display_plane
 
 
 @pytest.mark.parametrize("rotation", [(0, 0, 0), (10, -8, 25), (0, 0, 180)])

@@ -15,28 +15,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from TACEResponseLib.errors import InputError
+from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.survival.cox import fit_cox, select_cox_model, stepwise_aic
 from TACEResponseLib.survival.data import validate_survival_table
-from TACEResponseLib.survival.evaluation import (
-    calibration,
-    concordance,
-    kaplan_meier_logrank,
-    plot_calibration,
-    plot_kaplan_meier,
-    risk_groups,
-    time_dependent_auc,
-)
-from TACEResponseLib.survival.icc import icc, icc_table, reproducible_features
+from TACEResponseLib.survival.metrics import calibration, concordance, kaplan_meier_logrank, plot_calibration, plot_kaplan_meier, risk_groups, time_dependent_auc
+from TACEResponseLib.survival.reproducibility import icc, icc_table, reproducible_features
 from TACEResponseLib.survival.nomogram import Nomogram, PatientNomogram, plot_nomogram
 from TACEResponseLib.survival.selection import Signature, fit_signature, mrmr_rank
-from TACEResponseLib.survival.synthetic import (
-    EVENT_COL,
-    TIME_COL,
-    perturbed_extraction,
-    synthetic_clinical_cohort,
-    synthetic_feature_cohort,
-)
+from TACEResponseLib.survival.synthetic import EVENT_COL, TIME_COL, perturbed_extraction, synthetic_clinical_cohort, synthetic_feature_cohort
 
 TRUE_VARS = ["BCLC", "ALT", "tumour_size"]
 TIMES = [12.0, 24.0, 36.0]
@@ -176,8 +162,8 @@ def test_nomogram_category_labels_and_bad_patient_values(nomogram):
 
 def test_nomogram_save_load_round_trip(tmp_path, cohort, nomogram):
     df, _ = cohort
-    path = nomogram.save(tmp_path / "nomogram.json")
-    loaded = Nomogram.load(path)
+    path = nomogram.save_json(tmp_path / "nomogram.json")
+    loaded = Nomogram.load_json(path)
     assert loaded.to_dict() == nomogram.to_dict()
     values = {"BCLC": "C", "ALT": 70.0, "tumour_size": 9.5}
     assert loaded.patient(values).to_dict() == nomogram.patient(values).to_dict()
@@ -381,7 +367,7 @@ def test_mrmr_ranks_true_features_and_not_a_redundant_copy(feature_cohort, schem
 def test_signature_save_load_round_trip(tmp_path, signature_fit, feature_cohort):
     features, _, _ = feature_cohort
     signature = signature_fit.signature
-    loaded = Signature.load(signature.save(tmp_path / "signature.json"))
+    loaded = Signature.load_json(signature.save_json(tmp_path / "signature.json"))
     assert loaded == signature
     shuffled = features[features.columns[::-1]]
     assert np.array_equal(loaded.score(shuffled), signature.score(features))
@@ -449,7 +435,7 @@ def test_signature_checks_survival_data_before_fitting(feature_cohort):
 
 # --- end to end -----------------------------------------------------------------------
 def test_pipeline_end_to_end(tmp_path):
-    from TACEResponseLib.survival.pipeline import SurvivalConfig, run_survival_pipeline
+    from TACEResponseLib.survival.fitting import SurvivalConfig, run_survival_pipeline
 
     features, clinical, truth = synthetic_feature_cohort(300, n_features=120, n_informative=5, seed=5)
     repeat, unstable = perturbed_extraction(features, stable=truth.informative_features, seed=6)
@@ -471,15 +457,15 @@ def test_pipeline_end_to_end(tmp_path):
                 _png_ok(tmp_path / name)
     _png_ok(tmp_path / result.files["example_patient_figure"])
     # the saved files alone reproduce the scores: signature -> nomogram -> linear predictor
-    signature = Signature.load(tmp_path / "signature.json")
-    combined = Nomogram.load(tmp_path / "nomogram_combined.json")
+    signature = Signature.load_json(tmp_path / "signature.json")
+    combined = Nomogram.load_json(tmp_path / "nomogram_combined.json")
     scores = pd.read_csv(tmp_path / "scores.csv", index_col=0)
     table = clinical.loc[scores.index].assign(signature=signature.score(features.loc[scores.index]))
     assert np.allclose(combined.linear_predictor(table), scores["lp_combined"], atol=1e-9)
 
 
 def test_pipeline_rejects_bad_clinical_table_before_fitting(tmp_path):
-    from TACEResponseLib.survival.pipeline import SurvivalConfig, run_survival_pipeline
+    from TACEResponseLib.survival.fitting import SurvivalConfig, run_survival_pipeline
 
     features, clinical, _ = synthetic_feature_cohort(60, n_features=20, seed=1)
     config = SurvivalConfig(clinical_covariates=["BCLC", "AFP"], id_col=None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -20,25 +21,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from TACEResponseLib.errors import InputError
-from TACEResponseLib.io import read_segmentation, read_volume, segment_mask_on, write_segmentation, write_volume
-from TACEResponseLib.survival.cohort import (
-    CLINICAL_LOG_HR,
-    EVENT_COL,
-    PATTERN_LOG_HR,
-    TIME_COL,
-    make_survival_cohort,
-    survival_table,
-)
-from TACEResponseLib.survival.features import (
-    RANDOM_INIT_LABEL,
-    DeepFeatureExtractor,
-    FeatureSettings,
-    SurvivalModel,
-    perturb_mask,
-    read_feature_manifest,
-)
-from TACEResponseLib.survival.icc import feature_reproducibility
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.segmentation import read_segmentation, segment_mask_on, write_segmentation
+from TACEResponseLib.imaging.volume_io import read_volume, write_volume
+from TACEResponseLib.survival.cohort import CLINICAL_LOG_HR, EVENT_COL, PATTERN_LOG_HR, TIME_COL, make_survival_cohort, survival_table
+from TACEResponseLib.survival.deep_features import RANDOM_INIT_LABEL, DeepFeatureExtractor, FeatureSettings, perturb_mask, read_feature_manifest
+from TACEResponseLib.survival.model import SurvivalModel
+from TACEResponseLib.survival.reproducibility import feature_reproducibility
 
 PHASES = ["arterial", "portal"]
 SETTINGS = dict(size=32, fov_mm=60.0)
@@ -48,13 +37,14 @@ def _independent_features(case, settings: FeatureSettings, segmentation_path=Non
     """DenseNet features computed here: own seeded network, own patch cutting per phase."""
     import torch
 
-    from TACEResponseLib.geometry import resample_to_reference
-    from TACEResponseLib.models import build_network, densenet_features
-    from TACEResponseLib.patches import PatchSpec, extract_patches
+    from TACEResponseLib.imaging.geometry import resample_to_reference
+    from TACEResponseLib.networks.architectures import build_network
+    from TACEResponseLib.networks.features import densenet_features
+    from TACEResponseLib.imaging.patches import PatchSpec, extract_patches
 
     torch.manual_seed(settings.seed)
     network = build_network("densenet121", 1000).eval()
-    volumes = [read_volume(case.images[p]) for p in PHASES]
+    volumes = [read_volume(case.image_by_phase[p]) for p in PHASES]
     volumes = [volumes[0]] + [resample_to_reference(v, volumes[0]) for v in volumes[1:]]
     segmentation = read_segmentation(segmentation_path or case.segmentation)
     mask = segment_mask_on(segmentation, case.segment or segmentation.segments[0].id, volumes[0])
@@ -144,15 +134,16 @@ def test_cache_hit_is_identical_and_a_changed_input_is_recomputed(cases, setting
     for case in cases[:2]:
         folder = tmp_path / case.case_id
         folder.mkdir()
-        images = {p: str(shutil.copy(case.images[p], folder)) for p in PHASES}
-        copies.append(type(case)(case.case_id, images, str(shutil.copy(case.segmentation, folder)), case.segment))
+        images = [Path(shutil.copy(case.image_by_phase[p], folder)) for p in PHASES]
+        copies.append(dataclasses.replace(case, images=images, phases=list(PHASES),
+                                          segmentation=Path(shutil.copy(case.segmentation, folder))))
     fresh = DeepFeatureExtractor(settings, cache_dir=tmp_path / "cache", device="cpu")
     before = fresh.extract(copies)
     np.testing.assert_allclose(before.to_numpy(), table.iloc[:2].to_numpy(), rtol=1e-5, atol=1e-6)
-    volume = read_volume(copies[0].images["portal"])
-    write_volume(volume.with_array(np.flip(volume.array, axis=2).copy()), copies[0].images["portal"])
-    stamp = os.stat(copies[0].images["portal"]).st_mtime + 5
-    os.utime(copies[0].images["portal"], (stamp, stamp))
+    volume = read_volume(copies[0].image_by_phase["portal"])
+    write_volume(volume.with_array(np.flip(volume.array, axis=2).copy()), copies[0].image_by_phase["portal"])
+    stamp = os.stat(copies[0].image_by_phase["portal"]).st_mtime + 5
+    os.utime(copies[0].image_by_phase["portal"], (stamp, stamp))
     after = DeepFeatureExtractor(settings, cache_dir=tmp_path / "cache", device="cpu")
     changed = after.extract(copies)
     assert after.cache_hits == 1 and after.cache_misses == 1
@@ -167,7 +158,7 @@ def test_cache_hit_is_identical_and_a_changed_input_is_recomputed(cases, setting
 
 def test_perturbed_roi_features_differ_and_icc_is_named(cohort, cases, settings, extracted, tmp_path):
     extractor, table, _ = extracted
-    mask = segment_mask_on(read_segmentation(cases[0].segmentation), cases[0].segment, read_volume(cases[0].images["arterial"]))
+    mask = segment_mask_on(read_segmentation(cases[0].segmentation), cases[0].segment, read_volume(cases[0].image_by_phase["arterial"]))
     eroded, dilated = perturb_mask(mask, "erode"), perturb_mask(mask, "dilate")
     n = int(mask.array.sum())
     assert int(eroded.array.sum()) < n < int(dilated.array.sum())
@@ -214,7 +205,7 @@ def test_settings_and_perturbation_errors():
         FeatureSettings(size=16)
     with pytest.raises(InputError, match="phases repeat"):
         FeatureSettings(phases=["arterial", "arterial"])
-    from TACEResponseLib.geometry import Volume
+    from TACEResponseLib.imaging.geometry import Volume
 
     tiny = Volume(np.zeros((5, 5, 5), np.uint8), np.eye(4))
     tiny.array[2, 2, 2] = 1
@@ -298,18 +289,18 @@ def survival_model(cases, settings, extracted, tmp_path_factory):
 
 
 def _stub_result(case_id="case"):
-    from TACEResponseLib.results import PredictionResult
+    from TACEResponseLib.prediction.results import PredictionResult
 
     return PredictionResult(case_id=case_id, bundle_id="", bundle_sha256="", synthetic_model=True, warning="",
                             device="cpu", tumours=[])
 
 
 def test_patient_survival_equals_nomogram_with_independent_signature(cases, settings, survival_model):
-    from TACEResponseLib.pipeline import patient_survival
+    from TACEResponseLib.prediction.case import patient_survival
 
     path, nomogram, signature = survival_model
     case = cases[1]
-    images = [read_volume(case.images[p]) for p in PHASES]
+    images = [read_volume(case.image_by_phase[p]) for p in PHASES]
     for volume, phase in zip(images, PHASES):
         volume.name = phase
     out = patient_survival(path, _stub_result(case.case_id), {"BCLC": "B", "ALT": "45"}, images=images,
@@ -340,7 +331,7 @@ def test_bad_clinical_values_give_clear_errors(cases, survival_model):
     path, _, _ = survival_model
     model = SurvivalModel.load(path)
     case = cases[0]
-    images = {p: read_volume(case.images[p]) for p in PHASES}
+    images = {p: read_volume(case.image_by_phase[p]) for p in PHASES}
     seg = read_segmentation(case.segmentation)
     for clinical, pattern in [({"BCLC": "B"}, r"missing clinical variable\(s\) \['ALT'\]"),
                               ({"BCLC": "B", "ALT": "-5"}, r"'ALT' \(ALT \(U/L\)\) = -5 is out of range"),
@@ -369,22 +360,22 @@ def test_predict_with_nomogram_writes_survival_and_mrml_nodes(cases, survival_mo
     from conftest import make_random_bundle
 
     from TACEResponseLib import cli
-    from TACEResponseLib.mrml import show_survival
-    from TACEResponseLib.pipeline import patient_survival
-    from TACEResponseLib.results import PredictionResult
+    from TACEResponseLib.frontend.mrml import show_survival
+    from TACEResponseLib.prediction.case import patient_survival
+    from TACEResponseLib.prediction.results import PredictionResult
 
     path, _, _ = survival_model
     bundle = make_random_bundle(tmp_path / "bundle", seed=1, size=64, inputs=("arterial", "portal"))
     case = cases[2]
     out = tmp_path / "out"
-    argv = ["predict", "--image", case.images["arterial"], "--image", case.images["portal"],
-            "--segmentation", case.segmentation, "--bundle", str(bundle.path), "--output", str(out),
+    argv = ["predict", "--image", str(case.image_by_phase["arterial"]), "--image", str(case.image_by_phase["portal"]),
+            "--segmentation", str(case.segmentation), "--bundle", str(bundle.path), "--output", str(out),
             "--device", "cpu", "--nomogram", str(path), "--clinical", "BCLC=C", "--clinical", "ALT=61.5",
             "--cam", "none"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "survival:" in printed and "risk group" in printed
-    result = PredictionResult.read_json(out / "result.json")
+    result = PredictionResult.load_json(out / "result.json")
     survival = result.survival
     assert survival is not None
     for key in ("points", "total_points", "linear_predictor", "survival_at", "risk_group", "curve", "signature"):
@@ -392,7 +383,7 @@ def test_predict_with_nomogram_writes_survival_and_mrml_nodes(cases, survival_mo
     assert set(survival["points"]) == {"BCLC", "ALT", "signature"}
     assert survival["values"]["BCLC"] == 2.0 and survival["values"]["ALT"] == 61.5
     assert survival["signature"]["weights"] == RANDOM_INIT_LABEL
-    images = [read_volume(case.images[p]) for p in PHASES]
+    images = [read_volume(case.image_by_phase[p]) for p in PHASES]
     for volume, phase in zip(images, PHASES):
         volume.name = phase
     direct = patient_survival(path, result, {"BCLC": "C", "ALT": 61.5}, images=images,
@@ -482,7 +473,7 @@ def feature_tables(cohort, settings, tmp_path_factory):
 
 def test_fit_signature_then_fit_nomogram_equals_survival(cohort, feature_tables, tmp_path, capsys):
     from TACEResponseLib import cli
-    from TACEResponseLib.survival.pipeline import SignatureStage
+    from TACEResponseLib.survival.fitting import SignatureStage
 
     features, repeat = feature_tables
     inputs = ["--features", str(features), "--repeat", str(repeat), "--clinical", str(cohort.csv_path), "--seed", "3"]

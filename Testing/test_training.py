@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from TACEResponseLib.errors import InputError
-from TACEResponseLib.patches import PatchSpec
-from TACEResponseLib.phantoms import make_cohort, make_phantom
-from TACEResponseLib.training import (
-    TRANSFORMS,
-    PatchCache,
-    TrainingConfig,
-    augment,
-    augment_batch,
-    balance_by_augmentation,
-    build_dataset,
-    stratified_patient_split,
-    train,
-)
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.patches import PatchSpec
+from TACEResponseLib.imaging.phantoms import make_cohort, make_phantom
+from TACEResponseLib.training.augmentation import TRANSFORMS, augment, augment_batch, balance_by_augmentation
+from TACEResponseLib.training.dataset import PatchCache, build_dataset, stratified_patient_split
+from TACEResponseLib.training.config import TrainingConfig
+from TACEResponseLib.training.train import train
 
 SMALL = dict(shape_kji=(40, 64, 64), spacing_ijk=(2.0, 2.0, 2.0), phases=["arterial"])
 REPO = Path(__file__).resolve().parents[1]
@@ -149,9 +142,9 @@ def _patch_loss(network, images: np.ndarray, labels: np.ndarray) -> float:
 
 
 def test_tiny_training_lowers_the_loss_and_writes_a_full_card(tiny_cohort, tmp_path):
-    from TACEResponseLib.bundle import load_bundle
-    from TACEResponseLib.manifest import read_manifest
-    from TACEResponseLib.models import build_network
+    from TACEResponseLib.networks.bundle import load_bundle
+    from TACEResponseLib.imaging.manifest import read_manifest
+    from TACEResponseLib.networks.architectures import build_network
 
     config = _tiny_config(epochs=5)
     result = train(tiny_cohort, tmp_path / "bundle", config, progress_bar=False)
@@ -214,7 +207,7 @@ def test_resume_continues_at_the_right_epoch_with_identical_results(tiny_cohort,
 
 
 def test_fusion_with_clinical_factors_uses_training_set_scaling(tiny_cohort, tmp_path):
-    from TACEResponseLib.inference import Predictor
+    from TACEResponseLib.prediction.predictor import Predictor
 
     config = _tiny_config(architecture="fusion", patch_spec=PatchSpec(size=80), clinical=["age", "afp"],
                           clinical_ranges={"afp": (0.0, 100000.0)}, clinical_units={"afp": "ng/mL"},
@@ -239,7 +232,7 @@ def test_fusion_with_clinical_factors_uses_training_set_scaling(tiny_cohort, tmp
 
 
 def test_bad_manifest_is_refused_before_any_training(tiny_cohort, tmp_path, monkeypatch):
-    import TACEResponseLib.training as training
+    import TACEResponseLib.training.train as training
 
     folder = tmp_path / "bad"
     shutil.copytree(tiny_cohort.parent, folder)
@@ -261,7 +254,7 @@ def test_bad_manifest_is_refused_before_any_training(tiny_cohort, tmp_path, monk
 
 
 def test_cases_without_patches_are_listed_together(tiny_cohort, tmp_path):
-    from TACEResponseLib.manifest import read_manifest
+    from TACEResponseLib.imaging.manifest import read_manifest
 
     rows = read_manifest(tiny_cohort, ["arterial"])
     spec = PatchSpec(size=32, min_square_mm=500.0)  # no tumour holds a 50 cm square
@@ -288,9 +281,11 @@ def test_train_command_line(tiny_cohort, tmp_path, capsys):
 def test_committed_demo_bundle_is_registered_verified_and_predicts_held_out_phantoms():
     from sklearn.metrics import roc_auc_score
 
-    from TACEResponseLib.bundle import WEIGHTS_FILE, read_registry, resolve_bundle, sha256_of
-    from TACEResponseLib.inference import Predictor
-    from TACEResponseLib.training import DEMO_NAME
+    from TACEResponseLib.networks.bundle import WEIGHTS_FILE
+    from TACEResponseLib.networks.catalog import read_registry, resolve_bundle
+    from TACEResponseLib.core.files import sha256_of
+    from TACEResponseLib.prediction.predictor import Predictor
+    from TACEResponseLib.demo.response_bundle import DEMO_NAME
 
     registry = json.loads((REPO / "Resources" / "Models.json").read_text(encoding="utf-8"))
     entry = next(e for e in registry["models"] if e["name"] == DEMO_NAME)
@@ -314,7 +309,7 @@ def test_committed_demo_bundle_is_registered_verified_and_predicts_held_out_phan
     for n, response in enumerate(["CR", "PR", "SD", "PD"] * 2):
         case = make_phantom(response, seed=9100 + n, case_id=f"check{n}")
         assert case.case_id not in used
-        result = predictor.predict([case.phases["arterial"]], case.segmentation, split_islands=False)
+        result = predictor.predict([case.phases["arterial"]], case.segmentation)
         labels.append(response)
         probabilities.append(result.tumours[0].probabilities)
     probabilities = np.array(probabilities)

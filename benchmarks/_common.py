@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from TACEResponseLib.io import write_json_atomic  # noqa: E402
+from TACEResponseLib.core.files import write_json_atomic  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 

@@ -21,7 +21,8 @@ import torch
 from _common import print_table, save_results, time_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from TACEResponseLib.models import build_network, count_parameters
+from TACEResponseLib.networks.architectures import build_network
+from TACEResponseLib.networks.pretrained import count_parameters
 
 #: (name, architecture, classes, options, input size, published GMACs per image and source)
 NETWORKS = [

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from _common import print_table, save_results, time_call
 
-from TACEResponseLib.io import read_segmentation, read_volume, segment_mask_on, write_segmentation, write_volume
-from TACEResponseLib.patches import PatchSpec, extract_patches
-from TACEResponseLib.phantoms import make_phantom
+from TACEResponseLib.imaging.segmentation import read_segmentation, segment_mask_on, write_segmentation
+from TACEResponseLib.imaging.volume_io import read_volume, write_volume
+from TACEResponseLib.imaging.patches import PatchSpec, extract_patches
+from TACEResponseLib.imaging.phantoms import make_phantom
 
 
 def main() -> None:

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 from _common import REPO, print_table, save_results, time_call
 
-from TACEResponseLib.bundle import BundleCard, PhaseInput, save_bundle
-from TACEResponseLib.geometry import Volume
-from TACEResponseLib.inference import Predictor
-from TACEResponseLib.io import write_segmentation, write_volume
-from TACEResponseLib.models import build_network
-from TACEResponseLib.patches import PatchSpec
-from TACEResponseLib.phantoms import make_cohort, make_phantom
+from TACEResponseLib.networks.bundle import BundleCard, PhaseInput, save_bundle
+from TACEResponseLib.imaging.geometry import Volume
+from TACEResponseLib.prediction.predictor import Predictor
+from TACEResponseLib.imaging.segmentation import write_segmentation
+from TACEResponseLib.imaging.volume_io import write_volume
+from TACEResponseLib.networks.architectures import build_network
+from TACEResponseLib.imaging.patches import PatchSpec
+from TACEResponseLib.imaging.phantoms import make_cohort, make_phantom
 
 
 def _bundle(folder: Path, architecture: str, size: int, phases: list[str]):
@@ -66,10 +67,10 @@ def single_case(folder: Path) -> dict:
     segmentation = write_segmentation(case.segmentation, folder / "tumour.seg.nrrd")
     bundle = _bundle(folder / "resnet50", "resnet50", 224, ["arterial", "portal"])
     predictor = Predictor(bundle, device="cpu")
-    from TACEResponseLib.pipeline import predict_files
+    from TACEResponseLib.prediction.case import predict_case
 
-    predict_files(predictor, [arterial, portal], segmentation, folder / "warm")  # warm-up (imports, allocations)
-    runs = [predict_files(predictor, [arterial, portal], segmentation, folder / f"out{n}").timings for n in range(3)]
+    predict_case(predictor, [arterial, portal], segmentation, folder / "warm")  # warm-up (imports, allocations)
+    runs = [predict_case(predictor, [arterial, portal], segmentation, folder / f"out{n}").timings for n in range(3)]
     timings = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
 
     import torch
@@ -90,7 +91,7 @@ def single_case(folder: Path) -> dict:
     ratios = {"total_over_bare_forward": timings["total"] / bare_forward, "cam_over_forward": timings["cam"] / timings["forward"]}
     print(f"total ÷ bare forward = {ratios['total_over_bare_forward']:.2f}; CAM ÷ forward = {ratios['cam_over_forward']:.3f}")
 
-    read_only = f"from TACEResponseLib.io import read_volume; read_volume({str(arterial)!r})"
+    read_only = f"from TACEResponseLib.imaging.volume_io import read_volume; read_volume({str(arterial)!r})"
     predict_args = ["predict", "--image", str(arterial), "--image", str(portal), "--segmentation", str(segmentation),
                     "--bundle", str(bundle.path), "--output", str(folder / "mem"), "--device", "cpu"]
     predict = f"from TACEResponseLib.cli import main; main({predict_args!r})"

@@ -1,18 +1,20 @@
 """Survival statistics of Zhang 2020 (deep-learning signature -> Cox nomogram), image-independent.
 
-Modules, data flowing one way:
+Floor 4: may import ``core``, ``imaging`` and ``networks``. Modules, data flowing one way:
 
 * :mod:`.data` — validation of survival tables (one clear error before any fitting)
-* :mod:`.icc` — ICC(2,1)/ICC(3,1) reproducibility filter of features
+* :mod:`.deep_features` — DenseNet-121 features of a case's phases, cached; feature tables
+* :mod:`.reproducibility` — ICC(2,1)/ICC(3,1) reproducibility filter of features
 * :mod:`.selection` — mRMR + elastic-net Cox -> :class:`Signature`
 * :mod:`.cox` — univariate screen, multivariable Cox, stepwise AIC (on lifelines)
 * :mod:`.nomogram` — points, total points, survival at 1/2/3 years, risk group, figure
-* :mod:`.evaluation` — C-index + bootstrap CI, calibration, KM + log-rank, AUC(t)
-* :mod:`.report` — JSON + PNG report over models and cohorts
-* :mod:`.pipeline` — :func:`run_survival_pipeline` from a feature table + clinical table
+* :mod:`.metrics` — C-index + bootstrap CI, calibration, KM + log-rank, AUC(t)
+* :mod:`.comparison` — JSON + PNG report comparing models over cohorts
+* :mod:`.fitting` — :func:`run_survival_pipeline` from a feature table + clinical table
   (= :func:`fit_signature_stage` then :func:`fit_nomogram_stage`)
-* :mod:`.synthetic` — SYNTHETIC cohorts from a known Cox model (tests, demos)
-* :mod:`.demo` — the bundled SYNTHETIC demo survival model and the demo patient's values
+* :mod:`.images` — the same from images on disk (deep features first); ``survival_model.json``
+* :mod:`.model` — the saved survival model and one patient's read-out
+* :mod:`.synthetic`, :mod:`.cohort` — SYNTHETIC cohorts from a known Cox model (tests, demos)
 
 Names below are imported lazily, so ``import TACEResponseLib.survival`` does not pull in
 lifelines, scikit-survival or matplotlib (Slicer instantiates modules at start-up).
@@ -25,9 +27,9 @@ from typing import Any
 
 _EXPORTS = {
     "validate_survival_table": "data",
-    "icc": "icc",
-    "icc_table": "icc",
-    "reproducible_features": "icc",
+    "icc": "reproducibility",
+    "icc_table": "reproducibility",
+    "reproducible_features": "reproducibility",
     "mrmr_rank": "selection",
     "fit_signature": "selection",
     "Signature": "selection",
@@ -41,19 +43,19 @@ _EXPORTS = {
     "PatientNomogram": "nomogram",
     "plot_nomogram": "nomogram",
     "plot_survival_curve": "nomogram",
-    "concordance": "evaluation",
-    "calibration": "evaluation",
-    "plot_calibration": "evaluation",
-    "risk_groups": "evaluation",
-    "kaplan_meier_logrank": "evaluation",
-    "plot_kaplan_meier": "evaluation",
-    "time_dependent_auc": "evaluation",
-    "evaluate_models": "report",
-    "SurvivalConfig": "pipeline",
-    "run_survival_pipeline": "pipeline",
-    "fit_signature_stage": "pipeline",
-    "fit_nomogram_stage": "pipeline",
-    "SignatureStage": "pipeline",
+    "concordance": "metrics",
+    "calibration": "metrics",
+    "plot_calibration": "metrics",
+    "risk_groups": "metrics",
+    "kaplan_meier_logrank": "metrics",
+    "plot_kaplan_meier": "metrics",
+    "time_dependent_auc": "metrics",
+    "evaluate_models": "comparison",
+    "SurvivalConfig": "fitting",
+    "run_survival_pipeline": "fitting",
+    "fit_signature_stage": "fitting",
+    "fit_nomogram_stage": "fitting",
+    "SignatureStage": "fitting",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,6 +1,6 @@
 """SYNTHETIC phantom survival cohort: images + segmentation + clinical table + survival times.
 
-Not patient data. Each case is a :func:`~TACEResponseLib.phantoms.make_phantom` CT phantom
+Not patient data. Each case is a :func:`~TACEResponseLib.imaging.phantoms.make_phantom` CT phantom
 (arterial + portal phases, one tumour segment) whose tumour *pattern* — the response class
 CR / PR / SD / PD, which is what the image shows inside the tumour — enters a known Cox model
 together with BCLC stage and ALT:
@@ -25,17 +25,18 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from ..io import atomic_path, write_json_atomic
-from ..phantoms import CT_PHASES, RESPONSE_CLASSES, make_phantom
-from .synthetic import weibull_cox_times
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.core.files import atomic_path, write_json_atomic
+from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.imaging.phantoms import CT_PHASES, RESPONSE_CLASSES, make_phantom
+from TACEResponseLib.survival.synthetic import weibull_cox_times
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ CLINICAL_LOG_HR: dict[str, float] = {"BCLC": 0.6, "ALT": 0.012}
 
 
 @dataclass
-class CohortTruth:
+class CohortTruth(JsonRecord):
     """The model the survival times were drawn from."""
 
     pattern_log_hr: dict[str, float]
@@ -78,9 +79,6 @@ class CohortTruth:
     followup_months: tuple[float, float]
     null_columns: list[str] = field(default_factory=list)
     note: str = SYNTHETIC_COHORT_NOTE
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 import pandas as pd
 
-from ..errors import InputError
-from .data import validate_survival_table
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.survival.data import validate_survival_table
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ Direction = Literal["both", "backward", "forward"]
 
 
 @dataclass
-class CoxTerm:
+class CoxTerm(JsonRecord):
     """One covariate of a fitted Cox model (coefficient = log hazard ratio per unit)."""
 
     variable: str
@@ -41,16 +42,9 @@ class CoxTerm:
     z: float
     p: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CoxTerm":
-        return cls(**data)
-
 
 @dataclass
-class CoxFit:
+class CoxFit(JsonRecord):
     """A fitted (unpenalised) Cox model: its terms and fit statistics.
 
     ``fitter`` (the lifelines :class:`CoxPHFitter`) and ``data`` (the validated training
@@ -66,28 +60,15 @@ class CoxFit:
     n_events: int
     time_col: str
     event_col: str
-    fitter: Any = field(default=None, repr=False, compare=False)
-    data: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    fitter: Any = field(default=None, repr=False, compare=False, metadata={"json": False})
+    data: pd.DataFrame | None = field(default=None, repr=False, compare=False, metadata={"json": False})
 
     @property
     def coefficients(self) -> dict[str, float]:
         return {t.variable: t.coef for t in self.terms}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "covariates": list(self.covariates),
-            "terms": [t.to_dict() for t in self.terms],
-            "log_likelihood": self.log_likelihood,
-            "aic": self.aic,
-            "concordance": self.concordance,
-            "n": self.n,
-            "n_events": self.n_events,
-            "time_col": self.time_col,
-            "event_col": self.event_col,
-        }
 
-
-def _fit(clean: pd.DataFrame, time_col: str, event_col: str, covariates: Sequence[str], *, name: str) -> CoxFit:
+def fit_validated_cox(clean: pd.DataFrame, time_col: str, event_col: str, covariates: Sequence[str], *, name: str) -> CoxFit:
     """Fit lifelines' CoxPHFitter on an already validated table."""
     from lifelines import CoxPHFitter
     from lifelines.exceptions import ConvergenceError
@@ -136,26 +117,24 @@ def fit_cox(
 ) -> CoxFit:
     """Multivariable Cox model of ``covariates`` (validated first: see :mod:`.data`)."""
     clean = validate_survival_table(df, time_col, event_col, covariates, name=name)
-    return _fit(clean, time_col, event_col, covariates, name=name)
+    return fit_validated_cox(clean, time_col, event_col, covariates, name=name)
 
 
 @dataclass
-class UnivariateScreen:
+class UnivariateScreen(JsonRecord):
     """One univariate Cox model per candidate; ``kept`` = those with p < ``p_threshold``."""
 
     p_threshold: float
     terms: list[CoxTerm]
 
+    json_derived = ("kept",)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "kept": self.kept}
+
     @property
     def kept(self) -> list[str]:
         return [t.variable for t in self.terms if t.p < self.p_threshold]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"p_threshold": self.p_threshold, "terms": [t.to_dict() for t in self.terms], "kept": self.kept}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "UnivariateScreen":
-        return cls(p_threshold=data["p_threshold"], terms=[CoxTerm.from_dict(t) for t in data["terms"]])
 
 
 def univariate_screen(
@@ -171,14 +150,14 @@ def univariate_screen(
     if not 0 < p_threshold <= 1:
         raise InputError(f"p_threshold must be in (0, 1], got {p_threshold}")
     clean = validate_survival_table(df, time_col, event_col, covariates, check_dimensions=False, name=name)
-    terms = [_fit(clean, time_col, event_col, [c], name=name).terms[0] for c in covariates]
+    terms = [fit_validated_cox(clean, time_col, event_col, [c], name=name).terms[0] for c in covariates]
     screen = UnivariateScreen(p_threshold=p_threshold, terms=terms)
     logger.info("univariate Cox screen (p < %g): kept %s of %s", p_threshold, screen.kept, list(covariates))
     return screen
 
 
 @dataclass
-class StepwiseStep:
+class StepwiseStep(JsonRecord):
     """One accepted move of the stepwise search and the model's AIC after it."""
 
     step: int
@@ -187,12 +166,9 @@ class StepwiseStep:
     variables: list[str]
     aic: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
-class StepwiseResult:
+class StepwiseResult(JsonRecord):
     """Selection path (every accepted step with its AIC) and the final Cox model."""
 
     direction: str
@@ -200,18 +176,14 @@ class StepwiseResult:
     steps: list[StepwiseStep]
     final: CoxFit
 
+    json_derived = ("selected",)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "selected": self.selected}
+
     @property
     def selected(self) -> list[str]:
         return list(self.final.covariates)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "direction": self.direction,
-            "scope": list(self.scope),
-            "steps": [s.to_dict() for s in self.steps],
-            "selected": self.selected,
-            "final": self.final.to_dict(),
-        }
 
 
 def stepwise_aic(
@@ -245,7 +217,7 @@ def stepwise_aic(
         if key not in cache:
             ordered = [v for v in scope if v in key]
             try:
-                cache[key] = _fit(clean, time_col, event_col, ordered, name=name)
+                cache[key] = fit_validated_cox(clean, time_col, event_col, ordered, name=name)
             except InputError as exc:
                 logger.warning("stepwise: skipping %s: %s", ordered, exc)
                 cache[key] = None
@@ -283,22 +255,20 @@ def stepwise_aic(
 
 
 @dataclass
-class CoxSelection:
+class CoxSelection(JsonRecord):
     """Univariate screen followed by stepwise AIC from the screened set (Zhang 2020)."""
 
     screen: UnivariateScreen
     stepwise: StepwiseResult | None
 
+    json_derived = ("selected",)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "selected": self.selected}
+
     @property
     def selected(self) -> list[str]:
         return self.stepwise.selected if self.stepwise is not None else []
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "screen": self.screen.to_dict(),
-            "stepwise": self.stepwise.to_dict() if self.stepwise is not None else None,
-            "selected": self.selected,
-        }
 
 
 def select_cox_model(

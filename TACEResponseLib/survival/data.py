@@ -2,7 +2,7 @@
 
 Every fitting function of :mod:`TACEResponseLib.survival` passes its input through
 :func:`validate_survival_table` (or :func:`numeric_matrix` for feature blocks), so a bad
-clinical sheet fails at once with one :class:`~TACEResponseLib.errors.InputError` that lists
+clinical sheet fails at once with one :class:`~TACEResponseLib.core.errors.InputError` that lists
 *every* problem (missing column, non-numeric cell, negative time, event not 0/1, no events,
 too few patients or events for the number of variables) instead of a numerical failure deep
 inside lifelines or scikit-survival.
@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from TACEResponseLib.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 

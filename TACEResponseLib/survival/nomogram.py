@@ -27,20 +27,19 @@ Times are in ``time_unit`` (months by default; 12/24/36 = 1/2/3 years).
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from ..io import write_json_atomic
-from .cox import CoxFit
-from .data import numeric_matrix
-from .plotting import agg_figure, save_figure
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.core.figures import new_figure, save_figure
+from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.survival.cox import CoxFit
+from TACEResponseLib.survival.data import numeric_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ MAX_POINTS = 100.0
 
 
 @dataclass
-class NomogramVariable:
+class NomogramVariable(JsonRecord):
     """One axis of the nomogram: a Cox covariate, its coefficient and training range."""
 
     name: str
@@ -96,7 +95,7 @@ class NomogramVariable:
 
 
 @dataclass
-class PatientNomogram:
+class PatientNomogram(JsonRecord):
     """One patient's nomogram read-out (what the panel, tables and JSON show)."""
 
     values: dict[str, float]
@@ -114,17 +113,12 @@ class PatientNomogram:
     def survival_at(self, time: float) -> float:
         return self.survival[self.survival_times.index(float(time))]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PatientNomogram":
-        return cls(**data)
-
 
 @dataclass
-class Nomogram:
+class Nomogram(JsonRecord):
     """A fitted Cox model as a nomogram; saved as JSON, usable without lifelines or refitting."""
+
+    json_header = {"kind": "TACEResponse Cox nomogram", "version": 1}
 
     name: str
     variables: list[NomogramVariable]
@@ -294,31 +288,6 @@ class Nomogram:
             model=self.name,
         )
 
-    # --- persistence -------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "TACEResponse Cox nomogram", "version": 1, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Nomogram":
-        fields = {k: v for k, v in data.items() if k not in ("kind", "version")}
-        try:
-            fields["variables"] = [NomogramVariable(**v) for v in fields["variables"]]
-            return cls(**fields)
-        except (KeyError, TypeError) as exc:
-            raise InputError(f"nomogram file: unexpected or missing fields ({exc})") from exc
-
-    def save(self, path: str | Path) -> Path:
-        return write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Nomogram":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"nomogram file {path}: cannot be read as JSON ({exc})") from exc
-        return cls.from_dict(data)
-
 
 # --- figure ----------------------------------------------------------------------------
 def _fmt(value: float) -> str:
@@ -406,7 +375,7 @@ def plot_nomogram(
                      nomogram.points_from_lp(patient.linear_predictor) * to_x if patient else None,
                      f"{patient.survival[i]:.1%}" if patient else None, None))
 
-    figure = agg_figure(11.0, 0.62 * len(rows) + 1.2)
+    figure = new_figure(11.0, 0.62 * len(rows) + 1.2)
     ax = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_xlim(-34, 108)
     ax.set_ylim(len(rows) - 0.35, -1.0)
@@ -456,7 +425,7 @@ def plot_survival_curve(
         raise InputError("survival curve: the read-out has no curve (times and survival of equal length)")
     unit = data.get("time_unit", "months")
     marks = list(zip(data.get("survival_times") or [], data.get("survival") or []))
-    figure = agg_figure(6.4, 4.2)
+    figure = new_figure(6.4, 4.2)
     ax = figure.add_subplot(1, 1, 1)
     # straight lines between the curve's points: survival between event times is interpolated linearly
     # (as the read-out's 12/24/36-month values are), so the marks lie on the line

@@ -29,19 +29,17 @@ stored in :class:`Signature`, so it can be saved as JSON and applied to new case
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from ..io import write_json_atomic
-from .data import numeric_matrix, validate_survival_arrays
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.survival.data import numeric_matrix, validate_survival_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +50,7 @@ _EPS = 1e-12
 
 # --- mRMR ------------------------------------------------------------------------------
 @dataclass
-class MRMRResult:
+class MRMRResult(JsonRecord):
     """Features in mRMR order with their relevance, redundancy and score when picked."""
 
     selected: list[str]
@@ -62,9 +60,6 @@ class MRMRResult:
     relevance_kind: str
     scheme: str
     n_candidates: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def feature_relevance(
@@ -77,10 +72,10 @@ def feature_relevance(
         # a high feature value predicting short survival is as relevant as the reverse
         values = [abs(2.0 * concordance_index(time, features[c].to_numpy(), event) - 1.0) for c in features]
     elif kind == "cox_z":
-        from .cox import _fit
+        from TACEResponseLib.survival.cox import fit_validated_cox
 
         frame = features.assign(_time=time, _event=event)
-        values = [abs(_fit(frame, "_time", "_event", [c], name="mRMR relevance").terms[0].z) for c in features]
+        values = [abs(fit_validated_cox(frame, "_time", "_event", [c], name="mRMR relevance").terms[0].z) for c in features]
     else:
         raise InputError(f"mRMR relevance {kind!r} is not supported; use 'concordance' or 'cox_z'")
     return pd.Series(values, index=features.columns, name=f"relevance ({kind})")
@@ -140,8 +135,10 @@ def mrmr_rank(
 
 # --- signature -------------------------------------------------------------------------
 @dataclass
-class Signature:
+class Signature(JsonRecord):
     """Linear deep-learning signature: ``score = sum beta_j (x_j - mean_j) / sd_j``."""
+
+    json_header = {"kind": "TACEResponse survival signature", "version": 1}
 
     feature_names: list[str]
     coefficients: list[float]
@@ -166,32 +163,10 @@ class Signature:
         z = (x.to_numpy() - np.asarray(self.means)) / np.asarray(self.stds)
         return z @ np.asarray(self.coefficients, dtype=float)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "TACEResponse survival signature", "version": 1, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Signature":
-        fields = {k: v for k, v in data.items() if k not in ("kind", "version")}
-        try:
-            return cls(**fields)
-        except TypeError as exc:
-            raise InputError(f"signature file: unexpected or missing fields ({exc})") from exc
-
-    def save(self, path: str | Path) -> Path:
-        return write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Signature":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"signature file {path}: cannot be read as JSON ({exc})") from exc
-        return cls.from_dict(data)
 
 
 @dataclass
-class CoxnetCV:
+class CoxnetCV(JsonRecord):
     """Cross-validation along the elastic-net path: mean/SE of held-out C per alpha."""
 
     alphas: list[float]
@@ -203,12 +178,9 @@ class CoxnetCV:
     n_folds: int
     max_features: int | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
-class SignatureFit:
+class SignatureFit(JsonRecord):
     """The fitted signature and how it was found (mRMR ranking, CV path)."""
 
     signature: Signature
@@ -217,7 +189,8 @@ class SignatureFit:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"signature": self.signature.to_dict(), "mrmr": self.mrmr.to_dict(), "cv": self.cv.to_dict(), **self.extra}
+        data = super().to_dict()
+        return {**data, **data.pop("extra")}
 
 
 def _cv_path(

@@ -1,0 +1,288 @@
+"""Survival commands (Zhang 2020): ``extract-features``, ``survival``, ``fit-signature``, ``fit-nomogram``, ``survival-cohort``, ``make-demo-survival-model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from TACEResponseLib.cli.common import Command
+from TACEResponseLib.core.errors import TACEResponseError
+
+logger = logging.getLogger(__name__)
+
+# --- survival (Zhang 2020): deep features, signature, nomogram ---------------------------------
+def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--phases", nargs="+", default=["arterial", "portal"], metavar="PHASE",
+                   help="manifest image columns, one DenseNet feature block each (first = reference grid)")
+    p.add_argument("--size", type=int, default=224, help="centroid patch size in pixels (>= 32; paper: 224)")
+    p.add_argument("--fov-mm", type=float, default=None, help="patch field of view in mm (default: size native pixels)")
+    p.add_argument("--pretrained", default=None, metavar="FILE",
+                   help="ImageNet DenseNet-121 state dict (torchvision layout); without it: seeded random init, "
+                        "labelled 'random-init DenseNet features, SYNTHETIC demo'")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation (no --pretrained)")
+    p.add_argument("--perturb", choices=["none", "erode", "dilate", "reader2"], default=None,
+                   help="ROI perturbation: erode/dilate in-plane, or reader2 = the manifest's segmentation_2")
+    p.add_argument("--perturb-voxels", type=int, default=1)
+    p.add_argument("--cache", default=None, metavar="DIR", help="per-case feature cache folder")
+    p.add_argument("--batch-size", type=int, default=16, help="patches per forward pass")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
+def _settings_from(args: argparse.Namespace):
+    from TACEResponseLib.survival.deep_features import FeatureSettings
+
+    return FeatureSettings(phases=list(args.phases), size=args.size, fov_mm=args.fov_mm, pretrained=args.pretrained,
+                           seed=args.init_seed)
+
+
+def cmd_extract_features(args: argparse.Namespace) -> int:
+    """DenseNet-121 features of every manifest case (cached per case) → CSV + JSON metadata."""
+    from TACEResponseLib.survival.deep_features import (
+        DeepFeatureExtractor,
+        read_feature_manifest,
+        write_feature_table,
+    )
+
+    settings = _settings_from(args)
+    cases = read_feature_manifest(args.manifest, settings.phases)
+    output = Path(args.output)
+    cache = Path(args.cache) if args.cache else output.parent / "feature_cache"
+    extractor = DeepFeatureExtractor(settings, cache_dir=cache, device=args.device, batch_size=args.batch_size,
+                                     perturb_voxels=args.perturb_voxels)
+    perturbation = args.perturb or "none"
+    table = extractor.extract(cases, perturbation=perturbation)
+    write_feature_table(table, output, {**extractor.metadata(), "perturbation": perturbation,
+                                        "perturb_voxels": args.perturb_voxels, "cases": extractor.case_info})
+    print(f"{len(table)} cases × {table.shape[1]} features ({extractor.cache_hits} from cache) → {output}")
+    print(f"features: {extractor.weights.label}")
+    return 0
+
+
+def _levels_from(pairs: Sequence[str] | None, covariates: Sequence[str]) -> dict[str, dict[str, float]]:
+    from TACEResponseLib.survival.cohort import CLINICAL_LEVELS
+
+    levels = {k: dict(v) for k, v in CLINICAL_LEVELS.items() if k in covariates}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise TACEResponseError(f"--levels expects NAME=LABEL0,LABEL1,..., got {pair!r}")
+        name, labels = pair.split("=", 1)
+        names = [x.strip() for x in labels.split(",") if x.strip()]
+        if not names:
+            raise TACEResponseError(f"--levels {pair!r}: no labels")
+        levels[name.strip()] = {label: float(code) for code, label in enumerate(names)}
+    return levels
+
+
+def _survival_config(args: argparse.Namespace, covariates: Sequence[str]):
+    """The survival settings of ``survival`` / ``fit-signature`` (no nomogram when ``covariates`` is empty)."""
+    from TACEResponseLib.survival.cohort import CLINICAL_LABELS
+    from TACEResponseLib.survival.fitting import SurvivalConfig
+
+    return SurvivalConfig(
+        time_col=args.time_col, event_col=args.event_col, id_col="case_id", clinical_covariates=list(covariates),
+        labels={**CLINICAL_LABELS, "signature": "DL signature"}, levels=_levels_from(getattr(args, "levels", None), covariates),
+        icc_threshold=args.icc_threshold, icc_kind=args.icc_kind, max_signature_features=args.max_features,
+        n_boot=getattr(args, "n_boot", 1000), validation_fraction=args.validation_fraction, seed=args.seed,
+        note=args.note or "",
+    )
+
+
+def _signature_inputs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`~.survival.features.fit_image_signature` from the command line."""
+    from TACEResponseLib.survival.deep_features import read_feature_table
+
+    if not args.manifest and not args.features:
+        raise TACEResponseError("give --manifest (extract deep features) or --features (a table from extract-features)")
+    features = repeat = metadata = None
+    perturbation = args.perturb or "erode"
+    if args.features:
+        features, metadata = read_feature_table(args.features)
+        if args.repeat:
+            repeat, repeat_metadata = read_feature_table(args.repeat)
+            perturbation = (repeat_metadata or {}).get("perturbation") or args.perturb or "repeat"
+    elif args.repeat:
+        raise TACEResponseError("--repeat goes with --features (with --manifest the repeat is extracted here: --perturb)")
+    return dict(settings=_settings_from(args) if not args.features else None, manifest=args.manifest,
+                clinical=args.clinical, features=features, repeat=repeat, feature_metadata=metadata,
+                perturbation=perturbation, perturb_voxels=args.perturb_voxels, cache_dir=args.cache,
+                device=args.device, batch_size=args.batch_size)
+
+
+def _print_signature(stage) -> None:
+    deep = stage.context.get("deep_features") or {}
+    print(f"deep features: {deep.get('label', 'unknown origin')}")
+    if stage.reproducibility is not None:
+        r = stage.reproducibility.to_dict()
+        print(f"{r['kind']} > {r['threshold']:g} ({r['repeat']}): kept {r['n_kept']} of {r['n_features']} features")
+    signature = stage.signature
+    cv = f", CV C-index {signature.cv_cindex:.3f}" if signature.cv_cindex is not None else ""
+    print(f"signature: {len(signature.feature_names)} features (elastic-net alpha {signature.alpha:.3g}{cv}); "
+          f"training {len(stage.cohorts['training'])} / validation {len(stage.cohorts.get('validation', []))} cases")
+
+
+def _print_nomogram(result) -> None:
+    report = result.report
+    main = report["survival_model"]["main_nomogram"]
+    print(f"nomogram variables: {main} = {[v.name for v in result.pipeline.nomograms[main].variables]}")
+    for row in report["summary"]:
+        ci = (f" ({row['ci_lower']:.3f}–{row['ci_upper']:.3f})" if row.get("ci_lower") is not None else "")
+        p = f", log-rank p {row['logrank_p']:.3g}" if row.get("logrank_p") is not None else ""
+        print(f"  {row['model']:<10} {row['cohort']:<11} C-index {row['c_index']:.3f}{ci}{p}")
+    print(f"report: {result.output_dir / 'report.json'}\nmodel:  {result.model_path} "
+          f"(use: tace-response predict ... --nomogram {result.model_path} --clinical NAME=VALUE)")
+
+
+def cmd_survival(args: argparse.Namespace) -> int:
+    """Zhang 2020 end to end: features → ICC → signature → Cox screen + stepwise AIC → nomograms → report."""
+    from TACEResponseLib.survival.images import fit_image_nomogram, fit_image_signature
+
+    config = _survival_config(args, args.covariates)
+    signature = fit_image_signature(args.output, config=config, **_signature_inputs(args))
+    _print_signature(signature.stage)
+    _print_nomogram(fit_image_nomogram(signature, args.output, config=config, clinical=signature.clinical))
+    return 0
+
+
+def cmd_fit_signature(args: argparse.Namespace) -> int:
+    """Deep features → ICC filter → mRMR → elastic-net Cox (5-fold CV) → signature.json (+ scores, split)."""
+    from TACEResponseLib.survival.images import fit_image_signature
+
+    signature = fit_image_signature(args.output, config=_survival_config(args, []), **_signature_inputs(args))
+    _print_signature(signature.stage)
+    print(f"signature: {Path(args.output) / 'signature.json'} "
+          f"(next: tace-response fit-nomogram --signature {args.output})")
+    return 0
+
+
+def cmd_fit_nomogram(args: argparse.Namespace) -> int:
+    """Cox screen + stepwise AIC of signature + clinical factors → nomograms → report → survival_model.json."""
+    from dataclasses import replace
+
+    from TACEResponseLib.survival.fitting import SignatureStage
+    from TACEResponseLib.survival.images import fit_image_nomogram
+
+    source = Path(args.signature)
+    stage = SignatureStage.load(source)
+    covariates = list(args.covariates)
+    config = replace(stage.config, clinical_covariates=covariates, levels=_levels_from(args.levels, covariates),
+                     n_boot=args.n_boot, seed=stage.config.seed if args.seed is None else args.seed)
+    result = fit_image_nomogram(stage, args.output or (source if source.is_dir() else source.parent),
+                                config=config, clinical=args.clinical)
+    _print_signature(stage)
+    _print_nomogram(result)
+    return 0
+
+
+def cmd_survival_cohort(args: argparse.Namespace) -> int:
+    """Write a SYNTHETIC phantom survival cohort (images + segmentation + survival_cohort.csv)."""
+    from TACEResponseLib.survival.cohort import make_survival_cohort
+
+    cohort = make_survival_cohort(args.cases, args.output, seed=args.seed, shape_kji=tuple(args.shape),
+                                  spacing_ijk=tuple(args.spacing))
+    table = cohort.table
+    print(f"wrote {len(table)} SYNTHETIC phantom cases ({int(table['event'].sum())} deaths) → {cohort.csv_path}")
+    return 0
+
+
+def _extract_features_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="CSV: case_id, one column per phase, segmentation, segment")
+    p.add_argument("--output", required=True, help="feature CSV (metadata JSON written beside it)")
+    _feature_settings_arguments(p)
+
+
+def _signature_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", default=None, help="cases on disk (features extracted and cached)")
+    p.add_argument("--features", default=None, help="feature CSV from extract-features instead of --manifest")
+    p.add_argument("--repeat", default=None, help="second extraction (perturbed ROI / reader 2) for the ICC filter")
+    p.add_argument("--clinical", default=None, help="CSV with case_id, time, event, clinical columns (default: manifest)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--time-col", default="time_months")
+    p.add_argument("--event-col", default="event")
+    p.add_argument("--icc-threshold", type=float, default=0.75)
+    p.add_argument("--icc-kind", choices=["ICC(2,1)", "ICC(3,1)"], default="ICC(2,1)")
+    p.add_argument("--max-features", type=int, default=10, help="signature size limit")
+    p.add_argument("--validation-fraction", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", default=None, help="shown on every figure (e.g. 'SYNTHETIC phantom cohort')")
+    _feature_settings_arguments(p)
+
+
+def _nomogram_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--covariates", nargs="+", default=["BCLC", "ALT", "AFP", "tumour_size", "Child_Pugh"])
+    p.add_argument("--levels", action="append", metavar="NAME=A,B,C",
+                   help="category labels in code order (default: BCLC=A,B,C and Child_Pugh=A,B,C)")
+    p.add_argument("--n-boot", type=int, default=1000)
+
+
+def _survival_args(p: argparse.ArgumentParser) -> None:
+    _signature_args(p)
+    _nomogram_args(p)
+
+
+def _fit_nomogram_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--signature", required=True, metavar="DIR", help="the folder fit-signature wrote")
+    p.add_argument("--clinical", default=None, help="clinical CSV (default: the table the signature was fitted with)")
+    p.add_argument("--output", default=None, help="report folder (default: the signature's folder)")
+    p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: the signature's seed)")
+    _nomogram_args(p)
+
+
+def _survival_cohort_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cases", type=int, default=150)
+    p.add_argument("--output", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64), metavar=("K", "J", "I"))
+    p.add_argument("--spacing", type=float, nargs=3, default=(2.0, 2.0, 2.0), metavar=("I", "J", "K"))
+
+
+def cmd_make_demo_survival_model(args: argparse.Namespace) -> int:
+    """Re-create the SYNTHETIC demo survival model and register it under survival_models in Models.json."""
+    import json
+
+    from TACEResponseLib.demo.survival_model import make_demo_survival_model
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary = make_demo_survival_model(args.work_dir, args.output, n_cases=args.cases, seed=args.seed,
+                                       workers=args.workers, n_boot=args.n_boot, registry=args.registry,
+                                       device=args.device)
+    for row in summary["c_index"]:
+        p = f", log-rank p {row['logrank_p']:.3g}" if row.get("logrank_p") is not None else ""
+        print(f"  {row['model']:<10} {row['cohort']:<11} C-index {row['c_index']:.3f} "
+              f"({row['ci_lower']:.3f}–{row['ci_upper']:.3f}){p}")
+    print(json.dumps({k: v for k, v in summary.items() if k != "c_index"}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _make_demo_survival_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work-dir", default="build/demo-survival-model",
+                   help="phantom cohort, feature cache and the full report (not shipped)")
+    p.add_argument("--output", default="Resources/Models/TACEResponse-demo-synthetic-survival")
+    p.add_argument("--registry", default=None, help="Models.json to update (default: Resources/Models.json)")
+    p.add_argument("--cases", type=int, default=200, help="SYNTHETIC phantoms in the cohort")
+    p.add_argument("--seed", type=int, default=2000, help="first phantom seed (and the clinical/survival draw)")
+    p.add_argument("--workers", type=int, default=2, help="processes making the phantoms")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the DenseNet features")
+    p.add_argument("--device", default="cpu", help="cpu keeps the model reproducible")
+
+
+COMMANDS = [
+    Command("extract-features", cmd_extract_features, _extract_features_args,
+            "DenseNet-121 deep features per case and phase (cached) → CSV"),
+    Command("survival", cmd_survival, _survival_args,
+            "Zhang 2020 survival: ICC → signature → nomograms → report + survival_model.json"),
+    Command("fit-signature", cmd_fit_signature, _signature_args,
+            "Zhang 2020 step 1: ICC filter → mRMR → elastic-net Cox → signature.json (+ scores and split)"),
+    Command("fit-nomogram", cmd_fit_nomogram, _fit_nomogram_args,
+            "Zhang 2020 step 2: Cox screen + stepwise AIC → nomograms → report + survival_model.json"),
+    Command("survival-cohort", cmd_survival_cohort, _survival_cohort_args,
+            "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)"),
+    Command("make-demo-survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
+            "re-create the SYNTHETIC demo survival model and register it in Resources/Models.json"),
+]

@@ -1,0 +1,167 @@
+"""Commands that train and evaluate response models: ``train``, ``evaluate``, ``make-demo-bundle``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from TACEResponseLib.cli.common import Command, name_value_pairs, patch_spec_arguments
+from TACEResponseLib.core.errors import TACEResponseError
+from TACEResponseLib.networks.catalog import default_bundle_name
+
+logger = logging.getLogger(__name__)
+
+# --- training / evaluation / demo bundle (TACEResponseLib.training, .evaluation) -----------------
+def _train_config_from(args: argparse.Namespace):
+    from TACEResponseLib.imaging.patches import PatchSpec
+    from TACEResponseLib.training.config import TrainingConfig
+
+    ranges = {}
+    for name, value in name_value_pairs(args.clinical_range, "--clinical-range").items():
+        try:
+            low, high = (float(v) for v in value.split(":"))
+        except ValueError:
+            raise TACEResponseError(f"--clinical-range {name}={value}: expected MIN:MAX") from None
+        ranges[name] = (low, high)
+    spec = PatchSpec(strategy=args.strategy, size=args.size, fov_mm=args.fov_mm, min_square_mm=args.min_square_mm,
+                     normalization=args.normalization, window=tuple(args.window), n_slices=args.n_slices)
+    freeze = args.freeze
+    if freeze is not None and freeze.isdigit():
+        freeze = int(freeze)
+    return TrainingConfig(
+        architecture=args.architecture, phases=args.phase or ["arterial"], modality=args.modality, task=args.task,
+        patch_spec=spec, clinical=args.clinical or [], clinical_ranges=ranges,
+        clinical_units=name_value_pairs(args.clinical_unit, "--clinical-unit"), validation_fraction=args.validation_fraction,
+        optimizer=args.optimizer, learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, seed=args.seed,
+        balance=not args.no_balance, augment=not args.no_augment, pretrained=args.pretrained, freeze=freeze,
+        device=args.device, threads=args.threads, weights_dtype=args.weights_dtype, synthetic=args.synthetic,
+        name=args.name or Path(args.output).name, version=args.version, description=args.description or "",
+        n_bootstrap=args.bootstrap)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a response network from a cohort manifest and write a model bundle."""
+    from TACEResponseLib.training.train import train
+
+    result = train(args.manifest, args.output, _train_config_from(args), work_dir=args.work_dir,
+                   resume=args.resume, progress_bar=not args.no_progress)
+    card = result.bundle.card
+    print(f"bundle {card.name}@{card.version} → {result.bundle.path}  ({result.epochs_run} epochs, best "
+          f"{result.best_epoch}{', stopped early' if result.stopped_early else ''}, {result.seconds:.0f} s)")
+    if card.synthetic:
+        print(f"! {card.warning}")
+    val = result.validation_metrics
+    if val:
+        orr = (val.get("objective_response") or {}).get("auc") or {}
+        line = f"validation ({val['n_cases']} patients): accuracy {val['accuracy']:.3f}"
+        if orr.get("auc") is not None:
+            line += f", objective-response AUC {orr['auc']:.3f} ({orr['ci_low']:.3f}–{orr['ci_high']:.3f})"
+        print(line)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a bundle on a labelled cohort: report.json, predictions.csv and PNG figures."""
+    from TACEResponseLib.training.evaluation import evaluate_bundle
+
+    report = evaluate_bundle(args.bundle or default_bundle_name(), args.manifest, args.output,
+                             n_bootstrap=args.bootstrap, seed=args.seed, device=args.device,
+                             progress_bar=not args.no_progress)
+    print("\n".join(report.summary_lines()))
+    for case_id, error in report.failed.items():
+        print(f"failed: {case_id}: {error}", file=sys.stderr)
+    print(f"report: {Path(args.output) / 'report.json'}  figures: {', '.join(sorted(report.files.values()))}")
+    return 0 if not report.failed else 1
+
+
+def cmd_make_demo_bundle(args: argparse.Namespace) -> int:
+    """Re-create the SYNTHETIC demo bundle (phantoms → train → held-out evaluation → Models.json)."""
+    import json
+
+    from TACEResponseLib.demo.response_bundle import make_demo_bundle
+
+    overrides = {"threads": args.threads} if args.threads else {}
+    summary = make_demo_bundle(args.work_dir, args.output, n_train=args.train_cases, n_held_out=args.held_out_cases,
+                               registry=args.registry, progress_bar=not args.no_progress, **overrides)
+    print("\n".join(summary.pop("held_out")))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="CSV: case_id, one column per phase, segmentation, segment, label")
+    p.add_argument("--output", required=True, help="bundle folder to write")
+    p.add_argument("--architecture", choices=["resnet50", "resnet18", "densenet121", "inceptionv4", "fusion"],
+                   default="resnet50", help="resnet50 = Peng 2019; fusion = InceptionV4 + clinical (Quan 2024)")
+    p.add_argument("--phase", action="append", default=None,
+                   help="image column / model input, in channel order (repeatable; default: arterial)")
+    p.add_argument("--modality", choices=["CT", "MR"], default="CT")
+    p.add_argument("--task", choices=["mrecist", "responder"], default="mrecist",
+                   help="mrecist: labels CR/PR/SD/PD; responder: labels responder/non-responder")
+    patch_spec_arguments(p)
+    p.add_argument("--n-slices", type=int, default=3, help="patches per tumour (largest slice + nearest)")
+    p.add_argument("--clinical", action="append", default=None, metavar="COLUMN",
+                   help="clinical factor column (repeatable; needs --architecture fusion)")
+    p.add_argument("--clinical-range", action="append", default=None, metavar="NAME=MIN:MAX",
+                   help="accepted range of a clinical factor (default: the range in the cohort)")
+    p.add_argument("--clinical-unit", action="append", default=None, metavar="NAME=UNIT")
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (Peng 2019: 1e-4 with SGD)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=54)
+    p.add_argument("--patience", type=int, default=10, help="early stopping: epochs without validation-loss gain")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-balance", action="store_true", help="no class balancing by augmentation")
+    p.add_argument("--no-augment", action="store_true", help="no random flips/rotations per epoch")
+    p.add_argument("--pretrained", default=None, metavar="FILE", help="ImageNet state dict (torchvision layout)")
+    p.add_argument("--freeze", default="auto",
+                   help="stage name, parameter count, 'none', or 'auto' (with --pretrained: the whole "
+                        "convolutional base as Peng 2019; without: nothing)")
+    p.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--synthetic", action="store_true", help="mark the cohort as synthetic (also auto-detected)")
+    p.add_argument("--name", default=None, help="bundle name (default: the output folder's name)")
+    p.add_argument("--version", default="1.0")
+    p.add_argument("--description", default=None)
+    p.add_argument("--work-dir", default=None, help="checkpoint + patch cache (default: OUTPUT.work)")
+    p.add_argument("--resume", action="store_true", help="continue from the work dir's checkpoint")
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for validation CIs")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
+    p.add_argument("--manifest", required=True, help="labelled cohort CSV")
+    p.add_argument("--output", required=True, help="folder for report.json, predictions.csv and PNGs")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _make_demo_bundle_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work-dir", default="build/demo-bundle", help="phantom cohorts, checkpoint, evaluation")
+    p.add_argument("--output", default="Resources/Models/TACEResponse-demo-synthetic-ct")
+    p.add_argument("--registry", default=None, help="Models.json to update (default: Resources/Models.json)")
+    p.add_argument("--train-cases", type=int, default=80)
+    p.add_argument("--held-out-cases", type=int, default=40)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+COMMANDS = [
+    Command("train", cmd_train, _train_args,
+            "train a response network from a cohort manifest → model bundle"),
+    Command("evaluate", cmd_evaluate, _evaluate_args,
+            "evaluate a bundle on a labelled cohort (AUC with bootstrap CI, confusion, calibration, DCA)"),
+    Command("make-demo-bundle", cmd_make_demo_bundle, _make_demo_bundle_args,
+            "re-create the SYNTHETIC demo bundle and register it in Resources/Models.json"),
+]

@@ -1,0 +1,139 @@
+"""Files written safely, named safely, and recognised by content.
+
+Every write goes to a temporary file in the target folder and is renamed into place, so a
+crash never leaves a half-written file under the final name. :func:`safe_file_name` is the
+one rule that turns a case id or a volume name into a file or folder name, and
+:func:`content_fingerprint` the one key for caches and resumable runs: it changes when a
+file's bytes change, not when it is touched or moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from TACEResponseLib.core.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# --- atomic writes ----------------------------------------------------------------------
+_UMASK = os.umask(0)  # read the process umask (the only way) and put it back at once
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    The temporary name keeps the final suffix so writers that dispatch on the extension
+    (SimpleITK, matplotlib) still pick the right format.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be as readable as any file
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text atomically (temporary file beside ``path``, then rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON atomically (numpy values and paths become plain JSON)."""
+    return write_text_atomic(path, json.dumps(data, indent=2, default=json_default) + "\n")
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy arrays and scalars and paths."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# --- names ------------------------------------------------------------------------------
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_file_name(text: str, fallback: str = "case") -> str:
+    """A file or folder name made from ``text`` (a case id, a volume name): runs of anything but
+    ASCII letters, digits, ``_``, ``-`` and ``.`` become one ``_``; leading dots and underscores
+    and trailing underscores go (no hidden files, no ``..``); empty gives ``fallback``."""
+    name = _UNSAFE.sub("_", str(text)).lstrip("._").rstrip("_")
+    return name or fallback
+
+
+# --- content ----------------------------------------------------------------------------
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of one file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: digests already computed in this process, by (resolved path, size, mtime): a file is read once
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_of(path)
+    return _DIGESTS[key]
+
+
+def content_fingerprint(paths: Iterable[str | os.PathLike | None], extra: Any = None) -> str:
+    """SHA-256 over the content of ``paths`` (in order) and the JSON of ``extra``.
+
+    A file contributes its bytes' digest; a folder (a DICOM series) the digest of every file
+    inside with its relative path; ``None`` contributes a marker. Names and modification
+    times do not count, so a copied or touched file keeps its fingerprint and an edited one
+    changes it. Digests are remembered per process, so each file is read once.
+    """
+    digest = hashlib.sha256()
+    for entry in paths:
+        if entry is None:
+            digest.update(b"<none>\0")
+            continue
+        path = Path(entry)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    child = Path(root) / name
+                    digest.update(f"{child.relative_to(path).as_posix()}\0{_file_digest(child)}\0".encode())
+            digest.update(b"<end of folder>\0")
+        elif path.is_file():
+            digest.update(f"{_file_digest(path)}\0".encode())
+        else:
+            raise InputError(f"{path}: file or folder does not exist")
+    if extra is not None:
+        digest.update(json.dumps(extra, sort_keys=True, default=json_default).encode())
+    return digest.hexdigest()

@@ -1,0 +1,472 @@
+"""The one place that knows MRML nodes: conversion between nodes and library types.
+
+Works inside the Slicer application and, headless, on the ``slicer-core`` wheel (real
+MRML classes, no Qt). ``slicer`` is imported lazily so the rest of TACEResponseLib stays
+importable anywhere. Geometry goes through the nodes' IJK→RAS matrices (and any parent
+linear transform), never through array indices alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.geometry import Volume, check_volume
+from TACEResponseLib.imaging.segmentation import Segmentation
+
+logger = logging.getLogger(__name__)
+
+
+def _slicer():
+    try:
+        import slicer  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise InputError(
+            "MRML is not available: run inside 3D Slicer or install the 'slicer-core' package"
+        ) from exc
+    return slicer
+
+
+def has_application() -> bool:
+    """True inside the Slicer application (GUI or --no-main-window), False on slicer-core."""
+    slicer = _slicer()
+    return getattr(slicer, "app", None) is not None and hasattr(slicer, "mrmlScene")
+
+
+@dataclass
+class HeadlessScene:
+    """A scene plus the logics Slicer would register for it (application, colors, segmentations)."""
+
+    scene: Any
+    application_logic: Any
+    color_logic: Any
+    segmentations_logic: Any
+
+
+@contextlib.contextmanager
+def _quiet_vtk_log():
+    import vtk
+
+    previous = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    try:
+        yield
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(previous)
+
+
+def create_headless_scene() -> HeadlessScene:
+    """A new MRML scene wired like Slicer's, for tests and the command-line tool (no Qt).
+
+    Colour tables are registered (heatmaps and labelmaps need them), and the segmentations
+    logic is registered with the application logic so segment import/export work.
+    """
+    slicer = _slicer()
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    color_logic = slicer.vtkSlicerColorLogic()
+    color_logic.SetMRMLApplicationLogic(app_logic)
+    with _quiet_vtk_log():  # slicer-core ships no colour files; the built-in tables are enough
+        color_logic.SetMRMLScene(scene)
+    seg_logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    seg_logic.SetMRMLApplicationLogic(app_logic)
+    seg_logic.SetMRMLScene(scene)
+    app_logic.SetModuleLogic("Segmentations", seg_logic)
+    app_logic.SetModuleLogic("Colors", color_logic)
+    # reading .mrb scene bundles needs a cache and a data IO manager, as the application sets up
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(tempfile.mkdtemp(prefix="tace-mrml-cache-"))
+    data_io = slicer.vtkDataIOManager()
+    data_io.SetCacheManager(cache)
+    scene.SetCacheManager(cache)
+    scene.SetDataIOManager(data_io)
+    return HeadlessScene(scene, app_logic, color_logic, seg_logic)
+
+
+# --- volumes ----------------------------------------------------------------------------
+def _matrix(vtk_matrix) -> np.ndarray:
+    return _slicer().util.arrayFromVTKMatrix(vtk_matrix)
+
+
+def node_ijk_to_world(node) -> np.ndarray:
+    """IJK→RAS of a volume node including its parent linear transforms (world RAS)."""
+    slicer = _slicer()
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = _matrix(matrix)
+    transform = node.GetParentTransformNode()
+    if transform is not None:
+        if not transform.IsTransformToWorldLinear():
+            raise InputError(
+                f"volume {node.GetName()!r} is under a non-linear transform; harden the transform first"
+            )
+        to_world = vtk.vtkMatrix4x4()
+        transform.GetMatrixTransformToWorld(to_world)
+        ijk_to_ras = _matrix(to_world) @ ijk_to_ras
+    del slicer
+    return ijk_to_ras
+
+
+def volume_from_node(node, label: str | None = None) -> Volume:
+    """Copy a scalar volume node into a :class:`Volume` (array ``[k, j, i]``, world IJK→RAS)."""
+    slicer = _slicer()
+    label = label or (node.GetName() if node is not None else "volume")
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError(f"{label}: a scalar volume node is needed")
+    if node.GetImageData() is None:
+        raise InputError(f"{label}: volume node has no image data")
+    array = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    volume = Volume(array, node_ijk_to_world(node), node.GetName(), {"node_id": node.GetID()})
+    return check_volume(volume, label=label)
+
+
+def volume_to_node(volume: Volume, scene, name: str | None = None, node=None, labelmap: bool = False,
+                   class_name: str | None = None):
+    """Create (or update ``node``) a volume node holding ``volume``'s voxels and geometry."""
+    slicer = _slicer()
+    if node is None:
+        class_name = class_name or ("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode")
+        node = scene.AddNewNodeByClass(class_name, name or volume.name or "Volume")
+    elif name:
+        node.SetName(name)
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ijk_to_ras))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array))
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+# --- segmentations -----------------------------------------------------------------------
+def _segmentations_logic():
+    slicer = _slicer()
+    return slicer.vtkSlicerSegmentationsModuleLogic
+
+
+def segment_ids(segmentation_node) -> list[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+
+
+def resolve_segment_id(segmentation_node, segment: str) -> str:
+    """Segment id from an id or a name; the error lists the segments that exist."""
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(segment) is not None:
+        return segment
+    by_name = segmentation.GetSegmentIdBySegmentName(segment)
+    if by_name:
+        return by_name
+    available = ", ".join(f"{sid} ({segmentation.GetSegment(sid).GetName()})" for sid in segment_ids(segmentation_node))
+    raise InputError(
+        f"segment {segment!r} not found in segmentation {segmentation_node.GetName()!r}; available: {available or 'none'}"
+    )
+
+
+@contextlib.contextmanager
+def _temporary_nodes(scene):
+    """Remove every node added to ``scene`` inside the block (temporary labelmaps and the
+    display, storage and colour nodes that Slicer's logics create for them)."""
+    before = {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    finally:
+        added = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node is not None and node.GetID() not in before:
+                scene.RemoveNode(node)
+
+
+def segment_mask_from_node(segmentation_node, segment: str, reference_node) -> Volume:
+    """Binary mask (uint8) of one segment on the reference volume node's grid."""
+    slicer = _slicer()
+    import vtk
+
+    if segmentation_node is None:
+        raise InputError("no segmentation chosen")
+    segment_id = resolve_segment_id(segmentation_node, segment)
+    scene = segmentation_node.GetScene()
+    with _temporary_nodes(scene):
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__tace_tmp_mask")
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        if not _segmentations_logic().ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, reference_node):
+            raise InputError(f"segment {segment!r} could not be exported onto {reference_node.GetName()!r}")
+        array = slicer.util.arrayFromVolume(labelmap)
+        mask = (np.asarray(array) > 0).astype(np.uint8)
+        if mask.shape != slicer.util.arrayFromVolume(reference_node).shape:
+            raise InputError(f"segment {segment!r}: exported mask does not match the reference grid")
+    name = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
+    if not mask.any():
+        raise InputError(f"segment {name!r} is empty on {reference_node.GetName()!r}; draw the tumour first")
+    return Volume(mask, node_ijk_to_world(reference_node), name, {"segment_id": segment_id})
+
+
+def segmentation_to_node(segmentation: Segmentation, scene, name: str | None = None, node=None):
+    """Create a segmentation node with one segment per :class:`Segmentation` segment (ids kept)."""
+    slicer = _slicer()
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or segmentation.name)
+        node.CreateDefaultDisplayNodes()
+    import vtk
+
+    for segment in segmentation.segments:
+        segment_id = node.GetSegmentation().AddEmptySegment(segment.id, segment.name, list(segment.color))
+        with _temporary_nodes(scene):
+            labelmap = volume_to_node(segmentation.mask(segment.id), scene, "__tace_tmp_import", labelmap=True)
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(segment_id)
+            if not _segmentations_logic().ImportLabelmapToSegmentationNode(labelmap, node, ids):
+                raise InputError(f"segment {segment.name!r} could not be imported into {node.GetName()!r}")
+    del slicer
+    return node
+
+
+# --- storage -----------------------------------------------------------------------------------
+def load_volume_node(path: str | Path, scene, name: str | None = None):
+    """Read a volume file into a new scalar volume node with Slicer's own storage node."""
+    slicer = _slicer()
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file does not exist")
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or path.name.split(".")[0])
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise InputError(f"{path}: Slicer could not read this volume")
+    del slicer
+    return node
+
+
+def save_volume_node(node, path: str | Path) -> Path:
+    """Write a volume node with Slicer's storage node (NRRD / NIfTI by suffix), atomically."""
+    from TACEResponseLib.core.files import atomic_path
+
+    path = Path(path)
+    storage = node.GetStorageNode()
+    if storage is None:
+        storage = node.GetScene().AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        node.SetAndObserveStorageNodeID(storage.GetID())
+    with atomic_path(path) as tmp:
+        storage.SetFileName(str(tmp))
+        if not storage.WriteData(node):
+            raise InputError(f"{path}: Slicer could not write volume {node.GetName()!r}")
+    storage.SetFileName(str(path))
+    return path
+
+
+# --- prediction outputs ------------------------------------------------------------------------
+RESULT_ATTRIBUTE = "TACEResponse.Result"
+HEATMAP_ATTRIBUTE = "TACEResponse.Heatmap"
+HEATMAP_COLORMAPS = ("inferno", "jet", "hot", "viridis")
+
+
+@dataclass
+class OutputNodes:
+    """The MRML nodes one prediction creates or updates (re-used on the next run)."""
+
+    heatmap_node: Any = None
+    table_node: Any = None
+    survival_table_node: Any = None
+    survival_chart_node: Any = None
+
+
+def heatmap_color_node(scene, colormap: str = "inferno"):
+    """A 256-entry colour table from a matplotlib colormap with value 0 fully transparent (singleton)."""
+    if colormap not in HEATMAP_COLORMAPS:
+        raise InputError(f"heatmap colour map must be one of {HEATMAP_COLORMAPS}, got {colormap!r}")
+    slicer = _slicer()
+    name = f"TACEResponse {colormap}"
+    existing = scene.GetFirstNodeByName(name)
+    if existing is not None:
+        return existing
+    from matplotlib import colormaps
+
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetName(name)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(256)
+    rgba = colormaps[colormap](np.linspace(0, 1, 256))
+    for index, (r, g, b, _a) in enumerate(rgba):
+        node.SetColor(index, f"{index / 255:.3f}", float(r), float(g), float(b), 0.0 if index == 0 else 1.0)
+    node.SetAttribute("Category", "TACEResponse")
+    scene.AddNode(node)
+    return node
+
+
+def set_heatmap_display(heatmap_node, visible: bool = True, opacity: float = 0.5, colormap: str = "inferno") -> None:
+    """Colour table, 0…1 window, zero transparent, and the slice views' foreground opacity."""
+    scene = heatmap_node.GetScene()
+    display = heatmap_node.GetDisplayNode()
+    if display is None:
+        heatmap_node.CreateDefaultDisplayNodes()
+        display = heatmap_node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(heatmap_color_node(scene, colormap).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.ApplyThresholdOn()
+    display.SetThreshold(1e-3, 1.0)
+    display.SetVisibility(bool(visible))
+    heatmap_node.SetAttribute(HEATMAP_ATTRIBUTE + ".Opacity", f"{float(opacity):.3f}")
+    heatmap_node.SetAttribute(HEATMAP_ATTRIBUTE + ".Colormap", colormap)
+    for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
+        if composite.GetForegroundVolumeID() in (None, "", heatmap_node.GetID()):
+            composite.SetForegroundVolumeID(heatmap_node.GetID() if visible else None)
+            composite.SetForegroundOpacity(float(opacity))
+
+
+def _table_column(table, name: str, values: list, kind: str):
+    import vtk
+
+    array = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
+    array.SetName(name)
+    for value in values:
+        array.InsertNextValue(str(value) if kind == "string" else float("nan" if value is None else value))
+    table.AddColumn(array)
+
+
+def fill_table_node(table_node, columns: list[tuple[str, list, str]]) -> None:
+    """Replace a table node's content with ``(name, values, "string"|"double")`` columns."""
+    table = table_node.GetTable()
+    while table.GetNumberOfColumns():
+        table.RemoveColumn(0)
+    for name, values, kind in columns:
+        _table_column(table, name, values, kind)
+    table.Modified()
+    table_node.Modified()
+
+
+def show_prediction(scene, result, heatmap: Volume | None, reference_node=None, output_nodes: OutputNodes | None = None,
+                    opacity: float = 0.5, colormap: str = "inferno") -> OutputNodes:
+    """Create/update the heatmap volume node, the per-tumour table node and (if any) survival nodes.
+
+    The heatmap node gets ``heatmap``'s geometry (= the reference volume's); the result JSON is
+    stored as an attribute on the table node, so it is saved with the scene.
+    """
+    import json
+
+    nodes = output_nodes or OutputNodes()
+    if heatmap is not None:
+        name = f"{reference_node.GetName() if reference_node is not None else result.case_id} TACE heatmap"
+        nodes.heatmap_node = volume_to_node(heatmap.with_array(heatmap.array.astype(np.float32)), scene, name,
+                                            node=nodes.heatmap_node)
+        nodes.heatmap_node.SetAttribute(HEATMAP_ATTRIBUTE, "1")
+        if reference_node is not None:
+            nodes.heatmap_node.SetAttribute(HEATMAP_ATTRIBUTE + ".Reference", reference_node.GetID())
+            for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+                scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode").SetBackgroundVolumeID(reference_node.GetID())
+        set_heatmap_display(nodes.heatmap_node, True, opacity, colormap)
+    if nodes.table_node is None:
+        nodes.table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{result.case_id} TACE response")
+    class_names = result.tumours[0].class_names if result.tumours else []
+    columns: list[tuple[str, list, str]] = [
+        ("Tumour", [t.label for t in result.tumours], "string"),
+        ("Segment ID", [t.segment_id for t in result.tumours], "string"),
+        ("Predicted", [t.predicted_class for t in result.tumours], "string"),
+    ]
+    columns += [(f"P({c})", [t.probabilities[i] for t in result.tumours], "double") for i, c in enumerate(class_names)]
+    columns += [("P(objective response)", [t.objective_response_probability for t in result.tumours], "double"),
+                ("Volume (ml)", [t.volume_ml for t in result.tumours], "double")]
+    fill_table_node(nodes.table_node, columns)
+    nodes.table_node.SetAttribute(RESULT_ATTRIBUTE, json.dumps(result.to_dict()))
+    if result.synthetic_model:
+        nodes.table_node.SetAttribute("TACEResponse.Warning", result.warning)
+    if result.survival:
+        nodes.survival_table_node, nodes.survival_chart_node = show_survival(
+            scene, result.survival, nodes.survival_table_node, nodes.survival_chart_node, title=result.case_id)
+    return nodes
+
+
+def show_survival(scene, survival: dict, table_node=None, chart_node=None, title: str = "patient"):
+    """Survival curve as a table node (time, survival) plotted by a plot chart node."""
+    curve = survival.get("curve") or {}
+    times, values = list(curve.get("times", [])), list(curve.get("survival", []))
+    if table_node is None:
+        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{title} survival curve")
+    fill_table_node(table_node, [("Time (months)", times, "double"), ("Survival probability", values, "double")])
+    points = survival.get("points", {})
+    table_node.SetAttribute("TACEResponse.Survival", __import__("json").dumps(survival))
+    if chart_node is None:
+        chart_node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{title} survival")
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{title} survival")
+        series.SetAndObserveTableNodeID(table_node.GetID())
+        series.SetXColumnName("Time (months)")
+        series.SetYColumnName("Survival probability")
+        series.SetPlotType(series.PlotTypeLine if hasattr(series, "PlotTypeLine") else 1)
+        series.SetMarkerStyle(series.MarkerStyleNone if hasattr(series, "MarkerStyleNone") else 0)
+        chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
+    chart_node.SetTitle(f"Predicted overall survival — risk group {survival.get('risk_group', '?')}"
+                        f", {sum(points.values()) if points else survival.get('total_points', 0):.0f} points")
+    chart_node.SetXAxisTitle("Time (months)")
+    chart_node.SetYAxisTitle("Survival probability")
+    return table_node, chart_node
+
+
+def read_result_from_scene(scene) -> list[Any]:
+    """PredictionResults stored on table nodes of a (re)loaded scene."""
+    import json
+
+    from TACEResponseLib.prediction.results import PredictionResult
+
+    results = []
+    for n in range(scene.GetNumberOfNodesByClass("vtkMRMLTableNode")):
+        text = scene.GetNthNodeByClass(n, "vtkMRMLTableNode").GetAttribute(RESULT_ATTRIBUTE)
+        if text:
+            results.append(PredictionResult.from_dict(json.loads(text)))
+    return results
+
+
+def segmentation_from_node(segmentation_node, reference_node, segments: list[str] | None = None) -> Segmentation:
+    """The chosen segments (all by default) as a :class:`Segmentation` on the reference grid."""
+    chosen = [resolve_segment_id(segmentation_node, s) for s in segments] if segments else segment_ids(segmentation_node)
+    if not chosen:
+        raise InputError(f"segmentation {segmentation_node.GetName()!r} has no segments; draw the tumour first")
+    masks, colours, ids = {}, {}, []
+    for segment_id in chosen:
+        mask = segment_mask_from_node(segmentation_node, segment_id, reference_node)
+        vtk_segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+        masks[vtk_segment.GetName()] = mask.array > 0
+        colours[vtk_segment.GetName()] = tuple(vtk_segment.GetColor())
+        ids.append(segment_id)
+    grid = volume_from_node(reference_node)
+    segmentation = Segmentation.from_masks(grid, masks, name=segmentation_node.GetName(), colors=colours)
+    for segment, segment_id in zip(segmentation.segments, ids):
+        segment.id = segment_id  # keep the node's ids so results point back to its segments
+    return segmentation
+
+
+def predict_nodes(predictor, image_nodes: list, segmentation_node, segments: list[str] | None = None,
+                  clinical: dict | None = None, output_nodes: OutputNodes | None = None, progress=None,
+                  opacity: float = 0.5, colormap: str = "inferno"):
+    """Predict from MRML nodes (reference first, then the bundle's other phases) into MRML nodes.
+
+    Returns ``(PredictionResult, OutputNodes)``. The nodes become volumes and a segmentation on
+    the reference grid, predicted by :func:`~TACEResponseLib.prediction.case.predict_case` (the
+    path every caller uses); the GUI runs the same function in a background process instead.
+    """
+    from TACEResponseLib.prediction.case import predict_case
+
+    if not image_nodes or image_nodes[0] is None:
+        raise InputError("no reference volume chosen")
+    missing = [p.name for p, node in zip(predictor.bundle.card.inputs, image_nodes) if node is None]
+    if missing:
+        raise InputError(f"choose a volume for phase(s) {', '.join(missing)}")
+    images = [volume_from_node(node) for node in image_nodes]
+    segmentation = segmentation_from_node(segmentation_node, image_nodes[0], segments)
+    result = predict_case(predictor, images, segmentation, clinical=clinical, case_id=image_nodes[0].GetName(),
+                          progress=progress)
+    nodes = show_prediction(image_nodes[0].GetScene(), result, result.heatmap, image_nodes[0], output_nodes,
+                            opacity=opacity, colormap=colormap)
+    return result, nodes

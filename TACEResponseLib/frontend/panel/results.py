@@ -1,0 +1,188 @@
+"""What the results section shows for a tumour, and the report export (CSV, overlay PNG/PDF, nomogram).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.core.files import atomic_path, safe_file_name
+
+logger = logging.getLogger(__name__)
+
+# --- results ------------------------------------------------------------------------------------
+CLASS_DESCRIPTIONS = {
+    "CR": "complete response",
+    "PR": "partial response",
+    "SD": "stable disease",
+    "PD": "progressive disease",
+    "responder": "responder",
+    "non-responder": "non-responder",
+}
+
+
+#: probability bars in the .ui (probabilityBar0…); more classes get bars added at run time
+PROBABILITY_BARS = 4
+
+
+ORR_LABEL = "ORR (CR+PR)"
+
+
+@dataclass
+class ResultView:
+    """What the results section shows for one tumour of a result."""
+
+    headline: str
+    detail: str
+    bars: list[tuple[str, int, bool]]  # (class, percent, is the predicted class)
+    orr: tuple[str, int] | None
+    tumours: list[str]
+    tumour_index: int
+    warning: str
+    risk_text: str
+    survival_text: str
+    status: str
+
+
+def _percent(value: float | None) -> int:
+    return 0 if value is None or value != value else int(round(100 * float(value)))
+
+
+def survival_texts(survival: Mapping[str, Any] | None) -> tuple[str, str]:
+    """``(risk group line, survival-at-times line)`` of a patient's nomogram read-out."""
+    if not survival:
+        return "No nomogram chosen: no survival estimate.", ""
+    points = survival.get("total_points")
+    risk = str(survival.get("risk_group", "?"))
+    risk_text = f"{risk.capitalize()} risk group" + (f" · {points:.0f} nomogram points" if points is not None else "")
+    parts = [f"{time}: {_percent(s)} %" for time, s in survival_at(survival).items()]
+    return risk_text, ("Predicted survival — " + " · ".join(parts)) if parts else ""
+
+
+def survival_at(survival: Mapping[str, Any] | None) -> dict[str, float]:
+    """``{"12 months": 0.81, …}`` from a survival read-out (its times and probabilities)."""
+    if not survival:
+        return {}
+    unit = survival.get("time_unit", "months")
+    times, values = survival.get("survival_times"), survival.get("survival")
+    if times and values:
+        return {f"{float(t):g} {unit}": float(v) for t, v in zip(times, values)}
+    return {str(k): float(v) for k, v in (survival.get("survival_at") or {}).items()}
+
+
+def result_view(result, tumour_index: int = 0) -> ResultView:
+    """Headline class, bars, ORR, warning, risk group and survival text for one tumour."""
+    if not result.tumours:
+        raise InputError(f"result of case {result.case_id!r} has no tumour")
+    tumour_index = min(max(tumour_index, 0), len(result.tumours) - 1)
+    tumour = result.tumours[tumour_index]
+    probabilities = tumour.probability_of
+    predicted = tumour.predicted_class
+    detail = f"{CLASS_DESCRIPTIONS.get(predicted, predicted)} · probability {_percent(probabilities.get(predicted))} %"
+    if tumour.volume_ml:
+        detail += f" · {tumour.volume_ml:.1f} ml"
+    bars = [(name, _percent(p), name == predicted) for name, p in zip(tumour.class_names, tumour.probabilities)]
+    orr = (ORR_LABEL, _percent(tumour.objective_response_probability)) \
+        if tumour.objective_response_probability is not None else None
+    risk_text, survival_text = survival_texts(result.survival)
+    seconds = result.timings.get("total")
+    status = f"Model {result.bundle_id} on {result.device}" + (f", {seconds:.1f} s." if seconds else ".")
+    return ResultView(headline=predicted, detail=detail, bars=bars, orr=orr, tumours=[t.label for t in result.tumours],
+                      tumour_index=tumour_index, warning=result.warning if result.synthetic_model else "",
+                      risk_text=risk_text, survival_text=survival_text, status=status)
+
+
+def fill_results(ui: Any, view: ResultView) -> None:
+    """Show a :class:`ResultView` in the results section (bars beyond the .ui's four must exist on ``ui``)."""
+    ui.syntheticWarningLabel.setText(view.warning)
+    ui.syntheticWarningLabel.setVisible(bool(view.warning))
+    ui.predictedClassLabel.setText(view.headline)
+    ui.predictedClassDetailLabel.setText(view.detail)
+    count = max(len(view.bars), PROBABILITY_BARS)
+    for index in range(count):
+        label, bar = getattr(ui, f"probabilityLabel{index}", None), getattr(ui, f"probabilityBar{index}", None)
+        if label is None or bar is None:
+            continue
+        shown = index < len(view.bars)
+        label.setVisible(shown)
+        bar.setVisible(shown)
+        if shown:
+            name, percent, predicted = view.bars[index]
+            label.setText(f"<b>{name}</b>" if predicted else name)
+            bar.setValue(percent)
+            bar.setToolTip(f"P({name}) = {percent} %")
+    ui.orrLabel.setVisible(view.orr is not None)
+    ui.orrBar.setVisible(view.orr is not None)
+    if view.orr is not None:
+        ui.orrLabel.setText(view.orr[0])
+        ui.orrBar.setValue(view.orr[1])
+    ui.riskGroupLabel.setText(view.risk_text)
+    ui.survivalSummaryLabel.setText(view.survival_text)
+    ui.survivalSummaryLabel.setVisible(bool(view.survival_text))
+
+
+def clear_results(ui: Any) -> None:
+    """The results section before any prediction."""
+    ui.syntheticWarningLabel.setVisible(False)
+    ui.predictedClassLabel.setText("—")
+    ui.predictedClassDetailLabel.setText("No prediction yet.")
+    for index in range(PROBABILITY_BARS):
+        getattr(ui, f"probabilityBar{index}").setValue(0)
+    ui.orrBar.setValue(0)
+    ui.riskGroupLabel.setText(survival_texts(None)[0])
+    ui.survivalSummaryLabel.setText("")
+
+
+def result_rows(result) -> list[dict[str, Any]]:
+    """One CSV row per tumour: probabilities, objective response, volume, survival, model, warning."""
+    survival = result.survival or {}
+    rows = []
+    for tumour in result.tumours:
+        row: dict[str, Any] = {"case_id": result.case_id, "tumour": tumour.label, "segment_id": tumour.segment_id,
+                               "predicted": tumour.predicted_class}
+        row.update({f"P({c})": round(float(p), 6) for c, p in zip(tumour.class_names, tumour.probabilities)})
+        row["P(objective response)"] = (None if tumour.objective_response_probability is None
+                                        else round(float(tumour.objective_response_probability), 6))
+        row["volume_ml"] = round(float(tumour.volume_ml), 3)
+        if survival:
+            row["risk_group"] = survival.get("risk_group")
+            row["total_points"] = survival.get("total_points")
+            row.update({f"S({time})": value for time, value in survival_at(survival).items()})
+        row.update({"model": result.bundle_id, "model_sha256": result.bundle_sha256, "device": result.device,
+                    "synthetic_model": result.synthetic_model, "note": result.warning})
+        rows.append(row)
+    return rows
+
+
+def export_report(result, folder: str | Path, *, reference=None, heatmap=None, mask=None,
+                  nomogram_png: str | Path | None = None, tumour_index: int = 0) -> list[Path]:
+    """Write ``<case>_tace_response.csv``, the overlay figure as PNG and PDF (when the reference and
+    heatmap volumes are given) and a copy of the nomogram figure; returns the files written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{safe_file_name(result.case_id)}_tace_response"
+    rows = result_rows(result)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    written = []
+    with atomic_path(folder / f"{stem}.csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    written.append(folder / f"{stem}.csv")
+    if reference is not None and heatmap is not None:
+        from TACEResponseLib.prediction.figures import save_prediction_png
+
+        for suffix in (".png", ".pdf"):
+            written.append(save_prediction_png(reference, heatmap, result, folder / f"{stem}_overlay{suffix}",
+                                               mask=mask, tumour_index=tumour_index))
+    if nomogram_png is not None and Path(nomogram_png).is_file():
+        target = folder / f"{stem}_nomogram.png"
+        shutil.copyfile(nomogram_png, target)
+        written.append(target)
+    return written

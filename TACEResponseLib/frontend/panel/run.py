@@ -1,0 +1,148 @@
+"""Apply: the chosen nodes written as files, ``tace-response predict`` run in the background, the result read back.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from TACEResponseLib.core.errors import InputError, TACEResponseError
+from TACEResponseLib.core.files import safe_file_name
+from TACEResponseLib.frontend.panel.inputs import PanelInputs, apply_blockers, node_name
+
+logger = logging.getLogger(__name__)
+
+# --- the request and the background run ---------------------------------------------------------
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+
+@dataclass
+class PredictionRequest:
+    """The files and options of one CLI run (what ``tace-response predict`` gets)."""
+
+    image_paths: list[Path]
+    segmentation_path: Path
+    segment: str
+    model: str
+    clinical: dict[str, str] = field(default_factory=dict)
+    nomogram: Path | None = None
+    device: str = "auto"
+    case_id: str = "case"
+    survival_images: dict[str, Path] = field(default_factory=dict)  # survival-only phases
+
+    def cli_arguments(self, output: str | Path) -> list[str]:
+        arguments = ["predict"]
+        for path in self.image_paths:
+            arguments += ["--image", str(path)]
+        arguments += ["--segmentation", str(self.segmentation_path), "--segment", self.segment,
+                      "--bundle", self.model, "--output", str(output), "--device", self.device,
+                      "--case-id", self.case_id]
+        for name, value in self.clinical.items():
+            arguments += ["--clinical", f"{name}={value}"]
+        if self.nomogram is not None:
+            arguments += ["--nomogram", str(self.nomogram)]
+        for phase, path in self.survival_images.items():
+            arguments += ["--survival-image", f"{phase}={path}"]
+        return arguments + ["--progress"]
+
+
+def write_case_inputs(folder: str | Path, inputs: PanelInputs, device: str = "auto") -> PredictionRequest:
+    """Write the chosen volumes (NRRD, world geometry) and the segment (.seg.nrrd on the reference grid).
+
+    Raises InputError if Apply would be blocked, so scripts get the same messages as the panel.
+    """
+    from TACEResponseLib.frontend.mrml import segmentation_from_node, volume_from_node
+    from TACEResponseLib.imaging.segmentation import write_segmentation
+    from TACEResponseLib.imaging.volume_io import write_volume
+
+    blockers = apply_blockers(inputs)
+    if blockers:
+        raise InputError(" ".join(blockers))
+    if device not in DEVICE_CHOICES and not re.fullmatch(r"cuda:\d+|mps", device):
+        raise InputError(f"device must be one of {DEVICE_CHOICES}, got {device!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = inputs.phase_names or ["reference"]
+    paths = []
+    for index, (name, node) in enumerate(zip(names, inputs.image_nodes())):
+        volume = volume_from_node(node, label=f"{name} volume {node_name(node)!r}")
+        # uncompressed: written in the GUI thread at Apply, read once by the background process
+        paths.append(write_volume(volume, folder / f"{index:02d}_{safe_file_name(name)}.nrrd", compress=False))
+    survival_paths = {}
+    if inputs.nomogram is not None:
+        for index, (name, node) in enumerate(inputs.survival_nodes().items()):
+            volume = volume_from_node(node, label=f"{name} (survival) volume {node_name(node)!r}")
+            survival_paths[name] = write_volume(volume, folder / f"s{index:02d}_{safe_file_name(name)}.nrrd", compress=False)
+    segmentation = segmentation_from_node(inputs.segmentation, inputs.reference, [inputs.segment_id])
+    segmentation_path = write_segmentation(segmentation, folder / "tumour.seg.nrrd")
+    clinical = {item.name: item.cli_value(inputs.clinical_values[item.name]) for item in inputs.clinical_fields}
+    return PredictionRequest(paths, segmentation_path, inputs.segment_id, inputs.model, clinical, inputs.nomogram,
+                             device, safe_file_name(node_name(inputs.reference)), survival_paths)
+
+
+class PredictionRun:
+    """Inputs written, the CLI run in the background, the result read back: all but MRML output and Qt.
+
+    ``start()`` writes the inputs into the run's private folder and launches
+    ``python -m TACEResponseLib.cli predict … --progress``; ``poll()`` / ``wait()`` report
+    progress; after success ``read_result()`` gives the :class:`PredictionResult` and heatmap;
+    ``cleanup()`` removes every temporary file (unless ``keep_files``).
+    """
+
+    def __init__(self, inputs: PanelInputs, *, device: str = "auto", python: str | None = None,
+                 env: Mapping[str, str] | None = None, work_root: str | Path | None = None,
+                 keep_files: bool = False, grace_period: float = 1.0) -> None:
+        from TACEResponseLib.frontend.process import (
+            OUTPUT_PLACEHOLDER,
+            BackgroundRun,
+            cli_command,
+            library_environment,
+        )
+
+        self.inputs = inputs
+        self.device = device
+        self.request: PredictionRequest | None = None
+        self._command = lambda request: cli_command(request.cli_arguments(OUTPUT_PLACEHOLDER), python)
+        self.run = BackgroundRun(required_outputs=("result.json", "heatmap.nrrd"), env=library_environment(env),
+                                 work_root=work_root, keep_work_dir=keep_files, grace_period=grace_period)
+
+    def start(self) -> "PredictionRun":
+        try:
+            self.request = write_case_inputs(self.run.inputs_dir, self.inputs, self.device)
+        except BaseException:
+            self.run.cancel()  # removes the half-written inputs
+            raise
+        self.run.start(self._command(self.request))
+        return self
+
+    def poll(self):
+        return self.run.poll()
+
+    def wait(self, timeout: float | None = None):
+        return self.run.wait(timeout)
+
+    def cancel(self) -> None:
+        self.run.cancel()
+
+    @property
+    def work_dir(self) -> Path:
+        return self.run.work_dir
+
+    def read_result(self):
+        """``(PredictionResult, heatmap Volume)`` of a successful run."""
+        from TACEResponseLib.imaging.volume_io import read_volume
+        from TACEResponseLib.prediction.results import PredictionResult
+
+        if self.run.output_dir is None:
+            raise TACEResponseError(f"no result to read: the run {self.run.state.value}")
+        result = PredictionResult.load_json(self.run.output_dir / "result.json")
+        heatmap = read_volume(self.run.output_dir / (result.heatmap_path or "heatmap.nrrd"))
+        result.heatmap = heatmap
+        return result, heatmap
+
+    def cleanup(self) -> None:
+        self.run.cleanup()

@@ -1,0 +1,99 @@
+"""Where the networks run: CUDA when present, else Apple MPS, else CPU; GPU out-of-memory → CPU.
+
+torch is imported inside the functions so that importing this module stays cheap (Slicer
+loads every module's widget at start-up, possibly before torch is installed).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+from TACEResponseLib.core.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_PREFERENCE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _mps_available() -> bool:
+    import torch
+
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def select_device(preference: str = "auto") -> "torch.device":
+    """The device for ``preference``: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+
+    ``"auto"`` picks CUDA, then MPS, then CPU. An explicitly requested device that is not
+    available raises :class:`InputError` (listing what is available) instead of silently
+    running somewhere slower: the user asked for it, so they should know.
+    """
+    import torch
+
+    choice = str(preference).strip().lower()
+    if not _PREFERENCE.match(choice):
+        raise InputError(f"device {preference!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if choice == "auto":
+        if cuda_count:
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if choice.startswith("cuda"):
+        index = int(choice.split(":")[1]) if ":" in choice else 0
+        if index >= cuda_count:
+            raise InputError(f"device {preference!r} requested but {cuda_count} CUDA device(s) are available; "
+                             f"available: {', '.join(available_devices())} (or use 'auto')")
+    if choice == "mps" and not _mps_available():
+        raise InputError(f"device 'mps' requested but Apple MPS is not available; "
+                         f"available: {', '.join(available_devices())} (or use 'auto')")
+    return torch.device(choice)
+
+
+def available_devices() -> list[str]:
+    """Device names usable here, best first, e.g. ``["cuda:0", "cpu"]``."""
+    import torch
+
+    names = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if _mps_available():
+        names.append("mps")
+    return names + ["cpu"]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA's OutOfMemoryError and for runtime errors that report running out of memory (MPS, cuDNN)."""
+    import torch
+
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def run_with_device_fallback(fn: Callable[["torch.device"], T], device: "torch.device | str") -> T:
+    """``fn(device)``; if a GPU runs out of memory, warn, free its cache and return ``fn(cpu)``.
+
+    ``fn`` must move what it needs (model, tensors) to the device it is given. Errors on the
+    CPU, and errors other than out-of-memory, propagate unchanged.
+    """
+    import torch
+
+    device = torch.device(device)
+    try:
+        return fn(device)
+    except Exception as error:
+        if device.type == "cpu" or not is_out_of_memory(error):
+            raise
+        logger.warning("out of memory on %s (%s); running again on the CPU", device, str(error).splitlines()[0])
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+    return fn(torch.device("cpu"))

@@ -1,0 +1,96 @@
+"""The prediction overlay for people: the tumour slice, the heatmap over it, the class probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from TACEResponseLib.core.figures import new_figure, save_figure
+from TACEResponseLib.imaging.geometry import Volume
+from TACEResponseLib.imaging.views import display_plane
+
+logger = logging.getLogger(__name__)
+
+def save_prediction_png(
+    reference: Volume,
+    heatmap: Volume,
+    result,
+    path: str | Path,
+    mask: Volume | None = None,
+    tumour_index: int = 0,
+    window: tuple[float, float] = (-160.0, 240.0),
+    zoom_margin: float = 0.6,
+) -> Path:
+    """Three panels: the whole slice through the tumour's first patch (tumour outline, zoom box),
+    the zoomed slice with the heatmap overlaid as Slicer's foreground layer would show it, and
+    the class probabilities with objective response."""
+    from matplotlib.patches import Rectangle
+
+    tumour = result.tumours[tumour_index]
+    first = tumour.provenance[0]
+    axis, index = int(first["slice_axis"]), int(first["slice_index"])
+    background = display_plane(reference, reference, axis, index)
+    heat = display_plane(heatmap, reference, axis, index).image
+    outline = display_plane(mask, reference, axis, index).image if mask is not None else None
+    focus = heat > 0 if outline is None else (heat > 0) | (outline > 0)
+    rows, cols = np.nonzero(focus) if focus.any() else np.nonzero(np.ones_like(heat))
+    half = max(rows.max() - rows.min(), (cols.max() - cols.min()) * background.aspect) * (0.5 + zoom_margin)
+    centre_r, centre_c = (rows.max() + rows.min()) / 2, (cols.max() + cols.min()) / 2
+    r0, r1 = int(max(centre_r - half, 0)), int(min(centre_r + half, heat.shape[0] - 1)) + 1
+    half_c = half / background.aspect
+    c0, c1 = int(max(centre_c - half_c, 0)), int(min(centre_c + half_c, heat.shape[1] - 1)) + 1
+
+    figure = new_figure(13.5, 4.4, facecolor="white")
+    grid = figure.add_gridspec(1, 3, width_ratios=[1.0, 1.12, 0.95], wspace=0.38)
+    whole = figure.add_subplot(grid[0])
+    whole.imshow(background.image, cmap="gray", vmin=window[0], vmax=window[1], aspect=background.aspect)
+    if outline is not None:
+        whole.contour(outline, levels=[0.5], colors="cyan", linewidths=0.7)
+    whole.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec="yellow", lw=1.0))
+    whole.set_title(f"{reference.name} · slice {index}", fontsize=9)
+    for ax in (whole,):
+        ax.text(0.02, 0.02, "R", color="white", transform=ax.transAxes, fontsize=8)
+        ax.text(0.98, 0.02, "L", color="white", transform=ax.transAxes, fontsize=8, ha="right")
+        ax.text(0.5, 0.98, "A", color="white", transform=ax.transAxes, fontsize=8, ha="center", va="top")
+    zoom = figure.add_subplot(grid[1])
+    zoom.imshow(background.image[r0:r1, c0:c1], cmap="gray", vmin=window[0], vmax=window[1], aspect=background.aspect)
+    overlay = zoom.imshow(np.ma.masked_where(heat[r0:r1, c0:c1] <= 1e-3, heat[r0:r1, c0:c1]), cmap="inferno",
+                          vmin=0, vmax=1, alpha=0.6, aspect=background.aspect)
+    if outline is not None:
+        zoom.contour(outline[r0:r1, c0:c1], levels=[0.5], colors="cyan", linewidths=1.0)
+    zoom.set_title(f"class-activation map of {tumour.predicted_class} (patches only)", fontsize=9)
+    colourbar = figure.colorbar(overlay, ax=zoom, fraction=0.046, pad=0.02)
+    colourbar.set_label("CAM, relative", fontsize=8)
+    for ax in (whole, zoom):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    bars = figure.add_subplot(grid[2])
+    names = list(tumour.class_names) + (["ORR"] if tumour.objective_response_probability is not None else [])
+    values = list(tumour.probabilities) + ([tumour.objective_response_probability]
+                                           if tumour.objective_response_probability is not None else [])
+    colours = ["tab:orange" if n == tumour.predicted_class else "tab:blue" for n in tumour.class_names] + ["tab:green"]
+    positions = np.arange(len(names))[::-1]
+    bars.barh(positions, values, color=colours[: len(names)])
+    for y, value in zip(positions, values):
+        bars.text(0.98, y, f"{value:.2f}", va="center", ha="right", fontsize=9,
+                  color="white" if value > 0.85 else "black")
+    bars.set_yticks(positions, names)
+    bars.set_xlim(0, 1)
+    bars.set_xlabel("probability")
+    bars.set_title(f"{tumour.label}: predicted {tumour.predicted_class}", fontsize=10, fontweight="bold")
+    footer = result.warning if result.synthetic_model else "Research use only."
+    figure.text(0.5, 0.0, f"{footer}  Model {result.bundle_id}.", ha="center", fontsize=8,
+                color="darkred" if result.synthetic_model else "black")
+    return save_figure(figure, path, dpi=110)
+
+
+def write_overlay(result, reference_path, segmentation_path, png: Path) -> Path:
+    from TACEResponseLib.imaging.segmentation import read_segmentation, segment_mask_on
+    from TACEResponseLib.imaging.volume_io import read_volume
+
+    reference = read_volume(reference_path)
+    mask = segment_mask_on(read_segmentation(segmentation_path), result.tumours[0].segment_id, reference)
+    return save_prediction_png(reference, result.heatmap, result, png, mask=mask)

@@ -1,0 +1,308 @@
+"""How good is a survival model: C-index with bootstrap CI, calibration, risk groups, AUC(t).
+
+* **C-index**: Harrell's concordance from lifelines' ``concordance_index`` with ``-risk``
+  (higher risk = shorter survival); 95% CI by the percentile bootstrap over patients
+  (``n_boot`` resamples, seeded; resamples without an event or comparable pair are skipped).
+* **Calibration** at time ``t``: patients split into ``n_groups`` quantile groups of predicted
+  ``S(t)``; in each group the mean prediction is compared with the Kaplan-Meier estimate at
+  ``t`` (with its 95% CI). RMSE over groups summarises the gap. A group whose follow-up ends
+  before ``t`` has no observed value (reported as None, left out of the RMSE).
+* **Risk groups**: ``high`` when the risk score exceeds a cut-off (the training median in
+  Zhang 2020), Kaplan-Meier curves per group and the log-rank test (lifelines).
+* **Time-dependent AUC**: cumulative/dynamic AUC(t) with IPCW from scikit-survival, at the
+  times inside the follow-up of both the training and the evaluated cohort.
+
+Times are in the table's unit (months by default). Every result is a dataclass with
+``to_dict()`` that json.dumps accepts (NaN/inf become None).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.core.figures import new_figure, save_figure
+from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.survival.data import check_length, validate_survival_arrays
+
+logger = logging.getLogger(__name__)
+
+
+def finite_or_none(value: Any) -> float | None:
+    """Float, or None for NaN/inf/None (JSON has no NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/inf float (also inside dicts/lists) replaced by None."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return finite_or_none(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# --- C-index ---------------------------------------------------------------------------
+@dataclass
+class ConcordanceResult(JsonRecord):
+    """Harrell's C of a risk score and its percentile-bootstrap confidence interval."""
+
+    c_index: float
+    ci_lower: float | None
+    ci_upper: float | None
+    confidence: float
+    n_boot: int
+    n_boot_valid: int
+    n: int
+    n_events: int
+
+
+def concordance(
+    time: Any, event: Any, risk: Any, *, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> ConcordanceResult:
+    """C-index of ``risk`` (higher = worse prognosis) with a bootstrap CI (``n_boot=0``: none)."""
+    from lifelines.utils import concordance_index
+
+    time, event = validate_survival_arrays(time, event, name="C-index survival data")
+    risk = check_length(risk, len(time), name="C-index risk scores")
+    c = float(concordance_index(time, -risk, event))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(time), len(time))
+        if event[idx].sum() == 0:
+            continue
+        try:
+            values.append(concordance_index(time[idx], -risk[idx], event[idx]))
+        except ZeroDivisionError:  # no comparable pair in this resample
+            continue
+    lower = upper = None
+    if values:
+        tail = (1.0 - confidence) / 2.0
+        lower, upper = (float(q) for q in np.quantile(values, [tail, 1.0 - tail]))
+    return ConcordanceResult(c, lower, upper, confidence, n_boot, len(values), len(time), int(event.sum()))
+
+
+# --- Kaplan-Meier helpers --------------------------------------------------------------
+def _km(time: np.ndarray, event: np.ndarray, label: str):
+    from lifelines import KaplanMeierFitter
+
+    return KaplanMeierFitter(label=label).fit(time, event)
+
+
+def _km_at(fitter, t: float) -> tuple[float, float, float]:
+    """Kaplan-Meier S(t) and its 95% CI (step function: last value at or before t)."""
+    survival = float(fitter.survival_function_at_times(t).iloc[0])
+    ci = fitter.confidence_interval_survival_function_
+    row = ci[ci.index <= t]
+    low, high = (row.iloc[-1].to_numpy(dtype=float) if len(row) else (1.0, 1.0))
+    return survival, float(low), float(high)
+
+
+# --- calibration -----------------------------------------------------------------------
+@dataclass
+class CalibrationGroup(JsonRecord):
+    """One quantile group: mean predicted S(t) vs Kaplan-Meier observed S(t)."""
+
+    n: int
+    n_events: int
+    predicted: float
+    observed: float | None
+    observed_lower: float | None
+    observed_upper: float | None
+
+
+@dataclass
+class CalibrationResult(JsonRecord):
+    time: float
+    groups: list[CalibrationGroup]
+    rmse: float | None
+    time_unit: str = "months"
+
+
+def calibration(
+    time: Any, event: Any, predicted_survival: Any, at_time: float, *, n_groups: int = 4, time_unit: str = "months"
+) -> CalibrationResult:
+    """Predicted vs Kaplan-Meier observed survival at ``at_time`` by quantile groups of prediction."""
+    time, event = validate_survival_arrays(time, event, name="calibration survival data")
+    predicted = check_length(predicted_survival, len(time), name=f"predicted survival at {at_time} {time_unit}")
+    if n_groups < 1 or n_groups > len(time):
+        raise InputError(f"calibration: n_groups must be between 1 and {len(time)}, got {n_groups}")
+    group = pd.qcut(pd.Series(predicted).rank(method="first"), n_groups, labels=False).to_numpy()
+    groups = []
+    for g in range(n_groups):
+        members = group == g
+        t, e = time[members], event[members]
+        observed = low = high = None
+        if t.max() >= at_time or (e.astype(bool) & (t == t.max())).any():
+            observed, low, high = _km_at(_km(t, e, f"group {g + 1}"), at_time)
+        else:
+            logger.info("calibration: group %d follow-up ends at %.1f < %.1f %s", g + 1, t.max(), at_time, time_unit)
+        groups.append(CalibrationGroup(int(members.sum()), int(e.sum()), float(predicted[members].mean()), observed, low, high))
+    gaps = [g.predicted - g.observed for g in groups if g.observed is not None]
+    rmse = float(np.sqrt(np.mean(np.square(gaps)))) if gaps else None
+    return CalibrationResult(float(at_time), groups, rmse, time_unit)
+
+
+def plot_calibration(results: Sequence[CalibrationResult], path: str | Path, *, title: str = "Calibration") -> Path:
+    """Observed (Kaplan-Meier, 95% CI) vs predicted survival, one series per time point."""
+    figure = new_figure(5.5, 5.2)
+    ax = figure.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="ideal")
+    for result, marker in zip(results, "osD^v<>"):
+        groups = [g for g in result.groups if g.observed is not None]
+        if not groups:
+            continue
+        x = np.array([g.predicted for g in groups])
+        y = np.array([g.observed for g in groups])
+        err = np.array([[g.observed - g.observed_lower, g.observed_upper - g.observed] for g in groups]).T
+        rmse = f", RMSE {result.rmse:.3f}" if result.rmse is not None else ""
+        ax.errorbar(x, y, yerr=np.clip(err, 0, None), marker=marker, capsize=3, linewidth=1,
+                    label=f"{result.time:g} {result.time_unit}{rmse}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("Predicted survival probability")
+    ax.set_ylabel("Observed survival (Kaplan-Meier)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(figure, path)
+
+
+# --- risk groups, Kaplan-Meier, log-rank ------------------------------------------------
+def risk_groups(risk: Any, cutoff: float) -> np.ndarray:
+    """``"high"`` where ``risk > cutoff``, else ``"low"``."""
+    risk = np.asarray(risk, dtype=float)
+    return np.where(risk > cutoff, "high", "low")
+
+
+@dataclass
+class KMCurve(JsonRecord):
+    """Kaplan-Meier estimate of one group (step function at ``times``)."""
+
+    group: str
+    n: int
+    n_events: int
+    median_survival: float | None
+    times: list[float]
+    survival: list[float]
+    ci_lower: list[float]
+    ci_upper: list[float]
+
+
+@dataclass
+class RiskStratification(JsonRecord):
+    """Kaplan-Meier curves per group and the log-rank test between them."""
+
+    curves: list[KMCurve]
+    logrank_statistic: float
+    logrank_p: float
+    cutoff: float | None = None
+    time_unit: str = "months"
+
+
+def _group_fitters(time: np.ndarray, event: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    order = ["low", "high"] if set(groups) <= {"low", "high"} else sorted(set(groups))
+    return {str(g): _km(time[groups == g], event[groups == g], str(g)) for g in order if (groups == g).any()}
+
+
+def kaplan_meier_logrank(
+    time: Any, event: Any, groups: Any, *, cutoff: float | None = None, time_unit: str = "months"
+) -> RiskStratification:
+    """KM curve per group and the log-rank test (lifelines; k-group test when k > 2)."""
+    from lifelines.statistics import multivariate_logrank_test
+
+    time, event = validate_survival_arrays(time, event, name="Kaplan-Meier survival data")
+    groups = np.asarray(groups).astype(str).ravel()
+    if len(groups) != len(time):
+        raise InputError(f"risk groups: {len(groups)} labels for {len(time)} patients")
+    if len(set(groups)) < 2:
+        raise InputError(f"risk groups: need at least two groups for a log-rank test, got only {sorted(set(groups))}")
+    test = multivariate_logrank_test(time, groups, event)
+    curves = []
+    for name, fitter in _group_fitters(time, event, groups).items():
+        sf = fitter.survival_function_.iloc[:, 0]
+        ci = fitter.confidence_interval_survival_function_
+        members = groups == name
+        curves.append(KMCurve(
+            group=name, n=int(members.sum()), n_events=int(event[members].sum()),
+            median_survival=finite_or_none(fitter.median_survival_time_),
+            times=[float(t) for t in sf.index], survival=[float(s) for s in sf],
+            ci_lower=[float(v) for v in ci.iloc[:, 0]], ci_upper=[float(v) for v in ci.iloc[:, 1]],
+        ))
+    return RiskStratification(curves, float(test.test_statistic), float(test.p_value), cutoff, time_unit)
+
+
+def plot_kaplan_meier(
+    time: Any, event: Any, groups: Any, path: str | Path, *, title: str = "Kaplan-Meier",
+    logrank_p: float | None = None, time_unit: str = "months",
+) -> Path:
+    """KM curves with 95% bands per group, at-risk table, log-rank p in the legend."""
+    time, event = validate_survival_arrays(time, event, name="Kaplan-Meier survival data")
+    groups = np.asarray(groups).astype(str).ravel()
+    from lifelines.plotting import add_at_risk_counts
+
+    figure = new_figure(7.0, 5.2)
+    ax = figure.add_subplot(1, 1, 1)
+    colours = {"low": "tab:blue", "high": "tab:red"}
+    fitters = _group_fitters(time, event, groups)
+    for name, fitter in fitters.items():
+        fitter.plot_survival_function(ax=ax, ci_show=True, color=colours.get(name))
+    if logrank_p is not None:
+        ax.text(0.98, 0.95, f"log-rank p = {logrank_p:.3g}", transform=ax.transAxes, ha="right", va="top", fontsize=9)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"Time ({time_unit})")
+    ax.set_ylabel("Overall survival probability")
+    ax.set_title(title, fontsize=10)
+    add_at_risk_counts(*fitters.values(), ax=ax, fig=figure, rows_to_show=["At risk"])
+    return save_figure(figure, path)
+
+
+# --- time-dependent AUC -----------------------------------------------------------------
+@dataclass
+class TimeDependentAUC(JsonRecord):
+    times: list[float]
+    auc: list[float]
+    mean_auc: float | None
+    skipped_times: list[float] = field(default_factory=list)
+
+
+def time_dependent_auc(
+    train_time: Any, train_event: Any, time: Any, event: Any, risk: Any, times: Sequence[float]
+) -> TimeDependentAUC:
+    """Cumulative/dynamic AUC(t) (scikit-survival, IPCW from the training cohort's censoring).
+
+    The censoring weights exist only inside the training follow-up, so evaluated patients
+    followed longer are censored at its end (they stay controls at every evaluated t), and
+    times outside the follow-up of either cohort are skipped (listed in ``skipped_times``).
+    """
+    from sksurv.metrics import cumulative_dynamic_auc
+    from sksurv.util import Surv
+
+    train_time, train_event = validate_survival_arrays(train_time, train_event, name="AUC(t) training data")
+    time, event = validate_survival_arrays(time, event, name="AUC(t) evaluated data")
+    risk = check_length(risk, len(time), name="AUC(t) risk scores")
+    beyond = time > train_time.max()
+    time, event = np.where(beyond, train_time.max(), time), np.where(beyond, 0, event)
+    valid = [float(t) for t in times if time.min() <= t < time.max() and ((time <= t) & (event == 1)).any()]
+    skipped = [float(t) for t in times if float(t) not in valid]
+    if not valid:
+        return TimeDependentAUC([], [], None, skipped)
+    auc, mean_auc = cumulative_dynamic_auc(
+        Surv.from_arrays(train_event.astype(bool), train_time), Surv.from_arrays(event.astype(bool), time), risk, valid
+    )
+    return TimeDependentAUC(valid, [float(a) for a in auc], finite_or_none(mean_auc), skipped)

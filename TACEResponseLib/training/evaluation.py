@@ -1,0 +1,192 @@
+"""Evaluate a response bundle on a labelled cohort: ``report.json``, ``predictions.csv`` and figures.
+
+Every case of the manifest is predicted through
+:func:`TACEResponseLib.prediction.case.predict_case`, the same path the GUI, ``predict`` and
+``batch`` run, then :func:`.metrics.compute_metrics` gives the patient-level numbers and
+:mod:`.figures` draws ``roc.png`` (with bootstrap CI bands), ``confusion_matrix.png``,
+``calibration.png`` and ``dca.png``. Outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from TACEResponseLib.core.errors import InputError, TACEResponseError
+from TACEResponseLib.core.files import atomic_path, write_json_atomic
+from TACEResponseLib.training.figures import write_plots
+from TACEResponseLib.training.metrics import compute_metrics
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "report.json"
+
+
+PREDICTIONS_FILE = "predictions.csv"
+
+
+# --- evaluation of a bundle on a cohort ----------------------------------------------------------
+@dataclass
+class CasePrediction:
+    case_id: str
+    label: str
+    probabilities: list[float]
+    n_patches: int
+
+
+@dataclass
+class EvaluationReport:
+    """What :func:`evaluate_bundle` computed and where it wrote it."""
+
+    metrics: dict[str, Any]
+    predictions: list[CasePrediction]
+    failed: dict[str, str]
+    output: Path
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def objective_response_auc(self) -> dict[str, Any] | None:
+        return self.metrics.get("objective_response", {}).get("auc")
+
+    def summary_lines(self) -> list[str]:
+        m = self.metrics
+        lines = [f"{m['n_cases']} cases evaluated" + (f", {len(self.failed)} failed" if self.failed else "")]
+        orr = self.objective_response_auc
+        if orr and orr.get("auc") is not None:
+            lines.append(f"objective-response AUC {orr['auc']:.3f} (95% CI {orr['ci_low']:.3f}–{orr['ci_high']:.3f})")
+        lines.append(f"accuracy {m['accuracy']:.3f} (95% CI {m['accuracy_ci'][0]:.3f}–{m['accuracy_ci'][1]:.3f}; "
+                     f"chance {m['chance_accuracy']:.3f})")
+        for name, auc in m["auc_per_class"].items():
+            if auc.get("auc") is not None:
+                lines.append(f"  AUC {name} vs rest {auc['auc']:.3f} ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})")
+        cm = m["confusion_matrix"]
+        lines.append("confusion matrix (rows true, columns predicted: " + " ".join(cm["labels"]) + ")")
+        lines += ["  " + f"{name:>4} " + " ".join(f"{v:4d}" for v in row)
+                  for name, row in zip(cm["labels"], cm["rows_true_columns_predicted"])]
+        return lines
+
+
+def predict_rows(predictor, rows, progress_bar: bool = True) -> tuple[list[CasePrediction], dict[str, str]]:
+    """Predict each manifest row through :func:`~TACEResponseLib.prediction.case.predict_case` (the
+    index tumour = the segment's largest island gives the patient's probabilities); failures are
+    collected, not raised."""
+    from tqdm import tqdm
+
+    from TACEResponseLib.prediction.case import predict_case
+
+    predictions: list[CasePrediction] = []
+    failed: dict[str, str] = {}
+    for row in tqdm(rows, desc="evaluating", unit="case", disable=not progress_bar):
+        try:
+            result = predict_case(predictor, row.images, row.segmentation,
+                                  segments=[row.segment] if row.segment else None, clinical=row.clinical or None,
+                                  case_id=row.case_id)
+            tumour = result.tumours[0]
+            predictions.append(CasePrediction(row.case_id, row.label, list(tumour.probabilities),
+                                              len(tumour.patch_probabilities)))
+        except (TACEResponseError, OSError) as exc:
+            logger.error("case %s: %s", row.case_id, exc)
+            failed[row.case_id] = str(exc)
+    return predictions, failed
+
+
+def evaluate_bundle(
+    bundle,
+    manifest: str | Path,
+    output: str | Path,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    device: str = "cpu",
+    progress_bar: bool = True,
+    plots: bool = True,
+) -> EvaluationReport:
+    """Predict every case of ``manifest`` with ``bundle`` and write the report and figures to ``output``.
+
+    Args:
+        bundle: a :class:`Bundle`, bundle folder or registered name.
+        manifest: labelled cohort CSV (``label`` = the true class of each patient).
+        n_bootstrap, seed: patient-level bootstrap of every CI.
+        plots: also draw the ROC, confusion, calibration and decision-curve figures.
+
+    Returns:
+        The :class:`EvaluationReport` (metrics, per-case predictions, failed cases, files written).
+    """
+    from TACEResponseLib.imaging.manifest import read_manifest
+    from TACEResponseLib.networks.bundle import Bundle
+    from TACEResponseLib.networks.catalog import resolve_bundle
+    from TACEResponseLib.prediction.predictor import Predictor
+
+    started = time.perf_counter()
+    bundle = bundle if isinstance(bundle, Bundle) else resolve_bundle(bundle)
+    card = bundle.card
+    rows = read_manifest(manifest, [p.name for p in card.inputs], require_label=True,
+                         clinical=[c.name for c in card.clinical_factors], class_names=card.class_names)
+    predictor = Predictor(bundle, device=device, cam_method="none")
+    predictions, failed = predict_rows(predictor, rows, progress_bar)
+    if not predictions:
+        raise InputError(f"{manifest}: no case could be predicted; first error: {next(iter(failed.values()), '?')}")
+    labels = [p.label for p in predictions]
+    probabilities = np.array([p.probabilities for p in predictions])
+    metrics = compute_metrics(labels, probabilities, card.class_names, card.objective_response_indices,
+                              n_bootstrap=n_bootstrap, seed=seed)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    cohort_synthetic = all(r.synthetic for r in rows)
+    report: dict[str, Any] = {
+        "format": "tace-response-evaluation/1",
+        "bundle": {"id": bundle.id, "path": str(bundle.path), "sha256": card.weights_sha256,
+                   "architecture": card.architecture, "synthetic_model": card.synthetic, "warning": card.warning},
+        "cohort": {"manifest": str(Path(manifest).resolve()), "n_rows": len(rows),
+                   "synthetic": cohort_synthetic},
+        "failed_cases": failed,
+        "patient_probability": "mean of the patch probabilities of the index tumour (the segment's largest island)",
+        "metrics": metrics,
+        "runtime_s": None,
+    }
+    files = {"report": REPORT_FILE, "predictions": PREDICTIONS_FILE}
+    write_predictions_csv(output / PREDICTIONS_FILE, predictions, card.class_names, card.objective_response_indices)
+    if plots:
+        files.update(write_plots(metrics, labels, probabilities, card.class_names, card.objective_response_indices,
+                                 output, n_bootstrap=n_bootstrap, seed=seed,
+                                 footer=_footer(card.synthetic, cohort_synthetic, bundle.id)))
+    report["files"] = files
+    report["runtime_s"] = round(time.perf_counter() - started, 2)
+    write_json_atomic(output / REPORT_FILE, report)
+    return EvaluationReport(metrics, predictions, failed, output, files)
+
+
+def _footer(synthetic_model: bool, synthetic_cohort: bool, bundle_id: str) -> str:
+    parts = []
+    if synthetic_model:
+        parts.append("model trained on SYNTHETIC data — research use only, not for clinical use")
+    if synthetic_cohort:
+        parts.append("evaluated on SYNTHETIC phantoms")
+    return f"{bundle_id}: " + "; ".join(parts or ["research use only"])
+
+
+def write_predictions_csv(path: Path, predictions: Sequence[CasePrediction], class_names: Sequence[str],
+                          objective_indices: Sequence[int]) -> Path:
+    columns = ["case_id", "label", "predicted", "correct", *[f"p_{c}" for c in class_names]]
+    if objective_indices:
+        columns += ["p_objective_response", "objective_response_true"]
+    columns.append("n_patches")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            for p in predictions:
+                predicted = class_names[int(np.argmax(p.probabilities))]
+                row = {"case_id": p.case_id, "label": p.label, "predicted": predicted,
+                       "correct": int(predicted == p.label), "n_patches": p.n_patches,
+                       **{f"p_{c}": f"{v:.6f}" for c, v in zip(class_names, p.probabilities)}}
+                if objective_indices:
+                    row["p_objective_response"] = f"{sum(p.probabilities[i] for i in objective_indices):.6f}"
+                    row["objective_response_true"] = int(p.label in [class_names[i] for i in objective_indices])
+                writer.writerow(row)
+    return path
