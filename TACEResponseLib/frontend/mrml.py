@@ -398,6 +398,32 @@ def show_prediction(scene, result, heatmap: Volume | None, reference_node=None, 
     return nodes
 
 
+PLOT_VIEW_LAYOUT_NAME = "TACEResponse"
+
+
+def module_plot_view_node(scene, owner_node, chart_node=None):
+    """The module's plot view node (one per scene) showing ``chart_node``.
+
+    Its parent layout node is ``owner_node`` (the module's parameter node), so Slicer's main
+    layout does not create a hidden plot widget for it (qMRMLLayoutViewFactory::onNodeAdded
+    handles only view nodes without a parent layout node).
+    """
+    slicer = _slicer()
+    view = scene.GetSingletonNode(PLOT_VIEW_LAYOUT_NAME, "vtkMRMLPlotViewNode")
+    if view is None:
+        view = slicer.vtkMRMLPlotViewNode()
+        view.SetLayoutName(PLOT_VIEW_LAYOUT_NAME)  # also its singleton tag
+        view.SetName("TACE Response survival")
+        if owner_node is not None:
+            view.SetAndObserveParentLayoutNodeID(owner_node.GetID())
+        view = scene.AddNode(view)
+    elif owner_node is not None and view.GetParentLayoutNode() is None:
+        view.SetAndObserveParentLayoutNodeID(owner_node.GetID())
+    if chart_node is not None:
+        view.SetPlotChartNodeID(chart_node.GetID())
+    return view
+
+
 def show_survival(scene, survival: dict, table_node=None, chart_node=None, title: str = "patient"):
     """Survival curve as a table node (time, survival) plotted by a plot chart node."""
     curve = survival.get("curve") or {}
@@ -435,6 +461,16 @@ def read_result_from_scene(scene) -> list[Any]:
         if text:
             results.append(PredictionResult.from_dict(json.loads(text)))
     return results
+
+
+def result_from_table_node(table_node):
+    """The PredictionResult stored on a result table node (it survives saving the scene), or None."""
+    import json
+
+    from TACEResponseLib.prediction.results import PredictionResult
+
+    text = table_node.GetAttribute(RESULT_ATTRIBUTE) if table_node is not None else None
+    return PredictionResult.from_dict(json.loads(text)) if text else None
 
 
 def segmentation_from_node(segmentation_node, reference_node, segments: list[str] | None = None) -> Segmentation:
