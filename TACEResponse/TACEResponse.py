@@ -296,8 +296,9 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updating = True
         p = self._parameterNode
         try:
-            segments = mrml.segment_ids(p.segmentationNode) if p.segmentationNode is not None else []
-            segmentId = self._segmentChoice.update(p.segmentationNode, segments, p.segmentId)
+            node = p.segmentationNode
+            segmentId = self._segmentChoice.update(node, mrml.segment_ids(node) if node else [], p.segmentId,
+                                                   segment_names=mrml.segment_names(node) if node else [])
             inputs = self.logic.collectInputs(p, self._missingPackages)
             self.updateForms(inputs)
             self.ui.segmentSelector.setCurrentNode(p.segmentationNode)

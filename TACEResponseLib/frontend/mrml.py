@@ -163,6 +163,12 @@ def segment_ids(segmentation_node) -> list[str]:
     return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
 
 
+def segment_names(segmentation_node) -> list[str]:
+    """Names of the segments, in the order of :func:`segment_ids`."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+
+
 def resolve_segment_id(segmentation_node, segment: str) -> str:
     """Segment id from an id or a name; the error lists the segments that exist."""
     segmentation = segmentation_node.GetSegmentation()

@@ -426,6 +426,8 @@ def check_segment_choice(scene) -> None:
     drawn = add_tumour_segment(empty)
     check(choice.update(empty, segment_ids(empty), "", segment_added=True) == drawn,
           "the first segment drawn into an empty segmentation is selected")
+    check(choice.update(empty, segment_ids(empty), "Tumour", segment_names=["Tumour"]) == drawn,
+          "a segment named by a script stands for its id")
     check(choice.update(None, [], drawn) == "", "no segmentation, no segment")
 
 

@@ -106,13 +106,17 @@ class SegmentChoice:
     segmentation: Any = None
 
     def update(self, segmentation: Any, segment_ids: Sequence[str], current: str,
-               segment_added: bool = False) -> str:
+               segment_added: bool = False, segment_names: Sequence[str] = ()) -> str:
+        """The segment id to select; ``segment_names`` (in the order of the ids) lets a script's
+        segment name stand for its segment."""
         changed = segmentation is not self.segmentation
         self.segmentation = segmentation
         if segmentation is None:
             return ""
         if current and current in segment_ids:
             return current
+        if current and current in segment_names:
+            return segment_ids[list(segment_names).index(current)]
         if current or changed or segment_added:
             return segment_ids[0] if segment_ids else ""
         return ""
