@@ -288,3 +288,27 @@ def test_project_files_of_the_old_vector_kind_are_refused_with_the_reason(tmp_pa
     assert nrrd.read_header(str(tmp_path / "old.seg.nrrd"))["kinds"][0] == "vector"
     with pytest.raises(InputError, match=r"old\.seg\.nrrd: not a segmentation file Slicer can read.*kinds"):
         read_segmentation(tmp_path / "old.seg.nrrd")
+
+
+def test_predict_with_a_slicer_cropped_seg_nrrd_gives_the_full_grid_result(mrml, tmp_path, axial_case, random_bundle):
+    """`tace-response predict` on the segmentation Slicer saves cropped to its segments (its own grid,
+    shifted by ReferenceImageExtentOffset) gives the same tumours and probabilities as on the full grid."""
+    from TACEResponseLib.cli import main
+    from TACEResponseLib.prediction.results import PredictionResult
+
+    image = write_volume(axial_case.phases["arterial"], tmp_path / "arterial.nrrd")
+    full = write_segmentation(axial_case.segmentation, tmp_path / "full.seg.nrrd")
+    node = segmentation_to_node(axial_case.segmentation, mrml.scene, "tumour")
+    cropped = save_with_slicer(mrml.scene, node, tmp_path / "cropped.seg.nrrd", crop=True)
+    assert nrrd.read_header(str(cropped))["Segmentation_ReferenceImageExtentOffset"] != "0 0 0"
+    segment = axial_case.segmentation.segments[0].id
+    results = []
+    for name, path in (("full", full), ("cropped", cropped)):
+        code = main(["predict", "--image", str(image), "--segmentation", str(path), "--segment", segment,
+                     "--bundle", str(random_bundle.path), "--output", str(tmp_path / name), "--device", "cpu"])
+        assert code == 0
+        results.append(PredictionResult.load_json(tmp_path / name / "result.json"))
+    assert [t.label for t in results[0].tumours] == [t.label for t in results[1].tumours]
+    for a, b in zip(results[0].tumours, results[1].tumours):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+        assert a.volume_ml == pytest.approx(b.volume_ml)
