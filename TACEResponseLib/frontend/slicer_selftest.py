@@ -123,6 +123,7 @@ class TACEResponseTest(ScriptedLoadableModuleTest):
                                                          owner_node=logic.getParameterNode().parameterNode)
         # the panel shows a loaded result with its survival chart (the widget path of the same nodes)
         widget = slicer.modules.taceresponse.widgetRepresentation().self()
+        widget.initializeParameterNode()  # the scene was cleared: its parameter node is a new one
         inputs = selftest.demo_inputs_with_survival(slicer.mrmlScene)
         p = widget.logic.getParameterNode()
         with slicer.util.NodeModify(p):
@@ -132,6 +133,7 @@ class TACEResponseTest(ScriptedLoadableModuleTest):
             p.clinicalValues = panel.dump_clinical_values(inputs.clinical_values)
         widget.logic.processParameterNode(p, timeout=300)
         widget.refreshResults()
+        self.assertEqual(widget._resultProblem, "", "the results could not be shown")
         viewNode = widget.ui.survivalPlotWidget.mrmlPlotViewNode()
         self.assertIsNotNone(viewNode, "the panel's plot widget shows no plot view node")
         self.assertEqual(viewNode.GetPlotChartNodeID(), p.survivalChartNode.GetID())
