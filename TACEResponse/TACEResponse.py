@@ -1,14 +1,16 @@
-"""TACEResponse: liver tumour response to TACE/HAIC and survival, in 3D Slicer.
+"""TACEResponse: liver tumour response to TACE/HAIC and survival, in 3D Slicer 5.10 and later.
 
 Thin module file: GUI wiring and MRML in/out only. All computation lives in
 ``TACEResponseLib`` (importable without Slicer), so pytest reaches it headless:
 ``panel`` (state machine, Apply blockers, results text, dependency plan, the background
-prediction run), ``process`` (the non-blocking subprocess runner), ``mrml`` (output nodes).
-No heavy import (torch, monai, lifelines) happens at module import time: the prediction
-runs in a ``PythonSlicer`` subprocess, so Slicer stays responsive and Cancel really stops it.
+prediction run, the parameter-node binding), ``process`` (the non-blocking subprocess runner),
+``mrml`` (output nodes). No heavy import (torch, monai, pandas) happens at module import time:
+the prediction runs in a ``PythonSlicer`` subprocess, so Slicer stays responsive and Cancel
+really stops it. On Slicer 5.8 and earlier (Python 3.9) the panel says which Slicer is needed.
 """
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -29,14 +31,34 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # a Slicer without translation support: show the source text
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
 # TACEResponseLib sits beside this module in the source tree and in the build/install tree.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 for _candidate in (_HERE, os.path.dirname(_HERE)):
     if os.path.isdir(os.path.join(_candidate, "TACEResponseLib")) and _candidate not in sys.path:
         sys.path.insert(0, _candidate)
 
-from TACEResponseLib.frontend import mrml, panel, process, selftest  # noqa: E402 - after the path set-up
-from TACEResponseLib.core.errors import TACEResponseError  # noqa: E402
+from TACEResponseLib.frontend import versions  # noqa: E402 - valid Python 3.9, read before the rest of the library
+
+#: why this Slicer cannot run the module (Slicer < 5.10 / Python < 3.10), or None
+SUPPORT_PROBLEM = versions.support_problem((slicer.app.majorVersion, slicer.app.minorVersion), sys.version_info)
+if SUPPORT_PROBLEM is None:
+    from TACEResponseLib.core.errors import TACEResponseError
+    from TACEResponseLib.frontend import mrml, panel, process
+
+    DEVICE_CHOICES, HEATMAP_COLORMAPS = panel.DEVICE_CHOICES, mrml.HEATMAP_COLORMAPS
+else:  # only the message is shown; nothing below runs
+    TACEResponseError = RuntimeError
+    DEVICE_CHOICES, HEATMAP_COLORMAPS = ("auto",), ("inferno",)
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +68,11 @@ class TACEResponse(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "TACE Response"
-        self.parent.categories = ["Liver"]
+        self.parent.title = _("TACE Response")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Liver")]
         self.parent.dependencies = ["Segmentations", "SegmentEditor"]
         self.parent.contributors = ["TACEResponse developers"]
-        self.parent.helpText = """
+        self.parent.helpText = _("""
 Predicts how a liver tumour will respond to TACE or HAIC from the pre-treatment CT or MRI.
 <ul>
 <li><b>Inputs</b>: the reference volume (e.g. arterial-phase CT), further phases or MRI
@@ -59,16 +81,17 @@ sequences when the chosen model needs them, and the tumour drawn in the Segment 
 (CR+PR) per tumour in a table, a class-activation heatmap shown over the image, and a survival
 nomogram with the patient's points, risk group and survival curve.</li>
 </ul>
+Needs 3D Slicer 5.10 or later.
 <b>Research use only.</b> Not a medical device. The bundled demo model is trained on synthetic
 phantoms and is not for clinical use.
-"""
-        self.parent.acknowledgementText = """
+""")
+        self.parent.acknowledgementText = _("""
 Reproduces three published methods: Peng J. et al., Eur Radiol 2019 (ResNet50 transfer
 learning, 4-class TACE response on CT); Quan B. et al., J Imaging Inform Med 2024
 (InceptionV4, multi-sequence MRI and clinical factors, HAIC response); Zhang L. et al.,
 Front Oncol 2020 (DenseNet-121 deep-learning signature and nomogram for overall survival after
 TACE plus sorafenib).
-"""
+""")
 
 
 #
@@ -87,13 +110,16 @@ class TACEResponseParameterNode:
     segmentId: str = ""
     modelName: str = ""  # a model registered in Resources/Models.json …
     modelPath: str = ""  # … or a bundle folder loaded from disk (takes precedence)
-    nomogramPath: Path = Path()  # survival model; defaults to the one registered for the chosen model
+    survivalEnabled: bool = True  # the "Survival nomogram" check box: off = no survival estimate
+    # survival model / nomogram file, "" for none; defaults to the one registered for the chosen model. A str,
+    # not a Path: the Path connector of ctkPathLineEdit never sees a cleared field and shows "." for no path
+    nomogramPath: str = ""
     clinicalValues: str = "{}"  # JSON {factor name: number or category label}
-    device: Annotated[str, Choice(list(panel.DEVICE_CHOICES))] = "auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     keepTemporaryFiles: bool = False
     heatmapVisible: bool = True
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    heatmapColormap: Annotated[str, Choice(list(mrml.HEATMAP_COLORMAPS))] = "inferno"
+    heatmapColormap: Annotated[str, Choice(list(HEATMAP_COLORMAPS))] = "inferno"
     heatmapNode: vtkMRMLScalarVolumeNode
     resultTableNode: vtkMRMLTableNode
     survivalTableNode: vtkMRMLTableNode
@@ -139,9 +165,11 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.ui = None
         self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._state = panel.PanelStateMachine()
+        self._binding = None  # panel.ParameterNodeBinding: one GUI connection per parameter node
+        self._segmentChoice = None
+        self._state = None
         self._updating = False
         self._inputsKey = None
         self._displayKey = None
@@ -151,18 +179,32 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedSegmentation = None
         self._missingPackages = []
         self._result = None
-        self._resultKey = None
+        self._resultKey = None  # what the results section shows; set only once it was shown
+        self._resultProblem = ""
         self._tumourIndex = 0
         self._nomogramPng = None
         self._backButton = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if SUPPORT_PROBLEM is not None:
+            label = qt.QLabel(SUPPORT_PROBLEM)
+            label.setWordWrap(True)
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/TACEResponse.ui"))
         self.layout.addWidget(uiWidget)
+        self.uiWidget = uiWidget
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TACEResponseLogic()
+        self._state = panel.PanelStateMachine()
+        self._segmentChoice = panel.SegmentChoice()
+        # connectParametersToGui returns a tag on Slicer 5.8 and 5.10 alike (connectGui does not on 5.8)
+        self._binding = panel.ParameterNodeBinding(
+            lambda wrapper: wrapper.connectParametersToGui(panel.parameter_widgets(uiWidget, qt.QWidget)),
+            lambda wrapper, tag: wrapper.disconnectGui(tag))
 
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(200)
@@ -179,34 +221,42 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentSelected)
         self.ui.editSegmentButton.connect("clicked(bool)", self.onEditInSegmentEditor)
         self.ui.modelSelector.connect("activated(int)", self.onModelActivated)
+        # ctkPathLineEdit reports a path only when its name filter accepts it, and a cleared field only as
+        # validInputChanged(false): both are bound here, not by the wrapper's Path connector
+        self.ui.nomogramPathLineEdit.connect("currentPathChanged(QString)", self.onNomogramPathChanged)
+        self.ui.nomogramPathLineEdit.connect("validInputChanged(bool)", self.onNomogramValidityChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
         self.ui.tumourComboBox.connect("currentIndexChanged(int)", self.onTumourSelected)
 
-        self.ui.survivalPlotView.setVisible(False)
+        self.ui.survivalPlotWidget.plotController().setVisible(False)  # one fixed chart: no chart selector
+        self.ui.survivalPlotWidget.setVisible(False)
         panel.clear_results(self.ui)
         self.refreshDependencies()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         """Called when the application closes: never leave a prediction process behind."""
+        if self.logic is None:
+            return
         self._pollTimer.stop()
         self.logic.cancel()
         self.removeBackButton()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
+        if self.logic is None:
+            return
         self.removeBackButton()
         self.refreshDependencies()
-        self.initializeParameterNode()
+        self.initializeParameterNode()  # the same parameter node: no new wrapper, no new connection
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        """The GUI stays connected to the parameter node while the module is hidden (a reconnection per
+        entry is what leaked wrappers and reset settings on Slicer 5.8)."""
 
     def onSceneStartClose(self, caller, event) -> None:
         if self._state.running:
@@ -225,14 +275,17 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         self.logic.setDefaultInputs(self._parameterNode)
 
-    def setParameterNode(self, inputParameterNode: Optional[TACEResponseParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+    def setParameterNode(self, inputParameterNode: Optional["TACEResponseParameterNode"]) -> None:
+        """Connect the GUI to a parameter node; the same node again (module re-entered) changes nothing."""
+        if not self._binding.bind(inputParameterNode):
+            if inputParameterNode is not None:
+                self.onParameterNodeModified()
+            return
+        if self._parameterNode is not None:
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         self._formKey = None
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+        if self._parameterNode is not None:
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self.onParameterNodeModified()
 
@@ -241,15 +294,19 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None or self._updating:
             return
         self._updating = True
+        p = self._parameterNode
         try:
-            p = self._parameterNode
+            node = p.segmentationNode
+            segmentId = self._segmentChoice.update(node, mrml.segment_ids(node) if node else [], p.segmentId,
+                                                   segment_names=mrml.segment_names(node) if node else [])
             inputs = self.logic.collectInputs(p, self._missingPackages)
             self.updateForms(inputs)
             self.ui.segmentSelector.setCurrentNode(p.segmentationNode)
-            if p.segmentId:
-                self.ui.segmentSelector.setCurrentSegmentID(p.segmentId)
+            if segmentId:
+                self.ui.segmentSelector.setCurrentSegmentID(segmentId)
             for name, (_label, selector) in self._phaseSelectors.items():
                 selector.setCurrentNode(p.phaseVolumes.get(name))
+            self.showNomogramPath(p)
             self.selectModelInSelector(p)
             self.observeSegmentation(p.segmentationNode)
             inputsKey = self.logic.inputsKey(p)
@@ -260,15 +317,24 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if displayKey != self._displayKey:
                 self._displayKey = displayKey
                 self.logic.updateHeatmapDisplay(p)
-            self.refreshResults()
+            self.showResultsSafely()
         finally:
             self._updating = False
-        if p.segmentationNode is not None and not p.segmentId and self.ui.segmentSelector.currentSegmentID():
-            p.segmentId = self.ui.segmentSelector.currentSegmentID()  # the selector picked one: keep them in step
-            return  # the modification brings us back here
+        if segmentId != p.segmentId:
+            p.segmentId = segmentId  # the chosen segmentation's first segment: the modification brings us back
+            return
         self.updateControls(inputs)
 
-    def updateForms(self, inputs: panel.PanelInputs) -> None:
+    def showNomogramPath(self, p) -> None:
+        """The nomogram field shows the node's path ("" for none), without echoing it back."""
+        lineEdit = self.ui.nomogramPathLineEdit
+        text = "" if p.nomogramPath in ("", ".") else p.nomogramPath
+        if lineEdit.currentPath != text:
+            wasBlocked = lineEdit.blockSignals(True)
+            lineEdit.currentPath = text
+            lineEdit.blockSignals(wasBlocked)
+
+    def updateForms(self, inputs) -> None:
         """Rebuild the phase selectors and clinical form when the model or nomogram changed."""
         key = (inputs.model, inputs.card is not None, str(inputs.nomogram), tuple(f.name for f in inputs.clinical_fields),
                tuple(inputs.survival_phases))
@@ -289,10 +355,12 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             layout.removeRow(label)
         self._phaseSelectors = {}
         phases = card.inputs if card is not None else []
-        self.ui.referenceVolumeLabel.setText(f"Reference ({phases[0].name}):" if phases else "Reference volume:")
-        self.ui.referenceVolumeSelector.setToolTip(
-            f"The model's first input, {phases[0].name} ({phases[0].modality}): other phases and the segment are "
-            "resampled onto its grid and the heatmap is shown on it." if phases else self.ui.referenceVolumeSelector.toolTip)
+        self.ui.referenceVolumeLabel.setText(_("Reference ({phase}):").format(phase=phases[0].name) if phases
+                                             else _("Reference volume:"))
+        if phases:
+            self.ui.referenceVolumeSelector.setToolTip(_(
+                "The model's first input, {phase} ({modality}): other phases and the segment are resampled onto its "
+                "grid and the heatmap is shown on it.").format(phase=phases[0].name, modality=phases[0].modality))
         for spec in panel.phase_selectors(card, survivalPhases):
             selector = slicer.qMRMLNodeComboBox()
             selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
@@ -318,10 +386,10 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for item in fields:
             if item.levels:
                 widget = qt.QComboBox()
-                widget.addItem("not set")
+                widget.addItem(_("not set"))
                 for level in item.levels:
                     widget.addItem(level)
-                widget.setToolTip(f"{item.title}: one of {', '.join(item.levels)}.")
+                widget.setToolTip(_("{factor}: one of {levels}.").format(factor=item.title, levels=", ".join(item.levels)))
                 widget.connect("currentIndexChanged(int)", lambda _i, name=item.name: self.onClinicalEdited(name))
                 config = None
             else:
@@ -331,8 +399,8 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             layout.addRow(f"{item.title}:", widget)
             self._fieldWidgets[item.name] = (widget, item, config)
         self.ui.clinicalHintLabel.setText(
-            "Clinical values for the model and the nomogram (checked against their accepted ranges)." if fields
-            else "The chosen model and nomogram need no clinical factors.")
+            _("Clinical values for the model and the nomogram (checked against their accepted ranges).") if fields
+            else _("The chosen model and nomogram need no clinical factors."))
 
     def showClinicalValues(self, values) -> None:
         for name, (widget, item, config) in self._fieldWidgets.items():
@@ -354,12 +422,38 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.phaseVolumes = volumes
 
     def onSegmentationSelected(self, node) -> None:
-        if not self._updating and self._parameterNode is not None:
-            self._parameterNode.segmentationNode = node
+        if self._updating or self._parameterNode is None:
+            return
+        p = self._parameterNode
+        segmentId = self._segmentChoice.update(node, mrml.segment_ids(node) if node is not None else [], p.segmentId)
+        with slicer.util.NodeModify(p):
+            p.segmentationNode, p.segmentId = node, segmentId
 
     def onSegmentSelected(self, segmentId) -> None:
         if not self._updating and self._parameterNode is not None:
             self._parameterNode.segmentId = segmentId or ""
+
+    def onSegmentAdded(self, caller=None, event=None) -> None:
+        """The first segment drawn into the chosen segmentation is selected."""
+        p = self._parameterNode
+        if p is None or p.segmentId or p.segmentationNode is None:
+            return
+        segmentId = self._segmentChoice.update(p.segmentationNode, mrml.segment_ids(p.segmentationNode), "",
+                                               segment_added=True)
+        if segmentId:
+            p.segmentId = segmentId
+
+    def onNomogramPathChanged(self, path) -> None:
+        self.storeNomogramPath(panel.nomogram_path_after_edit(path))
+
+    def onNomogramValidityChanged(self, valid) -> None:
+        self.storeNomogramPath(panel.nomogram_path_after_edit(self.ui.nomogramPathLineEdit.currentPath, valid))
+
+    def storeNomogramPath(self, path) -> None:
+        if path is None or self._updating or self._parameterNode is None:
+            return
+        if path != self._parameterNode.nomogramPath:
+            self._parameterNode.nomogramPath = path
 
     def onClinicalEdited(self, name: str) -> None:
         if self._updating or self._parameterNode is None:
@@ -384,10 +478,12 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for event in self.SEGMENTATION_EVENTS:
                 self.removeObserver(self._observedSegmentation, getattr(slicer.vtkSegmentation, event),
                                     self.onSegmentationEdited)
+            self.removeObserver(self._observedSegmentation, slicer.vtkSegmentation.SegmentAdded, self.onSegmentAdded)
         self._observedSegmentation = node
         if node is not None:
             for event in self.SEGMENTATION_EVENTS:
                 self.addObserver(node, getattr(slicer.vtkSegmentation, event), self.onSegmentationEdited)
+            self.addObserver(node, slicer.vtkSegmentation.SegmentAdded, self.onSegmentAdded)
 
     def onSegmentationEdited(self, caller=None, event=None) -> None:
         self._segmentTimer.start()
@@ -406,7 +502,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for choice in choices:
                 combo.addItem(choice.title, "name:" + choice.model)
                 combo.setItemData(combo.count - 1, choice.description, qt.Qt.ToolTipRole)
-            combo.addItem(panel.LOAD_FROM_FOLDER, "load")
+            combo.addItem(_("Load bundle from folder…"), "load")
         finally:
             combo.blockSignals(False)
 
@@ -421,7 +517,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = combo.findData(wanted)
             if index < 0 and p.modelPath:
                 index = combo.findData("load")
-                combo.insertItem(index, f"{Path(p.modelPath).name} (folder)", wanted)
+                combo.insertItem(index, _("{name} (folder)").format(name=Path(p.modelPath).name), wanted)
                 combo.setItemData(index, p.modelPath, qt.Qt.ToolTipRole)
             combo.setCurrentIndex(index)  # -1 (nothing) when the model is unknown
         finally:
@@ -434,9 +530,9 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         before = self.logic.modelOf(p)
         data = self.ui.modelSelector.itemData(index) or ""
         if data == "load":
-            folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Choose a model bundle folder")
+            folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Choose a model bundle folder"))
             if folder:
-                with userErrorDisplay(f"'{folder}' is not a usable model bundle."):
+                with userErrorDisplay(_("'{folder}' is not a usable model bundle.").format(folder=folder)):
                     panel.folder_choice(folder)  # raises BundleError with the reason
                     with slicer.util.NodeModify(p):
                         p.modelPath, p.modelName = folder, ""
@@ -451,7 +547,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.setDefaultNomogram(p)
 
     # -- state and controls ----------------------------------------------------------------------
-    def updateControls(self, inputs: Optional[panel.PanelInputs] = None) -> None:
+    def updateControls(self, inputs=None) -> None:
         """Enable what the state allows and say why Apply is disabled."""
         if self._parameterNode is None:
             return
@@ -460,13 +556,16 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         blockers = [] if self._state.running else panel.apply_blockers(inputs)
         states = panel.control_states(self._state.state, has_result=self._result is not None, blockers=blockers)
         panel.apply_control_states(self.ui, states)
+        self.ui.nomogramPathLineEdit.setEnabled(states.enabled["clinical"] and self._parameterNode.survivalEnabled)
         text = panel.blockers_text(blockers)
         self.ui.applyBlockersLabel.setText(text)
-        self.ui.applyButton.setToolTip(text or "Predict the response of the chosen tumour (runs in the background).")
-        self.ui.statusLabel.setText(self._state.message)
-        self.ui.statusLabel.setVisible(bool(self._state.message))
+        self.ui.applyButton.setToolTip(text or _("Predict the response of the chosen tumour (runs in the background)."))
+        message = self._state.message or self._resultProblem
+        self.ui.statusLabel.setText(message)
+        self.ui.statusLabel.setVisible(bool(message))
 
     def refreshDependencies(self) -> None:
+        importlib.invalidate_caches()  # packages installed since the last look
         self._missingPackages = panel.dependency_status()
         self.ui.dependencyLabel.setText(panel.dependency_message(self._missingPackages))
         self.ui.dependencyFrame.setVisible(bool(self._missingPackages))
@@ -474,20 +573,20 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInstallDependencies(self) -> None:
         plan = panel.install_plan(panel.dependency_status(), panel.pytorch_utils_available())
         if plan and slicer.util.confirmOkCancelDisplay(
-                "TACE Response needs these Python packages. Installing them needs a network connection and may take "
-                "several minutes; Slicer may have to be restarted afterwards.", "Install Python packages",
+                _("TACE Response needs these Python packages. Installing them needs a network connection and may "
+                  "take several minutes; Slicer may have to be restarted afterwards."), _("Install Python packages"),
                 detailedText=panel.install_summary(plan)):
-            with userErrorDisplay("Installing the Python packages failed."):
+            with userErrorDisplay(_("Installing the Python packages failed.")):
                 self.logic.installDependencies(plan)
         self.refreshDependencies()
         self.updateControls()
 
     # -- Apply, progress, Cancel -----------------------------------------------------------------
     def onApplyButton(self) -> None:
-        with userErrorDisplay("The prediction could not be started."):
+        with userErrorDisplay(_("The prediction could not be started.")):
             self.refreshDependencies()
             self.logic.startPrediction(self._parameterNode, self._missingPackages)
-            self._state.start("Predicting in the background; Slicer stays usable.")
+            self._state.start(_("Predicting in the background; Slicer stays usable."))
             self.ui.progressBar.setValue(0)
             self.ui.stageLabel.setText(panel.stage_text("starting", 0.0))
             self._pollTimer.start()
@@ -504,25 +603,25 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._pollTimer.stop()
         if update.state is process.RunState.SUCCEEDED:
-            with userErrorDisplay("The prediction finished but its results could not be shown."):
+            with userErrorDisplay(_("The prediction finished but its results could not be shown.")):
                 self._result = self.logic.finishPrediction(self._parameterNode)
                 self._tumourIndex = 0
                 self._nomogramPng = self.logic.nomogramFigure(self._parameterNode, self._result)
                 self._resultKey = None
-                self._state.succeed("Done. " + panel.result_view(self._result).status)
                 self.refreshResults()
+                self._state.succeed(_("Done.") + " " + panel.result_view(self._result).status)
             if self._state.running:  # showing failed
-                self._state.fail("The results could not be shown; see the error message.")
+                self._state.fail(_("The results could not be shown; see the error message."))
         elif update.state is process.RunState.FAILED:
-            self._state.fail(f"Prediction failed: {update.error}")
+            self._state.fail(_("Prediction failed: {error}").format(error=update.error))
             if not slicer.app.testingEnabled():
-                slicer.util.errorDisplay(f"The prediction failed:\n\n{update.error}")
+                slicer.util.errorDisplay(_("The prediction failed:\n\n{error}").format(error=update.error))
         else:
             self._state.cancel()
         self.updateControls()
 
     def onCancelButton(self) -> None:
-        with userErrorDisplay("The prediction could not be cancelled."):
+        with userErrorDisplay(_("The prediction could not be cancelled.")):
             self.logic.cancel()
         self._pollTimer.stop()
         if self._state.running:
@@ -530,6 +629,16 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateControls()
 
     # -- results ---------------------------------------------------------------------------------
+    def showResultsSafely(self) -> None:
+        """Results of a loaded scene from inside the parameter node observer: a display failure is
+        reported in the status line and retried on the next change instead of escaping the observer."""
+        try:
+            self.refreshResults()
+            self._resultProblem = ""
+        except Exception as exc:  # noqa: BLE001 - a bug; the inputs and Apply must keep working
+            logger.exception("TACE Response: the results could not be shown")
+            self._resultProblem = _("The results could not be shown: {error}").format(error=exc)
+
     def refreshResults(self) -> None:
         """Show the result of this scene's output nodes (also after a scene is loaded)."""
         p = self._parameterNode
@@ -537,10 +646,10 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                p.resultTableNode.GetMTime() if p.resultTableNode else None, self._tumourIndex)
         if key == self._resultKey:
             return
-        self._resultKey = key
         self._result = self.logic.resultOf(p)
         if self._result is None:
             panel.clear_results(self.ui)
+            self._resultKey = key
             return
         view = panel.result_view(self._result, self._tumourIndex)
         self.ensureProbabilityBars(len(view.bars))
@@ -556,6 +665,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showSurvivalChart(p.survivalChartNode)
         self.showNomogramFigure()
         self.ui.resultsCollapsibleButton.collapsed = False
+        self._resultKey = key  # only now: a result that could not be shown is tried again
 
     def ensureProbabilityBars(self, count: int) -> None:
         """The .ui has four class bars; models with more classes get more rows."""
@@ -575,14 +685,16 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.refreshResults()
 
     def showSurvivalChart(self, chartNode) -> None:
-        view = self.ui.survivalPlotView
-        view.setVisible(chartNode is not None)
+        """The survival chart in the panel's qMRMLPlotWidget (a registered designer plugin; qMRMLPlotView
+        is not one, so the .ui could only make a plain QWidget of it)."""
+        widget = self.ui.survivalPlotWidget
+        widget.setVisible(chartNode is not None)
         if chartNode is None:
             return
-        viewNode = self.logic.plotViewNode()
-        viewNode.SetPlotChartNodeID(chartNode.GetID())
-        view.setMRMLScene(slicer.mrmlScene)
-        view.setMRMLPlotViewNode(viewNode)
+        viewNode = mrml.module_plot_view_node(slicer.mrmlScene, self._parameterNode.parameterNode, chartNode)
+        widget.setMRMLScene(slicer.mrmlScene)  # the scene first: a view node of another scene is dropped
+        widget.setMRMLPlotViewNode(viewNode)
+        widget.plotView().fitToContent()
 
     def showNomogramFigure(self) -> None:
         label = self.ui.nomogramImageLabel
@@ -596,17 +708,18 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         label.setVisible(True)
 
     def onExportReport(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Export the report to folder")
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export the report to folder"))
         if not folder:
             return
-        with userErrorDisplay("The report could not be exported."):
+        with userErrorDisplay(_("The report could not be exported.")):
             files = self.logic.exportReport(self._parameterNode, folder, self._tumourIndex, self._nomogramPng)
-            self.ui.statusLabel.setText(f"Report written to {folder}: " + ", ".join(f.name for f in files))
+            self.ui.statusLabel.setText(_("Report written to {folder}: {files}").format(
+                folder=folder, files=", ".join(f.name for f in files)))
             self.ui.statusLabel.setVisible(True)
 
     # -- Segment Editor round trip ---------------------------------------------------------------
     def onEditInSegmentEditor(self) -> None:
-        with userErrorDisplay("The Segment Editor could not be opened."):
+        with userErrorDisplay(_("The Segment Editor could not be opened.")):
             segmentationNode, segmentId = self.logic.ensureSegmentation(self._parameterNode)
             slicer.util.selectModule("SegmentEditor")
             editorModule = slicer.modules.segmenteditor.widgetRepresentation().self()
@@ -614,16 +727,15 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             editor.setSegmentationNode(segmentationNode)
             reference = self._parameterNode.referenceVolume
             if reference is not None:
-                setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
-                setSource(reference)
+                editor.setSourceVolumeNode(reference)
             editor.setCurrentSegmentID(segmentId)
             self.addBackButton(editorModule)
 
     def addBackButton(self, editorModule) -> None:
         """A button at the top of the Segment Editor that brings the user back here."""
         if self._backButton is None:
-            self._backButton = qt.QPushButton("◀ Back to TACE Response")
-            self._backButton.setToolTip("Return to the TACE Response module with this segmentation.")
+            self._backButton = qt.QPushButton(_("◀ Back to TACE Response"))
+            self._backButton.setToolTip(_("Return to the TACE Response module with this segmentation."))
             self._backButton.connect("clicked()", lambda: slicer.util.selectModule(self.moduleName))
             editorModule.layout.insertWidget(0, self._backButton)
         self._backButton.show()
@@ -639,24 +751,35 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 # Logic
 #
 class TACEResponseLogic(ScriptedLoadableModuleLogic):
-    """Thin: parameter node ↔ :mod:`TACEResponseLib.frontend.panel` (inputs, background run) ↔ MRML outputs.
+    """Thin: nodes ↔ :mod:`TACEResponseLib.frontend.panel` (inputs, background run) ↔ MRML outputs.
 
     Usable without the widget, e.g. from ``Slicer --no-main-window --python-script``::
 
         logic = TACEResponseLogic()
-        params = logic.getParameterNode()
-        params.referenceVolume, params.segmentationNode, params.segmentId = volume, segmentation, "Tumour"
-        result = logic.process(params)          # blocks until done; raises TACEResponseError on failure
+        result = logic.process(volume, segmentationNode, "Tumour", device="cpu")  # blocks until done
+        print(result.tumours[0].predicted_class, logic.outputNodes.table_node.GetName())
+
+    :meth:`process` raises TACEResponseError (with the reason) when the inputs are incomplete or
+    the prediction fails; :meth:`processParameterNode` does the same from the module's parameter node.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.run = None  # panel.PredictionRun of the current/last prediction
-        self._segmentKey = None
-        self._segmentProblem = None
+        if SUPPORT_PROBLEM is not None:
+            raise RuntimeError(SUPPORT_PROBLEM)
+        self.session = panel.PredictionSession(slicer.mrmlScene, env=slicer.util.startupEnvironment(),
+                                               work_root=slicer.app.temporaryPath)
+        self._segmentProblems = panel.SegmentProblemCache()
+        self._wrappers = panel.WrapperCache(TACEResponseParameterNode)
+
+    @property
+    def outputNodes(self):
+        """mrml.OutputNodes of the last prediction shown."""
+        return self.session.output_nodes
 
     def getParameterNode(self):
-        return TACEResponseParameterNode(super().getParameterNode())
+        """The parameter node's wrapper: one per node, so observers and GUI connections are not repeated."""
+        return self._wrappers.get(super().getParameterNode())
 
     def setDefaultInputs(self, p) -> None:
         """First volume and first registered model, to save the user clicks."""
@@ -667,18 +790,26 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
                         p.referenceVolume = volume
                         break
             if not p.modelName and not p.modelPath:
-                with contextlib.suppress(TACEResponseError):
-                    choices = panel.model_choices()
-                    if choices:
-                        p.modelName = choices[0].model
-                        self.setDefaultNomogram(p)
+                default = self.defaultModel()
+                if default:
+                    p.modelName = default
+                    self.setDefaultNomogram(p)
+
+    @staticmethod
+    def defaultModel() -> str:
+        """The first registered model ("" when none is registered or the registry cannot be read)."""
+        with contextlib.suppress(TACEResponseError):
+            choices = panel.model_choices()
+            if choices:
+                return choices[0].model
+        return ""
 
     def setDefaultNomogram(self, p) -> None:
         """After a model change: its registered survival model, unless the user chose another nomogram
-        (:func:`panel.nomogram_after_model_change`). Clearing the field sticks until the model changes."""
+        (:func:`panel.nomogram_after_model_change`). A cleared field stays cleared until the model changes."""
         with contextlib.suppress(TACEResponseError):
-            nomogram = panel.nomogram_after_model_change(self.modelOf(p), self.nomogramOf(p))
-            p.nomogramPath = nomogram if nomogram is not None else Path()
+            nomogram = panel.nomogram_after_model_change(self.modelOf(p), panel.nomogram_choice(True, p.nomogramPath))
+            p.nomogramPath = str(nomogram) if nomogram is not None else ""
 
     # -- inputs ---------------------------------------------------------------------------------
     @staticmethod
@@ -687,58 +818,34 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def nomogramOf(p) -> Optional[Path]:
-        text = str(p.nomogramPath) if p.nomogramPath is not None else ""
-        return Path(text) if text not in ("", ".") else None
+        return panel.nomogram_choice(p.survivalEnabled, p.nomogramPath)
 
     def inputsKey(self, p) -> tuple:
         """What a result depends on: a change sends a finished panel back to idle."""
         return (p.referenceVolume, tuple(sorted((k, v.GetID() if v else None) for k, v in p.phaseVolumes.items())),
-                p.segmentationNode, p.segmentId, self.modelOf(p), p.clinicalValues, str(p.nomogramPath), p.device)
+                p.segmentationNode, p.segmentId, self.modelOf(p), p.clinicalValues, str(self.nomogramOf(p)), p.device)
 
-    def segmentProblem(self, segmentationNode, segmentId: str) -> Optional[str]:
-        """:func:`panel.segment_problem`, cached until the segment's labelmap changes."""
-        if segmentationNode is None or not segmentId:
-            return None
-        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        representation = segment.GetRepresentation("Binary labelmap") if segment is not None else None
-        key = (segmentationNode.GetID(), segmentId, segment.GetName() if segment else None,
-               representation.GetMTime() if representation is not None else None)
-        if key != self._segmentKey:
-            self._segmentKey, self._segmentProblem = key, panel.segment_problem(segmentationNode, segmentId)
-        return self._segmentProblem
+    def inputsFor(self, referenceVolume, segmentationNode, segmentId, model="", phaseVolumes=None, clinical=None,
+                  nomogram=None, missingPackages=None):
+        """:class:`panel.PanelInputs` for these nodes and settings (problems become Apply blockers)."""
+        return panel.collect_inputs(
+            referenceVolume, phaseVolumes, segmentationNode, segmentId, model, clinical,
+            Path(nomogram) if nomogram is not None else None,
+            panel.dependency_status() if missingPackages is None else missingPackages,
+            self._segmentProblems.get(segmentationNode, segmentId))
 
-    def collectInputs(self, p, missingPackages=None) -> panel.PanelInputs:
+    def collectInputs(self, p, missingPackages=None):
         """Everything Apply needs, from the parameter node (card and nomogram read from disk)."""
-        model = self.modelOf(p)
-        card, modelProblem = None, None
-        if model:
-            try:
-                card = panel.load_card(model)
-            except TACEResponseError as exc:
-                modelProblem = f"Model '{model}' cannot be used: {exc}"
-        nomogram, variables, survivalPhases, nomogramProblem = self.nomogramOf(p), [], [], None
-        if nomogram is not None:
-            try:
-                variables = panel.nomogram_fields(nomogram)
-                survivalPhases = panel.survival_phases(nomogram)
-            except TACEResponseError as exc:
-                nomogramProblem = f"Nomogram '{nomogram.name}' cannot be used: {exc}"
-        return panel.PanelInputs(
-            reference=p.referenceVolume,
-            phase_volumes={name: node for name, node in p.phaseVolumes.items()},
-            segmentation=p.segmentationNode, segment_id=p.segmentId,
-            segment_problem=self.segmentProblem(p.segmentationNode, p.segmentId),
-            model=model, card=card, model_problem=modelProblem,
-            clinical_fields=panel.clinical_fields(card, variables),
-            clinical_values=panel.parse_clinical_values(p.clinicalValues),
-            nomogram=nomogram, nomogram_problem=nomogramProblem,
-            missing_packages=list(missingPackages or []), survival_phases=survivalPhases)
+        return self.inputsFor(p.referenceVolume, p.segmentationNode, p.segmentId, self.modelOf(p),
+                              dict(p.phaseVolumes), panel.parse_clinical_values(p.clinicalValues), self.nomogramOf(p),
+                              list(missingPackages or []))
 
     def ensureSegmentation(self, p):
-        """The chosen segmentation and segment; creates them (empty 'Tumour' on the reference geometry) if needed."""
+        """The chosen segmentation and segment; creates them (an empty 'Tumour' with the liver-tumour
+        terminology, on the reference geometry) if needed."""
         segmentationNode = p.segmentationNode
         if segmentationNode is None:
-            name = f"{p.referenceVolume.GetName()} tumour" if p.referenceVolume else "Tumour segmentation"
+            name = f"{p.referenceVolume.GetName()} tumour" if p.referenceVolume else _("Tumour segmentation")
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
             segmentationNode.CreateDefaultDisplayNodes()
             if p.referenceVolume is not None:
@@ -747,82 +854,86 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
         segmentId = p.segmentId
         if not segmentId or segmentation.GetSegment(segmentId) is None:
             segmentId = (segmentation.GetNthSegmentID(0) if segmentation.GetNumberOfSegments()
-                         else segmentation.AddEmptySegment("", "Tumour"))
+                         else mrml.add_tumour_segment(segmentationNode, _("Tumour")))
         with slicer.util.NodeModify(p):
             p.segmentationNode, p.segmentId = segmentationNode, segmentId
         return segmentationNode, segmentId
 
     # -- prediction -----------------------------------------------------------------------------
+    def process(self, referenceVolume, segmentationNode, segmentId, model=None, phaseVolumes=None, clinical=None,
+                nomogram=None, device="auto", *, timeout=None, outputNodes=None, keepTemporaryFiles=False):
+        """Predict one case from nodes and show it in MRML nodes; blocks until done.
+
+        Args:
+            referenceVolume: scalar volume of the model's first phase (its grid is the heatmap's).
+            segmentationNode, segmentId: the tumour segment (id or name); every island is a tumour.
+            model: registered model name or bundle folder; None: the first registered model.
+            phaseVolumes: ``{phase: volume node}`` for the model's other phases and the survival-only phases.
+            clinical: ``{factor: number or category label}`` for the model and the nomogram.
+            nomogram: survival model / nomogram file for the survival estimate; None: no survival estimate
+                (:meth:`defaultNomogram` gives the one registered for a model).
+            device: "auto", "cpu", "cuda", "cuda:N" or "mps".
+            outputNodes: :class:`mrml.OutputNodes` to update instead of creating new nodes.
+
+        Returns:
+            The :class:`PredictionResult`; the nodes it is shown in are in :attr:`outputNodes`.
+        """
+        model = model or self.defaultModel()
+        inputs = self.inputsFor(referenceVolume, segmentationNode, segmentId, model, phaseVolumes, clinical, nomogram)
+        self.session.python = process.python_slicer_executable()
+        return self.session.process(inputs, device, timeout=timeout, output_nodes=outputNodes,
+                                    keep_files=keepTemporaryFiles)
+
+    def processParameterNode(self, p, timeout: Optional[float] = None):
+        """:meth:`process` with the parameter node's inputs and settings; its output nodes are stored in it."""
+        outputs = mrml.OutputNodes(p.heatmapNode, p.resultTableNode, p.survivalTableNode, p.survivalChartNode)
+        result = self.process(p.referenceVolume, p.segmentationNode, p.segmentId, model=self.modelOf(p) or None,
+                              phaseVolumes=dict(p.phaseVolumes), clinical=panel.parse_clinical_values(p.clinicalValues),
+                              nomogram=self.nomogramOf(p), device=p.device, timeout=timeout, outputNodes=outputs,
+                              keepTemporaryFiles=p.keepTemporaryFiles)
+        self._storeOutputs(p)
+        return result
+
+    @staticmethod
+    def defaultNomogram(model: str) -> Optional[Path]:
+        """The survival model registered for a response model (None when it has none)."""
+        return panel.default_nomogram(model)
+
+    def _storeOutputs(self, p) -> None:
+        with slicer.util.NodeModify(p):
+            p.heatmapNode, p.resultTableNode = self.outputNodes.heatmap_node, self.outputNodes.table_node
+            p.survivalTableNode = self.outputNodes.survival_table_node
+            p.survivalChartNode = self.outputNodes.survival_chart_node
+        self.updateHeatmapDisplay(p)
+
     def startPrediction(self, p, missingPackages=None):
-        """Write the inputs and start the CLI in a background ``PythonSlicer`` process."""
-        if self.run is not None and self.run.run.state is process.RunState.RUNNING:
-            raise TACEResponseError("a prediction is already running; cancel it first")
+        """Write the inputs and start the CLI in a background ``PythonSlicer`` process (the panel's Apply)."""
         inputs = self.collectInputs(p, panel.dependency_status() if missingPackages is None else missingPackages)
-        environment = slicer.util.startupEnvironment() if hasattr(slicer.util, "startupEnvironment") else None
-        self.run = panel.PredictionRun(inputs, device=p.device, python=process.python_slicer_executable(),
-                                       env=environment, work_root=slicer.app.temporaryPath,
-                                       keep_files=p.keepTemporaryFiles)
-        self.run.start()
-        if p.keepTemporaryFiles:
-            logger.info("TACE Response: temporary files kept in %s", self.run.work_dir)
-        return self.run
+        self.session.python = process.python_slicer_executable()
+        return self.session.start(inputs, p.device, p.keepTemporaryFiles)
 
     def poll(self):
-        return self.run.poll() if self.run is not None else None
+        return self.session.poll()
 
     def cancel(self) -> None:
-        if self.run is not None:
-            self.run.cancel()
+        self.session.cancel()
 
     def finishPrediction(self, p):
-        """Read result.json + heatmap.nrrd and create/update the output nodes; returns the PredictionResult."""
-        try:
-            result, heatmap = self.run.read_result()
-            outputs = mrml.OutputNodes(p.heatmapNode, p.resultTableNode, p.survivalTableNode, p.survivalChartNode)
-            outputs = mrml.show_prediction(slicer.mrmlScene, result, heatmap, p.referenceVolume, outputs,
-                                           opacity=p.heatmapOpacity, colormap=p.heatmapColormap)
-            with slicer.util.NodeModify(p):
-                p.heatmapNode, p.resultTableNode = outputs.heatmap_node, outputs.table_node
-                p.survivalTableNode, p.survivalChartNode = outputs.survival_table_node, outputs.survival_chart_node
-            self.updateHeatmapDisplay(p)
-            return result
-        finally:
-            if not p.keepTemporaryFiles:
-                self.run.cleanup()
-
-    def process(self, p, timeout: Optional[float] = None):
-        """Blocking prediction for scripts and tests: start, wait, show; raises TACEResponseError on failure."""
-        run = self.startPrediction(p)
-        update = run.wait(timeout)
-        if update.state is not process.RunState.SUCCEEDED:
-            if not update.finished:
-                run.cancel()
-            raise TACEResponseError(update.error or f"the prediction was {run.run.state.value}")
-        return self.finishPrediction(p)
+        """Read result.json + heatmap.nrrd, create/update the output nodes, store them in ``p``."""
+        outputs = mrml.OutputNodes(p.heatmapNode, p.resultTableNode, p.survivalTableNode, p.survivalChartNode)
+        result = self.session.show(p.referenceVolume, outputs, p.keepTemporaryFiles, p.heatmapOpacity,
+                                   p.heatmapColormap)
+        self._storeOutputs(p)
+        return result
 
     def updateHeatmapDisplay(self, p) -> None:
         if p.heatmapNode is not None:
             mrml.set_heatmap_display(p.heatmapNode, p.heatmapVisible, p.heatmapOpacity, p.heatmapColormap)
 
-    def resultOf(self, p):
+    @staticmethod
+    def resultOf(p):
         """The PredictionResult stored on the result table node (so it survives saving the scene)."""
-        import json
-
-        from TACEResponseLib.prediction.results import PredictionResult
-
-        table = p.resultTableNode
-        text = table.GetAttribute(mrml.RESULT_ATTRIBUTE) if table is not None else None
-        return PredictionResult.from_dict(json.loads(text)) if text else None
-
-    def plotViewNode(self):
-        """The module's own plot view node (singleton) for the survival chart."""
-        viewNode = slicer.mrmlScene.GetSingletonNode("TACEResponse", "vtkMRMLPlotViewNode")
-        if viewNode is None:
-            viewNode = slicer.vtkMRMLPlotViewNode()
-            viewNode.SetSingletonTag("TACEResponse")
-            viewNode.SetName("TACE Response survival")
-            slicer.mrmlScene.AddNode(viewNode)
-        return viewNode
+        return mrml.result_from_table_node(p.resultTableNode)
 
     def nomogramFigure(self, p, result) -> Optional[Path]:
         """The nomogram PNG with the patient's points (or None without a nomogram/survival)."""
@@ -842,7 +953,7 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
         """CSV of every tumour, overlay figure (PNG + PDF) and nomogram figure into ``folder``."""
         result = self.resultOf(p)
         if result is None:
-            raise TACEResponseError("there is no result to export; click Apply first")
+            raise TACEResponseError(_("there is no result to export; click Apply first"))
         reference = mrml.volume_from_node(p.referenceVolume) if p.referenceVolume else None
         heatmap = mrml.volume_from_node(p.heatmapNode) if p.heatmapNode else None
         mask = None
@@ -853,90 +964,31 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
                                    nomogram_png=nomogramPng, tumour_index=tumourIndex)
 
     def installDependencies(self, plan) -> None:
-        """Carry out :func:`panel.install_plan` steps (only ever on the user's request)."""
+        """Carry out :func:`panel.install_plan` steps (only ever on the user's request).
+
+        torch goes through the PyTorch extension, which installs a matching torchvision with it
+        (TACE Response does not use it); an installation that fails raises with pip's message.
+        """
         for step in plan:
             if step.method == "pytorch_utils":
                 import PyTorchUtils
 
                 torchLogic = PyTorchUtils.PyTorchUtilsLogic()
                 if not torchLogic.torchInstalled():
-                    if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=step.requirement) is None:
-                        raise TACEResponseError("PyTorch was not installed (cancelled or failed); "
-                                                "use the PyTorch Utils module to install it")
+                    torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=step.requirement)
             else:
                 slicer.util.pip_install(step.requirement)
 
 
 #
-# Test
+# Test: the self-test lives in TACEResponseLib/frontend/slicer_selftest.py; Slicer's "Reload and Test"
+# finds it here by its name
 #
-class TACEResponseTest(ScriptedLoadableModuleTest):
-    """Slicer self-test. The bodies are shared with pytest (``TACEResponseLib/frontend/selftest.py``)."""
+if SUPPORT_PROBLEM is None:
+    from TACEResponseLib.frontend.slicer_selftest import TACEResponseTest  # noqa: E402, F401
+else:
+    class TACEResponseTest(ScriptedLoadableModuleTest):
+        """On an unsupported Slicer the self-test only reports why the module cannot run."""
 
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        for test in (self.test_apply_blockers, self.test_case_inputs_round_trip, self.test_survival_phase_inputs,
-                     self.test_cancel_stops_process_tree,
-                     self.test_cli_error_is_reported, self.test_parameter_node_round_trip, self.test_prediction):
-            self.setUp()
-            test()
-
-    def test_apply_blockers(self):
-        self.delayDisplay("Apply blockers on a synthetic phantom")
-        selftest.check_apply_blockers(slicer.mrmlScene)
-
-    def test_case_inputs_round_trip(self):
-        self.delayDisplay("Input files for the background process")
-        with tempfile.TemporaryDirectory() as folder:
-            selftest.check_case_inputs_round_trip(slicer.mrmlScene, folder)
-
-    def test_survival_phase_inputs(self):
-        self.delayDisplay("Phases only the survival model needs: selector, blocker, --survival-image")
-        with tempfile.TemporaryDirectory() as folder:
-            selftest.check_survival_phase_inputs(slicer.mrmlScene, folder)
-
-    def test_cancel_stops_process_tree(self):
-        self.delayDisplay("Cancel stops the background process tree")
-        with tempfile.TemporaryDirectory() as folder:
-            selftest.check_cancel_stops_process_tree(folder, python=process.python_slicer_executable())
-
-    def test_cli_error_is_reported(self):
-        self.delayDisplay("A user error in the background process is reported as a message")
-        with tempfile.TemporaryDirectory() as folder:
-            selftest.check_prediction_run_reports_cli_error(slicer.mrmlScene, folder,
-                                                            python=process.python_slicer_executable())
-
-    def test_parameter_node_round_trip(self):
-        self.delayDisplay("Parameter node survives saving and loading the scene")
-        nodes = selftest.load_phantom_nodes(slicer.mrmlScene)
-        p = TACEResponseLogic().getParameterNode()
-        p.referenceVolume = nodes.phases["arterial"]
-        p.phaseVolumes = {"portal": nodes.phases["portal"]}
-        p.segmentationNode, p.segmentId = nodes.segmentation, nodes.segment_id
-        p.modelName, p.device, p.heatmapColormap = "selftest-model", "cpu", mrml.HEATMAP_COLORMAPS[-1]
-        p.heatmapOpacity, p.heatmapVisible = 0.3, False
-        p.clinicalValues = panel.dump_clinical_values({"ALT": 42.0, "BCLC": "B"})
-        expected = {"referenceVolume": p.referenceVolume.GetName(), "portal": p.phaseVolumes["portal"].GetName(),
-                    "segmentation": p.segmentationNode.GetName(), "segmentId": p.segmentId,
-                    "modelName": p.modelName, "device": p.device, "colormap": p.heatmapColormap,
-                    "opacity": p.heatmapOpacity, "visible": p.heatmapVisible, "clinical": p.clinicalValues}
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "scene.mrb")
-            self.assertTrue(slicer.util.saveScene(path))
-            slicer.mrmlScene.Clear()
-            slicer.util.loadScene(path)
-        q = TACEResponseLogic().getParameterNode()
-        actual = {"referenceVolume": q.referenceVolume.GetName(), "portal": q.phaseVolumes["portal"].GetName(),
-                  "segmentation": q.segmentationNode.GetName(), "segmentId": q.segmentId,
-                  "modelName": q.modelName, "device": q.device, "colormap": q.heatmapColormap,
-                  "opacity": q.heatmapOpacity, "visible": q.heatmapVisible, "clinical": q.clinicalValues}
-        self.assertEqual(actual, expected)
-
-    def test_prediction(self):
-        self.delayDisplay("Prediction with the bundled demo model on a synthetic phantom")
-        with tempfile.TemporaryDirectory() as folder:
-            model = selftest.check_demo_model_prediction(slicer.mrmlScene, folder,
-                                                         python=process.python_slicer_executable())
-        self.delayDisplay(f"Prediction with {model} passed")
+        def runTest(self):
+            self.delayDisplay(_("TACE Response self-test skipped: {problem}").format(problem=SUPPORT_PROBLEM))

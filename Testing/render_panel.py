@@ -111,7 +111,7 @@ STAND_INS = {
     "qMRMLNodeComboBox": QComboBox,
     "qMRMLSegmentSelectorWidget": QComboBox,
     "qMRMLTableView": QTableWidget,
-    "qMRMLPlotView": QLabel,
+    "qMRMLPlotWidget": QLabel,
     "qMRMLWidget": QWidget,
 }
 
@@ -221,6 +221,7 @@ def fill_panel(ui: types.SimpleNamespace, result: PredictionResult, *, card=None
     if clinical_fields:
         ui.clinicalHintLabel.setText("Clinical values for the model and the nomogram (checked against their "
                                      "accepted ranges).")
+    ui.nomogramCheckBox.setChecked(bool(result.survival))
     ui.nomogramPathLineEdit.setText(nomogram_name if result.survival else "")
     ui.deviceComboBox.setCurrentText(result.device if result.device in panel.DEVICE_CHOICES else "auto")
     ui.dependencyFrame.setVisible(False)
@@ -255,10 +256,10 @@ def fill_panel(ui: types.SimpleNamespace, result: PredictionResult, *, card=None
 
     ui.heatmapColormapComboBox.addItems([c for c in ("inferno", "jet", "hot", "viridis") if c != "inferno"])
     if result.survival:
-        ui.survivalPlotView.setPixmap(_pixmap_from_png(survival_curve_png(result.survival)))
-        ui.survivalPlotView.setAlignment(Qt.AlignCenter)
+        ui.survivalPlotWidget.setPixmap(_pixmap_from_png(survival_curve_png(result.survival)))
+        ui.survivalPlotWidget.setAlignment(Qt.AlignCenter)
     else:
-        ui.survivalPlotView.setVisible(False)
+        ui.survivalPlotWidget.setVisible(False)
     if nomogram_png is not None and Path(nomogram_png).is_file():
         ui.nomogramImageLabel.setPixmap(QPixmap(str(nomogram_png)).scaledToWidth(PANEL_WIDTH - 50,
                                                                                Qt.SmoothTransformation))

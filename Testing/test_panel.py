@@ -277,25 +277,23 @@ def test_dependency_status_sees_what_is_installed():
 
 def test_a_missing_module_is_reported_and_planned(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("monai", "lifelines") else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("monai", "nrrd") else real(name, *a))
     missing = panel.dependency_status()
-    assert missing == ["monai", "lifelines"]
-    pins = panel.pinned_requirements(REPO / "requirements.txt")
+    assert missing == ["monai", "nrrd"]
+    lines = panel.runtime_requirements(REPO / "runtime-requirements.txt")
     plan = panel.install_plan(missing, pytorch_utils_available=True)
-    assert [(s.package, s.method) for s in plan] == [("monai", "pip"), ("lifelines", "pip")]
-    assert plan[0].requirement == pins["monai"]
-    assert plan[1].requirement.split() == [pins["lifelines"], pins["pandas"]]  # pandas < 3 kept with lifelines
+    assert [(s.package, s.method) for s in plan] == [("monai", "pip"), ("pynrrd", "pip")]
+    assert [s.requirement for s in plan] == [lines["monai"], lines["pynrrd"]]
     assert "monai" in panel.dependency_message(missing)
 
 
 def test_torch_goes_through_pytorch_utils_when_the_extension_is_there():
-    pins = panel.pinned_requirements(REPO / "requirements.txt")
-    version = pins["torch"].split("==")[1]
-    with_extension = panel.install_plan(["monai", "torch"], pytorch_utils_available=True, requirements=pins)
+    lines = panel.runtime_requirements(REPO / "runtime-requirements.txt")
+    with_extension = panel.install_plan(["monai", "torch"], pytorch_utils_available=True, requirements=lines)
     assert [(s.package, s.method) for s in with_extension] == [("torch", "pytorch_utils"), ("monai", "pip")]
-    assert with_extension[0].requirement == f">={version}"
-    without = panel.install_plan(["torch"], pytorch_utils_available=False, requirements=pins)
-    assert (without[0].method, without[0].requirement) == ("pip", pins["torch"])
+    assert "torch" + with_extension[0].requirement == lines["torch"], "PyTorchUtils takes the version part only"
+    without = panel.install_plan(["torch"], pytorch_utils_available=False, requirements=lines)
+    assert (without[0].method, without[0].requirement) == ("pip", lines["torch"])
     assert "PyTorch extension" in panel.install_summary(with_extension)
 
 
@@ -334,3 +332,34 @@ def test_self_test_prediction_body_with_the_bundled_demo_model(mrml, tmp_path):
     """TACEResponseTest.test_prediction's body, on slicer-core with real MRML nodes."""
     model = selftest.check_demo_model_prediction(mrml.scene, tmp_path, python=sys.executable)
     assert model == "TACEResponse-demo-synthetic-ct"
+
+
+@pytest.mark.slow
+def test_default_flow_with_the_survival_model_fills_the_plot_view(mrml, tmp_path):
+    """TACEResponseTest.test_prediction_with_survival's body: the demo model with its registered survival
+    model gives a survival chart, shown by the module's own plot view node (not in Slicer's main layout)."""
+    selftest.check_demo_prediction_with_survival(mrml.scene, tmp_path, python=sys.executable)
+
+
+@pytest.mark.slow
+def test_prediction_session_is_the_logics_explicit_process(mrml, tmp_path):
+    """What TACEResponseLogic.process(referenceVolume, segmentationNode, segmentId, …) runs, on slicer-core."""
+    from TACEResponseLib.core.errors import InputError
+
+    model = panel.model_choices()[0].model
+    nodes = selftest.load_phantom_nodes(mrml.scene, modality=panel.load_card(model).inputs[0].modality,
+                                        phases=[p.name for p in panel.load_card(model).inputs])
+    session = panel.PredictionSession(mrml.scene, python=sys.executable, work_root=tmp_path)
+    inputs = panel.collect_inputs(nodes.reference, {}, nodes.segmentation, nodes.segment_id, model)
+    result = session.process(inputs, "cpu", timeout=300)
+    table = session.output_nodes.table_node
+    assert table.GetTable().GetNumberOfRows() == len(result.tumours) and result.survival is None
+    assert panel.result_view(result).headline == result.tumours[0].predicted_class
+    assert list(tmp_path.iterdir()) == [], "the run's files are removed"
+    again = session.process(inputs, "cpu", timeout=300, output_nodes=session.output_nodes)
+    assert session.output_nodes.table_node is table and again.tumours[0].predicted_class == result.tumours[0].predicted_class
+    with pytest.raises(InputError, match="Choose a segmentation"):
+        session.process(panel.collect_inputs(nodes.reference, {}, None, "", model), "cpu")
+    with pytest.raises(InputError, match="no-such-model"):
+        session.process(panel.collect_inputs(nodes.reference, {}, nodes.segmentation, nodes.segment_id,
+                                             "no-such-model"), "cpu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from TACEResponseLib.core.errors import TACEResponseError
 from TACEResponseLib.frontend import process
 from TACEResponseLib.frontend.process import BackgroundRun, RunState, extract_error, parse_progress_line
 
@@ -214,8 +216,32 @@ def test_cli_command_runs_the_library_from_anywhere(tmp_path):
 def test_python_slicer_executable_prefers_pythonslicer(monkeypatch):
     monkeypatch.setattr(process.shutil, "which", lambda name: "/opt/Slicer/bin/PythonSlicer" if name == "PythonSlicer" else None)
     assert process.python_slicer_executable() == "/opt/Slicer/bin/PythonSlicer"
+    assert process.python_slicer_executable(in_slicer=True) == "/opt/Slicer/bin/PythonSlicer"
     monkeypatch.setattr(process.shutil, "which", lambda name: None)
-    assert process.python_slicer_executable() == sys.executable
+    assert process.python_slicer_executable(in_slicer=False) == sys.executable
+
+
+def test_inside_slicer_a_missing_pythonslicer_is_an_error_not_this_python(monkeypatch, tmp_path):
+    """Inside Slicer sys.executable is PythonSlicer itself (or "" when it is missing): never a fallback."""
+    monkeypatch.setattr(process.shutil, "which", lambda name: None)
+    with pytest.raises(TACEResponseError, match=r"PythonSlicer executable not found.*" + re.escape(str(tmp_path))):
+        process.python_slicer_executable(in_slicer=True, slicer_home=tmp_path)
+    launcher = tmp_path / "bin" / ("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+    launcher.parent.mkdir()
+    launcher.write_text("")
+    assert process.python_slicer_executable(in_slicer=True, slicer_home=tmp_path) == str(launcher)
+
+
+def test_inside_slicer_is_told_by_slicer_app(monkeypatch):
+    import types
+
+    monkeypatch.setitem(sys.modules, "slicer", types.SimpleNamespace(app=None))  # slicer-core: no application
+    assert not process.inside_slicer()
+    monkeypatch.setitem(sys.modules, "slicer", types.SimpleNamespace(app=types.SimpleNamespace(slicerHome="/x")))
+    assert process.inside_slicer()
+    monkeypatch.setattr(process.shutil, "which", lambda name: None)
+    with pytest.raises(TACEResponseError, match="PythonSlicer"):
+        process.python_slicer_executable()
 
 
 def test_library_environment_puts_the_library_first():

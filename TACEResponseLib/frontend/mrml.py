@@ -19,7 +19,13 @@ import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.imaging.geometry import Volume, check_volume
-from TACEResponseLib.imaging.segmentation import Segmentation
+from TACEResponseLib.imaging.segmentation import (
+    LIVER_TUMOUR_COLOR,
+    LIVER_TUMOUR_TERMINOLOGY,
+    STATUS_TAG,
+    TERMINOLOGY_TAG,
+    Segmentation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +163,12 @@ def segment_ids(segmentation_node) -> list[str]:
     return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
 
 
+def segment_names(segmentation_node) -> list[str]:
+    """Names of the segments, in the order of :func:`segment_ids`."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+
+
 def resolve_segment_id(segmentation_node, segment: str) -> str:
     """Segment id from an id or a name; the error lists the segments that exist."""
     segmentation = segmentation_node.GetSegmentation()
@@ -220,6 +232,9 @@ def segmentation_to_node(segmentation: Segmentation, scene, name: str | None = N
 
     for segment in segmentation.segments:
         segment_id = node.GetSegmentation().AddEmptySegment(segment.id, segment.name, list(segment.color))
+        for tag, value in ((TERMINOLOGY_TAG, segment.terminology), (STATUS_TAG, segment.status)):
+            if value:
+                node.GetSegmentation().GetSegment(segment_id).SetTag(tag, value)
         with _temporary_nodes(scene):
             labelmap = volume_to_node(segmentation.mask(segment.id), scene, "__tace_tmp_import", labelmap=True)
             ids = vtk.vtkStringArray()
@@ -389,6 +404,32 @@ def show_prediction(scene, result, heatmap: Volume | None, reference_node=None, 
     return nodes
 
 
+PLOT_VIEW_LAYOUT_NAME = "TACEResponse"
+
+
+def module_plot_view_node(scene, owner_node, chart_node=None):
+    """The module's plot view node (one per scene) showing ``chart_node``.
+
+    Its parent layout node is ``owner_node`` (the module's parameter node), so Slicer's main
+    layout does not create a hidden plot widget for it (qMRMLLayoutViewFactory::onNodeAdded
+    handles only view nodes without a parent layout node).
+    """
+    slicer = _slicer()
+    view = scene.GetSingletonNode(PLOT_VIEW_LAYOUT_NAME, "vtkMRMLPlotViewNode")
+    if view is None:
+        view = slicer.vtkMRMLPlotViewNode()
+        view.SetLayoutName(PLOT_VIEW_LAYOUT_NAME)  # also its singleton tag
+        view.SetName("TACE Response survival")
+        if owner_node is not None:
+            view.SetAndObserveParentLayoutNodeID(owner_node.GetID())
+        view = scene.AddNode(view)
+    elif owner_node is not None and view.GetParentLayoutNode() is None:
+        view.SetAndObserveParentLayoutNodeID(owner_node.GetID())
+    if chart_node is not None:
+        view.SetPlotChartNodeID(chart_node.GetID())
+    return view
+
+
 def show_survival(scene, survival: dict, table_node=None, chart_node=None, title: str = "patient"):
     """Survival curve as a table node (time, survival) plotted by a plot chart node."""
     curve = survival.get("curve") or {}
@@ -428,23 +469,51 @@ def read_result_from_scene(scene) -> list[Any]:
     return results
 
 
+def result_from_table_node(table_node):
+    """The PredictionResult stored on a result table node (it survives saving the scene), or None."""
+    import json
+
+    from TACEResponseLib.prediction.results import PredictionResult
+
+    text = table_node.GetAttribute(RESULT_ATTRIBUTE) if table_node is not None else None
+    return PredictionResult.from_dict(json.loads(text)) if text else None
+
+
 def segmentation_from_node(segmentation_node, reference_node, segments: list[str] | None = None) -> Segmentation:
-    """The chosen segments (all by default) as a :class:`Segmentation` on the reference grid."""
+    """The chosen segments (all by default) as a :class:`Segmentation` on the reference grid
+    (ids, names, colours and terminology of the node's segments kept)."""
     chosen = [resolve_segment_id(segmentation_node, s) for s in segments] if segments else segment_ids(segmentation_node)
     if not chosen:
         raise InputError(f"segmentation {segmentation_node.GetName()!r} has no segments; draw the tumour first")
-    masks, colours, ids = {}, {}, []
+    masks, colours = {}, {}
     for segment_id in chosen:
-        mask = segment_mask_from_node(segmentation_node, segment_id, reference_node)
-        vtk_segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-        masks[vtk_segment.GetName()] = mask.array > 0
-        colours[vtk_segment.GetName()] = tuple(vtk_segment.GetColor())
-        ids.append(segment_id)
+        masks[segment_id] = segment_mask_from_node(segmentation_node, segment_id, reference_node).array > 0
+        colours[segment_id] = tuple(segmentation_node.GetSegmentation().GetSegment(segment_id).GetColor())
     grid = volume_from_node(reference_node)
     segmentation = Segmentation.from_masks(grid, masks, name=segmentation_node.GetName(), colors=colours)
-    for segment, segment_id in zip(segmentation.segments, ids):
-        segment.id = segment_id  # keep the node's ids so results point back to its segments
+    for segment, segment_id in zip(segmentation.segments, chosen):
+        vtk_segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+        segment.id, segment.name = segment_id, vtk_segment.GetName()  # results point back to the node's segments
+        segment.terminology = segment_tag(vtk_segment, TERMINOLOGY_TAG)
+        segment.status = segment_tag(vtk_segment, STATUS_TAG)
     return segmentation
+
+
+def segment_tag(vtk_segment, name: str) -> str | None:
+    """A tag of a vtkSegment (``TerminologyEntry``, ``Segmentation.Status`` …), None when not set."""
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if vtk_segment.GetTag(name, value) and str(value) else None
+
+
+def add_tumour_segment(segmentation_node, name: str = "Tumour") -> str:
+    """Add an empty segment with the liver-tumour terminology (as the Segment Editor would after
+    choosing it); returns its id."""
+    segmentation = segmentation_node.GetSegmentation()
+    segment_id = segmentation.AddEmptySegment("", name, list(LIVER_TUMOUR_COLOR))
+    segmentation.GetSegment(segment_id).SetTag(TERMINOLOGY_TAG, LIVER_TUMOUR_TERMINOLOGY)
+    return segment_id
 
 
 def predict_nodes(predictor, image_nodes: list, segmentation_node, segments: list[str] | None = None,

@@ -128,12 +128,39 @@ def extract_error(stderr_lines: Sequence[str], returncode: int | None) -> str:
 
 
 # --- commands ----------------------------------------------------------------------------------
-def python_slicer_executable() -> str:
-    """Python to run the CLI with: Slicer's ``PythonSlicer`` launcher when on PATH, else this Python.
+def inside_slicer() -> bool:
+    """True inside the 3D Slicer application (GUI or ``--no-main-window``), False elsewhere
+    (plain Python, pytest on the slicer-core wheel)."""
+    slicer = sys.modules.get("slicer")
+    return getattr(slicer, "app", None) is not None
 
-    Inside Slicer ``sys.executable`` is the application itself, so ``PythonSlicer`` is needed.
+
+def python_slicer_executable(in_slicer: bool | None = None, slicer_home: str | os.PathLike | None = None,
+                             which=None) -> str:
+    """The Python that runs the CLI: Slicer's ``PythonSlicer`` inside Slicer, this Python outside.
+
+    Inside Slicer ``sys.executable`` is set to ``PythonSlicer`` looked up on PATH (or to "" when
+    it is not there), so it cannot serve as a fallback; ``PythonSlicer`` is looked up on PATH,
+    then in ``<Slicer home>/bin``, and its absence is an error, as in Slicer's own
+    ``slicer.util._executePythonModule``. Outside Slicer it is the running interpreter.
     """
-    return shutil.which("PythonSlicer") or sys.executable
+    in_slicer = inside_slicer() if in_slicer is None else in_slicer
+    name = "PythonSlicer.exe" if _WINDOWS else "PythonSlicer"
+    found = (which or shutil.which)("PythonSlicer")
+    if found:
+        return found
+    if not in_slicer:
+        return sys.executable
+    if slicer_home is None:
+        slicer_home = getattr(getattr(sys.modules.get("slicer"), "app", None), "slicerHome", None)
+    candidate = Path(slicer_home) / "bin" / name if slicer_home else None
+    if candidate is not None and candidate.is_file():
+        return str(candidate)
+    from TACEResponseLib.core.errors import TACEResponseError
+
+    raise TACEResponseError(f"PythonSlicer executable not found on PATH or in {candidate or '<Slicer home>/bin'}; "
+                            "the prediction runs in Slicer's own Python launcher. Reinstall 3D Slicer or start it "
+                            "through its launcher")
 
 
 def library_parent() -> Path:

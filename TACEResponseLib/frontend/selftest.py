@@ -26,6 +26,28 @@ from TACEResponseLib.networks.clinical import ClinicalFactor
 logger = logging.getLogger(__name__)
 
 
+#: import names each self-test of ``TACEResponseTest`` needs beyond what a stock 3D Slicer ships
+#: (numpy, scipy, SimpleITK, VTK, Qt): the module skips a test with a message when they are missing,
+#: so ``py_TACEResponse`` passes on a Slicer without the prediction's packages
+#: (Testing/test_runtime_requirements.py runs the dependency-free bodies with those packages blocked).
+SELF_TEST_NEEDS: dict[str, tuple[str, ...]] = {
+    "test_apply_blockers": (),
+    "test_case_inputs_round_trip": ("slicerio", "nrrd"),
+    "test_survival_phase_inputs": ("pandas", "slicerio", "nrrd"),
+    "test_cancel_stops_process_tree": (),
+    "test_cli_error_is_reported": ("torch", "monai", "pandas", "matplotlib", "slicerio", "nrrd"),
+    "test_parameter_node_round_trip": (),
+    "test_segment_choice": (),
+    "test_prediction": ("torch", "monai", "pandas", "matplotlib", "slicerio", "nrrd"),
+    "test_prediction_with_survival": ("torch", "monai", "pandas", "matplotlib", "slicerio", "nrrd"),
+}
+
+
+def missing_for_self_test(name: str) -> list[str]:
+    """Packages a self-test needs that are not installed (empty: run it)."""
+    return panel.dependency_status(SELF_TEST_NEEDS.get(name, tuple(panel.REQUIRED_PACKAGES)))
+
+
 OUTPUT_CLASSES = ("vtkMRMLVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLTableNode", "vtkMRMLPlotChartNode",
                   "vtkMRMLPlotSeriesNode")
 
@@ -337,3 +359,86 @@ def check_survival_phase_inputs(scene, folder: str | Path, nomogram: str | Path 
     given = [arguments[i + 1] for i, a in enumerate(arguments) if a == "--survival-image"]
     check(given == [f"{p}={request.survival_images[p]}" for p in needed[1:]], f"--survival-image arguments: {given}")
     check(arguments[arguments.index("--nomogram") + 1] == str(nomogram), "the nomogram must reach the CLI")
+
+
+def demo_inputs_with_survival(scene) -> panel.PanelInputs:
+    """The panel's default flow: the first registered model with its registered survival model,
+    a phantom with every phase both need, and clinical values inside the accepted ranges."""
+    card_model = panel.model_choices()[0].model
+    nomogram = panel.default_nomogram(card_model)
+    check(nomogram is not None, f"model {card_model} has no registered survival model")
+    card = panel.load_card(card_model)
+    survival = panel.survival_phases(nomogram)
+    phases = list(dict.fromkeys([p.name for p in card.inputs] + survival))
+    nodes = load_phantom_nodes(scene, modality=card.inputs[0].modality, phases=phases)
+    fields = panel.clinical_fields(card, panel.nomogram_fields(nomogram))
+    values = {f.name: (next(iter(f.levels)) if f.levels else (f.training_range[0] + f.training_range[1]) / 2
+                       if f.training_range else (f.minimum + f.maximum) / 2) for f in fields}
+    inputs = panel.PanelInputs(reference=nodes.phases[card.inputs[0].name],
+                               phase_volumes={p: nodes.phases[p] for p in phases[1:]},
+                               segmentation=nodes.segmentation, segment_id=nodes.segment_id, model=card_model,
+                               card=card, clinical_fields=fields, clinical_values=values, nomogram=nomogram,
+                               survival_phases=survival)
+    check(panel.apply_blockers(inputs) == [], f"inputs should be complete: {panel.apply_blockers(inputs)}")
+    return inputs
+
+
+def check_demo_prediction_with_survival(scene, folder: str | Path, python: str | None = None,
+                                        owner_node: Any = None) -> None:
+    """The default demo flow with its survival model: result, survival read-out, survival table and
+    chart nodes, and the module's own plot view node showing that chart (owned by ``owner_node``)."""
+    from TACEResponseLib.frontend.mrml import module_plot_view_node, show_prediction
+
+    inputs = demo_inputs_with_survival(scene)
+    run = panel.PredictionRun(inputs, device="cpu", python=python, work_root=folder).start()
+    update = run.wait(timeout=300)
+    check(update.state.value == "succeeded", f"prediction {update.state.value}: {update.error} {list(run.run.log)[-5:]}")
+    result, heatmap = run.read_result()
+    run.cleanup()
+    check(bool(result.survival), "the default flow should give a survival estimate")
+    outputs = show_prediction(scene, result, heatmap, inputs.reference)
+    check(outputs.survival_chart_node is not None and outputs.survival_table_node is not None,
+          "the survival estimate should give a survival table and chart node")
+    owner = owner_node or scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "selftest owner")
+    view = module_plot_view_node(scene, owner, outputs.survival_chart_node)
+    check(view.GetPlotChartNodeID() == outputs.survival_chart_node.GetID(), "the plot view must show the survival chart")
+    check(view.GetParentLayoutNode() is owner, "the plot view belongs to the module, not to Slicer's main layout")
+    check(module_plot_view_node(scene, owner, outputs.survival_chart_node) is view, "one plot view node per scene")
+
+
+def check_segment_choice(scene) -> None:
+    """Choosing a segmentation selects its first segment; a chosen segment is kept; a segment id
+    left over from another segmentation is replaced; a deliberate "None" stays."""
+    from TACEResponseLib.frontend.mrml import add_tumour_segment, segment_ids
+
+    first = load_phantom_nodes(scene, seed=3).segmentation
+    second = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "second")
+    second_ids = [add_tumour_segment(second, "A"), add_tumour_segment(second, "B")]
+    choice = panel.SegmentChoice()
+    picked = choice.update(first, segment_ids(first), "")
+    check(picked == segment_ids(first)[0], f"choosing a segmentation should select its first segment, got {picked!r}")
+    check(choice.update(second, segment_ids(second), picked) == second_ids[0],
+          "a segment id of another segmentation must be replaced by this one's first segment")
+    check(choice.update(second, segment_ids(second), second_ids[1]) == second_ids[1], "a chosen segment is kept")
+    check(choice.update(second, segment_ids(second), "") == "", "'None' chosen on the same segmentation stays")
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    check(choice.update(empty, segment_ids(empty), "") == "", "an empty segmentation has nothing to select")
+    drawn = add_tumour_segment(empty)
+    check(choice.update(empty, segment_ids(empty), "", segment_added=True) == drawn,
+          "the first segment drawn into an empty segmentation is selected")
+    check(choice.update(empty, segment_ids(empty), "Tumour", segment_names=["Tumour"]) == drawn,
+          "a segment named by a script stands for its id")
+    check(choice.update(None, [], drawn) == "", "no segmentation, no segment")
+
+
+def parameter_state(p) -> dict[str, Any]:
+    """The parameter node's inputs and settings as plain values (nodes by name), to compare a saved
+    scene with its reloaded copy."""
+    names = ("segmentId", "modelName", "modelPath", "survivalEnabled", "nomogramPath", "clinicalValues", "device",
+             "keepTemporaryFiles", "heatmapVisible", "heatmapOpacity", "heatmapColormap")
+    state: dict[str, Any] = {name: getattr(p, name) for name in names}
+    for name in ("referenceVolume", "segmentationNode"):
+        node = getattr(p, name)
+        state[name] = node.GetName() if node is not None else None
+    state["phaseVolumes"] = {k: v.GetName() if v is not None else None for k, v in p.phaseVolumes.items()}
+    return state

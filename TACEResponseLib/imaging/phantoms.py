@@ -29,7 +29,7 @@ from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path, write_json_atomic
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.geometry import Volume, ijk_to_ras_from, rotation_matrix
-from TACEResponseLib.imaging.segmentation import Segmentation, write_segmentation
+from TACEResponseLib.imaging.segmentation import LIVER_TUMOUR_TERMINOLOGY, Segmentation, write_segmentation
 from TACEResponseLib.imaging.volume_io import write_volume
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,8 @@ def make_phantom(
     tumours, masks = _tumours(responses, rng, grid, anatomy, comp, tumour_radius_mm, satellites_in_segment,
                               single_deposit)
     segmentation = Segmentation.from_masks(
-        Volume(np.zeros(shape_kji, np.uint8), grid.ijk_to_ras, "grid"), masks, name=f"{case_id or 'phantom'}_tumour"
+        Volume(np.zeros(shape_kji, np.uint8), grid.ijk_to_ras, "grid"), masks, name=f"{case_id or 'phantom'}_tumour",
+        terminology=LIVER_TUMOUR_TERMINOLOGY,
     )
     for tumour, segment in zip(tumours, segmentation.segments):
         tumour.segment_id = segment.id

@@ -1,8 +1,15 @@
 """Segmentations: labelmap layers plus segments, read from and written to Slicer's ``.seg.nrrd``.
 
-``.seg.nrrd`` files keep segment ids, names, label values, layers and colours; a plain
-labelmap becomes one segment per label value. :func:`segment_mask_on` puts one segment onto
-a reference volume's grid (nearest neighbour), which is how every consumer gets its mask.
+``.seg.nrrd`` files are read and written with slicerio (the reference Python implementation
+of Slicer's segmentation file format), so they are what Slicer's
+``vtkMRMLSegmentationStorageNode`` writes and reads: NRRD kinds ``domain domain domain`` for
+one labelmap layer and ``list domain domain domain`` for several (overlapping segments), LPS
+space, per-segment ``ID / Name / Color / LabelValue / Layer / Extent / Tags`` with the
+``TerminologyEntry`` tag, and a file grid that may be cropped, shifted or finer than the
+image the segments were drawn on. Any other labelmap file (NRRD, NIfTI, MHA; integer or
+integral float values) becomes one segment per label value, named ``Label_<value>``.
+:func:`segment_mask_on` puts one segment onto a reference volume's grid (nearest
+neighbour), which is how every consumer gets its mask.
 """
 
 from __future__ import annotations
@@ -17,30 +24,50 @@ import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path
-from TACEResponseLib.imaging.geometry import (
-    Volume,
-    resample_to_reference,
-    to_sitk_image,
-)
+from TACEResponseLib.imaging.geometry import LPS_TO_RAS, Volume, bounding_box, to_sitk_image
 from TACEResponseLib.imaging.volume_io import unreadable_image_error, volume_from_sitk
 
 logger = logging.getLogger(__name__)
 
+#: Slicer's terminology entry of a liver tumour segment (``TerminologyEntry`` tag), from the
+#: terminology lists Slicer 5.8 and 5.10 load by default: 3D Slicer General Anatomy list,
+#: category SCT 49755003 "Morphologically Altered Structure", type SCT 4147007 "Mass",
+#: anatomic region SCT 10200004 "Liver" (DICOM master list).
+LIVER_TUMOUR_TERMINOLOGY = (
+    "Segmentation category and type - 3D Slicer General Anatomy list"
+    "~SCT^49755003^Morphologically Altered Structure~SCT^4147007^Mass~^^"
+    "~Anatomic codes - DICOM master list~SCT^10200004^Liver~^^"
+)
+#: the colour Slicer's terminology recommends for that type (RGB 144, 238, 144)
+LIVER_TUMOUR_COLOR = (144 / 255, 238 / 255, 144 / 255)
+TERMINOLOGY_TAG = "TerminologyEntry"  # vtkSegment::GetTerminologyEntryTagName()
+STATUS_TAG = "Segmentation.Status"  # vtkSlicerSegmentationsModuleLogic::GetStatusTagName()
+
+_EMPTY_EXTENT = (0, -1, 0, -1, 0, -1)
+
+
 # --- segmentations ------------------------------------------------------------------------
 @dataclass
 class Segment:
-    """One segment of a segmentation: its id, display name, label value and layer."""
+    """One segment of a segmentation: its id, display name, label value and layer.
+
+    ``terminology`` is Slicer's ``TerminologyEntry`` string (``context~category~type~…``),
+    ``status`` the Segment Editor status tag, ``tags`` any other segment tags, kept as read.
+    """
 
     id: str
     name: str
     label_value: int
     layer: int = 0
     color: tuple[float, float, float] = (0.9, 0.3, 0.2)
+    terminology: str | None = None
+    status: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class Segmentation:
-    """Labelmap layers on one voxel grid plus the segments they hold (like a ``.seg.nrrd``)."""
+    """Labelmap layers (arrays ``[k, j, i]``) on one voxel grid plus the segments they hold."""
 
     layers: list[np.ndarray]
     ijk_to_ras: np.ndarray
@@ -54,13 +81,20 @@ class Segmentation:
         return Volume(np.zeros(self.layers[0].shape, np.uint8), self.ijk_to_ras, self.name)
 
     def find(self, key: str) -> Segment:
-        """Segment by id, else by name; the error lists what exists."""
+        """Segment by id, else by name, else (plain labelmaps) by label value; the error lists what exists."""
         for segment in self.segments:
             if segment.id == key:
                 return segment
-        for segment in self.segments:
-            if segment.name == key:
-                return segment
+        named = [s for s in self.segments if s.name == key]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            raise InputError(f"segmentation {self.name!r} has {len(named)} segments named {key!r}; "
+                             f"choose one by id: {', '.join(s.id for s in named)}")
+        if self.metadata.get("kind") == "labelmap" and str(key).strip().isdigit():
+            for segment in self.segments:
+                if segment.label_value == int(key):
+                    return segment
         available = ", ".join(f"{s.id} ({s.name})" for s in self.segments) or "none"
         raise InputError(f"segment {key!r} not found in segmentation {self.name!r}; available: {available}")
 
@@ -77,8 +111,12 @@ class Segmentation:
         masks: dict[str, np.ndarray],
         name: str = "Segmentation",
         colors: dict[str, tuple[float, float, float]] | None = None,
+        terminology: str | dict[str, str | None] | None = None,
     ) -> "Segmentation":
-        """Build from named boolean masks on ``grid``; overlapping masks go to extra layers."""
+        """Build from named boolean masks on ``grid``; overlapping masks go to extra layers.
+
+        ``terminology`` is one ``TerminologyEntry`` string for every segment or one per name.
+        """
         layers: list[np.ndarray] = []
         segments: list[Segment] = []
         for index, (segment_name, mask) in enumerate(masks.items()):
@@ -92,7 +130,8 @@ class Segmentation:
             label = int(layers[layer].max()) + 1
             layers[layer][mask] = label
             color = (colors or {}).get(segment_name, _DEFAULT_COLORS[index % len(_DEFAULT_COLORS)])
-            segments.append(Segment(f"Segment_{index + 1}", segment_name, label, layer, tuple(color)))
+            entry = terminology.get(segment_name) if isinstance(terminology, dict) else terminology
+            segments.append(Segment(f"Segment_{index + 1}", segment_name, label, layer, tuple(color), entry))
         if not layers:
             layers.append(np.zeros(grid.shape_kji, np.uint8))
         return cls(layers, grid.ijk_to_ras.copy(), segments, name)
@@ -101,112 +140,246 @@ class Segmentation:
 _DEFAULT_COLORS = [(0.85, 0.32, 0.24), (0.95, 0.85, 0.15), (0.30, 0.70, 0.90), (0.55, 0.85, 0.35)]
 
 
+# --- reading ------------------------------------------------------------------------------
 def read_segmentation(path: str | os.PathLike) -> Segmentation:
     """Read a Slicer ``.seg.nrrd`` (segment metadata kept) or a plain labelmap file.
 
-    A plain labelmap (no segment metadata) becomes one segment per label value, named
-    ``Label_<value>`` so it can still be chosen by name.
+    The segmentation keeps the file's own grid (Slicer may write it cropped to the segments,
+    shifted, or finer than the image); :func:`segment_mask_on` maps it onto an image. A plain
+    labelmap becomes one segment per label value, named ``Label_<value>``; float labelmaps
+    are accepted when every value is a whole number.
     """
-    import SimpleITK as sitk
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: segmentation file does not exist")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; a segmentation file (.seg.nrrd, .nrrd, .nii.gz) is needed")
+    if _has_segment_metadata(path):
+        return _read_seg_nrrd(path)
+    return _read_labelmap(path)
+
+
+def _has_segment_metadata(path: Path) -> bool:
+    """True for a NRRD file whose header has Slicer segment fields (``Segment0_ID`` …)."""
+    if not path.name.lower().endswith((".nrrd", ".nhdr")):
+        return False
+    import nrrd
+
+    try:
+        header = nrrd.read_header(str(path))
+    except Exception:  # noqa: BLE001 - unreadable headers are reported by the image reader
+        return False
+    return any(key.startswith("Segment") and "_" in key and key.split("_", 1)[0][7:].isdigit() for key in header)
+
+
+def _read_seg_nrrd(path: Path) -> Segmentation:
+    import slicerio
+    from slicerio.segmentation import terminology_entry_to_string
+
+    try:
+        data = slicerio.read_segmentation(str(path))
+    except (OSError, ValueError, IndexError, KeyError) as exc:
+        raise InputError(f"{path}: not a segmentation file Slicer can read ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - pynrrd raises its own error types for damaged files
+        raise unreadable_image_error(path, exc) from None
+    voxels = np.asarray(data["voxels"])
+    if voxels.ndim not in (3, 4):
+        raise InputError(f"{path}: segmentation voxels have {voxels.ndim} dimensions; 3 or 4 (layers) expected")
+    stack = voxels if voxels.ndim == 4 else voxels[np.newaxis]
+    layers = [_integer_labels(np.ascontiguousarray(layer.transpose(2, 1, 0)), path) for layer in stack]
+    ijk_to_ras = LPS_TO_RAS @ np.asarray(data["ijkToLPS"], dtype=np.float64)
+    segments = []
+    for index, item in enumerate(data.get("segments", [])):
+        segment_id = str(item.get("id") or f"Segment_{index + 1}")
+        color = item.get("color") or (0.9, 0.3, 0.2)
+        terminology = item.get("terminology")
+        segments.append(Segment(
+            id=segment_id,
+            name=str(item.get("name") or segment_id),
+            label_value=int(item.get("labelValue", 1)),
+            layer=int(item.get("layer", 0)),
+            color=tuple(float(c) for c in list(color)[:3]),  # type: ignore[arg-type]
+            terminology=terminology_entry_to_string(terminology) if terminology else None,
+            status=item.get("status"),
+            tags={str(k): str(v) for k, v in (item.get("tags") or {}).items()},
+        ))
+    for segment in segments:
+        if not 0 <= segment.layer < len(layers):
+            raise InputError(f"{path}: segment {segment.id} refers to layer {segment.layer}, file has {len(layers)}")
+    metadata = {"source": str(path), "kind": "seg.nrrd",
+                "reference_extent_offset": list(data.get("referenceImageExtentOffset", [0, 0, 0]))}
+    return Segmentation(layers, ijk_to_ras, segments, _stem(path), metadata)
+
+
+def _read_labelmap(path: Path) -> Segmentation:
+    import SimpleITK as sitk
+
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise unreadable_image_error(path, exc) from None
-    keys = set(image.GetMetaDataKeys())
-    n_components = image.GetNumberOfComponentsPerPixel()
-    if image.GetDimension() == 4:  # some writers store layers as a 4th axis
-        n_layers = image.GetSize()[3]
-        layer_images = [sitk.Extract(image, list(image.GetSize()[:3]) + [0], [0, 0, 0, n]) for n in range(n_layers)]
-    elif n_components > 1:
-        layer_images = [sitk.VectorIndexSelectionCast(image, n) for n in range(n_components)]
-    else:
-        layer_images = [image]
-    first = volume_from_sitk(layer_images[0], path.name.split(".")[0])
-    layers = [sitk.GetArrayFromImage(img).astype(np.int32) for img in layer_images]
-
-    segments: list[Segment] = []
-    n = 0
-    while f"Segment{n}_ID" in keys:
-        get = lambda field: image.GetMetaData(f"Segment{n}_{field}") if f"Segment{n}_{field}" in keys else None  # noqa: E731
-        color = tuple(float(c) for c in (get("Color") or "0.9 0.3 0.2").split()[:3])
-        segments.append(
-            Segment(
-                id=get("ID") or f"Segment_{n}",
-                name=get("Name") or get("ID") or f"Segment_{n}",
-                label_value=int(get("LabelValue") or 1),
-                layer=int(get("Layer") or 0),
-                color=color,  # type: ignore[arg-type]
-            )
-        )
-        n += 1
-    if not segments:  # plain labelmap
-        for value in np.unique(layers[0]):
-            if value != 0:
-                segments.append(Segment(f"Label_{int(value)}", f"Label_{int(value)}", int(value)))
-    for segment in segments:
-        if segment.layer >= len(layers):
-            raise InputError(f"{path}: segment {segment.id} refers to layer {segment.layer}, file has {len(layers)}")
-    return Segmentation(layers, first.ijk_to_ras, segments, path.name.split(".")[0], {"source": str(path)})
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: labelmap has {image.GetNumberOfComponentsPerPixel()} components per voxel and "
+                         "no segment metadata; a labelmap has one value per voxel (or save it as .seg.nrrd in Slicer)")
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: labelmap is {image.GetDimension()}-D; a 3-D labelmap is needed")
+    volume = volume_from_sitk(image, _stem(path), {"source": str(path)})
+    labels = _integer_labels(volume.array, path)
+    segments = [Segment(f"Label_{int(v)}", f"Label_{int(v)}", int(v)) for v in np.unique(labels) if v != 0]
+    return Segmentation([labels], volume.ijk_to_ras, segments, _stem(path), {"source": str(path), "kind": "labelmap"})
 
 
+def _integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    """Label values as integers: whole-number floats are converted, anything else is refused."""
+    if np.issubdtype(array.dtype, np.integer):
+        if np.issubdtype(array.dtype, np.signedinteger) and array.size and array.min() < 0:
+            raise InputError(f"{path}: labelmap has negative values (minimum {array.min()}); labels must be ≥ 0")
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"{path}: labelmap voxels are of type {array.dtype}; integer labels are needed")
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise InputError(f"{path}: labelmap has {int((~finite).sum())} NaN or infinite voxels")
+    fractional = array != np.round(array)
+    if fractional.any():
+        example = float(array[fractional][0])
+        raise InputError(f"{path}: labelmap has non-integer values (e.g. {example:g}); is it a probability map? "
+                         "Threshold it into a labelmap first")
+    if array.size and array.min() < 0:
+        raise InputError(f"{path}: labelmap has negative values (minimum {array.min():g}); labels must be ≥ 0")
+    top = float(array.max()) if array.size else 0.0
+    return array.astype(_label_dtype(int(top)))
+
+
+def _label_dtype(top: int) -> type:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return dtype
+    raise InputError(f"label value {top} is too large for a labelmap")
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+# --- writing ------------------------------------------------------------------------------
 def write_segmentation(segmentation: Segmentation, path: str | os.PathLike) -> Path:
-    """Write a ``.seg.nrrd`` that Slicer's Segmentations module reads (one file, 3-D or layered)."""
-    import SimpleITK as sitk
+    """Write a ``.seg.nrrd`` exactly as Slicer does (slicerio): one labelmap layer as a 3-D
+    image, several as ``list domain domain domain``, segment metadata with terminology."""
+    import slicerio
+    from slicerio.segmentation import terminology_entry_from_string
 
     path = Path(path)
-    if len(segmentation.layers) == 1:
-        image = sitk.GetImageFromArray(segmentation.layers[0].astype(np.uint8))
-    else:
-        stacked = np.stack([layer.astype(np.uint8) for layer in segmentation.layers], axis=-1)
-        image = sitk.GetImageFromArray(stacked, isVector=True)
-    geometry = to_sitk_image(segmentation.grid)
-    image.CopyInformation(geometry)
-    image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
-    image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
-    image.SetMetaData("Segmentation_ConversionParameters", "")
-    k, j, i = segmentation.layers[0].shape
-    for n, segment in enumerate(segmentation.segments):
-        layer = segmentation.layers[segment.layer] == segment.label_value
-        extent = _extent_ijk(layer) if np.any(layer) else (0, -1, 0, -1, 0, -1)
-        fields = {
-            "ID": segment.id,
-            "Name": segment.name,
-            "NameAutoGenerated": "0",
-            "Color": " ".join(f"{c:.6g}" for c in segment.color),
-            "ColorAutoGenerated": "0",
-            "LabelValue": str(segment.label_value),
-            "Layer": str(segment.layer),
-            "Extent": " ".join(str(e) for e in extent),
-            "Tags": "Segmentation.Status:inprogress|",
+    if not segmentation.layers:
+        raise InputError(f"segmentation {segmentation.name!r} has no labelmap layer")
+    top = max((int(layer.max()) for layer in segmentation.layers if layer.size), default=0)
+    dtype = _label_dtype(top)
+    stacked = [np.asarray(layer).astype(dtype, copy=False).transpose(2, 1, 0) for layer in segmentation.layers]
+    voxels = stacked[0] if len(stacked) == 1 else np.stack(stacked)
+    segments = []
+    for segment in segmentation.segments:
+        labels = segmentation.layers[segment.layer] == segment.label_value
+        item: dict[str, Any] = {
+            "id": segment.id, "name": segment.name, "nameAutoGenerated": False,
+            "color": [float(c) for c in segment.color], "colorAutoGenerated": False,
+            "labelValue": int(segment.label_value), "layer": int(segment.layer),
+            "extent": list(_extent_ijk(labels)) if labels.any() else list(_EMPTY_EXTENT),
+            "status": segment.status or "inprogress",
         }
-        for key, value in fields.items():
-            image.SetMetaData(f"Segment{n}_{key}", value)
+        if segment.terminology:
+            item["terminology"] = _terminology_dict(segment.terminology, terminology_entry_from_string)
+        if segment.tags:
+            item["tags"] = {k: v for k, v in segment.tags.items() if k not in (TERMINOLOGY_TAG, STATUS_TAG)}
+        segments.append(item)
+    data = {
+        "voxels": voxels,
+        "ijkToLPS": LPS_TO_RAS @ np.asarray(segmentation.ijk_to_ras, dtype=np.float64),
+        "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap",
+        "referenceImageExtentOffset": [0, 0, 0],
+        "segments": segments,
+    }
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), True)
+        slicerio.write_segmentation(str(tmp), data, compression_level=1)
     return path
 
 
+def _terminology_dict(entry: str, parse) -> dict[str, Any]:
+    """slicerio's dict of a ``TerminologyEntry`` string; InputError when it is malformed."""
+    if entry.count("~") != 6:
+        raise InputError(f"terminology entry {entry!r} must have 7 '~'-separated parts "
+                         "(context~category~type~modifier~region context~region~region modifier)")
+    return parse(entry)
+
+
 def _extent_ijk(mask: np.ndarray) -> tuple[int, ...]:
-    ks, js, is_ = (np.nonzero(np.any(mask, axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
-    return (int(is_[0]), int(is_[-1]), int(js[0]), int(js[-1]), int(ks[0]), int(ks[-1]))
+    """``(i0, i1, j0, j1, k0, k1)`` inclusive voxel extent of a non-empty ``[k, j, i]`` mask."""
+    lo, hi = bounding_box(mask)
+    return (int(lo[2]), int(hi[2] - 1), int(lo[1]), int(hi[1] - 1), int(lo[0]), int(hi[0] - 1))
 
 
+# --- onto an image -------------------------------------------------------------------------
 def segment_mask_on(segmentation: Segmentation, segment: str, reference: Volume) -> Volume:
-    """Binary mask of ``segment`` resampled (nearest) onto ``reference``'s grid; must not be empty."""
+    """Binary mask of ``segment`` on ``reference``'s grid (nearest neighbour at the voxel centres).
+
+    The segmentation may have its own grid (cropped, shifted, oblique, finer or coarser); only
+    the region around the segment is resampled. InputError when the segment is empty, does not
+    overlap the image, or is smaller than one of the image's voxels.
+    """
+    found = segmentation.find(segment)
     own = segmentation.mask(segment)
+    label = f"segment {found.name!r} of {segmentation.name!r}"
     if not np.any(own.array):
-        raise InputError(
-            f"segment {segment!r} of {segmentation.name!r} is empty; draw the tumour in the Segment Editor first"
-        )
-    mask = own if reference.same_geometry(own) else resample_to_reference(own, reference, interpolation="nearest")
-    if not np.any(mask.array):
-        raise InputError(
-            f"segment {segment!r} of {segmentation.name!r} lies outside the reference volume "
-            f"{reference.name!r}; is it drawn on another image?"
-        )
-    mask.metadata.setdefault("segment_id", segmentation.find(segment).id)
+        raise InputError(f"{label} is empty; draw the tumour in the Segment Editor first")
+    if reference.same_geometry(own):
+        mask = own
+    else:
+        mask = Volume(_resample_mask(own, reference, label), reference.ijk_to_ras.copy(), own.name, dict(own.metadata))
+    mask.metadata.setdefault("segment_id", found.id)
     return mask
+
+
+def _resample_mask(own: Volume, reference: Volume, label: str) -> np.ndarray:
+    """``own`` (binary, its grid) sampled at ``reference``'s voxel centres inside the segment's box."""
+    import SimpleITK as sitk
+
+    lo, hi = bounding_box(own.array, margin_kji=(1, 1, 1))
+    edges = np.array([[x, y, z] for x in (lo[2] - 0.5, hi[2] - 0.5) for y in (lo[1] - 0.5, hi[1] - 0.5)
+                      for z in (lo[0] - 0.5, hi[0] - 0.5)])
+    ijk = reference.ras_to_ijk_points(own.ijk_to_ras_points(edges))
+    box_lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int), 0)[::-1]  # kji
+    box_hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, reference.shape_kji[::-1])[::-1]
+    if np.any(box_hi <= box_lo):
+        seg_box = np.round(Volume(own.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]],
+                                  _shifted(own.ijk_to_ras, lo)).bounds_ras(), 1)
+        image_box = np.round(reference.bounds_ras(), 1)
+        raise InputError(f"{label} does not overlap the image {reference.name!r}: the segment lies in RAS "
+                         f"{seg_box[0].tolist()}…{seg_box[1].tolist()} mm, the image in "
+                         f"{image_box[0].tolist()}…{image_box[1].tolist()} mm; is it drawn on another image?")
+    sub_grid = Volume(np.zeros(tuple(box_hi - box_lo), np.uint8), _shifted(reference.ijk_to_ras, box_lo))
+    moving = Volume(np.ascontiguousarray(own.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]), _shifted(own.ijk_to_ras, lo))
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetReferenceImage(to_sitk_image(sub_grid))
+    resampler.SetInterpolator(sitk.sitkNearestNeighbor)
+    resampler.SetDefaultPixelValue(0)
+    sampled = sitk.GetArrayFromImage(resampler.Execute(to_sitk_image(moving)))
+    if not sampled.any():
+        raise InputError(f"{label} covers no voxel centre of the image {reference.name!r} (it is smaller than one "
+                         f"of its {np.round(reference.spacing, 2).tolist()} mm voxels, or lies outside it)")
+    inside = int(sampled.sum())
+    expected = float(own.array.sum()) * float(np.prod(own.spacing)) / float(np.prod(reference.spacing))
+    if inside < 0.5 * expected:
+        logger.warning("%s: only about %.0f%% of it lies inside the image %r", label, 100 * inside / expected,
+                       reference.name)
+    full = np.zeros(reference.shape_kji, np.uint8)
+    full[box_lo[0]:box_hi[0], box_lo[1]:box_hi[1], box_lo[2]:box_hi[2]] = sampled
+    return full
+
+
+def _shifted(ijk_to_ras: np.ndarray, lo_kji: np.ndarray) -> np.ndarray:
+    """IJK→RAS of the sub-grid whose voxel (0, 0, 0) is voxel ``lo_kji`` of the grid."""
+    matrix = np.array(ijk_to_ras, dtype=np.float64)
+    matrix[:3, 3] = matrix[:3, :3] @ np.asarray(lo_kji, dtype=np.float64)[::-1] + matrix[:3, 3]
+    return matrix

@@ -13,3 +13,4 @@ from TACEResponseLib.frontend.panel.models import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.results import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.run import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.state import *  # noqa: F401,F403
+from TACEResponseLib.frontend.panel.binding import *  # noqa: F401,F403

@@ -15,13 +15,14 @@ from TACEResponseLib.networks.catalog import resources_dir
 logger = logging.getLogger(__name__)
 
 # --- Python dependencies ------------------------------------------------------------------------
-#: import name → pip project name of what the prediction process needs
-REQUIRED_PACKAGES: dict[str, str] = {"torch": "torch", "monai": "monai", "lifelines": "lifelines",
-                                     "SimpleITK": "SimpleITK"}
+#: the runtime requirement list (ranges for Slicer's Python), beside Resources/ in the source tree
+#: and in the Slicer install; requirements.txt is the development lock, not this
+RUNTIME_REQUIREMENTS = "runtime-requirements.txt"
 
-
-#: installed together (same pins) so pip does not pull an incompatible version (lifelines: pandas < 3)
-COMPANIONS: dict[str, tuple[str, ...]] = {"lifelines": ("pandas",)}
+#: import name → pip project name of what the prediction needs (the projects of runtime-requirements.txt)
+REQUIRED_PACKAGES: dict[str, str] = {"torch": "torch", "monai": "monai", "numpy": "numpy", "scipy": "scipy",
+                                     "SimpleITK": "SimpleITK", "pandas": "pandas", "matplotlib": "matplotlib",
+                                     "slicerio": "slicerio", "nrrd": "pynrrd"}
 
 
 def dependency_status(modules: Iterable[str] = tuple(REQUIRED_PACKAGES)) -> list[str]:
@@ -42,19 +43,25 @@ def pytorch_utils_available() -> bool:
     return not dependency_status(["PyTorchUtils"])
 
 
-def pinned_requirements(path: str | Path | None = None) -> dict[str, str]:
-    """``{project name (lower case): requirement line}`` from requirements.txt (empty if absent)."""
-    candidates = [Path(path)] if path else [resources_dir().parent / "requirements.txt", resources_dir() / "requirements.txt"]
+def runtime_requirements(path: str | Path | None = None) -> dict[str, str]:
+    """``{project name (lower case): requirement line}`` of runtime-requirements.txt (empty if absent)."""
+    candidates = [Path(path)] if path else [resources_dir().parent / RUNTIME_REQUIREMENTS,
+                                           resources_dir() / RUNTIME_REQUIREMENTS]
     for candidate in candidates:
         if candidate.is_file():
-            pins = {}
+            lines = {}
             for line in candidate.read_text(encoding="utf-8").splitlines():
                 line = line.split("#", 1)[0].strip()
                 match = re.match(r"^([A-Za-z0-9_.\-]+)", line)
                 if match:
-                    pins[match.group(1).lower()] = line
-            return pins
+                    lines[match.group(1).lower()] = line
+            return lines
     return {}
+
+
+def requirement_specifier(line: str) -> str:
+    """The version part of a requirement line: ``"torch>=2.4,<3"`` → ``">=2.4,<3"``."""
+    return re.sub(r"^[A-Za-z0-9_.\-]+(\[[^\]]*\])?\s*", "", line.strip())
 
 
 @dataclass(frozen=True)
@@ -70,24 +77,22 @@ class InstallStep:
 def install_plan(missing: Sequence[str], pytorch_utils_available: bool,
                  requirements: Mapping[str, str] | None = None) -> list[InstallStep]:
     """What to install and how: torch first (through PyTorchUtils when present, which picks the
-    right CPU/CUDA build), then the other packages with slicer.util.pip_install of the pinned lines."""
-    pins = pinned_requirements() if requirements is None else {k.lower(): v for k, v in requirements.items()}
+    right CPU/CUDA build), then the other packages with slicer.util.pip_install of their
+    runtime-requirements.txt lines (version ranges for Slicer's Python)."""
+    lines = runtime_requirements() if requirements is None else {k.lower(): v for k, v in requirements.items()}
     steps: list[InstallStep] = []
     ordered = sorted(missing, key=lambda m: (m != "torch", list(REQUIRED_PACKAGES).index(m)
                                              if m in REQUIRED_PACKAGES else len(REQUIRED_PACKAGES)))
     for module in ordered:
         project = REQUIRED_PACKAGES.get(module, module)
-        line = pins.get(project.lower(), project)
+        line = lines.get(project.lower(), project)
         if project == "torch" and pytorch_utils_available:
-            version = re.search(r"==\s*([\w.]+)", line)
-            steps.append(InstallStep("torch", "pytorch_utils", f">={version.group(1)}" if version else "",
-                                     "through the PyTorch extension (chooses the CPU or CUDA build)"))
+            steps.append(InstallStep("torch", "pytorch_utils", requirement_specifier(line),
+                                     "through the PyTorch extension, which chooses the CPU or CUDA build and also "
+                                     "installs a matching torchvision (not used by TACE Response)"))
             continue
-        companions = [pins.get(c, c) for c in COMPANIONS.get(project, ())]
-        note = "with " + ", ".join(companions) + " to keep compatible versions" if companions else ""
-        if project == "torch":
-            note = "the PyTorch extension is not installed; pip installs the default (CPU) build"
-        steps.append(InstallStep(project, "pip", " ".join([line, *companions]), note))
+        note = "the PyTorch extension is not installed; pip installs the default build" if project == "torch" else ""
+        steps.append(InstallStep(project, "pip", line, note))
     return steps
 
 

@@ -53,6 +53,56 @@ class PanelInputs:
         return {name: self.phase_volumes.get(name) for name in self.survival_only_phases}
 
 
+def collect_inputs(reference: Any = None, phase_volumes: dict[str, Any] | None = None, segmentation: Any = None,
+                   segment_id: str = "", model: str = "", clinical_values: dict[str, Any] | None = None,
+                   nomogram: Path | None = None, missing_packages: Sequence[str] = (),
+                   segment_problem: str | None = None) -> PanelInputs:
+    """Everything Apply needs: the model's card and the nomogram's variables and phases read from
+    disk; a model or nomogram that cannot be used becomes a problem Apply reports, not an error."""
+    from TACEResponseLib.core.errors import TACEResponseError
+    from TACEResponseLib.frontend.panel.form import clinical_fields, nomogram_fields, survival_phases
+    from TACEResponseLib.frontend.panel.models import load_card
+
+    card, model_problem = None, None
+    if model:
+        try:
+            card = load_card(model)
+        except TACEResponseError as exc:
+            model_problem = f"Model '{model}' cannot be used: {exc}"
+    variables, phases, nomogram_problem = [], [], None
+    if nomogram is not None:
+        try:
+            variables, phases = nomogram_fields(nomogram), survival_phases(nomogram)
+        except TACEResponseError as exc:
+            nomogram_problem = f"Nomogram '{Path(nomogram).name}' cannot be used: {exc}"
+    return PanelInputs(reference=reference, phase_volumes=dict(phase_volumes or {}), segmentation=segmentation,
+                       segment_id=segment_id or "", segment_problem=segment_problem, model=model or "", card=card,
+                       model_problem=model_problem, clinical_fields=clinical_fields(card, variables),
+                       clinical_values=dict(clinical_values or {}), nomogram=nomogram,
+                       nomogram_problem=nomogram_problem, missing_packages=list(missing_packages),
+                       survival_phases=phases)
+
+
+class SegmentProblemCache:
+    """:func:`segment_problem` of a segment, recomputed only when its labelmap (or name) changed,
+    so the panel can ask on every edit while the user paints."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._problem: str | None = None
+
+    def get(self, segmentation_node: Any, segment_id: str) -> str | None:
+        if segmentation_node is None or not segment_id:
+            return None
+        segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+        representation = segment.GetRepresentation("Binary labelmap") if segment is not None else None
+        key = (segmentation_node.GetID(), segment_id, segment.GetName() if segment else None,
+               representation.GetMTime() if representation is not None else None)
+        if key != self._key:
+            self._key, self._problem = key, segment_problem(segmentation_node, segment_id)
+        return self._problem
+
+
 def node_name(node: Any) -> str:
     return node.GetName() if hasattr(node, "GetName") else str(node)
 

@@ -146,3 +146,76 @@ class PredictionRun:
 
     def cleanup(self) -> None:
         self.run.cleanup()
+
+
+class PredictionSession:
+    """Predictions of one scene: start a :class:`PredictionRun`, wait for it or poll it, and show its
+    result in MRML output nodes. The Slicer module's logic is a thin shell around this (it passes
+    ``slicer.mrmlScene``, ``PythonSlicer``, Slicer's start-up environment and temporary folder);
+    tests run it on a headless slicer-core scene with this Python.
+    """
+
+    def __init__(self, scene, *, python: str | None = None, env: Mapping[str, str] | None = None,
+                 work_root: str | Path | None = None) -> None:
+        self.scene = scene
+        self.python = python
+        self.env = env
+        self.work_root = work_root
+        self.run: PredictionRun | None = None
+        self.output_nodes = None  # mrml.OutputNodes of the last result shown
+
+    @property
+    def running(self) -> bool:
+        from TACEResponseLib.frontend.process import RunState
+
+        return self.run is not None and self.run.run.state is RunState.RUNNING
+
+    def start(self, inputs: PanelInputs, device: str = "auto", keep_files: bool = False) -> PredictionRun:
+        """Write the inputs and start the CLI in the background; InputError names what is missing."""
+        if self.running:
+            raise TACEResponseError("a prediction is already running; cancel it first")
+        self.run = PredictionRun(inputs, device=device, python=self.python, env=self.env, work_root=self.work_root,
+                                 keep_files=keep_files)
+        self.run.start()
+        if keep_files:
+            logger.info("TACE Response: temporary files kept in %s", self.run.work_dir)
+        return self.run
+
+    def poll(self):
+        return self.run.poll() if self.run is not None else None
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the run ends; TACEResponseError with the CLI's message unless it succeeded."""
+        from TACEResponseLib.frontend.process import RunState
+
+        update = self.run.wait(timeout)
+        if update.state is not RunState.SUCCEEDED:
+            if not update.finished:
+                self.run.cancel()
+            raise TACEResponseError(update.error or f"the prediction was {self.run.run.state.value}")
+
+    def show(self, reference_node, output_nodes=None, keep_files: bool = False, opacity: float = 0.5,
+             colormap: str = "inferno"):
+        """Read the finished run's result and heatmap into output nodes (:attr:`output_nodes`); the
+        run's files are removed unless ``keep_files``. Returns the PredictionResult."""
+        from TACEResponseLib.frontend.mrml import show_prediction
+
+        try:
+            result, heatmap = self.run.read_result()
+            self.output_nodes = show_prediction(self.scene, result, heatmap, reference_node, output_nodes,
+                                                opacity=opacity, colormap=colormap)
+            return result
+        finally:
+            if not keep_files:
+                self.run.cleanup()
+
+    def process(self, inputs: PanelInputs, device: str = "auto", *, timeout: float | None = None,
+                output_nodes=None, keep_files: bool = False):
+        """Start, wait, show: the blocking prediction for scripts and headless Slicer."""
+        self.start(inputs, device, keep_files)
+        self.wait(timeout)
+        return self.show(inputs.reference, output_nodes, keep_files)

@@ -93,7 +93,7 @@ class PanelStateMachine:
 CONTROL_GROUPS: dict[str, tuple[str, ...]] = {
     "inputs": ("referenceVolumeSelector", "phaseSelectorsFrame", "segmentSelector", "editSegmentButton"),
     "model": ("modelSelector",),
-    "clinical": ("clinicalFactorsFrame", "nomogramPathLineEdit"),
+    "clinical": ("clinicalFactorsFrame", "nomogramCheckBox", "nomogramPathLineEdit"),
     "advanced": ("deviceComboBox", "keepTemporaryFilesCheckBox"),
     "apply": ("applyButton",),
     "cancel": ("cancelButton",),
