@@ -138,6 +138,7 @@ class Predictor:
         for image, phase in zip(images, card.inputs):
             label = f"{phase.name} image ({image.metadata.get('source') or image.name or 'in memory'})"
             check_scan(image, label=label)
+            warnings += [str(w) for w in image.metadata.get("warnings") or []]  # e.g. a DICOM series regularised
             if phase.modality.upper() == "CT" and card.patch_spec.normalization == "window":
                 warning = hu_warning(image, label=label)
                 if warning:
