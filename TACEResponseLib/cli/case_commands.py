@@ -51,15 +51,15 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
     from TACEResponseLib.core.files import atomic_paths
     from TACEResponseLib.imaging.patches import NotAssessable, assess_patches
-    from TACEResponseLib.imaging.segmentation import read_segmentation
     from TACEResponseLib.imaging.tumours import tumour_rois
     from TACEResponseLib.imaging.views import write_patch_montage
+    from TACEResponseLib.prediction.case import read_case_segmentation
     from TACEResponseLib.imaging.volume_io import read_phase_volumes
 
     out = check_output_folder(args.output)
     spec = patch_spec_from(args)
     images = read_phase_volumes(args.image)
-    segmentation = read_segmentation(args.segmentation)
+    segmentation = read_case_segmentation(args.segmentation)
     rois = tumour_rois(segmentation, images[0], [args.segment] if args.segment else None, island_rule_from(args))
     candidates = [roi for roi in rois if not roi.excluded]
     outcomes = assess_patches(images, [roi.mask for roi in candidates], spec, labels=[r.label for r in candidates])

@@ -48,7 +48,7 @@ def unreadable_image_error(path: Path, exc: Exception) -> InputError:
 
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     reason = next((line for line in lines[1:] if "ERROR" in line), lines[-1] if lines else type(exc).__name__)
-    reason = re.sub(r"^(sitk|itk)::ERROR:\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", reason)
+    reason = re.sub(r"^(sitk::ERROR:|itk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", reason)
     reason = reason.replace(f'"{path}"', "it").replace(str(path), "it")
     if lines and "[nrrd]" in lines[-1]:
         reason = f"{reason} {lines[-1].split(':', 1)[-1].strip()}"
@@ -95,6 +95,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     except RuntimeError as exc:
         raise unreadable_image_error(path, exc) from None
     _check_has_geometry(path, reader)
+    _check_declared_spacing(path)
     _check_gzip_complete(path, reader)
     try:
         with _locale_kept():
@@ -140,6 +141,36 @@ def _check_has_geometry(path: Path, reader) -> None:
                 and not get("0028|0030"):
             raise InputError(f"{path}: multi-frame DICOM without frame positions or pixel spacing (no functional "
                              "groups); its geometry is unknown")
+
+
+def _check_declared_spacing(path: Path) -> None:
+    """ITK reads a zero or negative voxel size in the header as a positive one (or fails later):
+    refuse what the file itself declares."""
+    import gzip
+    import re
+    import struct
+
+    name = path.name.lower()
+    values: list[float] = []
+    try:
+        if name.endswith((".mha", ".mhd", ".nrrd", ".nhdr")):
+            with open(path, "rb") as handle:
+                header = handle.read(4096).split(b"\n\n")[0].decode("latin-1")
+            match = re.search(r"^(ElementSpacing|spacings)\s*[=:]\s*(.+)$", header, re.M | re.I)
+            if match:
+                values = [float(v) for v in match.group(2).split() if v.lower() != "nan"]
+        elif name.endswith((".nii", ".nii.gz")):
+            with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as handle:
+                header = handle.read(348)
+            if len(header) == 348:
+                endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+                dims = struct.unpack(f"{endian}h", header[40:42])[0]
+                values = list(struct.unpack(f"{endian}3f", header[80:92]))[:max(0, min(dims, 3))]
+    except (OSError, ValueError, EOFError, struct.error):
+        return  # unreadable headers are reported by ITK's own reading
+    if any(not v > 0 for v in values):
+        raise InputError(f"{path}: the header declares voxel size {' × '.join(f'{v:g}' for v in values)} mm; "
+                         "a voxel size must be positive")
 
 
 def _check_gzip_complete(path: Path, reader) -> None:

@@ -62,14 +62,27 @@ def _registry_json(path: str | os.PathLike | None = None) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k, []), list) for k in ("models", "survival_models")):
+        raise BundleError(f"{path}: expected an object with lists 'models' and 'survival_models', "
+                          f"got {type(data).__name__}")
+    for key in ("models", "survival_models"):
+        if not all(isinstance(entry, dict) for entry in data.get(key, [])):
+            raise BundleError(f"{path}: every entry of {key!r} must be an object")
+    return data
 
 
 def read_registry(path: str | os.PathLike | None = None) -> list[RegistryEntry]:
     """Bundles listed in ``Resources/Models.json`` (empty list when the file is absent)."""
-    return [RegistryEntry(**entry) for entry in _registry_json(path).get("models", [])]
+    entries = []
+    for entry in _registry_json(path).get("models", []):
+        try:
+            entries.append(RegistryEntry(**entry))
+        except TypeError as exc:
+            raise BundleError(f"{path or resources_dir() / 'Models.json'}: a model entry is malformed ({exc})") from None
+    return entries
 
 
 def resolve_bundle(name_or_path: str | os.PathLike, verify: bool = True) -> Bundle:
