@@ -50,8 +50,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
     import numpy as np
 
     from TACEResponseLib.core.files import atomic_paths
-    from TACEResponseLib.imaging.patches import NotAssessable, assess_patches
-    from TACEResponseLib.imaging.tumours import tumour_rois
+    from TACEResponseLib.imaging.tumours import assess_tumours, tumour_rois
     from TACEResponseLib.imaging.views import write_patch_montage
     from TACEResponseLib.prediction.case import read_case_segmentation
     from TACEResponseLib.imaging.volume_io import read_phase_volumes
@@ -61,20 +60,12 @@ def cmd_patches(args: argparse.Namespace) -> int:
     images = read_phase_volumes(args.image)
     segmentation = read_case_segmentation(args.segmentation)
     rois = tumour_rois(segmentation, images[0], [args.segment] if args.segment else None, island_rule_from(args))
-    candidates = [roi for roi in rois if not roi.excluded]
-    outcomes = assess_patches(images, [roi.mask for roi in candidates], spec, labels=[r.label for r in candidates])
-    by_roi = dict(zip(map(id, candidates), outcomes))
-    sets, skipped = [], []
-    for roi in rois:
-        outcome = by_roi.get(id(roi))
-        if outcome is None or isinstance(outcome, NotAssessable):
-            skipped.append({"tumour": roi.label, "volume_ml": roi.volume_ml,
-                            "reason": roi.reason if outcome is None else outcome.reason,
-                            "detail": roi.excluded if outcome is None else outcome.detail})
-        else:
-            sets.append((roi, outcome))
+    assessment = assess_tumours(images, rois, spec)
+    sets = assessment.assessed
+    skipped = [{"tumour": roi.label, "volume_ml": roi.volume_ml, "reason": reason, "detail": detail}
+               for roi, reason, detail in assessment.not_assessable]
     if not sets:
-        raise InputError("no tumour gives patches — " + "; ".join(f"{s['tumour']}: {s['detail']}" for s in skipped))
+        raise assessment.error(f"{args.segmentation}")
     out.mkdir(exist_ok=True)
     tumours = []
     for number_, (roi, patches) in enumerate(sets):
@@ -102,8 +93,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     check_output_folder(args.output)
     check_device(args.device)
-    if args.bundle is not None and not str(args.bundle).strip():
-        raise InputError("--bundle: empty; give a bundle folder or a registered name (or leave the option out)")
+    from TACEResponseLib.networks.catalog import resolve_bundle
+
+    resolve_bundle(bundle_option(args.bundle))  # a missing or altered bundle fails before any case is written
     run_demo(args.output, seed=args.seed, bundle=args.bundle, nomogram=args.nomogram,
              survival=not args.no_survival, device=args.device, say=print)
     return 0

@@ -27,6 +27,7 @@ import numpy as np
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.geometry import Volume, bounding_box, crop
+from TACEResponseLib.imaging.patches import PatchSet, PatchSpec, assess_patches
 from TACEResponseLib.imaging.segmentation import Segmentation, segment_mask_on
 
 logger = logging.getLogger(__name__)
@@ -213,3 +214,36 @@ def index_tumour(segmentation: Segmentation, reference: Volume, segment: str | N
     if first.excluded:
         raise InputError(f"{first.label}: {first.excluded}")
     return first
+
+
+@dataclass
+class Assessment:
+    """The tumours of a case split into those that gave patches and those that did not (with why)."""
+
+    assessed: list[tuple[TumourROI, PatchSet]]
+    not_assessable: list[tuple[TumourROI, str, str]]  # (tumour, reason code, sentence)
+
+    def error(self, case: str) -> InputError:
+        """The error when nothing is assessable: every tumour with its reason."""
+        listed = "; ".join(f"{roi.label}: {detail}" for roi, _, detail in self.not_assessable)
+        return InputError(f"{case}: no tumour can be assessed ({len(self.not_assessable)} tumour(s)) — {listed}")
+
+
+def assess_tumours(images: Sequence[Volume], rois: Sequence[TumourROI], spec: PatchSpec,
+                   label_prefix: str = "", timings: dict[str, float] | None = None) -> Assessment:
+    """Patches of every tumour not already excluded (:func:`~.patches.assess_patches`), in ``rois`` order."""
+    candidates = [roi for roi in rois if not roi.excluded]
+    outcomes = assess_patches(images, [roi.mask for roi in candidates], spec,
+                              labels=[f"{label_prefix}{roi.label}" for roi in candidates],
+                              timings=timings) if candidates else []
+    by_roi = {id(roi): outcome for roi, outcome in zip(candidates, outcomes)}
+    assessment = Assessment([], [])
+    for roi in rois:
+        outcome = by_roi.get(id(roi))
+        if isinstance(outcome, PatchSet):
+            assessment.assessed.append((roi, outcome))
+        elif outcome is None:
+            assessment.not_assessable.append((roi, str(roi.reason), str(roi.excluded)))
+        else:
+            assessment.not_assessable.append((roi, outcome.reason, outcome.detail))
+    return assessment

@@ -28,14 +28,13 @@ import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.imaging.geometry import Volume
-from TACEResponseLib.imaging.patches import NotAssessable, PatchSet, assess_patches
 from TACEResponseLib.imaging.sanity import check_scan, hu_warning
 from TACEResponseLib.imaging.segmentation import Segmentation
 from TACEResponseLib.imaging.tumours import (
     DEFAULT_PATIENT_RULE,
     PATIENT_RULES,
     IslandRule,
-    TumourROI,
+    assess_tumours,
     check_patient_rule,
     patient_tumours,
     tumour_rois,
@@ -172,28 +171,17 @@ class Predictor:
         start = time.perf_counter()
         reference = images[0]
         rois = tumour_rois(segmentation, reference, segments, self.islands)
-        candidates = [roi for roi in rois if not roi.excluded]
         timings["segments"] = time.perf_counter() - start
 
         progress(0.25, "patches")
         named = [img if img.name == name else Volume(img.array, img.ijk_to_ras, name, img.metadata)
                  for img, name in zip(images, needed)]
-        outcomes = assess_patches(named, [roi.mask for roi in candidates], card.patch_spec,
-                                  labels=[roi.label for roi in candidates], timings=timings) if candidates else []
-        by_roi = {id(roi): outcome for roi, outcome in zip(candidates, outcomes)}
-        assessed: list[tuple[TumourROI, PatchSet]] = []
-        not_assessable: list[NotAssessableTumour] = []
-        for roi in rois:
-            outcome = by_roi.get(id(roi))
-            if isinstance(outcome, PatchSet):
-                assessed.append((roi, outcome))
-                continue
-            reason, detail = (roi.reason, roi.excluded) if outcome is None else (outcome.reason, outcome.detail)
-            not_assessable.append(NotAssessableTumour(roi.segment_id, roi.segment_name, str(reason), str(detail),
-                                                      roi.island, roi.volume_ml))
+        assessment = assess_tumours(named, rois, card.patch_spec, timings=timings)
+        assessed = assessment.assessed
+        not_assessable = [NotAssessableTumour(roi.segment_id, roi.segment_name, reason, detail, roi.island,
+                                              roi.volume_ml) for roi, reason, detail in assessment.not_assessable]
         if not assessed:
-            listed = "; ".join(f"{t.label}: {t.detail}" for t in not_assessable)
-            raise InputError(f"case {case_id}: no tumour can be assessed ({len(not_assessable)} tumour(s)) — {listed}")
+            raise assessment.error(f"case {case_id}")
 
         progress(0.45, "forward")
         from TACEResponseLib.networks.device import run_with_device_fallback

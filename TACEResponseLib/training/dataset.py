@@ -62,10 +62,9 @@ def case_patches(row: ManifestRow, spec: PatchSpec, islands: IslandRule = Island
     """Patches ``(P, C, S, S)`` of one case, cut exactly as :class:`~TACEResponseLib.prediction.predictor.Predictor`
     cuts them, from the tumours that give the patient-level answer (default: the mRECIST target
     lesions = the up-to-two largest assessable tumours) — the rule prediction and evaluation use."""
-    from TACEResponseLib.imaging.patches import PatchSet, assess_patches
     from TACEResponseLib.imaging.sanity import check_scan
     from TACEResponseLib.imaging.segmentation import read_segmentation
-    from TACEResponseLib.imaging.tumours import patient_tumours, tumour_rois
+    from TACEResponseLib.imaging.tumours import assess_tumours, patient_tumours, tumour_rois
     from TACEResponseLib.imaging.volume_io import read_phase_volumes
 
     images = read_phase_volumes(row.images, row.phases)
@@ -73,14 +72,10 @@ def case_patches(row: ManifestRow, spec: PatchSpec, islands: IslandRule = Island
         check_scan(image, label=f"{phase} image {image.metadata.get('source', '')}".strip())
     segmentation = read_segmentation(row.segmentation)
     rois = tumour_rois(segmentation, images[0], [row.segment] if row.segment else None, islands)
-    candidates = [roi for roi in rois if not roi.excluded]
-    outcomes = assess_patches(images, [roi.mask for roi in candidates], spec,
-                              labels=[f"{row.case_id} {roi.label}" for roi in candidates]) if candidates else []
-    assessed = [(roi, patches) for roi, patches in zip(candidates, outcomes) if isinstance(patches, PatchSet)]
+    assessment = assess_tumours(images, rois, spec, label_prefix=f"{row.case_id} ")
+    assessed = assessment.assessed
     if not assessed:
-        reasons = {id(roi): outcome for roi, outcome in zip(candidates, outcomes)}
-        listed = "; ".join(f"{roi.label}: {roi.excluded or reasons[id(roi)].detail}" for roi in rois)
-        raise InputError(f"no tumour can be assessed — {listed}")
+        raise assessment.error(f"case {row.case_id}")
     chosen = patient_tumours([roi.volume_ml for roi, _ in assessed], patient_rule)
     return np.concatenate([assessed[n][1].images for n in chosen])
 
