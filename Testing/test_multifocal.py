@@ -166,3 +166,45 @@ def test_training_records_the_tumour_rule_and_prediction_uses_it(tmp_path):
     predictor = Predictor(result.bundle.path, device="cpu")
     assert predictor.islands == IslandRule(split=False, min_island_ml=0.2) and predictor.patient_rule == "volume_weighted"
     assert Predictor(result.bundle.path, device="cpu", patient_rule="target_lesions").patient_rule == "target_lesions"
+
+
+def test_table_panel_and_export_show_not_assessable_rows(random_bundle, multifocal, mrml, tmp_path):
+    from PySide6.QtGui import QStandardItem, QStandardItemModel
+    from PySide6.QtWidgets import QApplication, QTableView
+
+    from TACEResponseLib.frontend import panel
+    from TACEResponseLib.frontend.mrml import show_prediction
+
+    case, segmentation = multifocal
+    result = Predictor(random_bundle, device="cpu").predict([case.phases["arterial"]], segmentation)
+    nodes = show_prediction(mrml.scene, result, result.heatmap)
+    table = nodes.table_node.GetTable()
+    n_rows = len(result.tumours) + len(result.not_assessable)
+    assert table.GetNumberOfRows() == n_rows
+    last = n_rows - 1
+    assert table.GetColumnByName("Predicted").GetValue(last) == "not assessable"
+    assert table.GetColumnByName("Reason").GetValue(last) == result.not_assessable[-1].detail
+    assert np.isnan(table.GetColumnByName("P(CR)").GetValue(last))
+    used = [table.GetColumnByName("Tumour").GetValue(r) for r in range(n_rows)
+            if table.GetColumnByName("Patient answer").GetValue(r) == "yes"]
+    assert used == result.patient.tumours
+
+    view = panel.result_view(result)
+    assert view.patient_text.startswith(f"Patient: {result.patient.predicted_class}")
+    assert ", ".join(result.patient.tumours) in view.patient_text and view.patient_text in view.detail
+    assert view.not_assessable == [f"{t.label}: {t.detail}" for t in result.not_assessable]
+
+    QApplication.instance() or QApplication([])
+    model = QStandardItemModel(n_rows, 3)
+    for row in range(n_rows):
+        for column in range(3):
+            model.setItem(row, column, QStandardItem("x"))
+    table_view = QTableView()
+    table_view.setModel(model)
+    assert panel.grey_not_assessable_rows(table_view, result) == len(result.not_assessable)
+    assert model.item(last, 0).foreground().color().getRgb()[:3] == (150, 150, 150)
+    assert model.item(0, 0).foreground().color().getRgb()[:3] != (150, 150, 150)
+
+    rows = panel.result_rows(result)
+    assert rows[0]["tumour"].startswith("patient (") and rows[-1]["predicted"] == "not assessable"
+    assert len(rows) == 1 + n_rows
