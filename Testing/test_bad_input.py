@@ -201,6 +201,17 @@ def world(tmp_path_factory, random_bundle):
         w[f"t_{name}"] = _write_manifest(root / "t" / f"{name}.csv", change(rows))
     w["t_norows"] = _write_manifest(root / "t" / "norows.csv", [], columns=list(base))
     w["t_notime"] = _write_manifest(root / "t" / "notime.csv", rows, columns=[c for c in base if c != "time_months"])
+    import pandas as pd
+
+    from TACEResponseLib.survival.deep_features import write_feature_table
+
+    table = pd.DataFrame(rng.normal(size=(30, 16)).astype(np.float32), index=[f"s{n}" for n in range(30)],
+                         columns=[f"arterial_f{j:04d}" for j in range(16)])
+    table.index.name = "case_id"
+    w["features"] = write_feature_table(table, root / "t" / "features_ok.csv", {"label": "random numbers, test only"})
+    w["t_oneevent"] = _write_manifest(root / "t" / "oneevent.csv",
+                                      [{**x, "event": int(n == 0)} for n, x in enumerate(rows)])
+    w["t_threerows"] = _write_manifest(root / "t" / "threerows.csv", rows[:2] + [{**rows[2], "event": 1}])
     features = root / "t" / "features.csv"
     features.write_text("case_id,arterial_f0000\ns0,abc\n")
     w["features_text"] = features
@@ -367,6 +378,11 @@ CASES = [
     ("signature-all-times-zero", FS + " --manifest {t_zerotimes}", "dir", ["time_months", "zero"]),
     ("signature-event-not-binary", FS + " --manifest {t_badevent}", "dir", ["event", "0 (censored) or 1"]),
     ("signature-duplicate-ids", FS + " --manifest {t_dupids}", "dir", ["duplicate case ids"]),
+    ("signature-one-event", FS + " --features {features} --clinical {t_oneevent}", "dir", ["1 death(s)"]),
+    ("signature-one-event-no-split", FS + " --features {features} --clinical {t_oneevent} --validation-fraction 0",
+     "dir", ["needs at least 5 deaths", "there are 1"]),
+    ("signature-three-rows", FS + " --features {features} --clinical {t_threerows}", "dir", ["among 3 patients"]),
+    ("survival-one-event", S + " --features {features} --clinical {t_oneevent}", "dir", ["1 death(s)"]),
     ("signature-no-rows", FS + " --manifest {t_norows}", "dir", ["no rows"]),
     ("signature-no-time-column", FS + " --manifest {t_notime}", "dir", ["time_months"]),
     ("signature-neither-manifest-nor-features", FS, "dir", ["--manifest", "--features"]),
