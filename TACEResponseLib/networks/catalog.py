@@ -76,12 +76,18 @@ def _registry_json(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 def read_registry(path: str | os.PathLike | None = None) -> list[RegistryEntry]:
     """Bundles listed in ``Resources/Models.json`` (empty list when the file is absent)."""
+    return _entries(path, "models", RegistryEntry)
+
+
+def _entries(path: str | os.PathLike | None, key: str, kind: type) -> list:
+    """The entries under ``key`` of Models.json as ``kind`` records; a malformed one is a BundleError."""
     entries = []
-    for entry in _registry_json(path).get("models", []):
+    for entry in _registry_json(path).get(key, []):
         try:
-            entries.append(RegistryEntry(**entry))
+            entries.append(kind(**entry))
         except TypeError as exc:
-            raise BundleError(f"{path or resources_dir() / 'Models.json'}: a model entry is malformed ({exc})") from None
+            raise BundleError(f"{path or resources_dir() / 'Models.json'}: bad {key} entry {entry.get('name')!r} "
+                              f"({exc})") from None
     return entries
 
 
@@ -159,13 +165,7 @@ def survival_model_sha256(model_file: str | os.PathLike) -> str:
 
 def read_survival_registry(path: str | os.PathLike | None = None) -> list[SurvivalRegistryEntry]:
     """Survival models listed under ``survival_models`` in ``Resources/Models.json`` (empty when none)."""
-    entries = []
-    for entry in _registry_json(path).get("survival_models", []):
-        try:
-            entries.append(SurvivalRegistryEntry(**entry))
-        except TypeError as exc:
-            raise BundleError(f"{path}: bad survival_models entry {entry.get('name')!r} ({exc})") from None
-    return entries
+    return _entries(path, "survival_models", SurvivalRegistryEntry)
 
 
 def verify_survival_model(entry: SurvivalRegistryEntry, base: Path | None = None) -> Path:
