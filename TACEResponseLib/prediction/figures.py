@@ -83,7 +83,8 @@ def save_prediction_png(
     bars.set_title(f"{tumour.label}: predicted {tumour.predicted_class}", fontsize=10, fontweight="bold")
     summary = overlay_summary(result)
     if summary:
-        figure.text(0.5, 0.045, summary, ha="center", fontsize=8, wrap=True)
+        figure.subplots_adjust(bottom=0.2)
+        figure.text(0.5, 0.04, summary, ha="center", fontsize=8, wrap=True)
     footer = result.warning if result.synthetic_model else "Research use only."
     figure.text(0.5, 0.0, f"{footer}  Model {result.bundle_id}.", ha="center", fontsize=8,
                 color="darkred" if result.synthetic_model else "black")
