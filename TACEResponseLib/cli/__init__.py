@@ -17,7 +17,7 @@ import sys
 from typing import Sequence
 
 from TACEResponseLib.cli import case_commands, survival_commands, training_commands
-from TACEResponseLib.cli.common import Command
+from TACEResponseLib.cli.common import ArgumentParser, Command
 from TACEResponseLib.core.errors import TACEResponseError
 
 logger = logging.getLogger("tace-response")
@@ -28,7 +28,7 @@ COMMANDS: list[Command] = [*case_commands.COMMANDS, *training_commands.COMMANDS,
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``tace-response`` with one sub-parser per :data:`COMMANDS` entry."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tace-response",
         description="Liver tumour response to TACE/HAIC and survival from pre-treatment CT/MRI. Research use only.",
     )
@@ -41,18 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """A message on one line (lists of problems joined with "; ")."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one sub-command; 0 on success, 2 with one ``error: …`` line for a user error."""
     for stream in (sys.stdout, sys.stderr):  # never crash on "→" or "—" in an ASCII-only terminal
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except TACEResponseError as exc:
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("numexpr").setLevel(logging.WARNING)  # "NumExpr defaulting to N threads" is noise here
     try:
         return int(args.func(args) or 0)
     except TACEResponseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith(("TACEResponseLib.training", "TACEResponseLib.demo")):

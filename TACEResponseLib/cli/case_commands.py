@@ -8,14 +8,23 @@ import logging
 from pathlib import Path
 
 from TACEResponseLib.cli.common import (
+    SEED,
     Command,
     case_arguments,
+    check_device,
+    check_inputs_exist,
+    island_arguments,
+    island_rule_from,
     name_value_pairs,
     nomogram_file,
+    number,
     patch_spec_arguments,
     patch_spec_from,
+    patient_rule_from,
     progress_printer,
 )
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.core.files import check_output_folder
 from TACEResponseLib.networks.catalog import default_bundle_name
 
 logger = logging.getLogger(__name__)
@@ -25,6 +34,10 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     """Write a SYNTHETIC phantom cohort with its manifest."""
     from TACEResponseLib.imaging.phantoms import make_cohort
 
+    check_output_folder(args.output)
+    if any(n < 16 for n in args.shape) or float(args.shape[0]) * args.shape[1] * args.shape[2] > 64e6:
+        raise InputError(f"--shape {' '.join(map(str, args.shape))}: each side must be ≥ 16 voxels and the volume "
+                         "at most 64 million voxels")
     manifest = make_cohort(args.cases, args.output, modality=args.modality, seed=args.seed,
                            shape_kji=tuple(args.shape), noise=args.noise)
     print(f"wrote {args.cases} SYNTHETIC {args.modality} phantom cases; manifest: {manifest}")
@@ -32,30 +45,44 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
-    """Cut patches for one case and write them as .npz (with provenance JSON) and PNG."""
+    """Cut patches for one case and write them as .npz (with provenance JSON) and PNG: one set per
+    assessable tumour of the segment (or of every segment), the others listed with their reason."""
     import numpy as np
 
-    from TACEResponseLib.core.files import write_json_atomic
-    from TACEResponseLib.imaging.patches import patches_for_case
-    from TACEResponseLib.imaging.segmentation import read_segmentation, segment_mask_on
+    from TACEResponseLib.core.files import atomic_paths
+    from TACEResponseLib.imaging.tumours import assess_tumours, tumour_rois
+    from TACEResponseLib.imaging.views import write_patch_montage
+    from TACEResponseLib.prediction.case import read_case_segmentation
     from TACEResponseLib.imaging.volume_io import read_phase_volumes
 
+    out = check_output_folder(args.output)
+    spec = patch_spec_from(args)
     images = read_phase_volumes(args.image)
-    segmentation = read_segmentation(args.segmentation)
-    segment = args.segment or (segmentation.segments[0].id if segmentation.segments else "")
-    mask = segment_mask_on(segmentation, segment, images[0])
-    (patches,) = patches_for_case(images, [mask], patch_spec_from(args), labels=[str(segment)])
-    from TACEResponseLib.imaging.views import write_patch_montage
+    segmentation = read_case_segmentation(args.segmentation)
+    rois = tumour_rois(segmentation, images[0], [args.segment] if args.segment else None, island_rule_from(args))
+    assessment = assess_tumours(images, rois, spec)
+    sets = assessment.assessed
+    skipped = [{"tumour": roi.label, "volume_ml": roi.volume_ml, "reason": reason, "detail": detail}
+               for roi, reason, detail in assessment.not_assessable]
+    if not sets:
+        raise assessment.error(f"{args.segmentation}")
+    out.mkdir(exist_ok=True)
+    tumours = []
+    for number_, (roi, patches) in enumerate(sets):
+        stem = "patches" if len(sets) == 1 else f"patches_{number_ + 1:02d}"
+        with atomic_paths([out / f"{stem}.npz"]) as (npz,):
+            with open(npz, "wb") as handle:
+                np.savez_compressed(handle, images=patches.images)
+        write_patch_montage(patches, images[0], out, stem, mask=roi.full_mask(images[0]))
+        tumours.append({"tumour": roi.label, "volume_ml": roi.volume_ml, "file": f"{stem}.npz",
+                        "provenance": [p.to_dict() for p in patches.provenance]})
+    from TACEResponseLib.core.files import write_json_atomic
 
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    write_patch_montage(patches, images[0], out, "patches", mask=mask)
-    write_json_atomic(out / "patches.json", {"spec": patches.spec.to_dict(),
-                                              "provenance": [p.to_dict() for p in patches.provenance]})
-    with open(out / "patches.npz.tmp", "wb") as handle:
-        np.savez_compressed(handle, images=patches.images)
-    (out / "patches.npz.tmp").replace(out / "patches.npz")
-    print(f"{len(patches)} patches of {patches.images.shape[1:]} → {out}")
+    write_json_atomic(out / "patches.json", {"spec": spec.to_dict(), "tumours": tumours, "not_assessable": skipped,
+                                              "provenance": tumours[0]["provenance"]})
+    total = sum(len(p) for _, p in sets)
+    print(f"{total} patches of {sets[0][1].images.shape[1:]} from {len(sets)} tumour(s) → {out}"
+          + (f"; {len(skipped)} not assessable (see patches.json)" if skipped else ""))
     return 0
 
 
@@ -64,6 +91,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     write result.json, heatmap, overlay, nomogram and survival-curve PNGs."""
     from TACEResponseLib.demo.case import run_demo
 
+    check_output_folder(args.output)
+    check_device(args.device)
+    from TACEResponseLib.networks.catalog import resolve_bundle
+
+    resolve_bundle(bundle_option(args.bundle))  # a missing or altered bundle fails before any case is written
     run_demo(args.output, seed=args.seed, bundle=args.bundle, nomogram=args.nomogram,
              survival=not args.no_survival, device=args.device, say=print)
     return 0
@@ -74,51 +106,92 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from TACEResponseLib.prediction.case import predict_case
     from TACEResponseLib.prediction.predictor import Predictor
 
+    check_output_folder(args.output)
+    check_device(args.device)
+    check_inputs_exist(image=args.image, segmentation=args.segmentation)
     survival_images = name_value_pairs(args.survival_image, "--survival-image")
+    clinical = name_value_pairs(args.clinical)
     nomogram = nomogram_file(args.nomogram)
-    predictor = Predictor(args.bundle or default_bundle_name(), device=args.device, cam_method=args.cam)
+    predictor = Predictor(bundle_option(args.bundle), device=args.device, cam_method=args.cam,
+                          patient_rule=patient_rule_from(args))
+    predictor.islands = island_rule_from(args, predictor.islands)
+    check_clinical_names(clinical, predictor.bundle, nomogram)
     result = predict_case(predictor, args.image, args.segmentation, args.output,
-                           segments=args.segment, clinical=name_value_pairs(args.clinical),
-                           case_id=args.case_id, nomogram=nomogram, progress=progress_printer(args.progress),
-                           survival_images=survival_images)
-    if args.png:
-        from TACEResponseLib.prediction.figures import write_overlay
-
-        write_overlay(result, args.image[0], args.segmentation, Path(args.output) / "overlay.png")
+                          segments=args.segment, clinical=clinical, case_id=args.case_id, nomogram=nomogram,
+                          progress=progress_printer(args.progress), survival_images=survival_images, overlay=args.png)
     if not args.progress:
         print("\n".join(result.summary_lines()))
     return 0
+
+
+def bundle_option(value: str | None) -> str:
+    """``--bundle``: the given folder or name; the demo model when the option is left out (not when empty)."""
+    if value is None:
+        return default_bundle_name()
+    if not str(value).strip():
+        raise InputError("--bundle: empty; give a bundle folder or a registered name (or leave the option out)")
+    return value
+
+
+def check_clinical_names(clinical: dict, bundle, nomogram) -> None:
+    """Refuse ``--clinical`` names that neither the model nor the survival model uses (a typo would
+    otherwise be ignored while the model says the real factor is missing)."""
+    known = {f.name for f in bundle.card.clinical_factors}
+    if nomogram is not None:
+        from TACEResponseLib.survival.model import load_survival_model
+
+        known |= set(load_survival_model(nomogram).clinical_variables)
+    unknown = sorted(set(clinical) - known)
+    if unknown:
+        raise InputError(f"--clinical {', '.join(unknown)}: not used by model {bundle.id}"
+                         + (" or the survival model" if nomogram is not None else "")
+                         + f"; it uses {', '.join(sorted(known)) or 'no clinical values'}")
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """Predict a cohort manifest (resumable; failing cases recorded, the batch goes on)."""
     from TACEResponseLib.prediction.batch import run_batch
 
-    summary = run_batch(args.manifest, args.bundle or default_bundle_name(), args.output, workers=args.workers,
-                        device=args.device, progress_bar=not args.no_progress)
+    check_output_folder(args.output)
+    check_device(args.device)
+    check_inputs_exist(manifest=args.manifest)
+    summary = run_batch(args.manifest, bundle_option(args.bundle), args.output, workers=args.workers,
+                        device=args.device, progress_bar=not args.no_progress, islands=island_rule_options(args),
+                        patient_rule=patient_rule_from(args), rows=args.rows)
     print(f"{summary.total} cases: {summary.done} predicted now, {summary.skipped} already done, "
           f"{summary.failed} failed → {summary.summary_csv}")
     return 0 if summary.failed == 0 else 1
 
 
+def island_rule_options(args: argparse.Namespace):
+    """The island options as given ({} when none: the bundle's training rule applies)."""
+    options = {}
+    if args.no_split_islands:
+        options["split"] = False
+    if args.min_island_ml is not None:
+        options["min_island_ml"] = args.min_island_ml
+    return options
+
+
 def _phantoms_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cases", type=int, default=20)
+    p.add_argument("--cases", type=number(int, 1, 100_000), default=20)
     p.add_argument("--output", required=True)
     p.add_argument("--modality", choices=["CT", "MR"], default="CT")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shape", type=int, nargs=3, default=(96, 128, 128), metavar=("K", "J", "I"))
-    p.add_argument("--noise", type=float, default=None)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--shape", type=number(int, 16, 2048), nargs=3, default=(96, 128, 128), metavar=("K", "J", "I"))
+    p.add_argument("--noise", type=number(float, 0, 1000), default=None, help="noise SD (HU for CT)")
 
 
 def _patches_args(p: argparse.ArgumentParser) -> None:
     case_arguments(p)
     patch_spec_arguments(p)
+    island_arguments(p, patient_rule=False)
     p.add_argument("--output", required=True)
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="demo-output")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=SEED, default=7)
     p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
     p.add_argument("--nomogram", default=None,
                    help="survival model (file, folder or registered name; default: the one registered for the bundle)")
@@ -146,15 +219,20 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cam", choices=["auto", "cam", "gradcam", "none"], default="auto")
     p.add_argument("--png", action="store_true", help="also write overlay.png")
     p.add_argument("--progress", action="store_true", help="print JSON progress lines (for the Slicer module)")
+    island_arguments(p)
 
 
 def _batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="CSV: case_id, one column per model input, segmentation, segment")
     p.add_argument("--bundle", default=None)
     p.add_argument("--output", required=True)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=number(int, 1, 256), default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--rows", choices=["case", "tumour"], default="case",
+                   help="summary.csv: one row per case (the patient-level answer) or per tumour (every tumour, "
+                        "not-assessable ones with their reason)")
+    island_arguments(p)
 
 
 COMMANDS = [

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from TACEResponseLib.core.errors import TACEResponseError
+from TACEResponseLib.core.errors import InputError, TACEResponseError
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,104 @@ class Command:
     help: str
 
 
+class UsageError(TACEResponseError):
+    """A command line argparse refuses (unknown option, bad value): one ``error:`` line, exit 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` instead of printing usage and exiting, so every
+    mistake on the command line is one ``error: …`` line like every other input error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def number(kind: type = float, low: float | None = None, high: float | None = None, *,
+           low_open: bool = False, high_open: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type`` for a finite int or float in ``[low, high]`` (``low_open`` / ``high_open``:
+    the bound itself excluded); the message says the range."""
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '≥'} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '≤'} {high:g}")
+    wanted = f"{'an integer' if kind is int else 'a number'}{' ' + ' and '.join(parts) if parts else ''}"
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or (
+                high is not None and (value >= high if high_open else value > high)):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in some messages
+    return convert
+
+
+def positive_int(text: str) -> int:
+    return number(int, 1)(text)
+
+
+def non_negative_int(text: str) -> int:
+    return number(int, 0)(text)
+
+
+#: a seed numpy and torch accept
+SEED = number(int, 0, 2**32 - 1)
+
+
+def island_arguments(parser: argparse.ArgumentParser, patient_rule: bool = True) -> None:
+    """``--min-island-ml``, ``--no-split-islands`` (and ``--patient-rule``): how segments become tumours."""
+    parser.add_argument("--min-island-ml", type=number(float, 0, 1e4), default=None, metavar="ML",
+                        help="smallest tumour (island) in ml; smaller ones are listed as not assessable "
+                             "(default: the model's training rule, else 0.05)")
+    parser.add_argument("--no-split-islands", action="store_true",
+                        help="one tumour per segment, its islands merged (default: one tumour per island)")
+    if patient_rule:
+        parser.add_argument("--patient-rule", choices=["target-lesions", "volume-weighted"], default=None,
+                            help="patient-level answer: target-lesions = the up-to-two largest assessable tumours, "
+                                 "mean over their patches (default); volume-weighted = all assessable tumours")
+
+
+def island_rule_from(args: argparse.Namespace, base: Any = None):
+    """The :class:`~TACEResponseLib.imaging.tumours.IslandRule` the options give, starting from
+    ``base`` (the model's rule; None: the default rule)."""
+    from TACEResponseLib.imaging.tumours import IslandRule
+
+    base = base or IslandRule()
+    split = False if getattr(args, "no_split_islands", False) else base.split
+    minimum = base.min_island_ml if getattr(args, "min_island_ml", None) is None else args.min_island_ml
+    return IslandRule(split=split, min_island_ml=minimum)
+
+
+def patient_rule_from(args: argparse.Namespace) -> str | None:
+    rule = getattr(args, "patient_rule", None)
+    return rule.replace("-", "_") if rule else None
+
+
+def check_device(device: str) -> str:
+    """``--device`` checked before any work (a GPU asked for and absent is an error now, not later)."""
+    from TACEResponseLib.networks.device import select_device
+
+    select_device(device)
+    return device
+
+
+def check_inputs_exist(**paths: str | Sequence[str] | None) -> None:
+    """Every named input path exists (``option=path`` or a list of paths); one error for the first missing."""
+    for option, value in paths.items():
+        for path in ([value] if isinstance(value, (str, Path)) else list(value or [])):
+            if path is None:
+                continue
+            if not str(path).strip():
+                raise InputError(f"--{option.replace('_', '-')}: empty path")
+            if not Path(path).exists():
+                raise InputError(f"{path}: file or folder does not exist (--{option.replace('_', '-')})")
+
+
 def case_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", action="append", required=True, metavar="PATH",
                         help="reference volume first, then other phases/sequences (NRRD, NIfTI or DICOM folder)")
@@ -33,12 +132,14 @@ def case_arguments(parser: argparse.ArgumentParser) -> None:
 
 def patch_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", choices=["largest_slice", "centroid"], default="largest_slice")
-    parser.add_argument("--size", type=int, default=224, help="patch size in pixels")
-    parser.add_argument("--fov-mm", type=float, default=None, help="centroid patch field of view (mm)")
-    parser.add_argument("--min-square-mm", type=float, default=8.0)
+    parser.add_argument("--size", type=number(int, 8, 1024), default=224, help="patch size in pixels (8–1024)")
+    parser.add_argument("--fov-mm", type=number(float, 0, 1000, low_open=True), default=None,
+                        help="centroid patch field of view (mm)")
+    parser.add_argument("--min-square-mm", type=number(float, 0, 500), default=8.0,
+                        help="smallest square (mm) a largest-slice patch may cover")
     parser.add_argument("--normalization", choices=["window", "percentile", "zscore"], default="window")
-    parser.add_argument("--window", type=float, nargs=2, default=(-160.0, 240.0), metavar=("LOW", "HIGH"),
-                        help="CT window in HU")
+    parser.add_argument("--window", type=number(float, -1e5, 1e5), nargs=2, default=(-160.0, 240.0),
+                        metavar=("LOW", "HIGH"), help="CT window in HU")
 
 
 def patch_spec_from(args: argparse.Namespace):

@@ -8,8 +8,17 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from TACEResponseLib.cli.common import Command
-from TACEResponseLib.core.errors import TACEResponseError
+from TACEResponseLib.cli.common import (
+    SEED,
+    Command,
+    check_device,
+    check_inputs_exist,
+    island_arguments,
+    island_rule_from,
+    number,
+)
+from TACEResponseLib.core.errors import InputError, TACEResponseError
+from TACEResponseLib.core.files import check_output_file, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -17,25 +26,28 @@ logger = logging.getLogger(__name__)
 def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phases", nargs="+", default=["arterial", "portal"], metavar="PHASE",
                    help="manifest image columns, one DenseNet feature block each (first = reference grid)")
-    p.add_argument("--size", type=int, default=224, help="centroid patch size in pixels (>= 32; paper: 224)")
-    p.add_argument("--fov-mm", type=float, default=None, help="patch field of view in mm (default: size native pixels)")
+    p.add_argument("--size", type=number(int, 32, 1024), default=224,
+                   help="centroid patch size in pixels (32–1024; paper: 224)")
+    p.add_argument("--fov-mm", type=number(float, 0, 1000, low_open=True), default=None,
+                   help="patch field of view in mm (default: size native pixels)")
     p.add_argument("--pretrained", default=None, metavar="FILE",
                    help="ImageNet DenseNet-121 state dict (torchvision layout); without it: seeded random init, "
                         "labelled 'random-init DenseNet features, SYNTHETIC demo'")
-    p.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation (no --pretrained)")
+    p.add_argument("--init-seed", type=SEED, default=0, help="seed of the random initialisation (no --pretrained)")
     p.add_argument("--perturb", choices=["none", "erode", "dilate", "reader2"], default=None,
                    help="ROI perturbation: erode/dilate in-plane, or reader2 = the manifest's segmentation_2")
-    p.add_argument("--perturb-voxels", type=int, default=1)
+    p.add_argument("--perturb-voxels", type=number(int, 1, 50), default=1)
     p.add_argument("--cache", default=None, metavar="DIR", help="per-case feature cache folder")
-    p.add_argument("--batch-size", type=int, default=16, help="patches per forward pass")
+    p.add_argument("--batch-size", type=number(int, 1, 4096), default=16, help="patches per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
 
 def _settings_from(args: argparse.Namespace):
     from TACEResponseLib.survival.deep_features import FeatureSettings
 
+    islands = island_rule_from(args) if hasattr(args, "no_split_islands") else None
     return FeatureSettings(phases=list(args.phases), size=args.size, fov_mm=args.fov_mm, pretrained=args.pretrained,
-                           seed=args.init_seed)
+                           seed=args.init_seed, islands=islands)
 
 
 def cmd_extract_features(args: argparse.Namespace) -> int:
@@ -46,9 +58,13 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
         write_feature_table,
     )
 
+    output = check_output_file(args.output)
+    if args.cache:
+        check_output_folder(args.cache, "--cache")
+    check_device(args.device)
+    check_inputs_exist(manifest=args.manifest, pretrained=args.pretrained)
     settings = _settings_from(args)
     cases = read_feature_manifest(args.manifest, settings.phases)
-    output = Path(args.output)
     cache = Path(args.cache) if args.cache else output.parent / "feature_cache"
     extractor = DeepFeatureExtractor(settings, cache_dir=cache, device=args.device, batch_size=args.batch_size,
                                      perturb_voxels=args.perturb_voxels)
@@ -88,6 +104,18 @@ def _survival_config(args: argparse.Namespace, covariates: Sequence[str]):
         n_boot=getattr(args, "n_boot", 1000), validation_fraction=args.validation_fraction, seed=args.seed,
         note=args.note or "",
     )
+
+
+def _check_signature_inputs(args: argparse.Namespace) -> None:
+    """Output folder, device and input files of ``survival`` / ``fit-signature``, before any work."""
+    check_output_folder(args.output)
+    if args.cache:
+        check_output_folder(args.cache, "--cache")
+    check_device(args.device)
+    check_inputs_exist(manifest=args.manifest, features=args.features, repeat=args.repeat, clinical=args.clinical,
+                       pretrained=args.pretrained)
+    if len(set(args.covariates if hasattr(args, "covariates") else [])) != len(getattr(args, "covariates", [])):
+        raise InputError(f"--covariates {' '.join(args.covariates)}: a covariate is listed twice")
 
 
 def _signature_inputs(args: argparse.Namespace) -> dict:
@@ -139,6 +167,7 @@ def cmd_survival(args: argparse.Namespace) -> int:
     """Zhang 2020 end to end: features → ICC → signature → Cox screen + stepwise AIC → nomograms → report."""
     from TACEResponseLib.survival.images import fit_image_nomogram, fit_image_signature
 
+    _check_signature_inputs(args)
     config = _survival_config(args, args.covariates)
     signature = fit_image_signature(args.output, config=config, **_signature_inputs(args))
     _print_signature(signature.stage)
@@ -150,6 +179,7 @@ def cmd_fit_signature(args: argparse.Namespace) -> int:
     """Deep features → ICC filter → mRMR → elastic-net Cox (5-fold CV) → signature.json (+ scores, split)."""
     from TACEResponseLib.survival.images import fit_image_signature
 
+    _check_signature_inputs(args)
     signature = fit_image_signature(args.output, config=_survival_config(args, []), **_signature_inputs(args))
     _print_signature(signature.stage)
     print(f"signature: {Path(args.output) / 'signature.json'} "
@@ -164,13 +194,15 @@ def cmd_fit_nomogram(args: argparse.Namespace) -> int:
     from TACEResponseLib.survival.fitting import SignatureStage
     from TACEResponseLib.survival.images import fit_image_nomogram
 
+    check_inputs_exist(signature=args.signature, clinical=args.clinical)
     source = Path(args.signature)
+    output = args.output or (source if source.is_dir() else source.parent)
+    check_output_folder(output)
     stage = SignatureStage.load(source)
     covariates = list(args.covariates)
     config = replace(stage.config, clinical_covariates=covariates, levels=_levels_from(args.levels, covariates),
                      n_boot=args.n_boot, seed=stage.config.seed if args.seed is None else args.seed)
-    result = fit_image_nomogram(stage, args.output or (source if source.is_dir() else source.parent),
-                                config=config, clinical=args.clinical)
+    result = fit_image_nomogram(stage, output, config=config, clinical=args.clinical)
     _print_signature(stage)
     _print_nomogram(result)
     return 0
@@ -180,6 +212,7 @@ def cmd_survival_cohort(args: argparse.Namespace) -> int:
     """Write a SYNTHETIC phantom survival cohort (images + segmentation + survival_cohort.csv)."""
     from TACEResponseLib.survival.cohort import make_survival_cohort
 
+    check_output_folder(args.output)
     cohort = make_survival_cohort(args.cases, args.output, seed=args.seed, shape_kji=tuple(args.shape),
                                   spacing_ijk=tuple(args.spacing))
     table = cohort.table
@@ -191,6 +224,7 @@ def _extract_features_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="CSV: case_id, one column per phase, segmentation, segment")
     p.add_argument("--output", required=True, help="feature CSV (metadata JSON written beside it)")
     _feature_settings_arguments(p)
+    island_arguments(p, patient_rule=False)
 
 
 def _signature_args(p: argparse.ArgumentParser) -> None:
@@ -201,11 +235,11 @@ def _signature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True)
     p.add_argument("--time-col", default="time_months")
     p.add_argument("--event-col", default="event")
-    p.add_argument("--icc-threshold", type=float, default=0.75)
+    p.add_argument("--icc-threshold", type=number(float, -1, 1), default=0.75)
     p.add_argument("--icc-kind", choices=["ICC(2,1)", "ICC(3,1)"], default="ICC(2,1)")
-    p.add_argument("--max-features", type=int, default=10, help="signature size limit")
-    p.add_argument("--validation-fraction", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-features", type=number(int, 1, 10_000), default=10, help="signature size limit")
+    p.add_argument("--validation-fraction", type=number(float, 0, 1, high_open=True), default=0.3)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--note", default=None, help="shown on every figure (e.g. 'SYNTHETIC phantom cohort')")
     _feature_settings_arguments(p)
 
@@ -214,7 +248,7 @@ def _nomogram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--covariates", nargs="+", default=["BCLC", "ALT", "AFP", "tumour_size", "Child_Pugh"])
     p.add_argument("--levels", action="append", metavar="NAME=A,B,C",
                    help="category labels in code order (default: BCLC=A,B,C and Child_Pugh=A,B,C)")
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
 
 
 def _survival_args(p: argparse.ArgumentParser) -> None:
@@ -226,16 +260,16 @@ def _fit_nomogram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signature", required=True, metavar="DIR", help="the folder fit-signature wrote")
     p.add_argument("--clinical", default=None, help="clinical CSV (default: the table the signature was fitted with)")
     p.add_argument("--output", default=None, help="report folder (default: the signature's folder)")
-    p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: the signature's seed)")
+    p.add_argument("--seed", type=SEED, default=None, help="bootstrap seed (default: the signature's seed)")
     _nomogram_args(p)
 
 
 def _survival_cohort_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cases", type=int, default=150)
+    p.add_argument("--cases", type=number(int, 1, 100_000), default=150)
     p.add_argument("--output", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64), metavar=("K", "J", "I"))
-    p.add_argument("--spacing", type=float, nargs=3, default=(2.0, 2.0, 2.0), metavar=("I", "J", "K"))
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--shape", type=number(int, 16, 1024), nargs=3, default=(64, 64, 64), metavar=("K", "J", "I"))
+    p.add_argument("--spacing", type=number(float, 0.05, 30), nargs=3, default=(2.0, 2.0, 2.0), metavar=("I", "J", "K"))
 
 
 def cmd_make_demo_survival_model(args: argparse.Namespace) -> int:
@@ -264,11 +298,11 @@ def _make_demo_survival_model_args(p: argparse.ArgumentParser) -> None:
                    help="phantom cohort, feature cache and the full report (not shipped)")
     p.add_argument("--output", default="Resources/Models/TACEResponse-demo-synthetic-survival")
     p.add_argument("--registry", default=None, help="Models.json to update (default: Resources/Models.json)")
-    p.add_argument("--cases", type=int, default=200, help="SYNTHETIC phantoms in the cohort")
-    p.add_argument("--seed", type=int, default=2000, help="first phantom seed (and the clinical/survival draw)")
-    p.add_argument("--workers", type=int, default=2, help="processes making the phantoms")
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=None, help="torch threads for the DenseNet features")
+    p.add_argument("--cases", type=number(int, 20, 100_000), default=200, help="SYNTHETIC phantoms in the cohort")
+    p.add_argument("--seed", type=SEED, default=2000, help="first phantom seed (and the clinical/survival draw)")
+    p.add_argument("--workers", type=number(int, 1, 256), default=2, help="processes making the phantoms")
+    p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--threads", type=number(int, 1, 1024), default=None, help="torch threads for the DenseNet features")
     p.add_argument("--device", default="cpu", help="cpu keeps the model reproducible")
 
 

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
-from TACEResponseLib.cli.common import Command, name_value_pairs, patch_spec_arguments
+from TACEResponseLib.cli.common import (
+    SEED,
+    Command,
+    check_device,
+    check_inputs_exist,
+    island_arguments,
+    island_rule_from,
+    name_value_pairs,
+    number,
+    patch_spec_arguments,
+    patient_rule_from,
+)
 from TACEResponseLib.core.errors import TACEResponseError
-from TACEResponseLib.networks.catalog import default_bundle_name
+from TACEResponseLib.core.files import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +37,8 @@ def _train_config_from(args: argparse.Namespace):
             low, high = (float(v) for v in value.split(":"))
         except ValueError:
             raise TACEResponseError(f"--clinical-range {name}={value}: expected MIN:MAX") from None
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise TACEResponseError(f"--clinical-range {name}={value}: expected finite MIN < MAX")
         ranges[name] = (low, high)
     spec = PatchSpec(strategy=args.strategy, size=args.size, fov_mm=args.fov_mm, min_square_mm=args.min_square_mm,
                      normalization=args.normalization, window=tuple(args.window), n_slices=args.n_slices)
@@ -40,14 +54,21 @@ def _train_config_from(args: argparse.Namespace):
         balance=not args.no_balance, augment=not args.no_augment, pretrained=args.pretrained, freeze=freeze,
         device=args.device, threads=args.threads, weights_dtype=args.weights_dtype, synthetic=args.synthetic,
         name=args.name or Path(args.output).name, version=args.version, description=args.description or "",
-        n_bootstrap=args.bootstrap)
+        n_bootstrap=args.bootstrap, islands=island_rule_from(args),
+        patient_rule=patient_rule_from(args) or "target_lesions")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a response network from a cohort manifest and write a model bundle."""
     from TACEResponseLib.training.train import train
 
-    result = train(args.manifest, args.output, _train_config_from(args), work_dir=args.work_dir,
+    check_output_folder(args.output)
+    if args.work_dir:
+        check_output_folder(args.work_dir, "--work-dir")
+    check_device(args.device)
+    check_inputs_exist(manifest=args.manifest, pretrained=args.pretrained)
+    config = _train_config_from(args)
+    result = train(args.manifest, args.output, config, work_dir=args.work_dir,
                    resume=args.resume, progress_bar=not args.no_progress)
     card = result.bundle.card
     print(f"bundle {card.name}@{card.version} → {result.bundle.path}  ({result.epochs_run} epochs, best "
@@ -66,11 +87,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a labelled cohort: report.json, predictions.csv and PNG figures."""
+    from TACEResponseLib.cli.case_commands import bundle_option
+    from TACEResponseLib.networks.catalog import resolve_bundle
+    from TACEResponseLib.prediction.predictor import tumour_rule_of
     from TACEResponseLib.training.evaluation import evaluate_bundle
 
-    report = evaluate_bundle(args.bundle or default_bundle_name(), args.manifest, args.output,
-                             n_bootstrap=args.bootstrap, seed=args.seed, device=args.device,
-                             progress_bar=not args.no_progress)
+    check_output_folder(args.output)
+    check_device(args.device)
+    check_inputs_exist(manifest=args.manifest)
+    bundle = resolve_bundle(bundle_option(args.bundle))
+    islands, _ = tumour_rule_of(bundle)
+    report = evaluate_bundle(bundle, args.manifest, args.output, n_bootstrap=args.bootstrap, seed=args.seed,
+                             device=args.device, progress_bar=not args.no_progress,
+                             islands=island_rule_from(args, islands), patient_rule=patient_rule_from(args))
     print("\n".join(report.summary_lines()))
     for case_id, error in report.failed.items():
         print(f"failed: {case_id}: {error}", file=sys.stderr)
@@ -103,21 +132,21 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=["mrecist", "responder"], default="mrecist",
                    help="mrecist: labels CR/PR/SD/PD; responder: labels responder/non-responder")
     patch_spec_arguments(p)
-    p.add_argument("--n-slices", type=int, default=3, help="patches per tumour (largest slice + nearest)")
+    p.add_argument("--n-slices", type=number(int, 1, 64), default=3, help="patches per tumour (largest slice + nearest)")
     p.add_argument("--clinical", action="append", default=None, metavar="COLUMN",
                    help="clinical factor column (repeatable; needs --architecture fusion)")
     p.add_argument("--clinical-range", action="append", default=None, metavar="NAME=MIN:MAX",
                    help="accepted range of a clinical factor (default: the range in the cohort)")
     p.add_argument("--clinical-unit", action="append", default=None, metavar="NAME=UNIT")
-    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--validation-fraction", type=number(float, 0, 1, high_open=True), default=0.2)
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (Peng 2019: 1e-4 with SGD)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=54)
-    p.add_argument("--patience", type=int, default=10, help="early stopping: epochs without validation-loss gain")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=number(float, 0, 10, low_open=True), default=1e-4, help="learning rate (Peng 2019: 1e-4 with SGD)")
+    p.add_argument("--momentum", type=number(float, 0, 1, high_open=True), default=0.9)
+    p.add_argument("--weight-decay", type=number(float, 0, 1), default=0.0)
+    p.add_argument("--batch-size", type=number(int, 2, 4096), default=64)
+    p.add_argument("--epochs", type=number(int, 1, 100_000), default=54)
+    p.add_argument("--patience", type=number(int, 1, 100_000), default=10, help="early stopping: epochs without validation-loss gain")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--no-balance", action="store_true", help="no class balancing by augmentation")
     p.add_argument("--no-augment", action="store_true", help="no random flips/rotations per epoch")
     p.add_argument("--pretrained", default=None, metavar="FILE", help="ImageNet state dict (torchvision layout)")
@@ -132,28 +161,31 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default=None, help="checkpoint + patch cache (default: OUTPUT.work)")
     p.add_argument("--resume", action="store_true", help="continue from the work dir's checkpoint")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for validation CIs")
+    p.add_argument("--threads", type=number(int, 1, 1024), default=None)
+    p.add_argument("--bootstrap", type=number(int, 0, 1_000_000), default=1000,
+                   help="bootstrap resamples for validation CIs")
     p.add_argument("--no-progress", action="store_true")
+    island_arguments(p)
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
     p.add_argument("--manifest", required=True, help="labelled cohort CSV")
     p.add_argument("--output", required=True, help="folder for report.json, predictions.csv and PNGs")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    island_arguments(p)
 
 
 def _make_demo_bundle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default="build/demo-bundle", help="phantom cohorts, checkpoint, evaluation")
     p.add_argument("--output", default="Resources/Models/TACEResponse-demo-synthetic-ct")
     p.add_argument("--registry", default=None, help="Models.json to update (default: Resources/Models.json)")
-    p.add_argument("--train-cases", type=int, default=80)
-    p.add_argument("--held-out-cases", type=int, default=40)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--train-cases", type=number(int, 4, 100_000), default=80)
+    p.add_argument("--held-out-cases", type=number(int, 2, 100_000), default=40)
+    p.add_argument("--threads", type=number(int, 1, 1024), default=None)
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -30,6 +30,16 @@ _UMASK = os.umask(0)  # read the process umask (the only way) and put it back at
 os.umask(_UMASK)
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A new empty file beside ``path`` (hidden, same suffix, readable like any file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be as readable as any file
+    return Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -38,18 +48,72 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     (SimpleITK, matplotlib) still pick the right format.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be as readable as any file
+    tmp_path = _temporary_beside(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: Iterable[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Temporary paths for files that belong together, renamed onto ``paths`` in order (put the
+    file whose presence means "complete" last) only when the block succeeds. On failure no
+    final file is touched, so a previous result stays whole."""
+    finals = [Path(p) for p in paths]
+    temporaries: list[Path] = []
+    try:
+        for path in finals:
+            temporaries.append(_temporary_beside(path))
+        yield temporaries
+        for tmp, path in zip(temporaries, finals):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temporaries:
+            if tmp.exists():
+                tmp.unlink()
+
+
+# --- output locations ---------------------------------------------------------------------
+def _probe_writable(folder: Path, what: str) -> None:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {folder}: cannot write there ({exc.strerror or exc})") from None
+
+
+def check_output_folder(path: str | os.PathLike | None, what: str = "--output") -> Path:
+    """The output folder, refused before any work when it cannot be used: not given, a file,
+    under a missing parent folder, or not writable. Nothing is created."""
+    text = "" if path is None else str(path)
+    if not text.strip():
+        raise InputError(f"{what}: no output folder given")
+    folder = Path(text)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{what} {folder}: is a file, not a folder")
+    existing = folder if folder.exists() else folder.parent
+    if not existing.is_dir():
+        raise InputError(f"{what} {folder}: its parent folder {existing} does not exist; create it first")
+    _probe_writable(existing, what)
+    return folder
+
+
+def check_output_file(path: str | os.PathLike | None, what: str = "--output") -> Path:
+    """An output file path, refused before any work when it cannot be written: not given, a
+    folder, under a missing parent folder, or in a folder that is not writable."""
+    text = "" if path is None else str(path)
+    if not text.strip():
+        raise InputError(f"{what}: no output file given")
+    target = Path(text)
+    if target.is_dir():
+        raise InputError(f"{what} {target}: is a folder; give a file name")
+    if not target.parent.is_dir():
+        raise InputError(f"{what} {target}: its folder {target.parent} does not exist; create it first")
+    _probe_writable(target.parent, what)
+    return target
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -385,16 +385,7 @@ def show_prediction(scene, result, heatmap: Volume | None, reference_node=None, 
         set_heatmap_display(nodes.heatmap_node, True, opacity, colormap)
     if nodes.table_node is None:
         nodes.table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{result.case_id} TACE response")
-    class_names = result.tumours[0].class_names if result.tumours else []
-    columns: list[tuple[str, list, str]] = [
-        ("Tumour", [t.label for t in result.tumours], "string"),
-        ("Segment ID", [t.segment_id for t in result.tumours], "string"),
-        ("Predicted", [t.predicted_class for t in result.tumours], "string"),
-    ]
-    columns += [(f"P({c})", [t.probabilities[i] for t in result.tumours], "double") for i, c in enumerate(class_names)]
-    columns += [("P(objective response)", [t.objective_response_probability for t in result.tumours], "double"),
-                ("Volume (ml)", [t.volume_ml for t in result.tumours], "double")]
-    fill_table_node(nodes.table_node, columns)
+    fill_table_node(nodes.table_node, prediction_table_columns(result))
     nodes.table_node.SetAttribute(RESULT_ATTRIBUTE, json.dumps(result.to_dict()))
     if result.synthetic_model:
         nodes.table_node.SetAttribute("TACEResponse.Warning", result.warning)
@@ -402,6 +393,28 @@ def show_prediction(scene, result, heatmap: Volume | None, reference_node=None, 
         nodes.survival_table_node, nodes.survival_chart_node = show_survival(
             scene, result.survival, nodes.survival_table_node, nodes.survival_chart_node, title=result.case_id)
     return nodes
+
+
+def prediction_table_columns(result) -> list[tuple[str, list, str]]:
+    """The per-tumour table: predicted tumours, then the not-assessable ones (empty probabilities,
+    "not assessable" as their class, the reason in its column); "Patient answer" marks the tumours
+    the patient-level answer used."""
+    predicted, skipped = list(result.tumours), list(result.not_assessable)
+    class_names = predicted[0].class_names if predicted else []
+    used = set(result.patient.tumours) if result.patient is not None else set()
+    blank = [None] * len(skipped)
+    columns: list[tuple[str, list, str]] = [
+        ("Tumour", [t.label for t in predicted] + [t.label for t in skipped], "string"),
+        ("Segment ID", [t.segment_id for t in predicted] + [t.segment_id for t in skipped], "string"),
+        ("Predicted", [t.predicted_class for t in predicted] + ["not assessable"] * len(skipped), "string"),
+    ]
+    columns += [(f"P({c})", [t.probabilities[i] for t in predicted] + blank, "double") for i, c in enumerate(class_names)]
+    columns += [("P(objective response)", [t.objective_response_probability for t in predicted] + blank, "double"),
+                ("Volume (ml)", [t.volume_ml for t in predicted] + [t.volume_ml for t in skipped], "double"),
+                ("Patient answer", ["yes" if t.label in used else "" for t in predicted] + [""] * len(skipped),
+                 "string"),
+                ("Reason", ["; ".join(t.notes) for t in predicted] + [t.detail for t in skipped], "string")]
+    return columns
 
 
 PLOT_VIEW_LAYOUT_NAME = "TACEResponse"

@@ -22,6 +22,7 @@ The patch is sampled through that same affine, so provenance and pixels cannot d
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Sequence
 
@@ -40,6 +41,9 @@ from TACEResponseLib.imaging.geometry import (
 logger = logging.getLogger(__name__)
 
 Strategy = Literal["largest_slice", "centroid"]
+
+#: largest patch side in pixels (a 1024² patch is already 4× what the published networks take)
+MAX_PATCH_SIZE = 1024
 Normalization = Literal["window", "percentile", "zscore"]
 SinglePhaseChannels = Literal["repeat", "neighbours"]
 
@@ -67,10 +71,17 @@ class PatchSpec(JsonRecord):
             raise InputError(f"normalization must be window, percentile or zscore, got {self.normalization!r}")
         if self.single_phase_channels not in ("repeat", "neighbours"):
             raise InputError(f"single_phase_channels must be 'repeat' or 'neighbours', got {self.single_phase_channels!r}")
-        if self.size < 8 or self.n_slices < 1 or self.n_channels < 1:
-            raise InputError(f"patch size ≥ 8, n_slices ≥ 1 and n_channels ≥ 1 needed, got {self}")
-        if self.window[1] <= self.window[0]:
+        if not (8 <= self.size <= MAX_PATCH_SIZE) or self.n_slices < 1 or self.n_channels < 1:
+            raise InputError(f"patch size must be 8–{MAX_PATCH_SIZE} pixels, n_slices ≥ 1 and n_channels ≥ 1; "
+                             f"got size {self.size}, n_slices {self.n_slices}, n_channels {self.n_channels}")
+        if not (math.isfinite(float(self.min_square_mm)) and self.min_square_mm >= 0):
+            raise InputError(f"minimum square must be a number of mm ≥ 0, got {self.min_square_mm!r}")
+        if self.fov_mm is not None and not (math.isfinite(float(self.fov_mm)) and self.fov_mm > 0):
+            raise InputError(f"patch field of view must be a positive number of mm, got {self.fov_mm!r}")
+        if not all(math.isfinite(float(v)) for v in self.window) or self.window[1] <= self.window[0]:
             raise InputError(f"intensity window must be (low, high) with low < high, got {self.window}")
+        if not (0 <= self.percentiles[0] < self.percentiles[1] <= 100):
+            raise InputError(f"percentiles must be (low, high) with 0 ≤ low < high ≤ 100, got {self.percentiles}")
         self.window = (float(self.window[0]), float(self.window[1]))
         self.percentiles = (float(self.percentiles[0]), float(self.percentiles[1]))
 
@@ -270,15 +281,21 @@ def _sample(image: np.ndarray, slice_axis: int, patch_to_ijk: np.ndarray, size: 
     return values.reshape(size, size).astype(np.float32)
 
 
-def _normalizer(spec: PatchSpec, image: np.ndarray, mask: np.ndarray, label: str):
-    """Return f(x) → normalised x for one phase, per the spec."""
+def _percentile_bounds(spec: PatchSpec, image: np.ndarray, label: str) -> tuple[float, float]:
+    step = max(1, int(round((image.size / 2_000_000) ** (1 / 3))))  # ~2 M voxels is plenty
+    lo, hi = np.percentile(image[::step, ::step, ::step], spec.percentiles)
+    if hi <= lo:
+        raise InputError(f"{label}: intensities are constant (percentiles {spec.percentiles} give {lo}); blank image?")
+    return float(lo), float(hi)
+
+
+def _normalizer(spec: PatchSpec, image: np.ndarray, mask: np.ndarray, label: str,
+                bounds: tuple[float, float] | None = None):
+    """Return f(x) → normalised x for one phase, per the spec (``bounds``: precomputed percentiles)."""
     if spec.normalization == "window":
         lo, hi = spec.window
     elif spec.normalization == "percentile":
-        step = max(1, int(round((image.size / 2_000_000) ** (1 / 3))))  # ~2 M voxels is plenty
-        lo, hi = np.percentile(image[::step, ::step, ::step], spec.percentiles)
-        if hi <= lo:
-            raise InputError(f"{label}: intensities are constant (percentiles {spec.percentiles} give {lo}); blank image?")
+        lo, hi = bounds if bounds is not None else _percentile_bounds(spec, image, label)
     else:
         values = image[mask > 0].astype(np.float64)
         mean, std = float(values.mean()), float(values.std())
@@ -290,17 +307,57 @@ def _normalizer(spec: PatchSpec, image: np.ndarray, mask: np.ndarray, label: str
     return lambda x: np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+class NotAssessableError(InputError):
+    """No patch can be cut from this tumour; ``reason`` is a short code, the message says why.
+
+    Codes: ``empty``, ``no_square`` (no square of the minimum size fits), ``image_edge`` (the
+    patch would leave the image), ``outside_fov`` (outside another phase's field of view),
+    ``constant`` (a phase is constant inside the tumour).
+    """
+
+    def __init__(self, label: str, reason: str, detail: str) -> None:
+        super().__init__(f"{label}: {detail}")
+        self.label = label
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class NotAssessable:
+    """Why a tumour gives no patch (the not-assessable row of a result)."""
+
+    label: str
+    reason: str
+    detail: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.label}: {self.detail}"
+
+
 def extract_patches(
     images: Sequence[Volume],
     mask: Volume,
     spec: PatchSpec | None = None,
     label: str = "ROI",
+    edges: Literal["replicate", "refuse"] = "replicate",
+    bounds: Sequence[tuple[float, float] | None] | None = None,
 ) -> PatchSet:
     """Cut patches from co-registered ``images`` (first = reference) inside ``mask``.
 
     All images and the mask must share the reference grid (resample first with
     :func:`TACEResponseLib.imaging.geometry.resample_to_reference`). One channel per image; a single
     image gives ``spec.n_channels`` repeated channels or the slice and its two neighbours.
+
+    Args:
+        edges: ``"replicate"`` samples beyond the image as its edge pixels; ``"refuse"`` (what
+            prediction and training use) skips largest slices whose neighbour channels would
+            leave the image and refuses a centroid field of view that leaves it.
+        bounds: precomputed percentile bounds per image (``percentile`` normalisation).
+
+    Raises:
+        NotAssessableError: the mask is empty, no square of ``spec.min_square_mm`` fits, or
+            the patch would leave the image (``edges="refuse"``).
     """
     spec = spec or PatchSpec()
     if not images:
@@ -316,17 +373,24 @@ def extract_patches(
     if not mask.same_geometry(reference):
         raise InputError(f"{label}: mask is not on the reference volume's grid; resample it first")
     if not np.any(mask.array):
-        raise InputError(f"{label}: segment is empty; draw the tumour first")
+        raise NotAssessableError(label, "empty", "segment is empty; draw the tumour first")
 
     slice_axis = reference.array_axis_for(spec.axis)
     areas = roi_slice_areas(mask, slice_axis)
     row_mm, col_mm = _plane_spacing(reference, slice_axis)
-    normalizers = [_normalizer(spec, img.array, mask.array, img.name or f"phase {n}") for n, img in enumerate(images)]
+    bounds = list(bounds) if bounds is not None else [None] * len(images)
+    normalizers = [_normalizer(spec, img.array, mask.array, img.name or f"phase {n}", bounds[n])
+                   for n, img in enumerate(images)]
+    n_planes = reference.shape_kji[slice_axis]
+    needs_neighbours = len(images) == 1 and spec.single_phase_channels == "neighbours"
 
     plans: list[tuple[int, tuple[float, float, float, float], tuple[int, int, int, int] | None]] = []
     if spec.strategy == "largest_slice":
-        best_side = 0.0
+        best_side, at_edge = 0.0, 0
         for slice_index in nearest_roi_slices(areas, int(np.count_nonzero(areas))):
+            if edges == "refuse" and needs_neighbours and not 0 < slice_index < n_planes - 1:
+                at_edge += 1
+                continue
             plane = np.take(mask.array, slice_index, axis=slice_axis) > 0
             box = largest_square(plane, (row_mm, col_mm))
             if box is None:
@@ -339,10 +403,13 @@ def extract_patches(
             if len(plans) == spec.n_slices:
                 break
         if not plans:
-            raise InputError(
-                f"{label}: the largest square inside the ROI is {best_side:.1f} mm, smaller than the "
-                f"minimum of {spec.min_square_mm:g} mm; is the tumour segmented completely?"
-            )
+            if at_edge == int(np.count_nonzero(areas)):
+                raise NotAssessableError(label, "image_edge", "touches the first or last slice of the image: the "
+                                         "neighbouring-slice channels of its patches would leave the image")
+            raise NotAssessableError(
+                label, "no_square",
+                f"the largest square inside the ROI is {best_side:.1f} mm, smaller than the minimum of "
+                f"{spec.min_square_mm:g} mm; is the tumour segmented completely?")
     else:
         slice_index = int(np.argmax(areas))
         plane = np.take(mask.array, slice_index, axis=slice_axis) > 0
@@ -350,7 +417,14 @@ def extract_patches(
         centre_r, centre_c = float(r_idx.mean()), float(c_idx.mean())
         h = spec.fov_mm / row_mm if spec.fov_mm else float(spec.size)
         w = spec.fov_mm / col_mm if spec.fov_mm else float(spec.size)
-        plans.append((slice_index, (centre_r - h / 2 + 0.5, centre_c - w / 2 + 0.5, h, w), None))
+        r0, c0 = centre_r - h / 2 + 0.5, centre_c - w / 2 + 0.5
+        if edges == "refuse":
+            rows, cols = (reference.shape_kji[a] for a in _plane_axes(slice_axis))
+            if r0 < -1e-6 or c0 < -1e-6 or r0 + h > rows + 1e-6 or c0 + w > cols + 1e-6 or (
+                    needs_neighbours and not 0 < slice_index < n_planes - 1):
+                raise NotAssessableError(label, "image_edge", f"too near the image edge: the {h * row_mm:.0f} mm "
+                                         "field of view around its centroid would leave the image")
+        plans.append((slice_index, (r0, c0, h, w), None))
 
     channel_names: list[str] = []
     patches, provenance = [], []
@@ -403,20 +477,46 @@ def working_margin_kji(reference: Volume, spec: PatchSpec, context_mm: float = 2
     return margin
 
 
-def patches_for_case(
+def grid_offset(mask: Volume, reference: Volume) -> np.ndarray | None:
+    """Index ``(k, j, i)`` of ``mask``'s first voxel in ``reference`` when ``mask`` is (a box of)
+    the reference grid — same spacing and directions, origin on a reference voxel — else None."""
+    if mask.same_geometry(reference):
+        return np.zeros(3, int)
+    if not np.allclose(mask.ijk_to_ras[:3, :3], reference.ijk_to_ras[:3, :3], atol=1e-6):
+        return None
+    ijk = reference.ras_to_ijk_points(mask.origin[None])[0]
+    if not np.allclose(ijk, np.round(ijk), atol=1e-4):
+        return None
+    offset = np.round(ijk).astype(int)[::-1]
+    if np.any(offset < 0) or np.any(offset + np.asarray(mask.shape_kji) > np.asarray(reference.shape_kji)):
+        return None
+    return offset
+
+
+def _coverage(image: Volume, region: Volume) -> np.ndarray:
+    """1 where a voxel of ``region`` lies inside ``image``'s field of view, else 0 (uint8)."""
+    ones = image.with_array(np.ones(image.shape_kji, np.uint8))
+    return resample_to_reference(ones, region, interpolation="nearest").array
+
+
+def assess_patches(
     images: Sequence[Volume],
     masks: Sequence[Volume],
     spec: PatchSpec,
     labels: Sequence[str] | None = None,
     timings: dict[str, float] | None = None,
-) -> list[PatchSet]:
-    """Patches of each ROI from co-registered images on any grids (first = reference).
+) -> list[PatchSet | NotAssessable]:
+    """Patches of each tumour from co-registered images on any grids (first = reference), or why
+    there are none.
 
-    Only the region around the ROIs is resampled (the ROIs' bounding box plus
-    :func:`working_margin_kji`), which makes a 512×512×300 secondary phase cost what a small
-    crop costs. Percentile normalisation therefore uses that region. The provenance is
-    expressed on the full reference grid. ``masks`` must lie on the reference grid.
-    ``timings`` (if given) receives the seconds spent resampling and cutting patches.
+    Each of ``masks`` lies on the reference grid or on a box of it (a crop with the same
+    spacing and directions). Only the region around the tumours is resampled (their bounding
+    box plus :func:`working_margin_kji`), which makes a 512×512×300 secondary phase cost what a
+    small crop costs; percentile normalisation uses that region. The provenance is expressed on
+    the full reference grid. A tumour gives a :class:`NotAssessable` (never an exception) when
+    it is empty, no square of the minimum size fits, its patch would leave the image, a patch
+    leaves another phase's field of view, or a phase is constant inside it. ``timings`` (if
+    given) receives the seconds spent resampling and cutting patches.
     """
     import time
 
@@ -425,24 +525,104 @@ def patches_for_case(
         raise InputError("no image given to cut patches from")
     reference = check_volume(images[0], label=images[0].name or "reference volume")
     labels = list(labels or [f"ROI {n + 1}" for n in range(len(masks))])
-    union = np.zeros(reference.shape_kji, bool)
+    boxes: list[tuple[np.ndarray, np.ndarray] | None] = []
     for mask, label in zip(masks, labels):
-        if not mask.same_geometry(reference):
+        offset = grid_offset(mask, reference)
+        if offset is None:
             raise InputError(f"{label}: mask is not on the reference volume's grid; resample it first")
-        if not np.any(mask.array):
-            raise InputError(f"{label}: segment is empty; draw the tumour first")
-        union |= mask.array > 0
-    lo, hi = bounding_box(union, working_margin_kji(reference, spec))
+        present = mask.array > 0
+        if not present.any():
+            boxes.append(None)
+            continue
+        lo, hi = bounding_box(present)
+        boxes.append((lo + offset, hi + offset))
+    outcomes: list[PatchSet | NotAssessable | None] = [
+        None if box is not None else NotAssessable(label, "empty", "segment is empty; draw the tumour first")
+        for box, label in zip(boxes, labels)]
+    present_boxes = [b for b in boxes if b is not None]
+    if not present_boxes:
+        return outcomes  # type: ignore[return-value]
+    margin = working_margin_kji(reference, spec)
+    shape = np.asarray(reference.shape_kji)
+    lo = np.clip(np.min([b[0] for b in present_boxes], axis=0) - margin, 0, shape)
+    hi = np.clip(np.max([b[1] for b in present_boxes], axis=0) + margin, 0, shape)
     region = crop(reference, lo, hi)
-    aligned = [region]
+    aligned, coverage = [region], [None]
     for n, image in enumerate(images[1:], start=1):
-        label = image.name or f"phase {n}"
-        check_volume(image, label=label)
-        aligned.append(crop(image, lo, hi) if image.same_geometry(reference) else resample_to_reference(image, region))
+        check_volume(image, label=image.name or f"phase {n}")
+        if image.same_geometry(reference):
+            aligned.append(crop(image, lo, hi))
+            coverage.append(None)
+        else:
+            aligned.append(resample_to_reference(image, region))
+            coverage.append(_coverage(image, region))
+    bounds = [_percentile_bounds(spec, img.array, img.name or f"phase {n}") if spec.normalization == "percentile"
+              else None for n, img in enumerate(aligned)]
     resampled = time.perf_counter()
-    sets = [extract_patches(aligned, crop(mask, lo, hi), spec, label=label).translated(lo)
-            for mask, label in zip(masks, labels)]
+    for n, (mask, label, box) in enumerate(zip(masks, labels, boxes)):
+        if box is None:
+            continue
+        # the tumour's own working box inside the region: what the region would give its patches
+        t_lo = np.maximum(box[0] - margin, lo) - lo
+        t_hi = np.minimum(box[1] + margin, hi) - lo
+        local = np.zeros(tuple(t_hi - t_lo), np.uint8)
+        offset = grid_offset(mask, reference)
+        src_lo = np.maximum(lo + t_lo - offset, 0)
+        src_hi = np.minimum(lo + t_hi - offset, np.asarray(mask.shape_kji))
+        dst_lo = offset + src_lo - lo - t_lo
+        dst_hi = dst_lo + (src_hi - src_lo)
+        local[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
+            mask.array[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]] > 0
+        parts = [crop(img, t_lo, t_hi) for img in aligned]
+        local_mask = parts[0].with_array(local, name=label)
+        outcomes[n] = _assess_one(parts, local_mask, spec, label, bounds,
+                                  [None if c is None else c[t_lo[0]:t_hi[0], t_lo[1]:t_hi[1], t_lo[2]:t_hi[2]]
+                                   for c in coverage], offset=lo + t_lo)
     if timings is not None:
         timings["resample"] = timings.get("resample", 0.0) + resampled - start
         timings["patches"] = timings.get("patches", 0.0) + time.perf_counter() - resampled
-    return sets
+    return outcomes  # type: ignore[return-value]
+
+
+def _assess_one(parts: Sequence[Volume], mask: Volume, spec: PatchSpec, label: str,
+                bounds: Sequence[tuple[float, float] | None], coverage: Sequence[np.ndarray | None],
+                offset: np.ndarray) -> PatchSet | NotAssessable:
+    """One tumour's patches on its working box (``offset`` = the box's place on the reference grid)."""
+    inside = mask.array > 0
+    for n, (part, cover) in enumerate(zip(parts, coverage)):
+        name = part.name or f"phase {n}"
+        values = part.array[inside] if cover is None else part.array[inside & (cover > 0)]
+        if values.size and values.min() == values.max():
+            return NotAssessable(label, "constant", f"phase {name!r} is constant inside the tumour (every voxel "
+                                 f"{float(values.min()):g}); is it the right image, and does it cover the tumour?")
+    try:
+        patches = extract_patches(parts, mask, spec, label=label, edges="refuse", bounds=bounds)
+    except NotAssessableError as exc:
+        return NotAssessable(label, exc.reason, exc.detail)
+    slice_axis = patches.provenance[0].slice_axis if patches.provenance else 0
+    for n, cover in enumerate(coverage):
+        if cover is None:
+            continue
+        for prov in patches.provenance:
+            clip = tuple(int(v) for v in prov.box) if spec.strategy == "largest_slice" else None
+            sampled = _sample(cover.astype(np.float32), slice_axis, prov.patch_to_ijk, spec.size, clip)
+            if sampled.min() < 0.999:
+                return NotAssessable(label, "outside_fov", f"its patch on slice {prov.slice_index + int(offset[slice_axis])} "
+                                     f"leaves the field of view of phase {parts[n].name or f'phase {n}'!r}")
+    return patches.translated(offset)
+
+
+def patches_for_case(
+    images: Sequence[Volume],
+    masks: Sequence[Volume],
+    spec: PatchSpec,
+    labels: Sequence[str] | None = None,
+    timings: dict[str, float] | None = None,
+) -> list[PatchSet]:
+    """:func:`assess_patches` for callers that need every tumour: the first tumour that gives no
+    patch is a :class:`NotAssessableError` naming it and saying why."""
+    outcomes = assess_patches(images, masks, spec, labels, timings)
+    for outcome in outcomes:
+        if isinstance(outcome, NotAssessable):
+            raise NotAssessableError(outcome.label, outcome.reason, outcome.detail)
+    return outcomes  # type: ignore[return-value]

@@ -22,6 +22,7 @@ from TACEResponseLib.imaging.geometry import (
     check_volume,
     to_sitk_image,
 )
+from TACEResponseLib.imaging.sanity import check_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -42,21 +43,63 @@ def volume_from_sitk(image, name: str, metadata: dict[str, Any] | None = None) -
 
 
 def unreadable_image_error(path: Path, exc: Exception) -> InputError:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return InputError(f"{path}: cannot be read as an image ({first_line[:200]})")
+    """The InputError for a file ITK cannot read, with ITK's own reason (not its source location)."""
+    import re
+
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    reason = next((line for line in lines[1:] if "ERROR" in line), lines[-1] if lines else type(exc).__name__)
+    reason = re.sub(r"^(sitk::ERROR:|itk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", reason)
+    reason = reason.replace(f'"{path}"', "it").replace(str(path), "it")
+    if lines and "[nrrd]" in lines[-1]:
+        reason = f"{reason} {lines[-1].split(':', 1)[-1].strip()}"
+    if reason.startswith("Unable to determine ImageIO reader"):
+        reason = "not a readable NRRD, NIfTI, MetaImage or DICOM image, or the file is damaged or truncated"
+    if path.is_file() and path.stat().st_size == 0:
+        reason = "the file is empty"
+    return InputError(f"{path}: cannot be read as an image ({reason[:240]})")
+
+
+#: readers whose files carry no patient geometry (origin, orientation, voxel size)
+_NO_GEOMETRY_IO = {"PNGImageIO", "JPEGImageIO", "BMPImageIO", "TIFFImageIO", "GiplImageIO", "LSMImageIO",
+                   "VTKImageIO", "BioRadImageIO", "StimulateImageIO"}
+#: DICOM objects that are not images of the patient
+_NOT_IMAGES = {"1.2.840.10008.5.1.4.1.1.66.4": "a DICOM segmentation (SEG)",
+               "1.2.840.10008.5.1.4.1.1.481.2": "a radiotherapy dose (RTDOSE)",
+               "1.2.840.10008.5.1.4.1.1.481.3": "a radiotherapy structure set (RTSTRUCT)"}
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
-    """Read a scalar volume (NRRD / NIfTI / MHA file, or a folder holding a DICOM series)."""
+    """Read a scalar volume: an NRRD / NIfTI / MHA / DICOM file, or a folder holding a DICOM series.
+
+    A folder with several series is read as ``FOLDER#N`` (N-th series in the listing the error
+    gives) or ``FOLDER#UID`` (``series_uid`` does the same). Files without patient geometry
+    (PNG, TIFF, an MRC map without a cell size, a multi-frame DICOM without frame positions),
+    truncated gzip data and voxel sizes outside 0.05–30 mm are refused with an InputError.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
+    if not path.exists() and "#" in path.name:
+        folder, choice = str(path).rsplit("#", 1)
+        if Path(folder).is_dir():
+            return read_dicom_series(folder, choice)
     if not path.exists():
         raise InputError(f"{path}: file or folder does not exist")
     if path.is_dir():
         return read_dicom_series(path, series_uid)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        with _locale_kept():
+            reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise unreadable_image_error(path, exc) from None
+    _check_has_geometry(path, reader)
+    _check_declared_spacing(path)
+    _check_gzip_complete(path, reader)
+    try:
+        with _locale_kept():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise unreadable_image_error(path, exc) from None
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -67,7 +110,106 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
         raise InputError(f"{path}: is {image.GetDimension()}-D; a 3-D volume is needed")
     name = path.name.split(".")[0]
     volume = volume_from_sitk(image, name, {"source": str(path)})
-    return check_volume(volume, label=str(path))
+    check_volume(volume, label=str(path))
+    return check_spacing(volume, label=str(path))
+
+
+def _check_has_geometry(path: Path, reader) -> None:
+    """Refuse formats and files that do not say where the voxels are in the patient."""
+    import SimpleITK as sitk
+
+    io = reader.GetImageIO() or sitk.ImageFileReader.GetImageIOFromFileName(str(path))
+    if io in _NO_GEOMETRY_IO:
+        raise InputError(f"{path}: a {io.replace('ImageIO', '')} file has no patient geometry (origin, orientation, "
+                         "voxel size); export the image as DICOM, NRRD or NIfTI")
+    if io == "MRCImageIO":
+        import struct
+
+        with open(path, "rb") as handle:
+            header = handle.read(52)
+        cell = struct.unpack("<3f", header[40:52]) if len(header) == 52 else (0.0, 0.0, 0.0)
+        if not all(c > 0 for c in cell):
+            raise InputError(f"{path}: this MRC file stores no voxel size (its cell dimensions are {cell}); "
+                             "convert it to NRRD or NIfTI with the true spacing")
+    if io == "GDCMImageIO":
+        get = (lambda key: reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else "")
+        sop = get("0008|0016")
+        if sop in _NOT_IMAGES:
+            raise InputError(f"{path}: is {_NOT_IMAGES[sop]}, not an image")
+        frames = int(get("0028|0008") or 1) if get("0028|0008").isdigit() else 1
+        if frames > 1 and reader.GetOrigin() == (0.0, 0.0, 0.0) and reader.GetSpacing() == (1.0, 1.0, 1.0) \
+                and not get("0028|0030"):
+            raise InputError(f"{path}: multi-frame DICOM without frame positions or pixel spacing (no functional "
+                             "groups); its geometry is unknown")
+
+
+def _check_declared_spacing(path: Path) -> None:
+    """ITK reads a zero or negative voxel size in the header as a positive one (or fails later):
+    refuse what the file itself declares."""
+    import gzip
+    import re
+    import struct
+
+    name = path.name.lower()
+    values: list[float] = []
+    try:
+        if name.endswith((".mha", ".mhd", ".nrrd", ".nhdr")):
+            with open(path, "rb") as handle:
+                header = handle.read(4096).split(b"\n\n")[0].decode("latin-1")
+            match = re.search(r"^(ElementSpacing|spacings)\s*[=:]\s*(.+)$", header, re.M | re.I)
+            if match:
+                values = [float(v) for v in match.group(2).split() if v.lower() != "nan"]
+        elif name.endswith((".nii", ".nii.gz")):
+            with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as handle:
+                header = handle.read(348)
+            if len(header) == 348:
+                endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+                dims = struct.unpack(f"{endian}h", header[40:42])[0]
+                values = list(struct.unpack(f"{endian}3f", header[80:92]))[:max(0, min(dims, 3))]
+    except (OSError, ValueError, EOFError, struct.error):
+        return  # unreadable headers are reported by ITK's own reading
+    if any(not v > 0 for v in values):
+        raise InputError(f"{path}: the header declares voxel size {' × '.join(f'{v:g}' for v in values)} mm; "
+                         "a voxel size must be positive")
+
+
+def _check_gzip_complete(path: Path, reader) -> None:
+    """A truncated .nii.gz decompresses to a partial image that ITK pads with zeros: compare the
+    gzip trailer's size with the size the header announces."""
+    if not path.name.lower().endswith(".nii.gz"):
+        return
+    import gzip
+    import struct
+
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() < 18:
+            raise InputError(f"{path}: truncated (only {handle.tell()} bytes)")
+        handle.seek(-4, os.SEEK_END)
+        (stored,) = struct.unpack("<I", handle.read(4))
+    try:
+        with gzip.open(path, "rb") as handle:
+            header = handle.read(352)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: not valid gzip data ({exc})") from None
+    if len(header) < 348:
+        raise InputError(f"{path}: truncated NIfTI header")
+    sizeof = struct.unpack("<i", header[0:4])[0]
+    endian = "<" if sizeof == 348 else ">"
+    bitpix = struct.unpack(f"{endian}h", header[72:74])[0]
+    vox_offset = struct.unpack(f"{endian}f", header[108:112])[0]
+    n = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
+    expected = int(vox_offset) + n * bitpix // 8
+    if stored != expected % 2**32:
+        raise InputError(f"{path}: truncated or corrupt: the compressed data hold {stored} bytes, the header "
+                         f"announces {expected}")
+
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """One DICOM series from a folder (:func:`TACEResponseLib.imaging.dicom.read_dicom_series`)."""
+    from TACEResponseLib.imaging.dicom import read_dicom_series as read
+
+    return read(folder, series_uid)
 
 
 @contextlib.contextmanager
@@ -81,31 +223,6 @@ def _locale_kept() -> Iterator[None]:
         yield
     finally:
         locale.setlocale(locale.LC_ALL, saved)
-
-
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> Volume:
-    """Read one DICOM series from a folder (the only one, or the one named by ``series_uid``)."""
-    import SimpleITK as sitk
-
-    folder = Path(folder)
-    with _locale_kept():
-        series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
-        if not series:
-            raise InputError(f"{folder}: no DICOM series found in this folder")
-        if series_uid is None:
-            if len(series) > 1:
-                raise InputError(f"{folder}: holds {len(series)} DICOM series; choose one of {series}")
-            series_uid = series[0]
-        elif series_uid not in series:
-            raise InputError(f"{folder}: DICOM series {series_uid} not found; available: {series}")
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise unreadable_image_error(folder, exc) from None
-    volume = volume_from_sitk(image, folder.name, {"source": str(folder), "series_uid": series_uid})
-    return check_volume(volume, label=str(folder))
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:

@@ -84,6 +84,9 @@ class BundleCard(JsonRecord):
     references: list[str] = field(default_factory=list)
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
+    #: how segments became tumours and which tumours answered for the patient in training
+    #: (``split``, ``min_island_ml``, ``patient_rule``); prediction uses it unless told otherwise
+    tumour_rule: dict[str, Any] = field(default_factory=dict)
 
     @property
     def synthetic(self) -> bool:

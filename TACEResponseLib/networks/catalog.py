@@ -62,14 +62,33 @@ def _registry_json(path: str | os.PathLike | None = None) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k, []), list) for k in ("models", "survival_models")):
+        raise BundleError(f"{path}: expected an object with lists 'models' and 'survival_models', "
+                          f"got {type(data).__name__}")
+    for key in ("models", "survival_models"):
+        if not all(isinstance(entry, dict) for entry in data.get(key, [])):
+            raise BundleError(f"{path}: every entry of {key!r} must be an object")
+    return data
 
 
 def read_registry(path: str | os.PathLike | None = None) -> list[RegistryEntry]:
     """Bundles listed in ``Resources/Models.json`` (empty list when the file is absent)."""
-    return [RegistryEntry(**entry) for entry in _registry_json(path).get("models", [])]
+    return _entries(path, "models", RegistryEntry)
+
+
+def _entries(path: str | os.PathLike | None, key: str, kind: type) -> list:
+    """The entries under ``key`` of Models.json as ``kind`` records; a malformed one is a BundleError."""
+    entries = []
+    for entry in _registry_json(path).get(key, []):
+        try:
+            entries.append(kind(**entry))
+        except TypeError as exc:
+            raise BundleError(f"{path or resources_dir() / 'Models.json'}: bad {key} entry {entry.get('name')!r} "
+                              f"({exc})") from None
+    return entries
 
 
 def resolve_bundle(name_or_path: str | os.PathLike, verify: bool = True) -> Bundle:
@@ -146,13 +165,7 @@ def survival_model_sha256(model_file: str | os.PathLike) -> str:
 
 def read_survival_registry(path: str | os.PathLike | None = None) -> list[SurvivalRegistryEntry]:
     """Survival models listed under ``survival_models`` in ``Resources/Models.json`` (empty when none)."""
-    entries = []
-    for entry in _registry_json(path).get("survival_models", []):
-        try:
-            entries.append(SurvivalRegistryEntry(**entry))
-        except TypeError as exc:
-            raise BundleError(f"{path}: bad survival_models entry {entry.get('name')!r} ({exc})") from None
-    return entries
+    return _entries(path, "survival_models", SurvivalRegistryEntry)
 
 
 def verify_survival_model(entry: SurvivalRegistryEntry, base: Path | None = None) -> Path:

@@ -4,18 +4,23 @@
 ``evaluate``, the Slicer module's background process and the self-test: read the case (paths
 or in-memory volumes), predict it with a :class:`~.predictor.Predictor`, add the patient's
 survival read-out when a survival model is given, and, with an output folder, write
-``heatmap.nrrd`` then ``result.json`` atomically — ``result.json`` last, so its presence means
-the case is complete.
+``heatmap.nrrd`` (and ``overlay.png``) then ``result.json`` as one atomic group — ``result.json``
+last, so its presence means the case is complete. The output folder is checked before any work,
+every number of the result is checked finite before anything is written, and a prediction that
+fails leaves a previous result in the folder untouched (``result.json`` records the inputs'
+content fingerprint, so a result can always be matched to its inputs).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.core.files import atomic_paths, check_output_folder, content_fingerprint
 from TACEResponseLib.imaging.geometry import Volume
 from TACEResponseLib.imaging.segmentation import Segmentation, read_segmentation
 from TACEResponseLib.imaging.volume_io import read_phase_volumes, write_volume
@@ -26,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 HEATMAP_FILE = "heatmap.nrrd"
+OVERLAY_FILE = "overlay.png"
 
 
 def predict_case(
@@ -40,8 +46,9 @@ def predict_case(
     nomogram: Any = None,
     survival_images: Mapping[str, str | Path | Volume] | None = None,
     progress: Progress | None = None,
+    overlay: bool = False,
 ) -> PredictionResult:
-    """Predict one case; with ``output_dir``, write ``heatmap.nrrd`` then ``result.json`` into it.
+    """Predict one case; with ``output_dir``, write ``heatmap.nrrd`` (``overlay.png``) then ``result.json``.
 
     Args:
         predictor: the bundle's network on its device (reuse one across cases).
@@ -59,6 +66,7 @@ def predict_case(
             ``survival_images`` (phase → file or Volume). A phase the survival model needs and
             nobody gave, or a bad clinical value, is an :class:`InputError` raised before any work.
         progress: ``progress(fraction, stage)`` between steps.
+        overlay: also write ``overlay.png`` (the patient's tumour slice, heatmap, every tumour's row).
 
     Returns:
         The :class:`PredictionResult`, with ``heatmap`` (a Volume on the reference grid) and,
@@ -68,6 +76,8 @@ def predict_case(
     started = time.perf_counter()
     if not images:
         raise InputError("no image given (--image)")
+    if output_dir is not None:
+        output_dir = check_output_folder(output_dir)
     input_phases = [p.name for p in predictor.bundle.card.inputs][:len(images)]
     model = _survival_model(nomogram, input_phases, images, survival_images)
     if model is not None:
@@ -85,8 +95,9 @@ def predict_case(
                 source = survival_images[phase]  # type: ignore[index]
                 (survival_volumes[phase],) = _volumes([source], [phase])
                 survival_sources[phase] = source.name if isinstance(source, Volume) else str(source)
+    segmentation_source = segmentation
     if not isinstance(segmentation, Segmentation):
-        segmentation = read_segmentation(segmentation)
+        segmentation = read_case_segmentation(segmentation)
     read_s = time.perf_counter() - started
     case_id = case_id or (volumes[0].name if isinstance(images[0], Volume) else Path(images[0]).name.split(".")[0])
     result = predictor.predict(volumes, segmentation, segments=segments, clinical=clinical, case_id=case_id,
@@ -100,19 +111,87 @@ def predict_case(
         if result.survival.get("signature") and survival_sources:
             result.survival["signature"]["images"] = survival_sources
         result.timings["survival"] = time.perf_counter() - start
+    result.inputs_sha256 = inputs_fingerprint(images, segmentation_source, segments, clinical)
+    check_finite_result(result)
     if output_dir is not None:
         progress(0.90, "writing")
-        start = time.perf_counter()
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_volume(result.heatmap, output_dir / HEATMAP_FILE)
-        result.heatmap_path = HEATMAP_FILE
-        result.timings["write"] = time.perf_counter() - start
+        write_result_files(result, Path(output_dir), volumes[0] if overlay else None,
+                           segmentation if overlay else None, started)
     result.timings["total"] = time.perf_counter() - started
-    if output_dir is not None:
-        result.save_json(Path(output_dir) / RESULT_FILE)
     progress(1.0, "done")
     return result
+
+
+def read_case_segmentation(path: str | Path) -> Segmentation:
+    """:func:`read_segmentation`, with any failure on a malformed file (e.g. a 2-D labelmap)
+    reported as an InputError naming the file rather than a traceback."""
+    try:
+        return read_segmentation(path)
+    except InputError:
+        raise
+    except (ValueError, RuntimeError, IndexError, KeyError) as exc:
+        raise InputError(f"{path}: cannot be read as a segmentation of a 3-D image ({exc})") from None
+
+
+def write_result_files(result: PredictionResult, output_dir: Path, reference: Volume | None = None,
+                       segmentation: Segmentation | None = None, started: float | None = None) -> None:
+    """``heatmap.nrrd`` (+ ``overlay.png`` when ``reference`` is given) then ``result.json``, as one
+    atomic group: all of them or, on any failure, none (a previous result stays whole)."""
+    start = time.perf_counter()
+    output_dir.mkdir(exist_ok=True)
+    names = [HEATMAP_FILE, *([OVERLAY_FILE] if reference is not None else []), RESULT_FILE]
+    with atomic_paths([output_dir / name for name in names]) as temporaries:
+        write_volume(result.heatmap, temporaries[0])
+        result.heatmap_path = HEATMAP_FILE
+        if reference is not None:
+            from TACEResponseLib.prediction.figures import save_prediction_png
+
+            save_prediction_png(reference, result.heatmap, result, temporaries[1],
+                                mask=predicted_outline(segmentation, result, reference))
+        result.timings["write"] = time.perf_counter() - start
+        if started is not None:
+            result.timings["total"] = time.perf_counter() - started
+        result.save_json(temporaries[-1])
+
+
+def predicted_outline(segmentation: Segmentation | None, result: PredictionResult, reference: Volume) -> Volume | None:
+    """The segments of the predicted tumours on the reference grid (the overlay's outline)."""
+    if segmentation is None or not result.tumours:
+        return None
+    from TACEResponseLib.imaging.segmentation import segment_mask_on
+
+    union = None
+    for segment_id in dict.fromkeys(t.segment_id for t in result.tumours):
+        mask = segment_mask_on(segmentation, segment_id, reference).array > 0
+        union = mask if union is None else union | mask
+    return reference.with_array(union.astype("uint8"), name="predicted tumours")
+
+
+def inputs_fingerprint(images: Sequence[str | Path | Volume], segmentation: Any,
+                       segments: Sequence[str] | None = None, clinical: Mapping[str, Any] | None = None) -> str:
+    """Content fingerprint of the case's input files, chosen segments and clinical values ("" for
+    in-memory inputs)."""
+    paths = [*images, segmentation]
+    if any(isinstance(p, (Volume, Segmentation)) for p in paths):
+        return ""
+    return content_fingerprint(paths, {"segments": list(segments or []),
+                                       "clinical": {str(k): str(v) for k, v in (clinical or {}).items()}})
+
+
+def check_finite_result(result: PredictionResult) -> None:
+    """Refuse a result holding NaN or infinity anywhere (it would be invalid JSON and a meaningless answer)."""
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"case {result.case_id}: the result is not a number at {where}; the inputs hold values "
+                             "the model cannot use — nothing was written")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, list):
+            for n, item in enumerate(value):
+                walk(item, f"{where}[{n}]")
+
+    walk(result.to_dict(), "")
 
 
 def _volumes(images: Sequence[str | Path | Volume], phases: Sequence[str]) -> list[Volume]:

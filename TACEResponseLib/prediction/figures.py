@@ -81,10 +81,31 @@ def save_prediction_png(
     bars.set_xlim(0, 1)
     bars.set_xlabel("probability")
     bars.set_title(f"{tumour.label}: predicted {tumour.predicted_class}", fontsize=10, fontweight="bold")
+    summary = overlay_summary(result)
+    if summary:
+        figure.subplots_adjust(bottom=0.2)
+        figure.text(0.5, 0.04, summary, ha="center", fontsize=8, wrap=True)
     footer = result.warning if result.synthetic_model else "Research use only."
     figure.text(0.5, 0.0, f"{footer}  Model {result.bundle_id}.", ha="center", fontsize=8,
                 color="darkred" if result.synthetic_model else "black")
     return save_figure(figure, path, dpi=110)
+
+
+def overlay_summary(result) -> str:
+    """The patient answer and the tumours that were not assessable, grouped by reason, in one line."""
+    from TACEResponseLib.prediction.results import NOT_ASSESSABLE_REASONS
+
+    parts = []
+    patient = getattr(result, "patient", None)
+    if patient is not None and (len(result.tumours) > 1 or getattr(result, "not_assessable", None)):
+        parts.append(f"Patient: {patient.predicted_class} "
+                     f"({100 * patient.probability_of[patient.predicted_class]:.0f} %) from {', '.join(patient.tumours)}")
+    skipped = getattr(result, "not_assessable", [])
+    if skipped:
+        groups = [f"{sum(t.reason == code for t in skipped)} {text}" for code, text in NOT_ASSESSABLE_REASONS.items()
+                  if any(t.reason == code for t in skipped)]
+        parts.append(f"not assessable: {len(skipped)} tumour(s) — " + ", ".join(groups))
+    return " · ".join(parts)
 
 
 def write_overlay(result, reference_path, segmentation_path, png: Path) -> Path:

@@ -1,11 +1,17 @@
 """Predict one case in memory: images + tumour segment(s) + bundle → probabilities, class, heatmap.
 
-Steps (each timed): list the tumours (each segment, and each island of a segment when it has
-several, :mod:`TACEResponseLib.imaging.tumours`), cut patches as the bundle's card says (other
-phases resampled around the tumours only), one forward pass per case that also yields the
-CAMs, tumour probability = mean over the tumour's patches, heatmap = the predicted class's map
-put back into the reference volume. The device is chosen automatically (CUDA, MPS, CPU) and a
-GPU out-of-memory falls back to the CPU. On the CPU results are deterministic.
+Steps (each timed): check the images are plausible scans (:mod:`TACEResponseLib.imaging.sanity`),
+list the tumours (each segment, and each island of a segment, :mod:`TACEResponseLib.imaging.tumours`),
+cut patches as the bundle's card says (other phases resampled around the tumours only), one
+forward pass per case that also yields the CAMs, tumour probability = mean over the tumour's
+patches, the patient-level answer by the stated rule (default: the mRECIST target lesions = the
+up-to-two largest assessable tumours, mean over their patches), heatmap = each predicted
+tumour's class map put back into the reference volume. A tumour that cannot be assessed (too
+small, no square of the minimum size, patch leaving the image or another phase's field of
+view, constant phase) gets a not-assessable row with its reason; the case fails only when no
+tumour is assessable, and the error then lists every tumour with its reason. The device is
+chosen automatically (CUDA, MPS, CPU) and a GPU out-of-memory falls back to the CPU. On the CPU
+results are deterministic.
 
 ``progress(fraction, stage)`` is called between steps; raising
 :class:`~TACEResponseLib.core.errors.CancelledError` from it stops the prediction cleanly.
@@ -21,10 +27,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.imaging.geometry import Volume, check_volume
-from TACEResponseLib.imaging.patches import PatchSet, patches_for_case
+from TACEResponseLib.imaging.geometry import Volume
+from TACEResponseLib.imaging.sanity import check_scan, hu_warning
 from TACEResponseLib.imaging.segmentation import Segmentation
-from TACEResponseLib.imaging.tumours import IslandRule, tumour_rois
+from TACEResponseLib.imaging.tumours import (
+    DEFAULT_PATIENT_RULE,
+    PATIENT_RULES,
+    IslandRule,
+    assess_tumours,
+    check_patient_rule,
+    patient_tumours,
+    tumour_rois,
+)
 from TACEResponseLib.networks.bundle import Bundle
 from TACEResponseLib.networks.catalog import resolve_bundle
 from TACEResponseLib.prediction.cam import (
@@ -34,7 +48,12 @@ from TACEResponseLib.prediction.cam import (
     project_to_volume,
     upsample,
 )
-from TACEResponseLib.prediction.results import PredictionResult, TumourPrediction
+from TACEResponseLib.prediction.results import (
+    NotAssessableTumour,
+    PatientPrediction,
+    PredictionResult,
+    TumourPrediction,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +94,21 @@ class Predictor:
         bundle: a :class:`Bundle`, a bundle folder or a registered model name.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         cam_method: ``auto`` (CAM where the head is linear, else Grad-CAM), ``cam``, ``gradcam``, ``none``.
-        islands: how segments become tumours (:class:`IslandRule`; default: one tumour per island).
+        islands: how segments become tumours (:class:`IslandRule`; default: the rule the bundle
+            was trained with, else one tumour per island of at least 0.05 ml).
+        patient_rule: which tumours give the patient-level answer (``target_lesions`` or
+            ``volume_weighted``; default: the bundle's, else target lesions).
     """
 
     def __init__(self, bundle: Bundle | str | Path, device: str = "auto", cam_method: str = "auto",
-                 islands: IslandRule = IslandRule()) -> None:
+                 islands: IslandRule | None = None, patient_rule: str | None = None) -> None:
         from TACEResponseLib.networks.device import select_device
 
         self.bundle = bundle if isinstance(bundle, Bundle) else resolve_bundle(bundle)
-        self.device = select_device(device)
         if cam_method not in ("auto", "cam", "gradcam", "none"):
             raise InputError(f"cam method must be auto, cam, gradcam or none, got {cam_method!r}")
+        self.islands, self.patient_rule = tumour_rule_of(self.bundle, islands, patient_rule)
+        self.device = select_device(device)
         from TACEResponseLib.networks.architectures import cam_layers
 
         self.target_layer, self.fc_layer = cam_layers(self.bundle.card.architecture, **self.bundle.card.network_options)
@@ -94,7 +117,6 @@ class Predictor:
         if cam_method == "cam" and not self.fc_layer:
             raise InputError(f"{self.bundle.card.architecture} has no linear head for CAM; use gradcam")
         self.cam_method = cam_method
-        self.islands = islands
         self._network = None
 
     @property
@@ -102,6 +124,26 @@ class Predictor:
         if self._network is None:  # loaded on the CPU; _forward moves it to the device in use
             self._network = self.bundle.load_network("cpu")
         return self._network
+
+    def check_images(self, images: Sequence[Volume]) -> list[str]:
+        """Refuse images that are not plausible scans; warnings for CT inputs not in HU."""
+        card = self.bundle.card
+        needed = [p.name for p in card.inputs]
+        if len(images) != len(needed):
+            got = ", ".join(img.name or "?" for img in images)
+            raise InputError(f"model {self.bundle.id} needs {len(needed)} image(s) in this order: "
+                             f"{', '.join(needed)}; got {len(images)} ({got})")
+        warnings = []
+        for image, phase in zip(images, card.inputs):
+            label = f"{phase.name} image ({image.metadata.get('source') or image.name or 'in memory'})"
+            check_scan(image, label=label)
+            warnings += [str(w) for w in image.metadata.get("warnings") or []]  # e.g. a DICOM series regularised
+            if phase.modality.upper() == "CT" and card.patch_spec.normalization == "window":
+                warning = hu_warning(image, label=label)
+                if warning:
+                    logger.warning(warning)
+                    warnings.append(warning)
+        return warnings
 
     def predict(
         self,
@@ -112,49 +154,55 @@ class Predictor:
         case_id: str = "case",
         progress: Progress | None = None,
     ) -> PredictionResult:
-        """Predict every tumour of one case; the result carries the heatmap as a Volume."""
+        """Predict every tumour of one case; the result carries the heatmap as a Volume.
+
+        Raises:
+            InputError: an image is not a plausible scan, a segment is unknown, a clinical value
+                is bad, or no tumour can be assessed (the message lists every tumour's reason).
+        """
         progress = progress or no_progress
         card = self.bundle.card
         timings: dict[str, float] = {}
         needed = [p.name for p in card.inputs]
-        if len(images) != len(needed):
-            got = ", ".join(img.name or "?" for img in images)
-            raise InputError(f"model {self.bundle.id} needs {len(needed)} image(s) in this order: "
-                             f"{', '.join(needed)}; got {len(images)} ({got})")
+        warnings = self.check_images(images)
         clinical_values = clinical_vector(self.bundle, clinical)
 
         progress(0.10, "resampling")
         start = time.perf_counter()
-        reference = check_volume(images[0], label=needed[0])
+        reference = images[0]
         rois = tumour_rois(segmentation, reference, segments, self.islands)
         timings["segments"] = time.perf_counter() - start
 
         progress(0.25, "patches")
         named = [img if img.name == name else Volume(img.array, img.ijk_to_ras, name, img.metadata)
                  for img, name in zip(images, needed)]
-        patch_sets: list[PatchSet] = patches_for_case(named, [roi.mask for roi in rois], card.patch_spec,
-                                                      labels=[roi.label for roi in rois], timings=timings)
+        assessment = assess_tumours(named, rois, card.patch_spec, timings=timings)
+        assessed = assessment.assessed
+        not_assessable = [NotAssessableTumour(roi.segment_id, roi.segment_name, reason, detail, roi.island,
+                                              roi.volume_ml) for roi, reason, detail in assessment.not_assessable]
+        if not assessed:
+            raise assessment.error(f"case {case_id}")
 
         progress(0.45, "forward")
         from TACEResponseLib.networks.device import run_with_device_fallback
 
-        all_images = np.concatenate([p.images for p in patch_sets])
-        owners = np.concatenate([[n] * len(p) for n, p in enumerate(patch_sets)])
+        all_images = np.concatenate([p.images for _, p in assessed])
+        owners = np.concatenate([[n] * len(p) for n, (_, p) in enumerate(assessed)])
         outcome = run_with_device_fallback(lambda device: self._forward(all_images, clinical_values, owners, device),
                                            self.device)
         probabilities, cams, device_used, timings["forward"], timings["cam"] = outcome
+        _check_finite(probabilities, case_id)
 
         progress(0.80, "cam")
         start = time.perf_counter()
         heat = np.zeros(reference.shape_kji, np.float32)
         tumours: list[TumourPrediction] = []
-        voxel_ml = float(np.prod(reference.spacing)) / 1000.0
-        for n, (roi, patches) in enumerate(zip(rois, patch_sets)):
+        orr_idx = card.objective_response_indices
+        for n, (roi, patches) in enumerate(assessed):
             rows = owners == n
             patch_probs = probabilities[rows]
             mean = patch_probs.mean(axis=0)
             predicted = int(np.argmax(mean))
-            orr_idx = card.objective_response_indices
             peak = None
             if cams is not None:
                 maps = normalise(cams[rows][np.arange(rows.sum()), predicted] if cams.ndim == 4 else cams[rows])
@@ -163,6 +211,8 @@ class Predictor:
                 patch, v, u = np.unravel_index(int(np.argmax(maps)), maps.shape)
                 ijk = (patches.provenance[patch].patch_to_ijk @ np.array([u, v, 0.0, 1.0]))[:3]
                 peak = reference.ijk_to_ras_points(np.round(ijk)[None])[0].tolist()
+            notes = ["touches the image edge: the tumour may extend beyond the image, so its largest slice may lie "
+                     "outside it"] if roi.touches_edge else []
             tumours.append(TumourPrediction(
                 segment_id=roi.segment_id,
                 segment_name=roi.segment_name,
@@ -173,8 +223,9 @@ class Predictor:
                 objective_response_probability=float(mean[orr_idx].sum()) if orr_idx else None,
                 patch_probabilities=patch_probs.astype(float).tolist(),
                 provenance=[p.to_dict() for p in patches.provenance],
-                volume_ml=float(np.count_nonzero(roi.mask.array)) * voxel_ml,
+                volume_ml=roi.volume_ml,
                 heatmap_peak_ras=peak,
+                notes=notes,
             ))
         timings["cam"] += time.perf_counter() - start
         heatmap = reference.with_array(heat, name=f"{reference.name} TACE heatmap", heatmap=True)
@@ -189,6 +240,10 @@ class Predictor:
             timings={k: float(v) for k, v in timings.items()},
             reference={"name": reference.name, "ijk_to_ras": reference.ijk_to_ras.tolist(),
                        "shape_kji": list(reference.shape_kji)},
+            not_assessable=not_assessable,
+            patient=patient_prediction(tumours, self.patient_rule, orr_idx),
+            islands={**self.islands.to_dict(), "description": self.islands.describe()},
+            warnings=warnings,
             heatmap=heatmap,
         )
 
@@ -221,3 +276,55 @@ class Predictor:
             cams = grad_cam(network, x.clone(), self.target_layer, predicted, clinical=c)
         cam_np = None if cams is None else cams.detach().float().cpu().numpy()
         return probabilities, cam_np, device, forward_s, time.perf_counter() - start
+
+
+def tumour_rule_of(bundle: Bundle, islands: IslandRule | None = None,
+                   patient_rule: str | None = None) -> tuple[IslandRule, str]:
+    """The island rule and patient rule to use: the ones given, else the bundle's (what it was
+    trained with), else the defaults — so training, evaluation and prediction agree."""
+    stored = dict(bundle.card.tumour_rule or {})
+    if islands is None:
+        islands = IslandRule(split=bool(stored.get("split", True)),
+                             min_island_ml=stored.get("min_island_ml", IslandRule().min_island_ml))
+    rule = check_patient_rule(patient_rule or stored.get("patient_rule") or DEFAULT_PATIENT_RULE)
+    return islands, rule
+
+
+def patient_prediction(tumours: Sequence[TumourPrediction], rule: str,
+                       objective_indices: Sequence[int] = ()) -> PatientPrediction | None:
+    """The patient-level answer from the predicted tumours by ``rule`` (see :data:`PATIENT_RULES`).
+
+    ``target_lesions``: the patches of the up-to-two largest tumours pooled, probability = their
+    mean (Peng 2019 averaged the patches of the largest tumour; mRECIST assesses up to two
+    target lesions per organ). ``volume_weighted``: every tumour's probabilities weighted by its
+    volume.
+    """
+    if not tumours:
+        return None
+    rule = check_patient_rule(rule)
+    chosen = patient_tumours([t.volume_ml for t in tumours], rule)
+    used = [tumours[n] for n in chosen]
+    if rule == "target_lesions":
+        patches = np.concatenate([np.asarray(t.patch_probabilities, np.float64) for t in used])
+        mean = patches.mean(axis=0)
+        weights = [len(t.patch_probabilities) / len(patches) for t in used]
+    else:
+        volumes = np.array([max(t.volume_ml, 0.0) for t in used], np.float64)
+        weights_arr = volumes / volumes.sum() if volumes.sum() > 0 else np.full(len(used), 1.0 / len(used))
+        mean = (weights_arr[:, None] * np.array([t.probabilities for t in used], np.float64)).sum(axis=0)
+        weights = weights_arr.tolist()
+    class_names = list(used[0].class_names)
+    predicted = int(np.argmax(mean))
+    return PatientPrediction(
+        rule=rule, description=PATIENT_RULES[rule], tumours=[t.label for t in used],
+        weights=[float(w) for w in weights], class_names=class_names, probabilities=[float(p) for p in mean],
+        predicted_class=class_names[predicted],
+        objective_response_probability=float(mean[list(objective_indices)].sum()) if objective_indices else None,
+        n_patches=int(sum(len(t.patch_probabilities) for t in used)))
+
+
+def _check_finite(probabilities: np.ndarray, case_id: str) -> None:
+    """Refuse non-finite network outputs (they come from inputs the checks did not catch)."""
+    if not np.all(np.isfinite(probabilities)):
+        raise InputError(f"case {case_id}: the network gave non-finite probabilities (NaN or infinity); the input "
+                         "images hold values the model cannot use — check their intensities")

@@ -1,9 +1,12 @@
 """Result types of a prediction: what the CLI writes as JSON and the GUI shows.
 
-One :class:`PredictionResult` per case: one :class:`TumourPrediction` per tumour (segment,
-or island of a segment), the heatmap volume (not in the JSON; written as NRRD beside it),
-timings, the bundle's identity and checksum, and, when a nomogram is given, the patient's
-survival (a plain dict from :mod:`TACEResponseLib.survival`). JSON round-trips exactly.
+One :class:`PredictionResult` per case: one :class:`TumourPrediction` per predicted tumour
+(segment, or island of a segment), one :class:`NotAssessableTumour` per tumour that could not
+be assessed (with its reason), the patient-level answer (:class:`PatientPrediction`, with the
+rule and the tumours it used), warnings about the inputs, the heatmap volume (not in the JSON;
+written as NRRD beside it), timings, the bundle's identity and checksum, and, when a nomogram is
+given, the patient's survival (a plain dict from :mod:`TACEResponseLib.survival`). JSON
+round-trips exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +17,16 @@ from typing import Any
 from TACEResponseLib.core.records import JsonRecord
 
 RESULT_FORMAT = "tace-response-result/1"
+
+#: what each not-assessable reason code means (tables, the panel, the README)
+NOT_ASSESSABLE_REASONS = {
+    "below_min_volume": "below the minimum tumour volume",
+    "empty": "segment empty on the reference image",
+    "no_square": "no square of the minimum size fits inside",
+    "image_edge": "its patch would leave the image",
+    "outside_fov": "outside another phase's field of view",
+    "constant": "a phase is constant inside it",
+}
 
 
 @dataclass
@@ -31,10 +44,50 @@ class TumourPrediction(JsonRecord):
     island: int | None = None
     volume_ml: float = 0.0
     heatmap_peak_ras: list[float] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         return self.segment_name if self.island is None else f"{self.segment_name} #{self.island}"
+
+    @property
+    def probability_of(self) -> dict[str, float]:
+        return dict(zip(self.class_names, self.probabilities))
+
+
+@dataclass
+class NotAssessableTumour(JsonRecord):
+    """A tumour that got no prediction, and why (``reason`` is a short code, ``detail`` the sentence)."""
+
+    segment_id: str
+    segment_name: str
+    reason: str
+    detail: str
+    island: int | None = None
+    volume_ml: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return self.segment_name if self.island is None else f"{self.segment_name} #{self.island}"
+
+
+@dataclass
+class PatientPrediction(JsonRecord):
+    """The patient-level answer: one class and probabilities from the tumours ``rule`` names.
+
+    ``tumours`` are the labels of the tumours used (largest first) and ``weights`` their share
+    of the answer (patches for target lesions, volume for the volume-weighted rule).
+    """
+
+    rule: str
+    description: str
+    tumours: list[str]
+    weights: list[float]
+    class_names: list[str]
+    probabilities: list[float]
+    predicted_class: str
+    objective_response_probability: float | None
+    n_patches: int
 
     @property
     def probability_of(self) -> dict[str, float]:
@@ -56,6 +109,11 @@ class PredictionResult(JsonRecord):
     reference: dict[str, Any] = field(default_factory=dict)
     heatmap_path: str | None = None
     survival: dict[str, Any] | None = None
+    not_assessable: list[NotAssessableTumour] = field(default_factory=list)
+    patient: PatientPrediction | None = None
+    islands: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    inputs_sha256: str = ""
     heatmap: Any = field(default=None, repr=False, compare=False, metadata={"json": False})
 
     json_header = {"format": RESULT_FORMAT}
@@ -66,11 +124,26 @@ class PredictionResult(JsonRecord):
         lines = [f"case {self.case_id} — model {self.bundle_id} on {self.device}"]
         if self.synthetic_model:
             lines.append(f"  ! {self.warning}")
+        lines += [f"  ! {warning}" for warning in self.warnings]
+        if self.patient is not None:
+            p = self.patient
+            probs = "  ".join(f"{c} {v:.2f}" for c, v in zip(p.class_names, p.probabilities))
+            orr = (f"  objective response {p.objective_response_probability:.2f}"
+                   if p.objective_response_probability is not None else "")
+            lines.append(f"  patient: {p.predicted_class}  ({probs}){orr}")
+            lines.append(f"    from {', '.join(p.tumours)} — {p.description}")
         for tumour in self.tumours:
             probs = "  ".join(f"{c} {p:.2f}" for c, p in zip(tumour.class_names, tumour.probabilities))
             orr = (f"  objective response {tumour.objective_response_probability:.2f}"
                    if tumour.objective_response_probability is not None else "")
-            lines.append(f"  {tumour.label}: {tumour.predicted_class}  ({probs}){orr}")
+            lines.append(f"  {tumour.label}: {tumour.predicted_class}  ({probs}){orr}  {tumour.volume_ml:.2f} ml")
+        if self.not_assessable:
+            lines.append(f"  not assessable: {len(self.not_assessable)} tumour(s) (reasons in result.json)")
+            for reason, text in NOT_ASSESSABLE_REASONS.items():
+                group = [t for t in self.not_assessable if t.reason == reason]
+                if group:
+                    names = ", ".join(t.label for t in group[:8]) + (f", … ({len(group) - 8} more)" if len(group) > 8 else "")
+                    lines.append(f"    {len(group)} × {text}: {names}")
         if self.survival:
             s = self.survival
             times = "  ".join(f"{k}: {v:.2f}" for k, v in s.get("survival_at", {}).items())

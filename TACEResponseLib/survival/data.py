@@ -179,6 +179,8 @@ def validate_survival_table(
         time, found = _to_numeric(df, time_col, "survival time")
         problems += found
         negative = time < 0
+        if len(time) and (time.dropna() == 0).all() and time.notna().any():
+            problems.append(f"survival time {time_col!r} is zero for every patient: no follow-up to model")
         if negative.any():
             problems.append(
                 f"survival time {time_col!r} is negative in {int(negative.sum())} row(s): "

@@ -53,6 +53,7 @@ from TACEResponseLib.imaging.segmentation import (
     read_segmentation,
     segment_mask_on,
 )
+from TACEResponseLib.imaging.tumours import IslandRule, index_tumour
 from TACEResponseLib.imaging.volume_io import read_volume
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ class FeatureSettings(JsonRecord):
     pretrained: str | None = None
     seed: int = 0
     architecture: str = "densenet121"
+    #: how the segment becomes the tumour: its largest island under this rule; None = the whole
+    #: segment, islands merged (what models saved without this field were fitted with)
+    islands: IslandRule | None = None
 
     def __post_init__(self) -> None:
         self.phases = [str(p) for p in self.phases]
@@ -349,7 +353,11 @@ class DeepFeatureExtractor:
 
     def _mask(self, reference: Volume, segmentation: Segmentation, segment: str | None, perturbation: str,
               label: str) -> Volume:
-        mask = segment_mask_on(segmentation, _pick_segment(segmentation, segment), reference)
+        if self.settings.islands is None:
+            mask = segment_mask_on(segmentation, _pick_segment(segmentation, segment), reference)
+        else:  # the largest island under the rule (the index tumour), as prediction and training define tumours
+            mask = index_tumour(segmentation, reference, _pick_segment(segmentation, segment),
+                                self.settings.islands).full_mask(reference)
         if perturbation in ("erode", "dilate"):
             mask = perturb_mask(mask, perturbation, self.perturb_voxels, self.settings.axis, label=label)
         return mask
@@ -395,6 +403,8 @@ class DeepFeatureExtractor:
             "patch_spec": self.settings.patch_spec.to_dict(),
             "weights_sha256": self.weights.sha256,
         }
+        if self.settings.islands is not None:
+            settings["islands"] = self.settings.islands.to_dict()
         return content_fingerprint([*(images[p] for p in self.settings.phases), segmentation], settings)
 
     def _cache_path(self, case_id: str, key: str) -> Path:

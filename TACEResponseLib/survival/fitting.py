@@ -193,7 +193,18 @@ class SurvivalPipelineResult:
 
 
 def split_by_event(table: pd.DataFrame, event_col: str, fraction: float, seed: int) -> tuple[pd.Index, pd.Index]:
+    import math
+
     from sklearn.model_selection import train_test_split
+
+    events = table[event_col].to_numpy()
+    deaths, censored, n = int((events == 1).sum()), int((events == 0).sum()), len(events)
+    n_validation = math.ceil(fraction * n)
+    if min(deaths, censored) < 2 or n_validation < 2 or n - n_validation < 2:
+        raise InputError(f"survival table: a {fraction:.0%} validation split stratified by {event_col!r} needs at least "
+                         f"2 deaths and 2 censored patients and 2 patients on each side; the table has {deaths} "
+                         f"death(s) and {censored} censored among {n} patients (use --validation-fraction 0, or more "
+                         "patients)")
 
     train, validation = train_test_split(
         table.index, test_size=fraction, random_state=seed, stratify=table[event_col].to_numpy()

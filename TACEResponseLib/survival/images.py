@@ -181,6 +181,11 @@ def _split(checked: pd.DataFrame, config: Any, output_dir: Path, files: dict[str
         train_ids, val_ids = split_by_event(checked, config.event_col, config.validation_fraction, config.seed)
     else:
         train_ids, val_ids = checked.index, pd.Index([])
+    deaths = int((checked.loc[train_ids, config.event_col] == 1).sum())
+    if deaths < config.n_folds:  # checked before split.csv is written: a refused run leaves nothing behind
+        raise InputError(f"survival table: the signature's {config.n_folds}-fold cross-validation needs at least "
+                         f"{config.n_folds} deaths among the training patients; there are {deaths} "
+                         f"(of {len(train_ids)} training patients)")
     with atomic_path(output_dir / "split.csv") as tmp:
         pd.DataFrame({"case_id": [*train_ids, *val_ids],
                       "cohort": ["training"] * len(train_ids) + ["validation"] * len(val_ids)}).to_csv(tmp, index=False)

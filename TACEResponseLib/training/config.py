@@ -13,6 +13,7 @@ from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.manifest import MRECIST_CLASSES
 from TACEResponseLib.imaging.patches import PatchSpec
+from TACEResponseLib.imaging.tumours import DEFAULT_PATIENT_RULE, IslandRule, check_patient_rule
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,15 @@ class TrainingConfig(JsonRecord):
     version: str = "1.0"
     description: str = ""
     n_bootstrap: int = 1000
+    islands: IslandRule = field(default_factory=IslandRule)  # how segments become tumours (as prediction)
+    patient_rule: str = DEFAULT_PATIENT_RULE                 # which tumours' patches stand for the patient
 
     def __post_init__(self) -> None:
         if isinstance(self.patch_spec, Mapping):
             self.patch_spec = PatchSpec.from_dict(dict(self.patch_spec))
+        if isinstance(self.islands, Mapping):
+            self.islands = IslandRule.from_dict(dict(self.islands))
+        self.patient_rule = check_patient_rule(self.patient_rule)
         self.phases = list(self.phases)
         self.clinical = list(self.clinical)
         problems = []
@@ -93,6 +99,10 @@ class TrainingConfig(JsonRecord):
             problems.append(f"validation fraction must be in [0, 1), got {self.validation_fraction}")
         if self.batch_size < 2:
             problems.append(f"batch size must be at least 2 (batch norm), got {self.batch_size}")
+        if self.n_bootstrap < 0:
+            problems.append(f"bootstrap resamples must be ≥ 0, got {self.n_bootstrap}")
+        if not (0 <= self.momentum < 1) or self.weight_decay < 0:
+            problems.append(f"momentum must be in [0, 1) and weight decay ≥ 0, got {self.momentum} and {self.weight_decay}")
         if self.epochs < 1 or self.patience < 1:
             problems.append(f"epochs and patience must be ≥ 1, got {self.epochs} and {self.patience}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):

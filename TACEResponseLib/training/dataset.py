@@ -19,6 +19,7 @@ from TACEResponseLib.core.files import atomic_path, content_fingerprint, safe_fi
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.manifest import ManifestRow
 from TACEResponseLib.imaging.patches import PatchSpec
+from TACEResponseLib.imaging.tumours import DEFAULT_PATIENT_RULE, IslandRule
 
 logger = logging.getLogger(__name__)
 
@@ -56,34 +57,47 @@ def stratified_patient_split(case_ids: Sequence[str], labels: Sequence[str], val
 
 
 # --- patches -----------------------------------------------------------------------------------------
-def case_patches(row: ManifestRow, spec: PatchSpec) -> np.ndarray:
-    """Patches ``(P, C, S, S)`` of one case, cut exactly as :class:`~TACEResponseLib.prediction.predictor.Predictor` cuts them."""
-    from TACEResponseLib.imaging.patches import patches_for_case
+def case_patches(row: ManifestRow, spec: PatchSpec, islands: IslandRule = IslandRule(),
+                 patient_rule: str = DEFAULT_PATIENT_RULE) -> np.ndarray:
+    """Patches ``(P, C, S, S)`` of one case, cut exactly as :class:`~TACEResponseLib.prediction.predictor.Predictor`
+    cuts them, from the tumours that give the patient-level answer (default: the mRECIST target
+    lesions = the up-to-two largest assessable tumours) — the rule prediction and evaluation use."""
+    from TACEResponseLib.imaging.sanity import check_scan
     from TACEResponseLib.imaging.segmentation import read_segmentation
-    from TACEResponseLib.imaging.tumours import WHOLE_SEGMENT, tumour_rois
+    from TACEResponseLib.imaging.tumours import assess_tumours, patient_tumours, tumour_rois
     from TACEResponseLib.imaging.volume_io import read_phase_volumes
 
     images = read_phase_volumes(row.images, row.phases)
+    for image, phase in zip(images, row.phases):
+        check_scan(image, label=f"{phase} image {image.metadata.get('source', '')}".strip())
     segmentation = read_segmentation(row.segmentation)
-    rois = tumour_rois(segmentation, images[0], [row.segment] if row.segment else None, WHOLE_SEGMENT)
-    (patches,) = patches_for_case(images, [rois[0].mask], spec, labels=[f"{row.case_id} {rois[0].label}"])
-    return patches.images
+    rois = tumour_rois(segmentation, images[0], [row.segment] if row.segment else None, islands)
+    assessment = assess_tumours(images, rois, spec, label_prefix=f"{row.case_id} ")
+    assessed = assessment.assessed
+    if not assessed:
+        raise assessment.error(f"case {row.case_id}")
+    chosen = patient_tumours([roi.volume_ml for roi, _ in assessed], patient_rule)
+    return np.concatenate([assessed[n][1].images for n in chosen])
 
 
 class PatchCache:
     """Per-case patches in memory and (optionally) as ``.npy`` files keyed by spec + file stats."""
 
-    def __init__(self, folder: str | Path | None = None) -> None:
+    def __init__(self, folder: str | Path | None = None, islands: IslandRule = IslandRule(),
+                 patient_rule: str = DEFAULT_PATIENT_RULE) -> None:
         self.folder = Path(folder) if folder else None
+        self.islands = islands
+        self.patient_rule = patient_rule
         self.memory: dict[str, np.ndarray] = {}
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def key(row: ManifestRow, spec: PatchSpec) -> str:
-        """Cache key: the inputs' content, the segment, the phases and the patch spec."""
+    def key(self, row: ManifestRow, spec: PatchSpec) -> str:
+        """Cache key: the inputs' content, the segment, the phases, the patch spec and the tumour rules."""
         return content_fingerprint([*row.images, row.segmentation],
-                                   {"spec": spec.to_dict(), "phases": row.phases, "segment": row.segment, "version": 3})
+                                   {"spec": spec.to_dict(), "phases": row.phases, "segment": row.segment,
+                                    "islands": self.islands.to_dict(), "patient_rule": self.patient_rule,
+                                    "version": 4})
 
     def get(self, row: ManifestRow, spec: PatchSpec) -> np.ndarray:
         key = self.key(row, spec)
@@ -102,7 +116,7 @@ class PatchCache:
                 except (OSError, ValueError):
                     logger.warning("patch cache %s unreadable; cutting the patches again", path)
         self.misses += 1
-        patches = case_patches(row, spec)
+        patches = case_patches(row, spec, self.islands, self.patient_rule)
         self.memory[key] = patches
         if path is not None:
             with atomic_path(path) as tmp:

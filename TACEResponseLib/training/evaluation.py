@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError, TACEResponseError
-from TACEResponseLib.core.files import atomic_path, write_json_atomic
+from TACEResponseLib.core.files import atomic_path, check_output_folder, write_json_atomic
+from TACEResponseLib.imaging.tumours import PATIENT_RULES
 from TACEResponseLib.training.figures import write_plots
 from TACEResponseLib.training.metrics import compute_metrics
 
@@ -73,9 +74,9 @@ class EvaluationReport:
 
 
 def predict_rows(predictor, rows, progress_bar: bool = True) -> tuple[list[CasePrediction], dict[str, str]]:
-    """Predict each manifest row through :func:`~TACEResponseLib.prediction.case.predict_case` (the
-    index tumour = the segment's largest island gives the patient's probabilities); failures are
-    collected, not raised."""
+    """Predict each manifest row through :func:`~TACEResponseLib.prediction.case.predict_case`; the
+    patient's probabilities are the result's patient-level answer (the predictor's patient rule,
+    the one prediction uses); failures are collected, not raised."""
     from tqdm import tqdm
 
     from TACEResponseLib.prediction.case import predict_case
@@ -87,9 +88,8 @@ def predict_rows(predictor, rows, progress_bar: bool = True) -> tuple[list[CaseP
             result = predict_case(predictor, row.images, row.segmentation,
                                   segments=[row.segment] if row.segment else None, clinical=row.clinical or None,
                                   case_id=row.case_id)
-            tumour = result.tumours[0]
-            predictions.append(CasePrediction(row.case_id, row.label, list(tumour.probabilities),
-                                              len(tumour.patch_probabilities)))
+            patient = result.patient
+            predictions.append(CasePrediction(row.case_id, row.label, list(patient.probabilities), patient.n_patches))
         except (TACEResponseError, OSError) as exc:
             logger.error("case %s: %s", row.case_id, exc)
             failed[row.case_id] = str(exc)
@@ -105,6 +105,8 @@ def evaluate_bundle(
     device: str = "cpu",
     progress_bar: bool = True,
     plots: bool = True,
+    islands=None,
+    patient_rule: str | None = None,
 ) -> EvaluationReport:
     """Predict every case of ``manifest`` with ``bundle`` and write the report and figures to ``output``.
 
@@ -113,6 +115,7 @@ def evaluate_bundle(
         manifest: labelled cohort CSV (``label`` = the true class of each patient).
         n_bootstrap, seed: patient-level bootstrap of every CI.
         plots: also draw the ROC, confusion, calibration and decision-curve figures.
+        islands, patient_rule: the tumour rules (default: the bundle's training rules, as prediction).
 
     Returns:
         The :class:`EvaluationReport` (metrics, per-case predictions, failed cases, files written).
@@ -123,11 +126,12 @@ def evaluate_bundle(
     from TACEResponseLib.prediction.predictor import Predictor
 
     started = time.perf_counter()
+    output = check_output_folder(output)
     bundle = bundle if isinstance(bundle, Bundle) else resolve_bundle(bundle)
     card = bundle.card
     rows = read_manifest(manifest, [p.name for p in card.inputs], require_label=True,
                          clinical=[c.name for c in card.clinical_factors], class_names=card.class_names)
-    predictor = Predictor(bundle, device=device, cam_method="none")
+    predictor = Predictor(bundle, device=device, cam_method="none", islands=islands, patient_rule=patient_rule)
     predictions, failed = predict_rows(predictor, rows, progress_bar)
     if not predictions:
         raise InputError(f"{manifest}: no case could be predicted; first error: {next(iter(failed.values()), '?')}")
@@ -135,8 +139,7 @@ def evaluate_bundle(
     probabilities = np.array([p.probabilities for p in predictions])
     metrics = compute_metrics(labels, probabilities, card.class_names, card.objective_response_indices,
                               n_bootstrap=n_bootstrap, seed=seed)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output.mkdir(exist_ok=True)
     cohort_synthetic = all(r.synthetic for r in rows)
     report: dict[str, Any] = {
         "format": "tace-response-evaluation/1",
@@ -145,7 +148,9 @@ def evaluate_bundle(
         "cohort": {"manifest": str(Path(manifest).resolve()), "n_rows": len(rows),
                    "synthetic": cohort_synthetic},
         "failed_cases": failed,
-        "patient_probability": "mean of the patch probabilities of the index tumour (the segment's largest island)",
+        "patient_probability": PATIENT_RULES[predictor.patient_rule],
+        "tumour_rule": {**predictor.islands.to_dict(), "patient_rule": predictor.patient_rule,
+                        "description": predictor.islands.describe()},
         "metrics": metrics,
         "runtime_s": None,
     }

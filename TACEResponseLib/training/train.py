@@ -224,13 +224,18 @@ def _prepare_cohort(manifest: str | Path, config: TrainingConfig, work: Path, pr
     """Read and check the manifest, split patients, cut (or load cached) patches, balance classes."""
     rows = read_manifest(manifest, config.phases, require_label=True, clinical=config.clinical,
                          class_names=config.class_names)
+    present = sorted({r.label for r in rows})
+    if len(present) < 2:
+        raise InputError(f"{manifest}: every case has label {present[0] if present else '?'}; a classifier needs "
+                         f"at least two classes of {', '.join(config.class_names)} in its training data")
     split = stratified_patient_split([r.case_id for r in rows], [r.label for r in rows],
                                      config.validation_fraction, config.seed)
     scaler, factors = _clinical_factors(config, rows, set(split.train))
-    dataset = build_dataset(rows, config.patch_spec, config.class_names, PatchCache(work / "patches"), progress_bar)
+    cache = PatchCache(work / "patches", config.islands, config.patient_rule)
+    dataset = build_dataset(rows, config.patch_spec, config.class_names, cache, progress_bar)
     if scaler is not None:
         dataset.clinical = scaler.transform([r.clinical for r in rows])
-    data_key = hashlib.sha256("".join(PatchCache.key(r, config.patch_spec) for r in rows).encode()).hexdigest()
+    data_key = hashlib.sha256("".join(cache.key(r, config.patch_spec) for r in rows).encode()).hexdigest()
     train_rows = dataset.rows_of(split.train)
     val_rows = dataset.rows_of(split.validation) if split.validation else np.zeros(0, int)
     patch_labels = dataset.patch_labels()
@@ -466,6 +471,7 @@ def _card(config: TrainingConfig, cohort: _Cohort, training_data: dict[str, Any]
         training_data=training_data,
         metrics={"validation": validation, "training_history": history},
         references=[REFERENCES[k] for k in ARCHITECTURE_REFERENCES.get(config.architecture, [])],
+        tumour_rule={**config.islands.to_dict(), "patient_rule": config.patient_rule},
     )
 
 
@@ -494,11 +500,14 @@ def train(
     from TACEResponseLib.networks.bundle import save_bundle
     from TACEResponseLib.networks.device import select_device
 
+    from TACEResponseLib.core.files import check_output_folder
+
     started = time.perf_counter()
-    output = Path(output)
+    output = check_output_folder(output)
     work = Path(work_dir) if work_dir else output.with_name(output.name + ".work")
-    cohort = _prepare_cohort(manifest, config, work, progress_bar)
+    check_output_folder(work, "--work-dir")
     device = select_device(config.device)
+    cohort = _prepare_cohort(manifest, config, work, progress_bar)
     with _deterministic(config.threads):
         _seed_everything(config.seed)
         network, optimizer, init = _build_model(config, len(config.class_names), cohort.dataset.images.shape[1], device)

@@ -1,4 +1,6 @@
-"""What the results section shows for a tumour, and the report export (CSV, overlay PNG/PDF, nomogram).
+"""What the results section shows for a tumour and for the patient, and the report export (CSV,
+overlay PNG/PDF, nomogram). Tumours that could not be assessed are listed with their reason and
+shown greyed in the results table.
 """
 
 from __future__ import annotations
@@ -6,7 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,6 +49,8 @@ class ResultView:
     risk_text: str
     survival_text: str
     status: str
+    patient_text: str = ""
+    not_assessable: list[str] = field(default_factory=list)  # "label: reason"
 
 
 def _percent(value: float | None) -> int:
@@ -75,8 +79,20 @@ def survival_at(survival: Mapping[str, Any] | None) -> dict[str, float]:
     return {str(k): float(v) for k, v in (survival.get("survival_at") or {}).items()}
 
 
+def patient_text(result) -> str:
+    """The patient-level answer in one line: class, its probability, the tumours it used, the rule."""
+    patient = getattr(result, "patient", None)
+    if patient is None:
+        return ""
+    probability = _percent(patient.probability_of.get(patient.predicted_class))
+    rule = "target lesions" if patient.rule == "target_lesions" else "all assessable tumours, volume-weighted"
+    return (f"Patient: {patient.predicted_class} ({CLASS_DESCRIPTIONS.get(patient.predicted_class, '')}, "
+            f"{probability} %) from {', '.join(patient.tumours)} — {rule}")
+
+
 def result_view(result, tumour_index: int = 0) -> ResultView:
-    """Headline class, bars, ORR, warning, risk group and survival text for one tumour."""
+    """Headline class, bars, ORR, warning, risk group and survival text for one tumour, with the
+    patient-level answer and the tumours that could not be assessed."""
     if not result.tumours:
         raise InputError(f"result of case {result.case_id!r} has no tumour")
     tumour_index = min(max(tumour_index, 0), len(result.tumours) - 1)
@@ -86,15 +102,47 @@ def result_view(result, tumour_index: int = 0) -> ResultView:
     detail = f"{CLASS_DESCRIPTIONS.get(predicted, predicted)} · probability {_percent(probabilities.get(predicted))} %"
     if tumour.volume_ml:
         detail += f" · {tumour.volume_ml:.1f} ml"
+    patient = patient_text(result)
+    skipped = [f"{t.label}: {t.detail}" for t in getattr(result, "not_assessable", [])]
+    if patient and (len(result.tumours) > 1 or skipped):
+        detail += f"\n{patient}"
+    if skipped:
+        detail += f"\n{len(skipped)} tumour(s) not assessable (greyed in the table, reason in its last column)"
     bars = [(name, _percent(p), name == predicted) for name, p in zip(tumour.class_names, tumour.probabilities)]
     orr = (ORR_LABEL, _percent(tumour.objective_response_probability)) \
         if tumour.objective_response_probability is not None else None
     risk_text, survival_text = survival_texts(result.survival)
     seconds = result.timings.get("total")
     status = f"Model {result.bundle_id} on {result.device}" + (f", {seconds:.1f} s." if seconds else ".")
+    warnings = ([result.warning] if result.synthetic_model else []) + list(getattr(result, "warnings", []) or [])
     return ResultView(headline=predicted, detail=detail, bars=bars, orr=orr, tumours=[t.label for t in result.tumours],
-                      tumour_index=tumour_index, warning=result.warning if result.synthetic_model else "",
-                      risk_text=risk_text, survival_text=survival_text, status=status)
+                      tumour_index=tumour_index, warning="\n".join(warnings),
+                      risk_text=risk_text, survival_text=survival_text, status=status, patient_text=patient,
+                      not_assessable=skipped)
+
+
+def grey_not_assessable_rows(table_view: Any, result, colour: tuple[int, int, int] = (150, 150, 150)) -> int:
+    """Grey the not-assessable rows of the results table (they follow the predicted tumours, as
+    :func:`TACEResponseLib.frontend.mrml.prediction_table_columns` orders them); returns how many."""
+    model = table_view.model() if table_view is not None and hasattr(table_view, "model") else None
+    first, count = len(result.tumours), len(getattr(result, "not_assessable", []))
+    if model is None or not count:
+        return 0
+    try:
+        import qt  # Slicer's PythonQt
+
+        brush, role = qt.QBrush(qt.QColor(*colour)), qt.Qt.ForegroundRole
+    except ImportError:
+        from PySide6.QtCore import Qt
+        from PySide6.QtGui import QBrush, QColor
+
+        brush, role = QBrush(QColor(*colour)), Qt.ItemDataRole.ForegroundRole
+    greyed = 0
+    for row in range(first, min(first + count, model.rowCount())):
+        for column in range(model.columnCount()):
+            model.setData(model.index(row, column), brush, role)
+        greyed += 1
+    return greyed
 
 
 def fill_results(ui: Any, view: ResultView) -> None:
@@ -139,16 +187,31 @@ def clear_results(ui: Any) -> None:
 
 
 def result_rows(result) -> list[dict[str, Any]]:
-    """One CSV row per tumour: probabilities, objective response, volume, survival, model, warning."""
+    """One CSV row for the patient, then one per tumour (not-assessable ones with their reason):
+    probabilities, objective response, volume, survival, model, warning."""
     survival = result.survival or {}
     rows = []
-    for tumour in result.tumours:
-        row: dict[str, Any] = {"case_id": result.case_id, "tumour": tumour.label, "segment_id": tumour.segment_id,
-                               "predicted": tumour.predicted_class}
+    patient = getattr(result, "patient", None)
+    entries: list[tuple[str, Any]] = ([("patient", patient)] if patient is not None else [])
+    entries += [("tumour", t) for t in result.tumours]
+    entries += [("not assessable", t) for t in getattr(result, "not_assessable", [])]
+    for kind, tumour in entries:
+        if kind == "patient":
+            row: dict[str, Any] = {"case_id": result.case_id, "tumour": f"patient ({', '.join(tumour.tumours)})",
+                                   "segment_id": "", "predicted": tumour.predicted_class}
+        else:
+            row = {"case_id": result.case_id, "tumour": tumour.label, "segment_id": tumour.segment_id,
+                   "predicted": tumour.predicted_class if kind == "tumour" else "not assessable"}
+        if kind == "not assessable":
+            row.update({"reason": tumour.detail, "volume_ml": round(float(tumour.volume_ml), 3)})
+            rows.append(row)
+            continue
         row.update({f"P({c})": round(float(p), 6) for c, p in zip(tumour.class_names, tumour.probabilities)})
         row["P(objective response)"] = (None if tumour.objective_response_probability is None
                                         else round(float(tumour.objective_response_probability), 6))
-        row["volume_ml"] = round(float(tumour.volume_ml), 3)
+        row["volume_ml"] = round(float(getattr(tumour, "volume_ml", 0.0)), 3)
+        if kind == "patient":
+            row["reason"] = tumour.description
         if survival:
             row["risk_group"] = survival.get("risk_group")
             row["total_points"] = survival.get("total_points")
