@@ -828,22 +828,23 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
     def inputsKey(self, p) -> tuple:
         """What a result depends on: a change sends a finished panel back to idle."""
         return (p.referenceVolume, tuple(sorted((k, v.GetID() if v else None) for k, v in p.phaseVolumes.items())),
-                p.segmentationNode, p.segmentId, self.modelOf(p), p.clinicalValues, str(self.nomogramOf(p)), p.device)
+                p.segmentationNode, p.segmentId, self.modelOf(p), p.clinicalValues, str(self.nomogramOf(p)), p.device,
+                p.splitIslands, p.minIslandMl, p.patientRule)
 
     def inputsFor(self, referenceVolume, segmentationNode, segmentId, model="", phaseVolumes=None, clinical=None,
-                  nomogram=None, missingPackages=None):
+                  nomogram=None, missingPackages=None, islands=None, patientRule=None):
         """:class:`panel.PanelInputs` for these nodes and settings (problems become Apply blockers)."""
         return panel.collect_inputs(
             referenceVolume, phaseVolumes, segmentationNode, segmentId, model, clinical,
             Path(nomogram) if nomogram is not None else None,
             panel.dependency_status() if missingPackages is None else missingPackages,
-            self._segmentProblems.get(segmentationNode, segmentId))
+            self._segmentProblems.get(segmentationNode, segmentId), islands, patientRule)
 
     def collectInputs(self, p, missingPackages=None):
         """Everything Apply needs, from the parameter node (card and nomogram read from disk)."""
         return self.inputsFor(p.referenceVolume, p.segmentationNode, p.segmentId, self.modelOf(p),
                               dict(p.phaseVolumes), panel.parse_clinical_values(p.clinicalValues), self.nomogramOf(p),
-                              list(missingPackages or []))
+                              list(missingPackages or []), panel.IslandRule(p.splitIslands, p.minIslandMl), p.patientRule)
 
     def ensureSegmentation(self, p):
         """The chosen segmentation and segment; creates them (an empty 'Tumour' with the liver-tumour
@@ -866,7 +867,8 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
 
     # -- prediction -----------------------------------------------------------------------------
     def process(self, referenceVolume, segmentationNode, segmentId, model=None, phaseVolumes=None, clinical=None,
-                nomogram=None, device="auto", *, timeout=None, outputNodes=None, keepTemporaryFiles=False):
+                nomogram=None, device="auto", *, timeout=None, outputNodes=None, keepTemporaryFiles=False,
+                islands=None, patientRule=None):
         """Predict one case from nodes and show it in MRML nodes; blocks until done.
 
         Args:
@@ -879,12 +881,16 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
                 (:meth:`defaultNomogram` gives the one registered for a model).
             device: "auto", "cpu", "cuda", "cuda:N" or "mps".
             outputNodes: :class:`mrml.OutputNodes` to update instead of creating new nodes.
+            islands: :class:`panel.IslandRule` (one tumour per island of at least ``min_island_ml`` ml, or the
+                whole segment); None: the model's training rule.
+            patientRule: "target_lesions" (default) or "volume_weighted".
 
         Returns:
             The :class:`PredictionResult`; the nodes it is shown in are in :attr:`outputNodes`.
         """
         model = model or self.defaultModel()
-        inputs = self.inputsFor(referenceVolume, segmentationNode, segmentId, model, phaseVolumes, clinical, nomogram)
+        inputs = self.inputsFor(referenceVolume, segmentationNode, segmentId, model, phaseVolumes, clinical, nomogram,
+                                islands=islands, patientRule=patientRule)
         self.session.python = process.python_slicer_executable()
         return self.session.process(inputs, device, timeout=timeout, output_nodes=outputNodes,
                                     keep_files=keepTemporaryFiles)
@@ -895,7 +901,8 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
         result = self.process(p.referenceVolume, p.segmentationNode, p.segmentId, model=self.modelOf(p) or None,
                               phaseVolumes=dict(p.phaseVolumes), clinical=panel.parse_clinical_values(p.clinicalValues),
                               nomogram=self.nomogramOf(p), device=p.device, timeout=timeout, outputNodes=outputs,
-                              keepTemporaryFiles=p.keepTemporaryFiles)
+                              keepTemporaryFiles=p.keepTemporaryFiles,
+                              islands=panel.IslandRule(p.splitIslands, p.minIslandMl), patientRule=p.patientRule)
         self._storeOutputs(p)
         return result
 

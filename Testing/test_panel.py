@@ -363,3 +363,24 @@ def test_prediction_session_is_the_logics_explicit_process(mrml, tmp_path):
     with pytest.raises(InputError, match="no-such-model"):
         session.process(panel.collect_inputs(nodes.reference, {}, nodes.segmentation, nodes.segment_id,
                                              "no-such-model"), "cpu")
+
+
+def test_island_settings_reach_the_background_prediction():
+    """The panel's Advanced island settings become the CLI's options; unset, the model's rule applies."""
+    from TACEResponseLib.frontend.panel.run import PredictionRequest
+
+    plain = PredictionRequest([Path("a.nrrd")], Path("t.seg.nrrd"), "Segment_1", "demo")
+    arguments = plain.cli_arguments("OUT")
+    assert "--min-island-ml" not in arguments and "--no-split-islands" not in arguments
+    assert "--patient-rule" not in arguments
+    merged = PredictionRequest([Path("a.nrrd")], Path("t.seg.nrrd"), "Segment_1", "demo",
+                               islands=panel.IslandRule(split=False, min_island_ml=0.5), patient_rule="volume_weighted")
+    arguments = merged.cli_arguments("OUT")
+    assert arguments[arguments.index("--min-island-ml") + 1] == "0.5"
+    assert "--no-split-islands" in arguments
+    assert arguments[arguments.index("--patient-rule") + 1] == "volume-weighted"
+    assert arguments[-1] == "--progress"
+    from TACEResponseLib.cli import build_parser
+
+    parsed = build_parser().parse_args([*arguments[:-1], "--progress"])
+    assert parsed.no_split_islands and parsed.min_island_ml == 0.5 and parsed.patient_rule == "volume-weighted"

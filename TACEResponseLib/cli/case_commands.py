@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from TACEResponseLib.cli.common import (
     SEED,
@@ -50,15 +49,15 @@ def cmd_patches(args: argparse.Namespace) -> int:
     import numpy as np
 
     from TACEResponseLib.core.files import atomic_paths
+    from TACEResponseLib.imaging.segmentation import read_segmentation
     from TACEResponseLib.imaging.tumours import assess_tumours, tumour_rois
     from TACEResponseLib.imaging.views import write_patch_montage
-    from TACEResponseLib.prediction.case import read_case_segmentation
     from TACEResponseLib.imaging.volume_io import read_phase_volumes
 
     out = check_output_folder(args.output)
     spec = patch_spec_from(args)
     images = read_phase_volumes(args.image)
-    segmentation = read_case_segmentation(args.segmentation)
+    segmentation = read_segmentation(args.segmentation)
     rois = tumour_rois(segmentation, images[0], [args.segment] if args.segment else None, island_rule_from(args))
     assessment = assess_tumours(images, rois, spec)
     sets = assessment.assessed

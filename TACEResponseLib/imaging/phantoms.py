@@ -29,7 +29,11 @@ from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path, write_json_atomic
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.geometry import Volume, ijk_to_ras_from, rotation_matrix
-from TACEResponseLib.imaging.segmentation import LIVER_TUMOUR_TERMINOLOGY, Segmentation, write_segmentation
+from TACEResponseLib.imaging.segmentation import (
+    LIVER_TUMOUR_TERMINOLOGY,
+    Segmentation,
+    write_segmentation,
+)
 from TACEResponseLib.imaging.volume_io import write_volume
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,12 @@ import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path
-from TACEResponseLib.imaging.geometry import LPS_TO_RAS, Volume, bounding_box, to_sitk_image
+from TACEResponseLib.imaging.geometry import (
+    LPS_TO_RAS,
+    Volume,
+    bounding_box,
+    to_sitk_image,
+)
 from TACEResponseLib.imaging.volume_io import unreadable_image_error, volume_from_sitk
 
 logger = logging.getLogger(__name__)
@@ -154,9 +159,12 @@ def read_segmentation(path: str | os.PathLike) -> Segmentation:
         raise InputError(f"{path}: segmentation file does not exist")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; a segmentation file (.seg.nrrd, .nrrd, .nii.gz) is needed")
-    if _has_segment_metadata(path):
-        return _read_seg_nrrd(path)
-    return _read_labelmap(path)
+    try:
+        return _read_seg_nrrd(path) if _has_segment_metadata(path) else _read_labelmap(path)
+    except InputError:
+        raise
+    except (ValueError, RuntimeError, IndexError, KeyError) as exc:  # a malformed file, e.g. a 2-D labelmap
+        raise InputError(f"{path}: cannot be read as a segmentation of a 3-D image ({exc})") from None
 
 
 def _has_segment_metadata(path: Path) -> bool:

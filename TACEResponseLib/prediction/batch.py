@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from TACEResponseLib.core.errors import InputError, TACEResponseError
-from TACEResponseLib.core.files import atomic_path, check_output_folder, safe_file_name, write_json_atomic
+from TACEResponseLib.core.files import (
+    atomic_path,
+    check_output_folder,
+    safe_file_name,
+    write_json_atomic,
+)
 from TACEResponseLib.imaging.manifest import ManifestRow, read_manifest
 from TACEResponseLib.prediction.case import (
     HEATMAP_FILE,

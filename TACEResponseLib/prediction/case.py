@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import atomic_paths, check_output_folder, content_fingerprint
+from TACEResponseLib.core.files import (
+    atomic_paths,
+    check_output_folder,
+    content_fingerprint,
+)
 from TACEResponseLib.imaging.geometry import Volume
 from TACEResponseLib.imaging.segmentation import Segmentation, read_segmentation
 from TACEResponseLib.imaging.volume_io import read_phase_volumes, write_volume
@@ -97,7 +101,7 @@ def predict_case(
                 survival_sources[phase] = source.name if isinstance(source, Volume) else str(source)
     segmentation_source = segmentation
     if not isinstance(segmentation, Segmentation):
-        segmentation = read_case_segmentation(segmentation)
+        segmentation = read_segmentation(segmentation)
     read_s = time.perf_counter() - started
     case_id = case_id or (volumes[0].name if isinstance(images[0], Volume) else Path(images[0]).name.split(".")[0])
     result = predictor.predict(volumes, segmentation, segments=segments, clinical=clinical, case_id=case_id,
@@ -120,17 +124,6 @@ def predict_case(
     result.timings["total"] = time.perf_counter() - started
     progress(1.0, "done")
     return result
-
-
-def read_case_segmentation(path: str | Path) -> Segmentation:
-    """:func:`read_segmentation`, with any failure on a malformed file (e.g. a 2-D labelmap)
-    reported as an InputError naming the file rather than a traceback."""
-    try:
-        return read_segmentation(path)
-    except InputError:
-        raise
-    except (ValueError, RuntimeError, IndexError, KeyError) as exc:
-        raise InputError(f"{path}: cannot be read as a segmentation of a 3-D image ({exc})") from None
 
 
 def write_result_files(result: PredictionResult, output_dir: Path, reference: Volume | None = None,

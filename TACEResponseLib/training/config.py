@@ -13,7 +13,11 @@ from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.manifest import MRECIST_CLASSES
 from TACEResponseLib.imaging.patches import PatchSpec
-from TACEResponseLib.imaging.tumours import DEFAULT_PATIENT_RULE, IslandRule, check_patient_rule
+from TACEResponseLib.imaging.tumours import (
+    DEFAULT_PATIENT_RULE,
+    IslandRule,
+    check_patient_rule,
+)
 
 logger = logging.getLogger(__name__)
 

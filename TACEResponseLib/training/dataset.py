@@ -64,7 +64,11 @@ def case_patches(row: ManifestRow, spec: PatchSpec, islands: IslandRule = Island
     lesions = the up-to-two largest assessable tumours) — the rule prediction and evaluation use."""
     from TACEResponseLib.imaging.sanity import check_scan
     from TACEResponseLib.imaging.segmentation import read_segmentation
-    from TACEResponseLib.imaging.tumours import assess_tumours, patient_tumours, tumour_rois
+    from TACEResponseLib.imaging.tumours import (
+        assess_tumours,
+        patient_tumours,
+        tumour_rois,
+    )
     from TACEResponseLib.imaging.volume_io import read_phase_volumes
 
     images = read_phase_volumes(row.images, row.phases)

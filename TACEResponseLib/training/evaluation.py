@@ -19,7 +19,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError, TACEResponseError
-from TACEResponseLib.core.files import atomic_path, check_output_folder, write_json_atomic
+from TACEResponseLib.core.files import (
+    atomic_path,
+    check_output_folder,
+    write_json_atomic,
+)
 from TACEResponseLib.imaging.tumours import PATIENT_RULES
 from TACEResponseLib.training.figures import write_plots
 from TACEResponseLib.training.metrics import compute_metrics

@@ -497,10 +497,9 @@ def train(
     Returns:
         A :class:`TrainingResult` with the saved bundle, the history and the validation metrics.
     """
+    from TACEResponseLib.core.files import check_output_folder
     from TACEResponseLib.networks.bundle import save_bundle
     from TACEResponseLib.networks.device import select_device
-
-    from TACEResponseLib.core.files import check_output_folder
 
     started = time.perf_counter()
     output = check_output_folder(output)

@@ -6,6 +6,7 @@ the same calls work on Slicer's PythonQt widgets and on PySide6 widgets. The nam
 submodules are re-exported here, so the module file reads ``panel.apply_blockers(...)``.
 """
 
+from TACEResponseLib.frontend.panel.binding import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.dependencies import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.form import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.inputs import *  # noqa: F401,F403
@@ -13,4 +14,4 @@ from TACEResponseLib.frontend.panel.models import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.results import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.run import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.state import *  # noqa: F401,F403
-from TACEResponseLib.frontend.panel.binding import *  # noqa: F401,F403
+from TACEResponseLib.imaging.tumours import IslandRule  # noqa: F401,E402 - the panel's island settings

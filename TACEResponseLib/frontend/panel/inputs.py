@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.frontend.panel.form import ClinicalField, phase_selectors
+from TACEResponseLib.imaging.tumours import IslandRule
 from TACEResponseLib.networks.bundle import BundleCard
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class PanelInputs:
     nomogram_problem: str | None = None
     missing_packages: list[str] = field(default_factory=list)
     survival_phases: list[str] = field(default_factory=list)  # what the survival model's signature needs
+    islands: IslandRule | None = None   # how segments become tumours (None: the model's training rule)
+    patient_rule: str | None = None     # the patient-level rule (None: target lesions)
 
     @property
     def phase_names(self) -> list[str]:
@@ -56,11 +59,16 @@ class PanelInputs:
 def collect_inputs(reference: Any = None, phase_volumes: dict[str, Any] | None = None, segmentation: Any = None,
                    segment_id: str = "", model: str = "", clinical_values: dict[str, Any] | None = None,
                    nomogram: Path | None = None, missing_packages: Sequence[str] = (),
-                   segment_problem: str | None = None) -> PanelInputs:
+                   segment_problem: str | None = None, islands: IslandRule | None = None,
+                   patient_rule: str | None = None) -> PanelInputs:
     """Everything Apply needs: the model's card and the nomogram's variables and phases read from
     disk; a model or nomogram that cannot be used becomes a problem Apply reports, not an error."""
     from TACEResponseLib.core.errors import TACEResponseError
-    from TACEResponseLib.frontend.panel.form import clinical_fields, nomogram_fields, survival_phases
+    from TACEResponseLib.frontend.panel.form import (
+        clinical_fields,
+        nomogram_fields,
+        survival_phases,
+    )
     from TACEResponseLib.frontend.panel.models import load_card
 
     card, model_problem = None, None
@@ -80,7 +88,7 @@ def collect_inputs(reference: Any = None, phase_volumes: dict[str, Any] | None =
                        model_problem=model_problem, clinical_fields=clinical_fields(card, variables),
                        clinical_values=dict(clinical_values or {}), nomogram=nomogram,
                        nomogram_problem=nomogram_problem, missing_packages=list(missing_packages),
-                       survival_phases=phases)
+                       survival_phases=phases, islands=islands, patient_rule=patient_rule)
 
 
 class SegmentProblemCache:

@@ -12,6 +12,7 @@ from typing import Mapping
 from TACEResponseLib.core.errors import InputError, TACEResponseError
 from TACEResponseLib.core.files import safe_file_name
 from TACEResponseLib.frontend.panel.inputs import PanelInputs, apply_blockers, node_name
+from TACEResponseLib.imaging.tumours import IslandRule, check_patient_rule
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class PredictionRequest:
     device: str = "auto"
     case_id: str = "case"
     survival_images: dict[str, Path] = field(default_factory=dict)  # survival-only phases
+    islands: IslandRule | None = None  # None: the model's training rule
+    patient_rule: str | None = None    # None: the default rule (target lesions)
 
     def cli_arguments(self, output: str | Path) -> list[str]:
         arguments = ["predict"]
@@ -47,6 +50,11 @@ class PredictionRequest:
             arguments += ["--nomogram", str(self.nomogram)]
         for phase, path in self.survival_images.items():
             arguments += ["--survival-image", f"{phase}={path}"]
+        if self.islands is not None:
+            arguments += ["--min-island-ml", repr(float(self.islands.min_island_ml))]
+            arguments += [] if self.islands.split else ["--no-split-islands"]
+        if self.patient_rule:
+            arguments += ["--patient-rule", check_patient_rule(self.patient_rule).replace("_", "-")]
         return arguments + ["--progress"]
 
 
@@ -81,7 +89,8 @@ def write_case_inputs(folder: str | Path, inputs: PanelInputs, device: str = "au
     segmentation_path = write_segmentation(segmentation, folder / "tumour.seg.nrrd")
     clinical = {item.name: item.cli_value(inputs.clinical_values[item.name]) for item in inputs.clinical_fields}
     return PredictionRequest(paths, segmentation_path, inputs.segment_id, inputs.model, clinical, inputs.nomogram,
-                             device, safe_file_name(node_name(inputs.reference)), survival_paths)
+                             device, safe_file_name(node_name(inputs.reference)), survival_paths, inputs.islands,
+                             inputs.patient_rule)
 
 
 class PredictionRun:
