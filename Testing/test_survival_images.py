@@ -423,10 +423,10 @@ def test_survival_command_end_to_end(cohort, tmp_path, capsys):
     assert RANDOM_INIT_LABEL in printed and "C-index" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["deep_features"]["label"] == RANDOM_INIT_LABEL
-    assert report["icc"]["kind"] == "ICC(2,1)" and report["icc"]["repeat"] == "erode"
+    assert report["icc"]["kind"] == "ICC(2,1)" and report["icc"]["repeat"] == "randomise"
     split = pd.read_csv(out / "split.csv")
     assert len(split) == 48 and set(split["cohort"]) == {"training", "validation"}
-    repeat = pd.read_csv(out / "features_erode.csv")
+    repeat = pd.read_csv(out / "features_randomise.csv")
     assert set(repeat["case_id"]) == set(split.loc[split["cohort"] == "training", "case_id"])
     assert report["icc"]["n_cases"] == (split["cohort"] == "training").sum()  # ICC on training cases only
     icc_table = pd.read_csv(out / "icc.csv")
@@ -514,7 +514,10 @@ def test_fit_signature_then_fit_nomogram_equals_survival(cohort, feature_tables,
                      "--covariates", "BCLC", "ALT", "--n-boot", "20"]) == 0
     assert (staged / "signature.json").read_bytes() == before
     report = json.loads((other / "report.json").read_text())
-    assert {t["variable"] for t in report["selection"]["combined"]["screen"]["terms"]} == {"BCLC", "ALT", "signature"}
+    screen = report["selection"]["combined"]["screen"]
+    # BCLC A/B/C is one variable (one joint test, 2 degrees of freedom) with a column per level against A
+    assert {t["variable"]: t["df"] for t in screen["tests"]} == {"BCLC": 2, "ALT": 1, "signature": 1}
+    assert {t["variable"] for t in screen["terms"]} == {"BCLC[B]", "BCLC[C]", "ALT", "signature"}
     assert SurvivalModel.load(other / "survival_model.json").nomogram.name in ("combined", "signature")
 
 

@@ -34,9 +34,22 @@ def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
                    help="ImageNet DenseNet-121 state dict (torchvision layout); without it: seeded random init, "
                         "labelled 'random-init DenseNet features, SYNTHETIC demo'")
     p.add_argument("--init-seed", type=SEED, default=0, help="seed of the random initialisation (no --pretrained)")
-    p.add_argument("--perturb", choices=["none", "erode", "dilate", "reader2"], default=None,
-                   help="ROI perturbation: erode/dilate in-plane, or reader2 = the manifest's segmentation_2")
-    p.add_argument("--perturb-voxels", type=number(int, 1, 50), default=1)
+    p.add_argument("--register", action="store_true",
+                   help="rigidly register each phase onto the first (SimpleITK) when the phases are not aligned; "
+                        "phases with their own ROI (manifest column segment_<phase>) are left as they are")
+    p.add_argument("--perturb", choices=["none", "randomise", "erode", "dilate", "reader2"], default=None,
+                   help="repeat extraction for the ICC filter: randomise = random rotation/translation + contour "
+                        "randomisation + noise (default of survival/fit-signature); erode/dilate the ROI in-plane; "
+                        "reader2 = the manifest's segmentation_2")
+    p.add_argument("--perturb-voxels", type=number(int, 1, 50), default=1, help="erode/dilate: voxels")
+    p.add_argument("--perturb-rotation", type=number(float, 0, 180), default=15.0, metavar="DEG",
+                   help="randomise: in-plane rotation drawn from ±DEG")
+    p.add_argument("--perturb-translation", type=number(float, 0, 10), default=0.5, metavar="VOXELS",
+                   help="randomise: shift per axis drawn from ±VOXELS")
+    p.add_argument("--perturb-contour-mm", type=number(float, 0, 50), default=2.0,
+                   help="randomise: SD of the contour displacement")
+    p.add_argument("--perturb-noise", type=number(float, 0, 100), default=1.0,
+                   help="randomise: added noise SD as a multiple of the image's estimated noise SD")
     p.add_argument("--cache", default=None, metavar="DIR", help="per-case feature cache folder")
     p.add_argument("--batch-size", type=number(int, 1, 4096), default=16, help="patches per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -47,7 +60,14 @@ def _settings_from(args: argparse.Namespace):
 
     islands = island_rule_from(args) if hasattr(args, "no_split_islands") else None
     return FeatureSettings(phases=list(args.phases), size=args.size, fov_mm=args.fov_mm, pretrained=args.pretrained,
-                           seed=args.init_seed, islands=islands)
+                           seed=args.init_seed, islands=islands, register=args.register)
+
+
+def _randomisation_from(args: argparse.Namespace):
+    from TACEResponseLib.survival.reproducibility import RandomPerturbation
+
+    return RandomPerturbation(rotation_deg=args.perturb_rotation, translation_voxels=args.perturb_translation,
+                              contour_mm=args.perturb_contour_mm, noise=args.perturb_noise, seed=args.init_seed)
 
 
 def cmd_extract_features(args: argparse.Namespace) -> int:
@@ -67,11 +87,13 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
     cases = read_feature_manifest(args.manifest, settings.phases)
     cache = Path(args.cache) if args.cache else output.parent / "feature_cache"
     extractor = DeepFeatureExtractor(settings, cache_dir=cache, device=args.device, batch_size=args.batch_size,
-                                     perturb_voxels=args.perturb_voxels)
+                                     perturb_voxels=args.perturb_voxels, randomisation=_randomisation_from(args))
     perturbation = args.perturb or "none"
     table = extractor.extract(cases, perturbation=perturbation)
     write_feature_table(table, output, {**extractor.metadata(), "perturbation": perturbation,
-                                        "perturb_voxels": args.perturb_voxels, "cases": extractor.case_info})
+                                        "perturb_voxels": args.perturb_voxels,
+                                        "randomisation": extractor.randomisation.to_dict()
+                                        if perturbation == "randomise" else None, "cases": extractor.case_info})
     print(f"{len(table)} cases × {table.shape[1]} features ({extractor.cache_hits} from cache) → {output}")
     print(f"features: {extractor.weights.label}")
     return 0
@@ -92,15 +114,51 @@ def _levels_from(pairs: Sequence[str] | None, covariates: Sequence[str]) -> dict
     return levels
 
 
+def _cutoffs_from(items: Sequence[str] | None) -> dict[str, float]:
+    """``--dichotomise ALT AFP=400``: a recognised cut-off by name, or NAME=VALUE."""
+    from TACEResponseLib.survival.data import RECOGNISED_CUTOFFS
+
+    cutoffs = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if value:
+            try:
+                cutoffs[name] = float(value)
+            except ValueError:
+                raise TACEResponseError(f"--dichotomise {item!r}: the cut-off must be a number") from None
+        elif name in RECOGNISED_CUTOFFS:
+            cutoffs[name] = RECOGNISED_CUTOFFS[name]
+        else:
+            raise TACEResponseError(f"--dichotomise {name}: no recognised cut-off (known: "
+                                    f"{', '.join(f'{k} > {v:g}' for k, v in RECOGNISED_CUTOFFS.items())}); "
+                                    f"give one as {name}=VALUE")
+    return cutoffs
+
+
+def _nomogram_settings(args: argparse.Namespace, covariates: Sequence[str]) -> dict:
+    """How the clinical covariates are coded: categories, ordinal codes, reference levels, cut-offs."""
+    references = dict(pair.split("=", 1) for pair in (getattr(args, "reference", None) or []) if "=" in pair)
+    bad = [pair for pair in (getattr(args, "reference", None) or []) if "=" not in pair]
+    if bad:
+        raise TACEResponseError(f"--reference expects NAME=LEVEL, got {bad[0]!r}")
+    cutoffs = _cutoffs_from(getattr(args, "dichotomise", None))
+    return dict(clinical_covariates=list(covariates),
+                levels={k: v for k, v in _levels_from(getattr(args, "levels", None), covariates).items()
+                        if k not in cutoffs},
+                ordinal=list(getattr(args, "ordinal", None) or []), reference=references, cutoffs=cutoffs)
+
+
 def _survival_config(args: argparse.Namespace, covariates: Sequence[str]):
     """The survival settings of ``survival`` / ``fit-signature`` (no nomogram when ``covariates`` is empty)."""
     from TACEResponseLib.survival.cohort import CLINICAL_LABELS
     from TACEResponseLib.survival.fitting import SurvivalConfig
 
     return SurvivalConfig(
-        time_col=args.time_col, event_col=args.event_col, id_col="case_id", clinical_covariates=list(covariates),
-        labels={**CLINICAL_LABELS, "signature": "DL signature"}, levels=_levels_from(getattr(args, "levels", None), covariates),
+        time_col=args.time_col, event_col=args.event_col, id_col="case_id",
+        labels={**CLINICAL_LABELS, "signature": "DL signature"}, **_nomogram_settings(args, covariates),
         icc_threshold=args.icc_threshold, icc_kind=args.icc_kind, max_signature_features=args.max_features,
+        mrmr_method=args.mrmr, l1_ratios=list(args.l1_ratios),
         n_boot=getattr(args, "n_boot", 1000), validation_fraction=args.validation_fraction, seed=args.seed,
         note=args.note or "",
     )
@@ -113,7 +171,8 @@ def _check_signature_inputs(args: argparse.Namespace) -> None:
         check_output_folder(args.cache, "--cache")
     check_device(args.device)
     check_inputs_exist(manifest=args.manifest, features=args.features, repeat=args.repeat, clinical=args.clinical,
-                       pretrained=args.pretrained)
+                       validation_manifest=args.validation_manifest, validation_features=args.validation_features,
+                       validation_clinical=args.validation_clinical, pretrained=args.pretrained)
     if len(set(args.covariates if hasattr(args, "covariates") else [])) != len(getattr(args, "covariates", [])):
         raise InputError(f"--covariates {' '.join(args.covariates)}: a covariate is listed twice")
 
@@ -124,8 +183,8 @@ def _signature_inputs(args: argparse.Namespace) -> dict:
 
     if not args.manifest and not args.features:
         raise TACEResponseError("give --manifest (extract deep features) or --features (a table from extract-features)")
-    features = repeat = metadata = None
-    perturbation = args.perturb or "erode"
+    features = repeat = metadata = validation = validation_metadata = None
+    perturbation = args.perturb or "randomise"
     if args.features:
         features, metadata = read_feature_table(args.features)
         if args.repeat:
@@ -133,10 +192,20 @@ def _signature_inputs(args: argparse.Namespace) -> dict:
             perturbation = (repeat_metadata or {}).get("perturbation") or args.perturb or "repeat"
     elif args.repeat:
         raise TACEResponseError("--repeat goes with --features (with --manifest the repeat is extracted here: --perturb)")
+    if args.validation_features:
+        validation, validation_metadata = read_feature_table(args.validation_features)
+    if (args.validation_manifest or validation is not None) and not (args.validation_clinical or args.validation_manifest):
+        raise TACEResponseError("--validation-features needs --validation-clinical (the validation cohort's times, "
+                                "events and clinical values)")
+    if args.validation_clinical and not (args.validation_manifest or validation is not None):
+        raise TACEResponseError("--validation-clinical needs the validation cohort's deep features: "
+                                "--validation-features (from extract-features) or --validation-manifest (images)")
     return dict(settings=_settings_from(args) if not args.features else None, manifest=args.manifest,
                 clinical=args.clinical, features=features, repeat=repeat, feature_metadata=metadata,
-                perturbation=perturbation, perturb_voxels=args.perturb_voxels, cache_dir=args.cache,
-                device=args.device, batch_size=args.batch_size)
+                validation_manifest=args.validation_manifest, validation_clinical=args.validation_clinical,
+                validation_features=validation, validation_feature_metadata=validation_metadata,
+                perturbation=perturbation, perturb_voxels=args.perturb_voxels, randomisation=_randomisation_from(args),
+                cache_dir=args.cache, device=args.device, batch_size=args.batch_size)
 
 
 def _print_signature(stage) -> None:
@@ -147,18 +216,29 @@ def _print_signature(stage) -> None:
         print(f"{r['kind']} > {r['threshold']:g} ({r['repeat']}): kept {r['n_kept']} of {r['n_features']} features")
     signature = stage.signature
     cv = f", CV C-index {signature.cv_cindex:.3f}" if signature.cv_cindex is not None else ""
-    print(f"signature: {len(signature.feature_names)} features (elastic-net alpha {signature.alpha:.3g}{cv}); "
-          f"training {len(stage.cohorts['training'])} / validation {len(stage.cohorts.get('validation', []))} cases")
+    validation = stage.context.get("validation") or "none"
+    print(f"signature: {len(signature.feature_names)} features (elastic-net l1_ratio {signature.l1_ratio:g}, "
+          f"alpha {signature.alpha:.3g}{cv}); training {len(stage.cohorts['training'])} / validation "
+          f"{len(stage.cohorts.get('validation', []))} cases ({validation})")
 
 
 def _print_nomogram(result) -> None:
     report = result.report
     main = report["survival_model"]["main_nomogram"]
     print(f"nomogram variables: {main} = {[v.name for v in result.pipeline.nomograms[main].variables]}")
+    for variable in result.pipeline.nomograms[main].variables:
+        if variable.coding != "linear":
+            print(f"  {variable.title}: {variable.describe()}")
     for row in report["summary"]:
         ci = (f" ({row['ci_lower']:.3f}–{row['ci_upper']:.3f})" if row.get("ci_lower") is not None else "")
         p = f", log-rank p {row['logrank_p']:.3g}" if row.get("logrank_p") is not None else ""
         print(f"  {row['model']:<10} {row['cohort']:<11} C-index {row['c_index']:.3f}{ci}{p}")
+    for d in report.get("c_index_difference") or []:
+        ci = f" ({d['ci_lower']:+.3f} to {d['ci_upper']:+.3f})" if d.get("ci_lower") is not None else ""
+        p = f", p {d['p_value']:.3g}" if d.get("p_value") is not None else ""
+        print(f"  C-index {d['model_a']} − {d['model_b']} on {d['cohort']}: {d['difference']:+.3f}{ci}{p}")
+    for warning in report.get("warnings") or []:
+        print(f"warning: {warning}")
     print(f"report: {result.output_dir / 'report.json'}\nmodel:  {result.model_path} "
           f"(use: tace-response predict ... --nomogram {result.model_path} --clinical NAME=VALUE)")
 
@@ -194,15 +274,16 @@ def cmd_fit_nomogram(args: argparse.Namespace) -> int:
     from TACEResponseLib.survival.fitting import SignatureStage
     from TACEResponseLib.survival.images import fit_image_nomogram
 
-    check_inputs_exist(signature=args.signature, clinical=args.clinical)
+    check_inputs_exist(signature=args.signature, clinical=args.clinical, validation_clinical=args.validation_clinical)
     source = Path(args.signature)
     output = args.output or (source if source.is_dir() else source.parent)
     check_output_folder(output)
     stage = SignatureStage.load(source)
     covariates = list(args.covariates)
-    config = replace(stage.config, clinical_covariates=covariates, levels=_levels_from(args.levels, covariates),
-                     n_boot=args.n_boot, seed=stage.config.seed if args.seed is None else args.seed)
-    result = fit_image_nomogram(stage, output, config=config, clinical=args.clinical)
+    config = replace(stage.config, **_nomogram_settings(args, covariates), n_boot=args.n_boot,
+                     seed=stage.config.seed if args.seed is None else args.seed)
+    result = fit_image_nomogram(stage, output, config=config, clinical=args.clinical,
+                                validation_clinical=args.validation_clinical)
     _print_signature(stage)
     _print_nomogram(result)
     return 0
@@ -232,12 +313,25 @@ def _signature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", default=None, help="feature CSV from extract-features instead of --manifest")
     p.add_argument("--repeat", default=None, help="second extraction (perturbed ROI / reader 2) for the ICC filter")
     p.add_argument("--clinical", default=None, help="CSV with case_id, time, event, clinical columns (default: manifest)")
+    p.add_argument("--validation-features", default=None, metavar="CSV",
+                   help="external validation cohort: its feature table (extract-features, same settings)")
+    p.add_argument("--validation-manifest", default=None, metavar="CSV",
+                   help="external validation cohort: its cases on disk (features extracted here)")
+    p.add_argument("--validation-clinical", default=None, metavar="CSV",
+                   help="external validation cohort: case_id, time, event, clinical columns (default: "
+                        "--validation-manifest); replaces the random --validation-fraction split")
     p.add_argument("--output", required=True)
     p.add_argument("--time-col", default="time_months")
     p.add_argument("--event-col", default="event")
     p.add_argument("--icc-threshold", type=number(float, -1, 1), default=0.75)
     p.add_argument("--icc-kind", choices=["ICC(2,1)", "ICC(3,1)"], default="ICC(2,1)")
     p.add_argument("--max-features", type=number(int, 1, 10_000), default=10, help="signature size limit")
+    p.add_argument("--mrmr", choices=["mrmre", "raw"], default="mrmre",
+                   help="mRMR scheme: mrmre = mutual information from Somers' D and Pearson r (the R package "
+                        "mRMRe, Zhang 2020); raw = |2C-1| minus mean |r|")
+    p.add_argument("--l1-ratios", type=number(float, 0, 1, low_open=True), nargs="+",
+                   default=[0.1, 0.3, 0.5, 0.7, 0.9, 1.0], metavar="R",
+                   help="elastic-net mixing ratios tried by cross-validation (one value: fixed)")
     p.add_argument("--validation-fraction", type=number(float, 0, 1, high_open=True), default=0.3)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--note", default=None, help="shown on every figure (e.g. 'SYNTHETIC phantom cohort')")
@@ -247,7 +341,14 @@ def _signature_args(p: argparse.ArgumentParser) -> None:
 def _nomogram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--covariates", nargs="+", default=["BCLC", "ALT", "AFP", "tumour_size", "Child_Pugh"])
     p.add_argument("--levels", action="append", metavar="NAME=A,B,C",
-                   help="category labels in code order (default: BCLC=A,B,C and Child_Pugh=A,B,C)")
+                   help="category labels in code order (default: BCLC=A,B,C and Child_Pugh=A,B,C); such variables "
+                        "are dummy coded against their first level, one nomogram axis each")
+    p.add_argument("--reference", action="append", metavar="NAME=LEVEL", help="reference level of a categorical variable")
+    p.add_argument("--ordinal", nargs="+", metavar="NAME", default=None,
+                   help="categorical variables entered as one ordinal code instead (one coefficient per step)")
+    p.add_argument("--dichotomise", nargs="+", metavar="NAME[=CUTOFF]", default=None,
+                   help="continuous variables entered as above/below a cut-off: ALT (> 50 U/L), AFP (> 400 ng/mL), "
+                        "tumour_size (> 5 cm) by name, or NAME=VALUE")
     p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
 
 
@@ -259,6 +360,8 @@ def _survival_args(p: argparse.ArgumentParser) -> None:
 def _fit_nomogram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signature", required=True, metavar="DIR", help="the folder fit-signature wrote")
     p.add_argument("--clinical", default=None, help="clinical CSV (default: the table the signature was fitted with)")
+    p.add_argument("--validation-clinical", default=None,
+                   help="the external validation cohort's clinical CSV (default: the one the signature was fitted with)")
     p.add_argument("--output", default=None, help="report folder (default: the signature's folder)")
     p.add_argument("--seed", type=SEED, default=None, help="bootstrap seed (default: the signature's seed)")
     _nomogram_args(p)

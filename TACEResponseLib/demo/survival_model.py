@@ -11,8 +11,9 @@ Not patient data and not for clinical use. :func:`make_demo_survival_model` re-c
    demo case (7) and the response demo bundle's phantoms (1000-1079, 5000-5039);
 2. the Zhang 2020 pipeline (:func:`TACEResponseLib.survival.images.run_image_survival_pipeline`,
    the code of ``tace-response survival``) with *random-init* (seeded) DenseNet-121 features on
-   64-pixel centroid patches over 64 mm, ICC(2,1) > 0.75, mRMR + 5-fold elastic-net Cox
-   signature, univariate screen + stepwise AIC, nomograms, C-index with 1000-bootstrap CIs on a
+   64-pixel centroid patches over 64 mm, ICC(2,1) > 0.75 against a randomised repeat, mRMR +
+   5-fold elastic-net Cox signature, univariate screen + stepwise AIC (BCLC and Child-Pugh as
+   categories), nomograms, C-index with 1000-bootstrap CIs on a
    30 % held-out split;
 3. the survival model files, a model card (``docs/README.md``, from the template
    ``Resources/Templates/demo_survival_card.md``) and the key figures, registered in
@@ -164,7 +165,7 @@ def _fit_demo_model(work: Path, manifest: Path, n_boot: int, device: str):
     )
     return run_image_survival_pipeline(work / "fit", config=config, settings=FeatureSettings(**DEMO_FEATURES),
                                        manifest=manifest, cache_dir=work / "feature_cache", device=device,
-                                       perturbation="erode")
+                                       perturbation="randomise")
 
 
 def _write_model_files(fit, output: Path):
@@ -222,7 +223,10 @@ def _fit_against_truth(model: Any, manifest: Path, fit_dir: Path) -> dict[str, A
     truth = json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8"))["truth"]
     check: dict[str, Any] = {
         "true_log_hr": {**truth["clinical_log_hr"], **{c: 0.0 for c in truth["null_columns"]}},
-        "fitted": {v.name: v.coefficient for v in model.nomogram.variables},
+        "fitted": {v.name: v.coefficient for v in model.nomogram.variables if v.coding != "categorical"},
+        "fitted_levels": {v.name: {level: (effect, v.levels[level] - v.levels[v.reference])
+                                   for level, effect in v.level_effects.items() if level != v.reference}
+                          for v in model.nomogram.variables if v.coding == "categorical"},
         "selected_null": [v.name for v in model.nomogram.variables if v.name in truth["null_columns"]],
     }
     if model.uses_signature:
@@ -309,9 +313,11 @@ def _card_method(model: Any, report: Mapping[str, Any]) -> str:
              f"({', '.join(model.image_phases)}): {deep.get('settings') and 1024 * len(model.image_phases)} features. "
              "The paper uses 224-pixel patches and ImageNet weights."]
     if repro:
-        lines.append(f"- Reproducibility: {repro.get('kind')} between the ROI and the ROI {repro.get('repeat')}d by "
-                     f"one voxel in-plane > {repro.get('threshold')}: kept {repro.get('n_kept')} of "
-                     f"{repro.get('n_features')} features.")
+        repeat = (f"the ROI {repro.get('repeat')}d by one voxel in-plane" if repro.get("repeat") in ("erode", "dilate")
+                  else "a randomised repeat (rotation, sub-voxel translation, contour, noise)"
+                  if repro.get("repeat") == "randomise" else f"the {repro.get('repeat')} extraction")
+        lines.append(f"- Reproducibility: {repro.get('kind')} between the ROI and {repeat} > {repro.get('threshold')}: "
+                     f"kept {repro.get('n_kept')} of {repro.get('n_features')} features.")
     if signature:
         names = signature.get("signature", {}).get("feature_names") or signature.get("feature_names") or []
         lines.append(f"- Signature: mRMR → 5-fold elastic-net Cox → {len(names) or '?'} features ({', '.join(names)}).")
@@ -325,15 +331,17 @@ def _card_method(model: Any, report: Mapping[str, Any]) -> str:
 
 
 def _card_nomogram(nomogram: Any) -> str:
-    return "; ".join(f"{v.title}: coefficient {v.coefficient:+.4g}" + (f" per level of {list(v.levels)}" if v.levels else "")
-                     for v in nomogram.variables) + (f". Risk group: high when the linear predictor > "
-                                                      f"{nomogram.risk_cutoff:.4g} (training median).")
+    return "; ".join(f"{v.title}: {v.describe()}" for v in nomogram.variables) + (
+        f". Risk group: high when the linear predictor > {nomogram.risk_cutoff:.4g} (training median).")
 
 
 def _card_truth(truth: Mapping[str, Any]) -> str:
+    levels = [f"{name}[{level}] {effect:+.3g} (true {truth['true_log_hr'][name] * steps:+.3g})"
+              for name, by_level in (truth.get("fitted_levels") or {}).items() if name in truth["true_log_hr"]
+              for level, (effect, steps) in by_level.items()]
     lines = ["Fitted vs true log hazard ratio: " + "; ".join(
-        f"{name} {coef:+.3g} (true {truth['true_log_hr'][name]:+.3g})" for name, coef in truth["fitted"].items()
-        if name in truth["true_log_hr"]) + "."]
+        [f"{name} {coef:+.3g} (true {truth['true_log_hr'][name]:+.3g})" for name, coef in truth["fitted"].items()
+         if name in truth["true_log_hr"]] + levels) + "."]
     if truth.get("selected_null"):
         lines.append(f"Selected although their true coefficient is 0: {', '.join(truth['selected_null'])} — a chance "
                      "finding of this small SYNTHETIC cohort (univariate p < 0.05 and a lower AIC by chance), kept "

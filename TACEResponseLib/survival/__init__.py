@@ -2,13 +2,16 @@
 
 Floor 4: may import ``core``, ``imaging`` and ``networks``. Modules, data flowing one way:
 
-* :mod:`.data` — validation of survival tables (one clear error before any fitting)
-* :mod:`.deep_features` — DenseNet-121 features of a case's phases, cached; feature tables
-* :mod:`.reproducibility` — ICC(2,1)/ICC(3,1) reproducibility filter of features
-* :mod:`.selection` — mRMR + elastic-net Cox -> :class:`Signature`
-* :mod:`.cox` — univariate screen, multivariable Cox, stepwise AIC (on lifelines)
+* :mod:`.data` — validation of survival tables (one clear error before any fitting); coding of
+  clinical variables (categories as dummy columns, ordinal codes, cut-offs)
+* :mod:`.deep_features` — DenseNet-121 features of a case's phases (one ROI or one per phase,
+  optional rigid registration of the phases), cached; feature tables
+* :mod:`.reproducibility` — ICC(2,1)/ICC(3,1) reproducibility filter of features and the
+  perturbed repeat it compares with (random rotation/translation, contour, noise)
+* :mod:`.selection` — mRMR (mRMRe's mutual-information scheme) + elastic-net Cox -> :class:`Signature`
+* :mod:`.cox` — univariate screen, multivariable Cox, stepwise AIC (on lifelines); non-convergence refused
 * :mod:`.nomogram` — points, total points, survival at 1/2/3 years, risk group, figure
-* :mod:`.metrics` — C-index + bootstrap CI, calibration, KM + log-rank, AUC(t)
+* :mod:`.metrics` — C-index + bootstrap CI, C-index difference, calibration, KM + log-rank, AUC(t)
 * :mod:`.comparison` — JSON + PNG report comparing models over cohorts
 * :mod:`.fitting` — :func:`run_survival_pipeline` from a feature table + clinical table
   (= :func:`fit_signature_stage` then :func:`fit_nomogram_stage`)
@@ -27,7 +30,15 @@ from typing import Any
 
 _EXPORTS = {
     "validate_survival_table": "data",
+    "VariableCoding": "data",
+    "codings_for": "data",
+    "encode_levels": "data",
+    "make_design": "data",
+    "RECOGNISED_CUTOFFS": "data",
     "icc": "reproducibility",
+    "RandomPerturbation": "reproducibility",
+    "randomise_case": "reproducibility",
+    "register_rigid": "deep_features",
     "icc_table": "reproducibility",
     "reproducible_features": "reproducibility",
     "mrmr_rank": "selection",
@@ -39,11 +50,13 @@ _EXPORTS = {
     "stepwise_aic": "cox",
     "select_cox_model": "cox",
     "CoxFit": "cox",
+    "NonConvergence": "cox",
     "Nomogram": "nomogram",
     "PatientNomogram": "nomogram",
     "plot_nomogram": "nomogram",
     "plot_survival_curve": "nomogram",
     "concordance": "metrics",
+    "concordance_difference": "metrics",
     "calibration": "metrics",
     "plot_calibration": "metrics",
     "risk_groups": "metrics",

@@ -17,13 +17,23 @@ score a case with different weights.
 **Cache.** One ``.npz`` per case and extraction, keyed by the inputs' content fingerprint, the
 segment, the ROI perturbation, the patch spec, the phases and the weights hash. Writes are atomic.
 
-**ICC inputs.** ``extract(cases, perturbation="erode" | "dilate")`` repeats the extraction from
-the ROI eroded / dilated in-plane; ``"reader2"`` uses a second reader's segmentation (manifest
-column ``segmentation_2``, optional ``segment_2``).
+**ICC inputs.** ``extract(cases, perturbation=...)`` repeats the extraction: ``"randomise"``
+moves images and ROI by a small random rotation/translation, randomises the contour and adds
+noise (:mod:`.reproducibility`, as in image-perturbation robustness studies); ``"erode"`` /
+``"dilate"`` change the ROI by one voxel in-plane; ``"reader2"`` uses a second reader's
+segmentation (manifest column ``segmentation_2``, optional ``segment_2``).
+
+**Phases.** One ROI serves every phase unless the manifest names one segment per phase
+(columns ``segment_<phase>``, e.g. ``segment_portal``; drawn on that phase in the same
+segmentation): then each phase's patch is centred on its own ROI. ``register=True`` in the
+settings rigidly registers every phase without its own ROI onto the reference phase
+(:func:`register_rigid`) before the patches are cut, for phases acquired in
+different positions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,7 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.core.errors import InputError, TACEResponseError
 from TACEResponseLib.core.files import (
     atomic_path,
     content_fingerprint,
@@ -45,7 +55,7 @@ from TACEResponseLib.core.files import (
     write_json_atomic,
 )
 from TACEResponseLib.core.records import JsonRecord
-from TACEResponseLib.imaging.geometry import Volume, resample_to_reference
+from TACEResponseLib.imaging.geometry import LPS_TO_RAS, Volume, bounding_box, resample_to_reference, to_sitk_image
 from TACEResponseLib.imaging.manifest import ManifestRow, read_manifest
 from TACEResponseLib.imaging.patches import PatchSpec, extract_patches
 from TACEResponseLib.imaging.segmentation import (
@@ -55,6 +65,7 @@ from TACEResponseLib.imaging.segmentation import (
 )
 from TACEResponseLib.imaging.tumours import IslandRule, index_tumour
 from TACEResponseLib.imaging.volume_io import read_volume
+from TACEResponseLib.survival.reproducibility import RandomPerturbation, perturb_mask, randomise_case
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +78,7 @@ N_FEATURES = 1024
 MIN_SIZE = 32  # DenseNet-121 downsamples by 32
 
 
-PERTURBATIONS = ("none", "erode", "dilate", "reader2")
+PERTURBATIONS = ("none", "randomise", "erode", "dilate", "reader2")
 
 
 RANDOM_INIT_LABEL = "random-init DenseNet features, SYNTHETIC demo"
@@ -96,9 +107,15 @@ class FeatureSettings(JsonRecord):
     #: how the segment becomes the tumour: its largest island under this rule; None = the whole
     #: segment, islands merged (what models saved without this field were fitted with)
     islands: IslandRule | None = None
+    #: rigidly register each phase without its own ROI onto the first phase before cutting patches
+    register: bool = False
+    #: the cohort was drawn with one ROI per phase (``segment_<phase>``); a case scored with one ROI is warned about
+    roi_per_phase: bool = False
 
     def __post_init__(self) -> None:
         self.phases = [str(p) for p in self.phases]
+        self.register = bool(self.register)
+        self.roi_per_phase = bool(self.roi_per_phase)
         if not self.phases:
             raise InputError("feature settings: at least one phase is needed")
         if len(set(self.phases)) != len(self.phases):
@@ -195,35 +212,55 @@ def _build_feature_network(settings: FeatureSettings) -> tuple[Any, WeightsInfo]
 
 
 # --- cases --------------------------------------------------------------------------------
-def read_feature_manifest(path: str | Path, phases: Sequence[str]) -> list[ManifestRow]:
+@dataclass
+class FeatureCase(ManifestRow):
+    """A manifest row and, optionally, one segment per phase (``segment_<phase>`` columns)."""
+
+    phase_segments: dict[str, str] = field(default_factory=dict)
+
+
+def read_feature_manifest(path: str | Path, phases: Sequence[str]) -> list[FeatureCase]:
     """The cases of a survival manifest (``case_id``, one column per phase, ``segmentation``, optional
-    ``segment``, ``segmentation_2``, ``segment_2``), every row checked and every problem listed in one
-    error (:func:`~TACEResponseLib.imaging.manifest.read_manifest`)."""
-    return read_manifest(path, phases, require_label=False)
+    ``segment``, ``segment_<phase>``, ``segmentation_2``, ``segment_2``), every row checked and every
+    problem listed in one error (:func:`~TACEResponseLib.imaging.manifest.read_manifest`; a
+    per-phase segment must exist and not be empty)."""
+    rows = read_manifest(path, phases, require_label=False)
+    columns = {p: f"segment_{p}" for p in phases}
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    table.columns = [str(c).strip() for c in table.columns]
+    present = {p: c for p, c in columns.items() if c in table.columns}
+    cases, problems = [], []
+    by_id = table.set_index(table["case_id"].str.strip()) if present else None
+    for row in rows:
+        segments = {}
+        if by_id is not None:
+            segments = {p: str(by_id.loc[row.case_id, c]).strip() for p, c in present.items()
+                        if str(by_id.loc[row.case_id, c]).strip()}
+            problems += [f"case {row.case_id!r}: {problem}" for problem in _segment_problems(row.segmentation, segments)]
+        cases.append(FeatureCase(**{f.name: getattr(row, f.name) for f in dataclasses.fields(ManifestRow)},
+                                 phase_segments=segments))
+    if problems:
+        raise InputError(f"{path}: per-phase segments unusable:\n  " + "\n  ".join(problems[:50]))
+    return cases
 
 
-def perturb_mask(mask: Volume, mode: str, voxels: int = 1, axis: str | int = "axial", label: str = "ROI") -> Volume:
-    """The ROI eroded or dilated by ``voxels`` voxels in the slice plane (4-connected steps)."""
-    from scipy.ndimage import binary_dilation, binary_erosion
-
-    if mode not in ("erode", "dilate"):
-        raise InputError(f"ROI perturbation must be 'erode' or 'dilate', got {mode!r}")
-    if isinstance(voxels, bool) or int(voxels) != voxels or voxels < 1:
-        raise InputError(f"ROI perturbation: voxels must be a positive integer, got {voxels!r}")
-    slice_axis = mask.array_axis_for(axis)
-    structure = np.zeros((3, 3, 3), bool)
-    plane: list[Any] = [slice(None)] * 3
-    plane[slice_axis] = 1
-    cross = np.zeros((3, 3), bool)
-    cross[1, :] = cross[:, 1] = True
-    structure[tuple(plane)] = cross
-    array = mask.array > 0
-    operation = binary_erosion if mode == "erode" else binary_dilation
-    out = operation(array, structure=structure, iterations=int(voxels))
-    if not out.any():
-        raise InputError(f"{label}: eroding the ROI by {voxels} voxel(s) in-plane leaves nothing; "
-                         "the tumour is too small for this perturbation (use dilate)")
-    return mask.with_array(out.astype(np.uint8), perturbation=f"{mode} {int(voxels)} voxel(s) in-plane")
+def _segment_problems(segmentation_path: Path, segments: Mapping[str, str]) -> list[str]:
+    if not segments:
+        return []
+    try:
+        segmentation = read_segmentation(segmentation_path)
+    except TACEResponseError as exc:
+        return [str(exc)]
+    problems = []
+    for phase, key in segments.items():
+        try:
+            segment = segmentation.find(key)
+        except InputError as exc:
+            problems.append(f"segment_{phase}: {exc}")
+            continue
+        if not np.any(segmentation.layers[segment.layer] == segment.label_value):
+            problems.append(f"segment_{phase}: segment {key!r} is empty")
+    return problems
 
 
 def _as_segmentation(segmentation: Segmentation | str | Path) -> Segmentation:
@@ -236,6 +273,68 @@ def _pick_segment(segmentation: Segmentation, segment: str | None) -> str:
     if not segmentation.segments:
         raise InputError(f"segmentation {segmentation.name!r} has no segments; draw the tumour first")
     return segmentation.segments[0].id
+
+
+# --- rigid registration of a phase onto the reference -------------------------------------------
+@dataclass
+class RigidRegistration(JsonRecord):
+    """Where the moving phase was found: translation (RAS, mm) and rotation (degrees) of the
+    transform mapping reference points into the moving image, and the final metric."""
+
+    translation_mm: list[float]
+    rotation_deg: list[float]
+    metric: float
+    iterations: int
+
+
+def register_rigid(fixed: Volume, moving: Volume, *, roi: Volume | None = None, margin_mm: float = 40.0,
+                   seed: int = 0) -> tuple[Volume, RigidRegistration]:
+    """``moving`` rigidly registered (Mattes mutual information, Euler 3-D) and resampled onto ``fixed``'s grid.
+
+    With ``roi`` the metric looks at the ROI's neighbourhood (its bounding box + ``margin_mm``),
+    where the signature's patch is cut. Deterministic (regular metric sampling).
+    """
+    import SimpleITK as sitk
+
+    fixed_image = sitk.Cast(to_sitk_image(fixed), sitk.sitkFloat32)
+    moving_image = sitk.Cast(to_sitk_image(moving), sitk.sitkFloat32)
+    initial = sitk.CenteredTransformInitializer(fixed_image, moving_image, sitk.Euler3DTransform(),
+                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.REGULAR)
+    method.SetMetricSamplingPercentage(0.25, seed)
+    if roi is not None:
+        margin = np.ceil(margin_mm / fixed.spacing[::-1]).astype(int)
+        lo, hi = bounding_box(roi.array > 0, margin)
+        box = np.zeros(fixed.shape_kji, np.uint8)
+        box[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+        method.SetMetricFixedMask(to_sitk_image(fixed.with_array(box)))
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=300,
+                                                    relaxationFactor=0.5)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetInitialTransform(initial, inPlace=False)
+    try:
+        transform = method.Execute(fixed_image, moving_image)
+    except RuntimeError as exc:
+        raise InputError(f"registering {moving.name or 'the moving phase'} onto {fixed.name or 'the reference'} "
+                         f"failed: {str(exc).strip().splitlines()[-1]}") from None
+    out = sitk.Resample(moving_image, fixed_image, transform, sitk.sitkLinear, float(np.min(moving.array)))
+    euler = sitk.Euler3DTransform(sitk.CompositeTransform(transform).GetNthTransform(0)) \
+        if transform.GetName() == "CompositeTransform" else sitk.Euler3DTransform(transform)
+    translation_ras = LPS_TO_RAS[:3, :3] @ np.asarray(euler.GetTranslation())
+    result = RigidRegistration([float(v) for v in translation_ras],
+                               [float(np.rad2deg(a)) for a in (euler.GetAngleX(), euler.GetAngleY(), euler.GetAngleZ())],
+                               float(method.GetMetricValue()), int(method.GetOptimizerIteration()))
+    logger.info("registered %s onto %s: translation %s mm, rotation %s deg", moving.name or "phase", fixed.name or
+                "reference", np.round(translation_ras, 2).tolist(), np.round(result.rotation_deg, 2).tolist())
+    registered = Volume(sitk.GetArrayFromImage(out), fixed.ijk_to_ras.copy(), moving.name,
+                        {**moving.metadata, "registration": result.to_dict()})
+    return registered, result
 
 
 # --- extraction ---------------------------------------------------------------------------
@@ -255,7 +354,8 @@ class DeepFeatureExtractor:
     """
 
     def __init__(self, settings: FeatureSettings | None = None, *, cache_dir: str | Path | None = None,
-                 device: str = "auto", batch_size: int = 16, perturb_voxels: int = 1) -> None:
+                 device: str = "auto", batch_size: int = 16, perturb_voxels: int = 1,
+                 randomisation: RandomPerturbation | None = None) -> None:
         from TACEResponseLib.networks.device import select_device
 
         self.settings = settings or FeatureSettings()
@@ -263,6 +363,7 @@ class DeepFeatureExtractor:
             raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self.perturb_voxels = int(perturb_voxels)
+        self.randomisation = randomisation or RandomPerturbation()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.device = select_device(device)
         self._network = None
@@ -325,22 +426,33 @@ class DeepFeatureExtractor:
         return run_with_device_fallback(run, self.device)
 
     # patches -------------------------------------------------------------------------
-    def case_patches(self, images: Mapping[str, Volume], mask: Volume, label: str = "ROI") -> CasePatches:
-        """One 3-channel centroid patch per phase (phases on the mask's grid, first phase = reference)."""
+    def case_patches(self, images: Mapping[str, Volume], mask: Volume | Mapping[str, Volume],
+                     label: str = "ROI") -> CasePatches:
+        """One 3-channel centroid patch per phase (phases on the mask's grid, first phase = reference);
+        ``mask`` is one ROI for every phase, or one per phase."""
         spec = self.settings.patch_spec
-        stack, info = [], {}
+        masks = mask if isinstance(mask, Mapping) else {p: mask for p in self.settings.phases}
+        stack, info, per_phase = [], {}, {}
         for phase in self.settings.phases:
-            patch = extract_patches([images[phase]], mask, spec, label=f"{label} {phase}")
+            patch = extract_patches([images[phase]], masks[phase], spec, label=f"{label} {phase}")
             stack.append(patch.images[0])
+            prov = patch.provenance[0]
+            per_phase[phase] = {"slice_axis": prov.slice_axis, "slice_index": prov.slice_index,
+                                "center_ras": [float(v) for v in prov.center_ras], "side_mm": list(prov.side_mm),
+                                "roi_voxels": int(np.count_nonzero(masks[phase].array))}
             if not info:
-                prov = patch.provenance[0]
-                info = {"slice_axis": prov.slice_axis, "slice_index": prov.slice_index,
-                        "center_ras": [float(v) for v in prov.center_ras], "side_mm": list(prov.side_mm),
-                        "roi_voxels": int(np.count_nonzero(mask.array))}
+                info = dict(per_phase[phase])
+        if isinstance(mask, Mapping):
+            info["phases"] = per_phase
         return CasePatches(np.stack(stack).astype(np.float32), info)
 
-    def align(self, images: Mapping[str, Volume] | Sequence[Volume], label: str = "case") -> dict[str, Volume]:
-        """The settings' phases from ``images`` (a phase->Volume mapping or named Volumes), on the first phase's grid."""
+    def align(self, images: Mapping[str, Volume] | Sequence[Volume], label: str = "case",
+              roi: Volume | None = None, own_roi: Sequence[str] = ()) -> dict[str, Volume]:
+        """The settings' phases from ``images`` (a phase->Volume mapping or named Volumes), on the first phase's grid.
+
+        With ``settings.register`` every phase not in ``own_roi`` is rigidly registered onto the
+        first one (around ``roi`` when given); the transform is recorded in the volume's metadata.
+        """
         if not isinstance(images, Mapping):
             images = {v.name: v for v in images}
         missing = [p for p in self.settings.phases if p not in images]
@@ -348,39 +460,91 @@ class DeepFeatureExtractor:
             raise InputError(f"{label}: the deep features need phase(s) {self.settings.phases}; missing {missing} "
                              f"(given: {sorted(images)})")
         reference = images[self.settings.phases[0]]
-        return {p: images[p] if images[p].same_geometry(reference) else resample_to_reference(images[p], reference)
-                for p in self.settings.phases}
+        out = {}
+        for p in self.settings.phases:
+            if p == self.settings.phases[0]:
+                out[p] = reference
+            elif self.settings.register and p not in own_roi:
+                out[p] = register_rigid(reference, images[p], roi=roi, seed=self.settings.seed)[0]
+            else:
+                out[p] = images[p] if images[p].same_geometry(reference) else resample_to_reference(images[p], reference)
+        return out
 
-    def _mask(self, reference: Volume, segmentation: Segmentation, segment: str | None, perturbation: str,
-              label: str) -> Volume:
+    def _roi(self, reference: Volume, segmentation: Segmentation, segment: str | None) -> Volume:
+        """The tumour ROI of ``segment`` on the reference grid: the whole segment, or its largest island
+        under ``settings.islands`` (the index tumour, as prediction and training define tumours)."""
         if self.settings.islands is None:
-            mask = segment_mask_on(segmentation, _pick_segment(segmentation, segment), reference)
-        else:  # the largest island under the rule (the index tumour), as prediction and training define tumours
-            mask = index_tumour(segmentation, reference, _pick_segment(segmentation, segment),
-                                self.settings.islands).full_mask(reference)
+            return segment_mask_on(segmentation, _pick_segment(segmentation, segment), reference)
+        return index_tumour(segmentation, reference, _pick_segment(segmentation, segment),
+                            self.settings.islands).full_mask(reference)
+
+    def _masks(self, reference: Volume, segmentation: Segmentation, segment: str | Mapping[str, str] | None,
+               label: str) -> dict[str, Volume]:
+        """One ROI per phase on the reference grid: ``segment`` for every phase, or a phase -> segment mapping
+        (phases it leaves out use the segmentation's first segment)."""
+        by_phase = dict(segment) if isinstance(segment, Mapping) else {}
+        shared = None if isinstance(segment, Mapping) else segment
+        masks, cache = {}, {}
+        for phase in self.settings.phases:
+            key = _pick_segment(segmentation, by_phase.get(phase, shared))
+            if key not in cache:
+                cache[key] = self._roi(reference, segmentation, key)
+            masks[phase] = cache[key]
+        return masks
+
+    def _perturb(self, images: dict[str, Volume], masks: dict[str, Volume], perturbation: str,
+                 case_id: str, label: str) -> tuple[dict[str, Volume], dict[str, Volume], dict[str, Any]]:
         if perturbation in ("erode", "dilate"):
-            mask = perturb_mask(mask, perturbation, self.perturb_voxels, self.settings.axis, label=label)
-        return mask
+            done: dict[int, Volume] = {}
+            for phase, mask in masks.items():
+                if id(mask) not in done:
+                    done[id(mask)] = perturb_mask(mask, perturbation, self.perturb_voxels, self.settings.axis, label=label)
+            return images, {p: done[id(m)] for p, m in masks.items()}, {}
+        if perturbation == "randomise":
+            moved, moved_masks, info = randomise_case(images, masks, self.randomisation, case_id, self.settings.axis)
+            return moved, moved_masks, {"perturbation": info}
+        return images, masks, {}
+
+    def _case_volumes(self, images: Mapping[str, Volume] | Sequence[Volume], segmentation: Segmentation,
+                      segment: str | Mapping[str, str] | None, perturbation: str, case_id: str,
+                      label: str) -> CasePatches:
+        """Phases aligned (registered where asked), ROIs per phase, perturbed, cut into patches."""
+        if not isinstance(images, Mapping):
+            images = {v.name: v for v in images}
+        own = list(segment) if isinstance(segment, Mapping) else []
+        reference = images.get(self.settings.phases[0])
+        roi = None
+        if reference is not None and self.settings.register:
+            first = segment.get(self.settings.phases[0]) if isinstance(segment, Mapping) else segment
+            roi = self._roi(reference, segmentation, first)
+        aligned = self.align(images, label=label, roi=roi, own_roi=own)
+        masks = self._masks(aligned[self.settings.phases[0]], segmentation, segment, label)
+        aligned, masks, extra = self._perturb(aligned, masks, perturbation, case_id, label)
+        patches = self.case_patches(aligned, masks if own else masks[self.settings.phases[0]], label=label)
+        registered = {p: v.metadata["registration"] for p, v in aligned.items() if "registration" in v.metadata}
+        patches.info.update(extra)
+        if registered:
+            patches.info["registration"] = registered
+        return patches
 
     def extract_volumes(self, images: Mapping[str, Volume] | Sequence[Volume], segmentation: Segmentation | str | Path,
-                        segment: str | None = None, perturbation: str = "none", case_id: str = "case") -> pd.Series:
-        """Deep features of one in-memory case (no cache)."""
+                        segment: str | Mapping[str, str] | None = None, perturbation: str = "none",
+                        case_id: str = "case") -> pd.Series:
+        """Deep features of one in-memory case (no cache); ``segment``: one for every phase, or per phase."""
         self._check_perturbation(perturbation, reader2_allowed=False)
-        aligned = self.align(images, label=case_id)
-        mask = self._mask(aligned[self.settings.phases[0]], _as_segmentation(segmentation), segment, perturbation,
-                          label=case_id)
-        patches = self.case_patches(aligned, mask, label=case_id)
+        patches = self._case_volumes(images, _as_segmentation(segmentation), segment, perturbation, case_id, case_id)
         self.case_info[case_id] = patches.info
         values = self.forward(patches.images).reshape(-1)
         return pd.Series(values, index=self.feature_names, name=case_id)
 
     # cohort with cache ---------------------------------------------------------------
     def _check_perturbation(self, perturbation: str, reader2_allowed: bool = True) -> None:
-        allowed = PERTURBATIONS if reader2_allowed else PERTURBATIONS[:3]
+        allowed = PERTURBATIONS if reader2_allowed else tuple(p for p in PERTURBATIONS if p != "reader2")
         if perturbation not in allowed:
             raise InputError(f"ROI perturbation must be one of {', '.join(allowed)}, got {perturbation!r}")
 
-    def _case_files(self, case: ManifestRow, perturbation: str) -> tuple[dict[str, Path], Path, str | None]:
+    def _case_files(self, case: ManifestRow, perturbation: str
+                    ) -> tuple[dict[str, Path], Path, str | Mapping[str, str] | None]:
         images = case.image_by_phase
         missing = [p for p in self.settings.phases if p not in images]
         if missing:
@@ -390,6 +554,10 @@ class DeepFeatureExtractor:
                 raise InputError(f"case {case.case_id!r}: the 'reader2' extraction needs a second reader's "
                                  "segmentation (manifest column segmentation_2)")
             return images, case.segmentation_2, case.segment_2 or case.segment
+        phase_segments = {p: s for p, s in (getattr(case, "phase_segments", None) or {}).items()
+                          if p in self.settings.phases}
+        if phase_segments:
+            return images, case.segmentation, {p: phase_segments.get(p, case.segment) for p in self.settings.phases}
         return images, case.segmentation, case.segment
 
     def cache_key(self, case: ManifestRow, perturbation: str = "none") -> str:
@@ -397,14 +565,18 @@ class DeepFeatureExtractor:
         settings = {
             "format": FEATURE_FORMAT,
             "phases": self.settings.phases,
-            "segment": segment or "",
+            "segment": (dict(segment) if isinstance(segment, Mapping) else segment) or "",
             "perturbation": perturbation,
             "perturb_voxels": self.perturb_voxels if perturbation in ("erode", "dilate") else 0,
+            "randomisation": self.randomisation.to_dict() if perturbation == "randomise" else None,
+            "register": self.settings.register,
             "patch_spec": self.settings.patch_spec.to_dict(),
             "weights_sha256": self.weights.sha256,
         }
         if self.settings.islands is not None:
             settings["islands"] = self.settings.islands.to_dict()
+        if perturbation == "randomise":
+            settings["case_id"] = case.case_id  # the random draw is seeded by the case id
         return content_fingerprint([*(images[p] for p in self.settings.phases), segmentation], settings)
 
     def _cache_path(self, case_id: str, key: str) -> Path:
@@ -442,10 +614,9 @@ class DeepFeatureExtractor:
     def _load_case(self, case: ManifestRow, perturbation: str) -> CasePatches:
         images, segmentation_path, segment = self._case_files(case, perturbation)
         volumes = {p: read_volume(images[p]) for p in self.settings.phases}
-        aligned = self.align(volumes, label=case.case_id)
-        mask = self._mask(aligned[self.settings.phases[0]], read_segmentation(segmentation_path), segment,
-                          perturbation, label=f"case {case.case_id!r}")
-        return self.case_patches(aligned, mask, label=f"case {case.case_id!r}")
+        return self._case_volumes(volumes, read_segmentation(segmentation_path), segment,
+                                  "none" if perturbation == "reader2" else perturbation, case.case_id,
+                                  f"case {case.case_id!r}")
 
     def extract(self, cases: Sequence[ManifestRow], perturbation: str = "none",
                 progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:

@@ -7,19 +7,26 @@ clinical table (survival time, event, clinical factors), and runs:
 1. validation of both tables (one clear error listing every problem, before any fitting);
 2. training/validation split (stratified by event, seeded) unless a validation cohort is given;
 3. ICC filter (features with ICC > 0.75 between the two extractions), if a repeat is given;
-4. signature: mRMR top 50 -> elastic-net Cox with 5-fold CV -> ~10-feature linear score;
+4. signature: mRMR (mRMRe's mutual-information scheme) top 50 -> elastic-net Cox with the
+   mixing ratio and penalty chosen by 5-fold CV -> ~10-feature linear score;
 5. clinical model: univariate Cox screen -> stepwise AIC -> nomogram;
    combined model: the same over clinical factors + signature -> nomogram;
-   signature-only model: Cox on the signature -> nomogram;
+   signature-only model: Cox on the signature -> nomogram. Clinical variables are coded as
+   :mod:`.data` says: categories (``levels``) as dummy columns against a reference level
+   (``ordinal``: one code), ``cutoffs`` dichotomised (ALT > 50 U/L ...);
 6. report: C-index (bootstrap CI), calibration, risk groups + KM/log-rank, AUC(t) of every
-   model on training and validation, with PNGs, the saved signature and nomograms.
+   model on training and validation, the C-index difference combined - clinical (paired
+   bootstrap CI, p), every warning (non-convergence, too few events per variable), with PNGs,
+   the saved signature and nomograms.
 
 Everything is fitted on the training cohort only; the validation cohort is only scored.
 
 The two fitting stages can also run apart (``tace-response fit-signature`` then
 ``fit-nomogram``): :func:`fit_signature_stage` (steps 1-4) writes ``signature.json``,
-``signature_fit.json`` and ``signature_scores.csv`` (each case's score and cohort), and
-:func:`fit_nomogram_stage` (steps 5-6) reads them back with :meth:`SignatureStage.load`.
+``signature_fit.json`` and ``signature_scores.csv`` (each case's cohort, survival time, event and
+score), and :func:`fit_nomogram_stage` (steps 5-6) reads them back with :meth:`SignatureStage.load`
+and refuses a clinical table whose survival times or events differ from the ones the signature
+was fitted on.
 :func:`run_survival_pipeline` is the two in a row, so both ways give the same files.
 """
 
@@ -31,11 +38,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path, write_json_atomic
 from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.survival.data import VariableCoding, codings_for, encode_levels
 from TACEResponseLib.survival.comparison import evaluate_models
 from TACEResponseLib.survival.cox import CoxSelection, fit_cox, select_cox_model
 from TACEResponseLib.survival.data import (
@@ -50,7 +59,7 @@ from TACEResponseLib.survival.reproducibility import (
     Reproducibility,
     feature_reproducibility,
 )
-from TACEResponseLib.survival.selection import Signature, fit_signature
+from TACEResponseLib.survival.selection import DEFAULT_L1_RATIOS, MRMR_METHODS, Signature, fit_signature
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +74,21 @@ class SurvivalConfig(JsonRecord):
     time_unit: str = "months"
     clinical_covariates: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    #: category labels -> codes; such variables are dummy coded against ``reference`` (default:
+    #: the lowest code), or one ordinal number when listed in ``ordinal``
     levels: dict[str, dict[str, float]] = field(default_factory=dict)
+    ordinal: list[str] = field(default_factory=list)
+    reference: dict[str, str] = field(default_factory=dict)
+    #: continuous variables dichotomised at these values (x > cut-off), e.g. coding.RECOGNISED_CUTOFFS
+    cutoffs: dict[str, float] = field(default_factory=dict)
     feature_columns: list[str] | None = None
     icc_threshold: float = 0.75
     icc_kind: str = "ICC(2,1)"
     n_mrmr: int = 50
+    mrmr_method: str = "mrmre"
     mrmr_relevance: str = "concordance"
     mrmr_scheme: str = "MID"
-    l1_ratio: float = 0.5
+    l1_ratios: list[float] = field(default_factory=lambda: list(DEFAULT_L1_RATIOS))
     n_folds: int = 5
     max_signature_features: int | None = 10
     cv_rule: str = "max"
@@ -85,6 +101,11 @@ class SurvivalConfig(JsonRecord):
     signature_name: str = "signature"
     #: shown on every figure and saved with the signature/nomograms (e.g. "SYNTHETIC phantom cohort")
     note: str = ""
+
+    def codings(self) -> dict[str, VariableCoding]:
+        """How each clinical covariate enters the Cox models (see :mod:`.data`)."""
+        return codings_for(self.clinical_covariates, levels=self.levels, ordinal=self.ordinal,
+                           cutoffs=self.cutoffs, reference=self.reference)
 
 
 SIGNATURE_FIT_FILE = "signature_fit.json"
@@ -164,8 +185,10 @@ class SignatureStage:
             raise InputError(f"{scores_path}: signature scores missing (written by fit-signature)")
         # round_trip: the scores read back are bit-identical to the ones written
         scores = pd.read_csv(scores_path, dtype={"case_id": str}, float_precision="round_trip").set_index("case_id")
-        if list(scores.columns) != ["cohort", config.signature_name]:
-            raise InputError(f"{scores_path}: expected columns case_id, cohort, {config.signature_name}; "
+        expected = [["cohort", config.time_col, config.event_col, config.signature_name],
+                    ["cohort", config.signature_name]]  # the second: written before times/events were kept
+        if list(scores.columns) not in expected:
+            raise InputError(f"{scores_path}: expected columns case_id, {', '.join(expected[0])}; "
                              f"found {['case_id', *scores.columns]}")
         files = dict(data["files"])
         reproducibility = None
@@ -215,7 +238,9 @@ def split_by_event(table: pd.DataFrame, event_col: str, fraction: float, seed: i
 def _cohort(
     clinical: pd.DataFrame, features: pd.DataFrame, config: SurvivalConfig, name: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validated clinical table and the matching feature rows, both indexed by case id."""
+    """Validated clinical table (category labels coded) and the matching feature rows, both indexed by case id."""
+    clinical = encode_levels(index_by_case(clinical, config.id_col, name=f"{name} clinical table"), config.levels,
+                             config.clinical_covariates, name=f"{name} clinical table")
     table = validate_survival_table(
         clinical, config.time_col, config.event_col, config.clinical_covariates,
         id_col=config.id_col, check_dimensions=False, name=f"{name} clinical table",
@@ -229,6 +254,9 @@ def _cohort(
 def _check_config(config: SurvivalConfig) -> None:
     if config.signature_name in config.clinical_covariates:
         raise InputError(f"survival config: signature name {config.signature_name!r} is also a clinical covariate")
+    if config.mrmr_method not in MRMR_METHODS:
+        raise InputError(f"survival config: mRMR method {config.mrmr_method!r} is not one of {', '.join(MRMR_METHODS)}")
+    config.codings()  # every coding problem (unknown variable, levels and cut-off both) before any fit
 
 
 def fit_signature_stage(
@@ -282,18 +310,20 @@ def fit_signature_stage(
 
     signature_fit = fit_signature(
         feats, table[config.time_col], table[config.event_col],
-        n_mrmr=config.n_mrmr, relevance=config.mrmr_relevance, scheme=config.mrmr_scheme,  # type: ignore[arg-type]
-        l1_ratio=config.l1_ratio, n_folds=config.n_folds, rule=config.cv_rule,  # type: ignore[arg-type]
+        n_mrmr=config.n_mrmr, method=config.mrmr_method, relevance=config.mrmr_relevance,  # type: ignore[arg-type]
+        scheme=config.mrmr_scheme, l1_ratios=config.l1_ratios, n_folds=config.n_folds,  # type: ignore[arg-type]
+        rule=config.cv_rule,  # type: ignore[arg-type]
         max_features=config.max_signature_features, seed=config.seed, name=config.signature_name,
     )
     signature = signature_fit.signature
     if config.note:
         signature.note = f"{config.note} {signature.note}"
-    scored = [("training", table.index, signature.score(feats))]
+    scored = [("training", table, signature.score(feats))]
     if val_table is not None:
-        scored.append(("validation", val_table.index, signature.score(val_feats)))
-    scores = pd.concat([pd.DataFrame({"cohort": name, config.signature_name: values}, index=index)
-                        for name, index, values in scored])
+        scored.append(("validation", val_table, signature.score(val_feats)))
+    scores = pd.concat([pd.DataFrame({"cohort": name, config.time_col: cohort[config.time_col],
+                                      config.event_col: cohort[config.event_col], config.signature_name: values},
+                                     index=cohort.index) for name, cohort, values in scored])
     stage = SignatureStage(signature, signature_fit.to_dict(), scores, config, reproducibility, dict(context or {}),
                            dict(files or {}))
     stage.save(output_dir)
@@ -317,12 +347,16 @@ def fit_nomogram_stage(
     _check_config(config)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    clinical = encode_levels(index_by_case(clinical, config.id_col, name="clinical table"), config.levels,
+                             config.clinical_covariates, name="clinical table")
     table = validate_survival_table(
         clinical, config.time_col, config.event_col, config.clinical_covariates,
         id_col=config.id_col, check_dimensions=False, name="clinical table",
     )
     scores, table = align_cases(stage.scores, table, left_name="the signature stage's cases", right_name="clinical table")
+    check_same_outcomes(scores, table, config.time_col, config.event_col)
     ids = stage.cohorts
+    codings = config.codings()
     check_dimensions(len(ids["training"]), int(table.loc[ids["training"], config.event_col].sum()),
                      len(config.clinical_covariates) + 1, name="training cohort")
     cohorts = {name: table.loc[index].assign(**{config.signature_name: scores.loc[index, config.signature_name]})
@@ -334,15 +368,21 @@ def fit_nomogram_stage(
                             time_unit=config.time_unit)
     selections: dict[str, CoxSelection] = {}
     nomograms: dict[str, Nomogram] = {}
+    notes: list[str] = []
     candidates = {"clinical": list(config.clinical_covariates),
                   "combined": [*config.clinical_covariates, config.signature_name]} if config.clinical_covariates else {}
     for model, names in candidates.items():
         selections[model] = select_cox_model(training, config.time_col, config.event_col, names,
-                                             p_threshold=config.screen_p, name=f"{model} model (training)")
+                                             p_threshold=config.screen_p, codings=codings,
+                                             name=f"{model} model (training)")
+        notes += selections[model].warnings
         if selections[model].selected:
             nomograms[model] = Nomogram.from_cox(selections[model].stepwise.final, name=model, **nomogram_options)
         else:
             logger.warning("%s model: nothing selected; no nomogram", model)
+            notes.append(f"{model} model: no candidate passed the univariate screen (p < {config.screen_p:g}); "
+                         "no nomogram")
+    # the signature-only model has nothing to leave out: a fit that does not converge is refused
     sig_fit = fit_cox(training, config.time_col, config.event_col, [config.signature_name], name="signature model (training)")
     nomograms["signature"] = Nomogram.from_cox(sig_fit, name="signature", **nomogram_options)
     for name, nomogram in nomograms.items():
@@ -368,7 +408,9 @@ def fit_nomogram_stage(
         scores_out.to_csv(tmp)
     files["scores"] = "scores.csv"
 
-    extra: dict[str, Any] = {"config": config.to_dict(), "time_unit": config.time_unit}
+    extra: dict[str, Any] = {"config": config.to_dict(), "time_unit": config.time_unit,
+                             "codings": {name: coding.to_dict() for name, coding in codings.items()},
+                             "warnings": list(dict.fromkeys(notes))}
     if stage.reproducibility is not None:
         extra["icc"] = stage.reproducibility.to_dict()
     extra.update({
@@ -382,6 +424,29 @@ def fit_nomogram_stage(
                              seed=config.seed, n_calibration_groups=config.n_calibration_groups, extra=extra)
     files["report"] = "report.json"
     return SurvivalPipelineResult(output_dir, stage, selections, nomograms, report, files)
+
+
+def check_same_outcomes(stage_scores: pd.DataFrame, table: pd.DataFrame, time_col: str, event_col: str) -> None:
+    """InputError unless ``table`` has the survival times and events the signature stage was fitted on.
+
+    A signature fitted on one follow-up and a nomogram fitted on another would mix two data
+    sets silently. Scores written before times/events were kept are not checked (logged).
+    """
+    if time_col not in stage_scores.columns or event_col not in stage_scores.columns:
+        logger.warning("signature stage without survival columns (older files): outcomes not cross-checked")
+        return
+    time_a, time_b = stage_scores[time_col].to_numpy(float), table[time_col].to_numpy(float)
+    event_a, event_b = stage_scores[event_col].to_numpy(float), table[event_col].to_numpy(float)
+    differ = ~np.isclose(time_a, time_b, rtol=1e-9, atol=1e-9) | (event_a != event_b)
+    if differ.any():
+        cases = list(stage_scores.index[differ])
+        shown = ", ".join(f"{c!r} ({time_col} {stage_scores.loc[c, time_col]:g}/{table.loc[c, time_col]:g}, "
+                          f"{event_col} {stage_scores.loc[c, event_col]:g}/{table.loc[c, event_col]:g})"
+                          for c in cases[:5])
+        raise InputError(
+            f"clinical table: survival times or events differ from those the signature was fitted on for "
+            f"{len(cases)} case(s): {shown}{' ...' if len(cases) > 5 else ''} (signature stage / this table); "
+            "use the same clinical table as fit-signature, or refit the signature")
 
 
 def run_survival_pipeline(

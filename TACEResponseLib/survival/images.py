@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path, write_json_atomic
+from TACEResponseLib.survival.data import encode_levels
 from TACEResponseLib.survival.deep_features import (
     RESEARCH_NOTE,
     DeepFeatureExtractor,
@@ -28,50 +28,9 @@ from TACEResponseLib.survival.deep_features import (
     write_feature_table,
 )
 from TACEResponseLib.survival.model import SurvivalModel
+from TACEResponseLib.survival.reproducibility import RandomPerturbation
 
 logger = logging.getLogger(__name__)
-
-# --- clinical values ------------------------------------------------------------------------
-def encode_levels(table: pd.DataFrame, levels: Mapping[str, Mapping[str, float]], columns: Iterable[str],
-                  *, name: str = "clinical table") -> pd.DataFrame:
-    """Category labels (e.g. BCLC "A"/"B"/"C") -> codes for ``columns`` that have ``levels``; numbers pass through."""
-    out = table.copy()
-    problems = []
-    for column in columns:
-        if column not in levels or column not in out.columns:
-            continue
-        mapping = {str(k).strip().upper(): float(v) for k, v in levels[column].items()}
-        codes = set(mapping.values())
-
-        def code(value: Any) -> float:
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                return math.nan
-            text = str(value).strip()
-            if text.upper() in mapping:
-                return mapping[text.upper()]
-            try:
-                number = float(text)
-            except ValueError:
-                raise KeyError(text) from None
-            if number not in codes:
-                raise KeyError(text)
-            return number
-
-        values, bad = [], []
-        for case, value in out[column].items():
-            try:
-                values.append(code(value))
-            except KeyError:
-                values.append(math.nan)
-                bad.append(f"case {case!r} = {value!r}")
-        if bad:
-            problems.append(f"{column!r} has unknown categories in {len(bad)} row(s): {', '.join(bad[:5])}; "
-                            f"use {list(levels[column])} or their codes {sorted(codes)}")
-        out[column] = values
-    if problems:
-        raise InputError(f"{name}: " + "; ".join(problems))
-    return out
-
 
 # --- the whole pipeline from images -----------------------------------------------------------
 @dataclass
@@ -143,33 +102,78 @@ class _Extracted:
 
 
 def _deep_features(case_ids: pd.Index, output_dir: Path, files: dict[str, str], *, settings, manifest, features,
-                   feature_metadata, cache_dir, device, batch_size, perturb_voxels) -> _Extracted:
+                   feature_metadata, cache_dir, device, batch_size, perturb_voxels, randomisation=None,
+                   cohort: str = "", extractor: DeepFeatureExtractor | None = None) -> _Extracted:
     """The features of ``case_ids``: extracted from the manifest's images (cached, written to
-    ``features.csv``), or taken from a given table (then every case must have a row)."""
+    ``features.csv`` or ``features_<cohort>.csv``), or taken from a given table (then every case
+    must have a row). ``extractor``: reuse the training cohort's (same network and settings)."""
+    what = f"{cohort} feature table" if cohort else "feature table"
     if features is not None:
         features = features.copy()
         features.index = features.index.astype(str)
         missing = case_ids.difference(features.index)
         if len(missing):
-            raise InputError(f"feature table: no row for {len(missing)} case(s) of the clinical table: {list(missing[:5])}")
+            raise InputError(f"{what}: no row for {len(missing)} case(s) of the clinical table: {list(missing[:5])}")
         if feature_metadata and feature_metadata.get("settings"):
             settings = FeatureSettings.from_dict(feature_metadata["settings"])
-        return _Extracted(features, feature_metadata, settings)
+        return _Extracted(features.loc[case_ids], feature_metadata, settings)
     if manifest is None:
-        raise InputError("survival: give a manifest to extract deep features from, or a feature table")
+        raise InputError(f"survival: give a manifest to extract the {cohort + ' ' if cohort else ''}deep features "
+                         "from, or a feature table")
     settings = settings or FeatureSettings()
     cases = {c.case_id: c for c in read_feature_manifest(manifest, settings.phases)}
+    if extractor is None and any(cases[c].phase_segments for c in case_ids if c in cases):
+        settings = replace(settings, roi_per_phase=True)
     missing = case_ids.difference(pd.Index(list(cases)))
     if len(missing):
         raise InputError(f"manifest {manifest}: no images for {len(missing)} case(s) of the clinical table: "
                          f"{list(missing[:5])}")
-    extractor = DeepFeatureExtractor(settings, cache_dir=cache_dir or output_dir / "feature_cache", device=device,
-                                     batch_size=batch_size, perturb_voxels=perturb_voxels)
+    extractor = extractor or DeepFeatureExtractor(settings, cache_dir=cache_dir or output_dir / "feature_cache",
+                                                  device=device, batch_size=batch_size, perturb_voxels=perturb_voxels,
+                                                  randomisation=randomisation)
     features = extractor.extract([cases[c] for c in case_ids])
     metadata = extractor.metadata()
-    files["features"] = write_feature_table(features, output_dir / "features.csv",
-                                            {**metadata, "perturbation": "none", "cases": extractor.case_info}).name
+    name = f"features_{cohort}.csv" if cohort else "features.csv"
+    files["features" + (f"_{cohort}" if cohort else "")] = write_feature_table(
+        features, output_dir / name,
+        {**metadata, "perturbation": "none", "cases": {c: extractor.case_info.get(c) for c in case_ids}}).name
     return _Extracted(features, metadata, settings, extractor, cases)
+
+
+def _same_features(training: _Extracted, validation: _Extracted) -> None:
+    """The validation features must come from the same network and settings as the training ones."""
+    a, b = training.metadata or {}, validation.metadata or {}
+    sha_a, sha_b = (a.get("weights") or {}).get("sha256"), (b.get("weights") or {}).get("sha256")
+    if sha_a and sha_b and sha_a != sha_b:
+        raise InputError(f"validation features: extracted with other DenseNet weights (sha256 {sha_b[:12]}…) than "
+                         f"the training features ({sha_a[:12]}…); the signature would be meaningless on them")
+    if a.get("settings") and b.get("settings"):
+        # read through FeatureSettings: files written before a setting existed take its default
+        sa, sb = (FeatureSettings.from_dict(m["settings"]).to_dict() for m in (a, b))
+        differ = sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k))
+        if differ:
+            raise InputError(f"validation features: extracted with other settings than the training features ({differ})")
+    missing = [c for c in training.features.columns if c not in validation.features.columns]
+    if missing:
+        raise InputError(f"validation features: {len(missing)} feature column(s) of the training table are missing "
+                         f"({missing[:3]} ...)")
+
+
+def _check_training_deaths(checked: pd.DataFrame, train_ids: pd.Index, config: Any) -> None:
+    """Enough deaths among the training patients for the signature's cross-validation (checked before
+    split.csv is written: a refused run leaves nothing behind)."""
+    deaths = int((checked.loc[train_ids, config.event_col] == 1).sum())
+    if deaths < config.n_folds:
+        raise InputError(f"survival table: the signature's {config.n_folds}-fold cross-validation needs at least "
+                         f"{config.n_folds} deaths among the training patients; there are {deaths} "
+                         f"(of {len(train_ids)} training patients)")
+
+
+def _write_split(output_dir: Path, files: dict[str, str], train_ids: pd.Index, val_ids: pd.Index) -> None:
+    with atomic_path(output_dir / "split.csv") as tmp:
+        pd.DataFrame({"case_id": [*train_ids, *val_ids],
+                      "cohort": ["training"] * len(train_ids) + ["validation"] * len(val_ids)}).to_csv(tmp, index=False)
+    files["split"] = "split.csv"
 
 
 def _split(checked: pd.DataFrame, config: Any, output_dir: Path, files: dict[str, str]) -> tuple[pd.Index, pd.Index]:
@@ -181,16 +185,13 @@ def _split(checked: pd.DataFrame, config: Any, output_dir: Path, files: dict[str
         train_ids, val_ids = split_by_event(checked, config.event_col, config.validation_fraction, config.seed)
     else:
         train_ids, val_ids = checked.index, pd.Index([])
-    deaths = int((checked.loc[train_ids, config.event_col] == 1).sum())
-    if deaths < config.n_folds:  # checked before split.csv is written: a refused run leaves nothing behind
-        raise InputError(f"survival table: the signature's {config.n_folds}-fold cross-validation needs at least "
-                         f"{config.n_folds} deaths among the training patients; there are {deaths} "
-                         f"(of {len(train_ids)} training patients)")
-    with atomic_path(output_dir / "split.csv") as tmp:
-        pd.DataFrame({"case_id": [*train_ids, *val_ids],
-                      "cohort": ["training"] * len(train_ids) + ["validation"] * len(val_ids)}).to_csv(tmp, index=False)
-    files["split"] = "split.csv"
+    _check_training_deaths(checked, train_ids, config)
+    _write_split(output_dir, files, train_ids, val_ids)
     return train_ids, val_ids
+
+
+def _source(table: Any) -> str | None:
+    return str(Path(table).resolve()) if isinstance(table, (str, Path)) else None
 
 
 def _noted(config: Any, manifest: Any, clinical: Any, weights: Mapping[str, Any] | None, label: str) -> Any:
@@ -212,8 +213,13 @@ def fit_image_signature(
     features: pd.DataFrame | None = None,
     repeat: pd.DataFrame | None = None,
     feature_metadata: Mapping[str, Any] | None = None,
-    perturbation: str = "erode",
+    validation_manifest: str | Path | None = None,
+    validation_clinical: pd.DataFrame | str | Path | None = None,
+    validation_features: pd.DataFrame | None = None,
+    validation_feature_metadata: Mapping[str, Any] | None = None,
+    perturbation: str = "randomise",
     perturb_voxels: int = 1,
+    randomisation: RandomPerturbation | None = None,
     cache_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 16,
@@ -223,9 +229,12 @@ def fit_image_signature(
     Either ``manifest`` (cases on disk; features extracted here, cached in ``cache_dir``, default
     ``<output>/feature_cache``) or precomputed ``features`` (+ ``repeat``, + ``feature_metadata``
     from their JSON). ``clinical`` defaults to the manifest itself (time, event, clinical columns).
-    The training / validation split (``config.validation_fraction``, stratified by event, seeded)
-    is made here so the perturbed extraction runs on the training cases only. Writes the
-    signature stage (see :class:`.pipeline.SignatureStage`) with the features' origin, the split,
+    An external validation cohort (``validation_clinical`` with ``validation_manifest`` or
+    ``validation_features``; the clinical table defaults to the validation manifest) replaces the
+    random split; otherwise ``config.validation_fraction`` of the cases are held out (stratified
+    by event, seeded). The split is made here so the perturbed extraction (``perturbation``,
+    default ``"randomise"``: :mod:`.reproducibility`) runs on the training cases only. Writes the
+    signature stage (see :class:`.fitting.SignatureStage`) with the features' origin, the split,
     the ICC table and the extracted feature tables into ``output_dir``.
     """
     from TACEResponseLib.survival.data import validate_survival_table
@@ -239,24 +248,57 @@ def fit_image_signature(
         if manifest is None:
             raise InputError("survival: give a manifest (cases on disk) or a clinical table")
         clinical = manifest
-    clinical_source = str(Path(clinical).resolve()) if isinstance(clinical, (str, Path)) else None
+    external = validation_manifest is not None or validation_clinical is not None or validation_features is not None
+    if external and validation_clinical is None:
+        if validation_manifest is None:
+            raise InputError("validation cohort: give its clinical table (--validation-clinical) or a manifest that "
+                             "holds the survival columns (--validation-manifest)")
+        validation_clinical = validation_manifest
     table = _coded_clinical(clinical, config)
     # every clinical problem is reported now, before any feature is extracted
     checked = validate_survival_table(table, config.time_col, config.event_col, config.clinical_covariates,
                                       check_dimensions=False, name="clinical table")
+    val_table = val_checked = None
+    if external:
+        val_table = _coded_clinical(validation_clinical, config)
+        val_checked = validate_survival_table(val_table, config.time_col, config.event_col,
+                                              config.clinical_covariates, check_dimensions=False,
+                                              name="validation clinical table")
+        both = checked.index.intersection(val_checked.index)
+        if len(both):
+            raise InputError(f"validation cohort: {len(both)} case id(s) are also in the training cohort: "
+                             f"{list(both[:5])}; an external validation cohort must hold other patients")
     files: dict[str, str] = {}
     extracted = _deep_features(checked.index, output_dir, files, settings=settings, manifest=manifest,
                                features=features, feature_metadata=feature_metadata, cache_dir=cache_dir,
-                               device=device, batch_size=batch_size, perturb_voxels=perturb_voxels)
+                               device=device, batch_size=batch_size, perturb_voxels=perturb_voxels,
+                               randomisation=randomisation)
     features, settings, extractor = extracted.features, extracted.settings, extracted.extractor
+    if external:
+        validation = _deep_features(
+            val_checked.index, output_dir, files, settings=settings, manifest=validation_manifest,  # type: ignore[union-attr]
+            features=validation_features, feature_metadata=validation_feature_metadata, cache_dir=cache_dir,
+            device=device, batch_size=batch_size, perturb_voxels=perturb_voxels, randomisation=randomisation,
+            cohort="validation", extractor=extractor)
+        if validation.metadata is None and extractor is not None:
+            validation.metadata = extractor.metadata()
+        _same_features(extracted, validation)
+        train_ids, val_ids = checked.index, val_checked.index  # type: ignore[union-attr]
+        features = pd.concat([features, validation.features[features.columns]])
+        table = pd.concat([table, val_table])
+        _check_training_deaths(checked, train_ids, config)
+        _write_split(output_dir, files, train_ids, val_ids)
+    else:
+        train_ids, val_ids = _split(checked, config, output_dir, files)
     weights = dict((extracted.metadata or {}).get("weights") or {}) or None
     label = (extracted.metadata or {}).get("label") or (weights or {}).get("label") or "deep features of unknown origin"
-    train_ids, val_ids = _split(checked, config, output_dir, files)
     if repeat is None and extractor is not None and perturbation != "none":
         repeat = extractor.extract([extracted.cases[c] for c in train_ids], perturbation=perturbation)
         files["repeat"] = write_feature_table(repeat, output_dir / f"features_{perturbation}.csv",
                                               {**extractor.metadata(), "perturbation": perturbation,
                                                "perturb_voxels": perturb_voxels,
+                                               "randomisation": extractor.randomisation.to_dict()
+                                               if perturbation == "randomise" else None,
                                                "cases": {c: extractor.case_info.get(c) for c in train_ids}}).name
     if repeat is not None:
         repeat = repeat.copy()
@@ -268,7 +310,11 @@ def fit_image_signature(
             "n_cases": int(len(features)), "n_training": int(len(train_ids)), "n_validation": int(len(val_ids)),
             "cache": ({"hits": extractor.cache_hits, "misses": extractor.cache_misses} if extractor else None),
         },
-        "clinical_source": clinical_source,
+        "clinical_source": _source(clinical),
+        "validation_clinical_source": _source(validation_clinical) if external else None,
+        "validation": "external cohort" if external else (
+            f"{config.validation_fraction:.0%} held out, stratified by event, seed {config.seed}"
+            if len(val_ids) else None),
     }
     has_validation = len(val_ids) > 0
     stage = fit_signature_stage(
@@ -287,13 +333,16 @@ def fit_image_nomogram(
     *,
     config: Any = None,
     clinical: pd.DataFrame | str | Path | None = None,
+    validation_clinical: pd.DataFrame | str | Path | None = None,
     main_model: str = "combined",
 ) -> ImageSurvivalResult:
     """Zhang 2020 from the signature on: Cox screen + stepwise AIC -> nomograms -> report -> survival_model.json.
 
-    ``signature``: an :class:`ImageSignatureResult`, a :class:`.pipeline.SignatureStage` or the
-    folder ``fit-signature`` wrote. ``clinical`` defaults to the table the signature was fitted
-    with; ``output_dir`` to the signature's folder. ``config`` sets the nomogram side
+    ``signature``: an :class:`ImageSignatureResult`, a :class:`.fitting.SignatureStage` or the
+    folder ``fit-signature`` wrote. ``clinical`` (+ ``validation_clinical`` for an external
+    validation cohort) default to the tables the signature was fitted with; their survival
+    times and events must be the ones the signature saw. ``output_dir`` defaults to the
+    signature's folder. ``config`` sets the nomogram side
     (covariates, levels, labels, time points, bootstrap); survival columns, split and the
     data note (SYNTHETIC ...) come from the signature stage.
     """
@@ -315,14 +364,25 @@ def fit_image_nomogram(
     output_dir = Path(output_dir if output_dir is not None else folder)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = replace(config or stage.config, **{k: getattr(stage.config, k) for k in SIGNATURE_STAGE_SETTINGS})
-    if clinical is None:
-        clinical = stage.context.get("clinical_source")
-        if not clinical:
-            raise InputError("fit-nomogram: the signature stage records no clinical table; give one")
-        if not Path(clinical).is_file():
-            raise InputError(f"fit-nomogram: the clinical table the signature was fitted with, {clinical}, "
-                             "no longer exists; give one")
-    result = fit_nomogram_stage(stage, _coded_clinical(clinical, config), output_dir, config)
+    tables = []
+    for given, key, what in ((clinical, "clinical_source", "clinical table"),
+                             (validation_clinical, "validation_clinical_source", "validation clinical table")):
+        if given is None and key == "validation_clinical_source" and (clinical is not None
+                                                                      or not stage.context.get(key)):
+            continue  # a given clinical table covers every case (or there is no external validation cohort)
+        if given is None:
+            given = stage.context.get(key)
+            if not given:
+                raise InputError(f"fit-nomogram: the signature stage records no {what}; give one")
+            if not Path(given).is_file():
+                raise InputError(f"fit-nomogram: the {what} the signature was fitted with, {given}, "
+                                 "no longer exists; give one")
+        tables.append(_coded_clinical(given, config))
+    clinical_table = pd.concat(tables) if len(tables) > 1 else tables[0]
+    if clinical_table.index.has_duplicates:
+        raise InputError("fit-nomogram: the clinical and validation clinical tables share case ids "
+                         f"{list(clinical_table.index[clinical_table.index.duplicated()][:5])}")
+    result = fit_nomogram_stage(stage, clinical_table, output_dir, config)
     signature_name = stage.config.signature_name
     files = dict(result.files)
     deep = dict(stage.context.get("deep_features") or {})

@@ -231,12 +231,13 @@ class SurvivalModel:
             raise InputError(f"missing clinical variable(s) {missing}; the nomogram {self.nomogram.name!r} needs: {needs}"
                              + (f" (+ the {self.signature_name} computed from the images)" if self.uses_signature else ""))
         values = {n: self.variables[n].parse(clinical[n]) for n in self.clinical_variables}
-        outside = [n for n, v in values.items() if self.variables[n].training_range is not None
+        linear = {v.name for v in self.nomogram.variables if v.coding == "linear"}  # cut-offs and categories do not extrapolate
+        outside = [n for n, v in values.items() if n in linear and self.variables[n].training_range is not None
                    and not self.variables[n].training_range[0] <= v <= self.variables[n].training_range[1]]
         return values, outside
 
     def patient(self, clinical: Mapping[str, Any], images: Mapping[str, Volume] | Sequence[Volume] | None = None,
-                segmentation: Segmentation | str | Path | None = None, segment: str | None = None,
+                segmentation: Segmentation | str | Path | None = None, segment: str | Mapping[str, str] | None = None,
                 case_id: str = "case", device: str = "auto") -> dict[str, Any]:
         """The patient's read-out as a plain dict (the ``survival`` of a result JSON).
 
@@ -261,6 +262,9 @@ class SurvivalModel:
                                   "patch": extractor.case_info.get(case_id, {})}
                 if self.signature_name in (clinical or {}):
                     warnings.append(f"the given {self.signature_name} value was ignored; it was computed from the images")
+                if self.features.roi_per_phase and not isinstance(segment, Mapping):
+                    warnings.append("the signature was fitted with one tumour segment per phase; this case used one "
+                                    f"segment for all phases ({', '.join(self.features.phases)})")
             elif self.signature_name in (clinical or {}):
                 try:
                     value = float(clinical[self.signature_name])

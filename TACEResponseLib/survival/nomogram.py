@@ -1,25 +1,30 @@
 """Cox nomogram: points per variable, total points, survival at 1/2/3 years, risk group.
 
-Scaling follows R's ``rms::nomogram``: for each variable ``j`` with coefficient ``b_j`` and
-training range ``[min_j, max_j]``, ``b_j x`` spans ``r_j = |b_j| (max_j - min_j)``. The
-variable with the widest span gets 0-100 points; every variable gets
+Scaling follows R's ``rms::nomogram``. Each variable ``j`` contributes ``e_j(x)`` to the
+linear predictor: ``b_j x`` for a numeric (or ordinal) one, ``b_j [x > cut-off]`` for a
+dichotomised one, and the log hazard ratio of its level against the reference for a
+categorical one (dummy coding, :mod:`.data`). Over the training values ``e_j`` spans
+``r_j = max e_j - min e_j``; the variable with the widest span gets 0-100 points and every
+variable gets
 
-    points_j(x) = (b_j x - min(b_j min_j, b_j max_j)) * 100 / max_j r_j
+    points_j(x) = (e_j(x) - min e_j) * 100 / max_j r_j
 
 (0 points at the value of lowest risk). So the total points ``T`` map to the linear
-predictor by an exact affine function, ``lp = T / points_per_lp + lp_offset``. Values
+predictor by an exact affine function, ``lp = T / points_per_lp + lp_offset``. Numeric values
 outside the training range extrapolate (points below 0 or above 100), with a warning.
 
-The linear predictor is lifelines' centred one, ``lp = sum_j b_j (x_j - mean_j)`` with the
+A categorical variable is **one axis** with a tick per level (as rms draws factors), never
+one axis per dummy column: a patient has one BCLC stage, so the two dummies can never both
+score. Dummy columns given as input (``BCLC[B]=1``) are folded back into the variable, and an
+impossible combination (``BCLC[B]=1`` and ``BCLC[C]=1``) or a level without patients in the
+training cohort is refused. Files of version 1 (before categories) hold numeric and ordinal
+variables only and read the same as before.
+
+The linear predictor is lifelines' centred one, ``lp = sum_j e_j(x_j) - mean e_j`` with the
 training means, and survival is ``S(t | x) = exp(-H0(t) exp(lp))`` with lifelines' Breslow
 baseline cumulative hazard ``H0`` (``baseline_cumulative_hazard_``, at the mean covariates),
 linearly interpolated between event times exactly as lifelines' ``predict_survival_function``
 does — so a saved nomogram reproduces lifelines' prediction without refitting.
-
-Categorical variables: an ordinal one (BCLC A/B/C) is one numeric column of codes
-(0/1/2) with ``levels={"A": 0, "B": 1, "C": 2}`` naming the codes on its axis and accepting
-the labels as patient input; a nominal one is a set of 0/1 dummy columns, each its own axis
-(``levels={"no": 0, "yes": 1}``) — unlike rms, dummy groups are not merged into one axis.
 
 Risk group: ``high`` when the linear predictor exceeds the median over training patients.
 Times are in ``time_unit`` (months by default; 12/24/36 = 1/2/3 years).
@@ -28,6 +33,8 @@ Times are in ``time_unit`` (months by default; 12/24/36 = 1/2/3 years).
 from __future__ import annotations
 
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -45,11 +52,22 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SURVIVAL_TIMES = (12.0, 24.0, 36.0)
 MAX_POINTS = 100.0
+#: Nomogram files this code reads (2: categorical and dichotomised variables).
+NOMOGRAM_VERSION = 2
+_DUMMY = re.compile(r"^(?P<name>.+)\[(?P<level>[^\]]+)\]$")
 
 
 @dataclass
 class NomogramVariable(JsonRecord):
-    """One axis of the nomogram: a Cox covariate, its coefficient and training range."""
+    """One axis of the nomogram: a clinical variable (or the signature), its effect and training range.
+
+    ``coding``: ``"linear"`` (numeric or ordinal codes: ``coefficient`` per unit; ``levels``
+    only name the codes), ``"categorical"`` (``level_effects``: log hazard ratio of each level
+    against the ``reference``; ``levels`` are the codes of the levels seen in training) or
+    ``"cutoff"`` (``coefficient`` for a value above ``cutoff``). ``mean``, ``minimum`` and
+    ``maximum`` describe the training values (codes for categories); ``effect_mean`` is the
+    training mean of the contribution (centring of categorical / dichotomised variables).
+    """
 
     name: str
     coefficient: float
@@ -58,40 +76,150 @@ class NomogramVariable(JsonRecord):
     maximum: float
     label: str = ""
     levels: dict[str, float] | None = None
+    coding: str = "linear"
+    level_effects: dict[str, float] | None = None
+    reference: str | None = None
+    cutoff: float | None = None
+    effect_mean: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.coding not in ("linear", "categorical", "cutoff"):
+            raise InputError(f"nomogram variable {self.name!r}: unknown coding {self.coding!r}")
+        if self.coding == "categorical":
+            if not self.levels or not self.level_effects or set(self.levels) != set(self.level_effects):
+                raise InputError(f"nomogram variable {self.name!r}: a categorical variable needs the same levels "
+                                 "in levels and level_effects")
+        if self.coding == "cutoff" and self.cutoff is None:
+            raise InputError(f"nomogram variable {self.name!r}: a dichotomised variable needs its cut-off")
+        if self.coding != "linear" and self.effect_mean is None:
+            raise InputError(f"nomogram variable {self.name!r}: effect_mean is needed for coding {self.coding!r}")
 
     @property
     def title(self) -> str:
         return self.label or self.name
 
+    def effect(self, x: Any) -> np.ndarray:
+        """Uncentred contribution to the linear predictor of values ``x`` (codes for categories)."""
+        x = np.asarray(x, dtype=float)
+        if self.coding == "categorical":
+            by_code = {float(code): self.level_effects[label] for label, code in self.levels.items()}  # type: ignore[index,union-attr]
+            out = np.array([by_code.get(float(v), np.nan) for v in x.ravel()], dtype=float).reshape(x.shape)
+            return out
+        if self.coding == "cutoff":
+            return self.coefficient * (x > self.cutoff).astype(float)
+        return self.coefficient * x
+
+    def centred_effect(self, x: Any) -> np.ndarray:
+        """``e(x) - mean e`` over training: this variable's part of lifelines' centred linear predictor."""
+        x = np.asarray(x, dtype=float)
+        if self.coding == "linear":
+            return (x - self.mean) * self.coefficient
+        return self.effect(x) - float(self.effect_mean)  # type: ignore[arg-type]
+
+    @property
+    def centre(self) -> float:
+        """Training mean of the contribution (what lifelines subtracts)."""
+        return self.coefficient * self.mean if self.coding == "linear" else float(self.effect_mean)  # type: ignore[arg-type]
+
+    def _effect_range(self) -> tuple[float, float]:
+        if self.coding == "categorical":
+            values = list(self.level_effects.values())  # type: ignore[union-attr]
+        else:
+            values = list(self.effect([self.minimum, self.maximum]))
+        return float(min(values)), float(max(values))
+
     @property
     def lowest_lp(self) -> float:
-        """Smallest ``b x`` over the training range (the value given 0 points)."""
-        return min(self.coefficient * self.minimum, self.coefficient * self.maximum)
+        """Smallest contribution over the training values (the value given 0 points)."""
+        return self._effect_range()[0]
 
     @property
     def lp_span(self) -> float:
-        return abs(self.coefficient) * (self.maximum - self.minimum)
+        low, high = self._effect_range()
+        return high - low
+
+    def describe(self) -> str:
+        """The variable's effect in words (model cards, reports)."""
+        if self.coding == "categorical":
+            return f"log HR vs {self.reference}: " + ", ".join(
+                f"{label} {effect:+.4g}" for label, effect in self.level_effects.items() if label != self.reference)  # type: ignore[union-attr]
+        if self.coding == "cutoff":
+            return f"log HR {self.coefficient:+.4g} above {self.cutoff:g}"
+        return f"coefficient {self.coefficient:+.4g}" + (f" per level of {list(self.levels)}" if self.levels else "")
 
     def encode(self, values: pd.Series) -> pd.Series:
-        """Category labels -> their numeric codes; numbers pass through unchanged."""
+        """Category labels -> their numeric codes; numbers pass through unchanged (codes are checked later)."""
         if not self.levels:
             return values
-        unknown = [v for v in values if isinstance(v, str) and v not in self.levels]
+        lookup = {str(k).strip().upper(): v for k, v in self.levels.items()}
+        unknown = [v for v in values if isinstance(v, str) and v.strip().upper() not in lookup
+                   and not _is_number(v)]
         if unknown:
             raise InputError(
                 f"variable {self.name!r}: unknown category {unknown[0]!r}; "
                 f"use one of {list(self.levels)} or their codes {list(self.levels.values())}"
             )
-        return values.map(lambda v: self.levels[v] if isinstance(v, str) else v)
+        return values.map(lambda v: lookup[v.strip().upper()] if isinstance(v, str) and v.strip().upper() in lookup
+                          else v)
+
+    def check_codes(self, x: pd.Series, where: str) -> None:
+        """A categorical variable takes only the codes of its levels seen in training."""
+        if self.coding != "categorical":
+            return
+        known = set(self.levels.values())  # type: ignore[union-attr]
+        bad = [v for v in x if float(v) not in known]
+        if bad:
+            raise InputError(f"{where}: {self.name!r} = {bad[0]:g} is not a level the model knows; the training "
+                             f"cohort had {list(self.levels)} (codes {sorted(known)}); a level without patients there "
+                             "has no estimated effect")
 
     def tick_values(self, n: int = 6) -> tuple[list[float], list[str]]:
-        """Axis ticks inside the training range, in the variable's own units."""
+        """Axis ticks inside the training range, in the variable's own units (codes for categories)."""
+        if self.coding == "cutoff":
+            return [self.minimum, self.maximum], [f"≤ {_fmt(self.cutoff)}", f"> {_fmt(self.cutoff)}"]  # type: ignore[arg-type]
         if self.levels:
             items = sorted((code, label) for label, code in self.levels.items()
                            if self.minimum - 1e-9 <= code <= self.maximum + 1e-9)
             return [c for c, _ in items], [lab for _, lab in items]
         values = _nice_ticks(self.minimum, self.maximum, n)
         return values, [_fmt(v) for v in values]
+
+    def shown_value(self, value: float) -> str:
+        names = {float(c): lab for lab, c in (self.levels or {}).items()}
+        return names.get(float(value), f"{value:.4g}")
+
+
+def _variable(fit: CoxFit, name: str, label: str, levels: Mapping[str, float] | None) -> NomogramVariable:
+    """The nomogram axis of one variable of a Cox fit (its coding taken from the fit's design)."""
+    x = fit.data[name].to_numpy(dtype=float)
+    common = dict(name=name, mean=float(x.mean()), minimum=float(x.min()), maximum=float(x.max()), label=label)
+    params = fit.fitter.params_
+    coding = fit.design.coding(name) if fit.design is not None else None
+    if coding is not None and coding.kind == "categorical":
+        present = fit.design.levels[name]
+        reference = fit.design.reference[name]
+        effects = {label_: (0.0 if label_ == reference else float(params[coding.dummy_column(label_)]))
+                   for label_ in present}
+        variable = NomogramVariable(coefficient=0.0, levels=dict(present), coding="categorical", level_effects=effects,
+                                    reference=reference, effect_mean=0.0, **common)
+        variable.effect_mean = float(variable.effect(x).mean())
+        return variable
+    if coding is not None and coding.kind == "cutoff":
+        coefficient = float(params[coding.cutoff_column])
+        return NomogramVariable(coefficient=coefficient, coding="cutoff", cutoff=coding.cutoff,
+                                effect_mean=float(coefficient * (x > coding.cutoff).mean()), **common)
+    if coding is not None and coding.kind == "ordinal" and levels is None:
+        levels = coding.levels
+    return NomogramVariable(coefficient=float(params[name]),
+                            levels={str(k): float(c) for k, c in levels.items()} if levels else None, **common)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -118,7 +246,7 @@ class PatientNomogram(JsonRecord):
 class Nomogram(JsonRecord):
     """A fitted Cox model as a nomogram; saved as JSON, usable without lifelines or refitting."""
 
-    json_header = {"kind": "TACEResponse Cox nomogram", "version": 1}
+    json_header = {"kind": "TACEResponse Cox nomogram", "version": NOMOGRAM_VERSION}
 
     name: str
     variables: list[NomogramVariable]
@@ -134,6 +262,14 @@ class Nomogram(JsonRecord):
     n_events: int = 0
     note: str = ""
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "Nomogram":
+        version = data.get("version", 1) if isinstance(data, Mapping) else 1
+        if isinstance(version, (int, float)) and version > NOMOGRAM_VERSION:
+            raise InputError(f"{source or 'nomogram'}: nomogram file version {version} is newer than this "
+                             f"TACEResponse reads ({NOMOGRAM_VERSION}); update TACEResponse")
+        return super().from_dict(data, source)
+
     # --- construction ------------------------------------------------------------------
     @classmethod
     def from_cox(
@@ -147,23 +283,16 @@ class Nomogram(JsonRecord):
         time_unit: str = "months",
         note: str = "",
     ) -> "Nomogram":
-        """Nomogram of a :class:`CoxFit` (from :func:`.cox.fit_cox` / stepwise), on its training data."""
+        """Nomogram of a :class:`CoxFit` (from :func:`.cox.fit_cox` / stepwise), on its training data.
+
+        Categorical and dichotomised variables take their coding from the fit; ``levels`` name
+        the codes of ordinal (numeric) variables on their axis.
+        """
         if not fit.covariates:
             raise InputError(f"nomogram {name!r}: the Cox model has no covariates (nothing was selected)")
         data = fit.data
         labels, levels = dict(labels or {}), dict(levels or {})
-        variables = [
-            NomogramVariable(
-                name=v,
-                coefficient=float(fit.fitter.params_[v]),
-                mean=float(data[v].mean()),
-                minimum=float(data[v].min()),
-                maximum=float(data[v].max()),
-                label=labels.get(v, ""),
-                levels={str(k): float(c) for k, c in levels[v].items()} if v in levels else None,
-            )
-            for v in fit.covariates
-        ]
+        variables = [_variable(fit, v, labels.get(v, ""), levels.get(v)) for v in fit.covariates]
         widest = max(var.lp_span for var in variables)
         if widest <= 0:
             raise InputError(f"nomogram {name!r}: every covariate is constant or has a zero coefficient")
@@ -184,7 +313,8 @@ class Nomogram(JsonRecord):
             note=note,
         )
         lp = nomogram.linear_predictor(data)
-        expected = fit.fitter.predict_log_partial_hazard(data[fit.covariates]).to_numpy(dtype=float)
+        design = fit.design.matrix(data) if fit.design is not None else data[fit.covariates]
+        expected = fit.fitter.predict_log_partial_hazard(design).to_numpy(dtype=float)
         if not np.allclose(lp, expected, rtol=0, atol=1e-8):  # guards against a change in lifelines' centring
             raise RuntimeError(f"nomogram {name!r}: linear predictor disagrees with lifelines by {np.abs(lp - expected).max():g}")
         nomogram.risk_cutoff = float(np.median(lp))
@@ -198,30 +328,74 @@ class Nomogram(JsonRecord):
     @property
     def lp_offset(self) -> float:
         """``lp = total_points / points_per_lp + lp_offset``."""
-        return float(sum(v.lowest_lp - v.coefficient * v.mean for v in self.variables))
+        return float(sum(v.lowest_lp - v.centre for v in self.variables))
 
     @property
     def max_total_points(self) -> float:
         return float(sum(v.lp_span for v in self.variables) * self.points_per_lp)
 
     def _values(self, data: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
-        """Numeric covariate table (categories encoded) for a frame or one patient's dict."""
+        """Numeric covariate table (categories encoded and checked) for a frame or one patient's dict."""
         frame = pd.DataFrame([dict(data)]) if isinstance(data, Mapping) else data
         if not isinstance(frame, pd.DataFrame):
             raise InputError(f"nomogram {self.name!r}: expected a DataFrame or a dict of values, got {type(data).__name__}")
+        frame = self._fold_dummies(frame)
         missing = [v.name for v in self.variables if v.name not in frame.columns]
         if missing:
             raise InputError(
                 f"nomogram {self.name!r}: missing value(s) for {missing}; it needs {[v.name for v in self.variables]}"
             )
         encoded = pd.DataFrame({v.name: v.encode(frame[v.name]) for v in self.variables}, index=frame.index)
-        return numeric_matrix(encoded, [v.name for v in self.variables], name=f"values for nomogram {self.name!r}")
+        x = numeric_matrix(encoded, [v.name for v in self.variables], name=f"values for nomogram {self.name!r}")
+        for v in self.variables:
+            v.check_codes(x[v.name], f"values for nomogram {self.name!r}")
+        return x
+
+    def _fold_dummies(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Dummy columns (``BCLC[B]``...) given instead of a categorical variable -> its level code.
+
+        A row with more than one level set, or a dummy that is not 0/1, is an impossible
+        combination (one patient has one BCLC stage) and is refused.
+        """
+        categorical = {v.name: v for v in self.variables if v.coding == "categorical"}
+        dummies: dict[str, dict[str, str]] = {}
+        for column in frame.columns:
+            match = _DUMMY.match(str(column))
+            if match and match["name"] in categorical:
+                dummies.setdefault(match["name"], {})[match["level"]] = column
+        if not dummies:
+            return frame
+        frame = frame.copy()
+        for name, columns in dummies.items():
+            var = categorical[name]
+            unknown = [level for level in columns if level not in var.levels]  # type: ignore[operator]
+            if unknown:
+                raise InputError(f"nomogram {self.name!r}: {name} has no level {unknown[0]!r} (levels {list(var.levels)})")
+            block = frame[list(columns.values())].apply(pd.to_numeric, errors="coerce")
+            if not block.isin([0, 1]).all().all():
+                raise InputError(f"nomogram {self.name!r}: dummy columns of {name} ({', '.join(columns.values())}) "
+                                 "must be 0 or 1")
+            set_count = block.sum(axis=1)
+            if (set_count > 1).any():
+                row = block.index[set_count > 1][0]
+                on = [c for c in columns.values() if block.loc[row, c] == 1]
+                raise InputError(f"nomogram {self.name!r}: impossible combination {' and '.join(f'{c}=1' for c in on)} "
+                                 f"(case {row!r}): a patient has one {var.title} level")
+            code = pd.Series(var.levels[var.reference], index=frame.index, dtype=float)  # type: ignore[index]
+            for level, column in columns.items():
+                code[block[column] == 1] = var.levels[level]  # type: ignore[index]
+            if name in frame.columns:
+                given = var.encode(frame[name])
+                if (pd.to_numeric(given, errors="coerce") != code).any():
+                    raise InputError(f"nomogram {self.name!r}: {name} and its dummy columns disagree")
+            frame[name] = code
+        return frame
 
     def points(self, data: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
         """Points per variable (columns) for each row."""
         x = self._values(data)
         return pd.DataFrame(
-            {v.name: (v.coefficient * x[v.name] - v.lowest_lp) * self.points_per_lp for v in self.variables},
+            {v.name: (v.effect(x[v.name].to_numpy()) - v.lowest_lp) * self.points_per_lp for v in self.variables},
             index=x.index,
         )
 
@@ -229,11 +403,13 @@ class Nomogram(JsonRecord):
         return self.points(data).sum(axis=1).to_numpy(dtype=float)
 
     def linear_predictor(self, data: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
-        """Centred Cox linear predictor ``sum b_j (x_j - mean_j)`` (lifelines' log partial hazard)."""
-        x = self._values(data).to_numpy(dtype=float)
-        coef = np.array([v.coefficient for v in self.variables])
-        mean = np.array([v.mean for v in self.variables])
-        return (x - mean) @ coef
+        """Centred Cox linear predictor ``sum_j e_j(x_j) - mean e_j`` (lifelines' log partial hazard)."""
+        x = self._values(data)
+        if all(v.coding == "linear" for v in self.variables):  # the version-1 formula, bit for bit
+            coef = np.array([v.coefficient for v in self.variables])
+            mean = np.array([v.mean for v in self.variables])
+            return (x.to_numpy(dtype=float) - mean) @ coef
+        return np.sum([v.centred_effect(x[v.name].to_numpy()) for v in self.variables], axis=0)
 
     def lp_from_points(self, total_points: Any) -> np.ndarray:
         return np.asarray(total_points, dtype=float) / self.points_per_lp + self.lp_offset
@@ -268,7 +444,7 @@ class Nomogram(JsonRecord):
         if not isinstance(values, Mapping):
             raise InputError(f"nomogram {self.name!r}: patient values must be a dict, got {type(values).__name__}")
         x = self._values(values).iloc[0]
-        outside = [v.name for v in self.variables if not v.minimum <= x[v.name] <= v.maximum]
+        outside = [v.name for v in self.variables if v.coding == "linear" and not v.minimum <= x[v.name] <= v.maximum]
         if outside:
             logger.warning("nomogram %r: %s outside the training range; points are extrapolated", self.name, outside)
         points = self.points(values).iloc[0]
@@ -343,13 +519,9 @@ def plot_nomogram(
     rows.append(("Points", points_ticks, [_fmt(t) for t in points_ticks], None, None, None))
     for var in nomogram.variables:
         values, labels = var.tick_values()
-        xs = [(var.coefficient * v - var.lowest_lp) * nomogram.points_per_lp for v in values]
+        xs = [float(x) for x in (var.effect(values) - var.lowest_lp) * nomogram.points_per_lp]
         mark = patient.points[var.name] if patient else None
-        shown = None
-        if patient:
-            raw = patient.values[var.name]
-            names = {c: lab for lab, c in (var.levels or {}).items()}
-            shown = names.get(raw, f"{raw:.4g}")
+        shown = var.shown_value(patient.values[var.name]) if patient else None
         rows.append((var.title, xs, labels, mark, shown, (0.0, var.lp_span * nomogram.points_per_lp)))
     rows.append(("Total points", [t * to_x for t in total_ticks], [_fmt(t) for t in total_ticks],
                  patient.total_points * to_x if patient else None,
@@ -387,8 +559,13 @@ def plot_nomogram(
         if name == "Points":
             minor = np.arange(0, MAX_POINTS + 0.1, 2.0)
             ax.vlines(minor, r - 0.06, r, color="black", linewidth=0.5)
-        for x, label in zip(xs, labels):
-            ax.text(x, r - 0.17, label, ha="center", va="bottom", fontsize=8)
+        above_x = -math.inf
+        for x, label in sorted(zip(xs, labels)):
+            if x - above_x >= 1.2 * max(len(label), 2):  # room above the line; else (close levels) below it
+                ax.text(x, r - 0.17, label, ha="center", va="bottom", fontsize=8)
+                above_x = x
+            else:
+                ax.text(x, r + 0.06, label, ha="center", va="top", fontsize=7)
         ax.text(-3, r, name, ha="right", va="center", fontsize=10, fontweight="bold" if r == 0 else "normal")
         if mark is not None:
             ax.plot([mark], [r], marker="v", color="crimson", markersize=7, zorder=3)

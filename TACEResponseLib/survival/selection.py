@@ -4,24 +4,33 @@ Zhang 2020 reduces ~2 x 1024 DenseNet features to a ~10-feature linear signature
 steps, reproduced here:
 
 1. **mRMR** (minimum redundancy, maximum relevance; Peng et al. 2005) ranks the features
-   greedily and keeps the top ``n_mrmr`` (50). Relevance of a feature to survival is
-   ``|2 C - 1|`` (Somers' D; C = Harrell's concordance of the feature with survival,
-   lifelines' ``concordance_index``) or ``|z|`` of its univariate Cox model (slower: one
-   lifelines fit per feature). Redundancy of a candidate is its mean absolute Pearson
-   correlation with the features already selected. The next feature maximises
-   ``relevance - redundancy`` (MID, difference — default: with Somers' D both terms lie in
-   [0, 1]) or ``relevance / redundancy`` (MIQ, quotient; unstable when the redundancy of
-   unrelated features is near 0, it ranked fewer true features on the synthetic cohorts).
-   Averaging redundancy over the selected set dilutes it as the set grows: an exact copy of
-   the first feature is kept out of the next few picks, not out of the top 50.
-2. **Elastic-net Cox** (scikit-survival ``CoxnetSurvivalAnalysis``, ``l1_ratio`` 0.5) on the
-   z-scored top features. The penalty ``alpha`` is chosen by ``n_folds``-fold cross-validation
-   (folds stratified by event): every fold fits the whole alpha path on its training part and
-   scores each alpha by Harrell's C on the held-out part. ``rule="max"`` takes the alpha with
-   the best mean C; ``rule="1se"`` the largest alpha within one standard error of it (sparser).
-   ``max_features`` (default 10, the size of Zhang's signature) restricts the choice to alphas
-   whose full-data model has at most that many non-zero coefficients. The final coefficients
-   are the full-data path's at the chosen alpha.
+   greedily and keeps the top ``n_mrmr`` (50). The default, ``method="mrmre"``, is the
+   scheme of the R package mRMRe (De Jay et al. 2013) for a survival outcome, which Zhang
+   cites: the relevance of feature ``i`` is its concordance index with survival turned into
+   Somers' D, ``D_i = 2 C_i - 1`` (Harrell's C of the feature as a risk score, lifelines'
+   ``concordance_index``), the redundancy between features ``i`` and ``j`` their Pearson
+   correlation ``r_ij`` (mRMRe's default estimator), and both become mutual information
+   under a bivariate-normal model,
+
+       I(i; y) = -1/2 ln(1 - D_i^2)      I(i; j) = -1/2 ln(1 - r_ij^2),
+
+   before the classic difference scheme picks, at each step, the feature maximising
+   ``I(i; y) - mean_{s in S} I(i; s)`` over the already selected set ``S`` (``scheme="MIQ"``:
+   the quotient). mRMRe's C++ code divides the sum over ``S`` *and the target* by
+   ``|S| + 1``, which scales every candidate's score at a step by ``|S| / (|S| + 1)``: the same
+   ranking; the scores here are the published ones.
+   ``method="raw"`` keeps this package's earlier scheme: relevance ``|2C - 1|`` (or ``|z|`` of
+   a univariate Cox model, ``relevance="cox_z"``) minus the mean ``|r|``, combined without
+   the information transform.
+2. **Elastic-net Cox** (scikit-survival ``CoxnetSurvivalAnalysis``) on the z-scored top
+   features. The mixing ratio ``l1_ratio`` and the penalty ``alpha`` are chosen together by
+   ``n_folds``-fold cross-validation (the same folds, stratified by event, for every ratio):
+   for each ratio the whole alpha path is fitted on each fold's training part and every alpha
+   scored by Harrell's C on the held-out part. ``rule="max"`` takes the (ratio, alpha) with
+   the best mean C; ``rule="1se"`` the largest alpha within one standard error of it at that
+   ratio (sparser). ``max_features`` (default 10, the size of Zhang's signature) restricts the
+   choice to alphas whose full-data model has at most that many non-zero coefficients. The
+   final coefficients are the full-data path's at the chosen pair.
 
 The signature score is ``sum_j beta_j (x_j - mean_j) / sd_j`` with the training means and SDs
 stored in :class:`Signature`, so it can be saved as JSON and applied to new cases.
@@ -32,7 +41,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,7 +54,20 @@ logger = logging.getLogger(__name__)
 
 Relevance = Literal["concordance", "cox_z"]
 Scheme = Literal["MIQ", "MID"]
+Method = Literal["mrmre", "raw"]
+MRMR_METHODS = ("mrmre", "raw")
+#: Mixing ratios tried by cross-validation (glmnet practice: from ridge-like to lasso).
+DEFAULT_L1_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 _EPS = 1e-12
+
+
+def mutual_information(r: Any) -> np.ndarray:
+    """``-1/2 ln(1 - r^2)``: the mutual information of a bivariate normal pair with correlation ``r``.
+
+    ``|r| = 1`` (a copy) is capped just below 1 so the information stays finite (and large).
+    """
+    r2 = np.minimum(np.square(np.asarray(r, dtype=float)), 1.0 - 1e-12)
+    return -0.5 * np.log1p(-r2)
 
 
 # --- mRMR ------------------------------------------------------------------------------
@@ -60,6 +82,7 @@ class MRMRResult(JsonRecord):
     relevance_kind: str
     scheme: str
     n_candidates: int
+    method: str = "raw"
 
 
 def feature_relevance(
@@ -67,10 +90,7 @@ def feature_relevance(
 ) -> pd.Series:
     """Relevance of each feature to survival: ``|2C - 1|`` or univariate Cox ``|z|``."""
     if kind == "concordance":
-        from lifelines.utils import concordance_index
-
-        # a high feature value predicting short survival is as relevant as the reverse
-        values = [abs(2.0 * concordance_index(time, features[c].to_numpy(), event) - 1.0) for c in features]
+        values = np.abs(somers_d(features, time, event))
     elif kind == "cox_z":
         from TACEResponseLib.survival.cox import fit_validated_cox
 
@@ -81,18 +101,35 @@ def feature_relevance(
     return pd.Series(values, index=features.columns, name=f"relevance ({kind})")
 
 
+def somers_d(features: pd.DataFrame, time: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """Somers' D ``2C - 1`` of each feature as a risk score (positive: high value, short survival)."""
+    from lifelines.utils import concordance_index
+
+    return np.array([2.0 * concordance_index(time, -features[c].to_numpy(), event) - 1.0 for c in features])
+
+
 def mrmr_rank(
     features: pd.DataFrame,
     time: Any,
     event: Any,
     *,
     k: int = 50,
+    method: Method = "mrmre",
     relevance: Relevance = "concordance",
     scheme: Scheme = "MID",
 ) -> MRMRResult:
-    """Greedy mRMR ranking of ``features`` for survival; returns the first ``k``."""
+    """Greedy mRMR ranking of ``features`` for survival; returns the first ``k``.
+
+    ``method="mrmre"``: mutual information from Somers' D and Pearson r (mRMRe's survival
+    scheme); ``"raw"``: ``|2C - 1|`` (or Cox ``|z|``) against the mean ``|r|``.
+    """
+    if method not in MRMR_METHODS:
+        raise InputError(f"mRMR method {method!r} is not supported; use one of {', '.join(MRMR_METHODS)}")
     if scheme not in ("MIQ", "MID"):
         raise InputError(f"mRMR scheme {scheme!r} is not supported; use 'MIQ' or 'MID'")
+    if method == "mrmre" and relevance != "concordance":
+        raise InputError("mRMR method 'mrmre' takes its relevance from the concordance index; "
+                         f"relevance {relevance!r} goes with method 'raw'")
     time, event = validate_survival_arrays(time, event, name="mRMR survival data")
     x = numeric_matrix(features, list(features.columns), name="mRMR features", role="feature")
     if len(x) != len(time):
@@ -104,7 +141,10 @@ def mrmr_rank(
         x = x.loc[:, ~constant]
     if x.shape[1] == 0:
         raise InputError("mRMR features: every feature is constant")
-    rel = feature_relevance(x, time, event, relevance).to_numpy()
+    if method == "mrmre":
+        rel = mutual_information(somers_d(x, time, event))
+    else:
+        rel = feature_relevance(x, time, event, relevance).to_numpy()
     z = ((x - x.mean()) / x.std()).to_numpy()
     n, p = z.shape
     k = min(k, p)
@@ -127,10 +167,12 @@ def mrmr_rank(
         out_rel.append(float(rel[best]))
         out_red.append(float(redundancy[best]))
         out_score.append(float(score[best]))
-        redundancy_sum += np.abs(z.T @ z[:, best]) / (n - 1)
+        r = np.clip(z.T @ z[:, best] / (n - 1), -1.0, 1.0)  # Pearson r of every feature with the one picked
+        redundancy_sum += mutual_information(r) if method == "mrmre" else np.abs(r)
     names = [str(x.columns[i]) for i in selected]
-    logger.info("mRMR (%s, %s): top %d of %d features, first %s", relevance, scheme, k, p, names[:5])
-    return MRMRResult(names, out_rel, out_red, out_score, relevance, scheme, int(p))
+    kind = "concordance (Somers' D -> mutual information)" if method == "mrmre" else relevance
+    logger.info("mRMR (%s, %s): top %d of %d features, first %s", kind, scheme, k, p, names[:5])
+    return MRMRResult(names, out_rel, out_red, out_score, kind, scheme, int(p), method)
 
 
 # --- signature -------------------------------------------------------------------------
@@ -166,8 +208,20 @@ class Signature(JsonRecord):
 
 
 @dataclass
+class RatioCV(JsonRecord):
+    """The best alpha of one elastic-net mixing ratio and its cross-validated C-index."""
+
+    l1_ratio: float
+    alpha: float
+    mean_cindex: float
+    se_cindex: float
+    n_nonzero: int
+
+
+@dataclass
 class CoxnetCV(JsonRecord):
-    """Cross-validation along the elastic-net path: mean/SE of held-out C per alpha."""
+    """Cross-validation of the elastic net: per mixing ratio the best alpha, and the chosen
+    ratio's whole path (mean/SE of held-out C per alpha)."""
 
     alphas: list[float]
     mean_cindex: list[float]
@@ -177,6 +231,8 @@ class CoxnetCV(JsonRecord):
     rule: str
     n_folds: int
     max_features: int | None
+    chosen_l1_ratio: float = 0.5
+    ratios: list[RatioCV] = field(default_factory=list)
 
 
 @dataclass
@@ -217,40 +273,22 @@ def _cv_path(
     return scores
 
 
-def fit_signature(
-    features: pd.DataFrame,
-    time: Any,
-    event: Any,
-    *,
-    n_mrmr: int = 50,
-    relevance: Relevance = "concordance",
-    scheme: Scheme = "MID",
-    l1_ratio: float = 0.5,
-    n_folds: int = 5,
-    n_alphas: int = 100,
-    alpha_min_ratio: float = 0.01,
-    rule: Literal["max", "1se"] = "max",
-    max_features: int | None = 10,
-    seed: int = 0,
-    name: str = "signature",
-) -> SignatureFit:
-    """mRMR top ``n_mrmr`` features -> elastic-net Cox with CV-chosen alpha -> :class:`Signature`.
+@dataclass
+class _RatioPath:
+    l1_ratio: float
+    model: Any
+    alphas: np.ndarray
+    n_nonzero: np.ndarray
+    mean: np.ndarray
+    se: np.ndarray
+    eligible: np.ndarray
 
-    ``features``: one row per case (aligned with ``time``/``event``), numeric columns. p > n is
-    fine here (penalised fit), so only the survival data's own checks apply.
-    """
+
+def _ratio_path(z: np.ndarray, time: np.ndarray, event: np.ndarray, l1_ratio: float, *, n_alphas: int,
+                alpha_min_ratio: float, n_folds: int, seed: int, max_features: int | None) -> _RatioPath:
+    """The full-data alpha path of one mixing ratio and its cross-validated C per alpha."""
     from sksurv.linear_model import CoxnetSurvivalAnalysis
     from sksurv.util import Surv
-
-    if rule not in ("max", "1se"):
-        raise InputError(f"rule must be 'max' or '1se', got {rule!r}")
-    if not 0 < l1_ratio <= 1:
-        raise InputError(f"l1_ratio must be in (0, 1], got {l1_ratio}")
-    time, event = validate_survival_arrays(time, event, name="signature survival data", min_events=n_folds)
-    ranking = mrmr_rank(features, time, event, k=n_mrmr, relevance=relevance, scheme=scheme)
-    x = features[ranking.selected].to_numpy(dtype=float)
-    means, stds = x.mean(axis=0), x.std(axis=0, ddof=1)
-    z = (x - means) / stds
 
     full = CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, n_alphas=n_alphas, alpha_min_ratio=alpha_min_ratio)
     with warnings.catch_warnings():
@@ -259,43 +297,92 @@ def fit_signature(
     alphas = np.asarray(full.alphas_, dtype=float)
     n_nonzero = (np.abs(full.coef_) > 0).sum(axis=0)
     scores = _cv_path(z, time, event, alphas, l1_ratio, n_folds, seed)
-    mean = np.nanmean(scores, axis=0)
-    se = np.nanstd(scores, axis=0, ddof=1) / np.sqrt(np.sum(np.isfinite(scores), axis=0))
-
-    eligible = n_nonzero > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an alpha no fold could score: NaN
+        mean = np.nanmean(scores, axis=0)
+        se = np.nanstd(scores, axis=0, ddof=1) / np.sqrt(np.sum(np.isfinite(scores), axis=0))
+    eligible = (n_nonzero > 0) & np.isfinite(mean)
     if max_features is not None:
         eligible &= n_nonzero <= max_features
-    if not eligible.any():
+    return _RatioPath(float(l1_ratio), full, alphas, n_nonzero, mean, se, eligible)
+
+
+def fit_signature(
+    features: pd.DataFrame,
+    time: Any,
+    event: Any,
+    *,
+    n_mrmr: int = 50,
+    method: Method = "mrmre",
+    relevance: Relevance = "concordance",
+    scheme: Scheme = "MID",
+    l1_ratios: Sequence[float] | float = DEFAULT_L1_RATIOS,
+    n_folds: int = 5,
+    n_alphas: int = 100,
+    alpha_min_ratio: float = 0.01,
+    rule: Literal["max", "1se"] = "max",
+    max_features: int | None = 10,
+    seed: int = 0,
+    name: str = "signature",
+) -> SignatureFit:
+    """mRMR top ``n_mrmr`` features -> elastic-net Cox with CV-chosen mixing ratio and alpha -> :class:`Signature`.
+
+    ``features``: one row per case (aligned with ``time``/``event``), numeric columns. p > n is
+    fine here (penalised fit), so only the survival data's own checks apply. ``l1_ratios``: the
+    mixing ratios tried (one number: fixed).
+    """
+    if rule not in ("max", "1se"):
+        raise InputError(f"rule must be 'max' or '1se', got {rule!r}")
+    ratios = [float(l1_ratios)] if np.isscalar(l1_ratios) else [float(r) for r in l1_ratios]  # type: ignore[arg-type]
+    if not ratios or any(not 0 < r <= 1 for r in ratios):
+        raise InputError(f"l1_ratio must be in (0, 1], got {ratios}")
+    time, event = validate_survival_arrays(time, event, name="signature survival data", min_events=n_folds)
+    ranking = mrmr_rank(features, time, event, k=n_mrmr, method=method, relevance=relevance, scheme=scheme)
+    x = features[ranking.selected].to_numpy(dtype=float)
+    means, stds = x.mean(axis=0), x.std(axis=0, ddof=1)
+    z = (x - means) / stds
+
+    paths = [_ratio_path(z, time, event, r, n_alphas=n_alphas, alpha_min_ratio=alpha_min_ratio, n_folds=n_folds,
+                         seed=seed, max_features=max_features) for r in ratios]
+    if not any(p.eligible.any() for p in paths):
         raise InputError(f"{name}: no alpha on the elastic-net path gives 1..{max_features} non-zero features")
-    best = int(np.nanargmax(np.where(eligible, mean, -np.inf)))
+    best_of = [int(np.nanargmax(np.where(p.eligible, p.mean, -np.inf))) if p.eligible.any() else None for p in paths]
+    # the best mean C over ratios; ties go to the larger ratio (sparser), as the list is scanned in order
+    winner = max((i for i, b in enumerate(best_of) if b is not None),
+                 key=lambda i: (paths[i].mean[best_of[i]], paths[i].l1_ratio))
+    path, best = paths[winner], int(best_of[winner])  # type: ignore[arg-type]
     chosen = best
     if rule == "1se":  # alphas decrease along the path: the first eligible within 1 SE is the largest
-        within = eligible & (mean >= mean[best] - se[best])
+        within = path.eligible & (path.mean >= path.mean[best] - path.se[best])
         chosen = int(np.flatnonzero(within)[0])
-    coef = full.coef_[:, chosen]
+    coef = path.model.coef_[:, chosen]
     keep = np.flatnonzero(np.abs(coef) > 0)
+    ratio_note = f"l1_ratio {path.l1_ratio:g} and alpha" if len(paths) > 1 else "alpha"
     signature = Signature(
         feature_names=[ranking.selected[i] for i in keep],
         coefficients=[float(coef[i]) for i in keep],
         means=[float(means[i]) for i in keep],
         stds=[float(stds[i]) for i in keep],
-        l1_ratio=float(l1_ratio),
-        alpha=float(alphas[chosen]),
+        l1_ratio=path.l1_ratio,
+        alpha=float(path.alphas[chosen]),
         name=name,
-        cv_cindex=float(mean[chosen]),
-        note=f"elastic-net Cox on the mRMR top {len(ranking.selected)}; alpha by {n_folds}-fold CV C-index ({rule})",
+        cv_cindex=float(path.mean[chosen]),
+        note=f"elastic-net Cox on the mRMR ({ranking.method}) top {len(ranking.selected)}; {ratio_note} by "
+             f"{n_folds}-fold CV C-index ({rule})",
     )
     cv = CoxnetCV(
-        alphas=alphas.tolist(),
-        mean_cindex=[float(v) for v in mean],
-        se_cindex=[float(v) for v in se],
-        n_nonzero=[int(v) for v in n_nonzero],
-        chosen_alpha=float(alphas[chosen]),
+        alphas=path.alphas.tolist(),
+        mean_cindex=[float(v) for v in path.mean],
+        se_cindex=[float(v) for v in path.se],
+        n_nonzero=[int(v) for v in path.n_nonzero],
+        chosen_alpha=float(path.alphas[chosen]),
         rule=rule,
         n_folds=n_folds,
         max_features=max_features,
+        chosen_l1_ratio=path.l1_ratio,
+        ratios=[RatioCV(p.l1_ratio, float(p.alphas[b]), float(p.mean[b]), float(p.se[b]), int(p.n_nonzero[b]))
+                for p, b in zip(paths, best_of) if b is not None],
     )
-    logger.info(
-        "signature %r: %d features, alpha %.4g, CV C-index %.3f", name, len(keep), alphas[chosen], mean[chosen]
-    )
+    logger.info("signature %r: %d features, l1_ratio %g, alpha %.4g, CV C-index %.3f", name, len(keep),
+                path.l1_ratio, path.alphas[chosen], path.mean[chosen])
     return SignatureFit(signature=signature, mrmr=ranking, cv=cv)
