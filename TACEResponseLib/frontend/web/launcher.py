@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 READY_PREFIX = "TACE_WEB_SESSION_READY"
 LAUNCHER_READY = "TACE_WEB_READY"
 COOKIE = "tace_web_auth"
+USER = web.RequestKey("tace_user", object)  # the logged-in user (None: no users file)
+NEW_TOKEN = web.RequestKey("tace_new_token", str)
 _PROXY_HEADERS = ("Content-Type", "Cache-Control", "Last-Modified", "ETag")
 
 
@@ -145,7 +147,7 @@ class Launcher:
     @web.middleware
     async def _authenticate(self, request: web.Request, handler):
         if self.users is None:
-            request["user"] = None
+            request[USER] = None
             return await handler(request)
         token = request.cookies.get(COOKIE)
         user = self.tokens.get(token or "")
@@ -156,11 +158,11 @@ class Launcher:
                                     headers={"WWW-Authenticate": 'Basic realm="TACEResponse", charset="UTF-8"'})
             token = secrets.token_urlsafe(32)
             self.tokens[token] = user
-            request["new_token"] = token
-        request["user"] = user
+            request[NEW_TOKEN] = token
+        request[USER] = user
         response = await handler(request)
-        if request.get("new_token") and isinstance(response, web.StreamResponse) and not response.prepared:
-            response.set_cookie(COOKIE, request["new_token"], httponly=True, samesite="Strict",
+        if request.get(NEW_TOKEN) and isinstance(response, web.StreamResponse) and not response.prepared:
+            response.set_cookie(COOKIE, request[NEW_TOKEN], httponly=True, samesite="Strict",
                                 secure=self.options.tls_cert is not None, path="/")
         return response
 
@@ -179,7 +181,7 @@ class Launcher:
 
     def _session(self, request: web.Request) -> Session:
         session = self.sessions.get(request.match_info["sid"])
-        if session is None or session.user != request["user"]:
+        if session is None or session.user != request[USER]:
             raise web.HTTPNotFound(text="This session has ended (sessions end a while after their page closes). "
                                         "Open the start page again for a new one.")
         return session
@@ -193,7 +195,7 @@ class Launcher:
         sid = secrets.token_hex(16)
         folder = self.root / sid
         folder.mkdir(mode=0o700)
-        session = Session(sid, request["user"], folder, secrets.token_urlsafe(32))
+        session = Session(sid, request[USER], folder, secrets.token_urlsafe(32))
         self.sessions[sid] = session
         asyncio.get_running_loop().create_task(self._run_session(session))
         await asyncio.wait_for(session.ready.wait(), timeout=self.options.start_timeout + 5)
