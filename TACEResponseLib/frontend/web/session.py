@@ -431,6 +431,9 @@ class WebSession(TrameApp):
         try:
             if kind == "image":
                 volumes = await asyncio.to_thread(read_upload_batch, folder)
+                if "series_uid" in volumes[0].metadata:  # a DICOM series: named after what was uploaded
+                    label = safe_file_name(upload.get("label") or "", fallback="DICOM_series")
+                    volumes = [volumes[0].with_array(volumes[0].array, name=label)]
                 self.open_case(volumes, None, volumes[0].name)
             else:
                 self.load_segmentation(folder)

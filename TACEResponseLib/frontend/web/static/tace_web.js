@@ -51,7 +51,9 @@
         return { error: message };
       }
     }
-    return { kind, batch, count: files.length, names: files.slice(0, 5).map((f) => f.name) };
+    const folder = (files[0].webkitRelativePath || "").split("/")[0];
+    const label = folder || files[0].name.replace(/(\.nii)?\.[^.]*$/i, "");
+    return { kind, batch, label, count: files.length, names: files.slice(0, 5).map((f) => f.name) };
   }
 
   function kindOf(fileList) {
