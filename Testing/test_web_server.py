@@ -227,9 +227,11 @@ def test_web_command_says_what_is_missing(monkeypatch, capsys):
     assert "needs the web extra" in error and "trame-slicer" in error and "TACEResponse[web]" in error
 
 
-def test_web_command_refuses_anonymous_network_serving(capsys):
+def test_web_command_refuses_anonymous_network_serving_and_missing_files(capsys, tmp_path):
     assert main(["web", "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "anyone on the network" in capsys.readouterr().err
+    assert main(["web", "--image", str(tmp_path / "missing_ct.nrrd")]) == 2
+    assert "missing_ct.nrrd: file or folder does not exist" in capsys.readouterr().err
 
 
 def test_web_command_adds_users_from_standard_input(tmp_path, monkeypatch, capsys):
@@ -242,3 +244,25 @@ def test_web_command_adds_users_from_standard_input(tmp_path, monkeypatch, capsy
     assert "--add-user needs --users" in capsys.readouterr().err
     assert os.path.exists(tmp_path / "users")
     assert Path(tmp_path / "users").stat().st_size > 0
+
+
+# --- the MRML helpers the page uses -------------------------------------------------------------------
+def test_jump_slices_centres_every_slice_view_and_window_level_is_fixed(mrml, axial_case):
+    from TACEResponseLib.frontend.mrml import jump_slices, set_window_level, volume_to_node
+
+    scene = mrml.scene
+    nodes = []
+    for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
+        node = scene.AddNewNodeByClass("vtkMRMLSliceNode", name)
+        node.SetOrientation(orientation)
+        nodes.append(node)
+    point = np.array([12.5, -30.25, 41.0])
+    jump_slices(scene, point)
+    for node in nodes:
+        matrix = node.GetSliceToRAS()
+        assert np.allclose([matrix.GetElement(r, 3) for r in range(3)], point)
+    volume = volume_to_node(axial_case.phases["arterial"], scene, "ct")
+    volume.GetDisplayNode().AutoWindowLevelOn()
+    set_window_level(volume, 400, 40)
+    display = volume.GetDisplayNode()
+    assert not display.GetAutoWindowLevel() and (display.GetWindow(), display.GetLevel()) == (400, 40)

@@ -46,10 +46,13 @@ def cmd_web(args: argparse.Namespace) -> int:
         print(f"user {args.add_user} written to {add_user(args.users, args.add_user, password.rstrip(chr(10)))}")
         return 0
     session = ["--device", args.device]
+    for path in [*(args.image or []), *([args.segmentation] if args.segmentation else [])]:
+        if not Path(path).exists():
+            raise InputError(f"{path}: file or folder does not exist")
     for image in args.image or []:
-        session += ["--image", image]
+        session += ["--image", str(Path(image).resolve())]
     if args.segmentation:
-        session += ["--segmentation", args.segmentation]
+        session += ["--segmentation", str(Path(args.segmentation).resolve())]
     if args.no_demo:
         session.append("--no-demo")
     if args.encoder:

@@ -228,7 +228,7 @@ class Launcher:
             else:
                 logger.info("session %s ready on port %s (user %s)", session.id[:8], session.port, session.user)
                 await session.process.wait()
-            await asyncio.wait_for(reader, timeout=5) if not reader.done() else None
+            await asyncio.wait_for(reader, timeout=5)
         except Exception as exc:  # noqa: BLE001 - a session that fails must not stop the launcher
             session.error = session.error or str(exc)
             session.ready.set()
