@@ -3,7 +3,7 @@
 Each run starts the command afresh (``--port 0``), opens the page in Debian's chromium (Playwright)
 and records: command start → the launcher listens; page opened → first streamed slice view (this
 includes starting the page's session process: imports, Slicer scene, SYNTHETIC demo case);
-command start → first view; Predict click → class shown (``tace-response predict`` in the
+command start → first view; the session process's resident memory; Predict click → class shown (``tace-response predict`` in the
 background, with the demo survival model). Prints a table and writes
 benchmarks/results/web_startup.json.
 
@@ -28,6 +28,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--no-first-run"]
 
 
+def session_rss_mb(launcher_pid: int) -> float:
+    """Resident memory (MB) of the launcher's children: the page's session process."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    total = 0
+    for pid in children:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
 def one_run(browser, predict: bool) -> dict:
     root = Path(tempfile.mkdtemp(prefix="tace-web-bench-"))
     log = root / "server.log"
@@ -50,7 +61,7 @@ def one_run(browser, predict: bool) -> dict:
         page.wait_for_function("() => { const i = document.querySelector('img.image-display-area');"
                                " return i && i.src.startsWith('blob:') && i.naturalWidth > 100; }", timeout=180_000)
         row = {"listening_s": listening, "page_to_view_s": time.perf_counter() - opened,
-               "command_to_view_s": time.perf_counter() - started}
+               "command_to_view_s": time.perf_counter() - started, "session_rss_mb": session_rss_mb(process.pid)}
         if predict:
             clicked = time.perf_counter()
             page.locator("#tace-predict").click()
@@ -78,7 +89,7 @@ def main() -> None:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         rows = [dict(run=n + 1, **one_run(browser, predict=True)) for n in range(args.runs)]
         browser.close()
-    columns = ["run", "listening_s", "page_to_view_s", "command_to_view_s", "predict_to_class_s"]
+    columns = ["run", "listening_s", "page_to_view_s", "command_to_view_s", "predict_to_class_s", "session_rss_mb"]
     median = {"run": "median", **{c: statistics.median(r[c] for r in rows) for c in columns[1:]}}
     print_table(rows + [median], columns)
     print(f"results: {save_results('web_startup', {'runs': rows, 'median': median})}")
