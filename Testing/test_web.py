@@ -357,6 +357,12 @@ def test_uploads_are_limited_in_type_and_size(server, demo, tmp_path):
     text.write_text("not an image")
     page.locator("#tace-image-input").set_input_files(str(text))
     _poll(lambda: "not an accepted image file" in (_state(page, "error") or ""), timeout=20, what="the type refusal")
+    # files dropped on the views go through the same checks
+    page.evaluate("""() => { const data = new DataTransfer();
+        data.items.add(new File(['not an image'], 'dropped.txt', {type: 'text/plain'}));
+        document.getElementById('tace-views').dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true})); }""")
+    _poll(lambda: "dropped.txt: not an accepted image file" in (_state(page, "error") or ""), timeout=20,
+          what="the refusal of the dropped file")
     large = tmp_path / "large.nrrd"
     with open(large, "wb") as handle:
         handle.truncate((MAX_UPLOAD_MB + 1) * 1024 * 1024)
