@@ -150,9 +150,9 @@ def _state(page, key: str):
 
 
 def tumour_pixels(image: np.ndarray) -> np.ndarray:
-    """Pixels of the tumour segment's fill/outline (its colour 0.85, 0.32, 0.24 over grey CT)."""
-    r, g, b = image[..., 0], image[..., 1], image[..., 2]
-    return (r - g > 30) & (r - b > 30)
+    """Pixels of the tumour segment's fill and outline: the only colour over the grey CT when the
+    heatmap layer is off and no effect draws a cursor."""
+    return image.max(axis=-1) - image.min(axis=-1) > 30
 
 
 def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:

@@ -25,7 +25,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 T_START = time.perf_counter()
 
@@ -41,21 +40,20 @@ from trame_slicer.rca_view import register_rca_factories  # noqa: E402
 from TACEResponseLib.core.errors import InputError, TACEResponseError  # noqa: E402
 from TACEResponseLib.core.files import safe_file_name  # noqa: E402
 from TACEResponseLib.frontend import mrml  # noqa: E402
-from TACEResponseLib.frontend.panel.form import (  # noqa: E402
-    clinical_fields,
-    nomogram_fields,
-    phase_selectors,
-    survival_phases,
+from TACEResponseLib.frontend.panel.form import phase_selectors  # noqa: E402
+from TACEResponseLib.frontend.panel.inputs import (  # noqa: E402
+    PanelInputs,
+    SegmentProblemCache,
+    apply_blockers,
+    collect_inputs,
 )
-from TACEResponseLib.frontend.panel.inputs import PanelInputs, apply_blockers, segment_problem  # noqa: E402
 from TACEResponseLib.frontend.panel.models import (  # noqa: E402
     describe_card,
-    load_card,
     model_choices,
     model_warning,
     nomogram_after_model_change,
 )
-from TACEResponseLib.frontend.panel.run import PredictionRun  # noqa: E402
+from TACEResponseLib.frontend.panel.run import PredictionSession  # noqa: E402
 from TACEResponseLib.frontend.process import RunState  # noqa: E402
 from TACEResponseLib.frontend.web import page  # noqa: E402
 from TACEResponseLib.frontend.web.results import (  # noqa: E402
@@ -70,7 +68,6 @@ logger = logging.getLogger(__name__)
 
 READY_PREFIX = "TACE_WEB_SESSION_READY"
 LAYOUTS = ("Axial Only", "Axial Primary", "Quad View")
-TUMOUR_COLOUR = (0.85, 0.32, 0.24)
 
 
 def segment_centre_ras(segmentation) -> np.ndarray | None:
@@ -114,10 +111,9 @@ class WebSession(TrameApp):
         self.editor_logic = SegmentEditorLogic(self.server, self.slicer_app)
 
         self.segmentation_node = None
-        self.outputs = mrml.OutputNodes()
-        self.run: PredictionRun | None = None
+        self.predictions = PredictionSession(self.scene, python=sys.executable, work_root=self._subfolder("runs"))
+        self.segment_problems = SegmentProblemCache()
         self.result = None
-        self._cards: dict[str, Any] = {}
         self._nomogram_used: Path | None = None
         models = model_choices()
         self.state.update({
@@ -173,11 +169,10 @@ class WebSession(TrameApp):
                   clinical: dict | None = None) -> None:
         """Replace the scene with these volumes (first = reference) and a tumour segmentation
         (the given one, else an empty 'Tumour' segment to draw)."""
-        if self.run is not None:
-            self.run.cancel()
+        self.predictions.cancel()
         self.editor.deactivate_effect()
         self.scene.Clear(0)
-        self.outputs, self.result = mrml.OutputNodes(), None
+        self.predictions.output_nodes, self.result = None, None
         nodes = []
         for volume in volumes:
             node = mrml.volume_to_node(volume, self.scene, volume.name)
@@ -194,7 +189,7 @@ class WebSession(TrameApp):
             self.segmentation_node = self.editor.create_empty_segmentation_node()
             self.segmentation_node.SetName(f"{title} tumour")
             self.editor.set_active_segmentation(self.segmentation_node, reference)
-            self.editor.add_empty_segment(segment_name="Tumour", segment_color=list(TUMOUR_COLOUR))
+            self.editor.set_active_segment_id(mrml.add_tumour_segment(self.segmentation_node))
         self.slicer_app.display_manager.reset_views()
         centre = segment_centre_ras(segmentation) if segmentation is not None else None
         if centre is not None:
@@ -221,47 +216,24 @@ class WebSession(TrameApp):
         return assigned
 
     def _phase_names(self) -> list[str]:
-        card = self._card(self.state.model)[0]
-        names = [p.name for p in card.inputs] if card is not None else ["reference"]
-        return names + [s.phase for s in phase_selectors(card, self._survival_phases()) if s.survival_only]
+        """The model's inputs (reference first), then the phases only the survival model needs."""
+        inputs = self.inputs()
+        names = inputs.phase_names or ["reference"]
+        return names + [s.phase for s in phase_selectors(inputs.card, inputs.survival_phases) if s.survival_only]
 
     def node(self, node_id: str | None):
         return self.scene.GetNodeByID(node_id) if node_id else None
 
     # -- model, nomogram, form ------------------------------------------------------------------
-    def _card(self, model: str):
-        if model not in self._cards:
-            try:
-                self._cards[model] = (load_card(model), None)
-            except TACEResponseError as exc:
-                self._cards[model] = (None, f"Model '{model}' cannot be used: {exc}")
-        return self._cards[model] if model else (None, None)
-
-    def _nomogram(self) -> tuple[Path | None, list, list[str], str | None]:
-        path = Path(self.state.nomogram) if self.state.nomogram else None
-        if path is None:
-            return None, [], [], None
-        try:
-            return path, nomogram_fields(path), survival_phases(path), None
-        except TACEResponseError as exc:
-            return path, [], [], f"Nomogram '{path.name}' cannot be used: {exc}"
-
-    def _survival_phases(self) -> list[str]:
-        return self._nomogram()[2]
-
     @change("model")
     def on_model(self, model, **_) -> None:
-        card, _problem = self._card(model)
         nomogram = nomogram_after_model_change(model, self._nomogram_used)
         self._nomogram_used = nomogram
         from TACEResponseLib.networks.catalog import read_survival_registry
 
         choices = [{"title": "No survival nomogram", "value": ""}]
-        for entry in read_survival_registry():
-            choices.append({"title": entry.title, "value": str(entry.model_file())})
+        choices += [{"title": entry.title, "value": str(entry.model_file())} for entry in read_survival_registry()]
         with self.state:
-            self.state.model_info = describe_card(card)
-            self.state.model_warning = model_warning(card)
             self.state.nomograms = choices
             self.state.nomogram = str(nomogram) if nomogram is not None else ""
         self.on_form()
@@ -269,42 +241,40 @@ class WebSession(TrameApp):
     @change("nomogram")
     def on_form(self, **_) -> None:
         """Phase selectors and clinical fields of the chosen model and nomogram (values kept)."""
-        card, _ = self._card(self.state.model)
-        _path, variables, phases, _problem = self._nomogram()
-        fields = clinical_fields(card, variables)
-        selectors = [{"phase": (card.inputs[0].name if card else "reference"),
-                      "label": f"{card.inputs[0].name if card else 'reference'} (reference):", "tooltip": ""}]
-        selectors += [{"phase": s.phase, "label": s.label, "tooltip": s.tooltip} for s in phase_selectors(card, phases)]
+        inputs = self.inputs()
+        reference = (inputs.phase_names or ["reference"])[0]
+        selectors = [{"phase": reference, "label": f"{reference} (reference):", "tooltip": ""}]
+        selectors += [{"phase": s.phase, "label": s.label, "tooltip": s.tooltip}
+                      for s in phase_selectors(inputs.card, inputs.survival_phases)]
         with self.state:
+            self.state.model_info = describe_card(inputs.card)
+            self.state.model_warning = model_warning(inputs.card)
             self.state.phase_selectors = selectors
-            self.state.clinical_fields = [page.field_state(f) for f in fields]
-        self.refresh_blockers()
+            self.state.clinical_fields = [page.field_state(f) for f in inputs.clinical_fields]
+        self.refresh_blockers(inputs)
 
     def inputs(self) -> PanelInputs:
         """What Predict needs, collected from the page state and the scene (as the Slicer panel does)."""
-        card, model_problem = self._card(self.state.model)
-        nomogram, variables, phases, nomogram_problem = self._nomogram()
-        names = [p.name for p in card.inputs] if card is not None else ["reference"]
         chosen = dict(self.state.phase_nodes or {})
-        segment_id = self.editor.get_active_segment_id() if self.segmentation_node is not None else ""
-        return PanelInputs(
-            reference=self.node(chosen.get(names[0])),
-            phase_volumes={name: self.node(node_id) for name, node_id in chosen.items() if name != names[0]},
-            segmentation=self.segmentation_node, segment_id=segment_id or "",
-            segment_problem=segment_problem(self.segmentation_node, segment_id) if segment_id else None,
-            model=self.state.model, card=card, model_problem=model_problem,
-            clinical_fields=clinical_fields(card, variables), clinical_values=dict(self.state.clinical_values or {}),
-            nomogram=nomogram, nomogram_problem=nomogram_problem, survival_phases=phases)
+        nomogram = Path(self.state.nomogram) if self.state.nomogram else None
+        inputs = collect_inputs(model=self.state.model, nomogram=nomogram)  # the card names the phases
+        reference = (inputs.phase_names or ["reference"])[0]
+        segment_id = (self.editor.get_active_segment_id() or "") if self.segmentation_node is not None else ""
+        return collect_inputs(
+            reference=self.node(chosen.get(reference)),
+            phase_volumes={name: self.node(node_id) for name, node_id in chosen.items() if name != reference},
+            segmentation=self.segmentation_node, segment_id=segment_id, model=self.state.model,
+            clinical_values=dict(self.state.clinical_values or {}), nomogram=nomogram,
+            segment_problem=self.segment_problems.get(self.segmentation_node, segment_id))
 
     @change("phase_nodes", "clinical_values")
-    def refresh_blockers(self, **_) -> None:
-        self.push(blockers=apply_blockers(self.inputs()))
+    def refresh_blockers(self, inputs: PanelInputs | None = None, **_) -> None:
+        self.push(blockers=apply_blockers(inputs if isinstance(inputs, PanelInputs) else self.inputs()))
 
     @change("phase_nodes")
     def on_reference(self, phase_nodes, **_) -> None:
         """A new reference volume: shown in the views, and the segmentation's reference geometry."""
-        card, _ = self._card(self.state.model)
-        reference = self.node((phase_nodes or {}).get(card.inputs[0].name if card else "reference"))
+        reference = self.node((phase_nodes or {}).get(self._phase_names()[0]))
         if reference is None or self.segmentation_node is None:
             return
         if self.editor.active_volume_node is not reference:
@@ -314,8 +284,9 @@ class WebSession(TrameApp):
     # -- display --------------------------------------------------------------------------------
     @change("heatmap_visible", "heatmap_opacity", "heatmap_colormap")
     def on_heatmap_display(self, heatmap_visible, heatmap_opacity, heatmap_colormap, **_) -> None:
-        if self.outputs.heatmap_node is not None:
-            mrml.set_heatmap_display(self.outputs.heatmap_node, bool(heatmap_visible), float(heatmap_opacity),
+        outputs = self.predictions.output_nodes
+        if outputs is not None and outputs.heatmap_node is not None:
+            mrml.set_heatmap_display(outputs.heatmap_node, bool(heatmap_visible), float(heatmap_opacity),
                                      heatmap_colormap)
 
     @change("layout")
@@ -326,39 +297,37 @@ class WebSession(TrameApp):
     # -- prediction -----------------------------------------------------------------------------
     def predict(self) -> None:
         """Start ``tace-response predict`` in the background on the chosen inputs; return at once."""
-        if self.run is not None:
+        if self.predictions.running:
             return
         inputs = self.inputs()
         blockers = apply_blockers(inputs)
         if blockers:
             self.state.update({"blockers": blockers, "status": "Predict is disabled: " + " ".join(blockers)})
             return
-        run = PredictionRun(inputs, device=self.device, python=sys.executable, work_root=self._subfolder("runs"))
         try:
-            run.start()
+            self.predictions.start(inputs, self.device)
         except TACEResponseError as exc:
             self.state.update({"error": str(exc), "status": ""})
             return
-        self.run = run
         self.state.update({"busy": True, "progress": 0, "stage": "starting", "error": "",
                            "status": "Predicting in the background…"})
-        create_task(self._follow(run))
+        create_task(self._follow(inputs))
 
     def cancel(self) -> None:
-        if self.run is not None:
-            self.run.cancel()
+        self.predictions.cancel()
 
-    async def _follow(self, run: PredictionRun) -> None:
+    async def _follow(self, inputs: PanelInputs) -> None:
         """Poll the run (never blocking the page); show the result when it succeeded."""
+        run = self.predictions.run
         try:
             while True:
-                update = run.poll()
+                update = self.predictions.poll()
                 self.push(progress=round(100 * update.fraction), stage=update.stage or self.state.stage)
                 if update.finished:
                     break
                 await asyncio.sleep(0.1)
             if update.state is RunState.SUCCEEDED:
-                await self._show(run)
+                await self._show(inputs)
             elif update.state is RunState.CANCELLED:
                 self.push(status="Cancelled: no result.", stage="cancelled", progress=0)
             else:
@@ -368,7 +337,6 @@ class WebSession(TrameApp):
             self.push(error=f"the result could not be shown: {exc}", status="")
         finally:
             run.cleanup()
-            self.run = None
             self.push(busy=False)
 
     def push(self, **values) -> None:
@@ -376,22 +344,21 @@ class WebSession(TrameApp):
         with self.state:
             self.state.update(values)
 
-    async def _show(self, run: PredictionRun) -> None:
-        result, heatmap = run.read_result()
+    async def _show(self, inputs: PanelInputs) -> None:
+        """The result into MRML (heatmap layer, tables, survival chart), its files kept for the
+        downloads, the views on the heatmap's peak, and the page's result section."""
+        run = self.predictions.run
         folder = self._subfolder("result", fresh=True)
         shutil.copytree(run.run.output_dir, folder, dirs_exist_ok=True)
-        reference = self.node((self.state.phase_nodes or {}).get(self._phase_names()[0]))
-        self.outputs = mrml.show_prediction(self.scene, result, heatmap, reference, self.outputs,
-                                            opacity=float(self.state.heatmap_opacity),
-                                            colormap=self.state.heatmap_colormap)
-        mrml.set_heatmap_display(self.outputs.heatmap_node, bool(self.state.heatmap_visible),
+        result = self.predictions.show(inputs.reference, self.predictions.output_nodes, keep_files=True,
+                                       opacity=float(self.state.heatmap_opacity), colormap=self.state.heatmap_colormap)
+        mrml.set_heatmap_display(self.predictions.output_nodes.heatmap_node, bool(self.state.heatmap_visible),
                                  float(self.state.heatmap_opacity), self.state.heatmap_colormap)
         peak = next((t.heatmap_peak_ras for t in result.tumours if t.heatmap_peak_ras), None)
         if peak is not None:
             mrml.jump_slices(self.scene, peak)
         self.result = result
-        nomogram = run.request.nomogram if run.request is not None else None
-        figures = await asyncio.to_thread(survival_figures, result, nomogram, folder / "figures")
+        figures = await asyncio.to_thread(survival_figures, result, inputs.nomogram, folder / "figures")
         self.push(result=result_page(result, figures), progress=100, stage="done",
                   status=f"Done: {result.tumours[0].label} {result.tumours[0].predicted_class}."
                   if result.tumours else "Done.")
