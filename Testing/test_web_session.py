@@ -74,3 +74,11 @@ def test_demo_case_assigns_phases_and_fills_the_synthetic_patient(monkeypatch, t
     state.clinical_values = {**state.clinical_values, "ALT": "-5"}
     session.refresh_blockers()
     assert any("ALT" in b and "outside the accepted range" in b for b in state.blockers)
+    # another case opened after the demo starts with an empty form (made-up values never carry over)
+    from TACEResponseLib.imaging.phantoms import make_phantom
+
+    other = make_phantom("SD", shape_kji=(32, 48, 48), seed=2)
+    session.open_case([other.phases["arterial"]], None, "other_case")
+    assert state.clinical_values == {} and state.clinical_note == ""
+    assert any(b.startswith("Enter clinical factor") for b in state.blockers)
+    assert any("Segment 'Tumour' is empty" in b for b in state.blockers)

@@ -199,9 +199,9 @@ class WebSession(TrameApp):
             self.state.volumes = [{"title": n.GetName(), "value": n.GetID()} for n in nodes]
             self.state.result, self.state.error, self.state.status = None, "", f"Opened {title}."
             self.state.phase_nodes = self._assign_phases(nodes)
-            if clinical is not None:
-                self.state.clinical_values = {k: v for k, v in clinical.items()}
-                self.state.clinical_note = "SYNTHETIC demo patient's values" if note else ""
+            # a new case starts with an empty form: the demo patient's made-up values never carry over
+            self.state.clinical_values = dict(clinical or {})
+            self.state.clinical_note = "SYNTHETIC demo patient's values" if clinical else ""
         self.on_model(self.state.model)
 
     def _assign_phases(self, nodes) -> dict[str, str]:
