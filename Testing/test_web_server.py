@@ -216,6 +216,31 @@ def test_result_page_and_csv_download(tmp_path):
     assert download_file("json", result, tmp_path).read_text() == (tmp_path / "result.json").read_text()
 
 
+def test_result_page_shows_the_patient_and_greys_tumours_not_assessed():
+    from TACEResponseLib.frontend.web.results import result_page
+    from TACEResponseLib.prediction.results import (
+        NotAssessableTumour,
+        PatientPrediction,
+        PredictionResult,
+        TumourPrediction,
+    )
+
+    classes = ["CR", "PR", "SD", "PD"]
+    tumour = TumourPrediction("Segment_1", "Tumour", classes, [0.1, 0.6, 0.2, 0.1], "PR", 0.7, [], [], volume_ml=21.4)
+    speck = NotAssessableTumour("Segment_1", "Tumour", "too_small", "0.02 ml, below the 0.1 ml minimum", island=3,
+                                volume_ml=0.02)
+    patient = PatientPrediction("target_lesions", "the largest tumour", ["Tumour"], [1.0], classes,
+                                [0.1, 0.6, 0.2, 0.1], "PR", 0.7, 3)
+    result = PredictionResult("case8", "demo", "0" * 64, False, "", "cpu", [tumour], not_assessable=[speck],
+                              patient=patient)
+    shown = result_page(result)
+    assert shown["patient_text"].startswith("Patient: PR") and "Tumour" in shown["patient_text"]
+    assert shown["not_assessable"] == ["Tumour #3: 0.02 ml, below the 0.1 ml minimum"]
+    assert [row["assessed"] for row in shown["rows"]] == [True, True, False]  # patient, tumour, speck
+    reason = next(h["key"] for h in shown["headers"] if h["title"] == "reason")
+    assert shown["rows"][2][reason] == "0.02 ml, below the 0.1 ml minimum"
+
+
 # --- the command ------------------------------------------------------------------------------------
 def test_web_command_says_what_is_missing(monkeypatch, capsys):
     from TACEResponseLib.cli import web_command

@@ -136,13 +136,13 @@ def _results_section() -> None:
         v3.VDivider(classes="my-2")
         html.Div("Result", classes="text-overline")
         v3.VAlert(text=("result.warning",), v_if=("result.warning",), type="warning", density="compact",
-                  variant="tonal", classes="mb-2 text-caption", id="tace-result-warning")
+                  variant="tonal", classes="mb-2 text-caption", id="tace-result-warning", style="white-space: pre-line;")
         with v3.VCard(v_for="(tumour, t) in result.tumours", key="t", variant="outlined", classes="mb-2 pa-2"):
             with html.Div(classes="d-flex align-baseline"):
                 html.Span("{{ tumour.label }}", classes="text-body-2 mr-2")
                 html.Span("{{ tumour.headline }}", classes="text-h5 font-weight-bold tace-result-class",
                           id=("`tace-result-class-${t}`",))
-            html.Div("{{ tumour.detail }}", classes="text-caption")
+            html.Div("{{ tumour.detail }}", classes="text-caption", style="white-space: pre-line;")
             with html.Div(v_for="bar in tumour.bars", key="bar.name", classes="d-flex align-center"):
                 html.Span("{{ bar.name }}", style="width: 90px;", classes="text-caption",
                           **{":class": "bar.predicted ? 'font-weight-bold' : ''"})
@@ -154,8 +154,17 @@ def _results_section() -> None:
                 v3.VProgressLinear(model_value=("tumour.orr.percent",), height=10, color="green",
                                    classes="flex-grow-1 mx-1")
                 html.Span("{{ tumour.orr.percent }} %", style="width: 52px; text-align: right; white-space: nowrap;", classes="text-caption")
+        html.Div("{{ result.patient_text }}", v_if=("result.patient_text",), classes="text-body-2 mb-1",
+                 id="tace-patient")
+        with html.Div(v_if=("result.not_assessable.length",), classes="text-caption text-medium-emphasis mb-1",
+                      id="tace-not-assessable"):
+            html.Div("Not assessable:")
+            html.Div("{{ line }}", v_for="line in result.not_assessable", key="line", classes="ml-2")
         v3.VDataTable(headers=("result.headers",), items=("result.rows",), density="compact",
-                      hide_default_footer=True, classes="text-caption mb-2", id="tace-result-table")
+                      hide_default_footer=True, classes="text-caption mb-2", id="tace-result-table",
+                      style="white-space: nowrap;",  # one line per row; the table scrolls sideways
+                      items_per_page=-1,
+                      row_props=("(row) => row.item.assessed ? {} : {class: 'text-disabled'}",))
         html.Div("{{ result.risk_text }}", classes="text-body-2", id="tace-risk")
         html.Div("{{ result.survival_text }}", classes="text-caption mb-1")
         html.Img(v_if=("result.figures.nomogram",), src=("result.figures.nomogram",), style="width: 100%;",

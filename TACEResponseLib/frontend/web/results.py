@@ -1,10 +1,10 @@
 """What the web page shows of a prediction, and the files it offers for download (no trame here).
 
 The page shows what the Slicer panel shows, from the same helpers: the class and probabilities of
-each tumour (:func:`~TACEResponseLib.frontend.panel.results.result_view`), one table row per tumour
-(:func:`~TACEResponseLib.frontend.panel.results.result_rows`, so rows the prediction adds — such
-as tumours that could not be assessed — appear as they are), the nomogram with the patient's
-points and the survival curve (the survival package's own figures).
+each tumour and the patient-level answer (:func:`~TACEResponseLib.frontend.panel.results.result_view`),
+one table row for the patient and per tumour, tumours that could not be assessed greyed with their
+reason (:func:`~TACEResponseLib.frontend.panel.results.result_rows`), the nomogram with the
+patient's points and the survival curve (the survival package's own figures).
 """
 
 from __future__ import annotations
@@ -50,10 +50,13 @@ def result_page(result, figures: dict[str, Path] | None = None) -> dict[str, Any
     first = result_view(result, 0) if result.tumours else None
     return {
         "case_id": result.case_id,
-        "warning": result.warning if result.synthetic_model else "",
+        "warning": first.warning if first else (result.warning if result.synthetic_model else ""),
+        "patient_text": first.patient_text if first else "",
+        "not_assessable": first.not_assessable if first else [],
         "tumours": tumours,
         "headers": [{"title": c, "key": f"c{n}"} for n, c in enumerate(columns)],
-        "rows": [{f"c{n}": _cell(row.get(c)) for n, c in enumerate(columns)} for row in rows],
+        "rows": [{**{f"c{n}": _cell(row.get(c)) for n, c in enumerate(columns)},
+                  "assessed": row.get("predicted") != "not assessable"} for row in rows],
         "risk_text": first.risk_text if first else "",
         "survival_text": first.survival_text if first else "",
         "status": first.status if first else "",
