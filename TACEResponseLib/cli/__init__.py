@@ -1,7 +1,8 @@
 """Floor 8 — ``tace-response``: the command-line tool (the only place that parses arguments).
 
 May import every computation package (``core`` … ``demo``), never ``frontend``: the Slicer module
-starts this tool as a separate process (``python -m TACEResponseLib.cli``).
+starts this tool as a separate process (``python -m TACEResponseLib.cli``). One exception: the
+``web`` command imports the web layer (``frontend.web``) inside its function, when it runs.
 
 Sub-commands map one-to-one onto library functions, so the GUI, the batch runner and
 Slicer's ``--python-script`` mode all run the same code. User errors
@@ -16,14 +17,15 @@ import logging
 import sys
 from typing import Sequence
 
-from TACEResponseLib.cli import case_commands, survival_commands, training_commands
+from TACEResponseLib.cli import case_commands, survival_commands, training_commands, web_command
 from TACEResponseLib.cli.common import ArgumentParser, Command
 from TACEResponseLib.core.errors import TACEResponseError
 
 logger = logging.getLogger("tace-response")
 
 #: every sub-command, in the order ``--help`` lists them
-COMMANDS: list[Command] = [*case_commands.COMMANDS, *training_commands.COMMANDS, *survival_commands.COMMANDS]
+COMMANDS: list[Command] = [*case_commands.COMMANDS, *training_commands.COMMANDS, *survival_commands.COMMANDS,
+                           *web_command.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

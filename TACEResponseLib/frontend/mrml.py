@@ -552,3 +552,21 @@ def predict_nodes(predictor, image_nodes: list, segmentation_node, segments: lis
     nodes = show_prediction(image_nodes[0].GetScene(), result, result.heatmap, image_nodes[0], output_nodes,
                             opacity=opacity, colormap=colormap)
     return result, nodes
+
+
+# --- views (used by the web page; Slicer's own "jump to" and window/level) ----------------------
+def jump_slices(scene, ras) -> None:
+    """Centre every slice view of ``scene`` on a point (RAS, mm), as Slicer's "jump slices" does."""
+    r, a, s = (float(x) for x in ras)
+    for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        scene.GetNthNodeByClass(n, "vtkMRMLSliceNode").JumpSliceByCentering(r, a, s)
+
+
+def set_window_level(volume_node, window: float, level: float) -> None:
+    """Fixed window/level of a scalar volume's display (e.g. 400/40 HU, Slicer's abdomen preset)."""
+    display = volume_node.GetDisplayNode()
+    if display is None:
+        volume_node.CreateDefaultDisplayNodes()
+        display = volume_node.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(float(window), float(level))

@@ -1,0 +1,84 @@
+"""A web session's logic without a browser: opening a case from the command line, the phases it
+assigns, why Predict is disabled, a segmentation opened from an upload batch, and the model form.
+
+The session is built in this process (trame server not started); the browser tests
+(``test_web.py``) cover the page itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+
+
+@pytest.fixture(scope="module")
+def case_files(tmp_path_factory, axial_case):
+    folder = tmp_path_factory.mktemp("case")
+    paths = axial_case.write(folder)
+    return paths
+
+
+def _session(monkeypatch, tmp_path, *arguments):
+    from trame.app import get_server
+
+    from TACEResponseLib.frontend.web.session import WebSession
+
+    import shlex
+
+    # trame reads its arguments from TRAME_ARGS when run under pytest (it ignores pytest's argv)
+    monkeypatch.setenv("TRAME_ARGS", shlex.join(["--session-dir", str(tmp_path), *arguments]))
+    return WebSession(server=get_server(f"tace-test-{len(arguments)}-{tmp_path.name}", client_type="vue3"))
+
+
+def test_image_from_the_command_line_with_an_empty_tumour_segment(monkeypatch, tmp_path, case_files, axial_case):
+    session = _session(monkeypatch, tmp_path, "--image", case_files["phases"]["arterial"])
+    state = session.state
+    from pathlib import Path
+
+    assert state.case_title == Path(case_files["phases"]["arterial"]).name.split(".")[0]
+    assert [v["title"] for v in state.volumes] == [state.case_title]
+    reference = session.node(state.phase_nodes["arterial"])
+    assert np.allclose(session.node(state.volumes[0]["value"]).GetSpacing(), reference.GetSpacing())
+    # the demo survival model needs the portal phase, which this case was not given; the segment is empty
+    blockers = " ".join(state.blockers)
+    assert "Segment 'Tumour' is empty" in blockers
+    assert "portal" in blockers
+    state.nomogram = ""
+    session.on_form()
+    assert all("portal" not in b for b in state.blockers)
+    # an uploaded segmentation replaces the empty one and unblocks Predict
+    batch = tmp_path / "uploads" / "segmentation" / "b1"
+    batch.mkdir(parents=True)
+    from TACEResponseLib.imaging.segmentation import write_segmentation
+
+    write_segmentation(axial_case.segmentation, batch / "tumour.seg.nrrd")
+    session.load_segmentation(batch)
+    assert session.state.blockers == [], session.state.blockers
+    inputs = session.inputs()
+    assert inputs.reference is reference and inputs.segment_problem is None
+    assert session.segmentation_node.GetSegmentation().GetNumberOfSegments() == len(axial_case.segmentation.segments)
+
+
+def test_demo_case_assigns_phases_and_fills_the_synthetic_patient(monkeypatch, tmp_path):
+    from TACEResponseLib.demo.case import DEMO_CLINICAL
+
+    session = _session(monkeypatch, tmp_path)
+    state = session.state
+    names = {v["value"]: v["title"] for v in state.volumes}
+    assert {phase: names[node] for phase, node in state.phase_nodes.items()} == \
+        {"arterial": "demo_case_arterial", "portal": "demo_case_portal"}
+    assert state.blockers == [], state.blockers
+    assert {name: state.clinical_values[name] for name in DEMO_CLINICAL} == DEMO_CLINICAL
+    state.clinical_values = {**state.clinical_values, "ALT": "-5"}
+    session.refresh_blockers()
+    assert any("ALT" in b and "outside the accepted range" in b for b in state.blockers)
+    # another case opened after the demo starts with an empty form (made-up values never carry over)
+    from TACEResponseLib.imaging.phantoms import make_phantom
+
+    other = make_phantom("SD", shape_kji=(32, 48, 48), seed=2)
+    session.open_case([other.phases["arterial"]], None, "other_case")
+    assert state.clinical_values == {} and state.clinical_note == ""
+    assert any(b.startswith("Enter clinical factor") for b in state.blockers)
+    assert any("Segment 'Tumour' is empty" in b for b in state.blockers)
