@@ -66,6 +66,7 @@ def test_flips_and_rotations_are_exact_pixel_permutations():
         "flip_ud": lambda r, k: (size - 1 - r, k),
         "rot90": lambda r, k: (k, size - 1 - r),      # counter-clockwise
         "rot270": lambda r, k: (size - 1 - k, r),     # clockwise
+        "rot180": lambda r, k: (size - 1 - r, size - 1 - k),  # both flips (Peng 2019's 180°)
     }
     for number, name in enumerate(TRANSFORMS):
         out_np = np.ascontiguousarray(augment(patch, number))
@@ -96,11 +97,11 @@ def test_balancing_by_augmentation_equalises_classes():
     n = len(labels)
     assert np.array_equal(index[:n], np.arange(n)) and (transforms[:n] == 0).all()  # originals once, unchanged
     assert (transforms[n:] != 0).all()                                              # copies are augmented
-    # copies of a sample are spread over different transforms (up to the four available)
+    # copies of a sample are spread over different transforms (up to the five available)
     pairs = list(zip(index[n:].tolist(), transforms[n:].tolist()))
     for sample in set(index[n:].tolist()):
         used = [t for s, t in pairs if s == sample]
-        assert len(set(used)) == min(len(used), 4)
+        assert len(set(used)) == min(len(used), 5)
     # minority samples are used evenly: class 1 (3 samples, 9 copies) → 3 copies each
     assert sorted(np.bincount(index[n:][labels[index[n:]] == 1])[12:15].tolist()) == [3, 3, 3]
     index2, transforms2 = balance_by_augmentation(labels, seed=4)

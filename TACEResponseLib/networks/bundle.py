@@ -242,7 +242,8 @@ def card_markdown(card: BundleCard) -> str:
         architecture=f"{card.architecture} {card.network_options or ''}".rstrip(),
         classes=", ".join(card.class_names), task=card.task,
         inputs="; ".join(f"{p.name} ({p.modality}, {norm})" for p, norm in zip(card.inputs, card.input_normalizations())),
-        input_scaling=(f"{card.scaling.name}: mean {card.scaling.mean}, std {card.scaling.std}" if card.scaling.applies
+        input_scaling=(f"{card.scaling.note or card.scaling.name}; mean {card.scaling.mean}, std {card.scaling.std}"
+                       if card.scaling.applies
                        else f"none ({card.scaling.note})"),
         patches=json.dumps(card.patch_spec.to_dict()),
         clinical_factors=("**Clinical factors.** " + ", ".join(f"{c.name} [{c.unit}]" for c in card.clinical_factors)

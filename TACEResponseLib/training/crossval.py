@@ -162,6 +162,21 @@ class CrossValidatedTraining:
         return lines
 
 
+def _out_of_fold_operating_point(cv: CrossValidation, card) -> dict[str, Any] | None:
+    """The Youden cut-off of the binary outcome on the training patients' out-of-fold predictions
+    (less optimistic than the final model's in-sample predictions)."""
+    from TACEResponseLib.training.roc_statistics import youden_cutoff
+
+    objective = card.objective_response_indices
+    truth = np.array([int(card.class_names.index(p.label) in objective) for p in cv.predictions])
+    if not objective or not 0 < truth.sum() < len(truth):
+        return None
+    score = np.array([sum(p.probabilities[i] for i in objective) for p in cv.predictions])
+    return {**youden_cutoff(truth, score), "outcome": " + ".join(card.class_names[i] for i in objective),
+            "chosen_on": f"training patients' out-of-fold predictions ({len(cv.folds)}-fold cross-validation, "
+                         f"{len(truth)} patients, Youden J)"}
+
+
 def _auc_text(metrics: dict[str, Any]) -> str:
     auc = ((metrics.get("objective_response") or {}).get("auc") or {}).get("auc")
     return f", objective-response AUC {auc:.3f}" if auc is not None else ""
@@ -191,6 +206,7 @@ def train_with_cross_validation(manifest: str | Path, output: str | Path, config
                          "choose among backbones without --pretrained, or give one architecture")
     if len(names) > 1 and config.clinical:
         raise InputError("--select-backbone chooses an image backbone; clinical factors need the fusion architecture")
+    work.mkdir(parents=True, exist_ok=True)
     candidates = []
     for name in names:
         spec = config.patch_spec if keep_size else replace(config.patch_spec, size=architecture_spec(name).input_size)
@@ -214,6 +230,9 @@ def train_with_cross_validation(manifest: str | Path, output: str | Path, config
                                                        "accuracy": f["metrics"]["accuracy"],
                                                        "cross_entropy": f["cross_entropy"]} for f in cv.folds]}
                        for cv in candidates}}
+    operating = _out_of_fold_operating_point(best, card)
+    if operating:
+        card.metrics["operating_point"] = operating
     write_json_atomic(final.bundle.path / CARD_FILE, card.to_dict())
     write_text_atomic(final.bundle.path / DOC_FILE, card_markdown(card))
     return CrossValidatedTraining(candidates, best.architecture, final, report_path)

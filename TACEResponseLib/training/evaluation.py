@@ -175,6 +175,9 @@ def evaluate_bundle(
         files.update(write_plots(metrics, labels, probabilities, card.class_names, card.objective_response_indices,
                                  output, n_bootstrap=n_bootstrap, seed=seed,
                                  footer=_footer(card.synthetic, cohort_synthetic, bundle.id)))
+        if metrics.get("clinical_factors"):
+            files["clinical_factor_roc"] = _factor_figure(predictions, card, metrics["clinical_factors"], output,
+                                                          _footer(card.synthetic, cohort_synthetic, bundle.id)).name
     report["files"] = files
     report["runtime_s"] = round(time.perf_counter() - started, 2)
     write_json_atomic(output / REPORT_FILE, report)
@@ -234,6 +237,18 @@ def response_statistics(predictions: Sequence[CasePrediction], card, clinical_fa
     if factors:
         out["clinical_factors"] = factors
     return out
+
+
+def _factor_figure(predictions: Sequence[CasePrediction], card, statistics: dict[str, Any], output: Path,
+                   footer: str) -> Path:
+    from TACEResponseLib.training.figures import write_factor_roc
+
+    objective = card.objective_response_indices
+    truth = np.array([int(card.class_names.index(p.label) in objective) for p in predictions])
+    score = np.array([sum(p.probabilities[i] for i in objective) for p in predictions])
+    factors = {name: np.array([p.clinical.get(name, np.nan) for p in predictions], float) for name in statistics}
+    outcome = " + ".join(card.class_names[i] for i in objective)
+    return write_factor_roc(output / "clinical_factor_roc.png", truth, score, factors, statistics, outcome, footer)
 
 
 def statistics_lines(metrics: dict[str, Any]) -> list[str]:
