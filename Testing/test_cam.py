@@ -110,16 +110,20 @@ def test_normalise_and_upsample():
     assert float(up.mean()) == pytest.approx(float(maps.mean()), rel=1e-5)  # bilinear, align_corners=False
 
 
-#: phantoms of the pointing game: a neutral tumour whose only class evidence is one ball (CR/PR:
-#: homogeneous hypervascular tissue; SD/PD: necrosis), on grids the demo model was not trained on
+#: phantoms of the pointing game (``single_signal``), on rotated grids never trained on: a uniform, moderately
+#: enhancing tumour whose only CR-grade evidence is one ball of homogeneous hypervascular tissue, and a uniform,
+#: poorly enhancing tumour whose only necrosis is one ball
 POINTING_GAME = [("CR", 9100 + n) for n in range(10)] + [("PD", 9200 + n) for n in range(10)]
+#: ResNet18's last feature map is the patch downsampled by 32: the CAM cannot place a peak finer than one cell
+CAM_STRIDE = 32
 
 
 @pytest.mark.slow
 def test_pointing_game_on_the_demo_model_cam_peak_falls_in_the_region_with_the_class_signal():
-    """Pointing game on the bundled demo model itself: in ≥ 80 % of 20 seeded single-signal phantoms
-    (rotated grids) the heatmap's maximum (in the volume, RAS) lies in the ball that carries the class
-    signal — the CAM explains the pre-treatment appearance the model learned, not the whole tumour."""
+    """Pointing game on the bundled demo model itself: in ≥ 80 % of 20 seeded single-signal phantoms the
+    heatmap's maximum (in the volume, RAS) lies in the ball that carries the class signal, within the CAM's
+    own resolution (one feature-map cell, as the pointing game's tolerance) — the CAM explains the
+    pre-treatment appearance the model learned, not the whole tumour or the patch border."""
     from TACEResponseLib.demo.response_bundle import DEMO_NAME
     from TACEResponseLib.networks.catalog import resolve_bundle
 
@@ -129,10 +133,12 @@ def test_pointing_game_on_the_demo_model_cam_peak_falls_in_the_region_with_the_c
         case = make_phantom(response, seed=seed, single_signal=True, rotation_deg=(0, 0, 17.0 * n))
         tumour = case.tumours[0]
         result = predictor.predict([case.phases["arterial"]], case.segmentation)
-        peak = np.array(result.tumours[0].heatmap_peak_ras)
+        predicted = result.tumours[0]
+        peak = np.array(predicted.heatmap_peak_ras)
         distance = np.linalg.norm(peak - np.array(tumour.signal_center_ras))
-        if distance <= tumour.signal_radius_mm + float(np.linalg.norm(case.reference.spacing)):
+        cell_mm = max(predicted.provenance[0]["side_mm"]) / (predictor.bundle.card.patch_spec.size / CAM_STRIDE)
+        if distance <= tumour.signal_radius_mm + cell_mm:
             hits += 1
         else:
-            misses.append((response, seed, result.tumours[0].predicted_class, round(float(distance), 1)))
+            misses.append((seed, predicted.predicted_class, round(float(distance - tumour.signal_radius_mm), 1)))
     assert hits / len(POINTING_GAME) >= 0.8, f"pointing game {hits}/{len(POINTING_GAME)}; misses {misses}"

@@ -300,14 +300,20 @@ def test_committed_demo_bundle_is_registered_verified_and_predicts_held_out_phan
     card = bundle.card
     assert card.synthetic and "not for clinical use" in card.intended_use.lower()
     held_out = card.metrics["held_out"]
-    assert held_out["objective_response"]["auc"]["auc"] > 0.8 and held_out["accuracy"] > 0.5
+    # pre-treatment phantoms whose classes overlap: well above chance, well below perfect, and said so
+    assert held_out["chance_accuracy"] + 0.1 < held_out["accuracy"] < 0.9
+    assert 0.7 < held_out["objective_response"]["auc"]["auc"] < 0.99
+    assert f"4-class accuracy {held_out['accuracy']:.3f}" in entry["description"]
+    assert f"AUC {held_out['objective_response']['auc']['auc']:.3f}" in entry["description"]
+    assert "pre-treatment" in card.training_data["cohort"] and card.input_scaling == "none"
+    assert {"patch_level", "mann_whitney", "operating_point"} <= set(held_out)
 
     # fresh phantoms from seeds used neither in training nor in the stored held-out evaluation
     split = card.training_data["split"]
     used = set(split["train"]) | set(split["validation"])
     predictor = Predictor(bundle, device="cpu", cam_method="none")
     labels, probabilities = [], []
-    for n, response in enumerate(["CR", "PR", "SD", "PD"] * 2):
+    for n, response in enumerate(["CR", "PR", "SD", "PD"] * 6):
         case = make_phantom(response, seed=9100 + n, case_id=f"check{n}")
         assert case.case_id not in used
         result = predictor.predict([case.phases["arterial"]], case.segmentation)
@@ -318,9 +324,11 @@ def test_committed_demo_bundle_is_registered_verified_and_predicts_held_out_phan
     accuracy = np.mean([p == t for p, t in zip(predicted, labels)])
     truth = [int(label in ("CR", "PR")) for label in labels]
     auc = roc_auc_score(truth, probabilities[:, 0] + probabilities[:, 1])
-    assert accuracy >= 0.75, (predicted, labels)  # chance is 0.25
-    assert auc >= 0.8
+    assert accuracy >= 0.4, (predicted, labels)  # chance is 0.25
+    assert auc >= 0.75
 
     demo = make_phantom("PR", seed=7, case_id="demo_case")
     result = predictor.predict([demo.phases["arterial"]], demo.segmentation)
-    assert result.tumours[0].predicted_class == "PR"
+    stored = card.metrics["demo_case"]  # the card tells what the demo shows
+    assert result.tumours[0].predicted_class == stored["predicted_class"]
+    assert result.tumours[0].probabilities == pytest.approx(list(stored["probabilities"].values()), abs=1e-4)

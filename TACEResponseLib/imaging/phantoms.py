@@ -25,10 +25,10 @@ margin irregularity        lobulation of the boundary, about 0.25·(1 − u) −
 satellites                 PD only: 2–4 nodules in the liver nearby
 =========================  ===================================================================
 
-``single_signal=True`` draws a neutral tumour (u = 0.5, no necrosis, no capsule) with ONE
-ball that carries the class signal — homogeneous hypervascular tissue for CR/PR, necrosis for
-SD/PD — and records its place (``signal_center_ras``, ``signal_radius_mm``): the CAM pointing
-game.
+``single_signal=True`` draws a uniform tumour (no necrosis, no capsule, smooth; u = 0.7 for
+CR/PR, 0.3 for SD/PD) with ONE ball that carries the class signal — CR-grade homogeneous
+hypervascular tissue for CR/PR, necrosis for SD/PD — and records its place
+(``signal_center_ras``, ``signal_radius_mm``): the CAM pointing game.
 
 Anatomy is defined in RAS millimetres and sampled on the voxel grid, so oblique direction
 matrices and anisotropic spacing change only the sampling, never the anatomy; tests use
@@ -323,9 +323,13 @@ def draw_appearance(response: str, rng: np.random.Generator, signal_noise: float
     )
 
 
-#: the neutral tumour of ``single_signal`` phantoms: between PR and SD, nothing local
-NEUTRAL_APPEARANCE = Appearance(responsiveness=0.0, size_factor=1.0, enhancement=0.5, necrosis=0.0,
-                                heterogeneity=12.0, capsule=False, margin_irregularity=0.0)
+def background_appearance(response: str) -> Appearance:
+    """The tumour around the one ball of a ``single_signal`` phantom: smooth, no necrosis, no capsule, with the
+    uniform appearance of responsiveness u = 0.7 (CR/PR: a moderately enhancing tumour, ball = CR-grade
+    hypervascular tissue) or u = 0.3 (SD/PD: a poorly enhancing tumour, ball = necrosis)."""
+    u = 0.7 if response in OBJECTIVE_RESPONSE else 0.3
+    return Appearance(responsiveness=round(5 * u - 2.5, 4), size_factor=1.0, enhancement=round(0.15 + 0.7 * u, 4),
+                      necrosis=0.0, heterogeneity=round(6 + 26 * (1 - u), 3), capsule=False, margin_irregularity=0.0)
 
 
 def _tumours(responses: Sequence[str], rng, grid: _Grid, anatomy: _Anatomy, comp: dict[str, np.ndarray],
@@ -338,7 +342,7 @@ def _tumours(responses: Sequence[str], rng, grid: _Grid, anatomy: _Anatomy, comp
     masks: dict[str, np.ndarray] = {}
     placed: list[tuple[np.ndarray, float]] = []
     for index, resp in enumerate(responses):
-        look = NEUTRAL_APPEARANCE if single_signal else draw_appearance(resp, rng, signal_noise)
+        look = background_appearance(resp) if single_signal else draw_appearance(resp, rng, signal_noise)
         semi = rng.uniform(*tumour_radius_mm, size=3) * look.size_factor
         semi[2] = semi[:2].mean() * rng.uniform(0.85, 1.1)
         center = _place_tumour(rng, anatomy.liver_c, anatomy.liver_ax, semi, placed)
@@ -409,12 +413,12 @@ def _paint(rng, comp: dict[str, np.ndarray], inside: np.ndarray, radius: np.ndar
 
 
 def _single_signal(comp, inside, ras, center, semi, response: str, rng) -> tuple[np.ndarray, float]:
-    """One ball off the centre in-plane carrying the class signal: homogeneous hypervascular tissue
-    (CR/PR) or necrosis (SD/PD) inside an otherwise neutral tumour."""
+    """One ball off the centre in-plane (inside the largest-slice patch) carrying the class signal:
+    homogeneous CR-grade hypervascular tissue (CR/PR) or necrosis (SD/PD) inside an otherwise uniform tumour."""
     x, y, z = ras
-    radius = 0.42 * float(semi[:2].min())
+    radius = 0.4 * float(semi[:2].min())
     angle = rng.uniform(0, 2 * np.pi)
-    offset = 0.35 * float(semi[:2].min())
+    offset = 0.2 * float(semi[:2].min())
     ball_centre = center + np.array([np.cos(angle) * offset, np.sin(angle) * offset, 0.0])
     ball = inside & (((x - ball_centre[0]) ** 2 + (y - ball_centre[1]) ** 2 + (z - ball_centre[2]) ** 2) <= radius ** 2)
     if response in OBJECTIVE_RESPONSE:
