@@ -284,11 +284,11 @@ CASES = [
     # predict: clinical values (the survival model's nomogram)
     ("predict-clinical-missing", P + " --nomogram {survival} --survival-image portal={img}", "dir", ["BCLC"]),
     ("predict-clinical-not-numeric", P + " --nomogram {survival} --survival-image portal={img} --clinical BCLC=B "
-     "--clinical ALT=high --clinical Child_Pugh=A", "dir", ["ALT", "high"]),
+     "--clinical ALT=high --clinical Child_Pugh=A --clinical tumour_size=3.5", "dir", ["ALT", "high"]),
     ("predict-clinical-out-of-range", P + " --nomogram {survival} --survival-image portal={img} --clinical BCLC=B "
-     "--clinical ALT=-5 --clinical Child_Pugh=A", "dir", ["ALT"]),
+     "--clinical ALT=-5 --clinical Child_Pugh=A --clinical tumour_size=3.5", "dir", ["ALT"]),
     ("predict-clinical-unknown-level", P + " --nomogram {survival} --survival-image portal={img} --clinical BCLC=Z "
-     "--clinical ALT=40 --clinical Child_Pugh=A", "dir", ["BCLC", "Z"]),
+     "--clinical ALT=40 --clinical Child_Pugh=A --clinical tumour_size=3.5", "dir", ["BCLC", "Z"]),
     ("predict-clinical-unknown-name", P + " --clinical AGE=40", "dir", ["--clinical AGE", "not used"]),
     ("predict-clinical-no-equals", P + " --clinical BCLC", "dir", ["--clinical", "NAME=VALUE"]),
     ("predict-survival-image-without-model", P + " --survival-image portal={img}", "dir", ["portal", "no survival model"]),

@@ -110,53 +110,35 @@ def test_normalise_and_upsample():
     assert float(up.mean()) == pytest.approx(float(maps.mean()), rel=1e-5)  # bilinear, align_corners=False
 
 
-def _train_deposit_detector(folder, n_train: int = 32, size: int = 128, fov_mm: float = 30.0, epochs: int = 6):
-    """A small ResNet18 that learns PR-with-one-deposit vs PD from SYNTHETIC phantoms (seeded)."""
-    from TACEResponseLib.networks.bundle import BundleCard, PhaseInput, save_bundle
-    from TACEResponseLib.networks.architectures import build_network
-    from TACEResponseLib.imaging.patches import patches_for_case
-
-    spec = PatchSpec(strategy="centroid", size=size, fov_mm=fov_mm)
-    images, labels = [], []
-    for n in range(n_train):
-        response = "PR" if n % 2 == 0 else "PD"
-        case = make_phantom(response, shape_kji=(40, 96, 96), seed=7000 + n, single_deposit=True)
-        (patches,) = patches_for_case([case.phases["arterial"]], [case.segmentation.mask("Tumour")], spec)
-        for k in range(4):  # rotations: the deposit may lie anywhere
-            images.append(np.rot90(patches.images[0], k, axes=(1, 2)).copy())
-            labels.append(0 if response == "PR" else 1)
-    x, y = torch.from_numpy(np.stack(images)), torch.tensor(labels)
-    torch.manual_seed(0)
-    network = build_network("resnet18", 2, 3)
-    optimiser = torch.optim.Adam(network.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    network.train()
-    for _epoch in range(epochs):
-        for batch in torch.randperm(len(x), generator=generator).split(16):
-            optimiser.zero_grad()
-            torch.nn.functional.cross_entropy(network(x[batch]), y[batch]).backward()
-            optimiser.step()
-    card = BundleCard(name="deposit-detector", version="test", architecture="resnet18", class_names=["PR", "PD"],
-                      inputs=[PhaseInput("arterial")], patch_spec=spec,
-                      training_data={"synthetic": True, "note": "test model: one deposit vs PD phantoms"})
-    return save_bundle(folder, network.eval(), card)
+#: phantoms of the pointing game (``single_signal``), on rotated grids never trained on: a uniform, moderately
+#: enhancing tumour whose only CR-grade evidence is one ball of homogeneous hypervascular tissue, and a uniform,
+#: poorly enhancing tumour whose only necrosis is one ball
+POINTING_GAME = [("CR", 9100 + n) for n in range(10)] + [("PD", 9200 + n) for n in range(10)]
+#: ResNet18's last feature map is the patch downsampled by 32: the CAM cannot place a peak finer than one cell
+CAM_STRIDE = 32
 
 
 @pytest.mark.slow
-def test_pointing_game_cam_peak_falls_in_the_one_region_with_the_class_signal(tmp_path):
-    """Pointing game: a PR phantom whose only PR evidence is one dense deposit; the heatmap's
-    maximum (in the volume, RAS) must lie in that deposit for ≥ 90% of 20 seeded phantoms."""
-    bundle = _train_deposit_detector(tmp_path / "detector")
-    predictor = Predictor(bundle, device="cpu")
-    hits, correct = 0, 0
-    for seed in range(20):
-        case = make_phantom("PR", shape_kji=(40, 96, 96), seed=9100 + seed, single_deposit=True,
-                            rotation_deg=(0, 0, 10.0 * seed))
-        result = predictor.predict([case.phases["arterial"]], case.segmentation)
+def test_pointing_game_on_the_demo_model_cam_peak_falls_in_the_region_with_the_class_signal():
+    """Pointing game on the bundled demo model itself: in ≥ 80 % of 20 seeded single-signal phantoms the
+    heatmap's maximum (in the volume, RAS) lies in the ball that carries the class signal, within the CAM's
+    own resolution (one feature-map cell, as the pointing game's tolerance) — the CAM explains the
+    pre-treatment appearance the model learned, not the whole tumour or the patch border."""
+    from TACEResponseLib.demo.response_bundle import DEMO_NAME
+    from TACEResponseLib.networks.catalog import resolve_bundle
+
+    predictor = Predictor(resolve_bundle(DEMO_NAME), device="cpu")
+    hits, misses = 0, []
+    for n, (response, seed) in enumerate(POINTING_GAME):
+        case = make_phantom(response, seed=seed, single_signal=True, rotation_deg=(0, 0, 17.0 * n))
         tumour = case.tumours[0]
-        correct += result.tumours[0].predicted_class == "PR"
-        peak = np.array(result.tumours[0].heatmap_peak_ras)
+        result = predictor.predict([case.phases["arterial"]], case.segmentation)
+        predicted = result.tumours[0]
+        peak = np.array(predicted.heatmap_peak_ras)
         distance = np.linalg.norm(peak - np.array(tumour.signal_center_ras))
-        hits += distance <= tumour.signal_radius_mm + float(np.linalg.norm(case.reference.spacing))
-    assert correct >= 18, f"the detector did not learn the deposit ({correct}/20 predicted PR)"
-    assert hits / 20 >= 0.9, f"pointing game {hits}/20"
+        cell_mm = max(predicted.provenance[0]["side_mm"]) / (predictor.bundle.card.patch_spec.size / CAM_STRIDE)
+        if distance <= tumour.signal_radius_mm + cell_mm:
+            hits += 1
+        else:
+            misses.append((seed, predicted.predicted_class, round(float(distance - tumour.signal_radius_mm), 1)))
+    assert hits / len(POINTING_GAME) >= 0.8, f"pointing game {hits}/{len(POINTING_GAME)}; misses {misses}"

@@ -22,7 +22,7 @@ from TACEResponseLib.prediction.predictor import Predictor, patient_prediction
 @pytest.fixture(scope="module")
 def multifocal():
     """One segment: the main tumour and its PD satellites (islands), plus a one-voxel speck."""
-    case = make_phantom("PD", shape_kji=(48, 96, 96), seed=5, satellites_in_segment=True)
+    case = make_phantom("PD", shape_kji=(48, 96, 96), seed=7, satellites_in_segment=True)
     mask = case.segmentation.mask(case.tumours[0].segment_id).array > 0
     speck = np.zeros_like(mask)
     speck[2, 5, 5] = True

@@ -19,23 +19,56 @@ def _tumour_values(case, phase="arterial"):
     return case.phases[phase].array[mask]
 
 
-def test_class_patterns_are_distinct():
-    stats = {}
-    for response in RESPONSE_CLASSES:
-        case = make_phantom(response, shape_kji=(64, 96, 96), seed=2)
-        values = _tumour_values(case)
-        stats[response] = (np.mean(values > 300), float(np.std(values)))
-    lipiodol = {r: s[0] for r, s in stats.items()}
-    assert lipiodol["CR"] > 0.95            # homogeneous dense deposit
-    assert 0.2 < lipiodol["PR"] < 0.8       # partial deposit
-    assert lipiodol["SD"] < 0.01 and lipiodol["PD"] < 0.01
-    sd = make_phantom("SD", shape_kji=(64, 96, 96), seed=2)
-    tumour = sd.tumours[0]
-    centre = sd.reference.ras_to_ijk_points(np.array([tumour.center_ras]))[0].round().astype(int)
-    centre_value = sd.phases["arterial"].array[centre[2], centre[1], centre[0]]
-    assert centre_value < 80 and np.percentile(_tumour_values(sd), 90) > 140  # necrotic core, enhancing rim
+def test_pre_treatment_phantoms_carry_no_lipiodol_and_the_class_shows_through_appearance():
+    """Before TACE there is no lipiodol: no tumour voxel reaches lipiodol-like density (> 300 HU) in any
+    class. Responders are more hypervascular (arterial enhancement, portal washout), less necrotic and
+    more homogeneous than non-responders on average, but single tumours overlap (signal noise)."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for seed in range(12):
+        for response in RESPONSE_CLASSES:
+            case = make_phantom(response, shape_kji=(48, 80, 80), spacing_ijk=(1.5, 1.5, 1.5), seed=seed)
+            arterial, portal = _tumour_values(case), _tumour_values(case, "portal")
+            assert np.mean(arterial > 300) < 0.001, (response, seed)
+            look = case.tumours[0].appearance
+            rows.append((response, float(np.percentile(arterial, 75)), float(np.median(arterial) - np.median(portal)),
+                         int(arterial.size), look.responsiveness, float(np.mean(arterial < 50))))
+    order = {"CR": 3, "PR": 2, "SD": 1, "PD": 0}
+    rank = [order[r[0]] for r in rows]
+    # the image follows the class: arterial enhancement up, portal washout up, necrotic (dark) voxels and size down …
+    assert spearmanr(rank, [r[1] for r in rows])[0] > 0.5
+    assert spearmanr(rank, [r[2] for r in rows])[0] > 0.2
+    assert spearmanr(rank, [r[3] for r in rows])[0] < -0.3
+    assert spearmanr(rank, [r[5] for r in rows])[0] < -0.5
+    means = {c: np.mean([r[4] for r in rows if r[0] == c]) for c in order}
+    assert means["CR"] > means["PR"] > means["SD"] > means["PD"]
+    # … but not perfectly: some non-responder looks more responsive than some responder
+    responders = [r[4] for r in rows if r[0] in ("CR", "PR")]
+    others = [r[4] for r in rows if r[0] in ("SD", "PD")]
+    assert min(responders) < max(others)
+    # no signal noise: every tumour of a class has its class mean
+    quiet = [make_phantom(c, shape_kji=(32, 64, 64), seed=s, signal_noise=0.0).tumours[0].appearance.responsiveness
+             for c in ("CR", "PD") for s in range(3)]
+    assert quiet == [1.5] * 3 + [-1.5] * 3
     pd = make_phantom("PD", shape_kji=(64, 96, 96), seed=2)
     assert len(pd.tumours[0].satellites_ras) >= 1
+
+
+def test_single_signal_phantom_has_one_region_with_the_class_signal():
+    case = make_phantom("CR", shape_kji=(40, 96, 96), seed=4, single_signal=True)
+    tumour = case.tumours[0]
+    image = case.phases["arterial"]
+    mask = case.segmentation.mask(tumour.segment_id).array > 0
+    kji = np.argwhere(mask)
+    ras = image.ijk_to_ras_points(kji[:, ::-1].astype(float))
+    in_ball = np.linalg.norm(ras - np.array(tumour.signal_center_ras), axis=1) <= tumour.signal_radius_mm - 1.5
+    values = image.array[mask]
+    assert np.median(values[in_ball]) > np.median(values[~in_ball]) + 30  # hypervascular ball in neutral tissue
+    necrotic = make_phantom("PD", shape_kji=(40, 96, 96), seed=4, single_signal=True)
+    t = necrotic.tumours[0]
+    centre = necrotic.reference.ras_to_ijk_points(np.array([t.signal_center_ras]))[0].round().astype(int)
+    assert necrotic.phases["arterial"].array[centre[2], centre[1], centre[0]] < 60
 
 
 def test_anatomy_is_fixed_in_ras_whatever_the_grid():

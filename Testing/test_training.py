@@ -66,6 +66,7 @@ def test_flips_and_rotations_are_exact_pixel_permutations():
         "flip_ud": lambda r, k: (size - 1 - r, k),
         "rot90": lambda r, k: (k, size - 1 - r),      # counter-clockwise
         "rot270": lambda r, k: (size - 1 - k, r),     # clockwise
+        "rot180": lambda r, k: (size - 1 - r, size - 1 - k),  # both flips (Peng 2019's 180°)
     }
     for number, name in enumerate(TRANSFORMS):
         out_np = np.ascontiguousarray(augment(patch, number))
@@ -96,11 +97,11 @@ def test_balancing_by_augmentation_equalises_classes():
     n = len(labels)
     assert np.array_equal(index[:n], np.arange(n)) and (transforms[:n] == 0).all()  # originals once, unchanged
     assert (transforms[n:] != 0).all()                                              # copies are augmented
-    # copies of a sample are spread over different transforms (up to the four available)
+    # copies of a sample are spread over different transforms (up to the five available)
     pairs = list(zip(index[n:].tolist(), transforms[n:].tolist()))
     for sample in set(index[n:].tolist()):
         used = [t for s, t in pairs if s == sample]
-        assert len(set(used)) == min(len(used), 4)
+        assert len(set(used)) == min(len(used), 5)
     # minority samples are used evenly: class 1 (3 samples, 9 copies) → 3 copies each
     assert sorted(np.bincount(index[n:][labels[index[n:]] == 1])[12:15].tolist()) == [3, 3, 3]
     index2, transforms2 = balance_by_augmentation(labels, seed=4)
@@ -299,14 +300,20 @@ def test_committed_demo_bundle_is_registered_verified_and_predicts_held_out_phan
     card = bundle.card
     assert card.synthetic and "not for clinical use" in card.intended_use.lower()
     held_out = card.metrics["held_out"]
-    assert held_out["objective_response"]["auc"]["auc"] > 0.8 and held_out["accuracy"] > 0.5
+    # pre-treatment phantoms whose classes overlap: well above chance, well below perfect, and said so
+    assert held_out["chance_accuracy"] + 0.1 < held_out["accuracy"] < 0.9
+    assert 0.7 < held_out["objective_response"]["auc"]["auc"] < 0.99
+    assert f"4-class accuracy {held_out['accuracy']:.3f}" in entry["description"]
+    assert f"AUC {held_out['objective_response']['auc']['auc']:.3f}" in entry["description"]
+    assert "pre-treatment" in card.training_data["cohort"] and card.input_scaling == "none"
+    assert {"patch_level", "mann_whitney", "operating_point"} <= set(held_out)
 
     # fresh phantoms from seeds used neither in training nor in the stored held-out evaluation
     split = card.training_data["split"]
     used = set(split["train"]) | set(split["validation"])
     predictor = Predictor(bundle, device="cpu", cam_method="none")
     labels, probabilities = [], []
-    for n, response in enumerate(["CR", "PR", "SD", "PD"] * 2):
+    for n, response in enumerate(["CR", "PR", "SD", "PD"] * 6):
         case = make_phantom(response, seed=9100 + n, case_id=f"check{n}")
         assert case.case_id not in used
         result = predictor.predict([case.phases["arterial"]], case.segmentation)
@@ -317,9 +324,11 @@ def test_committed_demo_bundle_is_registered_verified_and_predicts_held_out_phan
     accuracy = np.mean([p == t for p, t in zip(predicted, labels)])
     truth = [int(label in ("CR", "PR")) for label in labels]
     auc = roc_auc_score(truth, probabilities[:, 0] + probabilities[:, 1])
-    assert accuracy >= 0.75, (predicted, labels)  # chance is 0.25
-    assert auc >= 0.8
+    assert accuracy >= 0.4, (predicted, labels)  # chance is 0.25
+    assert auc >= 0.75
 
     demo = make_phantom("PR", seed=7, case_id="demo_case")
     result = predictor.predict([demo.phases["arterial"]], demo.segmentation)
-    assert result.tumours[0].predicted_class == "PR"
+    stored = card.metrics["demo_case"]  # the card tells what the demo shows
+    assert result.tumours[0].predicted_class == stored["predicted_class"]
+    assert result.tumours[0].probabilities == pytest.approx(list(stored["probabilities"].values()), abs=1e-4)

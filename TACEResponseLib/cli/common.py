@@ -132,22 +132,32 @@ def case_arguments(parser: argparse.ArgumentParser) -> None:
 
 def patch_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", choices=["largest_slice", "centroid"], default="largest_slice")
-    parser.add_argument("--size", type=number(int, 8, 1024), default=224, help="patch size in pixels (8–1024)")
+    parser.add_argument("--size", type=number(int, 8, 1024), default=None,
+                        help="patch size in pixels (8–1024; default: the architecture's own input size, 299 for "
+                             "InceptionV4 and fusion, else 224)")
     parser.add_argument("--fov-mm", type=number(float, 0, 1000, low_open=True), default=None,
                         help="centroid patch field of view (mm)")
     parser.add_argument("--min-square-mm", type=number(float, 0, 500), default=8.0,
                         help="smallest square (mm) a largest-slice patch may cover")
-    parser.add_argument("--normalization", choices=["window", "percentile", "zscore"], default="window")
+    parser.add_argument("--normalization", choices=["window", "percentile", "roi_percentile", "zscore"], default=None,
+                        help="intensity normalisation of every input (default by modality: CT window; MR "
+                             "roi_percentile = 1st–99th percentile inside the tumour ROI → [0, 1])")
     parser.add_argument("--window", type=number(float, -1e5, 1e5), nargs=2, default=(-160.0, 240.0),
                         metavar=("LOW", "HIGH"), help="CT window in HU")
+    parser.add_argument("--slice-spacing-mm", type=number(float, 0.1, 20), default=None, metavar="MM",
+                        help="resample along the slice axis to this spacing before choosing the largest slice and "
+                             "its neighbours (Peng 2019: 1 mm CT)")
 
 
-def patch_spec_from(args: argparse.Namespace):
-    """The :class:`~TACEResponseLib.imaging.patches.PatchSpec` the patch arguments describe."""
+def patch_spec_from(args: argparse.Namespace, size: int = 224, modality: str = "CT"):
+    """The :class:`~TACEResponseLib.imaging.patches.PatchSpec` the patch arguments describe (``size``:
+    the default patch size; ``modality``: picks the default normalisation)."""
     from TACEResponseLib.imaging.patches import PatchSpec
 
-    return PatchSpec(strategy=args.strategy, size=args.size, fov_mm=args.fov_mm, min_square_mm=args.min_square_mm,
-                     normalization=args.normalization, window=tuple(args.window))
+    normalization = args.normalization or ("roi_percentile" if modality.upper().startswith("MR") else "window")
+    return PatchSpec(strategy=args.strategy, size=args.size or size, fov_mm=args.fov_mm,
+                     min_square_mm=args.min_square_mm, normalization=normalization, window=tuple(args.window),
+                     slice_spacing_mm=args.slice_spacing_mm)
 
 
 def progress_printer(enabled: bool):

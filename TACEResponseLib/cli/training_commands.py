@@ -19,6 +19,7 @@ from TACEResponseLib.cli.common import (
     name_value_pairs,
     number,
     patch_spec_arguments,
+    patch_spec_from,
     patient_rule_from,
 )
 from TACEResponseLib.core.errors import TACEResponseError
@@ -28,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 # --- training / evaluation / demo bundle (TACEResponseLib.training, .evaluation) -----------------
 def _train_config_from(args: argparse.Namespace):
-    from TACEResponseLib.imaging.patches import PatchSpec
+    from dataclasses import replace
+
+    from TACEResponseLib.networks.architectures import architecture_spec
     from TACEResponseLib.training.config import TrainingConfig
 
     ranges = {}
@@ -40,22 +43,50 @@ def _train_config_from(args: argparse.Namespace):
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise TACEResponseError(f"--clinical-range {name}={value}: expected finite MIN < MAX")
         ranges[name] = (low, high)
-    spec = PatchSpec(strategy=args.strategy, size=args.size, fov_mm=args.fov_mm, min_square_mm=args.min_square_mm,
-                     normalization=args.normalization, window=tuple(args.window), n_slices=args.n_slices)
+    architecture = args.architecture or ("resnet50" if args.protocol or not args.select_backbone
+                                         else args.select_backbone[0])
+    phases = args.phase or ["arterial"]
+    spec = patch_spec_from(args, size=architecture_spec(architecture).input_size, modality=args.modality)
+    spec = replace(spec, n_slices=args.n_slices)
+    if args.normalization:  # given: every input gets it, and the card says so
+        if args.modality == "MR" and args.normalization == "window":
+            logger.warning("--modality MR with --normalization window: MR inputs get the CT window %s as asked; MR "
+                           "intensities are not HU", tuple(args.window))
+        spec = replace(spec, normalizations=[args.normalization] * len(phases))
     freeze = args.freeze
     if freeze is not None and freeze.isdigit():
         freeze = int(freeze)
-    return TrainingConfig(
-        architecture=args.architecture, phases=args.phase or ["arterial"], modality=args.modality, task=args.task,
+    values = dict(
+        architecture=architecture, phases=phases, modality=args.modality, task=args.task,
         patch_spec=spec, clinical=args.clinical or [], clinical_ranges=ranges,
-        clinical_units=name_value_pairs(args.clinical_unit, "--clinical-unit"), validation_fraction=args.validation_fraction,
-        optimizer=args.optimizer, learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, seed=args.seed,
-        balance=not args.no_balance, augment=not args.no_augment, pretrained=args.pretrained, freeze=freeze,
-        device=args.device, threads=args.threads, weights_dtype=args.weights_dtype, synthetic=args.synthetic,
-        name=args.name or Path(args.output).name, version=args.version, description=args.description or "",
-        n_bootstrap=args.bootstrap, islands=island_rule_from(args),
-        patient_rule=patient_rule_from(args) or "target_lesions")
+        clinical_units=name_value_pairs(args.clinical_unit, "--clinical-unit"),
+        validation_fraction=args.validation_fraction, optimizer=args.optimizer, learning_rate=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
+        patience=args.patience, seed=args.seed, balance=not args.no_balance, augment=not args.no_augment,
+        pretrained=args.pretrained, freeze=freeze, device=args.device, threads=args.threads,
+        weights_dtype=args.weights_dtype, synthetic=args.synthetic, name=args.name or Path(args.output).name,
+        version=args.version, description=args.description or "", n_bootstrap=args.bootstrap,
+        islands=island_rule_from(args), patient_rule=patient_rule_from(args) or "target_lesions",
+        input_scaling=args.input_scaling)
+    if args.protocol:
+        # the protocol's settings, except what the user typed explicitly (listed as deviations in the card)
+        overrides = {k: values[k] for k, default in _TRAIN_DEFAULTS.items()
+                     if getattr(args, {"learning_rate": "lr"}.get(k, k)) != default}
+        if args.architecture:
+            overrides["architecture"] = args.architecture
+        patch = {k: getattr(args, k) for k in ("size", "slice_spacing_mm") if getattr(args, k) is not None}
+        if args.n_slices != 3:
+            patch["n_slices"] = args.n_slices
+        for key in ("architecture", "validation_fraction", "optimizer", "learning_rate", "momentum", "batch_size",
+                    "epochs"):
+            values.pop(key)
+        return TrainingConfig.for_protocol(args.protocol, overrides={**overrides, "patch_spec": patch}, **values)
+    return TrainingConfig(**values)
+
+
+#: the train command's defaults that a protocol sets (a different value typed on the command line wins)
+_TRAIN_DEFAULTS = {"validation_fraction": 0.2, "optimizer": "sgd", "learning_rate": 1e-4, "momentum": 0.9,
+                   "batch_size": 64, "epochs": 54}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -68,8 +99,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_inputs_exist(manifest=args.manifest, pretrained=args.pretrained)
     config = _train_config_from(args)
+    if args.folds or args.select_backbone:
+        return _train_cross_validated(args, config)
     result = train(args.manifest, args.output, config, work_dir=args.work_dir,
                    resume=args.resume, progress_bar=not args.no_progress)
+    _print_training(result)
+    return 0
+
+
+def _print_training(result) -> None:
     card = result.bundle.card
     print(f"bundle {card.name}@{card.version} → {result.bundle.path}  ({result.epochs_run} epochs, best "
           f"{result.best_epoch}{', stopped early' if result.stopped_early else ''}, {result.seconds:.0f} s)")
@@ -82,6 +120,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         if orr.get("auc") is not None:
             line += f", objective-response AUC {orr['auc']:.3f} ({orr['ci_low']:.3f}–{orr['ci_high']:.3f})"
         print(line)
+
+
+def _train_cross_validated(args: argparse.Namespace, config) -> int:
+    """``--folds K`` (and ``--select-backbone``): patient-level K-fold cross-validation of the training
+    cohort (a report per fold and pooled), the backbone with the lowest cross-validated loss, then the
+    final model on the whole cohort."""
+    from TACEResponseLib.training.crossval import train_with_cross_validation
+
+    if args.resume:
+        raise TACEResponseError("--resume cannot be combined with --folds or --select-backbone")
+    outcome = train_with_cross_validation(args.manifest, args.output, config, folds=args.folds or 5,
+                                          backbones=args.select_backbone, work_dir=args.work_dir,
+                                          progress_bar=not args.no_progress, keep_size=args.size is not None)
+    print("\n".join(outcome.summary_lines()))
+    _print_training(outcome.final)
     return 0
 
 
@@ -99,7 +152,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     islands, _ = tumour_rule_of(bundle)
     report = evaluate_bundle(bundle, args.manifest, args.output, n_bootstrap=args.bootstrap, seed=args.seed,
                              device=args.device, progress_bar=not args.no_progress,
-                             islands=island_rule_from(args, islands), patient_rule=patient_rule_from(args))
+                             islands=island_rule_from(args, islands), patient_rule=patient_rule_from(args),
+                             clinical_factors=args.clinical_factor or ())
     print("\n".join(report.summary_lines()))
     for case_id, error in report.failed.items():
         print(f"failed: {case_id}: {error}", file=sys.stderr)
@@ -125,10 +179,25 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="CSV: case_id, one column per phase, segmentation, segment, label")
     p.add_argument("--output", required=True, help="bundle folder to write")
     p.add_argument("--architecture", choices=["resnet50", "resnet18", "densenet121", "inceptionv4", "fusion"],
-                   default="resnet50", help="resnet50 = Peng 2019; fusion = InceptionV4 + clinical (Quan 2024)")
+                   default=None, help="resnet50 = Peng 2019 (default); fusion = InceptionV4 + clinical (Quan 2024)")
+    p.add_argument("--protocol", choices=["peng2019"], default=None,
+                   help="train as published: peng2019 = ResNet50, every patient trains (no hold-out), no early "
+                        "stopping, SGD lr 1e-4 momentum 0.9, batch 64, 54 epochs, 1 mm through-plane resampling, "
+                        "flips and 90/180/270° rotations")
+    p.add_argument("--folds", type=number(int, 2, 50), default=None, metavar="K",
+                   help="patient-level K-fold cross-validation of the cohort first (a report per fold and pooled, "
+                        "Quan 2024); the bundle is then trained on every patient")
+    p.add_argument("--select-backbone", nargs="+", default=None, metavar="ARCH",
+                   choices=["resnet50", "resnet18", "densenet121", "inceptionv4"],
+                   help="cross-validate each of these networks and train the one with the lowest cross-validated "
+                        "cross-entropy (Quan 2024's backbone selection; uses --folds, default 5)")
+    p.add_argument("--input-scaling", choices=["auto", "imagenet", "none"], default="auto",
+                   help="scaling of the [0, 1] patches before the network: auto = ImageNet mean/SD with "
+                        "--pretrained ImageNet weights, else none")
     p.add_argument("--phase", action="append", default=None,
                    help="image column / model input, in channel order (repeatable; default: arterial)")
-    p.add_argument("--modality", choices=["CT", "MR"], default="CT")
+    p.add_argument("--modality", choices=["CT", "MR"], default="CT",
+                   help="CT inputs get the HU window; MR inputs percentiles inside the tumour ROI (see --normalization)")
     p.add_argument("--task", choices=["mrecist", "responder"], default="mrecist",
                    help="mrecist: labels CR/PR/SD/PD; responder: labels responder/non-responder")
     patch_spec_arguments(p)
@@ -172,6 +241,9 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
     p.add_argument("--manifest", required=True, help="labelled cohort CSV")
     p.add_argument("--output", required=True, help="folder for report.json, predictions.csv and PNGs")
+    p.add_argument("--clinical-factor", action="append", default=None, metavar="COLUMN",
+                   help="numeric manifest column whose own ROC is reported beside the model's, with DeLong's test "
+                        "(repeatable; Quan 2024 compared single clinical factors)")
     p.add_argument("--bootstrap", type=number(int, 0, 1_000_000), default=1000)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu")

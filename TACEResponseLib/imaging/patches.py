@@ -44,7 +44,15 @@ Strategy = Literal["largest_slice", "centroid"]
 
 #: largest patch side in pixels (a 1024² patch is already 4× what the published networks take)
 MAX_PATCH_SIZE = 1024
-Normalization = Literal["window", "percentile", "zscore"]
+Normalization = Literal["window", "percentile", "roi_percentile", "zscore"]
+NORMALIZATIONS = ("window", "percentile", "roi_percentile", "zscore")
+#: what each normalisation does (the card and the CLI say it in these words)
+NORMALIZATION_TEXT = {
+    "window": "CT window (HU) → [0, 1]",
+    "percentile": "percentiles of the image around the tumours → [0, 1]",
+    "roi_percentile": "percentiles inside the tumour ROI → [0, 1]",
+    "zscore": "z-score with the tumour ROI's mean and SD",
+}
 SinglePhaseChannels = Literal["repeat", "neighbours"]
 
 
@@ -63,12 +71,24 @@ class PatchSpec(JsonRecord):
     percentiles: tuple[float, float] = (1.0, 99.0)
     single_phase_channels: SinglePhaseChannels = "repeat"
     n_channels: int = 3
+    #: normalisation per input image in channel order (None: ``normalization`` for every input)
+    normalizations: list[str] | None = None
+    #: resample along the slice axis to this spacing (mm) before choosing slices (None: as acquired)
+    slice_spacing_mm: float | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in ("largest_slice", "centroid"):
             raise InputError(f"patch strategy must be 'largest_slice' or 'centroid', got {self.strategy!r}")
-        if self.normalization not in ("window", "percentile", "zscore"):
-            raise InputError(f"normalization must be window, percentile or zscore, got {self.normalization!r}")
+        for value in [self.normalization, *(self.normalizations or [])]:
+            if value not in NORMALIZATIONS:
+                raise InputError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {value!r}")
+        if self.normalizations is not None:
+            self.normalizations = [str(v) for v in self.normalizations]
+            if not self.normalizations:
+                raise InputError("normalizations: one per input image, got an empty list")
+        if self.slice_spacing_mm is not None and not (math.isfinite(float(self.slice_spacing_mm))
+                                                      and 0.1 <= float(self.slice_spacing_mm) <= 20):
+            raise InputError(f"slice spacing to resample to must be 0.1–20 mm, got {self.slice_spacing_mm!r}")
         if self.single_phase_channels not in ("repeat", "neighbours"):
             raise InputError(f"single_phase_channels must be 'repeat' or 'neighbours', got {self.single_phase_channels!r}")
         if not (8 <= self.size <= MAX_PATCH_SIZE) or self.n_slices < 1 or self.n_channels < 1:
@@ -84,6 +104,23 @@ class PatchSpec(JsonRecord):
             raise InputError(f"percentiles must be (low, high) with 0 ≤ low < high ≤ 100, got {self.percentiles}")
         self.window = (float(self.window[0]), float(self.window[1]))
         self.percentiles = (float(self.percentiles[0]), float(self.percentiles[1]))
+
+    def normalization_for(self, index: int) -> str:
+        """The normalisation of input image ``index`` (channel order)."""
+        if self.normalizations is None:
+            return self.normalization
+        if index >= len(self.normalizations):
+            raise InputError(f"patch spec names {len(self.normalizations)} normalisation(s) but input image "
+                             f"{index + 1} was given")
+        return self.normalizations[index]
+
+    def describe_normalization(self, index: int) -> str:
+        """Words for input ``index``'s normalisation, with its window or percentiles."""
+        name = self.normalization_for(index)
+        detail = {"window": f" [{self.window[0]:g}, {self.window[1]:g}] HU",
+                  "percentile": f" {self.percentiles[0]:g}–{self.percentiles[1]:g}",
+                  "roi_percentile": f" {self.percentiles[0]:g}–{self.percentiles[1]:g}"}.get(name, "")
+        return f"{name}{detail}: {NORMALIZATION_TEXT[name]}"
 
     def channels_for(self, n_phases: int) -> int:
         """Number of channels the patches will have for ``n_phases`` input images."""
@@ -290,12 +327,19 @@ def _percentile_bounds(spec: PatchSpec, image: np.ndarray, label: str) -> tuple[
 
 
 def _normalizer(spec: PatchSpec, image: np.ndarray, mask: np.ndarray, label: str,
-                bounds: tuple[float, float] | None = None):
-    """Return f(x) → normalised x for one phase, per the spec (``bounds``: precomputed percentiles)."""
-    if spec.normalization == "window":
+                bounds: tuple[float, float] | None = None, index: int = 0):
+    """Return f(x) → normalised x for input ``index``, per the spec (``bounds``: precomputed percentiles)."""
+    method = spec.normalization_for(index)
+    if method == "window":
         lo, hi = spec.window
-    elif spec.normalization == "percentile":
+    elif method == "percentile":
         lo, hi = bounds if bounds is not None else _percentile_bounds(spec, image, label)
+    elif method == "roi_percentile":
+        values = image[mask > 0]
+        lo, hi = (float(v) for v in np.percentile(values, spec.percentiles))
+        if hi <= lo:
+            hi = lo + 1.0
+            logger.warning("%s: ROI intensities are constant; percentile scaling uses a width of 1", label)
     else:
         values = image[mask > 0].astype(np.float64)
         mean, std = float(values.mean()), float(values.std())
@@ -379,7 +423,7 @@ def extract_patches(
     areas = roi_slice_areas(mask, slice_axis)
     row_mm, col_mm = _plane_spacing(reference, slice_axis)
     bounds = list(bounds) if bounds is not None else [None] * len(images)
-    normalizers = [_normalizer(spec, img.array, mask.array, img.name or f"phase {n}", bounds[n])
+    normalizers = [_normalizer(spec, img.array, mask.array, img.name or f"phase {n}", bounds[n], n)
                    for n, img in enumerate(images)]
     n_planes = reference.shape_kji[slice_axis]
     needs_neighbours = len(images) == 1 and spec.single_phase_channels == "neighbours"
@@ -556,8 +600,8 @@ def assess_patches(
         else:
             aligned.append(resample_to_reference(image, region))
             coverage.append(_coverage(image, region))
-    bounds = [_percentile_bounds(spec, img.array, img.name or f"phase {n}") if spec.normalization == "percentile"
-              else None for n, img in enumerate(aligned)]
+    bounds = [_percentile_bounds(spec, img.array, img.name or f"phase {n}")
+              if spec.normalization_for(n) == "percentile" else None for n, img in enumerate(aligned)]
     resampled = time.perf_counter()
     for n, (mask, label, box) in enumerate(zip(masks, labels, boxes)):
         if box is None:
@@ -595,11 +639,17 @@ def _assess_one(parts: Sequence[Volume], mask: Volume, spec: PatchSpec, label: s
         if values.size and values.min() == values.max():
             return NotAssessable(label, "constant", f"phase {name!r} is constant inside the tumour (every voxel "
                                  f"{float(values.min()):g}); is it the right image, and does it cover the tumour?")
+    slice_axis = mask.array_axis_for(spec.axis)
+    steps = _slice_resampling(mask, slice_axis, spec.slice_spacing_mm)
+    if steps is not None:
+        parts = [_resample_along(p, slice_axis, steps) for p in parts]
+        mask = _resample_along(mask, slice_axis, steps, binary=True)
+        coverage = [None if c is None else (_resample_along(mask.with_array(c.astype(np.float32)), slice_axis, steps)
+                                            .array >= 0.999).astype(np.uint8) for c in coverage]
     try:
         patches = extract_patches(parts, mask, spec, label=label, edges="refuse", bounds=bounds)
     except NotAssessableError as exc:
         return NotAssessable(label, exc.reason, exc.detail)
-    slice_axis = patches.provenance[0].slice_axis if patches.provenance else 0
     for n, cover in enumerate(coverage):
         if cover is None:
             continue
@@ -607,9 +657,57 @@ def _assess_one(parts: Sequence[Volume], mask: Volume, spec: PatchSpec, label: s
             clip = tuple(int(v) for v in prov.box) if spec.strategy == "largest_slice" else None
             sampled = _sample(cover.astype(np.float32), slice_axis, prov.patch_to_ijk, spec.size, clip)
             if sampled.min() < 0.999:
-                return NotAssessable(label, "outside_fov", f"its patch on slice {prov.slice_index + int(offset[slice_axis])} "
+                slice_at = int(round(prov.slice_index * (steps[1] if steps is not None else 1.0))) + int(offset[slice_axis])
+                return NotAssessable(label, "outside_fov", f"its patch on slice {slice_at} "
                                      f"leaves the field of view of phase {parts[n].name or f'phase {n}'!r}")
+    if steps is not None:
+        patches = _back_to_acquired_slices(patches, slice_axis, steps[1])
     return patches.translated(offset)
+
+
+def _slice_resampling(volume: Volume, slice_axis: int, target_mm: float | None) -> tuple[int, float] | None:
+    """``(n_resampled_slices, step)`` to resample along ``slice_axis`` to ``target_mm`` (step in acquired
+    slices per resampled slice), or None when no resampling is asked for or needed."""
+    if not target_mm:
+        return None
+    acquired = float(volume.spacing[2 - slice_axis])
+    if abs(acquired - target_mm) < 1e-3 * target_mm:
+        return None
+    step = float(target_mm) / acquired
+    n = int(np.floor((volume.shape_kji[slice_axis] - 1) / step + 1e-9)) + 1
+    return n, step
+
+
+def _resample_along(volume: Volume, axis: int, steps: tuple[int, float], binary: bool = False) -> Volume:
+    """``volume`` linearly resampled along array ``axis``: resampled slice k′ is acquired slice k′·step
+    (a mask: interpolated, then ≥ 0.5). The IJK→RAS matrix follows, so RAS positions are kept."""
+    n, step = steps
+    position = np.arange(n) * step
+    below = np.clip(np.floor(position).astype(int), 0, volume.shape_kji[axis] - 1)
+    above = np.clip(below + 1, 0, volume.shape_kji[axis] - 1)
+    weight = (position - below).astype(np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = n
+    weight = weight.reshape(shape)
+    data = volume.array.astype(np.float32, copy=False)
+    values = np.take(data, below, axis=axis) * (1 - weight) + np.take(data, above, axis=axis) * weight
+    if binary:
+        values = (values >= 0.5).astype(volume.array.dtype)
+    else:
+        values = values.astype(np.float32)
+    matrix = volume.ijk_to_ras.copy()
+    matrix[:3, 2 - axis] *= step
+    return Volume(values, matrix, volume.name, dict(volume.metadata))
+
+
+def _back_to_acquired_slices(patches: PatchSet, slice_axis: int, step: float) -> PatchSet:
+    """Provenance on the resampled grid re-expressed on the acquired grid (slice k′ ↦ k′·step;
+    the slice index is the nearest acquired slice, ``patch_to_ijk`` keeps the exact position)."""
+    scale = np.eye(4)
+    scale[2 - slice_axis, 2 - slice_axis] = step
+    moved = [replace(prov, slice_index=int(round(prov.slice_index * step)), patch_to_ijk=scale @ prov.patch_to_ijk)
+             for prov in patches.provenance]
+    return PatchSet(patches.images, moved, patches.spec, list(patches.channel_names))
 
 
 def patches_for_case(

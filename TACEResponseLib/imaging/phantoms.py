@@ -1,19 +1,38 @@
 """Synthetic liver phantoms: the demo and test data. They are SYNTHETIC, not patient data.
 
 A phantom is a CT-like (HU) or MRI-like (arbitrary units) abdomen with a liver and one or
-more tumours whose internal pattern depends on a response class, so that the classes are
-learnable from a patch and the pipeline can be checked end to end:
+more tumours, imaged BEFORE treatment. Each tumour's response class (mRECIST after TACE)
+shows only through pre-treatment appearances that the literature links to response:
+responders tend to be smaller, hypervascular (strong arterial enhancement with portal
+washout), homogeneous, encapsulated and smooth-margined; non-responders larger,
+hypovascular, heterogeneous, necrotic, with irregular margins and (PD) satellite nodules.
 
-=====  ===================================================================================
-CR     dense homogeneous lipiodol-like deposit filling the tumour
-PR     partial deposit: dense blobs over about half of the tumour, viable tissue elsewhere
-SD     thick enhancing rim around a hypodense (necrotic) centre
-PD     heterogeneous, mottled enhancing mass, with satellite nodules in the liver nearby
-=====  ===================================================================================
+Each tumour draws a latent *responsiveness* ``s = mean[class] + N(0, signal_noise)``
+(CR 1.5, PR 0.5, SD −0.5, PD −1.5), and every appearance is a noisy function of ``s``
+(:class:`Appearance`, recorded in ``case.json``): the classes overlap, so a model cannot be
+perfect and its held-out accuracy means something. Nothing post-treatment (no lipiodol) is
+drawn.
+
+=========================  ===================================================================
+appearance                 from responsiveness u = (s + 2.5) / 5 in [0, 1] (plus noise)
+=========================  ===================================================================
+size                       semi-axes × (1.15 − 0.3·u)
+arterial enhancement       fraction f of hypervascular tissue (washes out in the portal phase)
+necrosis                   fraction of the tumour, central-patchy (about 0.35·(1 − u) − 0.08)
+heterogeneity              amplitude of the tumour's own texture, 6 + 26·(1 − u) HU
+capsule                    present with probability 0.1 + 0.8·u (enhances in the portal phase)
+margin irregularity        lobulation of the boundary, about 0.25·(1 − u) − 0.05
+satellites                 PD only: 2–4 nodules in the liver nearby
+=========================  ===================================================================
+
+``single_signal=True`` draws a uniform tumour (no necrosis, no capsule, smooth; u = 0.7 for
+CR/PR, 0.3 for SD/PD) with ONE ball that carries the class signal — CR-grade homogeneous
+hypervascular tissue for CR/PR, necrosis for SD/PD — and records its place
+(``signal_center_ras``, ``signal_radius_mm``): the CAM pointing game.
 
 Anatomy is defined in RAS millimetres and sampled on the voxel grid, so oblique direction
 matrices and anisotropic spacing change only the sampling, never the anatomy; tests use
-that to check geometry. Everything is seeded; a 128³ case takes well under a second.
+that to check geometry. Everything is seeded; a 128³ case takes about a second.
 """
 
 from __future__ import annotations
@@ -51,10 +70,10 @@ _CT = {
     "muscle": {"arterial": 50, "portal": 60},
     "liver": {"arterial": 75, "portal": 115},
     "vessel": {"arterial": 220, "portal": 180},
-    "viable": {"arterial": 135, "portal": 85},
-    "rim": {"arterial": 165, "portal": 120},
+    "tumour_hypo": {"arterial": 95, "portal": 95},      # hypovascular tumour tissue
+    "tumour_hyper": {"arterial": 200, "portal": 80},    # hypervascular: arterial enhancement, portal washout
     "necrosis": {"arterial": 15, "portal": 20},
-    "lipiodol": {"arterial": 420, "portal": 410},
+    "capsule": {"arterial": 70, "portal": 140},         # fibrous capsule: enhances late
 }
 _MR = {
     "air": dict.fromkeys(MR_SEQUENCES, 0),
@@ -62,23 +81,44 @@ _MR = {
     "muscle": {"T1_arterial": 300, "T1_portal": 320, "T1_delayed": 320, "T2": 180, "dual_echo_in": 320, "dual_echo_out": 300},
     "liver": {"T1_arterial": 380, "T1_portal": 520, "T1_delayed": 500, "T2": 220, "dual_echo_in": 420, "dual_echo_out": 400},
     "vessel": {"T1_arterial": 650, "T1_portal": 700, "T1_delayed": 520, "T2": 500, "dual_echo_in": 300, "dual_echo_out": 300},
-    "viable": {"T1_arterial": 620, "T1_portal": 400, "T1_delayed": 330, "T2": 420, "dual_echo_in": 350, "dual_echo_out": 340},
-    "rim": {"T1_arterial": 720, "T1_portal": 560, "T1_delayed": 480, "T2": 380, "dual_echo_in": 360, "dual_echo_out": 350},
+    "tumour_hypo": {"T1_arterial": 360, "T1_portal": 420, "T1_delayed": 400, "T2": 330, "dual_echo_in": 360, "dual_echo_out": 350},
+    "tumour_hyper": {"T1_arterial": 740, "T1_portal": 400, "T1_delayed": 330, "T2": 420, "dual_echo_in": 350, "dual_echo_out": 340},
     "necrosis": {"T1_arterial": 150, "T1_portal": 150, "T1_delayed": 160, "T2": 820, "dual_echo_in": 200, "dual_echo_out": 200},
-    "lipiodol": {"T1_arterial": 180, "T1_portal": 170, "T1_delayed": 170, "T2": 120, "dual_echo_in": 520, "dual_echo_out": 140},
+    "capsule": {"T1_arterial": 330, "T1_portal": 620, "T1_delayed": 660, "T2": 260, "dual_echo_in": 380, "dual_echo_out": 370},
 }
+
+
+#: mean latent responsiveness of each class (see the module docstring)
+RESPONSIVENESS = {"CR": 1.5, "PR": 0.5, "SD": -0.5, "PD": -1.5}
+
+
+DEFAULT_SIGNAL_NOISE = 0.6
+
+
+@dataclass
+class Appearance(JsonRecord):
+    """The pre-treatment appearance drawn for one tumour (what carries its response class)."""
+
+    responsiveness: float          # latent s; u = clip((s + 2.5) / 5, 0, 1)
+    size_factor: float             # semi-axes multiplied by this
+    enhancement: float             # fraction of hypervascular (arterial-enhancing, washing-out) tissue
+    necrosis: float                # fraction of the tumour that is necrotic
+    heterogeneity: float           # amplitude of the tumour's texture (HU; MR: ×2.5 a.u.)
+    capsule: bool                  # enhancing capsule at the boundary
+    margin_irregularity: float     # lobulation of the boundary (0 = smooth ellipsoid)
 
 
 @dataclass
 class Tumour(JsonRecord):
-    """One synthetic tumour: response class, centre (RAS mm), semi-axes (mm), segment id."""
+    """One synthetic tumour: response class, centre (RAS mm), semi-axes (mm), segment id, appearance."""
 
     response: str
     center_ras: tuple[float, float, float]
     semi_axes_mm: tuple[float, float, float]
     segment_id: str = ""
     satellites_ras: list[tuple[float, float, float]] = field(default_factory=list)
-    #: with ``single_deposit``: the one region that carries the class signal (ball, RAS mm)
+    appearance: Appearance | None = None
+    #: with ``single_signal``: the one region that carries the class signal (ball, RAS mm)
     signal_center_ras: tuple[float, float, float] | None = None
     signal_radius_mm: float | None = None
 
@@ -144,26 +184,30 @@ def make_phantom(
     phases: Sequence[str] | None = None,
     case_id: str | None = None,
     satellites_in_segment: bool = False,
-    single_deposit: bool = False,
+    single_signal: bool = False,
+    signal_noise: float = DEFAULT_SIGNAL_NOISE,
 ) -> PhantomCase:
-    """Make one SYNTHETIC case.
+    """Make one SYNTHETIC pre-treatment case.
 
     ``response`` is one class or one per tumour (several tumours → several segments).
     ``rotation_deg`` rotates the voxel grid (oblique direction matrix) about R, A, S while
     the anatomy stays put in RAS; ``spacing_ijk`` may be anisotropic (mm). ``noise`` is the
     image noise standard deviation (HU for CT, a.u. for MR; default 12 HU / 15 a.u.).
-    ``satellites_in_segment`` adds PD satellite nodules to the tumour's segment as islands.
-    ``single_deposit`` makes a PR tumour's deposit one compact ball off the centre, so that only
-    one region carries the class signal (for the CAM pointing game); its place is recorded.
+    ``signal_noise`` is the SD of each tumour's latent responsiveness around its class mean
+    (0: every tumour of a class looks alike). ``satellites_in_segment`` adds PD satellite
+    nodules to the tumour's segment as islands. ``single_signal`` draws a neutral tumour whose
+    only class evidence is one ball, recorded in the tumour (for the CAM pointing game).
     """
     responses = [response] if isinstance(response, str) else list(response)
     modality, table, phase_names, noise = _check_request(responses, modality, phases, noise)
+    if not (np.isfinite(signal_noise) and signal_noise >= 0):
+        raise InputError(f"phantom signal_noise must be a number ≥ 0, got {signal_noise!r}")
     rng = np.random.default_rng(seed)
     grid = _Grid.centred(shape_kji, spacing_ijk, rotation_deg)
     anatomy = _Anatomy.of(grid)
-    comp = {name: np.zeros(shape_kji, np.float32) for name in ("viable", "rim", "necrosis", "lipiodol")}
+    comp = {name: np.zeros(shape_kji, np.float32) for name in (*_TUMOUR_TISSUES, "texture")}
     tumours, masks = _tumours(responses, rng, grid, anatomy, comp, tumour_radius_mm, satellites_in_segment,
-                              single_deposit)
+                              single_signal, float(signal_noise))
     segmentation = Segmentation.from_masks(
         Volume(np.zeros(shape_kji, np.uint8), grid.ijk_to_ras, "grid"), masks, name=f"{case_id or 'phantom'}_tumour",
         terminology=LIVER_TUMOUR_TERMINOLOGY,
@@ -186,6 +230,8 @@ def make_phantom(
             "spacing_ijk_mm": [float(s) for s in grid.spacing],
             "rotation_deg": [float(r) for r in rotation_deg],
             "noise": noise,
+            "signal_noise": float(signal_noise),
+            "timing": "pre-treatment",
         },
     )
 
@@ -258,58 +304,166 @@ class _Anatomy:
         return cls(tissue, liver, liver_c, liver_ax)
 
 
+_TUMOUR_TISSUES = ("tumour_hypo", "tumour_hyper", "necrosis", "capsule")  # blended in this order
+
+
+def draw_appearance(response: str, rng: np.random.Generator, signal_noise: float = DEFAULT_SIGNAL_NOISE) -> Appearance:
+    """A tumour's pre-treatment appearance: latent responsiveness around its class mean, then each
+    feature a noisy function of it (module docstring)."""
+    s = RESPONSIVENESS[response] + float(rng.normal(0.0, signal_noise))
+    u = float(np.clip((s + 2.5) / 5.0, 0.0, 1.0))
+    return Appearance(
+        responsiveness=round(s, 4),
+        size_factor=round(float(np.clip(1.15 - 0.3 * u + rng.normal(0.0, 0.04), 0.8, 1.2)), 4),
+        enhancement=round(float(np.clip(0.15 + 0.7 * u + rng.normal(0.0, 0.06), 0.0, 1.0)), 4),
+        necrosis=round(float(np.clip(0.35 * (1.0 - u) - 0.08 + rng.normal(0.0, 0.04), 0.0, 0.45)), 4),
+        heterogeneity=round(float(max(2.0, 6.0 + 26.0 * (1.0 - u) + rng.normal(0.0, 3.0))), 3),
+        capsule=bool(rng.uniform() < 0.1 + 0.8 * u),
+        margin_irregularity=round(float(np.clip(0.25 * (1.0 - u) - 0.05 + rng.normal(0.0, 0.03), 0.0, 0.3)), 4),
+    )
+
+
+def background_appearance(response: str) -> Appearance:
+    """The tumour around the one ball of a ``single_signal`` phantom: smooth, no necrosis, no capsule, with the
+    uniform appearance of responsiveness u = 0.7 (CR/PR: a moderately enhancing tumour, ball = CR-grade
+    hypervascular tissue) or u = 0.3 (SD/PD: a poorly enhancing tumour, ball = necrosis)."""
+    u = 0.7 if response in OBJECTIVE_RESPONSE else 0.3
+    return Appearance(responsiveness=round(5 * u - 2.5, 4), size_factor=1.0, enhancement=round(0.15 + 0.7 * u, 4),
+                      necrosis=0.0, heterogeneity=round(6 + 26 * (1 - u), 3), capsule=False, margin_irregularity=0.0)
+
+
 def _tumours(responses: Sequence[str], rng, grid: _Grid, anatomy: _Anatomy, comp: dict[str, np.ndarray],
              tumour_radius_mm: tuple[float, float], satellites_in_segment: bool,
-             single_deposit: bool) -> tuple[list[Tumour], dict[str, np.ndarray]]:
-    """Place each tumour in the liver and paint its class pattern into ``comp`` (fraction maps, later
-    components overwrite earlier ones); returns the tumours and their segment masks."""
+             single_signal: bool, signal_noise: float) -> tuple[list[Tumour], dict[str, np.ndarray]]:
+    """Place each tumour in the liver and paint its appearance into ``comp`` (fraction maps, later
+    tissues overwrite earlier ones, plus an additive texture); returns the tumours and their masks."""
     x, y, z = grid.ras
     tumours: list[Tumour] = []
     masks: dict[str, np.ndarray] = {}
     placed: list[tuple[np.ndarray, float]] = []
     for index, resp in enumerate(responses):
-        semi = rng.uniform(*tumour_radius_mm, size=3)
+        look = background_appearance(resp) if single_signal else draw_appearance(resp, rng, signal_noise)
+        semi = rng.uniform(*tumour_radius_mm, size=3) * look.size_factor
         semi[2] = semi[:2].mean() * rng.uniform(0.85, 1.1)
         center = _place_tumour(rng, anatomy.liver_c, anatomy.liver_ax, semi, placed)
-        placed.append((center, float(semi.max())))
-        rx, ry, rz = (x - center[0]) / semi[0], (y - center[1]) / semi[1], (z - center[2]) / semi[2]
-        radius = np.sqrt(rx * rx + ry * ry + rz * rz)
-        inside = radius <= 1.0
-        signal = None
-        if single_deposit and resp == "PR":
-            signal = _single_deposit(rng, comp, inside, grid.ras, center, semi)
-            sat_centres = []
-        else:
-            sat_centres = _add_pattern(resp, rng, comp, inside, radius, grid.ras, center, semi, anatomy.liver_c,
-                                       anatomy.liver_ax, grid.spacing)
+        placed.append((center, float(semi.max()) * (1.0 + look.margin_irregularity)))
+        inside, radius, sub = _tumour_shape(rng, grid, center, semi, look.margin_irregularity)
+        _paint(rng, comp, inside, radius, sub, look, grid.spacing)
+        signal = _single_signal(comp, inside, grid.ras, center, semi, resp, rng) if single_signal else None
+        sat_centres = _satellites(rng, comp, grid.ras, center, semi, anatomy) if resp == "PD" and not single_signal \
+            else []
         segment_mask = inside.copy()
         if satellites_in_segment:
             for sc in sat_centres:
                 segment_mask |= ((x - sc[0]) ** 2 + (y - sc[1]) ** 2 + (z - sc[2]) ** 2) <= 25.0
         masks[f"Tumour_{index + 1}" if len(responses) > 1 else "Tumour"] = segment_mask
         tumours.append(Tumour(resp, tuple(float(c) for c in center), tuple(float(s) for s in semi),
-                              satellites_ras=[tuple(float(v) for v in s) for s in sat_centres],
+                              satellites_ras=[tuple(float(v) for v in s) for s in sat_centres], appearance=look,
                               signal_center_ras=None if signal is None else tuple(float(v) for v in signal[0]),
                               signal_radius_mm=None if signal is None else float(signal[1])))
     return tumours, masks
 
 
+def _tumour_shape(rng, grid: _Grid, center, semi, irregularity: float):
+    """Mask of the tumour (an ellipsoid whose boundary is lobulated by ``irregularity``), its
+    normalised radius and the bounding box (slices) it is painted in."""
+    x, y, z = grid.ras
+    rx, ry, rz = (x - center[0]) / semi[0], (y - center[1]) / semi[1], (z - center[2]) / semi[2]
+    radius = np.sqrt(rx * rx + ry * ry + rz * rz)
+    reach = 1.0 + 2.0 * irregularity
+    sub = _bounding_box(radius <= reach) if np.any(radius <= reach) else _bounding_box(radius <= radius.min())
+    lobes = np.zeros(radius.shape, np.float32)
+    lobes[sub] = _smooth_noise(rng, radius[sub].shape, sigma_vox=5.0 / grid.spacing[::-1])
+    inside = radius <= 1.0 + irregularity * np.clip(lobes, -2.0, 2.0)
+    if irregularity > 0:  # lobes must not break off: keep the piece that holds the ellipsoid's core
+        from scipy.ndimage import label
+
+        pieces, _ = label(inside[sub])
+        core = pieces[radius[sub] <= 0.5]
+        keep = np.bincount(core[core > 0]).argmax() if np.any(core > 0) else 1
+        inside[sub] = pieces == keep
+    return inside, radius, sub
+
+
+def _paint(rng, comp: dict[str, np.ndarray], inside: np.ndarray, radius: np.ndarray, sub, look: Appearance,
+           spacing) -> None:
+    """Hypo- and hypervascular tissue, central-patchy necrosis, capsule and texture of one tumour."""
+    comp["tumour_hypo"][inside] = 1.0
+    comp["tumour_hyper"][inside] = look.enhancement
+    local = np.zeros(inside.shape, np.float32)
+    local[sub] = _smooth_noise(rng, inside[sub].shape, sigma_vox=3.0 / spacing[::-1])
+    texture = np.zeros(inside.shape, np.float32)
+    texture[sub] = _smooth_noise(rng, inside[sub].shape, sigma_vox=1.5 / spacing[::-1])
+    comp["texture"][inside] = look.heterogeneity * texture[inside]
+    if look.necrosis > 0:
+        score = 0.6 * local - 1.5 * radius  # necrosis gathers in the centre, in patches
+        cut = np.quantile(score[inside], 1.0 - look.necrosis)
+        necrotic = inside & (score > cut)
+        comp["necrosis"][necrotic] = 1.0
+        comp["texture"][necrotic] *= 0.3
+    if look.capsule:
+        # a shell of about 1.5 mm just inside the boundary (the ROI includes the capsule)
+        from scipy.ndimage import binary_erosion
+
+        depth = np.maximum(1, np.round(1.5 / np.asarray(spacing[::-1]))).astype(int)
+        structure = np.ones(tuple(2 * d + 1 for d in depth), bool)
+        core = np.zeros(inside.shape, bool)
+        core[sub] = binary_erosion(inside[sub], structure=structure)
+        comp["capsule"][inside & ~core] = 1.0
+
+
+def _single_signal(comp, inside, ras, center, semi, response: str, rng) -> tuple[np.ndarray, float]:
+    """One ball off the centre in-plane (inside the largest-slice patch) carrying the class signal:
+    homogeneous CR-grade hypervascular tissue (CR/PR) or necrosis (SD/PD) inside an otherwise uniform tumour."""
+    x, y, z = ras
+    radius = 0.4 * float(semi[:2].min())
+    angle = rng.uniform(0, 2 * np.pi)
+    offset = 0.2 * float(semi[:2].min())
+    ball_centre = center + np.array([np.cos(angle) * offset, np.sin(angle) * offset, 0.0])
+    ball = inside & (((x - ball_centre[0]) ** 2 + (y - ball_centre[1]) ** 2 + (z - ball_centre[2]) ** 2) <= radius ** 2)
+    if response in OBJECTIVE_RESPONSE:
+        comp["tumour_hyper"][ball] = 1.0
+        comp["texture"][ball] *= 0.2
+    else:
+        comp["necrosis"][ball] = 1.0
+        comp["texture"][ball] *= 0.3
+    return ball_centre, radius
+
+
+def _satellites(rng, comp, ras, center, semi, anatomy: _Anatomy) -> list[np.ndarray]:
+    """2–4 small hypervascular nodules near a PD tumour (multifocality), inside the liver."""
+    x, y, z = ras
+    satellites: list[np.ndarray] = []
+    for _ in range(int(rng.integers(2, 5))):
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        sc = center + direction * (semi.max() + rng.uniform(6.0, 12.0))
+        if np.all(np.abs((sc - anatomy.liver_c) / anatomy.liver_ax) < 0.9):
+            satellites.append(sc)
+            ball = ((x - sc[0]) ** 2 + (y - sc[1]) ** 2 + (z - sc[2]) ** 2) <= 16.0
+            comp["tumour_hypo"][ball] = 1.0
+            comp["tumour_hyper"][ball] = 0.7
+    return satellites
+
+
 def _images(rng, grid: _Grid, anatomy: _Anatomy, comp: dict[str, np.ndarray], table: dict, phase_names: Sequence[str],
             modality: str, noise: float) -> dict[str, Volume]:
-    """One image per phase: tissue intensities, liver texture, tumour components, noise."""
+    """One image per phase: tissue intensities, liver texture, tumour tissues and texture, noise."""
     shape_kji = grid.shape_kji
     texture = _smooth_noise(rng, shape_kji, sigma_vox=2.0 / grid.spacing[::-1] * 1.5)
     liver = anatomy.liver
+    scale = 1.0 if modality == "CT" else 2.5
     volumes: dict[str, Volume] = {}
     for phase in phase_names:
         image = np.zeros(shape_kji, np.float32)
         for name, mask in anatomy.tissue.items():
             image[mask] = table[name][phase]
         image[liver] += 6.0 * texture[liver] * (1.0 if modality == "CT" else 2.0)
-        for name in ("viable", "rim", "necrosis", "lipiodol"):
+        for name in _TUMOUR_TISSUES:
             frac = comp[name]
             sel = frac > 0
             image[sel] = image[sel] * (1 - frac[sel]) + table[name][phase] * frac[sel]
+        image += scale * comp["texture"]
         image += rng.normal(0.0, noise, size=shape_kji).astype(np.float32)
         if modality == "MR":
             image = np.clip(image, 0, None)
@@ -335,52 +489,6 @@ def _place_tumour(rng, liver_c, liver_ax, semi, placed) -> np.ndarray:
         if all(np.linalg.norm(center - c) > r + semi.max() + 3.0 for c, r in placed):
             return center
     raise InputError("phantom: cannot fit that many tumours of that size in the liver; use fewer or smaller")
-
-
-def _single_deposit(rng, comp, inside, ras, center, semi) -> tuple[np.ndarray, float]:
-    """One dense ball (the only class signal) in viable tumour, off the centre in-plane."""
-    x, y, z = ras
-    radius = 0.42 * float(semi[:2].min())
-    angle = rng.uniform(0, 2 * np.pi)
-    offset = 0.35 * float(semi[:2].min())
-    ball_centre = center + np.array([np.cos(angle) * offset, np.sin(angle) * offset, 0.0])
-    ball = inside & (((x - ball_centre[0]) ** 2 + (y - ball_centre[1]) ** 2 + (z - ball_centre[2]) ** 2) <= radius ** 2)
-    comp["viable"][inside] = 1.0
-    comp["lipiodol"][ball] = 1.0
-    return ball_centre, radius
-
-
-def _add_pattern(resp, rng, comp, inside, radius, ras, center, semi, liver_c, liver_ax, spacing) -> list[np.ndarray]:
-    """Write the class pattern of one tumour into the component fraction maps."""
-    x, y, z = ras
-    satellites: list[np.ndarray] = []
-    if resp == "CR":
-        comp["lipiodol"][inside] = 1.0
-        return satellites
-    sub = _bounding_box(inside)
-    local = np.zeros(inside.shape, np.float32)
-    local[sub] = _smooth_noise(rng, inside[sub].shape, sigma_vox=3.0 / spacing[::-1])
-    if resp == "PR":
-        comp["viable"][inside] = 1.0
-        deposit = inside & (local > 0.0)
-        comp["lipiodol"][deposit] = 1.0
-    elif resp == "SD":
-        core = inside & (radius <= 0.5)
-        comp["rim"][inside & ~core] = 1.0
-        comp["necrosis"][core] = 1.0
-    else:  # PD
-        comp["viable"][inside] = 1.0
-        comp["rim"][inside & (local > 0.35)] = 1.0
-        comp["necrosis"][inside & (local < -0.8)] = 0.8
-        for _ in range(int(rng.integers(2, 5))):
-            direction = rng.normal(size=3)
-            direction /= np.linalg.norm(direction)
-            sc = center + direction * (semi.max() + rng.uniform(6.0, 12.0))
-            if np.all(np.abs((sc - liver_c) / liver_ax) < 0.9):
-                satellites.append(sc)
-                ball = ((x - sc[0]) ** 2 + (y - sc[1]) ** 2 + (z - sc[2]) ** 2) <= 16.0
-                comp["viable"][ball] = 1.0
-    return satellites
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:

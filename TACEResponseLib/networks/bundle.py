@@ -87,6 +87,20 @@ class BundleCard(JsonRecord):
     #: how segments became tumours and which tumours answered for the patient in training
     #: (``split``, ``min_island_ml``, ``patient_rule``); prediction uses it unless told otherwise
     tumour_rule: dict[str, Any] = field(default_factory=dict)
+    #: the input scaling the weights were trained with (:mod:`.input_scaling`): ``"none"`` or a mapping
+    #: with ``mean`` and ``std`` per channel; a card without it (older bundles) is read as ``"none"``
+    input_scaling: dict[str, Any] | str | None = None
+
+    @property
+    def scaling(self):
+        """The :class:`~TACEResponseLib.networks.input_scaling.InputScaling` to apply to patches."""
+        from TACEResponseLib.networks.input_scaling import scaling_of
+
+        return scaling_of(self.input_scaling)
+
+    def input_normalizations(self) -> list[str]:
+        """How each input image is normalised, in words (the patch spec's per-input normalisation)."""
+        return [self.patch_spec.describe_normalization(n) for n in range(len(self.inputs))]
 
     @property
     def synthetic(self) -> bool:
@@ -129,9 +143,11 @@ class BundleCard(JsonRecord):
             raise BundleError(f"{source}: model card lacks {', '.join(missing)}")
         data = {**data, "inputs": [p if isinstance(p, Mapping) else {"name": str(p)} for p in data["inputs"]]}
         try:
-            return super().from_dict(data, source)
+            card = super().from_dict(data, source)
+            card.scaling  # noqa: B018 - a malformed input_scaling is refused on reading
+            return card
         except InputError as exc:
-            raise BundleError(str(exc)) from None
+            raise BundleError(f"{source}: {exc}" if source and source not in str(exc) else str(exc)) from None
 
 
 @dataclass
@@ -225,7 +241,10 @@ def card_markdown(card: BundleCard) -> str:
         description=card.description, intended_use=card.intended_use,
         architecture=f"{card.architecture} {card.network_options or ''}".rstrip(),
         classes=", ".join(card.class_names), task=card.task,
-        inputs=", ".join(f"{p.name} ({p.modality})" for p in card.inputs),
+        inputs="; ".join(f"{p.name} ({p.modality}, {norm})" for p, norm in zip(card.inputs, card.input_normalizations())),
+        input_scaling=(f"{card.scaling.note or card.scaling.name}; mean {card.scaling.mean}, std {card.scaling.std}"
+                       if card.scaling.applies
+                       else f"none ({card.scaling.note})"),
         patches=json.dumps(card.patch_spec.to_dict()),
         clinical_factors=("**Clinical factors.** " + ", ".join(f"{c.name} [{c.unit}]" for c in card.clinical_factors)
                           + "\n\n") if card.clinical_factors else "",

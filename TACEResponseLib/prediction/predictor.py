@@ -41,6 +41,7 @@ from TACEResponseLib.imaging.tumours import (
 )
 from TACEResponseLib.networks.bundle import Bundle
 from TACEResponseLib.networks.catalog import resolve_bundle
+from TACEResponseLib.networks.input_scaling import scale_inputs
 from TACEResponseLib.prediction.cam import (
     forward_with_cam,
     grad_cam,
@@ -134,15 +135,21 @@ class Predictor:
             raise InputError(f"model {self.bundle.id} needs {len(needed)} image(s) in this order: "
                              f"{', '.join(needed)}; got {len(images)} ({got})")
         warnings = []
-        for image, phase in zip(images, card.inputs):
+        for n, (image, phase) in enumerate(zip(images, card.inputs)):
             label = f"{phase.name} image ({image.metadata.get('source') or image.name or 'in memory'})"
             check_scan(image, label=label)
             warnings += [str(w) for w in image.metadata.get("warnings") or []]  # e.g. a DICOM series regularised
-            if phase.modality.upper() == "CT" and card.patch_spec.normalization == "window":
+            window = card.patch_spec.normalization_for(n) == "window"
+            warning = None
+            if phase.modality.upper() == "CT" and window:
                 warning = hu_warning(image, label=label)
-                if warning:
-                    logger.warning(warning)
-                    warnings.append(warning)
+            elif phase.modality.upper().startswith("MR") and window:
+                warning = (f"{label}: an MR input normalised with the CT window {card.patch_spec.window} HU, as model "
+                           f"{self.bundle.id}'s card says; MR intensities are not HU, so check that the model was "
+                           "trained this way")
+            if warning:
+                logger.warning(warning)
+                warnings.append(warning)
         return warnings
 
     def predict(
@@ -186,7 +193,8 @@ class Predictor:
         progress(0.45, "forward")
         from TACEResponseLib.networks.device import run_with_device_fallback
 
-        all_images = np.concatenate([p.images for _, p in assessed])
+        # the input scaling the weights were trained with (ImageNet mean/SD, or none): CAM sees the same input
+        all_images = scale_inputs(np.concatenate([p.images for _, p in assessed]), card.scaling)
         owners = np.concatenate([[n] * len(p) for n, (_, p) in enumerate(assessed)])
         outcome = run_with_device_fallback(lambda device: self._forward(all_images, clinical_values, owners, device),
                                            self.device)

@@ -135,6 +135,15 @@ class FeatureSettings(JsonRecord):
                          normalization="zscore", single_phase_channels="repeat", n_channels=3)
 
     @property
+    def input_scaling(self):
+        """What the DenseNet's input gets after the patch normalisation (the one rule of
+        :func:`~TACEResponseLib.networks.input_scaling.resolve_input_scaling`, as training and prediction)."""
+        from TACEResponseLib.networks.input_scaling import resolve_input_scaling
+
+        spec = self.patch_spec
+        return resolve_input_scaling("auto", bool(self.pretrained), [spec.normalization_for(0)], spec.n_channels)
+
+    @property
     def feature_names(self) -> list[str]:
         return feature_names(self.phases)
 
@@ -398,6 +407,7 @@ class DeepFeatureExtractor:
             "format": FEATURE_FORMAT,
             "settings": self.settings.to_dict(),
             "patch_spec": self.settings.patch_spec.to_dict(),
+            "input_scaling": self.settings.input_scaling.to_dict(),
             "weights": self.weights.to_dict(),
             "label": self.weights.label,
             "n_features": len(self.feature_names),
@@ -411,7 +421,9 @@ class DeepFeatureExtractor:
         from TACEResponseLib.networks.device import run_with_device_fallback
         from TACEResponseLib.networks.features import densenet_features
 
-        patches = np.ascontiguousarray(patches, dtype=np.float32)
+        from TACEResponseLib.networks.input_scaling import scale_inputs
+
+        patches = scale_inputs(np.ascontiguousarray(patches, dtype=np.float32), self.settings.input_scaling)
         network = self.network
 
         def run(device):

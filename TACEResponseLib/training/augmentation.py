@@ -1,4 +1,4 @@
-"""Peng 2019's augmentation: flips and ±90° rotations, and class balancing by augmented copies.
+"""Peng 2019's augmentation: flips and 90°/180°/270° rotations, and class balancing by augmented copies.
 
 Every transform is an exact pixel permutation of a square patch, so labels and intensities
 are unchanged.
@@ -16,11 +16,12 @@ from TACEResponseLib.core.errors import InputError
 logger = logging.getLogger(__name__)
 
 # --- augmentation -------------------------------------------------------------------------------------
-#: exact pixel permutations of a square patch (last two axes): Peng's flips and ±90° rotations
-TRANSFORMS = ("identity", "flip_lr", "flip_ud", "rot90", "rot270")
+#: exact pixel permutations of a square patch (last two axes): Peng's flips and 90°, 180°, 270° rotations
+#: (180° = both flips)
+TRANSFORMS = ("identity", "flip_lr", "flip_ud", "rot90", "rot270", "rot180")
 
 
-BALANCE_TRANSFORMS = (1, 2, 3, 4)
+BALANCE_TRANSFORMS = (1, 2, 3, 4, 5)
 
 
 def augment(patch, transform: int):
@@ -30,21 +31,23 @@ def augment(patch, transform: int):
     """
     if transform == 0:
         return patch
+    if transform not in range(1, len(TRANSFORMS)):
+        raise InputError(f"unknown augmentation transform {transform}; use 0–{len(TRANSFORMS) - 1}")
+    turns = {3: 1, 4: -1, 5: 2}
     if isinstance(patch, np.ndarray):
         if transform == 1:
             return np.flip(patch, axis=-1)
         if transform == 2:
             return np.flip(patch, axis=-2)
-        return np.rot90(patch, k=1 if transform == 3 else -1, axes=(-2, -1))
+        return np.rot90(patch, k=turns[transform], axes=(-2, -1))
     import torch
 
     if transform == 1:
         return torch.flip(patch, dims=(-1,))
     if transform == 2:
         return torch.flip(patch, dims=(-2,))
-    if transform in (3, 4):
-        return torch.rot90(patch, k=1 if transform == 3 else -1, dims=(-2, -1))
-    raise InputError(f"unknown augmentation transform {transform}; use 0–{len(TRANSFORMS) - 1}")
+    if transform in turns:
+        return torch.rot90(patch, k=turns[transform], dims=(-2, -1))
 
 
 def balance_by_augmentation(labels: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

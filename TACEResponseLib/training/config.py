@@ -41,6 +41,27 @@ ARCHITECTURE_REFERENCES = {"resnet50": ["peng2019", "he2016"], "resnet18": ["pen
                     "densenet121": ["zhang2020"], "inceptionv4": ["quan2024"], "fusion": ["quan2024"]}
 
 
+#: what ``protocol="peng2019"`` sets: Peng 2019 as published — every patient trains (no hold-out),
+#: no early stopping (the last epoch's weights), SGD with momentum 0.9, lr 1e-4, batch 64, 54
+#: epochs, ResNet50, 224-px largest-slice patches resampled to 1 mm through-plane, class
+#: balancing with flips and 90°/180°/270° rotations
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "peng2019": {"architecture": "resnet50", "validation_fraction": 0.0, "early_stopping": False, "optimizer": "sgd",
+                 "learning_rate": 1e-4, "momentum": 0.9, "batch_size": 64, "epochs": 54, "balance": True,
+                 "augment": True},
+}
+
+
+#: patch settings of a protocol (applied to the patch spec)
+PROTOCOL_PATCHES: dict[str, dict[str, Any]] = {
+    "peng2019": {"strategy": "largest_slice", "size": 224, "n_slices": 3, "slice_spacing_mm": 1.0},
+}
+
+
+#: default normalisation of an input by modality: CT gets the HU window, MR never does
+DEFAULT_NORMALIZATION = {"CT": "window", "MR": "roi_percentile"}
+
+
 #: freezing used with ImageNet weights when ``freeze="auto"``: the whole convolutional base (Peng 2019)
 _AUTO_FREEZE = {"resnet50": "layer4", "resnet18": "layer4", "densenet121": "features",
                 "inceptionv4": "blocks", "fusion": "backbone.blocks"}
@@ -85,10 +106,15 @@ class TrainingConfig(JsonRecord):
     n_bootstrap: int = 1000
     islands: IslandRule = field(default_factory=IslandRule)  # how segments become tumours (as prediction)
     patient_rule: str = DEFAULT_PATIENT_RULE                 # which tumours' patches stand for the patient
+    early_stopping: bool = True                  # False: train every epoch and keep the last weights
+    input_scaling: str = "auto"                  # "auto": ImageNet mean/SD with ImageNet weights, else none
+    protocol: str | None = None                  # a published recipe (PROTOCOLS) the settings follow
+    protocol_deviations: dict[str, Any] = field(default_factory=dict)  # where they do not, by request
 
     def __post_init__(self) -> None:
         if isinstance(self.patch_spec, Mapping):
             self.patch_spec = PatchSpec.from_dict(dict(self.patch_spec))
+        self.modality = "MR" if str(self.modality).upper().startswith("MR") else str(self.modality).upper()
         if isinstance(self.islands, Mapping):
             self.islands = IslandRule.from_dict(dict(self.islands))
         self.patient_rule = check_patient_rule(self.patient_rule)
@@ -117,10 +143,50 @@ class TrainingConfig(JsonRecord):
             problems.append("at least one image phase is needed")
         if self.clinical and self.architecture != "fusion":
             problems.append(f"clinical factors {self.clinical} need the 'fusion' architecture, not {self.architecture!r}")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            problems.append(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.input_scaling not in ("auto", "imagenet", "none"):
+            problems.append(f"input scaling must be auto, imagenet or none, got {self.input_scaling!r}")
+        if self.modality not in DEFAULT_NORMALIZATION:
+            problems.append(f"modality must be CT or MR, got {self.modality!r}")
         if problems:
             raise InputError("training configuration: " + "; ".join(problems))
+        if self.patch_spec.normalizations is None:
+            self.patch_spec = _per_input_normalization(self.patch_spec, self.modality, len(self.phases))
+        elif len(self.patch_spec.normalizations) != len(self.phases):
+            raise InputError(f"training configuration: {len(self.patch_spec.normalizations)} normalisation(s) for "
+                             f"{len(self.phases)} input image(s) {self.phases}")
         if self.architecture == "fusion":
             self.network_options = {**self.network_options, "n_clinical": len(self.clinical)}
+
+    @classmethod
+    def for_protocol(cls, protocol: str, overrides: Mapping[str, Any] | None = None, **values: Any) -> "TrainingConfig":
+        """The settings of a published ``protocol`` (:data:`PROTOCOLS`, :data:`PROTOCOL_PATCHES`) on top
+        of ``values``; ``overrides`` (what the user asked for explicitly, patch settings under
+        ``patch_spec``) win over the protocol and are listed in ``protocol_deviations`` (and logged)."""
+        if protocol not in PROTOCOLS:
+            raise InputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        overrides = dict(overrides or {})
+        patch_overrides = dict(overrides.pop("patch_spec", {}) or {})
+        fixed, fixed_patches = PROTOCOLS[protocol], PROTOCOL_PATCHES[protocol]
+        deviations = {k: {"protocol": fixed[k], "used": v} for k, v in overrides.items() if k in fixed and fixed[k] != v}
+        deviations.update({f"patch_spec.{k}": {"protocol": fixed_patches[k], "used": v}
+                           for k, v in patch_overrides.items() if k in fixed_patches and fixed_patches[k] != v})
+        if deviations:
+            logger.warning("protocol %s with deviations: %s", protocol,
+                           ", ".join(f"{k} {d['used']!r} instead of {d['protocol']!r}" for k, d in deviations.items()))
+        spec = values.pop("patch_spec", None) or PatchSpec()
+        spec_values = {**spec.to_dict(), **fixed_patches, **patch_overrides}
+        return cls(**{**values, **fixed, **overrides, "protocol": protocol, "protocol_deviations": deviations,
+                      "patch_spec": PatchSpec.from_dict(spec_values)})
+
+    def resolved_input_scaling(self, in_channels: int):
+        """The :class:`~TACEResponseLib.networks.input_scaling.InputScaling` the network is trained with."""
+        from TACEResponseLib.networks.input_scaling import resolve_input_scaling
+
+        return resolve_input_scaling(self.input_scaling, bool(self.pretrained),
+                                     [self.patch_spec.normalization_for(n) for n in range(len(self.phases))],
+                                     in_channels)
 
     @property
     def class_names(self) -> list[str]:
@@ -140,3 +206,15 @@ class TrainingConfig(JsonRecord):
                     "n_bootstrap", "weights_dtype", "synthetic"):
             data.pop(key)
         return json.loads(json.dumps(data, sort_keys=True))
+
+
+def _per_input_normalization(spec: PatchSpec, modality: str, n_inputs: int) -> PatchSpec:
+    """The spec with one normalisation per input: the spec's own, except that MR inputs never get the CT
+    window by default (they get :data:`DEFAULT_NORMALIZATION` ``["MR"]``, and the log says so)."""
+    from dataclasses import replace
+
+    method = spec.normalization
+    if modality == "MR" and method == "window":
+        method = DEFAULT_NORMALIZATION["MR"]
+        logger.info("MR inputs: normalised by %s, not by the CT window", method)
+    return replace(spec, normalizations=[method] * n_inputs)

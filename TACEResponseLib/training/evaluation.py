@@ -43,6 +43,9 @@ class CasePrediction:
     label: str
     probabilities: list[float]
     n_patches: int
+    #: the probabilities of every patch that answered for the patient (patch-level metrics)
+    patch_probabilities: list[list[float]] = field(default_factory=list)
+    clinical: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,7 +77,7 @@ class EvaluationReport:
         lines.append("confusion matrix (rows true, columns predicted: " + " ".join(cm["labels"]) + ")")
         lines += ["  " + f"{name:>4} " + " ".join(f"{v:4d}" for v in row)
                   for name, row in zip(cm["labels"], cm["rows_true_columns_predicted"])]
-        return lines
+        return lines + statistics_lines(m)
 
 
 def predict_rows(predictor, rows, progress_bar: bool = True) -> tuple[list[CasePrediction], dict[str, str]]:
@@ -93,7 +96,10 @@ def predict_rows(predictor, rows, progress_bar: bool = True) -> tuple[list[CaseP
                                   segments=[row.segment] if row.segment else None, clinical=row.clinical or None,
                                   case_id=row.case_id)
             patient = result.patient
-            predictions.append(CasePrediction(row.case_id, row.label, list(patient.probabilities), patient.n_patches))
+            used = set(patient.tumours)
+            patches = [p for t in result.tumours if t.label in used for p in t.patch_probabilities]
+            predictions.append(CasePrediction(row.case_id, row.label, list(patient.probabilities), patient.n_patches,
+                                              patches, dict(row.clinical or {})))
         except (TACEResponseError, OSError) as exc:
             logger.error("case %s: %s", row.case_id, exc)
             failed[row.case_id] = str(exc)
@@ -111,6 +117,7 @@ def evaluate_bundle(
     plots: bool = True,
     islands=None,
     patient_rule: str | None = None,
+    clinical_factors: Sequence[str] = (),
 ) -> EvaluationReport:
     """Predict every case of ``manifest`` with ``bundle`` and write the report and figures to ``output``.
 
@@ -120,6 +127,7 @@ def evaluate_bundle(
         n_bootstrap, seed: patient-level bootstrap of every CI.
         plots: also draw the ROC, confusion, calibration and decision-curve figures.
         islands, patient_rule: the tumour rules (default: the bundle's training rules, as prediction).
+        clinical_factors: numeric manifest columns whose own ROC is compared with the model's (DeLong).
 
     Returns:
         The :class:`EvaluationReport` (metrics, per-case predictions, failed cases, files written).
@@ -133,16 +141,19 @@ def evaluate_bundle(
     output = check_output_folder(output)
     bundle = bundle if isinstance(bundle, Bundle) else resolve_bundle(bundle)
     card = bundle.card
+    model_factors = [c.name for c in card.clinical_factors]
     rows = read_manifest(manifest, [p.name for p in card.inputs], require_label=True,
-                         clinical=[c.name for c in card.clinical_factors], class_names=card.class_names)
+                         clinical=list(dict.fromkeys([*model_factors, *clinical_factors])), class_names=card.class_names)
     predictor = Predictor(bundle, device=device, cam_method="none", islands=islands, patient_rule=patient_rule)
     predictions, failed = predict_rows(predictor, rows, progress_bar)
+
     if not predictions:
         raise InputError(f"{manifest}: no case could be predicted; first error: {next(iter(failed.values()), '?')}")
     labels = [p.label for p in predictions]
     probabilities = np.array([p.probabilities for p in predictions])
     metrics = compute_metrics(labels, probabilities, card.class_names, card.objective_response_indices,
                               n_bootstrap=n_bootstrap, seed=seed)
+    metrics.update(response_statistics(predictions, card, clinical_factors))
     output.mkdir(exist_ok=True)
     cohort_synthetic = all(r.synthetic for r in rows)
     report: dict[str, Any] = {
@@ -164,10 +175,105 @@ def evaluate_bundle(
         files.update(write_plots(metrics, labels, probabilities, card.class_names, card.objective_response_indices,
                                  output, n_bootstrap=n_bootstrap, seed=seed,
                                  footer=_footer(card.synthetic, cohort_synthetic, bundle.id)))
+        if metrics.get("clinical_factors"):
+            files["clinical_factor_roc"] = _factor_figure(predictions, card, metrics["clinical_factors"], output,
+                                                          _footer(card.synthetic, cohort_synthetic, bundle.id)).name
     report["files"] = files
     report["runtime_s"] = round(time.perf_counter() - started, 2)
     write_json_atomic(output / REPORT_FILE, report)
     return EvaluationReport(metrics, predictions, failed, output, files)
+
+
+def response_statistics(predictions: Sequence[CasePrediction], card, clinical_factors: Sequence[str] = ()) -> dict[str, Any]:
+    """Patch-level metrics, and for the binary outcome (objective response, or responder): the
+    Mann–Whitney U of its probability between the two groups, sensitivity/specificity/PPV/NPV at
+    the Youden cut-off chosen on the training data (the card's; else on this cohort, and said so),
+    and each clinical factor's own ROC AUC compared with the model's by DeLong's test."""
+    from TACEResponseLib.training.roc_statistics import (
+        delong,
+        mann_whitney,
+        operating_point,
+        patch_metrics,
+        youden_cutoff,
+    )
+
+    class_names = list(card.class_names)
+    objective = card.objective_response_indices
+    patch_labels = [class_names.index(p.label) for p in predictions for _ in p.patch_probabilities]
+    patch_probs = np.array([q for p in predictions for q in p.patch_probabilities], float)
+    out: dict[str, Any] = {}
+    if len(patch_probs):
+        out["patch_level"] = patch_metrics(patch_labels, patch_probs, class_names, objective)
+    if not objective:
+        return out
+    truth = np.array([int(class_names.index(p.label) in objective) for p in predictions])
+    score = np.array([sum(p.probabilities[i] for i in objective) for p in predictions])
+    positive = " + ".join(class_names[i] for i in objective)
+    out["mann_whitney"] = {"score": f"P({positive})", "groups": f"{positive} (1) vs the others (0)",
+                           **mann_whitney(score, truth)}
+    if not 0 < truth.sum() < len(truth):
+        return out
+    trained = (card.metrics or {}).get("operating_point") or {}
+    if trained.get("threshold") is not None:
+        threshold, chosen = float(trained["threshold"]), trained.get("chosen_on", "training data (Youden J)")
+    else:
+        threshold = youden_cutoff(truth, score)["threshold"]
+        chosen = "this cohort (Youden J; the card has no training cut-off, so these figures are optimistic)"
+    out["operating_point"] = {"chosen_on": chosen, **operating_point(truth, score, threshold)}
+    factors = {}
+    for name in clinical_factors:
+        values = np.array([p.clinical.get(name, np.nan) for p in predictions], float)
+        if not np.all(np.isfinite(values)):
+            factors[name] = {"note": "missing values; not compared"}
+            continue
+        result = delong(truth, [score, values])
+        higher = result.aucs[1] >= 0.5  # a factor may point either way: its better direction is reported
+        if not higher:
+            result = delong(truth, [score, -values])
+        factors[name] = {"auc": result.aucs[1], "direction": f"higher {name} → {positive}" if higher
+                         else f"lower {name} → {positive}", "model_auc": result.aucs[0],
+                         "delong_model_vs_factor": result.compare(0, 1),
+                         "note": "direction chosen on this cohort"}
+    if factors:
+        out["clinical_factors"] = factors
+    return out
+
+
+def _factor_figure(predictions: Sequence[CasePrediction], card, statistics: dict[str, Any], output: Path,
+                   footer: str) -> Path:
+    from TACEResponseLib.training.figures import write_factor_roc
+
+    objective = card.objective_response_indices
+    truth = np.array([int(card.class_names.index(p.label) in objective) for p in predictions])
+    score = np.array([sum(p.probabilities[i] for i in objective) for p in predictions])
+    factors = {name: np.array([p.clinical.get(name, np.nan) for p in predictions], float) for name in statistics}
+    outcome = " + ".join(card.class_names[i] for i in objective)
+    return write_factor_roc(output / "clinical_factor_roc.png", truth, score, factors, statistics, outcome, footer)
+
+
+def statistics_lines(metrics: dict[str, Any]) -> list[str]:
+    """The report lines of :func:`response_statistics`' figures."""
+    lines = []
+    patch = metrics.get("patch_level")
+    if patch:
+        aucs = ", ".join(f"{k} {v:.3f}" for k, v in patch["auc_per_class"].items() if v is not None)
+        lines.append(f"patch level ({patch['n_patches']} patches): accuracy {patch['accuracy']:.3f}; AUC {aucs}")
+    mw = metrics.get("mann_whitney")
+    if mw and mw.get("u") is not None:
+        lines.append(f"Mann–Whitney U of {mw['score']}: U = {mw['u']:.1f}, p = {mw['p_value']:.3g} "
+                     f"(median {mw['median_1']:.3f} vs {mw['median_0']:.3f}; n {mw['n_1']} vs {mw['n_0']})")
+    op = metrics.get("operating_point")
+    if op:
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.3f}"
+        lines.append(f"at cut-off {op['threshold']:.3f} ({op['chosen_on']}): sensitivity {fmt(op['sensitivity'])}, "
+                     f"specificity {fmt(op['specificity'])}, PPV {fmt(op['ppv'])}, NPV {fmt(op['npv'])}")
+    for name, f in (metrics.get("clinical_factors") or {}).items():
+        if "auc" in f:
+            d = f["delong_model_vs_factor"]
+            lines.append(f"  {name}: AUC {f['auc']:.3f} ({f['direction']}) vs model {f['model_auc']:.3f}; "
+                         f"DeLong z = {d['z']:.2f}, p = {d['p_value']:.3g}")
+    return lines
 
 
 def _footer(synthetic_model: bool, synthetic_cohort: bool, bundle_id: str) -> str:

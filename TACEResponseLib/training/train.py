@@ -44,6 +44,7 @@ import numpy as np
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path
 from TACEResponseLib.imaging.manifest import ManifestRow, class_counts, read_manifest
+from TACEResponseLib.networks.input_scaling import scale_inputs
 from TACEResponseLib.training.augmentation import (
     TRANSFORMS,
     augment_batch,
@@ -209,6 +210,7 @@ class _Cohort:
     train_transforms: np.ndarray     # the balancing transform of each entry of train_index
     clinical_per_patch: np.ndarray | None
     fingerprint: dict[str, Any]      # what a resumed run must share with the checkpoint
+    scaling: Any = None              # InputScaling applied to dataset.images
 
     @property
     def has_validation(self) -> bool:
@@ -233,6 +235,9 @@ def _prepare_cohort(manifest: str | Path, config: TrainingConfig, work: Path, pr
     scaler, factors = _clinical_factors(config, rows, set(split.train))
     cache = PatchCache(work / "patches", config.islands, config.patient_rule)
     dataset = build_dataset(rows, config.patch_spec, config.class_names, cache, progress_bar)
+    scaling = config.resolved_input_scaling(dataset.images.shape[1])
+    # the input scaling the weights expect, once for all epochs (flips and rotations commute with it)
+    dataset.images = scale_inputs(dataset.images, scaling)
     if scaler is not None:
         dataset.clinical = scaler.transform([r.clinical for r in rows])
     data_key = hashlib.sha256("".join(cache.key(r, config.patch_spec) for r in rows).encode()).hexdigest()
@@ -246,7 +251,7 @@ def _prepare_cohort(manifest: str | Path, config: TrainingConfig, work: Path, pr
         train_index, transforms = train_rows, np.zeros(len(train_rows), int)
     return _Cohort(rows, split, factors, dataset, train_rows, val_rows, patch_labels, train_index, transforms,
                    None if dataset.clinical is None else dataset.clinical[dataset.case_index],
-                   {"config": config.fingerprint(), "split": split.to_dict(), "data": data_key})
+                   {"config": config.fingerprint(), "split": split.to_dict(), "data": data_key}, scaling)
 
 
 def _build_model(config: TrainingConfig, n_classes: int, in_channels: int, device) -> tuple[Any, Any, dict[str, Any]]:
@@ -320,6 +325,10 @@ def _track_best(state: _TrainState, record: dict[str, Any], network, config: Tra
                 has_validation: bool) -> None:
     """Keep the best epoch's weights; stop early after ``patience`` epochs without improvement."""
     monitored = record["val_loss"] if has_validation else record["train_loss"]
+    if not config.early_stopping:  # as published by Peng 2019: every epoch, the last weights kept
+        state.best_loss, state.best_epoch = monitored, record["epoch"]
+        state.best_state = None
+        return
     if monitored < state.best_loss - config.min_delta:
         state.best_loss, state.best_epoch, state.bad_epochs = monitored, record["epoch"], 0
         state.best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
@@ -378,11 +387,34 @@ def _validation_metrics(network, cohort: _Cohort, config: TrainingConfig, best_l
     _, probs = _evaluate_patches(network, images, clinical, labels, "cpu", config.batch_size)
     cases, patient_probs = _patient_probabilities(probs, cohort.dataset.case_index[cohort.val_rows])
     class_names = config.class_names
-    orr = [class_names.index(c) for c in ("CR", "PR") if c in class_names] if config.task == "mrecist" \
-        else [class_names.index("responder")]
+    orr = _objective_indices(config)
     metrics = compute_metrics([class_names[i] for i in cohort.dataset.labels[cases]], patient_probs, class_names, orr,
                               n_bootstrap=config.n_bootstrap, seed=config.seed)
     return {**compact_metrics(metrics), "loss": best_loss}
+
+
+def _objective_indices(config: TrainingConfig) -> list[int]:
+    names = config.class_names
+    return [names.index(c) for c in ("CR", "PR") if c in names] if config.task == "mrecist" else [names.index("responder")]
+
+
+def _training_operating_point(network, cohort: _Cohort, config: TrainingConfig) -> dict[str, Any] | None:
+    """The Youden cut-off of the binary outcome's probability (objective response, or responder) on the
+    training patients (patient level); evaluation reports sensitivity, specificity, PPV and NPV there."""
+    from TACEResponseLib.training.roc_statistics import youden_cutoff
+
+    rows = cohort.train_rows
+    clinical = None if cohort.clinical_per_patch is None else cohort.clinical_per_patch[rows]
+    _, probs = _evaluate_patches(network, cohort.dataset.images[rows], clinical, cohort.patch_labels[rows], "cpu",
+                                 config.batch_size)
+    cases, patient_probs = _patient_probabilities(probs, cohort.dataset.case_index[rows])
+    objective = _objective_indices(config)
+    truth = np.isin(cohort.dataset.labels[cases], objective).astype(int)
+    if not 0 < truth.sum() < len(truth):
+        return None
+    cut = youden_cutoff(truth, patient_probs[:, objective].sum(axis=1))
+    return {**cut, "outcome": " + ".join(config.class_names[i] for i in objective),
+            "chosen_on": f"training patients ({len(truth)}, patient level, Youden J)"}
 
 
 def _training_data(manifest: str | Path, config: TrainingConfig, cohort: _Cohort, network, init: dict[str, Any],
@@ -421,8 +453,13 @@ def _training_data(manifest: str | Path, config: TrainingConfig, cohort: _Cohort
                       "train_after_class_balancing": int(len(cohort.train_index)),
                       "per_case": float(len(cohort.dataset.images) / max(1, n_total))},
         "augmentation": ("class balancing by oversampling minority classes with flipped (left-right, up-down) and "
-                         "±90°-rotated copies (Peng 2019)" if config.balance else "no class balancing")
-                        + ("; random flip / ±90° rotation / identity per sample every epoch" if config.augment else ""),
+                         "90°/180°/270°-rotated copies (Peng 2019)" if config.balance else "no class balancing")
+                        + ("; random flip / 90°, 180° or 270° rotation / identity per sample every epoch"
+                           if config.augment else ""),
+        "protocol": config.protocol,
+        "input_scaling": cohort.scaling.to_dict() if cohort.scaling is not None else None,
+        "patch_normalization": [config.patch_spec.describe_normalization(n) for n in range(len(config.phases))],
+        "slice_spacing_mm": config.patch_spec.slice_spacing_mm,
         "batch_norm": ("running statistics re-estimated on the unaugmented training patches after every epoch "
                        "(precise BN)" if config.precise_bn else "running statistics as updated during training"),
         "initialisation": initialisation,
@@ -434,8 +471,9 @@ def _training_data(manifest: str | Path, config: TrainingConfig, cohort: _Cohort
                       "weight_decay": config.weight_decay, "batch_size": config.batch_size,
                       "loss": "cross-entropy"},
         "epochs": {"max": config.epochs, "run": state.epoch, "best": state.best_epoch,
-                   "early_stopping": {"monitor": "validation loss" if cohort.has_validation else "training loss",
-                                      "patience": config.patience, "stopped_early": state.stopped},
+                   "early_stopping": ({"monitor": "validation loss" if cohort.has_validation else "training loss",
+                                       "patience": config.patience, "stopped_early": state.stopped}
+                                      if config.early_stopping else "none: every epoch run, last weights kept"),
                    "resumed_from_epoch": resumed_from or None},
         "seed": config.seed,
         "device": str(device),
@@ -472,6 +510,7 @@ def _card(config: TrainingConfig, cohort: _Cohort, training_data: dict[str, Any]
         metrics={"validation": validation, "training_history": history},
         references=[REFERENCES[k] for k in ARCHITECTURE_REFERENCES.get(config.architecture, [])],
         tumour_rule={**config.islands.to_dict(), "patient_rule": config.patient_rule},
+        input_scaling=cohort.scaling.to_dict() if cohort.scaling is not None and cohort.scaling.applies else "none",
     )
 
 
@@ -516,9 +555,12 @@ def train(
             network.load_state_dict(state.best_state)
         network.to("cpu").eval()
         validation = _validation_metrics(network, cohort, config, state.best_loss)
+        operating = _training_operating_point(network, cohort, config)
     seconds = time.perf_counter() - started
     training_data = _training_data(manifest, config, cohort, network, init, state, resumed_from, device, seconds)
     card = _card(config, cohort, training_data, validation, state.history)
+    if operating:
+        card.metrics["operating_point"] = operating
     bundle = save_bundle(output, copy.deepcopy(network).half() if config.weights_dtype == "float16" else network, card)
     write_training_curve(bundle.path / "docs" / "training_curve.png", state.history, state.best_epoch,
                          training_data["synthetic"])
