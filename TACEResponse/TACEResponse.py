@@ -242,11 +242,12 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Called when the application closes: never leave a prediction process behind."""
+        """Called when the application closes: never leave a prediction process (or the warm worker) behind."""
         if self.logic is None:
             return
         self._pollTimer.stop()
         self.logic.cancel()
+        self.logic.session.close()
         self.removeBackButton()
         self.setParameterNode(None)
         self.removeObservers()

@@ -16,14 +16,15 @@ import logging
 import sys
 from typing import Sequence
 
-from TACEResponseLib.cli import case_commands, survival_commands, training_commands
+from TACEResponseLib.cli import case_commands, survival_commands, training_commands, worker
 from TACEResponseLib.cli.common import ArgumentParser, Command
 from TACEResponseLib.core.errors import TACEResponseError
 
 logger = logging.getLogger("tace-response")
 
 #: every sub-command, in the order ``--help`` lists them
-COMMANDS: list[Command] = [*case_commands.COMMANDS, *training_commands.COMMANDS, *survival_commands.COMMANDS]
+COMMANDS: list[Command] = [*case_commands.COMMANDS, *training_commands.COMMANDS, *survival_commands.COMMANDS,
+                           *worker.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from TACEResponseLib.core.files import (
 )
 from TACEResponseLib.imaging.geometry import Volume
 from TACEResponseLib.imaging.segmentation import Segmentation, read_segmentation
-from TACEResponseLib.imaging.volume_io import read_phase_volumes, write_volume
+from TACEResponseLib.imaging.volume_io import read_phase_volumes
 from TACEResponseLib.prediction.predictor import Predictor, Progress, no_progress
 from TACEResponseLib.prediction.results import PredictionResult
 
@@ -87,7 +87,8 @@ def predict_case(
     if model is not None:
         model.clinical_values(clinical or {})  # a missing or bad clinical value fails before any work
     progress(0.0, "reading")
-    volumes = _volumes(images, [p.name for p in predictor.bundle.card.inputs])
+    # the model's inputs: values checked once, by the predictor (check_scan), not also here
+    volumes = _volumes(images, [p.name for p in predictor.bundle.card.inputs], check_values=False)
     survival_volumes: dict[str, Any] = {}
     survival_sources: dict[str, str] = {}
     if model is not None:
@@ -134,7 +135,9 @@ def write_result_files(result: PredictionResult, output_dir: Path, reference: Vo
     output_dir.mkdir(exist_ok=True)
     names = [HEATMAP_FILE, *([OVERLAY_FILE] if reference is not None else []), RESULT_FILE]
     with atomic_paths([output_dir / name for name in names]) as temporaries:
-        write_volume(result.heatmap, temporaries[0])
+        from TACEResponseLib.prediction.cam import write_heatmap
+
+        write_heatmap(result.heatmap, temporaries[0])
         result.heatmap_path = HEATMAP_FILE
         if reference is not None:
             from TACEResponseLib.prediction.figures import save_prediction_png
@@ -187,7 +190,7 @@ def check_finite_result(result: PredictionResult) -> None:
     walk(result.to_dict(), "")
 
 
-def _volumes(images: Sequence[str | Path | Volume], phases: Sequence[str]) -> list[Volume]:
+def _volumes(images: Sequence[str | Path | Volume], phases: Sequence[str], check_values: bool = True) -> list[Volume]:
     """Each image as a Volume named by its phase: files are read, Volumes taken as they are."""
     volumes = []
     for n, image in enumerate(images):
@@ -196,7 +199,7 @@ def _volumes(images: Sequence[str | Path | Volume], phases: Sequence[str]) -> li
             volumes.append(image if not phase or image.name == phase else
                            Volume(image.array, image.ijk_to_ras, phase, image.metadata))
         else:
-            volumes.extend(read_phase_volumes([image], [phase]))
+            volumes.extend(read_phase_volumes([image], [phase], check_values=check_values))
     return volumes
 
 

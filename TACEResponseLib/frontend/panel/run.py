@@ -97,14 +97,16 @@ class PredictionRun:
     """Inputs written, the CLI run in the background, the result read back: all but MRML output and Qt.
 
     ``start()`` writes the inputs into the run's private folder and launches
-    ``python -m TACEResponseLib.cli predict … --progress``; ``poll()`` / ``wait()`` report
-    progress; after success ``read_result()`` gives the :class:`PredictionResult` and heatmap;
-    ``cleanup()`` removes every temporary file (unless ``keep_files``).
+    ``python -m TACEResponseLib.cli predict … --progress`` — or, given a ``worker``
+    (:class:`~TACEResponseLib.frontend.process.WorkerProcess`), sends those arguments to it, so
+    the model stays loaded from one run to the next; ``poll()`` / ``wait()`` report progress;
+    after success ``read_result()`` gives the :class:`PredictionResult` and heatmap; ``cleanup()``
+    removes every temporary file (unless ``keep_files``).
     """
 
     def __init__(self, inputs: PanelInputs, *, device: str = "auto", python: str | None = None,
                  env: Mapping[str, str] | None = None, work_root: str | Path | None = None,
-                 keep_files: bool = False, grace_period: float = 1.0) -> None:
+                 keep_files: bool = False, grace_period: float = 1.0, worker=None) -> None:
         from TACEResponseLib.frontend.process import (
             OUTPUT_PLACEHOLDER,
             BackgroundRun,
@@ -115,9 +117,13 @@ class PredictionRun:
         self.inputs = inputs
         self.device = device
         self.request: PredictionRequest | None = None
-        self._command = lambda request: cli_command(request.cli_arguments(OUTPUT_PLACEHOLDER), python)
+        if worker is not None:
+            self._command = lambda request: request.cli_arguments(OUTPUT_PLACEHOLDER)
+        else:
+            self._command = lambda request: cli_command(request.cli_arguments(OUTPUT_PLACEHOLDER), python)
         self.run = BackgroundRun(required_outputs=("result.json", "heatmap.nrrd"), env=library_environment(env),
-                                 work_root=work_root, keep_work_dir=keep_files, grace_period=grace_period)
+                                 work_root=work_root, keep_work_dir=keep_files, grace_period=grace_period,
+                                 worker=worker)
 
     def start(self) -> "PredictionRun":
         try:
@@ -142,14 +148,15 @@ class PredictionRun:
         return self.run.work_dir
 
     def read_result(self):
-        """``(PredictionResult, heatmap Volume)`` of a successful run."""
-        from TACEResponseLib.imaging.volume_io import read_volume
+        """``(PredictionResult, heatmap Volume)`` of a successful run (the heatmap on its box of the
+        reference grid, values 0…1)."""
+        from TACEResponseLib.prediction.cam import read_heatmap
         from TACEResponseLib.prediction.results import PredictionResult
 
         if self.run.output_dir is None:
             raise TACEResponseError(f"no result to read: the run {self.run.state.value}")
         result = PredictionResult.load_json(self.run.output_dir / "result.json")
-        heatmap = read_volume(self.run.output_dir / (result.heatmap_path or "heatmap.nrrd"))
+        heatmap = read_heatmap(self.run.output_dir / (result.heatmap_path or "heatmap.nrrd"))
         result.heatmap = heatmap
         return result, heatmap
 
@@ -162,16 +169,44 @@ class PredictionSession:
     result in MRML output nodes. The Slicer module's logic is a thin shell around this (it passes
     ``slicer.mrmlScene``, ``PythonSlicer``, Slicer's start-up environment and temporary folder);
     tests run it on a headless slicer-core scene with this Python.
+
+    With ``warm=True`` (the module's way) the runs go to one
+    :class:`~TACEResponseLib.frontend.process.WorkerProcess` kept alive for the session, so the
+    second Apply pays neither the imports nor the model load; a cancel kills it and the next
+    run starts a new one (as after a crash); :meth:`close` ends it (the module calls it when
+    Slicer exits).
     """
 
     def __init__(self, scene, *, python: str | None = None, env: Mapping[str, str] | None = None,
-                 work_root: str | Path | None = None) -> None:
+                 work_root: str | Path | None = None, warm: bool = True, idle_timeout: float = 1800.0) -> None:
         self.scene = scene
         self.python = python
         self.env = env
         self.work_root = work_root
+        self.warm = warm
+        self.idle_timeout = idle_timeout
+        self.worker = None
         self.run: PredictionRun | None = None
         self.output_nodes = None  # mrml.OutputNodes of the last result shown
+
+    def _worker(self):
+        """The session's worker for the current Python and environment (a new one when they changed)."""
+        from TACEResponseLib.frontend.process import WorkerProcess, library_environment, worker_command
+
+        command = worker_command(self.python, self.idle_timeout)
+        env = library_environment(self.env)
+        if self.worker is None or self.worker.command != command or self.worker.env != env:
+            self.close()
+            self.worker = WorkerProcess(command, env=env)
+        return self.worker
+
+    def close(self) -> None:
+        """Stop the worker (a running prediction is cancelled first)."""
+        if self.running:
+            self.cancel()
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
 
     @property
     def running(self) -> bool:
@@ -184,7 +219,7 @@ class PredictionSession:
         if self.running:
             raise TACEResponseError("a prediction is already running; cancel it first")
         self.run = PredictionRun(inputs, device=device, python=self.python, env=self.env, work_root=self.work_root,
-                                 keep_files=keep_files)
+                                 keep_files=keep_files, worker=self._worker() if self.warm else None)
         self.run.start()
         if keep_files:
             logger.info("TACE Response: temporary files kept in %s", self.run.work_dir)
