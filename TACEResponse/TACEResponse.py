@@ -576,7 +576,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.dependencyFrame.setVisible(bool(self._missingPackages))
 
     def onInstallDependencies(self) -> None:
-        plan = panel.install_plan(panel.dependency_status(), panel.pytorch_utils_available())
+        plan = panel.install_plan(panel.packages_to_install(), panel.pytorch_utils_available())
         if plan and slicer.util.confirmOkCancelDisplay(
                 _("TACE Response needs these Python packages. Installing them needs a network connection and may "
                   "take several minutes; Slicer may have to be restarted afterwards."), _("Install Python packages"),

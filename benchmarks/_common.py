@@ -45,7 +45,26 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+def machine() -> dict:
+    """What the numbers were measured on: CPU model, processors usable, memory, OS, Python."""
+    import os
+
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    except OSError:
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count()
+    memory = None
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return {"processor": model, "cpus": cpus, "memory_gib": memory, "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version()}
+
+
 def save_results(name: str, payload: dict) -> Path:
-    payload = {"machine": {"python": platform.python_version(), "processor": platform.processor(),
-                           "cpus": __import__("os").cpu_count()}, **payload}
-    return write_json_atomic(RESULTS / f"{name}.json", payload)
+    return write_json_atomic(RESULTS / f"{name}.json", {"machine": machine(), **payload})

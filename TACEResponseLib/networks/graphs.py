@@ -11,7 +11,7 @@ clinical inputs, the exporter and torch version), written atomically.
 
 Before a backend runs a graph for the first time, its outputs on a fixed test batch (batch 3
 and batch 1) are compared with eager PyTorch's (:func:`compare_outputs`): probabilities within
-1e-5, features within 1e-4 · max |features| + 1e-5, the same class. The verdict, with its
+1e-4 (the speed issue's bound), features within 1e-4 · max |features| + 1e-5, the same class. The verdict, with its
 numbers, is stored in the entry's ``meta.json`` per backend and backend version; later runs
 read it instead of importing torch. A graph whose files no longer match the checksums in
 ``meta.json`` is not used, and a backend whose check failed never runs that graph.
@@ -45,8 +45,9 @@ HEAD_FILE = "head.npy"
 META_FILE = "meta.json"
 FORMAT = 1
 
-#: agreement a backend must reach with eager PyTorch on the test batch
-PROBABILITY_TOLERANCE = 1e-5
+#: agreement a backend must reach with eager PyTorch on the test batch (probabilities: the speed
+#: issue's 1e-4; float32 graphs reach 1e-7…1e-5, the larger where activations reach 1e4)
+PROBABILITY_TOLERANCE = 1e-4
 FEATURE_RELATIVE_TOLERANCE = 1e-4
 FEATURE_ABSOLUTE_TOLERANCE = 1e-5
 #: top-two eager probabilities closer than this may swap classes without the graph being wrong
