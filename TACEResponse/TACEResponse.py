@@ -211,7 +211,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             lambda wrapper, tag: wrapper.disconnectGui(tag))
 
         self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(200)
+        self._pollTimer.setInterval(50)  # a warm prediction takes a fraction of a second
         self._pollTimer.connect("timeout()", self.onPollTimer)
         self._segmentTimer = qt.QTimer()  # debounces re-checking the segment while the user paints
         self._segmentTimer.setSingleShot(True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import print_table, save_results, time_call
+from _common import calibrated_bundle, print_table, save_results, time_call
 from torch.utils.flop_counter import FlopCounterMode
 
 #: (name, architecture, classes, options, input size, published GMACs per image and source)
@@ -54,43 +54,14 @@ def macs_per_image(model: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 2
 
 
-def _calibrated(model: torch.nn.Module, size: int, fc: str) -> torch.nn.Module:
-    """BatchNorm statistics from a few batches and a head scaled to logits of spread ≈ 2, so that the
-    random network's probabilities are not saturated (a fair accuracy check); speed is unaffected."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):  # [0, 1] patches and ImageNet-normalised ones, as the check batch has
-            model(torch.rand(4, 3, size, size))
-            model((torch.rand(4, 3, size, size) - mean) / std)
-    model.eval()
-    with torch.no_grad():
-        logits = model(torch.cat([torch.rand(4, 3, size, size), (torch.rand(4, 3, size, size) - mean) / std]))
-        head = model.get_submodule(fc)
-        head.weight.mul_(2.0 / logits.std().clamp_min(1e-6))
-        head.bias.zero_()
-    return model
-
-
 def engines(name: str, architecture: str, classes: int, size: int, folder: Path, threads: int) -> dict:
     """Every backend's engine for a random-weight bundle of ``architecture`` (and which one ``auto`` picks)."""
-    from TACEResponseLib.imaging.patches import PatchSpec
-    from TACEResponseLib.networks.architectures import build_network, cam_layers
+    from TACEResponseLib.networks.architectures import cam_layers
     from TACEResponseLib.networks.backends import GRAPH_BACKENDS, installed, open_engine
-    from TACEResponseLib.networks.bundle import BundleCard, PhaseInput, save_bundle
 
-    torch.manual_seed(0)
     target, fc = cam_layers(architecture)
-    network = _calibrated(build_network(architecture, classes, 3), size, fc)
-    card = BundleCard(name=f"bench-{name}", version="0", architecture=architecture,
-                      class_names=[f"c{n}" for n in range(classes)], inputs=[PhaseInput("arterial")],
-                      patch_spec=PatchSpec(size=size), training_data={"synthetic": True, "note": "benchmark"})
-    bundle = save_bundle(folder / name, network, card)
+    bundle = calibrated_bundle(folder / name, architecture, size, ["arterial"], classes)
+    network = bundle.load_network("cpu")
     out, info = {}, {}
     for backend in ("torch", *[b for b in GRAPH_BACKENDS if installed(b)], "auto"):
         start = time.perf_counter()

@@ -4,7 +4,8 @@ The Slicer module keeps one worker alive while it is in use
 (:class:`~TACEResponseLib.frontend.process.WorkerProcess`), so the second prediction of a
 session pays neither the imports nor the model load: the worker keeps each model's
 :class:`~TACEResponseLib.prediction.predictor.Predictor` (network, backend engine) between
-requests. Protocol, one JSON object per line:
+requests, and the volumes of the last request while their files are unchanged (the module
+writes an unchanged volume node once per session). Protocol, one JSON object per line:
 
 - stdin, from the caller: ``{"id": "r1", "argv": ["predict", "--image", …]}`` — exactly the
   arguments ``tace-response`` takes;
@@ -126,8 +127,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Serve ``tace-response`` requests on stdin/stdout, models kept loaded between them."""
     from TACEResponseLib.cli import case_commands
     from TACEResponseLib.cli import main as cli_main
+    from TACEResponseLib.prediction import case
 
     case_commands.WARM_PREDICTORS = {}  # keep each model loaded between requests
+    case.READ_CACHE = {}  # and the last request's volumes, while their files are unchanged
     return serve(cli_main, idle_timeout=args.idle_timeout or None)
 
 

@@ -123,6 +123,15 @@ def node_ijk_to_world(node) -> np.ndarray:
     return ijk_to_ras
 
 
+def volume_node_state(node) -> tuple:
+    """What a volume node's voxels and world geometry depend on: its id, the modification time of its
+    image data, and its IJK→world matrix. Equal states: the same Volume (nothing to write again)."""
+    image = node.GetImageData() if node is not None else None
+    if image is None:
+        return (node.GetID() if node is not None else None, None)
+    return node.GetID(), int(image.GetMTime()), tuple(np.round(node_ijk_to_world(node), 12).ravel().tolist())
+
+
 def volume_from_node(node, label: str | None = None) -> Volume:
     """Copy a scalar volume node into a :class:`Volume` (array ``[k, j, i]``, world IJK→RAS)."""
     slicer = _slicer()

@@ -583,7 +583,7 @@ class BackgroundRun:
         update.error, update.output_dir = self.error, self.output_dir
         return update
 
-    def wait(self, timeout: float | None = None, interval: float = 0.05) -> RunUpdate:
+    def wait(self, timeout: float | None = None, interval: float = 0.01) -> RunUpdate:
         """Block until the run finished (or ``timeout`` seconds passed); for scripts and tests."""
         deadline = None if timeout is None else time.monotonic() + timeout
         lines: list[str] = []

@@ -164,10 +164,14 @@ def check_case_inputs_round_trip(scene, folder: str | Path) -> None:
         check(np.array_equal(written.array, expected.array), f"{name}: voxels changed on the way to {path}")
         check(np.allclose(written.ijk_to_ras, expected.ijk_to_ras, atol=1e-6),
               f"{name}: geometry changed on the way to {path}:\n{written.ijk_to_ras}\n!=\n{expected.ijk_to_ras}")
-    segmentation = read_segmentation(request.segmentation_path)
-    mask = segmentation.mask(nodes.segment_id)
+    segmentation = read_segmentation(request.segmentation_path)  # cropped to the segment, as Slicer writes it
+    from TACEResponseLib.imaging.segmentation import segment_mask_on
+
+    reference = nodes.case.phases[inputs.phase_names[0]]
+    mask = segment_mask_on(segmentation, nodes.segment_id, reference)
     expected_mask = nodes.case.segmentation.mask(nodes.segment_id)
     check(np.array_equal(mask.array, expected_mask.array), "the tumour mask changed on the way to the .seg.nrrd")
+    check(segmentation.layers[0].size < expected_mask.array.size, "the .seg.nrrd should hold the segment's box only")
     arguments = request.cli_arguments("OUT")
     images = [arguments[i + 1] for i, a in enumerate(arguments) if a == "--image"]
     check(images == [str(p) for p in request.image_paths], f"images must reach the CLI in the model's order: {images}")

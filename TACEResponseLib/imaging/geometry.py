@@ -159,11 +159,29 @@ def check_volume(volume: Volume, label: str | None = None, allow_nan: bool = Fal
     if volume.array.size == 0:
         raise InputError(f"{label}: volume is empty")
     if not allow_nan and np.issubdtype(volume.array.dtype, np.floating):
-        low, high = value_range(volume.array)
+        low, high = value_range_of(volume)
         if not (np.isfinite(low) and np.isfinite(high)):
             bad = int(np.count_nonzero(~np.isfinite(volume.array)))
             raise InputError(f"{label}: {bad} voxels are NaN or infinite")
     return volume
+
+
+def _signature(array: np.ndarray) -> list:
+    return [int(array.ctypes.data), list(array.shape), list(array.strides), array.dtype.str]
+
+
+def value_range_of(volume: Volume) -> tuple[float, float]:
+    """:func:`value_range` of a volume's voxels, computed once: kept in its metadata for that very
+    array (same buffer, shape, strides and type), so the checks after reading do not scan the
+    voxels again. (Voxels changed in place after that are not seen.)"""
+    signature = _signature(volume.array)
+    known = volume.metadata.get("value_range")
+    if isinstance(known, dict) and known.get("array") == signature:
+        low, high = known["range"]
+        return float(low), float(high)
+    low, high = value_range(volume.array)
+    volume.metadata["value_range"] = {"range": [low, high], "array": signature}
+    return low, high
 
 
 def value_range(array: np.ndarray, block_bytes: int = 1 << 22) -> tuple[float, float]:

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.imaging.geometry import Volume, check_volume, value_range
+from TACEResponseLib.imaging.geometry import Volume, check_volume, value_range_of
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +45,12 @@ def _sample(array: np.ndarray, voxels: int = 2_000_000) -> np.ndarray:
 
 def check_scan(volume: Volume, label: str | None = None) -> Volume:
     """A 3-D image with finite values, a plausible voxel size, values a scanner writes, and not blank
-    (one pass over the voxels)."""
+    (one pass over the voxels, none when the reader already made it: :func:`~.geometry.value_range_of`)."""
     label = label or volume.name or "image"
     check_volume(volume, label=label, allow_nan=True)
     check_spacing(volume, label)
     array = volume.array
-    low, high = value_range(array)
+    low, high = value_range_of(volume)
     if not (np.isfinite(low) and np.isfinite(high)):
         raise InputError(f"{label}: {int(np.count_nonzero(~np.isfinite(array)))} voxels are NaN or infinite")
     if max(abs(low), abs(high)) > MAX_ABS_VALUE:

@@ -29,6 +29,7 @@ from TACEResponseLib.imaging.geometry import (
     Volume,
     array_of,
     bounding_box,
+    grid_offset,
     in_grid,
     to_sitk_image,
 )
@@ -110,6 +111,19 @@ class Segmentation:
         segment = self.find(key)
         array = (self.layers[segment.layer] == segment.label_value).astype(np.uint8)
         return Volume(array, self.ijk_to_ras.copy(), segment.name, {"segment_id": segment.id})
+
+    def cropped(self, margin: int = 1) -> "Segmentation":
+        """The same segments on the box of the grid that holds them (plus ``margin`` voxels), as
+        Slicer writes a ``.seg.nrrd``: the origin moves, spacing and directions stay."""
+        boxes = [label_box(layer != 0, True) for layer in self.layers]
+        boxes = [b for b in boxes if b is not None]
+        if not boxes:
+            return self
+        shape = np.asarray(self.layers[0].shape[:3])
+        lo = np.maximum(np.min([b[0] for b in boxes], axis=0) - margin, 0)
+        hi = np.minimum(np.max([b[1] for b in boxes], axis=0) + margin, shape)
+        layers = [np.ascontiguousarray(layer[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]) for layer in self.layers]
+        return Segmentation(layers, _shifted(self.ijk_to_ras, lo), list(self.segments), self.name, dict(self.metadata))
 
     @classmethod
     def from_masks(
@@ -377,12 +391,12 @@ def segment_box_on(segmentation: Segmentation, segment: str, reference: Volume) 
         raise InputError(f"{label} is empty; draw the tumour in the Segment Editor first")
     lo, hi = box
     metadata = {"segment_id": found.id}
-    same_grid = tuple(layer.shape[:3]) == reference.shape_kji and np.allclose(
-        segmentation.ijk_to_ras, reference.ijk_to_ras, atol=1e-6)
-    if same_grid:
+    # the file's grid is the reference grid or a box of it (Slicer crops .seg.nrrd files): no resampling
+    offset = grid_offset(Volume(np.broadcast_to(np.uint8(0), layer.shape[:3]), segmentation.ijk_to_ras), reference)
+    if offset is not None:
         array = (layer[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == found.label_value).astype(np.uint8)
-        return Volume(array, _shifted(reference.ijk_to_ras, lo), found.name,
-                      {**metadata, "crop_offset_kji": [int(v) for v in lo]})
+        return Volume(array, _shifted(reference.ijk_to_ras, lo + offset), found.name,
+                      {**metadata, "crop_offset_kji": [int(v) for v in lo + offset]})
     lo, hi = np.maximum(lo - 1, 0), np.minimum(hi + 1, layer.shape[:3])
     own = Volume((layer[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == found.label_value).astype(np.uint8),
                  _shifted(segmentation.ijk_to_ras, lo), found.name)

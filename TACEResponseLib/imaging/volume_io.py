@@ -22,6 +22,7 @@ from TACEResponseLib.imaging.geometry import (
     array_of,
     check_volume,
     to_sitk_image,
+    value_range_of,
 )
 from TACEResponseLib.imaging.sanity import check_spacing
 
@@ -74,9 +75,9 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_va
     gives) or ``FOLDER#UID`` (``series_uid`` does the same). Files without patient geometry
     (PNG, TIFF, an MRC map without a cell size, a multi-frame DICOM without frame positions),
     truncated gzip data and voxel sizes outside 0.05–30 mm are refused with an InputError; so
-    are NaN or infinite voxels unless ``check_values=False`` (for a caller that checks the
-    values itself, as :func:`~TACEResponseLib.imaging.sanity.check_scan` does, so the voxels are
-    not scanned twice). The array is SimpleITK's own buffer, not a copy.
+    are NaN or infinite voxels unless ``check_values=False``. The one pass over the voxels that
+    checks them also records their range for :func:`~TACEResponseLib.imaging.sanity.check_scan`
+    (:func:`~.geometry.value_range_of`). The array is SimpleITK's own buffer, not a copy.
     """
     import SimpleITK as sitk
 
@@ -112,6 +113,8 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_va
         raise InputError(f"{path}: is {image.GetDimension()}-D; a 3-D volume is needed")
     name = path.name.split(".")[0]
     volume = volume_from_sitk(image, name, {"source": str(path)})
+    if check_values:
+        value_range_of(volume)  # the one pass over the voxels: NaN below, the range for check_scan
     check_volume(volume, label=str(path), allow_nan=not check_values)
     return check_spacing(volume, label=str(path))
 

@@ -33,6 +33,11 @@ from TACEResponseLib.prediction.results import PredictionResult
 
 logger = logging.getLogger(__name__)
 
+#: volumes read from files kept for the next request, by (path, size, modification time, phase):
+#: the warm worker (``tace-response worker``) sets a dict, so a second prediction on the same
+#: unchanged files does not read them again; only the last request's volumes are kept. None: off.
+READ_CACHE: dict | None = None
+
 RESULT_FILE = "result.json"
 HEATMAP_FILE = "heatmap.nrrd"
 OVERLAY_FILE = "overlay.png"
@@ -87,8 +92,7 @@ def predict_case(
     if model is not None:
         model.clinical_values(clinical or {})  # a missing or bad clinical value fails before any work
     progress(0.0, "reading")
-    # the model's inputs: values checked once, by the predictor (check_scan), not also here
-    volumes = _volumes(images, [p.name for p in predictor.bundle.card.inputs], check_values=False)
+    volumes = _volumes(images, [p.name for p in predictor.bundle.card.inputs])
     survival_volumes: dict[str, Any] = {}
     survival_sources: dict[str, str] = {}
     if model is not None:
@@ -190,17 +194,35 @@ def check_finite_result(result: PredictionResult) -> None:
     walk(result.to_dict(), "")
 
 
-def _volumes(images: Sequence[str | Path | Volume], phases: Sequence[str], check_values: bool = True) -> list[Volume]:
-    """Each image as a Volume named by its phase: files are read, Volumes taken as they are."""
-    volumes = []
+def _volumes(images: Sequence[str | Path | Volume], phases: Sequence[str]) -> list[Volume]:
+    """Each image as a Volume named by its phase: files are read (or taken from :data:`READ_CACHE`),
+    Volumes taken as they are."""
+    volumes, kept = [], {}
     for n, image in enumerate(images):
         phase = phases[n] if n < len(phases) else None
         if isinstance(image, Volume):
             volumes.append(image if not phase or image.name == phase else
                            Volume(image.array, image.ijk_to_ras, phase, image.metadata))
+            continue
+        key = _file_key(image, phase) if READ_CACHE is not None else None
+        if key is not None and key in READ_CACHE:
+            volumes.append(READ_CACHE[key])
         else:
-            volumes.extend(read_phase_volumes([image], [phase], check_values=check_values))
+            volumes.extend(read_phase_volumes([image], [phase]))
+        if key is not None:
+            kept[key] = volumes[-1]
+    if READ_CACHE is not None:
+        READ_CACHE.clear()
+        READ_CACHE.update(kept)
     return volumes
+
+
+def _file_key(path: str | Path, phase: str | None) -> tuple | None:
+    try:
+        stat = Path(path).stat()
+        return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, phase
+    except OSError:
+        return None  # missing: read_volume says so
 
 
 def _same_file(a: str | Path | Volume, b: str | Path) -> bool:
