@@ -211,7 +211,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             lambda wrapper, tag: wrapper.disconnectGui(tag))
 
         self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(200)
+        self._pollTimer.setInterval(50)  # a warm prediction takes a fraction of a second
         self._pollTimer.connect("timeout()", self.onPollTimer)
         self._segmentTimer = qt.QTimer()  # debounces re-checking the segment while the user paints
         self._segmentTimer.setSingleShot(True)
@@ -242,11 +242,12 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Called when the application closes: never leave a prediction process behind."""
+        """Called when the application closes: never leave a prediction process (or the warm worker) behind."""
         if self.logic is None:
             return
         self._pollTimer.stop()
         self.logic.cancel()
+        self.logic.session.close()
         self.removeBackButton()
         self.setParameterNode(None)
         self.removeObservers()
@@ -575,7 +576,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.dependencyFrame.setVisible(bool(self._missingPackages))
 
     def onInstallDependencies(self) -> None:
-        plan = panel.install_plan(panel.dependency_status(), panel.pytorch_utils_available())
+        plan = panel.install_plan(panel.packages_to_install(), panel.pytorch_utils_available())
         if plan and slicer.util.confirmOkCancelDisplay(
                 _("TACE Response needs these Python packages. Installing them needs a network connection and may "
                   "take several minutes; Slicer may have to be restarted afterwards."), _("Install Python packages"),

@@ -10,6 +10,13 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if "TACERESPONSE_CACHE" not in os.environ:  # exported graphs: one folder per test session, not the user's cache
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["TACERESPONSE_CACHE"] = tempfile.mkdtemp(prefix="tace-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["TACERESPONSE_CACHE"], True)
 
 REPO = Path(__file__).resolve().parents[1]
 for _path in (REPO, REPO / "Testing"):

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from TACEResponseLib.prediction.cam import forward_with_cam, normalise, project_to_volume, upsample
+from TACEResponseLib.imaging.geometry import grid_offset, in_grid
+from TACEResponseLib.networks.backends import TorchEngine
+from TACEResponseLib.prediction.cam import class_maps, normalise, project_to_volume, upsample
 from TACEResponseLib.prediction.predictor import Predictor
-from TACEResponseLib.imaging.patches import PatchSpec, extract_patches
+from TACEResponseLib.imaging.patches import PatchProvenance, PatchSpec, extract_patches
 from TACEResponseLib.imaging.phantoms import make_phantom
 
 
@@ -22,8 +24,10 @@ def test_single_pass_cam_equals_hooked_features_times_head_weights(architecture,
     torch.manual_seed(1)
     model = build_network(architecture, 4, 3).eval()
     x = torch.randn(2, 3, 64, 64)
+    engine = TorchEngine(model, "cpu", target, fc)
+    out = engine.run(x.numpy())
+    cams = torch.from_numpy(class_maps(out.features, engine.head))
     with torch.no_grad():
-        out = forward_with_cam(model, x, target, fc)
         # reference 1: our own hook + explicit loops over classes and channels
         feats = []
         handle = model.get_submodule(target).register_forward_hook(lambda m, i, o: feats.append(o))
@@ -32,15 +36,15 @@ def test_single_pass_cam_equals_hooked_features_times_head_weights(architecture,
         weight = model.get_submodule(fc).weight
         manual = torch.stack([sum(weight[k, c] * feats[0][:, c] for c in range(weight.shape[1]))
                               for k in range(weight.shape[0])], dim=1)
-    torch.testing.assert_close(out.logits, logits)
-    torch.testing.assert_close(out.cams, manual, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(out.logits), logits)
+    torch.testing.assert_close(cams, manual, rtol=1e-4, atol=1e-4)
     # reference 2: MONAI's CAM without post-processing applies the head *with* its bias
     monai_cam = CAM(nn_module=model, target_layers=target, fc_layers=fc,
                     upsampler=lambda size: (lambda t: t), postprocessing=lambda t: t)
     bias = model.get_submodule(fc).bias
     for k in range(4):
         raw = monai_cam(x, class_idx=torch.tensor([k, k]))[:, 0]
-        torch.testing.assert_close(raw - bias[k], out.cams[:, k], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(raw - bias[k], cams[:, k], rtol=1e-4, atol=1e-4)
 
 
 def test_projection_is_the_exact_inverse_of_the_patch_sampling():
@@ -70,7 +74,12 @@ def test_heatmap_lands_on_the_tumour_in_ras_for_an_oblique_anisotropic_case(rand
     case = make_phantom("PR", shape_kji=(48, 110, 96), spacing_ijk=(0.9, 1.3, 2.5), rotation_deg=(12, -9, 27), seed=11)
     result = Predictor(random_bundle, device="cpu").predict([case.phases["arterial"]], case.segmentation)
     heat = result.heatmap
-    assert heat.same_geometry(case.reference)
+    # the heatmap covers the box of the patches' footprints: a box of the reference grid, placed in RAS
+    assert grid_offset(heat, case.reference).tolist() == result.heatmap_box_kji[0]
+    assert np.prod(heat.shape_kji) < 0.1 * np.prod(case.reference.shape_kji)
+    provenance = [PatchProvenance.from_dict(p) for t in result.tumours for p in t.provenance]
+    footprints = project_to_volume(np.ones((len(provenance), 64, 64), np.float32), provenance, case.reference)
+    assert footprints.sum() > 0 and in_grid(heat.with_array(np.ones(heat.shape_kji)), case.reference)[footprints > 0].all()
     hot = np.argwhere(heat.array > 0.05)
     assert len(hot) > 50
     # independent truth: the generator's ellipsoid in RAS (not the voxel mask)
@@ -95,8 +104,10 @@ def test_randomised_weights_give_a_different_heatmap(tmp_path):
     randomised = save_bundle(tmp_path / "randomised", build_network(card.architecture, len(card.class_names),
                                                                      card.in_channels), card)
     case = make_phantom("PR", shape_kji=(48, 96, 96), seed=4)
-    a = Predictor(trained, device="cpu").predict([case.phases["arterial"]], case.segmentation).heatmap.array
-    b = Predictor(randomised, device="cpu").predict([case.phases["arterial"]], case.segmentation).heatmap.array
+    a = in_grid(Predictor(trained, device="cpu").predict([case.phases["arterial"]], case.segmentation).heatmap,
+                case.reference)
+    b = in_grid(Predictor(randomised, device="cpu").predict([case.phases["arterial"]], case.segmentation).heatmap,
+                case.reference)
     support = (a > 0) | (b > 0)
     correlation = np.corrcoef(a[support], b[support])[0, 1]
     assert correlation < 0.8, f"heatmaps of trained and random weights correlate {correlation:.2f}"
@@ -108,6 +119,11 @@ def test_normalise_and_upsample():
     up = upsample(torch.tensor(maps, dtype=torch.float32), 8)
     assert up.shape == (1, 8, 8)
     assert float(up.mean()) == pytest.approx(float(maps.mean()), rel=1e-5)  # bilinear, align_corners=False
+    # the numpy path (no torch on the graph backends) samples exactly as torch's interpolate
+    rng = np.random.default_rng(0)
+    for h, w, size in ((7, 7, 224), (2, 2, 64), (9, 5, 299), (3, 3, 3)):
+        raw = rng.standard_normal((4, h, w)).astype(np.float32)
+        np.testing.assert_allclose(upsample(raw, size), upsample(torch.from_numpy(raw), size).numpy(), atol=1e-5)
 
 
 #: phantoms of the pointing game (``single_signal``), on rotated grids never trained on: a uniform, moderately

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from TACEResponseLib.imaging.geometry import grid_offset
 from TACEResponseLib.imaging.volume_io import read_volume
 from TACEResponseLib.imaging.phantoms import make_phantom
 
@@ -34,8 +35,13 @@ def test_predict_writes_result_heatmap_and_progress(random_bundle, tmp_path):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     result = json.loads((out / "result.json").read_text())
     assert result["tumours"][0]["segment_name"] == "Tumour"
-    heat = read_volume(out / "heatmap.nrrd")
-    np.testing.assert_allclose(heat.ijk_to_ras, case.reference.ijk_to_ras, atol=1e-12)
+    heat = read_volume(out / "heatmap.nrrd")  # uint8 over the box the patches cover, placed on the reference grid
+    assert heat.array.dtype == np.uint8 and heat.array.max() == 255
+    np.testing.assert_allclose(heat.ijk_to_ras[:3, :3], case.reference.ijk_to_ras[:3, :3], atol=1e-12)
+    lo = np.array(result["heatmap_box_kji"][0])
+    assert grid_offset(heat, case.reference).tolist() == lo.tolist()
+    np.testing.assert_allclose(heat.ijk_to_ras[:3, 3], case.reference.ijk_to_ras_points(lo[::-1][None])[0], atol=1e-9)
+    assert result["backend"]["name"] in ("onnxruntime", "openvino", "torch") and result["backend"]["version"]
     assert (out / "overlay.png").stat().st_size > 10_000
 
 

@@ -91,3 +91,47 @@ def test_check_volume_rejects_bad_volumes(array, message):
 def test_singular_matrix_is_refused():
     with pytest.raises(InputError, match="singular"):
         Volume(np.zeros((2, 2, 2)), np.zeros((4, 4)), "bad")
+
+
+def test_resampling_only_the_part_the_reference_reaches_gives_the_same_voxels():
+    """resample_to_reference crops the moving volume to the reference's reach before ITK sees it; the
+    result must equal ITK resampling the whole moving volume (linear and nearest, at borders too)."""
+    import SimpleITK as sitk
+
+    from TACEResponseLib.imaging.geometry import support_box, to_sitk_image
+
+    rng = np.random.default_rng(4)
+    moving = Volume(rng.normal(0, 100, (40, 60, 56)).astype(np.float32),
+                    ijk_to_ras_from([0.9, 0.8, 2.0], rotation_matrix([6, -9, 21]), [-20, -25, -40]), "moving")
+    references = [  # inside, across the moving volume's border, and a thin box like a tumour's region
+        Volume(np.zeros((10, 12, 14)), ijk_to_ras_from([1.1, 1.1, 1.5], np.eye(3), [-5, -5, -10]), "inside"),
+        Volume(np.zeros((16, 30, 30)), ijk_to_ras_from([1.3, 1.3, 2.2], rotation_matrix([0, 0, 12]), [-30, -40, -50]),
+               "border"),
+        Volume(np.zeros((3, 20, 22)), ijk_to_ras_from([0.7, 0.7, 1.0], np.eye(3), [0, 0, -2]), "slab"),
+    ]
+    for reference in references:
+        lo, hi = support_box(moving, reference)
+        assert np.prod(hi - lo) < np.prod(moving.shape_kji)
+        for interpolation, kind in (("linear", sitk.sitkLinear), ("nearest", sitk.sitkNearestNeighbor)):
+            out = resample_to_reference(moving, reference, interpolation=interpolation, default_value=-999)
+            resampler = sitk.ResampleImageFilter()
+            resampler.SetReferenceImage(to_sitk_image(reference.with_array(np.zeros(reference.shape_kji, np.uint8))))
+            resampler.SetInterpolator(kind)
+            resampler.SetDefaultPixelValue(-999)
+            whole = sitk.GetArrayFromImage(resampler.Execute(to_sitk_image(moving)))
+            np.testing.assert_array_equal(out.array, whole, err_msg=f"{reference.name} {interpolation}")
+
+
+def test_value_range_sees_nan_and_infinity():
+    from TACEResponseLib.imaging.geometry import value_range
+
+    array = np.random.default_rng(0).normal(size=(20, 300, 301)).astype(np.float32)
+    assert value_range(array, block_bytes=4096) == (float(array.min()), float(array.max()))
+    assert value_range(array[:, ::3, 1:]) == (float(array[:, ::3, 1:].min()), float(array[:, ::3, 1:].max()))
+    for bad in (np.nan, np.inf, -np.inf):
+        spoilt = array.copy()
+        spoilt[13, 200, 7] = bad
+        low, high = value_range(spoilt, block_bytes=4096)
+        assert not (np.isfinite(low) and np.isfinite(high))
+        with pytest.raises(InputError, match="1 voxels are NaN or infinite"):
+            check_volume(Volume(spoilt, np.eye(4), "spoilt"))

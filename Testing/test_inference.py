@@ -66,23 +66,26 @@ def test_result_json_round_trip(random_bundle, two_tumour_case, tmp_path):
 
 
 def test_gpu_out_of_memory_falls_back_to_cpu(random_bundle, two_tumour_case, monkeypatch, caplog):
-    predictor = Predictor(random_bundle, device="cpu")
-    real_forward = predictor._forward
+    from TACEResponseLib.networks.backends import TorchEngine
+
+    real_run = TorchEngine._run
     calls = []
 
-    def forward(images, clinical, owners, device):
-        calls.append(device.type)
-        if device.type == "cuda":
+    def run(self, images, clinical, device):
+        calls.append(torch.device(device).type)
+        if torch.device(device).type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_forward(images, clinical, owners, device)
+        return real_run(self, images, clinical, device)
 
-    monkeypatch.setattr(predictor, "_forward", forward)
+    monkeypatch.setattr(TorchEngine, "_run", run)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    predictor.device = torch.device("cuda")  # pretend the automatic choice found a GPU
+    predictor = Predictor(random_bundle, device="cpu")
+    predictor.device = "cuda"  # pretend the automatic choice found a GPU
     with caplog.at_level(logging.WARNING):
         result = predictor.predict([two_tumour_case.phases["arterial"]], two_tumour_case.segmentation)
     assert calls == ["cuda", "cpu"]
     assert result.device == "cpu"
+    assert result.backend["name"] == "torch" and "graph backends run on the CPU" in result.backend["note"]
     assert "out of memory" in caplog.text
 
 

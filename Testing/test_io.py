@@ -181,3 +181,30 @@ def test_reading_dicom_keeps_the_process_locale(tmp_path):
     assert before.upper().replace("-", "") == "UTF8", "the test needs a UTF-8 locale to start from"
     read_volume(folder)
     assert locale.getpreferredencoding(False) == before
+
+
+def test_reading_keeps_simpleitks_buffer_without_a_copy(tmp_path):
+    import gc
+
+    import SimpleITK as sitk
+
+    from TACEResponseLib.imaging.sanity import check_scan
+
+    array = np.random.default_rng(1).normal(0, 300, (12, 20, 24)).astype(np.float32)
+    path = write_volume(Volume(array, np.diag([0.8, 0.8, 2.0, 1.0]), "ct"), tmp_path / "ct.nrrd", compress=False)
+    volume = read_volume(path)
+    np.testing.assert_array_equal(volume.array, sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+    image = volume.array.base.image  # the array is the image's own buffer, which it keeps alive
+    assert volume.array.ctypes.data == sitk.GetArrayViewFromImage(image).ctypes.data
+    gc.collect()
+    volume.array[0, 0, 0] = 42.0  # writable, like any array the reader gave before
+    assert sitk.GetArrayViewFromImage(image)[0, 0, 0] == 42.0 and float(volume.array.sum()) == pytest.approx(
+        float(array.sum()) - float(array[0, 0, 0]) + 42.0, rel=1e-4)
+    # values unchecked only on request, and then check_scan (the predictor's) still refuses NaN
+    array[3, 4, 5] = np.nan
+    spoilt = write_volume(Volume(array, np.eye(4), "spoilt"), tmp_path / "spoilt.nrrd", compress=False)
+    with pytest.raises(InputError, match="NaN"):
+        read_volume(spoilt)
+    unchecked = read_volume(spoilt, check_values=False)
+    with pytest.raises(InputError, match="1 voxels are NaN or infinite"):
+        check_scan(unchecked, label="spoilt")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.geometry import grid_offset
 from TACEResponseLib.imaging.volume_io import read_volume, write_volume
 from TACEResponseLib.imaging.segmentation import write_segmentation
 from TACEResponseLib.frontend.mrml import load_volume_node, save_volume_node, segment_mask_from_node, segmentation_to_node, volume_from_node, volume_to_node
@@ -87,8 +88,16 @@ def test_prediction_nodes_keep_reference_geometry_and_survive_an_mrb(random_bund
     result, nodes = predict_nodes(Predictor(random_bundle, device="cpu"), [reference], seg_node)
     assert result.tumours[0].segment_id == oblique_case.tumours[0].segment_id
     heat = volume_from_node(nodes.heatmap_node)
-    np.testing.assert_array_equal(heat.ijk_to_ras, volume_from_node(reference).ijk_to_ras)
+    # a box-sized heatmap on the full-size reference: the node keeps the box's own geometry (a box of the
+    # reference grid), so Slicer overlays each voxel where it came from in RAS
+    full = volume_from_node(reference)
+    assert heat.shape_kji != full.shape_kji and grid_offset(heat, full).tolist() == result.heatmap_box_kji[0]
+    np.testing.assert_array_equal(heat.ijk_to_ras, result.heatmap.ijk_to_ras)
     np.testing.assert_array_equal(heat.array, result.heatmap.array)
+    hot = np.argwhere(heat.array > 0.5)
+    mask = segment_mask_from_node(seg_node, result.tumours[0].segment_id, reference).array
+    inside = mask[tuple((hot + grid_offset(heat, full)).T)]
+    assert hot.size and inside.mean() > 0.95, "hot heatmap voxels must land on the tumour of the reference"
     assert nodes.table_node.GetNumberOfRows() == len(result.tumours)
     assert nodes.table_node.GetTable().GetColumnByName("P(CR)").GetValue(0) == pytest.approx(result.tumours[0].probabilities[0])
     # a second run updates the same nodes instead of adding new ones

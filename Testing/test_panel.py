@@ -7,6 +7,7 @@ import sys
 import csv
 import importlib.util
 import math
+import os
 import types
 from pathlib import Path
 
@@ -355,9 +356,20 @@ def test_prediction_session_is_the_logics_explicit_process(mrml, tmp_path):
     table = session.output_nodes.table_node
     assert table.GetTable().GetNumberOfRows() == len(result.tumours) and result.survival is None
     assert panel.result_view(result).headline == result.tumours[0].predicted_class
-    assert list(tmp_path.iterdir()) == [], "the run's files are removed"
+    # the run's files are removed; the session keeps the volumes it wrote (and its worker) for the next Apply
+    assert list(tmp_path.iterdir()) == [session.files.folder]
+    written = {path: path.stat().st_mtime_ns for path in session.files.folder.iterdir()}
+    worker = session.worker.pid
     again = session.process(inputs, "cpu", timeout=300, output_nodes=session.output_nodes)
     assert session.output_nodes.table_node is table and again.tumours[0].predicted_class == result.tumours[0].predicted_class
+    assert session.worker.pid == worker and session.worker.starts == 1, "the second Apply reuses the warm worker"
+    assert {path: path.stat().st_mtime_ns for path in session.files.folder.iterdir()} == written, \
+        "an unchanged volume is not written again"
+    assert again.tumours[0].probabilities == result.tumours[0].probabilities
+    session.close()
+    assert list(tmp_path.iterdir()) == [] and session.worker is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
     with pytest.raises(InputError, match="Choose a segmentation"):
         session.process(panel.collect_inputs(nodes.reference, {}, None, "", model), "cpu")
     with pytest.raises(InputError, match="no-such-model"):

@@ -19,7 +19,7 @@ from scipy.ndimage import label as connected
 
 from TACEResponseLib.cli import main
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.imaging.geometry import Volume, ijk_to_ras_from, rotation_matrix
+from TACEResponseLib.imaging.geometry import Volume, grid_offset, ijk_to_ras_from, in_grid, rotation_matrix
 from TACEResponseLib.imaging.volume_io import read_volume, write_volume
 
 SPACING_MM = 1.4
@@ -48,7 +48,12 @@ def _predict(tmp_path, image, labelmap, bundle=None, *extra):
     if bundle is not None:
         argv += ["--bundle", str(bundle)]
     assert main(argv) == 0
-    return json.loads((out / "result.json").read_text()), read_volume(out / "heatmap.nrrd")
+    result = json.loads((out / "result.json").read_text())
+    # heatmap.nrrd covers the box of the patches, on the image's grid where result.json says; the checks
+    # below look at it on the whole grid
+    heat, reference = read_volume(out / "heatmap.nrrd"), read_volume(image)
+    assert heat.array.dtype == np.uint8 and grid_offset(heat, reference).tolist() == result["heatmap_box_kji"][0]
+    return result, Volume(in_grid(heat, reference), reference.ijk_to_ras)
 
 
 def _islands(tumour):

@@ -312,3 +312,34 @@ def test_predict_with_a_slicer_cropped_seg_nrrd_gives_the_full_grid_result(mrml,
     for a, b in zip(results[0].tumours, results[1].tumours):
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
         assert a.volume_ml == pytest.approx(b.volume_ml)
+
+
+def test_segment_box_is_the_whole_grid_mask_cropped(oblique_image, oblique_case):
+    """segment_box_on gives the segment's box of the reference grid (no full-size array) with exactly
+    the voxels segment_mask_on puts on the whole grid: same grid, and a cropped/shifted/finer file grid."""
+    from TACEResponseLib.imaging.geometry import grid_offset, in_grid
+    from TACEResponseLib.imaging.segmentation import label_box, segment_box_on
+
+    segmentation = oblique_case.segmentation
+    reference = oblique_case.reference
+    finer = Segmentation.from_masks(
+        Volume(np.zeros((60, 80, 100), np.uint8),
+               ijk_to_ras_from((0.5, 0.6, 1.0), rotation_matrix((5.0, -3.0, 10.0)), (-10.0, -15.0, -12.0))),
+        {"Blob": _ball((60, 80, 100), (30, 40, 50), 12)})
+    for seg, image in ((segmentation, reference), (finer, oblique_image)):
+        for segment in seg.segments:
+            box = segment_box_on(seg, segment.id, image)
+            whole = segment_mask_on(seg, segment.id, image)
+            offset = grid_offset(box, image)
+            assert offset is not None and offset.tolist() == box.metadata["crop_offset_kji"]
+            np.testing.assert_array_equal(in_grid(box, image), whole.array)
+            assert box.array.sum() == whole.array.sum() > 0 and box.array.size < whole.array.size
+    layer = np.zeros((7, 8, 9), np.uint8)
+    layer[2:4, 5, 1:8] = 3
+    assert [v.tolist() for v in label_box(layer, 3, slab=2)] == [[2, 5, 1], [4, 6, 8]]
+    assert label_box(layer, 1) is None
+
+
+def _ball(shape, centre, radius):
+    k, j, i = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    return (k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2 <= radius ** 2

@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Sequence
 
-from TACEResponseLib.cli import case_commands, survival_commands, training_commands, web_command
+from TACEResponseLib.cli import case_commands, survival_commands, training_commands, web_command, worker
 from TACEResponseLib.cli.common import ArgumentParser, Command
 from TACEResponseLib.core.errors import TACEResponseError
 
@@ -25,7 +25,7 @@ logger = logging.getLogger("tace-response")
 
 #: every sub-command, in the order ``--help`` lists them
 COMMANDS: list[Command] = [*case_commands.COMMANDS, *training_commands.COMMANDS, *survival_commands.COMMANDS,
-                           *web_command.COMMANDS]
+                           *web_command.COMMANDS, *worker.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import logging
 from TACEResponseLib.cli.common import (
     SEED,
     Command,
+    backend_arguments,
     case_arguments,
     check_device,
     check_inputs_exist,
@@ -100,10 +101,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: predictors kept between requests when this runs as the warm worker (``tace-response worker``
+#: sets a dict); None: every command loads its model
+WARM_PREDICTORS: dict | None = None
+_WARM_MODELS = 2  # models a worker keeps loaded (the current one and the one before)
+
+
+def case_predictor(args: argparse.Namespace):
+    """The :class:`~TACEResponseLib.prediction.predictor.Predictor` of ``--bundle`` and the network
+    options, reused from an earlier request in a worker; the island and patient rules of these
+    arguments."""
+    import json
+
+    from TACEResponseLib.networks.catalog import resolve_bundle
+    from TACEResponseLib.prediction.predictor import Predictor, tumour_rule_of
+
+    bundle = resolve_bundle(bundle_option(args.bundle))  # weights checked against the card (read once per process)
+    key = (str(bundle.path.resolve()), json.dumps(bundle.card.to_dict(), sort_keys=True, default=str), args.device,
+           args.cam, args.backend, args.threads)
+    predictor = WARM_PREDICTORS.get(key) if WARM_PREDICTORS is not None else None
+    if predictor is None:
+        predictor = Predictor(bundle, device=args.device, cam_method=args.cam, backend=args.backend,
+                              threads=args.threads)
+        if WARM_PREDICTORS is not None:
+            while len(WARM_PREDICTORS) >= _WARM_MODELS:
+                WARM_PREDICTORS.pop(next(iter(WARM_PREDICTORS)))
+            WARM_PREDICTORS[key] = predictor
+    else:
+        WARM_PREDICTORS[key] = WARM_PREDICTORS.pop(key)  # most recently used last
+    predictor.bundle = bundle
+    predictor.islands, predictor.patient_rule = tumour_rule_of(bundle, None, patient_rule_from(args))
+    predictor.islands = island_rule_from(args, predictor.islands)
+    return predictor
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict one case from files: result.json + heatmap.nrrd (+ overlay PNG) in --output."""
     from TACEResponseLib.prediction.case import predict_case
-    from TACEResponseLib.prediction.predictor import Predictor
 
     check_output_folder(args.output)
     check_device(args.device)
@@ -111,9 +145,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     survival_images = name_value_pairs(args.survival_image, "--survival-image")
     clinical = name_value_pairs(args.clinical)
     nomogram = nomogram_file(args.nomogram)
-    predictor = Predictor(bundle_option(args.bundle), device=args.device, cam_method=args.cam,
-                          patient_rule=patient_rule_from(args))
-    predictor.islands = island_rule_from(args, predictor.islands)
+    predictor = case_predictor(args)
     check_clinical_names(clinical, predictor.bundle, nomogram)
     result = predict_case(predictor, args.image, args.segmentation, args.output,
                           segments=args.segment, clinical=clinical, case_id=args.case_id, nomogram=nomogram,
@@ -156,7 +188,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     check_inputs_exist(manifest=args.manifest)
     summary = run_batch(args.manifest, bundle_option(args.bundle), args.output, workers=args.workers,
                         device=args.device, progress_bar=not args.no_progress, islands=island_rule_options(args),
-                        patient_rule=patient_rule_from(args), rows=args.rows)
+                        patient_rule=patient_rule_from(args), rows=args.rows, backend=args.backend,
+                        threads=args.threads)
     print(f"{summary.total} cases: {summary.done} predicted now, {summary.skipped} already done, "
           f"{summary.failed} failed → {summary.summary_csv}")
     return 0 if summary.failed == 0 else 1
@@ -218,6 +251,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cam", choices=["auto", "cam", "gradcam", "none"], default="auto")
     p.add_argument("--png", action="store_true", help="also write overlay.png")
     p.add_argument("--progress", action="store_true", help="print JSON progress lines (for the Slicer module)")
+    backend_arguments(p)
     island_arguments(p)
 
 
@@ -225,12 +259,15 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="CSV: case_id, one column per model input, segmentation, segment")
     p.add_argument("--bundle", default=None)
     p.add_argument("--output", required=True)
-    p.add_argument("--workers", type=number(int, 1, 256), default=1)
+    p.add_argument("--workers", type=number(int, 1, 256), default=1,
+                   help="processes, each with the model loaded once; CPU threads are shared out so that "
+                        "workers × threads ≤ processors")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--rows", choices=["case", "tumour"], default="case",
                    help="summary.csv: one row per case (the patient-level answer) or per tumour (every tumour, "
                         "not-assessable ones with their reason)")
+    backend_arguments(p)
     island_arguments(p)
 
 

@@ -104,11 +104,22 @@ def patient_rule_from(args: argparse.Namespace) -> str | None:
 
 
 def check_device(device: str) -> str:
-    """``--device`` checked before any work (a GPU asked for and absent is an error now, not later)."""
-    from TACEResponseLib.networks.device import select_device
+    """``--device`` checked before any work (a GPU asked for and absent is an error now, not later;
+    torch is imported only when a GPU is possible)."""
+    from TACEResponseLib.networks.device import resolve_device
 
-    select_device(device)
+    resolve_device(device)
     return device
+
+
+def backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--threads``: what runs the network on the CPU, with how many threads."""
+    parser.add_argument("--backend", choices=["auto", "openvino", "onnxruntime", "torch"], default=None,
+                        help="what runs the network: auto = a checked ONNX graph on OpenVINO or ONNX Runtime on the "
+                             "CPU (exported once per model), else eager PyTorch (default: $TACERESPONSE_BACKEND, "
+                             "else auto)")
+    parser.add_argument("--threads", type=number(int, 1, 1024), default=None,
+                        help="CPU threads of the network (default: every processor this process may use)")
 
 
 def check_inputs_exist(**paths: str | Sequence[str] | None) -> None:

@@ -165,7 +165,9 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def _file_digest(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read once per process (remembered by path, size and modification time)."""
+    path = Path(path)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
@@ -192,10 +194,10 @@ def content_fingerprint(paths: Iterable[str | os.PathLike | None], extra: Any = 
                 dirs.sort()
                 for name in sorted(files):
                     child = Path(root) / name
-                    digest.update(f"{child.relative_to(path).as_posix()}\0{_file_digest(child)}\0".encode())
+                    digest.update(f"{child.relative_to(path).as_posix()}\0{file_sha256(child)}\0".encode())
             digest.update(b"<end of folder>\0")
         elif path.is_file():
-            digest.update(f"{_file_digest(path)}\0".encode())
+            digest.update(f"{file_sha256(path)}\0".encode())
         else:
             raise InputError(f"{path}: file or folder does not exist")
     if extra is not None:

@@ -123,6 +123,15 @@ def node_ijk_to_world(node) -> np.ndarray:
     return ijk_to_ras
 
 
+def volume_node_state(node) -> tuple:
+    """What a volume node's voxels and world geometry depend on: its id, the modification time of its
+    image data, and its IJK→world matrix. Equal states: the same Volume (nothing to write again)."""
+    image = node.GetImageData() if node is not None else None
+    if image is None:
+        return (node.GetID() if node is not None else None, None)
+    return node.GetID(), int(image.GetMTime()), tuple(np.round(node_ijk_to_world(node), 12).ravel().tolist())
+
+
 def volume_from_node(node, label: str | None = None) -> Volume:
     """Copy a scalar volume node into a :class:`Volume` (array ``[k, j, i]``, world IJK→RAS)."""
     slicer = _slicer()
@@ -367,14 +376,20 @@ def show_prediction(scene, result, heatmap: Volume | None, reference_node=None, 
                     opacity: float = 0.5, colormap: str = "inferno") -> OutputNodes:
     """Create/update the heatmap volume node, the per-tumour table node and (if any) survival nodes.
 
-    The heatmap node gets ``heatmap``'s geometry (= the reference volume's); the result JSON is
-    stored as an attribute on the table node, so it is saved with the scene.
+    The heatmap node gets ``heatmap``'s geometry: the box of the reference grid that the patches
+    cover (or the whole grid), which Slicer's slice views overlay in RAS on the full reference
+    volume (outside the box the foreground is empty, so transparent). Values are 0…1 (a
+    ``heatmap.nrrd`` read as it is, uint8 0…255, is scaled). The result JSON is stored as an
+    attribute on the table node, so it is saved with the scene.
     """
     import json
+
+    from TACEResponseLib.prediction.cam import heatmap_values
 
     nodes = output_nodes or OutputNodes()
     if heatmap is not None:
         name = f"{reference_node.GetName() if reference_node is not None else result.case_id} TACE heatmap"
+        heatmap = heatmap_values(heatmap)
         nodes.heatmap_node = volume_to_node(heatmap.with_array(heatmap.array.astype(np.float32)), scene, name,
                                             node=nodes.heatmap_node)
         nodes.heatmap_node.SetAttribute(HEATMAP_ATTRIBUTE, "1")

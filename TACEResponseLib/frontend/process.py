@@ -14,6 +14,14 @@ so Slicer's GUI never freezes and a Cancel really stops the work. :class:`Backgr
   is moved into place, or handed to the caller, only when the command succeeded; a failed or
   cancelled run leaves nothing partial behind;
 - turns the CLI's ``error: <message>`` line into a clear message for the user.
+
+:class:`WorkerProcess` is the warm alternative the module uses: one long-lived
+``tace-response worker`` process (:mod:`TACEResponseLib.cli.worker`) that keeps the models
+loaded between requests. A :class:`BackgroundRun` given a worker sends its command there
+instead of starting a process, with the same progress, errors, staging folder and cancel: a
+cancel kills the worker's whole process group, and the next request starts a new worker, as
+it does after a crash. The worker exits when its caller closes it (or exits) or after an idle
+timeout.
 """
 
 from __future__ import annotations
@@ -184,6 +192,204 @@ def cli_command(arguments: Sequence[str], python: str | None = None) -> list[str
     return [python or python_slicer_executable(), "-m", "TACEResponseLib.cli", *map(str, arguments)]
 
 
+# --- the warm worker ---------------------------------------------------------------------------
+def worker_command(python: str | None = None, idle_timeout: float = 1800.0) -> list[str]:
+    """``[python, -m, TACEResponseLib.cli, worker, --idle-timeout, S]``."""
+    return cli_command(["worker", "--idle-timeout", repr(float(idle_timeout))], python)
+
+
+class WorkerJob:
+    """One request running in a :class:`WorkerProcess`, seen through the parts of ``subprocess.Popen``
+    that :class:`BackgroundRun` uses (``pid``, ``poll``, ``wait``, ``kill``)."""
+
+    def __init__(self, worker: "WorkerProcess", request_id: str, lines: queue.Queue) -> None:
+        self.worker, self.request_id, self.lines = worker, request_id, lines
+        self.exit_status: int | None = None
+        self.process = worker.process
+        self.pid = self.process.pid
+
+    def poll(self) -> int | None:
+        if self.exit_status is not None:
+            return self.exit_status
+        return self.process.poll()  # the worker died during the request: its status
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.01)
+        return int(self.poll())  # type: ignore[arg-type]
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def settled(self) -> bool:
+        """Everything of this request was read: its exit message, or the dead worker's last output."""
+        if self.exit_status is not None:
+            return True
+        return self.process.poll() is not None and not any(t.is_alive() for t in self.worker.readers)
+
+
+class WorkerProcess:
+    """One ``tace-response worker`` process kept alive between requests (started on the first).
+
+    ``submit(argv, lines)`` sends one request and returns its :class:`WorkerJob`; the request's
+    output arrives in ``lines`` as ``("stdout"|"stderr", line)``. One request at a time. A dead
+    worker (cancelled, crashed, timed out idle) is replaced by a new one on the next request.
+    """
+
+    def __init__(self, command: Sequence[str] | None = None, *, python: str | None = None,
+                 env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
+                 idle_timeout: float = 1800.0) -> None:
+        self.command = list(command) if command is not None else worker_command(python, idle_timeout)
+        self.env = library_environment(env) if command is None else (dict(env) if env is not None else None)
+        self.cwd = str(cwd) if cwd is not None else None
+        self.process: subprocess.Popen | None = None
+        self.readers: list[threading.Thread] = []
+        self.job: WorkerJob | None = None
+        self.starts = 0
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> "WorkerProcess":
+        """Start the worker unless it runs (a dead one is replaced)."""
+        if self.alive:
+            return self
+        if self.process is not None:
+            logger.info("the prediction worker %s ended (status %s); starting a new one", self.process.pid,
+                        self.process.returncode)
+        kwargs: dict = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            encoding="utf-8", errors="replace", bufsize=1, env=self.env, cwd=self.cwd)
+        if _WINDOWS:
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | _CREATE_NO_WINDOW
+        else:
+            kwargs["start_new_session"] = True  # cancel kills the worker's whole group
+        logger.info("starting the prediction worker: %s", " ".join(self.command))
+        self.process = subprocess.Popen(self.command, **kwargs)
+        self.starts += 1
+        self.job = None
+        self.readers = [threading.Thread(target=self._read, args=(name, stream, self.process), daemon=True,
+                                         name=f"tace-worker-{name}-{self.process.pid}")
+                        for name, stream in (("stdout", self.process.stdout), ("stderr", self.process.stderr))]
+        for thread in self.readers:
+            thread.start()
+        return self
+
+    def submit(self, argv: Sequence[str], lines: queue.Queue) -> WorkerJob:
+        """Send one request (``tace-response`` arguments); its lines go to ``lines``."""
+        with self._lock:
+            if self.job is not None and not self.job.settled() and self.alive:
+                raise RuntimeError("the prediction worker is busy")
+            self.start()
+            self._counter += 1
+            job = WorkerJob(self, f"{os.getpid()}-{self._counter}", lines)
+            self.job = job
+        try:
+            self.process.stdin.write(json.dumps({"id": job.request_id, "argv": [str(a) for a in argv]}) + "\n")
+            self.process.stdin.flush()
+        except (OSError, ValueError) as exc:  # it died just now: the job reports its status
+            logger.warning("could not send the request to the prediction worker: %s", exc)
+        return job
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Let the worker exit (its stdin closes), then make sure it did (process group killed)."""
+        if self.process is None:
+            return
+        try:
+            self.process.stdin.close()
+        except (OSError, ValueError):
+            pass
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_process_group(self.process, grace=0.5)
+        for thread in self.readers:
+            thread.join(0.5)
+
+    def __del__(self) -> None:  # best effort: never leave a worker behind
+        try:
+            if self.process is not None and self.process.poll() is None:
+                kill_process_group(self.process, grace=0.0)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def _read(self, name: str, stream, process: subprocess.Popen) -> None:
+        try:
+            for line in iter(stream.readline, ""):
+                self._route(name, line.rstrip("\r\n"), process)
+        except (OSError, ValueError):
+            pass
+        finally:
+            job = self.job
+            if job is not None and job.process is process:
+                job.lines.put((name, None))
+
+    def _route(self, name: str, line: str, process: subprocess.Popen) -> None:
+        job = self.job if self.job is not None and self.job.process is process else None
+        message = None
+        if name == "stdout":
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = None
+        if not isinstance(message, dict):  # raw output (stderr, or a stray line): the running request's log
+            if job is not None and job.exit_status is None:
+                job.lines.put(("stderr", line))
+            else:
+                logger.info("[worker %s] %s", process.pid, line)
+            return
+        if "ready" in message:
+            return
+        if job is None or message.get("id") != job.request_id:
+            if message.get("err"):
+                logger.info("[worker %s] %s", process.pid, message["err"])
+            return
+        if "exit" in message:
+            try:
+                job.exit_status = int(message["exit"])
+            except (TypeError, ValueError):
+                job.exit_status = 1
+            job.lines.put(("stdout", None))
+        elif "out" in message:
+            job.lines.put(("stdout", str(message["out"])))
+        elif "err" in message:
+            job.lines.put(("stderr", str(message["err"])))
+
+
+def kill_process_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to the process group of ``proc`` (its own session), SIGKILL after ``grace`` s (Windows: taskkill)."""
+    if _WINDOWS:
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(proc.pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, creationflags=_CREATE_NO_WINDOW, check=False)
+        if proc.poll() is None:
+            proc.kill()
+        return
+    pgid = proc.pid
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.5)):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+            time.sleep(0.02)
+        if proc.poll() is not None and not _group_alive(pgid):
+            break
+    try:
+        proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 # --- the runner --------------------------------------------------------------------------------
 def _remove_tree(path: Path, attempts: int = 5) -> None:
     """Delete a folder; retried briefly because Windows keeps files of just-killed processes locked."""
@@ -221,7 +427,8 @@ class BackgroundRun:
     """One command run in the background in a private work folder; poll it, cancel it.
 
     ``command`` may contain ``{output}`` (the staging folder the command writes into) and
-    ``{inputs}`` (a folder the caller fills before :meth:`start`). When the command exits with
+    ``{inputs}`` (a folder the caller fills before :meth:`start`). With a ``worker``, ``command``
+    is the ``tace-response`` arguments only, sent to that :class:`WorkerProcess`. When the command exits with
     status 0 and every file of ``required_outputs`` exists in the staging folder, the run
     succeeded: the staging folder is moved to ``destination`` (if given) or left for the caller
     to read (:attr:`output_dir`) and delete with :meth:`cleanup`. Otherwise the work folder is
@@ -241,7 +448,9 @@ class BackgroundRun:
         pipe_grace: float = 0.5,
         keep_work_dir: bool = False,
         max_log_lines: int = 2000,
+        worker: WorkerProcess | None = None,
     ) -> None:
+        self.worker = worker
         self.work_dir = Path(tempfile.mkdtemp(prefix="tace-run-", dir=work_root))
         self.inputs_dir = self.work_dir / "inputs"
         self.staging_dir = self.work_dir / "output.partial"
@@ -293,6 +502,16 @@ class BackgroundRun:
             self.command = self._substitute(command)
         if not self.command:
             raise ValueError("no command to run")
+        if self.worker is not None:
+            logger.info("requesting from the worker: %s", " ".join(self.command))
+            try:
+                self._proc = self.worker.submit(self.command, self._queue)  # type: ignore[assignment]
+            except OSError as exc:
+                self._fail(f"could not start the prediction worker {self.worker.command[0]!r}: {exc.strerror or exc}")
+                return self
+            self.started_at = time.monotonic()
+            self.state = RunState.RUNNING
+            return self
         kwargs: dict = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             encoding="utf-8", errors="replace", bufsize=1, env=self.env, cwd=self.cwd)
         if _WINDOWS:
@@ -352,7 +571,7 @@ class BackgroundRun:
             if returncode is not None:
                 now = time.monotonic()
                 self._exit_seen = self._exit_seen or now
-                readers_done = not any(t.is_alive() for t in self._threads)
+                readers_done = self._readers_done()
                 if readers_done or now - self._exit_seen > self.pipe_grace:
                     if not readers_done:  # something the command started still holds its pipes
                         logger.warning("process %s exited but its children keep running; stopping them", self.pid)
@@ -364,7 +583,7 @@ class BackgroundRun:
         update.error, update.output_dir = self.error, self.output_dir
         return update
 
-    def wait(self, timeout: float | None = None, interval: float = 0.05) -> RunUpdate:
+    def wait(self, timeout: float | None = None, interval: float = 0.01) -> RunUpdate:
         """Block until the run finished (or ``timeout`` seconds passed); for scripts and tests."""
         deadline = None if timeout is None else time.monotonic() + timeout
         lines: list[str] = []
@@ -414,6 +633,11 @@ class BackgroundRun:
             pass
 
     # -- internals -------------------------------------------------------------------------
+    def _readers_done(self) -> bool:
+        if isinstance(self._proc, WorkerJob):
+            return self._proc.settled()
+        return not any(t.is_alive() for t in self._threads)
+
     def _join_readers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -468,6 +692,9 @@ class BackgroundRun:
 
     def _kill_tree(self, grace: float) -> None:
         if self._proc is None:
+            return
+        if isinstance(self._proc, WorkerJob):  # the worker and whatever it started; the next request starts another
+            kill_process_group(self._proc.process, grace)
             return
         if _WINDOWS:
             self._kill_tree_windows()

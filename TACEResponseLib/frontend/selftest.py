@@ -164,10 +164,14 @@ def check_case_inputs_round_trip(scene, folder: str | Path) -> None:
         check(np.array_equal(written.array, expected.array), f"{name}: voxels changed on the way to {path}")
         check(np.allclose(written.ijk_to_ras, expected.ijk_to_ras, atol=1e-6),
               f"{name}: geometry changed on the way to {path}:\n{written.ijk_to_ras}\n!=\n{expected.ijk_to_ras}")
-    segmentation = read_segmentation(request.segmentation_path)
-    mask = segmentation.mask(nodes.segment_id)
+    segmentation = read_segmentation(request.segmentation_path)  # cropped to the segment, as Slicer writes it
+    from TACEResponseLib.imaging.segmentation import segment_mask_on
+
+    reference = nodes.case.phases[inputs.phase_names[0]]
+    mask = segment_mask_on(segmentation, nodes.segment_id, reference)
     expected_mask = nodes.case.segmentation.mask(nodes.segment_id)
     check(np.array_equal(mask.array, expected_mask.array), "the tumour mask changed on the way to the .seg.nrrd")
+    check(segmentation.layers[0].size < expected_mask.array.size, "the .seg.nrrd should hold the segment's box only")
     arguments = request.cli_arguments("OUT")
     images = [arguments[i + 1] for i, a in enumerate(arguments) if a == "--image"]
     check(images == [str(p) for p in request.image_paths], f"images must reach the CLI in the model's order: {images}")
@@ -262,7 +266,7 @@ def check_cancel_prediction_run(scene, folder: str | Path, model: str, python: s
 def check_prediction_run(scene, folder: str | Path, model: str, python: str | None = None) -> None:
     """Apply's whole path with a real bundle (registered name or folder): inputs written, CLI run in the background with progress,
     result and heatmap read back onto the reference geometry, MRML output nodes created."""
-    from TACEResponseLib.frontend.mrml import show_prediction, volume_from_node
+    from TACEResponseLib.frontend.mrml import node_ijk_to_world, show_prediction, volume_from_node
 
     inputs = inputs_for_model(scene, model)
     run = panel.PredictionRun(inputs, device="cpu", python=python, work_root=folder).start()
@@ -281,16 +285,21 @@ def check_prediction_run(scene, folder: str | Path, model: str, python: str | No
         total = float(np.sum(tumour.probabilities))
         check(abs(total - 1.0) < 1e-4, f"{tumour.label}: probabilities sum to {total}")
     reference = volume_from_node(inputs.reference)
-    check(heatmap.shape_kji == reference.shape_kji and np.allclose(heatmap.ijk_to_ras, reference.ijk_to_ras, atol=1e-6),
-          "the heatmap must be on the reference volume's grid")
+    from TACEResponseLib.imaging.geometry import grid_offset, in_grid
+
+    offset = grid_offset(heatmap, reference)
+    check(offset is not None and offset.tolist() == result.heatmap_box_kji[0],
+          "the heatmap must lie on a box of the reference volume's grid, where result.json says")
     from TACEResponseLib.frontend.mrml import segment_mask_from_node
 
     tumour = segment_mask_from_node(inputs.segmentation, inputs.segment_id, inputs.reference).array > 0
-    hot = heatmap.array > 0.5
+    hot = in_grid(heatmap, reference) > 0.5
     check(hot.any(), "the heatmap has no hot voxel")
     inside = float(tumour[hot].mean())
     check(inside >= 0.95, f"only {inside:.0%} of the hot heatmap voxels lie inside the tumour")
     outputs = show_prediction(scene, result, heatmap, inputs.reference)
+    check(np.allclose(node_ijk_to_world(outputs.heatmap_node), heatmap.ijk_to_ras, atol=1e-6),
+          "the heatmap node must keep the heatmap box's geometry (Slicer overlays it in RAS)")
     rows = outputs.table_node.GetTable().GetNumberOfRows()
     check(rows == len(result.tumours), f"table has {rows} rows for {len(result.tumours)} tumours")
     view = panel.result_view(result)

@@ -41,6 +41,7 @@ def write_case_scene(case, output: Path) -> Path | None:
     )
     from TACEResponseLib.imaging.segmentation import read_segmentation
     from TACEResponseLib.imaging.volume_io import read_volume
+    from TACEResponseLib.prediction.cam import read_heatmap
 
     folder = case_dir(output, case.case_id)
     result = read_result(folder)
@@ -50,7 +51,7 @@ def write_case_scene(case, output: Path) -> Path | None:
     reference = read_volume(case.images[0])
     reference_node = volume_to_node(reference, context.scene, result.reference.get("name") or reference.name)
     segmentation_to_node(read_segmentation(case.segmentation), context.scene)
-    show_prediction(context.scene, result, read_volume(folder / HEATMAP_FILE), reference_node)
+    show_prediction(context.scene, result, read_heatmap(folder / HEATMAP_FILE), reference_node)
     path = folder / "scene.mrb"
     if not context.scene.WriteToMRB(str(path)):
         logger.error("%s: could not write the scene bundle", path)

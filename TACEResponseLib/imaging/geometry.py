@@ -159,10 +159,46 @@ def check_volume(volume: Volume, label: str | None = None, allow_nan: bool = Fal
     if volume.array.size == 0:
         raise InputError(f"{label}: volume is empty")
     if not allow_nan and np.issubdtype(volume.array.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(volume.array)))
-        if bad:
+        low, high = value_range_of(volume)
+        if not (np.isfinite(low) and np.isfinite(high)):
+            bad = int(np.count_nonzero(~np.isfinite(volume.array)))
             raise InputError(f"{label}: {bad} voxels are NaN or infinite")
     return volume
+
+
+def _signature(array: np.ndarray) -> list:
+    return [int(array.ctypes.data), list(array.shape), list(array.strides), array.dtype.str]
+
+
+def value_range_of(volume: Volume) -> tuple[float, float]:
+    """:func:`value_range` of a volume's voxels, computed once: kept in its metadata for that very
+    array (same buffer, shape, strides and type), so the checks after reading do not scan the
+    voxels again. (Voxels changed in place after that are not seen.)"""
+    signature = _signature(volume.array)
+    known = volume.metadata.get("value_range")
+    if isinstance(known, dict) and known.get("array") == signature:
+        low, high = known["range"]
+        return float(low), float(high)
+    low, high = value_range(volume.array)
+    volume.metadata["value_range"] = {"range": [low, high], "array": signature}
+    return low, high
+
+
+def value_range(array: np.ndarray, block_bytes: int = 1 << 22) -> tuple[float, float]:
+    """``(min, max)`` of an array in one pass over memory (blocks small enough to stay in the cache
+    between the two reductions); NaN when any value is NaN, ±inf when one is infinite."""
+    flat = array.reshape(-1) if array.flags.c_contiguous else np.ravel(array)
+    if flat.size == 0:
+        return float("nan"), float("nan")
+    step = max(1, block_bytes // max(1, flat.itemsize))
+    low, high = float("inf"), float("-inf")
+    for start in range(0, flat.size, step):
+        block = flat[start:start + step]
+        block_low, block_high = float(block.min()), float(block.max())
+        if block_low != block_low or block_high != block_high:  # NaN
+            return float("nan"), float("nan")
+        low, high = min(low, block_low), max(high, block_high)
+    return low, high
 
 
 def crop(volume: Volume, lo_kji: Sequence[int], hi_kji: Sequence[int]) -> Volume:
@@ -173,6 +209,37 @@ def crop(volume: Volume, lo_kji: Sequence[int], hi_kji: Sequence[int]) -> Volume
     matrix[:3, 3] = volume.ijk_to_ras_points(lo[::-1][None].astype(float))[0]
     array = volume.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     return Volume(array, matrix, volume.name, {**volume.metadata, "crop_offset_kji": lo.tolist()})
+
+
+def grid_offset(mask: Volume, reference: Volume) -> np.ndarray | None:
+    """Index ``(k, j, i)`` of ``mask``'s first voxel in ``reference`` when ``mask`` is (a box of)
+    the reference grid — same spacing and directions, origin on a reference voxel — else None."""
+    if mask.same_geometry(reference):
+        return np.zeros(3, int)
+    if not np.allclose(mask.ijk_to_ras[:3, :3], reference.ijk_to_ras[:3, :3], atol=1e-6):
+        return None
+    ijk = reference.ras_to_ijk_points(mask.origin[None])[0]
+    if not np.allclose(ijk, np.round(ijk), atol=1e-4):
+        return None
+    offset = np.round(ijk).astype(int)[::-1]
+    if np.any(offset < 0) or np.any(offset + np.asarray(mask.shape_kji) > np.asarray(reference.shape_kji)):
+        return None
+    return offset
+
+
+def in_grid(volume: Volume, reference: Volume, fill: float = 0) -> np.ndarray:
+    """``volume``'s voxels on ``reference``'s whole grid, ``fill`` outside: ``volume`` is that grid or a
+    box of it (:func:`grid_offset`; e.g. a heatmap covering only its patches). InputError otherwise."""
+    offset = grid_offset(volume, reference)
+    if offset is None:
+        raise InputError(f"{volume.name or 'volume'}: not on the grid of {reference.name or 'the reference'} "
+                         "nor a box of it")
+    if volume.same_geometry(reference):
+        return volume.array
+    full = np.full(reference.shape_kji, fill, dtype=volume.array.dtype)
+    hi = offset + np.asarray(volume.shape_kji)
+    full[offset[0]:hi[0], offset[1]:hi[1], offset[2]:hi[2]] = volume.array
+    return full
 
 
 def bounding_box(mask: np.ndarray, margin_kji: Sequence[int] = (0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
@@ -197,16 +264,54 @@ def overlap_fraction(a: Volume, b: Volume) -> float:
 Interpolation = Literal["linear", "nearest"]
 
 
+def _lps_geometry(ijk_to_ras: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    """ITK's spacing, direction (row-major) and origin (LPS) of an IJK→RAS matrix."""
+    ijk_to_lps = LPS_TO_RAS @ ijk_to_ras
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    return ([float(s) for s in spacing], [float(v) for v in (ijk_to_lps[:3, :3] / spacing).ravel()],
+            [float(v) for v in ijk_to_lps[:3, 3]])
+
+
 def to_sitk_image(volume: Volume):
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
-    ijk_to_lps = LPS_TO_RAS @ volume.ijk_to_ras
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetDirection([float(v) for v in (ijk_to_lps[:3, :3] / spacing).ravel()])
-    image.SetOrigin([float(v) for v in ijk_to_lps[:3, 3]])
+    spacing, direction, origin = _lps_geometry(volume.ijk_to_ras)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    image.SetOrigin(origin)
     return image
+
+
+class _ImageBuffer:
+    """Exposes a SimpleITK image's voxel buffer to numpy and keeps the image alive while an array
+    uses it: the array *is* the image's memory, no copy (the image belongs to this array alone)."""
+
+    def __init__(self, image) -> None:
+        import SimpleITK as sitk
+
+        self.image = image
+        interface = dict(sitk.GetArrayViewFromImage(image).__array_interface__)
+        interface["data"] = (interface["data"][0], False)  # writable, as a copy would be
+        self.__array_interface__ = interface
+
+
+def array_of(image) -> np.ndarray:
+    """The voxels ``[k, j, i]`` of a SimpleITK image without copying them (the array keeps the image)."""
+    return np.asarray(_ImageBuffer(image))
+
+
+def support_box(moving: Volume, reference: Volume, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` index box of ``moving`` (``kji``, hi exclusive, clipped) holding every voxel that
+    resampling it onto ``reference``'s grid can touch: the reference voxel centres mapped into
+    ``moving``, plus ``margin`` voxels for the interpolation's neighbours."""
+    k, j, i = reference.shape_kji
+    corners = np.array([[x, y, z] for x in (0, i - 1) for y in (0, j - 1) for z in (0, k - 1)], dtype=np.float64)
+    ijk = moving.ras_to_ijk_points(reference.ijk_to_ras_points(corners))
+    lo = (np.floor(ijk.min(axis=0)).astype(int) - margin)[::-1]
+    hi = (np.ceil(ijk.max(axis=0)).astype(int) + margin + 1)[::-1]
+    shape = np.asarray(moving.shape_kji)
+    return np.clip(lo, 0, shape), np.clip(hi, 0, shape)
 
 
 def resample_to_reference(
@@ -220,10 +325,12 @@ def resample_to_reference(
 
     Linear for images, nearest for labelmaps. Assumes the two are co-registered (same
     patient space). Refuses volumes whose physical extents do not overlap, since that
-    means a wrong phase, a wrong patient or a missing registration.
+    means a wrong phase, a wrong patient or a missing registration. Only the part of
+    ``moving`` that the reference grid reaches (:func:`support_box`) is converted and checked,
+    so resampling a large volume onto a small region costs what the region costs.
     """
-    check_volume(moving, allow_nan=False)
     if reference.same_geometry(moving, atol=1e-9):
+        check_volume(moving, allow_nan=False)
         return Volume(moving.array.copy(), reference.ijk_to_ras.copy(), moving.name, dict(moving.metadata))
     fraction = overlap_fraction(reference, moving)
     if fraction < min_overlap:
@@ -234,12 +341,20 @@ def resample_to_reference(
         )
     import SimpleITK as sitk
 
+    lo, hi = support_box(moving, reference)
+    if np.all(hi > lo):  # the same samples: every reference point inside moving lies inside the box
+        moving = crop(moving, lo, hi)
+    check_volume(moving, label=moving.name or "moving volume", allow_nan=False)
     resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(to_sitk_image(reference.with_array(np.zeros(reference.shape_kji, np.uint8))))
+    spacing, direction, origin = _lps_geometry(reference.ijk_to_ras)
+    resampler.SetSize([int(n) for n in reference.shape_kji[::-1]])
+    resampler.SetOutputSpacing(spacing)
+    resampler.SetOutputDirection(direction)
+    resampler.SetOutputOrigin(origin)
     resampler.SetInterpolator(sitk.sitkLinear if interpolation == "linear" else sitk.sitkNearestNeighbor)
     resampler.SetDefaultPixelValue(float(default_value))
     moving_image = to_sitk_image(moving)
     if interpolation == "linear" and not np.issubdtype(moving.array.dtype, np.floating):
         moving_image = sitk.Cast(moving_image, sitk.sitkFloat32)
-    out = sitk.GetArrayFromImage(resampler.Execute(moving_image))
+    out = array_of(resampler.Execute(moving_image))
     return Volume(out, reference.ijk_to_ras.copy(), moving.name, dict(moving.metadata))

@@ -35,7 +35,9 @@ from TACEResponseLib.imaging.geometry import (
     bounding_box,
     check_volume,
     crop,
+    grid_offset,
     resample_to_reference,
+    support_box,
 )
 
 logger = logging.getLogger(__name__)
@@ -521,25 +523,12 @@ def working_margin_kji(reference: Volume, spec: PatchSpec, context_mm: float = 2
     return margin
 
 
-def grid_offset(mask: Volume, reference: Volume) -> np.ndarray | None:
-    """Index ``(k, j, i)`` of ``mask``'s first voxel in ``reference`` when ``mask`` is (a box of)
-    the reference grid — same spacing and directions, origin on a reference voxel — else None."""
-    if mask.same_geometry(reference):
-        return np.zeros(3, int)
-    if not np.allclose(mask.ijk_to_ras[:3, :3], reference.ijk_to_ras[:3, :3], atol=1e-6):
-        return None
-    ijk = reference.ras_to_ijk_points(mask.origin[None])[0]
-    if not np.allclose(ijk, np.round(ijk), atol=1e-4):
-        return None
-    offset = np.round(ijk).astype(int)[::-1]
-    if np.any(offset < 0) or np.any(offset + np.asarray(mask.shape_kji) > np.asarray(reference.shape_kji)):
-        return None
-    return offset
-
-
 def _coverage(image: Volume, region: Volume) -> np.ndarray:
-    """1 where a voxel of ``region`` lies inside ``image``'s field of view, else 0 (uint8)."""
-    ones = image.with_array(np.ones(image.shape_kji, np.uint8))
+    """1 where a voxel of ``region`` lies inside ``image``'s field of view, else 0 (uint8); only the
+    part of ``image`` that ``region`` reaches is built."""
+    lo, hi = support_box(image, region)
+    part = crop(image, lo, hi)
+    ones = part.with_array(np.ones(part.shape_kji, np.uint8))
     return resample_to_reference(ones, region, interpolation="nearest").array
 
 
@@ -567,7 +556,8 @@ def assess_patches(
     start = time.perf_counter()
     if not images:
         raise InputError("no image given to cut patches from")
-    reference = check_volume(images[0], label=images[0].name or "reference volume")
+    # shape checks here; the values (NaN) are checked where patches come from: the region around the tumours
+    reference = check_volume(images[0], label=images[0].name or "reference volume", allow_nan=True)
     labels = list(labels or [f"ROI {n + 1}" for n in range(len(masks))])
     boxes: list[tuple[np.ndarray, np.ndarray] | None] = []
     for mask, label in zip(masks, labels):
@@ -590,12 +580,12 @@ def assess_patches(
     shape = np.asarray(reference.shape_kji)
     lo = np.clip(np.min([b[0] for b in present_boxes], axis=0) - margin, 0, shape)
     hi = np.clip(np.max([b[1] for b in present_boxes], axis=0) + margin, 0, shape)
-    region = crop(reference, lo, hi)
+    region = check_volume(crop(reference, lo, hi), label=reference.name or "reference volume")
     aligned, coverage = [region], [None]
     for n, image in enumerate(images[1:], start=1):
-        check_volume(image, label=image.name or f"phase {n}")
+        check_volume(image, label=image.name or f"phase {n}", allow_nan=True)
         if image.same_geometry(reference):
-            aligned.append(crop(image, lo, hi))
+            aligned.append(check_volume(crop(image, lo, hi), label=image.name or f"phase {n}"))
             coverage.append(None)
         else:
             aligned.append(resample_to_reference(image, region))

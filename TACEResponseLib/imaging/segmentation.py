@@ -27,7 +27,10 @@ from TACEResponseLib.core.files import atomic_path
 from TACEResponseLib.imaging.geometry import (
     LPS_TO_RAS,
     Volume,
+    array_of,
     bounding_box,
+    grid_offset,
+    in_grid,
     to_sitk_image,
 )
 from TACEResponseLib.imaging.volume_io import unreadable_image_error, volume_from_sitk
@@ -108,6 +111,19 @@ class Segmentation:
         segment = self.find(key)
         array = (self.layers[segment.layer] == segment.label_value).astype(np.uint8)
         return Volume(array, self.ijk_to_ras.copy(), segment.name, {"segment_id": segment.id})
+
+    def cropped(self, margin: int = 1) -> "Segmentation":
+        """The same segments on the box of the grid that holds them (plus ``margin`` voxels), as
+        Slicer writes a ``.seg.nrrd``: the origin moves, spacing and directions stay."""
+        boxes = [label_box(layer != 0, True) for layer in self.layers]
+        boxes = [b for b in boxes if b is not None]
+        if not boxes:
+            return self
+        shape = np.asarray(self.layers[0].shape[:3])
+        lo = np.maximum(np.min([b[0] for b in boxes], axis=0) - margin, 0)
+        hi = np.minimum(np.max([b[1] for b in boxes], axis=0) + margin, shape)
+        layers = [np.ascontiguousarray(layer[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]) for layer in self.layers]
+        return Segmentation(layers, _shifted(self.ijk_to_ras, lo), list(self.segments), self.name, dict(self.metadata))
 
     @classmethod
     def from_masks(
@@ -330,49 +346,87 @@ def _extent_ijk(mask: np.ndarray) -> tuple[int, ...]:
 
 # --- onto an image -------------------------------------------------------------------------
 def segment_mask_on(segmentation: Segmentation, segment: str, reference: Volume) -> Volume:
-    """Binary mask of ``segment`` on ``reference``'s grid (nearest neighbour at the voxel centres).
+    """Binary mask of ``segment`` on ``reference``'s whole grid (nearest neighbour at the voxel centres).
 
     The segmentation may have its own grid (cropped, shifted, oblique, finer or coarser); only
     the region around the segment is resampled. InputError when the segment is empty, does not
-    overlap the image, or is smaller than one of the image's voxels.
+    overlap the image, or is smaller than one of the image's voxels. :func:`segment_box_on`
+    gives the same mask cropped to the segment's box (what most consumers need).
     """
+    box = segment_box_on(segmentation, segment, reference)
+    if box.same_geometry(reference):
+        return box
+    metadata = {k: v for k, v in box.metadata.items() if k != "crop_offset_kji"}
+    return Volume(in_grid(box, reference), reference.ijk_to_ras.copy(), box.name, metadata)
+
+
+def label_box(layer: np.ndarray, value: int, slab: int = 16) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(lo, hi)`` box (``kji``, hi exclusive) of the voxels of ``layer`` equal to ``value``, or None;
+    one pass over the layer in slabs (no full-size temporary)."""
+    shape = layer.shape
+    k_any = np.zeros(shape[0], bool)
+    j_any = np.zeros(shape[1], bool)
+    i_any = np.zeros(shape[2], bool)
+    for start in range(0, shape[0], slab):
+        equal = layer[start:start + slab] == value
+        k_any[start:start + slab] = equal.any(axis=(1, 2))
+        if k_any[start:start + slab].any():
+            j_any |= equal.any(axis=(0, 2))
+            i_any |= equal.any(axis=(0, 1))
+    if not k_any.any():
+        return None
+    present = [np.flatnonzero(a) for a in (k_any, j_any, i_any)]
+    return np.array([p[0] for p in present]), np.array([p[-1] + 1 for p in present])
+
+
+def segment_box_on(segmentation: Segmentation, segment: str, reference: Volume) -> Volume:
+    """Binary mask (uint8 0/1) of ``segment`` on ``reference``'s grid, cropped to a box holding all of
+    it: a Volume on a box of the reference grid (``metadata["crop_offset_kji"]`` = its first voxel).
+    Neither the segmentation nor the reference is copied whole. Errors as :func:`segment_mask_on`."""
     found = segmentation.find(segment)
-    own = segmentation.mask(segment)
     label = f"segment {found.name!r} of {segmentation.name!r}"
-    if not np.any(own.array):
+    layer = segmentation.layers[found.layer]
+    box = label_box(layer, found.label_value)
+    if box is None:
         raise InputError(f"{label} is empty; draw the tumour in the Segment Editor first")
-    if reference.same_geometry(own):
-        mask = own
-    else:
-        mask = Volume(_resample_mask(own, reference, label), reference.ijk_to_ras.copy(), own.name, dict(own.metadata))
-    mask.metadata.setdefault("segment_id", found.id)
-    return mask
+    lo, hi = box
+    metadata = {"segment_id": found.id}
+    # the file's grid is the reference grid or a box of it (Slicer crops .seg.nrrd files): no resampling
+    offset = grid_offset(Volume(np.broadcast_to(np.uint8(0), layer.shape[:3]), segmentation.ijk_to_ras), reference)
+    if offset is not None:
+        array = (layer[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == found.label_value).astype(np.uint8)
+        return Volume(array, _shifted(reference.ijk_to_ras, lo + offset), found.name,
+                      {**metadata, "crop_offset_kji": [int(v) for v in lo + offset]})
+    lo, hi = np.maximum(lo - 1, 0), np.minimum(hi + 1, layer.shape[:3])
+    own = Volume((layer[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == found.label_value).astype(np.uint8),
+                 _shifted(segmentation.ijk_to_ras, lo), found.name)
+    sampled, box_lo = _resample_mask(own, reference, label)
+    return Volume(sampled, _shifted(reference.ijk_to_ras, box_lo), found.name,
+                  {**metadata, "crop_offset_kji": [int(v) for v in box_lo]})
 
 
-def _resample_mask(own: Volume, reference: Volume, label: str) -> np.ndarray:
-    """``own`` (binary, its grid) sampled at ``reference``'s voxel centres inside the segment's box."""
+def _resample_mask(own: Volume, reference: Volume, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """``own`` (binary, a box of the segmentation's grid around the segment) sampled at ``reference``'s
+    voxel centres: ``(mask of the reference box it covers, that box's first voxel kji)``."""
     import SimpleITK as sitk
 
-    lo, hi = bounding_box(own.array, margin_kji=(1, 1, 1))
-    edges = np.array([[x, y, z] for x in (lo[2] - 0.5, hi[2] - 0.5) for y in (lo[1] - 0.5, hi[1] - 0.5)
-                      for z in (lo[0] - 0.5, hi[0] - 0.5)])
+    k, j, i = own.shape_kji
+    edges = np.array([[x, y, z] for x in (-0.5, i - 0.5) for y in (-0.5, j - 0.5) for z in (-0.5, k - 0.5)])
     ijk = reference.ras_to_ijk_points(own.ijk_to_ras_points(edges))
     box_lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int), 0)[::-1]  # kji
     box_hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, reference.shape_kji[::-1])[::-1]
     if np.any(box_hi <= box_lo):
-        seg_box = np.round(Volume(own.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]],
-                                  _shifted(own.ijk_to_ras, lo)).bounds_ras(), 1)
+        seg_box = np.round(own.bounds_ras(), 1)
         image_box = np.round(reference.bounds_ras(), 1)
         raise InputError(f"{label} does not overlap the image {reference.name!r}: the segment lies in RAS "
                          f"{seg_box[0].tolist()}…{seg_box[1].tolist()} mm, the image in "
                          f"{image_box[0].tolist()}…{image_box[1].tolist()} mm; is it drawn on another image?")
     sub_grid = Volume(np.zeros(tuple(box_hi - box_lo), np.uint8), _shifted(reference.ijk_to_ras, box_lo))
-    moving = Volume(np.ascontiguousarray(own.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]), _shifted(own.ijk_to_ras, lo))
     resampler = sitk.ResampleImageFilter()
     resampler.SetReferenceImage(to_sitk_image(sub_grid))
     resampler.SetInterpolator(sitk.sitkNearestNeighbor)
     resampler.SetDefaultPixelValue(0)
-    sampled = sitk.GetArrayFromImage(resampler.Execute(to_sitk_image(moving)))
+    sampled = array_of(resampler.Execute(to_sitk_image(own)))
     if not sampled.any():
         raise InputError(f"{label} covers no voxel centre of the image {reference.name!r} (it is smaller than one "
                          f"of its {np.round(reference.spacing, 2).tolist()} mm voxels, or lies outside it)")
@@ -381,9 +435,7 @@ def _resample_mask(own: Volume, reference: Volume, label: str) -> np.ndarray:
     if inside < 0.5 * expected:
         logger.warning("%s: only about %.0f%% of it lies inside the image %r", label, 100 * inside / expected,
                        reference.name)
-    full = np.zeros(reference.shape_kji, np.uint8)
-    full[box_lo[0]:box_hi[0], box_lo[1]:box_hi[1], box_lo[2]:box_hi[2]] = sampled
-    return full
+    return sampled, box_lo
 
 
 def _shifted(ijk_to_ras: np.ndarray, lo_kji: np.ndarray) -> np.ndarray:

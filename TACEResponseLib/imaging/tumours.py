@@ -28,7 +28,7 @@ from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.geometry import Volume, bounding_box, crop
 from TACEResponseLib.imaging.patches import PatchSet, PatchSpec, assess_patches
-from TACEResponseLib.imaging.segmentation import Segmentation, segment_mask_on
+from TACEResponseLib.imaging.segmentation import Segmentation, segment_box_on
 
 logger = logging.getLogger(__name__)
 
@@ -160,13 +160,14 @@ def tumour_rois(
     for key in chosen:
         segment = segmentation.find(key)  # an unknown segment is the user's mistake: InputError
         try:
-            mask = segment_mask_on(segmentation, segment.id, reference)
+            mask = segment_box_on(segmentation, segment.id, reference)  # only the segment's box
         except InputError as exc:
             rois.append(TumourROI(segment.id, segment.name, None, excluded=str(exc), reason="empty"))
             continue
         present = mask.array > 0
         lo, hi = bounding_box(present)
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        lo = lo + np.asarray(mask.metadata["crop_offset_kji"], int)  # on the reference grid
         if not islands.split:
             voxels = int(np.count_nonzero(present[box]))
             rois.append(_roi(segment.id, segment.name, reference, present[box], lo, None, voxels, voxel_ml, minimum))

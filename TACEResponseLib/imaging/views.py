@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from TACEResponseLib.core.figures import new_figure, save_figure
-from TACEResponseLib.imaging.geometry import Volume
+from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.imaging.geometry import Volume, grid_offset
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,30 @@ def to_screen(plane: np.ndarray, reference: Volume, slice_axis: int) -> DisplayP
 
 
 def display_plane(volume: Volume | np.ndarray, reference: Volume, slice_axis: int, slice_index: int) -> DisplayPlane:
-    """Slice ``slice_index`` along array axis ``slice_axis`` of ``volume`` (a Volume, or an
-    array on ``reference``'s grid) in radiological screen order."""
+    """Slice ``slice_index`` along array axis ``slice_axis`` of ``reference``'s grid, taken from
+    ``volume`` (a Volume on that grid or on a box of it — 0 outside the box —, or an array on
+    the grid), in radiological screen order."""
+    if isinstance(volume, Volume) and not volume.same_geometry(reference):
+        return to_screen(_box_plane(volume, reference, slice_axis, slice_index), reference, slice_axis)
     array = volume.array if isinstance(volume, Volume) else np.asarray(volume)
     return to_screen(np.take(array, slice_index, axis=slice_axis), reference, slice_axis)
+
+
+def _box_plane(box: Volume, reference: Volume, slice_axis: int, slice_index: int) -> np.ndarray:
+    """One plane of the reference grid from a volume on a box of it (zeros outside the box)."""
+    offset = grid_offset(box, reference)
+    if offset is None:
+        raise InputError(f"{box.name or 'volume'}: not on the grid of {reference.name or 'the reference'} "
+                         "nor a box of it")
+    rows_axis, cols_axis = (a for a in (0, 1, 2) if a != slice_axis)
+    shape = reference.shape_kji
+    plane = np.zeros((shape[rows_axis], shape[cols_axis]), box.array.dtype)
+    local = slice_index - int(offset[slice_axis])
+    if 0 <= local < box.shape_kji[slice_axis]:
+        part = np.take(box.array, local, axis=slice_axis)
+        r0, c0 = int(offset[rows_axis]), int(offset[cols_axis])
+        plane[r0:r0 + part.shape[0], c0:c0 + part.shape[1]] = part
+    return plane
 
 
 def save_patch_montage(

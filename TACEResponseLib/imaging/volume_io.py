@@ -19,8 +19,10 @@ from TACEResponseLib.core.files import atomic_path
 from TACEResponseLib.imaging.geometry import (
     LPS_TO_RAS,
     Volume,
+    array_of,
     check_volume,
     to_sitk_image,
+    value_range_of,
 )
 from TACEResponseLib.imaging.sanity import check_spacing
 
@@ -31,15 +33,13 @@ VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 # --- volumes ----------------------------------------------------------------------------
 def volume_from_sitk(image, name: str, metadata: dict[str, Any] | None = None) -> Volume:
-    import SimpleITK as sitk
-
+    """A Volume sharing ``image``'s voxel buffer (no copy), its geometry converted from LPS to RAS."""
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     ijk_to_lps = np.eye(4)
     ijk_to_lps[:3, :3] = direction * spacing
     ijk_to_lps[:3, 3] = image.GetOrigin()
-    array = sitk.GetArrayFromImage(image)
-    return Volume(array, LPS_TO_RAS @ ijk_to_lps, name, dict(metadata or {}))
+    return Volume(array_of(image), LPS_TO_RAS @ ijk_to_lps, name, dict(metadata or {}))
 
 
 def unreadable_image_error(path: Path, exc: Exception) -> InputError:
@@ -68,13 +68,16 @@ _NOT_IMAGES = {"1.2.840.10008.5.1.4.1.1.66.4": "a DICOM segmentation (SEG)",
                "1.2.840.10008.5.1.4.1.1.481.3": "a radiotherapy structure set (RTSTRUCT)"}
 
 
-def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_values: bool = True) -> Volume:
     """Read a scalar volume: an NRRD / NIfTI / MHA / DICOM file, or a folder holding a DICOM series.
 
     A folder with several series is read as ``FOLDER#N`` (N-th series in the listing the error
     gives) or ``FOLDER#UID`` (``series_uid`` does the same). Files without patient geometry
     (PNG, TIFF, an MRC map without a cell size, a multi-frame DICOM without frame positions),
-    truncated gzip data and voxel sizes outside 0.05–30 mm are refused with an InputError.
+    truncated gzip data and voxel sizes outside 0.05–30 mm are refused with an InputError; so
+    are NaN or infinite voxels unless ``check_values=False``. The one pass over the voxels that
+    checks them also records their range for :func:`~TACEResponseLib.imaging.sanity.check_scan`
+    (:func:`~.geometry.value_range_of`). The array is SimpleITK's own buffer, not a copy.
     """
     import SimpleITK as sitk
 
@@ -86,7 +89,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     if not path.exists():
         raise InputError(f"{path}: file or folder does not exist")
     if path.is_dir():
-        return read_dicom_series(path, series_uid)
+        return read_dicom_series(path, series_uid)  # values checked there
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -110,7 +113,9 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
         raise InputError(f"{path}: is {image.GetDimension()}-D; a 3-D volume is needed")
     name = path.name.split(".")[0]
     volume = volume_from_sitk(image, name, {"source": str(path)})
-    check_volume(volume, label=str(path))
+    if check_values:
+        value_range_of(volume)  # the one pass over the voxels: NaN below, the range for check_scan
+    check_volume(volume, label=str(path), allow_nan=not check_values)
     return check_spacing(volume, label=str(path))
 
 
@@ -236,15 +241,16 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
     return path
 
 
-def read_phase_volumes(paths: Sequence[str | os.PathLike], phases: Sequence[str | None] = ()) -> list[Volume]:
+def read_phase_volumes(paths: Sequence[str | os.PathLike], phases: Sequence[str | None] = (),
+                       check_values: bool = True) -> list[Volume]:
     """Read the images of one case, each named by its phase/sequence when ``phases`` gives one.
 
     No resampling here: :func:`TACEResponseLib.imaging.patches.patches_for_case` resamples the other
-    phases onto the first one around the tumour only.
+    phases onto the first one around the tumour only. ``check_values``: as :func:`read_volume`.
     """
     volumes = []
     for n, path in enumerate(paths):
-        volume = read_volume(path)
+        volume = read_volume(path, check_values=check_values)
         phase = phases[n] if n < len(phases) else None
         volume.name = phase or volume.name
         volumes.append(volume)

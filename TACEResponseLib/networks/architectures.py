@@ -13,7 +13,8 @@ fusion        :class:`FusionNet`: InceptionV4 + clinical      299×299    Quan 2
 No torchvision (it cannot be imported here) and no download. Every network is 2-D, takes
 ``(N, in_channels, H, W)`` and returns ``(N, num_classes)`` logits; :func:`cam_layers` names
 the layers ``monai.visualize.CAM``/``GradCAM`` need; :class:`ArchitectureSpec` says how an
-ImageNet file's keys map onto each network.
+ImageNet file's keys map onto each network. Importing this module does not import torch (the
+builders do), so the prediction path can name layers without it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.networks.inception import FusionNet, InceptionV4
+
+if TYPE_CHECKING:
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ def _rename_inception(key: str) -> str:
     return key
 
 
-def _build_resnet(depth: int) -> Callable[..., nn.Module]:
-    def build(num_classes: int, in_channels: int) -> nn.Module:
+def _build_resnet(depth: int) -> Callable[..., "nn.Module"]:
+    def build(num_classes: int, in_channels: int) -> "nn.Module":
         from monai.networks.nets import resnet18, resnet50
 
         factory = {18: resnet18, 50: resnet50}[depth]
@@ -73,18 +74,22 @@ def _build_resnet(depth: int) -> Callable[..., nn.Module]:
     return build
 
 
-def _build_densenet121(num_classes: int, in_channels: int) -> nn.Module:
+def _build_densenet121(num_classes: int, in_channels: int) -> "nn.Module":
     from monai.networks.nets import DenseNet121
 
     return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
 
 
-def _build_inceptionv4(num_classes: int, in_channels: int, width: float = 1.0, dropout: float = 0.0) -> nn.Module:
+def _build_inceptionv4(num_classes: int, in_channels: int, width: float = 1.0, dropout: float = 0.0) -> "nn.Module":
+    from TACEResponseLib.networks.inception import InceptionV4
+
     return InceptionV4(num_classes, in_channels, width=width, dropout=dropout)
 
 
 def _build_fusion(num_classes: int, in_channels: int, width: float = 1.0, n_clinical: int = 0, hidden: int = 0,
-                  dropout: float = 0.0) -> nn.Module:
+                  dropout: float = 0.0) -> "nn.Module":
+    from TACEResponseLib.networks.inception import FusionNet, InceptionV4
+
     backbone = InceptionV4(None, in_channels, width=width)
     return FusionNet(backbone, n_clinical=n_clinical, num_classes=num_classes, hidden=hidden, dropout=dropout)
 
@@ -96,7 +101,7 @@ class ArchitectureSpec:
     name: str
     paper: str
     input_size: int
-    build: Callable[..., nn.Module]
+    build: Callable[..., "nn.Module"]
     rename: Callable[[str], str]       # key in the ImageNet file → key in this network
     first_conv: str                    # weight adapted when in_channels != 3
     head: tuple[str, ...]              # key prefixes of the classifier head (not taken from ImageNet)
@@ -130,7 +135,7 @@ def architecture_spec(architecture: str) -> ArchitectureSpec:
         raise InputError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}") from None
 
 
-def build_network(architecture: str, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
+def build_network(architecture: str, num_classes: int, in_channels: int = 3, **options: Any) -> "nn.Module":
     """A freshly initialised network from the registry (see the module table).
 
     Options: ``inceptionv4`` takes ``width`` and ``dropout``; ``fusion`` takes ``width``,

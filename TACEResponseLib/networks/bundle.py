@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from TACEResponseLib.core.errors import BundleError, InputError
 from TACEResponseLib.core.files import (
     atomic_path,
+    file_sha256,
     sha256_of,
     write_json_atomic,
     write_text_atomic,
@@ -202,7 +203,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
     if not weights.is_file():
         raise BundleError(f"{path}: weights file {WEIGHTS_FILE} is missing")
     if verify:
-        actual = sha256_of(weights)
+        actual = file_sha256(weights)
         if not card.weights_sha256:
             raise BundleError(f"{card_path}: card has no weights_sha256; refusing unverifiable weights")
         if actual != card.weights_sha256:

@@ -1,13 +1,19 @@
 """Where the networks run: CUDA when present, else Apple MPS, else CPU; GPU out-of-memory → CPU.
 
 torch is imported inside the functions so that importing this module stays cheap (Slicer
-loads every module's widget at start-up, possibly before torch is installed).
+loads every module's widget at start-up, possibly before torch is installed);
+:func:`resolve_device` does not import it at all when the answer is the CPU anyway (``cpu``
+asked for, or ``auto`` with a torch build that has no GPU support).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import platform
 import re
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from TACEResponseLib.core.errors import InputError
@@ -55,6 +61,36 @@ def select_device(preference: str = "auto") -> "torch.device":
         raise InputError(f"device 'mps' requested but Apple MPS is not available; "
                          f"available: {', '.join(available_devices())} (or use 'auto')")
     return torch.device(choice)
+
+
+def gpu_build_installed() -> bool:
+    """True when the installed torch could see a GPU: a CUDA or ROCm build (read from its
+    ``version.py``), or macOS on Apple silicon (MPS). torch is not imported."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.origin:
+        return False
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return True  # unknown build: ask torch itself
+    builds = re.findall(r"^(cuda|hip)\s*(?::[^=\n]*)?=\s*(.+)$", text, re.M)
+    return not builds or any(value.strip() not in ("None", "''", '""') for _, value in builds)
+
+
+def resolve_device(preference: str = "auto") -> str:
+    """The device name for ``preference`` (as :func:`select_device`), importing torch only when a
+    GPU is possible: ``cpu``, and ``auto`` with a torch build without GPU support, give ``"cpu"``."""
+    choice = str(preference).strip().lower()
+    if not _PREFERENCE.match(choice):
+        raise InputError(f"device {preference!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if choice == "cpu" or (choice == "auto" and not gpu_build_installed()):
+        return "cpu"
+    return str(select_device(choice))
 
 
 def available_devices() -> list[str]:

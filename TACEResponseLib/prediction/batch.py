@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -76,15 +75,13 @@ _PREDICTOR = None
 
 
 def _init_worker(bundle_path: str, device: str, threads: int, islands: dict[str, Any] | None = None,
-                 patient_rule: str | None = None) -> None:
+                 patient_rule: str | None = None, backend: str | None = None) -> None:
     global _PREDICTOR
-    import torch
-
     from TACEResponseLib.imaging.tumours import IslandRule
     from TACEResponseLib.prediction.predictor import Predictor
 
-    torch.set_num_threads(max(1, threads))
-    _PREDICTOR = Predictor(bundle_path, device=device, patient_rule=patient_rule)
+    _PREDICTOR = Predictor(bundle_path, device=device, patient_rule=patient_rule, backend=backend,
+                           threads=max(1, threads))
     if islands:
         _PREDICTOR.islands = IslandRule(**{**_PREDICTOR.islands.to_dict(), **islands})
 
@@ -210,6 +207,8 @@ def run_batch(
     islands: dict[str, Any] | None = None,
     patient_rule: str | None = None,
     rows: str = "case",
+    backend: str | None = None,
+    threads: int | None = None,
 ) -> BatchSummary:
     """Predict every case of ``manifest`` with ``bundle`` into ``output`` (resumable).
 
@@ -217,11 +216,14 @@ def run_batch(
         manifest: cohort CSV (``case_id``, one column per model input, ``segmentation``, …).
         bundle: bundle folder or registered name.
         output: ``cases/<case id>/`` (result.json + heatmap.nrrd, or error.json) and ``summary.csv``.
-        workers: processes; each loads the model once and uses ``cores / workers`` torch threads.
+        workers: processes; each loads the model once (the network's graph is exported and checked
+            before they start, once).
+        threads: CPU threads per worker (default: the processors this process may use ÷ ``workers``).
         on_case: called with each case's outcome (``case_id``, ``status``, …) as it finishes.
         islands: island options overriding the bundle's rule (``split``, ``min_island_ml``).
         patient_rule: ``target_lesions`` or ``volume_weighted`` (default: the bundle's).
         rows: ``"case"`` (one summary row per case, the patient answer) or ``"tumour"``.
+        backend: what runs the network (:class:`~TACEResponseLib.prediction.predictor.Predictor`).
 
     Returns:
         Counts of cases done now, failed, skipped (finished before) and the summary CSV path.
@@ -257,13 +259,19 @@ def run_batch(
             _remove_result(folder)
         todo.append(case)
     logger.info("%d cases: %d finished before, %d to run with %d worker(s)", len(cases), skipped, len(todo), workers)
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    from TACEResponseLib.networks.backends import default_threads
+
+    threads = int(threads or max(1, default_threads() // max(1, workers)))
     by_id = {case.case_id: case for case in cases}
     order = [case.case_id for case in cases]
     per_tumour = rows == "tumour"
     table = {case.case_id: summary_rows(case, output, per_tumour) for case in cases}
     done = failed = 0
-    init = (str(loaded.path), device, threads, rule.to_dict(), patient)
+    init = (str(loaded.path), device, threads, rule.to_dict(), patient, backend)
+    if workers > 1 and len(todo) > 1:  # export and check the graph once, not in every worker at the same time
+        from TACEResponseLib.prediction.predictor import Predictor
+
+        Predictor(loaded, device=device, backend=backend, threads=threads).engine  # noqa: B018
     for outcome in _outcomes(todo, output, init, workers, progress_bar):
         done += outcome["status"] == "ok"
         failed += outcome["status"] == "failed"

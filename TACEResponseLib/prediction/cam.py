@@ -1,21 +1,26 @@
 """Where the network looked: class activation maps, and putting them back into the volume.
 
 CAM (Zhou 2016) for networks ending in global average pooling + one linear layer comes from
-the *same* forward pass that gives the probabilities: a hook keeps the last feature maps
-``F`` (N, C, h, w) and the map of class ``c`` is ``Σ_k W[c, k] · F[k]`` with ``W`` the head
-weights (bias left out, as in the paper). Grad-CAM (``monai.visualize.GradCAM``) is the
-option for any network, and the only one for a fusion network with an MLP head.
+the *same* forward pass that gives the probabilities: the backend returns the last feature
+maps ``F`` (N, C, h, w) beside the logits (:mod:`TACEResponseLib.networks.backends`) and the
+map of class ``c`` is ``Σ_k W[c, k] · F[k]`` with ``W`` the head weights (bias left out, as in
+the paper; :func:`class_maps`, numpy, so no torch is needed). Grad-CAM
+(``monai.visualize.GradCAM``) is the option for any network, and the only one for a fusion
+network with an MLP head.
 
 :func:`project_to_volume` inverts each patch's crop/resample exactly: every voxel of the
 patch's slice is mapped through the inverse of ``PatchProvenance.patch_to_ijk`` to patch
 coordinates and the upsampled map is sampled there. Voxels outside every patch are 0; where
-patches overlap the larger value is kept.
+patches overlap the larger value is kept. The heatmap only covers the box of the patches'
+footprints (:func:`footprint_box`): a volume whose origin is the box's first reference voxel,
+stored as ``uint8`` (255 = the case's strongest activation, :func:`write_heatmap`), which
+Slicer overlays in RAS on the full reference volume.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -32,35 +37,6 @@ def _module(model, name: str):
         return model.get_submodule(name)
     except AttributeError:
         raise InputError(f"network {type(model).__name__} has no layer {name!r} for CAM") from None
-
-
-@dataclass
-class ForwardWithCam:
-    """Logits of one forward pass and the per-class CAMs ``(N, classes, h, w)`` from it."""
-
-    logits: "object"
-    cams: "object"
-
-
-def forward_with_cam(model, images, target_layer: str, fc_layer: str, clinical=None) -> ForwardWithCam:
-    """One forward pass returning logits and CAMs (features × head weights, no second pass)."""
-    import torch
-
-    captured: list[torch.Tensor] = []
-    handle = _module(model, target_layer).register_forward_hook(lambda _m, _i, output: captured.append(output))
-    try:
-        logits = model(images) if clinical is None else model(images, clinical)
-    finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise InputError(f"layer {target_layer!r} ran {len(captured)} times in one forward pass; cannot make a CAM")
-    features = captured[0]
-    fc = _module(model, fc_layer)
-    weight = getattr(fc, "weight", None)
-    if weight is None or weight.ndim != 2 or weight.shape[1] != features.shape[1]:
-        raise InputError(f"layer {fc_layer!r} is not a linear head over the {features.shape[1]} channels of {target_layer!r}")
-    cams = torch.einsum("kc,nchw->nkhw", weight.to(features.dtype), features)
-    return ForwardWithCam(logits, cams)
 
 
 class _BoundClinical:
@@ -98,12 +74,41 @@ def grad_cam(model, images, target_layer: str, class_indices: Sequence[int], cli
     return torch.stack(maps)
 
 
-def upsample(cams, size: int):
-    """Bilinear (align_corners=False) upsampling of ``(N, h, w)`` maps to ``(N, size, size)``."""
-    import torch.nn.functional as F
+def class_maps(features: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Per-class CAMs ``(N, classes, h, w)`` = head weights ``(classes, C)`` × features ``(N, C, h, w)``."""
+    head = np.asarray(head, np.float32)
+    if head.ndim != 2 or features.ndim != 4 or head.shape[1] != features.shape[1]:
+        raise InputError(f"CAM head of shape {head.shape} does not fit features of shape {features.shape}")
+    n, c, h, w = features.shape
+    flat = np.asarray(features, np.float32).reshape(n, c, h * w)
+    return np.matmul(head[None], flat).reshape(n, head.shape[0], h, w)
 
+
+def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` matrix of 1-D linear interpolation, sampled as PyTorch's
+    ``interpolate(mode="bilinear", align_corners=False)`` samples."""
+    source = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(int), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    fraction = source - low
+    weights = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    np.add.at(weights, (rows, low), 1.0 - fraction)
+    np.add.at(weights, (rows, high), fraction)
+    return weights
+
+
+def upsample(cams, size: int):
+    """Bilinear (align_corners=False) upsampling of ``(N, h, w)`` maps to ``(N, size, size)``
+    (numpy arrays with numpy, tensors with torch)."""
     if cams.shape[-1] == size and cams.shape[-2] == size:
         return cams
+    if isinstance(cams, np.ndarray):
+        rows = _bilinear_weights(cams.shape[-2], size)
+        cols = _bilinear_weights(cams.shape[-1], size)
+        return (rows @ np.asarray(cams, np.float64) @ cols.T).astype(np.float32)
+    import torch.nn.functional as F
+
     return F.interpolate(cams[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
@@ -114,30 +119,64 @@ def normalise(maps: np.ndarray) -> np.ndarray:
     return maps / peak if peak > 0 else maps
 
 
+def _footprint(prov: PatchProvenance, shape_kji: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Reference voxel rows and columns of a patch's slice inside its footprint (None: outside the grid)."""
+    size = prov.size
+    axis = prov.slice_axis
+    rows_axis, cols_axis = (a for a in (0, 1, 2) if a != axis)
+    # footprint of the patch in the slice (continuous pixel coordinates → integer range)
+    corners = np.array([[u, v, 0, 1] for u in (-0.5, size - 0.5) for v in (-0.5, size - 0.5)]) @ prov.patch_to_ijk.T
+    r_lo, r_hi = corners[:, 2 - rows_axis].min(), corners[:, 2 - rows_axis].max()
+    c_lo, c_hi = corners[:, 2 - cols_axis].min(), corners[:, 2 - cols_axis].max()
+    rows = np.arange(max(int(np.ceil(r_lo)), 0), min(int(np.floor(r_hi)), shape_kji[rows_axis] - 1) + 1)
+    cols = np.arange(max(int(np.ceil(c_lo)), 0), min(int(np.floor(c_hi)), shape_kji[cols_axis] - 1) + 1)
+    if rows.size == 0 or cols.size == 0 or not 0 <= prov.slice_index < shape_kji[axis]:
+        return None
+    return rows, cols
+
+
+def footprint_box(provenance: Sequence[PatchProvenance], reference: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` reference voxel box (``kji``, hi exclusive) holding every patch's footprint."""
+    los, his = [], []
+    for prov in provenance:
+        found = _footprint(prov, reference.shape_kji)
+        if found is None:
+            continue
+        rows, cols = found
+        rows_axis, cols_axis = (a for a in (0, 1, 2) if a != prov.slice_axis)
+        lo, hi = np.zeros(3, int), np.zeros(3, int)
+        lo[prov.slice_axis], hi[prov.slice_axis] = prov.slice_index, prov.slice_index + 1
+        lo[rows_axis], hi[rows_axis] = rows[0], rows[-1] + 1
+        lo[cols_axis], hi[cols_axis] = cols[0], cols[-1] + 1
+        los.append(lo)
+        his.append(hi)
+    if not los:
+        return np.zeros(3, int), np.ones(3, int)
+    return np.min(los, axis=0), np.max(his, axis=0)
+
+
 def project_to_volume(maps: np.ndarray, provenance: Sequence[PatchProvenance], reference: Volume,
-                      out: np.ndarray | None = None) -> np.ndarray:
+                      out: np.ndarray | None = None, origin_kji: Sequence[int] = (0, 0, 0)) -> np.ndarray:
     """Put patch maps ``(N, S, S)`` back onto ``reference``'s voxel grid (max where they overlap).
 
     For every voxel of a patch's slice inside the patch footprint, the patch coordinates are
     ``patch_to_ijk⁻¹ · ijk`` and the map is sampled there bilinearly: the exact inverse of
-    how the patch was cut.
+    how the patch was cut. ``out`` may be a box of the grid whose first voxel is reference voxel
+    ``origin_kji`` (e.g. :func:`footprint_box`); it must hold the footprints.
     """
     from scipy.ndimage import map_coordinates
 
     heat = np.zeros(reference.shape_kji, np.float32) if out is None else out
+    origin = np.asarray(origin_kji, int)
     for patch_map, prov in zip(maps, provenance):
         size = patch_map.shape[-1]
         inverse = np.linalg.inv(prov.patch_to_ijk)
         axis = prov.slice_axis
         rows_axis, cols_axis = (a for a in (0, 1, 2) if a != axis)
-        # footprint of the patch in the slice (continuous pixel coordinates → integer range)
-        corners = np.array([[u, v, 0, 1] for u in (-0.5, size - 0.5) for v in (-0.5, size - 0.5)]) @ prov.patch_to_ijk.T
-        r_lo, r_hi = corners[:, 2 - rows_axis].min(), corners[:, 2 - rows_axis].max()
-        c_lo, c_hi = corners[:, 2 - cols_axis].min(), corners[:, 2 - cols_axis].max()
-        rows = np.arange(max(int(np.ceil(r_lo)), 0), min(int(np.floor(r_hi)), reference.shape_kji[rows_axis] - 1) + 1)
-        cols = np.arange(max(int(np.ceil(c_lo)), 0), min(int(np.floor(c_hi)), reference.shape_kji[cols_axis] - 1) + 1)
-        if rows.size == 0 or cols.size == 0:
+        found = _footprint(prov, reference.shape_kji)
+        if found is None:
             continue
+        rows, cols = found
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
         ijk = np.zeros((4, rr.size))
         ijk[2 - rows_axis] = rr.ravel()
@@ -149,9 +188,43 @@ def project_to_volume(maps: np.ndarray, provenance: Sequence[PatchProvenance], r
         values = np.zeros(rr.size, np.float32)
         values[inside] = map_coordinates(np.asarray(patch_map, np.float32), [v[inside], u[inside]], order=1, mode="nearest")
         where: list = [slice(None)] * 3
-        where[axis] = prov.slice_index
-        where[rows_axis] = slice(int(rows[0]), int(rows[-1]) + 1)
-        where[cols_axis] = slice(int(cols[0]), int(cols[-1]) + 1)
+        where[axis] = prov.slice_index - origin[axis]
+        where[rows_axis] = slice(int(rows[0]) - origin[rows_axis], int(rows[-1]) + 1 - origin[rows_axis])
+        where[cols_axis] = slice(int(cols[0]) - origin[cols_axis], int(cols[-1]) + 1 - origin[cols_axis])
         region = heat[tuple(where)]
         np.maximum(region, values.reshape(rr.shape), out=region)
     return heat
+
+
+#: heatmap levels stored in ``heatmap.nrrd`` (uint8: 255 = the case's strongest activation)
+HEATMAP_LEVELS = 255
+
+
+def quantised(heat: np.ndarray) -> np.ndarray:
+    """Heat in [0, 1] rounded to the levels ``heatmap.nrrd`` stores (float32 ``k / 255``), so the
+    heatmap in memory and the one read back from the file are the same numbers."""
+    levels = np.rint(np.clip(heat, 0.0, 1.0) * HEATMAP_LEVELS).astype(np.uint8)
+    return levels.astype(np.float32) / np.float32(HEATMAP_LEVELS)
+
+
+def heatmap_values(volume: Volume) -> Volume:
+    """A heatmap with values in [0, 1]: integer volumes (``heatmap.nrrd`` as written) are divided by 255."""
+    if np.issubdtype(volume.array.dtype, np.integer):
+        return Volume(volume.array.astype(np.float32) / np.float32(HEATMAP_LEVELS), volume.ijk_to_ras,
+                      volume.name, dict(volume.metadata))
+    return volume
+
+
+def write_heatmap(heatmap: Volume, path) -> Path:
+    """``heatmap.nrrd``: the heatmap's box as uint8 (255 = 1.0), its geometry the box's own."""
+    from TACEResponseLib.imaging.volume_io import write_volume
+
+    levels = np.rint(np.clip(heatmap.array, 0.0, 1.0) * HEATMAP_LEVELS).astype(np.uint8)
+    return write_volume(Volume(levels, heatmap.ijk_to_ras, heatmap.name, heatmap.metadata), path)
+
+
+def read_heatmap(path) -> Volume:
+    """A heatmap written by :func:`write_heatmap` (or any scalar volume), values in [0, 1]."""
+    from TACEResponseLib.imaging.volume_io import read_volume
+
+    return heatmap_values(read_volume(path))

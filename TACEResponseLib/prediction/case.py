@@ -27,11 +27,16 @@ from TACEResponseLib.core.files import (
 )
 from TACEResponseLib.imaging.geometry import Volume
 from TACEResponseLib.imaging.segmentation import Segmentation, read_segmentation
-from TACEResponseLib.imaging.volume_io import read_phase_volumes, write_volume
+from TACEResponseLib.imaging.volume_io import read_phase_volumes
 from TACEResponseLib.prediction.predictor import Predictor, Progress, no_progress
 from TACEResponseLib.prediction.results import PredictionResult
 
 logger = logging.getLogger(__name__)
+
+#: volumes read from files kept for the next request, by (path, size, modification time, phase):
+#: the warm worker (``tace-response worker``) sets a dict, so a second prediction on the same
+#: unchanged files does not read them again; only the last request's volumes are kept. None: off.
+READ_CACHE: dict | None = None
 
 RESULT_FILE = "result.json"
 HEATMAP_FILE = "heatmap.nrrd"
@@ -134,7 +139,9 @@ def write_result_files(result: PredictionResult, output_dir: Path, reference: Vo
     output_dir.mkdir(exist_ok=True)
     names = [HEATMAP_FILE, *([OVERLAY_FILE] if reference is not None else []), RESULT_FILE]
     with atomic_paths([output_dir / name for name in names]) as temporaries:
-        write_volume(result.heatmap, temporaries[0])
+        from TACEResponseLib.prediction.cam import write_heatmap
+
+        write_heatmap(result.heatmap, temporaries[0])
         result.heatmap_path = HEATMAP_FILE
         if reference is not None:
             from TACEResponseLib.prediction.figures import save_prediction_png
@@ -188,16 +195,34 @@ def check_finite_result(result: PredictionResult) -> None:
 
 
 def _volumes(images: Sequence[str | Path | Volume], phases: Sequence[str]) -> list[Volume]:
-    """Each image as a Volume named by its phase: files are read, Volumes taken as they are."""
-    volumes = []
+    """Each image as a Volume named by its phase: files are read (or taken from :data:`READ_CACHE`),
+    Volumes taken as they are."""
+    volumes, kept = [], {}
     for n, image in enumerate(images):
         phase = phases[n] if n < len(phases) else None
         if isinstance(image, Volume):
             volumes.append(image if not phase or image.name == phase else
                            Volume(image.array, image.ijk_to_ras, phase, image.metadata))
+            continue
+        key = _file_key(image, phase) if READ_CACHE is not None else None
+        if key is not None and key in READ_CACHE:
+            volumes.append(READ_CACHE[key])
         else:
             volumes.extend(read_phase_volumes([image], [phase]))
+        if key is not None:
+            kept[key] = volumes[-1]
+    if READ_CACHE is not None:
+        READ_CACHE.clear()
+        READ_CACHE.update(kept)
     return volumes
+
+
+def _file_key(path: str | Path, phase: str | None) -> tuple | None:
+    try:
+        stat = Path(path).stat()
+        return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, phase
+    except OSError:
+        return None  # missing: read_volume says so
 
 
 def _same_file(a: str | Path | Volume, b: str | Path) -> bool:

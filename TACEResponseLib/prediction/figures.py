@@ -29,6 +29,9 @@ def save_prediction_png(
     the class probabilities with objective response."""
     from matplotlib.patches import Rectangle
 
+    from TACEResponseLib.prediction.cam import heatmap_values
+
+    heatmap = heatmap_values(heatmap)
     tumour = result.tumours[tumour_index]
     first = tumour.provenance[0]
     axis, index = int(first["slice_axis"]), int(first["slice_index"])

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.imaging.geometry import Volume
+from TACEResponseLib.imaging.geometry import Volume, crop
 from TACEResponseLib.imaging.sanity import check_scan, hu_warning
 from TACEResponseLib.imaging.segmentation import Segmentation
 from TACEResponseLib.imaging.tumours import (
@@ -42,11 +43,14 @@ from TACEResponseLib.imaging.tumours import (
 from TACEResponseLib.networks.bundle import Bundle
 from TACEResponseLib.networks.catalog import resolve_bundle
 from TACEResponseLib.networks.input_scaling import scale_inputs
+from TACEResponseLib.networks.architectures import cam_layers
 from TACEResponseLib.prediction.cam import (
-    forward_with_cam,
+    class_maps,
+    footprint_box,
     grad_cam,
     normalise,
     project_to_volume,
+    quantised,
     upsample,
 )
 from TACEResponseLib.prediction.results import (
@@ -61,7 +65,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 
 
-STAGES = ("reading", "resampling", "patches", "forward", "cam", "survival", "writing")
+STAGES = ("reading", "resampling", "patches", "network", "forward", "cam", "survival", "writing")
 
 
 def no_progress(fraction: float, stage: str) -> None:  # noqa: ARG001
@@ -99,19 +103,25 @@ class Predictor:
             was trained with, else one tumour per island of at least 0.05 ml).
         patient_rule: which tumours give the patient-level answer (``target_lesions`` or
             ``volume_weighted``; default: the bundle's, else target lesions).
+        backend: what runs the network on the CPU (:mod:`TACEResponseLib.networks.backends`):
+            ``auto`` (a checked ONNX graph on OpenVINO or ONNX Runtime, else eager PyTorch),
+            ``openvino``, ``onnxruntime`` or ``torch``; None: ``$TACERESPONSE_BACKEND``, else auto.
+        threads: CPU threads of the network (default: every processor this process may use).
     """
 
     def __init__(self, bundle: Bundle | str | Path, device: str = "auto", cam_method: str = "auto",
-                 islands: IslandRule | None = None, patient_rule: str | None = None) -> None:
-        from TACEResponseLib.networks.device import select_device
+                 islands: IslandRule | None = None, patient_rule: str | None = None, backend: str | None = None,
+                 threads: int | None = None) -> None:
+        from TACEResponseLib.networks.backends import check_backend
+        from TACEResponseLib.networks.device import resolve_device
 
         self.bundle = bundle if isinstance(bundle, Bundle) else resolve_bundle(bundle)
         if cam_method not in ("auto", "cam", "gradcam", "none"):
             raise InputError(f"cam method must be auto, cam, gradcam or none, got {cam_method!r}")
         self.islands, self.patient_rule = tumour_rule_of(self.bundle, islands, patient_rule)
-        self.device = select_device(device)
-        from TACEResponseLib.networks.architectures import cam_layers
-
+        self.device = resolve_device(device)
+        self.backend = check_backend(backend)
+        self.threads = threads
         self.target_layer, self.fc_layer = cam_layers(self.bundle.card.architecture, **self.bundle.card.network_options)
         if cam_method == "auto":
             cam_method = "cam" if self.fc_layer else "gradcam"
@@ -119,12 +129,28 @@ class Predictor:
             raise InputError(f"{self.bundle.card.architecture} has no linear head for CAM; use gradcam")
         self.cam_method = cam_method
         self._network = None
+        self._engine = None
 
     @property
     def network(self):
-        if self._network is None:  # loaded on the CPU; _forward moves it to the device in use
+        """The bundle's PyTorch network (loaded on first use, on the CPU; engines move it)."""
+        if self._network is None:
             self._network = self.bundle.load_network("cpu")
         return self._network
+
+    @property
+    def engine(self):
+        """What runs the forward pass (:func:`~TACEResponseLib.networks.backends.open_engine`; chosen,
+        and the first time exported and checked, on first use)."""
+        if self._engine is None:
+            from TACEResponseLib.networks.backends import open_engine
+
+            self._engine = open_engine(self.bundle, lambda: self.network, cam_target=self.target_layer,
+                                       cam_fc=self.fc_layer, device=self.device, backend=self.backend,
+                                       threads=self.threads, gradients=self.cam_method == "gradcam")
+            logger.info("network %s runs on %s %s (%s)", self.bundle.id, self._engine.info.name,
+                        self._engine.info.version, self._engine.info.note)
+        return self._engine
 
     def check_images(self, images: Sequence[Volume]) -> list[str]:
         """Refuse images that are not plausible scans; warnings for CT inputs not in HU."""
@@ -190,20 +216,25 @@ class Predictor:
         if not assessed:
             raise assessment.error(f"case {case_id}")
 
+        if self._engine is None:
+            progress(0.40, "network")
+            start = time.perf_counter()
+            self.engine  # noqa: B018 - chosen (first use of a model: exported and checked) outside the forward time
+            timings["network"] = time.perf_counter() - start
         progress(0.45, "forward")
-        from TACEResponseLib.networks.device import run_with_device_fallback
-
         # the input scaling the weights were trained with (ImageNet mean/SD, or none): CAM sees the same input
         all_images = scale_inputs(np.concatenate([p.images for _, p in assessed]), card.scaling)
         owners = np.concatenate([[n] * len(p) for n, (_, p) in enumerate(assessed)])
-        outcome = run_with_device_fallback(lambda device: self._forward(all_images, clinical_values, owners, device),
-                                           self.device)
-        probabilities, cams, device_used, timings["forward"], timings["cam"] = outcome
+        forward = self.forward(all_images, clinical_values, owners)
+        probabilities, cams = forward.probabilities, forward.cams
+        timings["forward"], timings["cam"] = forward.forward_seconds, forward.cam_seconds
         _check_finite(probabilities, case_id)
 
         progress(0.80, "cam")
         start = time.perf_counter()
-        heat = np.zeros(reference.shape_kji, np.float32)
+        provenance = [prov for _, patches in assessed for prov in patches.provenance]
+        lo, hi = footprint_box(provenance, reference)
+        heat = np.zeros(tuple(hi - lo), np.float32)  # only the box of the patches' footprints
         tumours: list[TumourPrediction] = []
         orr_idx = card.objective_response_indices
         for n, (roi, patches) in enumerate(assessed):
@@ -214,7 +245,7 @@ class Predictor:
             peak = None
             if cams is not None:
                 maps = normalise(cams[rows][np.arange(rows.sum()), predicted] if cams.ndim == 4 else cams[rows])
-                project_to_volume(maps, patches.provenance, reference, out=heat)  # max where tumours meet
+                project_to_volume(maps, patches.provenance, reference, out=heat, origin_kji=lo)  # max where tumours meet
                 # the voxel holding the tumour's strongest patch pixel (no full-volume temporaries)
                 patch, v, u = np.unravel_index(int(np.argmax(maps)), maps.shape)
                 ijk = (patches.provenance[patch].patch_to_ijk @ np.array([u, v, 0.0, 1.0]))[:3]
@@ -235,15 +266,17 @@ class Predictor:
                 heatmap_peak_ras=peak,
                 notes=notes,
             ))
+        box = crop(reference, lo, hi)
+        heatmap = Volume(quantised(heat), box.ijk_to_ras, f"{reference.name} TACE heatmap",
+                         {"heatmap": True, "crop_offset_kji": [int(v) for v in lo]})
         timings["cam"] += time.perf_counter() - start
-        heatmap = reference.with_array(heat, name=f"{reference.name} TACE heatmap", heatmap=True)
         return PredictionResult(
             case_id=case_id,
             bundle_id=self.bundle.id,
             bundle_sha256=card.weights_sha256,
             synthetic_model=card.synthetic,
             warning=card.warning,
-            device=str(device_used),
+            device=forward.device,
             tumours=tumours,
             timings={k: float(v) for k, v in timings.items()},
             reference={"name": reference.name, "ijk_to_ras": reference.ijk_to_ras.tolist(),
@@ -253,37 +286,61 @@ class Predictor:
             islands={**self.islands.to_dict(), "description": self.islands.describe()},
             warnings=warnings,
             heatmap=heatmap,
+            heatmap_box_kji=[[int(v) for v in lo], [int(v) for v in hi]],
+            backend=self.engine.info.to_dict(),
         )
 
-    def _forward(self, images: np.ndarray, clinical: np.ndarray | None, owners: np.ndarray, device):
-        """Probabilities ``(N, classes)`` and maps: CAM ``(N, classes, S, S)`` or Grad-CAM ``(N, S, S)``."""
-        import torch
+    def forward(self, images: np.ndarray, clinical: np.ndarray | None = None,
+                owners: np.ndarray | None = None) -> "ForwardPass":
+        """The network on prepared patches ``(N, C, S, S)``: probabilities and the class maps.
 
-        network = self.network.to(device)
-        x = torch.from_numpy(images).to(device)
-        c = None if clinical is None else torch.from_numpy(np.repeat(clinical[None], len(images), 0)).to(device)
-        size = images.shape[-1]
+        The one place the network runs for a prediction. Maps are CAMs ``(N, classes, S, S)``
+        (features × head weights, upsampled to the patch size), Grad-CAMs ``(N, S, S)`` of each
+        tumour's predicted class (``owners[n]`` = the tumour of patch ``n``), or None.
+        """
+        engine = self.engine
         start = time.perf_counter()
-        cams = None
-        with torch.inference_mode():
-            if self.cam_method == "cam":
-                out = forward_with_cam(network, x, self.target_layer, self.fc_layer, clinical=c)
-                logits = out.logits
-                n, k, h, w = out.cams.shape
-                cams = upsample(out.cams.reshape(n * k, h, w), size).reshape(n, k, size, size)
-            else:
-                logits = network(x) if c is None else network(x, c)
-            probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        clinical_rows = None if clinical is None else np.repeat(np.asarray(clinical, np.float32)[None], len(images), 0)
+        output = engine.run(images, clinical_rows)
+        logits = np.asarray(output.logits, np.float64)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
         forward_s = time.perf_counter() - start
         start = time.perf_counter()
-        if self.cam_method == "gradcam":
-            # the class explained is each tumour's predicted class (mean over its patches)
-            predicted = np.zeros(len(images), int)
-            for owner in np.unique(owners):
-                predicted[owners == owner] = int(np.argmax(probabilities[owners == owner].mean(axis=0)))
-            cams = grad_cam(network, x.clone(), self.target_layer, predicted, clinical=c)
-        cam_np = None if cams is None else cams.detach().float().cpu().numpy()
-        return probabilities, cam_np, device, forward_s, time.perf_counter() - start
+        size = images.shape[-1]
+        cams = None
+        if self.cam_method == "cam":
+            n, _, h, w = output.features.shape
+            maps = class_maps(output.features, engine.head)
+            cams = upsample(maps.reshape(n * maps.shape[1], h, w), size).reshape(n, maps.shape[1], size, size)
+        elif self.cam_method == "gradcam":
+            cams = self._grad_cam(images, clinical_rows, probabilities, owners, output.device)
+        return ForwardPass(probabilities, cams, output.device, forward_s, time.perf_counter() - start)
+
+    def _grad_cam(self, images: np.ndarray, clinical: np.ndarray | None, probabilities: np.ndarray,
+                  owners: np.ndarray | None, device: str) -> np.ndarray:
+        """Grad-CAM of each tumour's predicted class (mean over its patches), on the device the forward ran on."""
+        import torch
+
+        owners = np.zeros(len(images), int) if owners is None else owners
+        predicted = np.zeros(len(images), int)
+        for owner in np.unique(owners):
+            predicted[owners == owner] = int(np.argmax(probabilities[owners == owner].mean(axis=0)))
+        network = self.engine.network.to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(device)
+        c = None if clinical is None else torch.from_numpy(clinical).to(device)
+        return grad_cam(network, x, self.target_layer, predicted, clinical=c).detach().float().cpu().numpy()
+
+
+@dataclass
+class ForwardPass:
+    """What :meth:`Predictor.forward` gives: probabilities, maps, the device, seconds of the forward and the maps."""
+
+    probabilities: np.ndarray
+    cams: np.ndarray | None
+    device: str
+    forward_seconds: float
+    cam_seconds: float
 
 
 def tumour_rule_of(bundle: Bundle, islands: IslandRule | None = None,

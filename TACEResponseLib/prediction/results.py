@@ -114,6 +114,10 @@ class PredictionResult(JsonRecord):
     islands: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     inputs_sha256: str = ""
+    #: the heatmap's box on the reference grid: ``[[k, j, i] first voxel, [k, j, i] end (exclusive)]``
+    heatmap_box_kji: list[list[int]] | None = None
+    #: what ran the network (:class:`~TACEResponseLib.networks.backends.BackendInfo`) and why
+    backend: dict[str, Any] = field(default_factory=dict)
     heatmap: Any = field(default=None, repr=False, compare=False, metadata={"json": False})
 
     json_header = {"format": RESULT_FORMAT}

@@ -25,6 +25,18 @@ REQUIRED_PACKAGES: dict[str, str] = {"torch": "torch", "monai": "monai", "numpy"
                                      "slicerio": "slicerio", "nrrd": "pynrrd"}
 
 
+#: import name → pip project of the optional accelerator: the network's ONNX graph on ONNX Runtime
+#: (onnx makes the graph). Without them the prediction runs on eager PyTorch; they never block Apply
+#: and are installed with the required packages.
+OPTIONAL_PACKAGES: dict[str, str] = {"onnxruntime": "onnxruntime", "onnx": "onnx"}
+
+
+def packages_to_install() -> list[str]:
+    """What the "Install dependencies" button installs: the missing required packages, then the
+    missing optional accelerator (import names)."""
+    return dependency_status() + dependency_status(OPTIONAL_PACKAGES)
+
+
 def dependency_status(modules: Iterable[str] = tuple(REQUIRED_PACKAGES)) -> list[str]:
     """Import names among ``modules`` that are not installed (found without importing them)."""
     missing = []
@@ -81,17 +93,18 @@ def install_plan(missing: Sequence[str], pytorch_utils_available: bool,
     runtime-requirements.txt lines (version ranges for Slicer's Python)."""
     lines = runtime_requirements() if requirements is None else {k.lower(): v for k, v in requirements.items()}
     steps: list[InstallStep] = []
-    ordered = sorted(missing, key=lambda m: (m != "torch", list(REQUIRED_PACKAGES).index(m)
-                                             if m in REQUIRED_PACKAGES else len(REQUIRED_PACKAGES)))
+    known = {**REQUIRED_PACKAGES, **OPTIONAL_PACKAGES}
+    ordered = sorted(missing, key=lambda m: (m != "torch", list(known).index(m) if m in known else len(known)))
     for module in ordered:
-        project = REQUIRED_PACKAGES.get(module, module)
+        project = known.get(module, module)
         line = lines.get(project.lower(), project)
         if project == "torch" and pytorch_utils_available:
             steps.append(InstallStep("torch", "pytorch_utils", requirement_specifier(line),
                                      "through the PyTorch extension, which chooses the CPU or CUDA build and also "
                                      "installs a matching torchvision (not used by TACE Response)"))
             continue
-        note = "the PyTorch extension is not installed; pip installs the default build" if project == "torch" else ""
+        note = "the PyTorch extension is not installed; pip installs the default build" if project == "torch" else (
+            "optional: runs the network about twice as fast on the CPU" if module in OPTIONAL_PACKAGES else "")
         steps.append(InstallStep(project, "pip", line, note))
     return steps
 

@@ -58,14 +58,50 @@ class PredictionRequest:
         return arguments + ["--progress"]
 
 
-def write_case_inputs(folder: str | Path, inputs: PanelInputs, device: str = "auto") -> PredictionRequest:
-    """Write the chosen volumes (NRRD, world geometry) and the segment (.seg.nrrd on the reference grid).
+class InputFiles:
+    """Volume files written for the background prediction, kept for a session and written again only
+    when their node changed (:func:`~TACEResponseLib.frontend.mrml.volume_node_state`): the second
+    Apply on the same images writes nothing but the segment."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.written: dict[str, tuple[tuple, Path]] = {}  # node id → (state, file)
+        self._count = 0
+
+    def volume(self, node, label: str, name: str) -> Path:
+        """The file holding ``node``'s voxels and world geometry (uncompressed NRRD)."""
+        from TACEResponseLib.frontend.mrml import volume_from_node, volume_node_state
+        from TACEResponseLib.imaging.volume_io import write_volume
+
+        state = volume_node_state(node)
+        known = self.written.get(state[0])
+        if known is not None and known[0] == state and known[1].is_file():
+            return known[1]
+        volume = volume_from_node(node, label=label)
+        self._count += 1
+        path = write_volume(volume, self.folder / f"{self._count:03d}_{safe_file_name(name)}.nrrd", compress=False)
+        if known is not None:
+            known[1].unlink(missing_ok=True)
+        self.written[state[0]] = (state, path)
+        return path
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.written.clear()
+
+
+def write_case_inputs(folder: str | Path, inputs: PanelInputs, device: str = "auto",
+                      files: InputFiles | None = None) -> PredictionRequest:
+    """Write the chosen volumes (NRRD, world geometry) and the segment (.seg.nrrd on the reference
+    grid, cropped to the segment as Slicer writes it); with ``files``, volumes written before and
+    unchanged since are not written again.
 
     Raises InputError if Apply would be blocked, so scripts get the same messages as the panel.
     """
-    from TACEResponseLib.frontend.mrml import segmentation_from_node, volume_from_node
+    from TACEResponseLib.frontend.mrml import segmentation_from_node
     from TACEResponseLib.imaging.segmentation import write_segmentation
-    from TACEResponseLib.imaging.volume_io import write_volume
 
     blockers = apply_blockers(inputs)
     if blockers:
@@ -74,18 +110,17 @@ def write_case_inputs(folder: str | Path, inputs: PanelInputs, device: str = "au
         raise InputError(f"device must be one of {DEVICE_CHOICES}, got {device!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    files = files or InputFiles(folder)
+    files.folder.mkdir(parents=True, exist_ok=True)
     names = inputs.phase_names or ["reference"]
-    paths = []
-    for index, (name, node) in enumerate(zip(names, inputs.image_nodes())):
-        volume = volume_from_node(node, label=f"{name} volume {node_name(node)!r}")
-        # uncompressed: written in the GUI thread at Apply, read once by the background process
-        paths.append(write_volume(volume, folder / f"{index:02d}_{safe_file_name(name)}.nrrd", compress=False))
+    # uncompressed: written in the GUI thread at Apply, read by the background process
+    paths = [files.volume(node, f"{name} volume {node_name(node)!r}", f"{index:02d}_{name}")
+             for index, (name, node) in enumerate(zip(names, inputs.image_nodes()))]
     survival_paths = {}
     if inputs.nomogram is not None:
         for index, (name, node) in enumerate(inputs.survival_nodes().items()):
-            volume = volume_from_node(node, label=f"{name} (survival) volume {node_name(node)!r}")
-            survival_paths[name] = write_volume(volume, folder / f"s{index:02d}_{safe_file_name(name)}.nrrd", compress=False)
-    segmentation = segmentation_from_node(inputs.segmentation, inputs.reference, [inputs.segment_id])
+            survival_paths[name] = files.volume(node, f"{name} (survival) volume {node_name(node)!r}", f"s{index:02d}_{name}")
+    segmentation = segmentation_from_node(inputs.segmentation, inputs.reference, [inputs.segment_id]).cropped()
     segmentation_path = write_segmentation(segmentation, folder / "tumour.seg.nrrd")
     clinical = {item.name: item.cli_value(inputs.clinical_values[item.name]) for item in inputs.clinical_fields}
     return PredictionRequest(paths, segmentation_path, inputs.segment_id, inputs.model, clinical, inputs.nomogram,
@@ -97,14 +132,17 @@ class PredictionRun:
     """Inputs written, the CLI run in the background, the result read back: all but MRML output and Qt.
 
     ``start()`` writes the inputs into the run's private folder and launches
-    ``python -m TACEResponseLib.cli predict … --progress``; ``poll()`` / ``wait()`` report
-    progress; after success ``read_result()`` gives the :class:`PredictionResult` and heatmap;
-    ``cleanup()`` removes every temporary file (unless ``keep_files``).
+    ``python -m TACEResponseLib.cli predict … --progress`` — or, given a ``worker``
+    (:class:`~TACEResponseLib.frontend.process.WorkerProcess`), sends those arguments to it, so
+    the model stays loaded from one run to the next; ``poll()`` / ``wait()`` report progress;
+    after success ``read_result()`` gives the :class:`PredictionResult` and heatmap; ``cleanup()``
+    removes every temporary file (unless ``keep_files``).
     """
 
     def __init__(self, inputs: PanelInputs, *, device: str = "auto", python: str | None = None,
                  env: Mapping[str, str] | None = None, work_root: str | Path | None = None,
-                 keep_files: bool = False, grace_period: float = 1.0) -> None:
+                 keep_files: bool = False, grace_period: float = 1.0, worker=None,
+                 files: InputFiles | None = None) -> None:
         from TACEResponseLib.frontend.process import (
             OUTPUT_PLACEHOLDER,
             BackgroundRun,
@@ -114,14 +152,19 @@ class PredictionRun:
 
         self.inputs = inputs
         self.device = device
+        self.files = files
         self.request: PredictionRequest | None = None
-        self._command = lambda request: cli_command(request.cli_arguments(OUTPUT_PLACEHOLDER), python)
+        if worker is not None:
+            self._command = lambda request: request.cli_arguments(OUTPUT_PLACEHOLDER)
+        else:
+            self._command = lambda request: cli_command(request.cli_arguments(OUTPUT_PLACEHOLDER), python)
         self.run = BackgroundRun(required_outputs=("result.json", "heatmap.nrrd"), env=library_environment(env),
-                                 work_root=work_root, keep_work_dir=keep_files, grace_period=grace_period)
+                                 work_root=work_root, keep_work_dir=keep_files, grace_period=grace_period,
+                                 worker=worker)
 
     def start(self) -> "PredictionRun":
         try:
-            self.request = write_case_inputs(self.run.inputs_dir, self.inputs, self.device)
+            self.request = write_case_inputs(self.run.inputs_dir, self.inputs, self.device, self.files)
         except BaseException:
             self.run.cancel()  # removes the half-written inputs
             raise
@@ -142,14 +185,15 @@ class PredictionRun:
         return self.run.work_dir
 
     def read_result(self):
-        """``(PredictionResult, heatmap Volume)`` of a successful run."""
-        from TACEResponseLib.imaging.volume_io import read_volume
+        """``(PredictionResult, heatmap Volume)`` of a successful run (the heatmap on its box of the
+        reference grid, values 0…1)."""
+        from TACEResponseLib.prediction.cam import read_heatmap
         from TACEResponseLib.prediction.results import PredictionResult
 
         if self.run.output_dir is None:
             raise TACEResponseError(f"no result to read: the run {self.run.state.value}")
         result = PredictionResult.load_json(self.run.output_dir / "result.json")
-        heatmap = read_volume(self.run.output_dir / (result.heatmap_path or "heatmap.nrrd"))
+        heatmap = read_heatmap(self.run.output_dir / (result.heatmap_path or "heatmap.nrrd"))
         result.heatmap = heatmap
         return result, heatmap
 
@@ -162,16 +206,56 @@ class PredictionSession:
     result in MRML output nodes. The Slicer module's logic is a thin shell around this (it passes
     ``slicer.mrmlScene``, ``PythonSlicer``, Slicer's start-up environment and temporary folder);
     tests run it on a headless slicer-core scene with this Python.
+
+    With ``warm=True`` (the module's way) the runs go to one
+    :class:`~TACEResponseLib.frontend.process.WorkerProcess` kept alive for the session, so the
+    second Apply pays neither the imports nor the model load; a cancel kills it and the next
+    run starts a new one (as after a crash); :meth:`close` ends it (the module calls it when
+    Slicer exits). The volume files are kept for the session too, written again only when
+    their node changed.
     """
 
     def __init__(self, scene, *, python: str | None = None, env: Mapping[str, str] | None = None,
-                 work_root: str | Path | None = None) -> None:
+                 work_root: str | Path | None = None, warm: bool = True, idle_timeout: float = 1800.0) -> None:
         self.scene = scene
         self.python = python
         self.env = env
         self.work_root = work_root
+        self.warm = warm
+        self.idle_timeout = idle_timeout
+        self.worker = None
+        self.files: InputFiles | None = None  # the session's volume files (warm sessions)
         self.run: PredictionRun | None = None
         self.output_nodes = None  # mrml.OutputNodes of the last result shown
+
+    def _worker(self):
+        """The session's worker for the current Python and environment (a new one when they changed)."""
+        from TACEResponseLib.frontend.process import WorkerProcess, library_environment, worker_command
+
+        command = worker_command(self.python, self.idle_timeout)
+        env = library_environment(self.env)
+        if self.worker is None or self.worker.command != command or self.worker.env != env:
+            self.close()
+            self.worker = WorkerProcess(command, env=env)
+        return self.worker
+
+    def _files(self) -> InputFiles:
+        if self.files is None:
+            import tempfile
+
+            self.files = InputFiles(tempfile.mkdtemp(prefix="tace-inputs-", dir=self.work_root))
+        return self.files
+
+    def close(self) -> None:
+        """Stop the worker (a running prediction is cancelled first) and remove the session's input files."""
+        if self.running:
+            self.cancel()
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+        if self.files is not None:
+            self.files.clear()
+            self.files = None
 
     @property
     def running(self) -> bool:
@@ -184,7 +268,8 @@ class PredictionSession:
         if self.running:
             raise TACEResponseError("a prediction is already running; cancel it first")
         self.run = PredictionRun(inputs, device=device, python=self.python, env=self.env, work_root=self.work_root,
-                                 keep_files=keep_files)
+                                 keep_files=keep_files, worker=self._worker() if self.warm else None,
+                                 files=self._files() if self.warm else None)
         self.run.start()
         if keep_files:
             logger.info("TACE Response: temporary files kept in %s", self.run.work_dir)

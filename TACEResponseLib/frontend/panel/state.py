@@ -144,6 +144,7 @@ STAGE_LABELS: dict[str, str] = {
     "reading": "Reading images",
     "resampling": "Resampling onto the reference",
     "patches": "Cutting tumour patches",
+    "network": "Preparing the network (first use of this model on this computer)",
     "forward": "Running the network",
     "cam": "Computing the heatmap",
     "survival": "Nomogram and survival",
