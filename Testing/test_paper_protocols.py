@@ -96,13 +96,13 @@ def test_the_card_scaling_reaches_the_network_and_old_cards_predict_as_before(tm
     old = load_bundle(plain.path)
     assert old.card.scaling.name == "none"
     seen = []
-    original = Predictor._forward
+    original = Predictor.forward
 
     def spy(self, images, *args):
         seen.append(images.copy())
         return original(self, images, *args)
 
-    monkeypatch.setattr(Predictor, "_forward", spy)
+    monkeypatch.setattr(Predictor, "forward", spy)
     image, mask = axial_case.phases["arterial"], axial_case.segmentation
     r_scaled = Predictor(scaled, device="cpu").predict([image], mask)
     r_old = Predictor(old, device="cpu").predict([image], mask)
