@@ -225,7 +225,7 @@ def test_the_predictor_records_its_backend_and_the_environment_chooses_one(tmp_p
 def two_tumour_case():
     from TACEResponseLib.imaging.phantoms import make_phantom
 
-    return make_phantom(["CR", "SD"], shape_kji=(48, 96, 96), seed=3, tumour_radius_mm=(9.0, 11.0))
+    return make_phantom(["CR", "SD"], shape_kji=(48, 96, 96), seed=3, tumour_radius_mm=(7.0, 9.0))
 
 
 PROBE = textwrap.dedent("""
