@@ -97,6 +97,9 @@ class ClusterOptions:
             raise InputError("--scheduler: empty; give the scheduler's address, e.g. tcp://HOST:8786")
         if self.scheduler and self.scheduler_file:
             raise InputError("--scheduler and --scheduler-file both given; give one of them")
+        if self.scheduler_file is not None and not Path(self.scheduler_file).is_file():
+            raise InputError(f"--scheduler-file {self.scheduler_file}: does not exist (dask scheduler --scheduler-file "
+                             "writes it when the scheduler starts)")
         if self.external and self.workers is not None:
             raise InputError("--workers sizes the local cluster; an existing cluster (--scheduler, --scheduler-file) "
                              "has its own workers: leave --workers out")
@@ -353,9 +356,10 @@ def _client(cluster: ClusterOptions, n_tasks: int):
     if cluster.external:
         client = _connect(Client, cluster)
         try:
-            n = len(client.scheduler_info().get("workers", {}))
-            logger.info("running on %s (%d worker(s) now); dashboard: %s", cluster.describe(), n,
-                        client.dashboard_link or "not served")
+            info = client.scheduler_info()
+            served = "dashboard" in (info.get("services") or {})
+            logger.info("running on %s (%d worker(s) now); dashboard: %s", cluster.describe(),
+                        len(info.get("workers", {})), client.dashboard_link if served else "not served")
             yield client, cluster.threads
         finally:
             client.close()
@@ -389,7 +393,7 @@ def _connect(client_class, cluster: ClusterOptions):
         address = str(cluster.scheduler).strip()
         where, kwargs = f"--scheduler {address}", {"address": address}
     try:
-        return client_class(timeout=30, **kwargs)
+        return client_class(**kwargs)  # waits distributed.comm.timeouts.connect (30 s) for the scheduler
     except (OSError, TimeoutError, ValueError) as exc:
         raise InputError(f"{where}: cannot connect to the Dask scheduler ({exc})") from None
 
