@@ -165,3 +165,42 @@ def test_slicer_batch_script_writes_scenes(random_bundle, tmp_path):
     (result,) = read_result_from_scene(context.scene)
     assert result.case_id == "case0042"
     context.scene.Clear(1)
+
+
+def test_a_rerun_follows_the_inputs_content_and_the_bundle_not_the_file_names(random_bundle, tmp_path):
+    """In this process (``--workers 0``): a renamed copy of an image is the same input (skipped); one
+    voxel edited makes that case run again (alone); other weights make every case run again."""
+    from TACEResponseLib.core.tasks import IN_PROCESS
+    from TACEResponseLib.imaging.volume_io import read_volume, write_volume
+    from TACEResponseLib.prediction.batch import run_batch
+
+    from conftest import make_random_bundle
+
+    manifest = make_cohort(3, tmp_path / "cohort", shape_kji=(36, 64, 64), seed=60, tumour_radius_mm=(8.0, 11.0))
+    output = tmp_path / "out"
+    first = run_batch(manifest, random_bundle.path, output, cluster=IN_PROCESS, device="cpu", progress_bar=False)
+    assert (first.done, first.skipped) == (3, 0)
+    rows = list(csv.DictReader(open(manifest)))
+    folder = manifest.parent
+    renamed = folder / "renamed_copy.nrrd"
+    renamed.write_bytes((folder / rows[0]["arterial"]).read_bytes())
+    rows[0]["arterial"] = renamed.name
+    volume = read_volume(folder / rows[1]["arterial"])
+    edited = volume.array.copy()
+    edited[0, 0, 0] += 7
+    write_volume(type(volume)(edited, volume.ijk_to_ras), folder / "edited.nrrd")
+    rows[1]["arterial"] = "edited.nrrd"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    ran: list[str] = []
+    second = run_batch(manifest, random_bundle.path, output, cluster=IN_PROCESS, device="cpu", progress_bar=False,
+                       on_case=lambda r: ran.append(r["case_id"]))
+    assert ran == [rows[1]["case_id"]] and (second.done, second.skipped) == (1, 2)
+    other = make_random_bundle(tmp_path / "other", seed=1)
+    third = run_batch(manifest, other.path, output, cluster=IN_PROCESS, device="cpu", progress_bar=False)
+    assert (third.done, third.skipped) == (3, 0)
+    summary = _summary(output)
+    assert [r["status"] for r in summary] == ["ok"] * 3
+    assert all(r["case_id"] for r in summary) and len(summary) == 3

@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -366,9 +367,11 @@ def _client(cluster: ClusterOptions, n_tasks: int):
         return
     workers, threads = cluster.local_plan(n_tasks)
     started = time.perf_counter()
-    local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                         dashboard_address=DASHBOARD_ADDRESS if cluster.dashboard else None,
-                         silence_logs=logging.WARNING)
+    with warnings.catch_warnings():  # "port 8787 is already in use": another port is taken, and logged below
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                             dashboard_address=DASHBOARD_ADDRESS if cluster.dashboard else None,
+                             silence_logs=logging.WARNING)
     try:
         client = Client(local)
         try:

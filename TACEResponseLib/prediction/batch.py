@@ -146,10 +146,8 @@ def load_predictor(threads: int | None, bundle_path: str, device: str, islands: 
     """The :class:`~TACEResponseLib.prediction.predictor.Predictor` of one worker process, built once
     (:class:`~TACEResponseLib.core.tasks.WorkerSetup`), its engine opened with ``threads`` CPU threads."""
     from TACEResponseLib.imaging.tumours import IslandRule
-    from TACEResponseLib.networks.device import set_threads
     from TACEResponseLib.prediction.predictor import Predictor
 
-    set_threads(threads)
     predictor = Predictor(bundle_path, device=device, cam_method=cam, islands=IslandRule(**islands),
                           patient_rule=patient_rule, backend=backend, threads=threads)
     predictor.engine  # noqa: B018 - open the engine now (weights, checked graph), not inside the first case's time
