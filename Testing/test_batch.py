@@ -46,6 +46,19 @@ def _batch_command(manifest: Path, bundle: Path, output: Path) -> list[str]:
             "--output", str(output), "--workers", "2", "--no-dashboard", "--no-progress"]
 
 
+def _live_members(group: int) -> list[int]:
+    """Processes of process group ``group`` still running (zombies waiting for init do not count)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            live.append(int(stat.parent.name))
+    return live
+
+
 def _summary(output: Path) -> list[dict]:
     return list(csv.DictReader(open(output / "summary.csv")))
 
@@ -61,8 +74,15 @@ def test_killed_batch_resumes_without_losing_or_duplicating_cases(cohort, random
         if process.poll() is not None:
             pytest.fail("the batch finished before it could be killed; make the cohort slower")
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    os.kill(process.pid, signal.SIGKILL)  # the command only: its Dask workers must not outlive it
     process.wait()
+    deadline = time.time() + 60
+    while _live_members(process.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    left = _live_members(process.pid)
+    if left:
+        os.killpg(process.pid, signal.SIGKILL)
+    assert not left, f"worker processes outlived the killed command: {left}"
     finished_before = len(list(output.glob("cases/*/result.json")))
     assert 0 < finished_before < N_CASES
 

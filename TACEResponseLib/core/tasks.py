@@ -8,11 +8,11 @@ picklable top-level function ``function(state, *task.args)`` per case, and a
 - ``workers=0`` (and any run of a single case without ``--scheduler``): in this process, one
   case after another, no cluster;
 - default: an embedded ``LocalCluster`` of worker *processes* sized from this machine (one
-  Dask thread each, so one case at a time per process; the cores shared out as torch threads,
-  workers × threads ≤ cores);
+  Dask thread each, so one case at a time per process; the cores shared out as the network's
+  CPU threads, workers × threads ≤ cores);
 - ``scheduler="tcp://HOST:PORT"`` or ``scheduler_file=...``: an existing cluster (``dask scheduler``
   / ``dask worker``, or SLURM/PBS through dask-jobqueue). Each worker process runs one case at
-  a time and gives torch its ``--nthreads`` (or ``threads``) threads.
+  a time and gives the network its ``--nthreads`` (or ``threads``) threads.
 
 Faults: a worker process that dies (SIGKILL, out of memory) takes its case with it; Dask runs
 that case again on another worker, and after ``distributed.scheduler.allowed-failures`` deaths
@@ -75,7 +75,7 @@ class ClusterOptions:
     Args:
         workers: worker processes of the embedded ``LocalCluster`` (``None``: sized from this
             machine, one per core, fewer when memory is short; ``0``: in this process, no cluster).
-        threads: torch threads per worker (default: cores ÷ workers on the embedded cluster, the
+        threads: CPU threads of the network per worker (default: cores ÷ workers on the embedded cluster, the
             worker's ``--nthreads`` on an existing one).
         scheduler: address of an existing cluster's scheduler, ``tcp://HOST:PORT``.
         scheduler_file: the JSON file ``dask scheduler --scheduler-file`` wrote.
@@ -115,7 +115,7 @@ class ClusterOptions:
         return self.workers == 0 and not self.external
 
     def local_plan(self, n_tasks: int) -> tuple[int, int]:
-        """``(worker processes, torch threads each)`` of the embedded cluster for ``n_tasks`` cases."""
+        """``(worker processes, threads each)`` of the embedded cluster for ``n_tasks`` cases."""
         cores = usable_cores()
         workers = self.workers
         if workers is None:
@@ -145,7 +145,7 @@ IN_PROCESS = ClusterOptions(workers=0)
 @dataclass(frozen=True)
 class WorkerSetup:
     """What each process builds once before its first case: ``factory(threads, *args)`` (e.g. a
-    model on its device with ``threads`` torch threads; ``threads`` is None in the calling process,
+    model on its device with ``threads`` CPU threads; ``threads`` is None in the calling process,
     which keeps its own setting). ``factory`` must be a top-level function (sent by reference).
 
     ``local`` is an already-built state for a run in this process; it is never sent to workers.
@@ -348,7 +348,7 @@ def _dask_available(cluster: ClusterOptions) -> bool:
 
 @contextlib.contextmanager
 def _client(cluster: ClusterOptions, n_tasks: int):
-    """A connected ``distributed.Client`` and the torch threads to ask each worker for."""
+    """A connected ``distributed.Client`` and the CPU threads to ask each worker for."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -375,7 +375,7 @@ def _client(cluster: ClusterOptions, n_tasks: int):
     try:
         client = Client(local)
         try:
-            logger.info("local Dask cluster: %d worker process(es) × %d torch thread(s), started in %.1f s; "
+            logger.info("local Dask cluster: %d worker process(es) × %d thread(s), started in %.1f s; "
                         "dashboard: %s", workers, threads, time.perf_counter() - started,
                         client.dashboard_link if cluster.dashboard else "off")
             yield client, threads
