@@ -1,6 +1,6 @@
 """Prediction speed and memory: one case against its bare forward pass, reading against SimpleITK,
 peak memory against a process that only reads, the command line's cold start, the Slicer
-module's second Apply on its warm worker, and batch throughput.
+module's second Apply on its warm worker (batch throughput: benchmarks/cohort.py).
 
 Targets of the speed issue (every ratio measured side by side in this one run; medians):
 
@@ -11,9 +11,7 @@ Targets of the speed issue (every ratio measured side by side in this one run; m
    of ``tace-response predict`` on the case ≤ 1.3× a process that only reads the case's images;
 3. (a) the command line's first progress line ≤ 2.5 s after it starts (graph cached); (b, c)
    the second Apply of a Slicer session (the warm worker; headless MRML scene) ≤ 1.5× the same
-   prediction computed in-process from the nodes, on a demo-size case and on the 512×512×300 case;
-5. batch: cases/minute with 1 and 2 workers (workers × threads ≤ processors), the speed-up next
-   to the ideal (twice one 1-thread worker).
+   prediction computed in-process from the nodes, on a demo-size case and on the 512×512×300 case.
 
 Prints tables and writes benchmarks/results/predict.json.
 """
@@ -33,7 +31,7 @@ import numpy as np
 from _common import REPO, calibrated_bundle, print_table, save_results, time_call
 
 from TACEResponseLib.imaging.geometry import Volume
-from TACEResponseLib.imaging.phantoms import make_cohort, make_phantom
+from TACEResponseLib.imaging.phantoms import make_phantom
 from TACEResponseLib.imaging.segmentation import write_segmentation
 from TACEResponseLib.imaging.volume_io import write_volume
 
@@ -203,37 +201,9 @@ def second_apply(folder: Path, model: str, nodes_case, rounds: int, label: str) 
     return result
 
 
-# --- target 5 ---------------------------------------------------------------------------------------
-def batch_throughput(folder: Path, bundle, n_cases: int, env: dict) -> dict:
-    from TACEResponseLib.networks.backends import default_threads
-
-    manifest = make_cohort(n_cases, folder / "cohort", seed=100)
-    cores = default_threads()
-    configs = [(1, cores), (2, max(1, cores // 2)), (1, max(1, cores // 2))]
-    seconds = {c: [] for c in configs}
-    for round_ in range(2):
-        for workers, threads in configs:
-            out = folder / f"batch{workers}x{threads}_{round_}"
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "TACEResponseLib.cli", "batch", "--manifest", str(manifest),
-                            "--bundle", str(bundle.path), "--output", str(out), "--workers", str(workers), "--threads",
-                            str(threads), "--no-progress"], check=True, cwd=REPO, capture_output=True, env=env)
-            seconds[(workers, threads)].append(time.perf_counter() - start)
-    rows = [{"workers": w, "threads_per_worker": t, "cases": n_cases, "seconds": statistics.median(s),
-             "cases_per_minute": 60 * n_cases / statistics.median(s)} for (w, t), s in seconds.items()]
-    one, two, single = rows[0]["cases_per_minute"], rows[1]["cases_per_minute"], rows[2]["cases_per_minute"]
-    ideal = 2 * single  # two independent one-thread workers with nothing shared
-    rows[1]["ideal_cases_per_minute"] = ideal
-    print(f"\nBatch of {n_cases} phantoms (128³), ResNet50 224 px, process start-up included, {cores} processors")
-    print_table(rows, ["workers", "threads_per_worker", "cases", "seconds", "cases_per_minute", "ideal_cases_per_minute"])
-    print(f"2 workers ÷ 1 worker = {two / one:.2f}; 2 workers ÷ ideal = {two / ideal:.2f}")
-    return {"rows": rows, "speed_up": two / one, "ideal_speed_up": ideal / one, "of_ideal": two / ideal}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch-cases", type=int, default=24)
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -252,8 +222,6 @@ def main() -> None:
         one_phase = calibrated_bundle(folder / "resnet50_1", "resnet50", 224, ["arterial"])
         apply_large = second_apply(folder, str(one_phase.path), files["case"], max(2, args.rounds // 2),
                                    "512×512×300")
-        batch_bundle = calibrated_bundle(folder / "resnet50b", "resnet50", 224, ["arterial"])
-        batch = batch_throughput(folder, batch_bundle, args.batch_cases, env)
     targets = {
         "1": {"measured": single["excluding_read_over_bare_forward"], "goal": 1.5,
               "what": "one 512×512×300 two-phase CT, ResNet50 224 px: time excluding file reading ÷ the bare "
@@ -271,21 +239,14 @@ def main() -> None:
                        "÷ the same prediction computed in-process from the nodes"},
         "3c": {"measured": apply_large["ratio"], "goal": 1.5,
                "what": "second Apply as in 3b on the 512×512×300 case (ResNet50), inputs written and read as files"},
-        "5": {"measured": batch["of_ideal"], "goal": 0.9,
-              "what": f"batch of {args.batch_cases} cases: cases/minute with 2 workers × 1 thread ÷ the ideal "
-                      f"(twice one 1-thread worker); 1 worker × 2 threads {batch['rows'][0]['cases_per_minute']:.0f}, "
-                      f"2 × 1 {batch['rows'][1]['cases_per_minute']:.0f}, ideal "
-                      f"{batch['rows'][1]['ideal_cases_per_minute']:.0f} cases/min"},
     }
     for key, target in targets.items():
-        lower_is_better = key != "5"
-        target["met"] = bool(target["measured"] <= target["goal"] if lower_is_better
-                             else target["measured"] >= target["goal"])
+        target["met"] = bool(target["measured"] <= target["goal"])
     print("\ntarget  measured  goal   met")
     for key, target in targets.items():
         print(f"{key:<7} {target['measured']:8.3f}  {target['goal']:<5}  {target['met']}")
     path = save_results("predict", {"single_case": single, "memory": peak, "cold_start": cold,
-                                    "apply_demo": apply_demo, "apply_large": apply_large, "batch": batch,
+                                    "apply_demo": apply_demo, "apply_large": apply_large,
                                     "load_average": {"before": load_before, "after": os.getloadavg()},
                                     "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "targets": targets})
     print(f"\nwritten {path}")

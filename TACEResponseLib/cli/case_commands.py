@@ -13,6 +13,8 @@ from TACEResponseLib.cli.common import (
     case_arguments,
     check_device,
     check_inputs_exist,
+    cluster_arguments,
+    cluster_from,
     island_arguments,
     island_rule_from,
     name_value_pairs,
@@ -186,13 +188,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
     check_output_folder(args.output)
     check_device(args.device)
     check_inputs_exist(manifest=args.manifest)
-    summary = run_batch(args.manifest, bundle_option(args.bundle), args.output, workers=args.workers,
+    cluster = cluster_from(args)
+    summary = run_batch(args.manifest, bundle_option(args.bundle), args.output, cluster=cluster,
                         device=args.device, progress_bar=not args.no_progress, islands=island_rule_options(args),
                         patient_rule=patient_rule_from(args), rows=args.rows, backend=args.backend,
-                        threads=args.threads)
+                        retry_failed=args.retry_failed)
+    before = (f", {summary.failed_before} failed before on the same inputs (not tried again; --retry-failed)"
+              if summary.failed_before else "")
     print(f"{summary.total} cases: {summary.done} predicted now, {summary.skipped} already done, "
-          f"{summary.failed} failed → {summary.summary_csv}")
-    return 0 if summary.failed == 0 else 1
+          f"{summary.failed} failed{before} → {summary.summary_csv}")
+    return 0 if summary.failed == 0 and summary.failed_before == 0 else 1
 
 
 def island_rule_options(args: argparse.Namespace):
@@ -259,16 +264,16 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="CSV: case_id, one column per model input, segmentation, segment")
     p.add_argument("--bundle", default=None)
     p.add_argument("--output", required=True)
-    p.add_argument("--workers", type=number(int, 1, 256), default=1,
-                   help="processes, each with the model loaded once; CPU threads are shared out so that "
-                        "workers × threads ≤ processors")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also try again the cases that failed before on the same inputs (they are skipped otherwise)")
     p.add_argument("--rows", choices=["case", "tumour"], default="case",
                    help="summary.csv: one row per case (the patient-level answer) or per tumour (every tumour, "
                         "not-assessable ones with their reason)")
-    backend_arguments(p)
+    backend_arguments(p, threads=False)
     island_arguments(p)
+    cluster_arguments(p)
 
 
 COMMANDS = [
@@ -277,7 +282,7 @@ COMMANDS = [
     Command("predict", cmd_predict, _predict_args,
             "predict one case (result.json + heatmap.nrrd)"),
     Command("batch", cmd_batch, _batch_args,
-            "predict a cohort manifest (resumable, N workers)"),
+            "predict a cohort manifest (resumable; a local or existing Dask cluster)"),
     Command("phantoms", cmd_phantoms, _phantoms_args,
             "write a SYNTHETIC phantom cohort + manifest.csv"),
     Command("patches", cmd_patches, _patches_args,

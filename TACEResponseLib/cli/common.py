@@ -112,14 +112,16 @@ def check_device(device: str) -> str:
     return device
 
 
-def backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--backend`` and ``--threads``: what runs the network on the CPU, with how many threads."""
+def backend_arguments(parser: argparse.ArgumentParser, threads: bool = True) -> None:
+    """``--backend`` and ``--threads``: what runs the network on the CPU, with how many threads (a cohort
+    command gets ``--threads`` per worker from :func:`cluster_arguments` instead)."""
     parser.add_argument("--backend", choices=["auto", "openvino", "onnxruntime", "torch"], default=None,
                         help="what runs the network: auto = a checked ONNX graph on OpenVINO or ONNX Runtime on the "
                              "CPU (exported once per model), else eager PyTorch (default: $TACERESPONSE_BACKEND, "
                              "else auto)")
-    parser.add_argument("--threads", type=number(int, 1, 1024), default=None,
-                        help="CPU threads of the network (default: every processor this process may use)")
+    if threads:
+        parser.add_argument("--threads", type=number(int, 1, 1024), default=None,
+                            help="CPU threads of the network (default: every processor this process may use)")
 
 
 def check_inputs_exist(**paths: str | Sequence[str] | None) -> None:
@@ -201,3 +203,28 @@ def nomogram_file(name_or_path: str | None) -> Path | None:
     from TACEResponseLib.networks.catalog import resolve_survival_model
 
     return resolve_survival_model(name_or_path)
+
+
+def cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--workers``, ``--threads``, ``--scheduler``, ``--scheduler-file``: where a cohort's cases run (Dask)."""
+    group = parser.add_argument_group("where the cases run (Dask)")
+    group.add_argument("--workers", type=number(int, 0, 4096), default=None,
+                       help="worker processes of the local Dask cluster (default: one per core, fewer when memory is "
+                            "short; 0: one case after another in this process, no cluster)")
+    group.add_argument("--threads", type=number(int, 1, 4096), default=None,
+                       help="CPU threads of the network per worker (default: cores ÷ workers; on an existing cluster: each "
+                            "worker's --nthreads)")
+    group.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                       help="run on an existing Dask cluster (dask scheduler / dask worker, dask-jobqueue) instead "
+                            "of a local one; paths must be the same on every worker")
+    group.add_argument("--scheduler-file", default=None, metavar="JSON",
+                       help="the file `dask scheduler --scheduler-file` wrote (instead of --scheduler)")
+    group.add_argument("--no-dashboard", action="store_true", help="do not serve the local cluster's Dask dashboard")
+
+
+def cluster_from(args: argparse.Namespace):
+    """The :class:`~TACEResponseLib.core.tasks.ClusterOptions` the cluster arguments give (checked now)."""
+    from TACEResponseLib.core.tasks import ClusterOptions
+
+    return ClusterOptions(workers=args.workers, threads=args.threads, scheduler=args.scheduler,
+                          scheduler_file=args.scheduler_file, dashboard=not args.no_dashboard)

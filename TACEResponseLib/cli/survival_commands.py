@@ -13,6 +13,8 @@ from TACEResponseLib.cli.common import (
     Command,
     check_device,
     check_inputs_exist,
+    cluster_arguments,
+    cluster_from,
     island_arguments,
     island_rule_from,
     number,
@@ -83,13 +85,14 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
         check_output_folder(args.cache, "--cache")
     check_device(args.device)
     check_inputs_exist(manifest=args.manifest, pretrained=args.pretrained)
+    cluster = cluster_from(args)
     settings = _settings_from(args)
     cases = read_feature_manifest(args.manifest, settings.phases)
     cache = Path(args.cache) if args.cache else output.parent / "feature_cache"
     extractor = DeepFeatureExtractor(settings, cache_dir=cache, device=args.device, batch_size=args.batch_size,
                                      perturb_voxels=args.perturb_voxels, randomisation=_randomisation_from(args))
     perturbation = args.perturb or "none"
-    table = extractor.extract(cases, perturbation=perturbation)
+    table = extractor.extract(cases, perturbation=perturbation, cluster=cluster, progress_bar=not args.no_progress)
     write_feature_table(table, output, {**extractor.metadata(), "perturbation": perturbation,
                                         "perturb_voxels": args.perturb_voxels,
                                         "randomisation": extractor.randomisation.to_dict()
@@ -306,6 +309,8 @@ def _extract_features_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="feature CSV (metadata JSON written beside it)")
     _feature_settings_arguments(p)
     island_arguments(p, patient_rule=False)
+    p.add_argument("--no-progress", action="store_true")
+    cluster_arguments(p)
 
 
 def _signature_args(p: argparse.ArgumentParser) -> None:

@@ -14,6 +14,8 @@ from TACEResponseLib.cli.common import (
     Command,
     check_device,
     check_inputs_exist,
+    cluster_arguments,
+    cluster_from,
     island_arguments,
     island_rule_from,
     name_value_pairs,
@@ -150,10 +152,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_inputs_exist(manifest=args.manifest)
     bundle = resolve_bundle(bundle_option(args.bundle))
     islands, _ = tumour_rule_of(bundle)
+    cluster = cluster_from(args)
     report = evaluate_bundle(bundle, args.manifest, args.output, n_bootstrap=args.bootstrap, seed=args.seed,
                              device=args.device, progress_bar=not args.no_progress,
                              islands=island_rule_from(args, islands), patient_rule=patient_rule_from(args),
-                             clinical_factors=args.clinical_factor or ())
+                             clinical_factors=args.clinical_factor or (), cluster=cluster)
     print("\n".join(report.summary_lines()))
     for case_id, error in report.failed.items():
         print(f"failed: {case_id}: {error}", file=sys.stderr)
@@ -249,6 +252,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     island_arguments(p)
+    cluster_arguments(p)
 
 
 def _make_demo_bundle_args(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,9 @@ Run with::
     Slicer --no-main-window --python-script /path/to/TACEResponseLib/slicer_batch.py \\
         --manifest cohort/manifest.csv --output results/ [--bundle NAME_OR_FOLDER] [--scenes]
 
-It runs the same resumable batch as ``tace-response batch`` and, with ``--scenes``, also
+It runs the same resumable batch as ``tace-response batch`` (a local Dask cluster by default,
+``--scheduler`` for an existing one; without Dask in Slicer's Python the cases run one after
+another in Slicer's process) and, with ``--scenes``, also
 writes one Slicer scene bundle (``scene.mrb``) per finished case holding the reference
 volume, the tumour segmentation, the heatmap (foreground layer) and the results table,
 built with the MRML adapter. Exits Slicer when done (status 0 = every case predicted).
@@ -21,6 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script file by Slicer: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from TACEResponseLib.core.tasks import ClusterOptions  # noqa: E402
 from TACEResponseLib.networks.catalog import (
     default_bundle_name,  # noqa: E402
     resolve_bundle,  # noqa: E402
@@ -65,14 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--bundle", default=None)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes of a local Dask cluster (default: sized from the machine, or one "
+                             "after another in Slicer's process when Dask is not installed; 0: in this process)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("--scheduler", default=None, help="an existing Dask cluster: tcp://HOST:PORT")
+    parser.add_argument("--scheduler-file", default=None, help="the file `dask scheduler --scheduler-file` wrote")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--scenes", action="store_true", help="also write scene.mrb per finished case")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     bundle = args.bundle or default_bundle_name()
-    summary = run_batch(args.manifest, bundle, args.output, workers=args.workers, device=args.device,
-                        progress_bar=False)
+    cluster = ClusterOptions(workers=args.workers, threads=args.threads, scheduler=args.scheduler,
+                             scheduler_file=args.scheduler_file)
+    summary = run_batch(args.manifest, bundle, args.output, cluster=cluster, device=args.device, progress_bar=False)
     logger.info("%d cases: %d predicted, %d already done, %d failed → %s", summary.total, summary.done,
                 summary.skipped, summary.failed, summary.summary_csv)
     if args.scenes:
@@ -82,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             path = write_case_scene(case, Path(args.output))
             if path:
                 logger.info("scene: %s", path)
-    return 0 if summary.failed == 0 else 1
+    return 0 if summary.failed == 0 and summary.failed_before == 0 else 1
 
 
 if __name__ == "__main__":

@@ -88,11 +88,10 @@ def installed(module: str) -> bool:
 
 
 def default_threads() -> int:
-    """The processors this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """The processors this process may run on (:func:`~TACEResponseLib.core.tasks.usable_cores`)."""
+    from TACEResponseLib.core.tasks import usable_cores
+
+    return usable_cores()
 
 
 # --- engines ----------------------------------------------------------------------------------

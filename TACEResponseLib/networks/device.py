@@ -93,6 +93,16 @@ def resolve_device(preference: str = "auto") -> str:
     return str(select_device(choice))
 
 
+def set_threads(threads: int | None) -> None:
+    """Give torch ``threads`` CPU threads in this process (a worker's share of the cores); None keeps
+    the current setting. A Dask worker starts with OMP_NUM_THREADS=1, so workers always set it."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
 def available_devices() -> list[str]:
     """Device names usable here, best first, e.g. ``["cuda:0", "cpu"]``."""
     import torch

@@ -1,21 +1,28 @@
-"""Resumable batch prediction over a cohort manifest.
+"""Resumable prediction of a cohort, one task per case, in this process or on a Dask cluster.
 
 Manifest CSV as in :mod:`TACEResponseLib.imaging.manifest`: ``case_id``, one column per image the bundle needs (named like its inputs,
 e.g. ``arterial``; the first is the reference), ``segmentation``, optional ``segment``, and
 clinical columns when the bundle wants them. Relative paths are relative to the manifest.
 
-Each case is written to ``<output>/cases/<case_id>/`` (``heatmap.nrrd`` then ``result.json``,
-atomically); a failing case gets ``error.json`` with its message and the batch goes on. A case
-with several tumours is one case: its tumours that cannot be assessed are listed with their
-reason and the patient-level answer comes from the others.
+Each case is one task (:func:`TACEResponseLib.core.tasks.run_cases`): the worker that runs it
+writes ``<output>/cases/<case_id>/`` (``heatmap.nrrd`` then ``result.json``, atomically); a
+failing case gets ``error.json`` with its message and the run goes on. A case whose worker
+process died each time it was tried gets an ``error.json`` saying so. Every worker process loads
+the model once (:func:`load_predictor`), not once per case. A case with several tumours is one
+case: its tumours that cannot be assessed are listed with their reason and the patient-level
+answer comes from the others.
 
 Re-running skips a case only when its ``result.json`` was computed from the same inputs — the
 content of its images and segmentation, its segment and clinical values
 (:func:`~TACEResponseLib.prediction.case.inputs_fingerprint`), the bundle's weights checksum and
 the island and patient rules. A case whose inputs changed is predicted again (its stale result
-removed first), failed ones are tried again, so a run killed at any moment resumes without
-losing, duplicating or mis-reporting a case. ``summary.csv`` is rebuilt from the per-case files
-in manifest order after every case: one row per case (the patient-level answer) or, with
+removed first). A case that failed on its inputs (an :class:`InputError`: a missing file, an
+empty segment) is not tried again while those inputs, the bundle and the rules are unchanged
+(``retry_failed`` tries it anyway); other failures (a lost worker, a read error) are retried.
+So a run killed at any moment resumes without losing, duplicating or mis-reporting a case, and
+a finished run re-run does no work. ``summary.csv`` is assembled from the per-case files in
+manifest order (never appended): while the run goes on every few seconds, and at the end. One
+row per case (the patient-level answer, with the case's time on its worker) or, with
 ``rows="tumour"``, one row per tumour (not-assessable ones with their reason).
 """
 
@@ -24,16 +31,27 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Sequence
 
 from TACEResponseLib.core.errors import InputError, TACEResponseError
 from TACEResponseLib.core.files import (
     atomic_path,
     check_output_folder,
+    content_fingerprint,
     safe_file_name,
     write_json_atomic,
+)
+from TACEResponseLib.core.tasks import (
+    IN_PROCESS,
+    CaseFailed,
+    CaseOutcome,
+    CaseTask,
+    ClusterOptions,
+    WorkerSetup,
+    run_cases,
 )
 from TACEResponseLib.imaging.manifest import ManifestRow, read_manifest
 from TACEResponseLib.prediction.case import (
@@ -49,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 ERROR_FILE = "error.json"
 SUMMARY_FILE = "summary.csv"
+#: seconds between rewrites of summary.csv while a run goes on (it is always written at the end)
+SUMMARY_EVERY_S = 10.0
 
 
 @dataclass
@@ -58,6 +78,7 @@ class BatchSummary:
     failed: int
     skipped: int
     summary_csv: Path
+    failed_before: int = 0  # failed earlier on the same inputs, not tried again
 
 
 def read_batch_manifest(path: str | Path, phases: list[str], clinical: list[str]) -> list[ManifestRow]:
@@ -70,56 +91,24 @@ def read_batch_manifest(path: str | Path, phases: list[str], clinical: list[str]
     return rows
 
 
-# --- worker side ------------------------------------------------------------------------------
-_PREDICTOR = None
-
-
-def _init_worker(bundle_path: str, device: str, threads: int, islands: dict[str, Any] | None = None,
-                 patient_rule: str | None = None, backend: str | None = None) -> None:
-    global _PREDICTOR
-    from TACEResponseLib.imaging.tumours import IslandRule
-    from TACEResponseLib.prediction.predictor import Predictor
-
-    _PREDICTOR = Predictor(bundle_path, device=device, patient_rule=patient_rule, backend=backend,
-                           threads=max(1, threads))
-    if islands:
-        _PREDICTOR.islands = IslandRule(**{**_PREDICTOR.islands.to_dict(), **islands})
+def case_dir(output: Path, case_id: str) -> Path:
+    """The folder of one case's outputs: ``<output>/cases/<safe case id>``."""
+    return output / "cases" / safe_file_name(case_id)
 
 
 def _case_inputs(case: ManifestRow) -> tuple[list[str] | None, dict[str, Any] | None]:
     return ([case.segment] if case.segment else None), (case.clinical or None)
 
 
-def _run_case(case: ManifestRow, case_dir: str) -> dict[str, Any]:
-    """Predict one case; any user-facing error is recorded in error.json instead of raised."""
-    folder = Path(case_dir)
-    try:
-        if case.problems:
-            raise InputError("; ".join(case.problems))
-        segments, clinical = _case_inputs(case)
-        result = predict_case(_PREDICTOR, case.images, case.segmentation, folder, segments=segments,
-                              clinical=clinical, case_id=case.case_id)
-        if (folder / ERROR_FILE).exists():
-            (folder / ERROR_FILE).unlink()
-        return {"case_id": case.case_id, "status": "ok", "classes": [t.predicted_class for t in result.tumours]}
-    except (TACEResponseError, OSError, ValueError) as exc:
-        write_json_atomic(folder / ERROR_FILE, {"case_id": case.case_id, "error": str(exc), "type": type(exc).__name__})
-        return {"case_id": case.case_id, "status": "failed", "error": str(exc)}
-
-
-# --- driver -------------------------------------------------------------------------------------
-def case_dir(output: Path, case_id: str) -> Path:
-    """The folder of one case's outputs: ``<output>/cases/<safe case id>``."""
-    return output / "cases" / safe_file_name(case_id)
-
-
 @dataclass(frozen=True)
 class RunKey:
-    """What a finished result must match to be reused: the bundle's weights and the rules."""
+    """What a finished result (or a failure on the inputs) must match to be reused: the bundle's
+    weights, the rules, and whether the run writes heatmaps."""
 
     bundle_sha256: str
     islands: tuple[bool, float]
     patient_rule: str
+    heatmap: bool = True
 
     def case_key(self, case: ManifestRow) -> str:
         """The inputs' fingerprint of one case ("" when its files cannot be read: it will run, and fail)."""
@@ -133,17 +122,181 @@ class RunKey:
         islands = (bool(result.islands.get("split", True)), float(result.islands.get("min_island_ml", -1)))
         rule = result.patient.rule if result.patient is not None else None
         return (result.bundle_sha256 == self.bundle_sha256 and islands == self.islands and rule == self.patient_rule
+                and (result.heatmap_path is not None or not self.heatmap)
                 and bool(result.inputs_sha256) and result.inputs_sha256 == self.case_key(case))
+
+    def failure_key(self, case: ManifestRow) -> str:
+        """What a failure on the inputs depends on: the row's problems, each input file's content (or
+        its absence), the segment, the clinical values, the bundle and the rules."""
+        files = []
+        for path in [*case.images, case.segmentation]:
+            try:
+                files.append(content_fingerprint([path]) if path is not None else "none")
+            except (TACEResponseError, OSError):
+                files.append(f"unreadable {path}")
+        return content_fingerprint([], {"problems": list(case.problems), "files": files, "segment": case.segment or "",
+                                        "clinical": {str(k): str(v) for k, v in (case.clinical or {}).items()},
+                                        "bundle": self.bundle_sha256, "islands": list(self.islands),
+                                        "patient_rule": self.patient_rule})
+
+
+# --- worker side ------------------------------------------------------------------------------
+def load_predictor(threads: int | None, bundle_path: str, device: str, islands: dict[str, Any],
+                   patient_rule: str, cam: str = "auto", backend: str | None = None):
+    """The :class:`~TACEResponseLib.prediction.predictor.Predictor` of one worker process, built once
+    (:class:`~TACEResponseLib.core.tasks.WorkerSetup`), its engine opened with ``threads`` CPU threads."""
+    from TACEResponseLib.imaging.tumours import IslandRule
+    from TACEResponseLib.prediction.predictor import Predictor
+
+    predictor = Predictor(bundle_path, device=device, cam_method=cam, islands=IslandRule(**islands),
+                          patient_rule=patient_rule, backend=backend, threads=threads)
+    predictor.engine  # noqa: B018 - open the engine now (weights, checked graph), not inside the first case's time
+    return predictor
+
+
+def predict_one(predictor, case: ManifestRow, folder: str, key: RunKey) -> str | CaseFailed:
+    """Predict one case into ``folder`` (returns the patient's class); a user-facing error is written to
+    ``error.json`` and returned as :class:`~TACEResponseLib.core.tasks.CaseFailed`, not raised."""
+    folder_path = Path(folder)
+    started = time.perf_counter()
+    try:
+        if case.problems:
+            raise InputError("; ".join(case.problems))
+        segments, clinical = _case_inputs(case)
+        result = predict_case(predictor, case.images, case.segmentation, folder_path, segments=segments,
+                              clinical=clinical, case_id=case.case_id, heatmap=key.heatmap)
+        (folder_path / ERROR_FILE).unlink(missing_ok=True)
+        return result.patient.predicted_class if result.patient else ""
+    except (TACEResponseError, OSError, ValueError) as exc:
+        inputs_key = key.failure_key(case) if isinstance(exc, TACEResponseError) else ""
+        write_error(folder_path, case.case_id, str(exc), type(exc).__name__, time.perf_counter() - started, inputs_key)
+        return CaseFailed(str(exc), type(exc).__name__)
+
+
+def write_error(folder: Path, case_id: str, message: str, kind: str, seconds: float, inputs_key: str = "") -> None:
+    """``error.json`` of a failed case; ``inputs_key`` (a failure on the inputs) lets a rerun skip it
+    while nothing it depends on changed."""
+    write_json_atomic(folder / ERROR_FILE, {"case_id": case_id, "error": message, "type": kind,
+                                            "seconds": round(seconds, 3), "inputs_key": inputs_key})
+
+
+# --- driver -------------------------------------------------------------------------------------
+@dataclass
+class CohortRun:
+    """What :func:`predict_cohort` did: cases predicted now, failed now, finished before, failed before."""
+
+    total: int
+    done: int
+    failed: int
+    skipped: int
+    failed_before: int
+
+
+def predict_cohort(
+    cases: Sequence[ManifestRow],
+    bundle,
+    output: Path,
+    *,
+    device: str = "cpu",
+    islands=None,
+    patient_rule: str | None = None,
+    cam: str = "auto",
+    heatmap: bool = True,
+    cluster: ClusterOptions | None = None,
+    retry_failed: bool = False,
+    progress_bar: bool = True,
+    on_case: Callable[[dict[str, Any]], None] | None = None,
+    label: str = "predicting",
+    backend: str | None = None,
+) -> CohortRun:
+    """Predict the cases not finished yet into ``<output>/cases/<case id>/``, one task per case.
+
+    Args:
+        cases: manifest rows (a row with ``problems`` fails with them as its message).
+        bundle: a loaded :class:`~TACEResponseLib.networks.bundle.Bundle` (workers load it from its path).
+        islands, patient_rule: the resolved :class:`~TACEResponseLib.imaging.tumours.IslandRule` and rule.
+        cam, heatmap: the heatmap method and whether ``heatmap.nrrd`` is written.
+        cluster: where the cases run (default: in this process).
+        backend: what runs the network (:class:`~TACEResponseLib.prediction.predictor.Predictor`); the
+            network's graph is exported and checked here, once, before several workers need it.
+        retry_failed: also try again the cases that failed on unchanged inputs.
+        on_case: called in this process with each case's outcome (``case_id``, ``status``, ``error``,
+            ``seconds``, ``worker``, ``pid``, ``setup_s``) as it finishes.
+    """
+    from TACEResponseLib.prediction.predictor import tumour_rule_of
+
+    rule, patient = tumour_rule_of(bundle, islands, patient_rule)
+    key = RunKey(bundle.card.weights_sha256, (rule.split, rule.min_island_ml), patient, heatmap)
+    (output / "cases").mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output)
+    todo, skipped, failed_before = [], 0, 0
+    for case in cases:
+        folder = case_dir(output, case.case_id)
+        previous = _readable_result(folder)
+        if previous is not None and key.matches(previous, case):
+            skipped += 1
+            continue
+        if previous is not None:
+            logger.info("case %s: inputs, bundle or rules changed since its result; predicting it again", case.case_id)
+            _remove_result(folder)
+        if not retry_failed and _failed_on_same_inputs(folder, key, case):
+            failed_before += 1
+            continue
+        todo.append(case)
+    cluster = cluster or IN_PROCESS
+    where = cluster.describe()
+    logger.info("%d cases: %d finished before, %d failed before on the same inputs, %d to run in %s", len(cases),
+                skipped, failed_before, len(todo), where)
+    if len(todo) > 1 and not cluster.in_process:  # export and check the graph once, not in every worker at once
+        from TACEResponseLib.prediction.predictor import Predictor
+
+        Predictor(bundle, device=device, cam_method=cam, backend=backend, threads=1).engine  # noqa: B018
+    setup = WorkerSetup(load_predictor, (str(bundle.path), device, rule.to_dict(), patient, cam, backend))
+    tasks = [CaseTask(case.case_id, (case, str(case_dir(output, case.case_id)), key)) for case in todo]
+    done = failed = 0
+    try:
+        for outcome in run_cases(predict_one, tasks, setup, cluster, label=label,
+                                 progress_bar=progress_bar):
+            report = _report(outcome, output)
+            done += report["status"] == "ok"
+            failed += report["status"] != "ok"
+            if on_case:
+                on_case(report)
+    finally:
+        remove_stale_temporaries(output)  # left by a worker killed mid-write (its case ran again elsewhere)
+    return CohortRun(len(cases), done, failed, skipped, failed_before)
+
+
+def _report(outcome: CaseOutcome, output: Path) -> dict[str, Any]:
+    """The case's outcome for ``on_case``; a case its task could not report on (its worker died each
+    time, an unexpected error) gets its ``error.json`` here."""
+    if not outcome.ok and not outcome.handled:
+        write_error(case_dir(output, outcome.case_id), outcome.case_id, outcome.error, outcome.error_type,
+                    outcome.seconds)
+    return {"case_id": outcome.case_id, "status": outcome.status, "error": outcome.error, "seconds": outcome.seconds,
+            "worker": outcome.worker, "pid": outcome.pid, "setup_s": outcome.setup_s}
+
+
+def _failed_on_same_inputs(folder: Path, key: RunKey, case: ManifestRow) -> bool:
+    path = folder / ERROR_FILE
+    if not path.is_file():
+        return False
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8")).get("inputs_key") or ""
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(stored) and stored == key.failure_key(case)
 
 
 def summary_rows(case: ManifestRow, output: Path, per_tumour: bool = False) -> list[dict[str, Any]]:
     """The summary row(s) of one case from its files (empty while the case has not run)."""
     folder = case_dir(output, case.case_id)
-    result = read_result(folder)
+    result = _readable_result(folder)
     base = {"case_id": case.case_id, "label": case.label or ""}
     if result is not None and result.patient is not None:
         patient = result.patient
         common = {"synthetic_model": result.synthetic_model, "warnings": " | ".join(result.warnings), "error": "",
+                  "seconds": _seconds(result.timings.get("total")), "read_seconds": _seconds(result.timings.get("read")),
                   "_classes": patient.class_names}
         if not per_tumour:
             return [{**base, "status": "ok", "tumours": len(result.tumours) + len(result.not_assessable),
@@ -164,10 +317,25 @@ def summary_rows(case: ManifestRow, output: Path, per_tumour: bool = False) -> l
                          "assessable": "no", "reason": tumour.detail, "volume_ml": f"{tumour.volume_ml:.4f}",
                          "patient_target": "no", "predicted": "", **common})
         return rows
-    if (folder / ERROR_FILE).is_file():
-        error = json.loads((folder / ERROR_FILE).read_text(encoding="utf-8"))
-        return [{**base, "status": "failed", "error": error["error"]}]
+    error = read_error(folder)
+    if error is not None:
+        return [{**base, "status": "failed", "error": error.get("error", ""), "seconds": _seconds(error.get("seconds"))}]
     return []
+
+
+def read_error(folder: Path) -> dict[str, Any] | None:
+    """A failed case's ``error.json`` (None when there is none)."""
+    path = folder / ERROR_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return {"error": f"{path}: unreadable ({exc})"}
+
+
+def _seconds(value: Any) -> str:
+    return "" if value is None else f"{float(value):.3f}"
 
 
 def _probabilities(class_names, probabilities, objective) -> dict[str, str]:
@@ -186,6 +354,7 @@ def write_summary(rows: dict[str, list[dict[str, Any]]], order: list[str], outpu
     else:
         columns = ["case_id", "status", "label", "tumours", "assessable", "patient_tumours", "patient_rule",
                    "predicted", *probability_columns, "synthetic_model", "warnings", "error"]
+    columns += ["seconds", "read_seconds"]
     path = output / SUMMARY_FILE
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
@@ -200,33 +369,34 @@ def run_batch(
     manifest: str | Path,
     bundle: str | Path,
     output: str | Path,
-    workers: int = 1,
+    cluster: ClusterOptions | None = None,
     device: str = "cpu",
     progress_bar: bool = True,
     on_case: Callable[[dict[str, Any]], None] | None = None,
     islands: dict[str, Any] | None = None,
     patient_rule: str | None = None,
     rows: str = "case",
+    retry_failed: bool = False,
     backend: str | None = None,
-    threads: int | None = None,
 ) -> BatchSummary:
     """Predict every case of ``manifest`` with ``bundle`` into ``output`` (resumable).
 
     Args:
         manifest: cohort CSV (``case_id``, one column per model input, ``segmentation``, …).
         bundle: bundle folder or registered name.
-        output: ``cases/<case id>/`` (result.json + heatmap.nrrd, or error.json) and ``summary.csv``.
-        workers: processes; each loads the model once (the network's graph is exported and checked
-            before they start, once).
-        threads: CPU threads per worker (default: the processors this process may use ÷ ``workers``).
-        on_case: called with each case's outcome (``case_id``, ``status``, …) as it finishes.
+        output: ``cases/<case id>/`` (result.json + heatmap.nrrd, or error.json) and ``summary.csv``
+            (on a filesystem every worker sees at the same path when the cluster spans machines).
+        cluster: where the cases run (default: in this process; ``ClusterOptions()`` = a local Dask
+            cluster sized from this machine, as ``tace-response batch`` runs by default).
+        on_case: called with each case's outcome (``case_id``, ``status``, ``seconds``, ``worker``, …) as it finishes.
         islands: island options overriding the bundle's rule (``split``, ``min_island_ml``).
         patient_rule: ``target_lesions`` or ``volume_weighted`` (default: the bundle's).
         rows: ``"case"`` (one summary row per case, the patient answer) or ``"tumour"``.
+        retry_failed: also try again the cases that failed on the same inputs before.
         backend: what runs the network (:class:`~TACEResponseLib.prediction.predictor.Predictor`).
 
     Returns:
-        Counts of cases done now, failed, skipped (finished before) and the summary CSV path.
+        Counts of cases done now, failed now, skipped (finished before), failed before, and the summary CSV path.
     """
     from TACEResponseLib.imaging.tumours import IslandRule
     from TACEResponseLib.networks.catalog import resolve_bundle
@@ -234,8 +404,6 @@ def run_batch(
 
     if rows not in ("case", "tumour"):
         raise InputError(f"summary rows must be 'case' or 'tumour', got {rows!r}")
-    if not isinstance(workers, int) or workers < 1:
-        raise InputError(f"workers must be a whole number ≥ 1, got {workers!r}")
     output = check_output_folder(output)
     loaded = resolve_bundle(bundle)
     card = loaded.card
@@ -244,43 +412,28 @@ def run_batch(
     cases = read_batch_manifest(manifest, [p.name for p in card.inputs], [c.name for c in card.clinical_factors])
     if not cases:
         raise InputError(f"{manifest}: the manifest has no cases")
-    (output / "cases").mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(output)
-    key = RunKey(card.weights_sha256, (rule.split, rule.min_island_ml), patient)
-    todo, skipped = [], 0
-    for case in cases:
-        folder = case_dir(output, case.case_id)
-        previous = _readable_result(folder)
-        if previous is not None and key.matches(previous, case):
-            skipped += 1
-            continue
-        if previous is not None:
-            logger.info("case %s: inputs, bundle or rules changed since its result; predicting it again", case.case_id)
-            _remove_result(folder)
-        todo.append(case)
-    logger.info("%d cases: %d finished before, %d to run with %d worker(s)", len(cases), skipped, len(todo), workers)
-    from TACEResponseLib.networks.backends import default_threads
-
-    threads = int(threads or max(1, default_threads() // max(1, workers)))
-    by_id = {case.case_id: case for case in cases}
     order = [case.case_id for case in cases]
+    by_id = {case.case_id: case for case in cases}
     per_tumour = rows == "tumour"
-    table = {case.case_id: summary_rows(case, output, per_tumour) for case in cases}
-    done = failed = 0
-    init = (str(loaded.path), device, threads, rule.to_dict(), patient, backend)
-    if workers > 1 and len(todo) > 1:  # export and check the graph once, not in every worker at the same time
-        from TACEResponseLib.prediction.predictor import Predictor
+    table: dict[str, list[dict[str, Any]]] = {}
+    written = time.monotonic()
 
-        Predictor(loaded, device=device, backend=backend, threads=threads).engine  # noqa: B018
-    for outcome in _outcomes(todo, output, init, workers, progress_bar):
-        done += outcome["status"] == "ok"
-        failed += outcome["status"] == "failed"
-        table[outcome["case_id"]] = summary_rows(by_id[outcome["case_id"]], output, per_tumour)
-        write_summary(table, order, output, per_tumour)
+    def finished(report: dict[str, Any]) -> None:
+        nonlocal written
+        if not table:  # the first case finished: stale results are gone, read every case's files once
+            table.update({case.case_id: summary_rows(case, output, per_tumour) for case in cases})
+        table[report["case_id"]] = summary_rows(by_id[report["case_id"]], output, per_tumour)
+        if time.monotonic() - written >= SUMMARY_EVERY_S:
+            write_summary(table, order, output, per_tumour)
+            written = time.monotonic()
         if on_case:
-            on_case(outcome)
-    summary = write_summary(table, order, output, per_tumour)
-    return BatchSummary(len(cases), done, failed, skipped, summary)
+            on_case(report)
+
+    run = predict_cohort(cases, loaded, output, device=device, islands=rule, patient_rule=patient, cluster=cluster,
+                         retry_failed=retry_failed, progress_bar=progress_bar, on_case=finished, backend=backend)
+    summary = write_summary({case.case_id: summary_rows(case, output, per_tumour) for case in cases}, order, output,
+                            per_tumour)
+    return BatchSummary(run.total, run.done, run.failed, run.skipped, summary, run.failed_before)
 
 
 def _readable_result(folder: Path):
@@ -296,35 +449,7 @@ def _remove_result(folder: Path) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
-def _remove_stale_temporaries(output: Path) -> None:
-    """Temporary files left by a run that was killed mid-write (never under a final name)."""
+def remove_stale_temporaries(output: Path) -> None:
+    """Temporary files left by a process killed mid-write (never under a final name)."""
     for stale in (output / "cases").glob("*/.*.tmp*"):
         stale.unlink(missing_ok=True)
-
-
-def _outcomes(todo: list[ManifestRow], output: Path, init: tuple, workers: int,
-              progress_bar: bool) -> Iterator[dict[str, Any]]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo), unit="case", disable=not progress_bar, desc="predicting")
-    try:
-        if workers <= 1 or len(todo) <= 1:
-            _init_worker(*init)
-            for case in todo:
-                yield _run_case(case, str(case_dir(output, case.case_id)))
-                bar.update()
-            return
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # torch and fork do not mix
-        with context.Pool(workers, initializer=_init_worker, initargs=init) as pool:
-            jobs = [(case, str(case_dir(output, case.case_id))) for case in todo]
-            for outcome in pool.imap_unordered(_star_run_case, jobs):
-                yield outcome
-                bar.update()
-    finally:
-        bar.close()
-
-
-def _star_run_case(job: tuple[ManifestRow, str]) -> dict[str, Any]:
-    return _run_case(*job)

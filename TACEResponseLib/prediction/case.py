@@ -56,6 +56,7 @@ def predict_case(
     survival_images: Mapping[str, str | Path | Volume] | None = None,
     progress: Progress | None = None,
     overlay: bool = False,
+    heatmap: bool = True,
 ) -> PredictionResult:
     """Predict one case; with ``output_dir``, write ``heatmap.nrrd`` (``overlay.png``) then ``result.json``.
 
@@ -76,6 +77,7 @@ def predict_case(
             nobody gave, or a bad clinical value, is an :class:`InputError` raised before any work.
         progress: ``progress(fraction, stage)`` between steps.
         overlay: also write ``overlay.png`` (the patient's tumour slice, heatmap, every tumour's row).
+        heatmap: write ``heatmap.nrrd`` (False: ``result.json`` alone, e.g. for an evaluation).
 
     Returns:
         The :class:`PredictionResult`, with ``heatmap`` (a Volume on the reference grid) and,
@@ -125,28 +127,30 @@ def predict_case(
     if output_dir is not None:
         progress(0.90, "writing")
         write_result_files(result, Path(output_dir), volumes[0] if overlay else None,
-                           segmentation if overlay else None, started)
+                           segmentation if overlay else None, started, heatmap=heatmap)
     result.timings["total"] = time.perf_counter() - started
     progress(1.0, "done")
     return result
 
 
 def write_result_files(result: PredictionResult, output_dir: Path, reference: Volume | None = None,
-                       segmentation: Segmentation | None = None, started: float | None = None) -> None:
-    """``heatmap.nrrd`` (+ ``overlay.png`` when ``reference`` is given) then ``result.json``, as one
-    atomic group: all of them or, on any failure, none (a previous result stays whole)."""
+                       segmentation: Segmentation | None = None, started: float | None = None,
+                       heatmap: bool = True) -> None:
+    """``heatmap.nrrd`` (unless ``heatmap`` is False; + ``overlay.png`` when ``reference`` is given) then
+    ``result.json``, as one atomic group: all of them or, on any failure, none (a previous result stays whole)."""
     start = time.perf_counter()
     output_dir.mkdir(exist_ok=True)
-    names = [HEATMAP_FILE, *([OVERLAY_FILE] if reference is not None else []), RESULT_FILE]
+    names = [*([HEATMAP_FILE] if heatmap else []), *([OVERLAY_FILE] if reference is not None else []), RESULT_FILE]
     with atomic_paths([output_dir / name for name in names]) as temporaries:
-        from TACEResponseLib.prediction.cam import write_heatmap
+        if heatmap:
+            from TACEResponseLib.prediction.cam import write_heatmap
 
-        write_heatmap(result.heatmap, temporaries[0])
-        result.heatmap_path = HEATMAP_FILE
+            write_heatmap(result.heatmap, temporaries[0])
+            result.heatmap_path = HEATMAP_FILE
         if reference is not None:
             from TACEResponseLib.prediction.figures import save_prediction_png
 
-            save_prediction_png(reference, result.heatmap, result, temporaries[1],
+            save_prediction_png(reference, result.heatmap, result, temporaries[-2],
                                 mask=predicted_outline(segmentation, result, reference))
         result.timings["write"] = time.perf_counter() - start
         if started is not None:

@@ -16,6 +16,8 @@ score a case with different weights.
 
 **Cache.** One ``.npz`` per case and extraction, keyed by the inputs' content fingerprint, the
 segment, the ROI perturbation, the patch spec, the phases and the weights hash. Writes are atomic.
+Each case is one task (:mod:`TACEResponseLib.core.tasks`): in this process, or on a Dask cluster
+where every worker process loads the network once and writes its cases' ``.npz`` files itself.
 
 **ICC inputs.** ``extract(cases, perturbation=...)`` repeats the extraction: ``"randomise"``
 moves images and ROI by a small random rotation/translation, randomises the contour and adds
@@ -55,6 +57,7 @@ from TACEResponseLib.core.files import (
     write_json_atomic,
 )
 from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.core.tasks import IN_PROCESS, CaseTask, ClusterOptions, WorkerSetup, run_cases
 from TACEResponseLib.imaging.geometry import LPS_TO_RAS, Volume, bounding_box, resample_to_reference, to_sitk_image
 from TACEResponseLib.imaging.manifest import ManifestRow, read_manifest
 from TACEResponseLib.imaging.patches import PatchSpec, extract_patches
@@ -356,9 +359,10 @@ class CasePatches:
 
 
 class DeepFeatureExtractor:
-    """DenseNet-121 loaded once, batched over cases, with a per-case disk cache.
+    """DenseNet-121 loaded once per process, with a per-case disk cache.
 
-    ``extract(cases)`` returns a DataFrame (index ``case_id``, columns ``<phase>_fNNNN``);
+    ``extract(cases)`` returns a DataFrame (index ``case_id``, columns ``<phase>_fNNNN``), one task
+    per case in this process or on a Dask cluster (:mod:`TACEResponseLib.core.tasks`);
     ``extract_volumes`` scores one in-memory case (the per-patient path).
     """
 
@@ -630,27 +634,36 @@ class DeepFeatureExtractor:
                                   "none" if perturbation == "reader2" else perturbation, case.case_id,
                                   f"case {case.case_id!r}")
 
+    def case_features(self, case: ManifestRow, perturbation: str, key: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """One case's ``(n_phases, 1024)`` features and patch information, computed and cached (one task)."""
+        patches = self._load_case(case, perturbation)
+        values = self.forward(patches.images).reshape(len(self.settings.phases), -1)
+        self._write_cache(case.case_id, key, values, patches.info)
+        return values, patches.info
+
     def extract(self, cases: Sequence[ManifestRow], perturbation: str = "none",
-                progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-        """Deep features of every case (cached ones read from disk), batched through the network."""
+                progress: Callable[[int, int], None] | None = None, cluster: ClusterOptions | None = None,
+                progress_bar: bool = False) -> pd.DataFrame:
+        """Deep features of every case: cached ones read from disk, the others one task per case.
+
+        Args:
+            cases: manifest rows (:func:`read_feature_manifest`).
+            perturbation: ``none`` or one of the ROI perturbations (:data:`PERTURBATIONS`).
+            progress: ``progress(done, total)`` after each case.
+            cluster: where the cases run (default: in this process). On a cluster every worker
+                process loads the network once; with a cache folder each task writes its case's
+                ``.npz`` there (a folder every worker sees), so an interrupted run resumes.
+            progress_bar: show done / failed / remaining and the rate on stderr.
+
+        Raises:
+            InputError: a case could not be scored (every failed case listed; the others are cached).
+        """
         self._check_perturbation(perturbation)
         n_phases = len(self.settings.phases)
         values = np.zeros((len(cases), n_phases, N_FEATURES), np.float32)
-        pending: list[tuple[int, str, CasePatches]] = []
         started = time.perf_counter()
-        done = 0
-
-        def flush() -> None:
-            nonlocal done
-            if not pending:
-                return
-            out = self.forward(np.concatenate([p.images for _, _, p in pending])).reshape(len(pending), n_phases, -1)
-            for (index, key, patches), row in zip(pending, out):
-                values[index] = row
-                self._write_cache(cases[index].case_id, key, row, patches.info)
-            done += len(pending)
-            pending.clear()
-
+        index_of = {case.case_id: index for index, case in enumerate(cases)}
+        tasks, done = [], 0
         for index, case in enumerate(cases):
             key = self.cache_key(case, perturbation)
             cached = self._read_cache(case.case_id, key)
@@ -659,25 +672,51 @@ class DeepFeatureExtractor:
                 self.case_info[case.case_id] = {**info, "cached": True}
                 self.cache_hits += 1
                 done += 1
+                if progress is not None:
+                    progress(done, len(cases))
             else:
-                patches = self._load_case(case, perturbation)
-                self.case_info[case.case_id] = {**patches.info, "cached": False}
+                tasks.append(CaseTask(case.case_id, (case, perturbation, key)))
+        setup = WorkerSetup(_worker_extractor, (self.settings, str(self.device), self.batch_size, self.perturb_voxels,
+                                                self.randomisation, None if self.cache_dir is None else str(self.cache_dir)),
+                            local=self)
+        failed: dict[str, str] = {}
+        for outcome in run_cases(_case_features, tasks, setup, cluster or IN_PROCESS, label=f"features ({perturbation})",
+                                 progress_bar=progress_bar):
+            done += 1
+            if outcome.ok:
+                row, info = outcome.value
+                values[index_of[outcome.case_id]] = row
+                self.case_info[outcome.case_id] = {**info, "cached": False}
                 self.cache_misses += 1
-                pending.append((index, key, patches))
-                if len(pending) * n_phases >= self.batch_size:
-                    flush()
+            else:
+                failed[outcome.case_id] = outcome.error
             if progress is not None:
-                progress(index + 1, len(cases))
-            if (index + 1) % 25 == 0:
-                logger.info("deep features (%s): %d / %d cases (%.0f s)", perturbation, index + 1, len(cases),
-                            time.perf_counter() - started)
-        flush()
+                progress(done, len(cases))
+        if failed:
+            listed = "; ".join(f"case {c!r}: {e}" for c, e in list(failed.items())[:20])
+            raise InputError(f"deep features ({perturbation}): {len(failed)} of {len(cases)} case(s) failed: {listed}"
+                             + ("" if self.cache_dir is None else
+                                f" (the other cases are cached in {self.cache_dir}; a rerun computes only the failed ones)"))
         logger.info("deep features (%s): %d cases, %d from cache, in %.1f s", perturbation, len(cases),
-                    sum(1 for c in cases if self.case_info.get(c.case_id, {}).get("cached")),
-                    time.perf_counter() - started)
-        table = pd.DataFrame(values.reshape(len(cases), -1), columns=self.feature_names,
-                             index=pd.Index([c.case_id for c in cases], name="case_id"))
-        return table
+                    len(cases) - len(tasks), time.perf_counter() - started)
+        return pd.DataFrame(values.reshape(len(cases), -1), columns=self.feature_names,
+                            index=pd.Index([c.case_id for c in cases], name="case_id"))
+
+
+def _worker_extractor(threads: int | None, settings: FeatureSettings, device: str, batch_size: int,
+                      perturb_voxels: int, randomisation: RandomPerturbation, cache_dir: str | None
+                      ) -> DeepFeatureExtractor:
+    """The extractor of one worker process (built once; the network loads on its first case)."""
+    from TACEResponseLib.networks.device import set_threads
+
+    set_threads(threads)
+    return DeepFeatureExtractor(settings, cache_dir=cache_dir, device=device, batch_size=batch_size,
+                                perturb_voxels=perturb_voxels, randomisation=randomisation)
+
+
+def _case_features(extractor: DeepFeatureExtractor, case: ManifestRow, perturbation: str,
+                   key: str) -> tuple[np.ndarray, dict[str, Any]]:
+    return extractor.case_features(case, perturbation, key)
 
 
 # --- feature tables on disk ---------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Every case of the manifest is predicted through
 :func:`TACEResponseLib.prediction.case.predict_case`, the same path the GUI, ``predict`` and
-``batch`` run, then :func:`.metrics.compute_metrics` gives the patient-level numbers and
+``batch`` run (one task per case, in this process or on a Dask cluster, each case's
+``result.json`` kept under ``cases/`` so a rerun resumes), then :func:`.metrics.compute_metrics` gives the patient-level numbers and
 :mod:`.figures` draws ``roc.png`` (with bootstrap CI bands), ``confusion_matrix.png``,
 ``calibration.png`` and ``dca.png``. Outputs are written atomically.
 """
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from TACEResponseLib.core.errors import InputError, TACEResponseError
+from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import (
     atomic_path,
     check_output_folder,
@@ -80,29 +81,33 @@ class EvaluationReport:
         return lines + statistics_lines(m)
 
 
-def predict_rows(predictor, rows, progress_bar: bool = True) -> tuple[list[CasePrediction], dict[str, str]]:
-    """Predict each manifest row through :func:`~TACEResponseLib.prediction.case.predict_case`; the
-    patient's probabilities are the result's patient-level answer (the predictor's patient rule,
-    the one prediction uses); failures are collected, not raised."""
-    from tqdm import tqdm
+def predict_rows(predictor, rows, output: Path, cluster=None,
+                 progress_bar: bool = True) -> tuple[list[CasePrediction], dict[str, str]]:
+    """Predict each manifest row, one task per case
+    (:func:`~TACEResponseLib.prediction.batch.predict_cohort`, the path ``batch`` runs), into
+    ``<output>/cases/<case id>/result.json``: a rerun predicts only the cases whose inputs, bundle or
+    rules changed. The patient's probabilities are the result's patient-level answer (the
+    predictor's patient rule, the one prediction uses); failures are collected, not raised."""
+    from TACEResponseLib.prediction.batch import case_dir, predict_cohort, read_error
+    from TACEResponseLib.prediction.case import read_result
 
-    from TACEResponseLib.prediction.case import predict_case
-
+    predict_cohort(rows, predictor.bundle, output, device=str(predictor.device), islands=predictor.islands,
+                   patient_rule=predictor.patient_rule, cam="none", heatmap=False, cluster=cluster,
+                   progress_bar=progress_bar, label="evaluating")
     predictions: list[CasePrediction] = []
     failed: dict[str, str] = {}
-    for row in tqdm(rows, desc="evaluating", unit="case", disable=not progress_bar):
-        try:
-            result = predict_case(predictor, row.images, row.segmentation,
-                                  segments=[row.segment] if row.segment else None, clinical=row.clinical or None,
-                                  case_id=row.case_id)
+    for row in rows:
+        folder = case_dir(output, row.case_id)
+        result = read_result(folder)
+        if result is not None and result.patient is not None:
             patient = result.patient
             used = set(patient.tumours)
             patches = [p for t in result.tumours if t.label in used for p in t.patch_probabilities]
             predictions.append(CasePrediction(row.case_id, row.label, list(patient.probabilities), patient.n_patches,
                                               patches, dict(row.clinical or {})))
-        except (TACEResponseError, OSError) as exc:
-            logger.error("case %s: %s", row.case_id, exc)
-            failed[row.case_id] = str(exc)
+        else:
+            failed[row.case_id] = (read_error(folder) or {}).get("error") or "not predicted"
+            logger.error("case %s: %s", row.case_id, failed[row.case_id])
     return predictions, failed
 
 
@@ -118,6 +123,7 @@ def evaluate_bundle(
     islands=None,
     patient_rule: str | None = None,
     clinical_factors: Sequence[str] = (),
+    cluster=None,
 ) -> EvaluationReport:
     """Predict every case of ``manifest`` with ``bundle`` and write the report and figures to ``output``.
 
@@ -128,6 +134,9 @@ def evaluate_bundle(
         plots: also draw the ROC, confusion, calibration and decision-curve figures.
         islands, patient_rule: the tumour rules (default: the bundle's training rules, as prediction).
         clinical_factors: numeric manifest columns whose own ROC is compared with the model's (DeLong).
+        cluster: where the cases run (:class:`~TACEResponseLib.core.tasks.ClusterOptions`; default:
+            in this process). Each case's ``result.json`` goes to ``<output>/cases/<case id>/``, so an
+            interrupted evaluation resumes.
 
     Returns:
         The :class:`EvaluationReport` (metrics, per-case predictions, failed cases, files written).
@@ -145,7 +154,7 @@ def evaluate_bundle(
     rows = read_manifest(manifest, [p.name for p in card.inputs], require_label=True,
                          clinical=list(dict.fromkeys([*model_factors, *clinical_factors])), class_names=card.class_names)
     predictor = Predictor(bundle, device=device, cam_method="none", islands=islands, patient_rule=patient_rule)
-    predictions, failed = predict_rows(predictor, rows, progress_bar)
+    predictions, failed = predict_rows(predictor, rows, output, cluster, progress_bar)
 
     if not predictions:
         raise InputError(f"{manifest}: no case could be predicted; first error: {next(iter(failed.values()), '?')}")
