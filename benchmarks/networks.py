@@ -79,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (medians over them)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per point (median)")
+    parser.add_argument("--networks", nargs="+", choices=[n[0] for n in NETWORKS], default=[n[0] for n in NETWORKS],
+                        help="which networks (default: all; the targets need resnet50 and densenet121)")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     load_before = os.getloadavg()
@@ -86,6 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TACERESPONSE_CACHE"] = str(Path(tmp) / "cache")  # graphs exported afresh by this run
         for label, architecture, classes, _options, size, published, source in NETWORKS:
+            if label not in args.networks:
+                continue
             built = engines(label, architecture, classes, size, Path(tmp), threads)
             macs = macs_per_image(built["network"], size)
             x3 = np.random.default_rng(0).random((3, 3, size, size), dtype=np.float32)
@@ -131,13 +135,20 @@ def main() -> None:
     print_table(rows, ["network", "backend", "input", "GMACs", "ms_b1", "ms_b3", "frac_b1", "frac_b3"])
     targets = {}
     for label, goal in GOALS.items():
+        if label not in args.networks:
+            continue
         auto = next(r for r in rows if r["network"] == label and r["backend"].endswith("(auto)"))
         eager = next(r for r in rows if r["network"] == label and r["backend"].startswith("torch"))
         name = {"resnet50": "4a", "densenet121": "4b"}[label]
         targets[name] = {"measured": auto["frac_b3"], "goal": goal, "met": auto["frac_b3"] >= goal,
                          "what": f"{label} at batch 3 on the automatically chosen backend "
                                  f"({auto['backend'].split()[0]}), fraction of the fp32 matmul rate measured beside "
-                                 f"it (eager PyTorch in the same run: {eager['frac_b3']:.2f})"}
+                                 f"it (eager PyTorch in the same run: {eager['frac_b3']:.2f})",
+                         "q1_q3": auto["frac_b3_q1q3"]}
+        if not targets[name]["met"]:
+            targets[name]["why"] = (f"measured while the 1-min load average was {load_before[0]:.1f} → "
+                                    f"{load_after[0]:.1f} on {os.cpu_count()} processors (rounds' q1–q3 "
+                                    f"{auto['frac_b3_q1q3'][0]:.2f}–{auto['frac_b3_q1q3'][1]:.2f})")
     print("\ntarget                    measured  goal   met")
     for key, target in targets.items():
         print(f"{key:<25} {target['measured']:8.2f}  {target['goal']:.2f}  {target['met']}")

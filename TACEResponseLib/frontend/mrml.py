@@ -222,7 +222,7 @@ def segment_mask_from_node(segmentation_node, segment: str, reference_node) -> V
         if not _segmentations_logic().ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, reference_node):
             raise InputError(f"segment {segment!r} could not be exported onto {reference_node.GetName()!r}")
         array = slicer.util.arrayFromVolume(labelmap)
-        mask = (np.asarray(array) > 0).astype(np.uint8)
+        mask = (np.asarray(array) > 0).view(np.uint8)
         if mask.shape != slicer.util.arrayFromVolume(reference_node).shape:
             raise InputError(f"segment {segment!r}: exported mask does not match the reference grid")
     name = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
@@ -513,11 +513,12 @@ def segmentation_from_node(segmentation_node, reference_node, segments: list[str
     chosen = [resolve_segment_id(segmentation_node, s) for s in segments] if segments else segment_ids(segmentation_node)
     if not chosen:
         raise InputError(f"segmentation {segmentation_node.GetName()!r} has no segments; draw the tumour first")
-    masks, colours = {}, {}
+    masks, colours, grid = {}, {}, None
     for segment_id in chosen:
-        masks[segment_id] = segment_mask_from_node(segmentation_node, segment_id, reference_node).array > 0
+        grid = segment_mask_from_node(segmentation_node, segment_id, reference_node)
+        masks[segment_id] = grid.array.view(bool)  # 0/1 uint8: a boolean view, no copy
         colours[segment_id] = tuple(segmentation_node.GetSegmentation().GetSegment(segment_id).GetColor())
-    grid = volume_from_node(reference_node)
+    # the masks' own Volume is the reference grid (shape, world IJK→RAS): no copy of the reference voxels
     segmentation = Segmentation.from_masks(grid, masks, name=segmentation_node.GetName(), colors=colours)
     for segment, segment_id in zip(segmentation.segments, chosen):
         vtk_segment = segmentation_node.GetSegmentation().GetSegment(segment_id)

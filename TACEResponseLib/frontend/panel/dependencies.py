@@ -30,6 +30,12 @@ REQUIRED_PACKAGES: dict[str, str] = {"torch": "torch", "monai": "monai", "numpy"
 #: and are installed with the required packages.
 OPTIONAL_PACKAGES: dict[str, str] = {"onnxruntime": "onnxruntime", "onnx": "onnx"}
 
+#: import name → pip project of graph backends the prediction also uses, tried first, when the user
+#: has installed them (networks.backends.GRAPH_BACKENDS), but which the panel neither checks nor
+#: installs (OpenVINO takes about 180 MB installed against ONNX Runtime's 70, for a gain on ResNet50 only).
+#: The development lock (requirements.txt) pins it, and the benchmarks measure it.
+USED_IF_INSTALLED: dict[str, str] = {"openvino": "openvino"}
+
 
 def packages_to_install() -> list[str]:
     """What the "Install dependencies" button installs: the missing required packages, then the
