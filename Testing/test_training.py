@@ -171,6 +171,13 @@ def test_tiny_training_lowers_the_loss_and_writes_a_full_card(tiny_cohort, tmp_p
     assert card.metrics["validation"]["n_cases"] == 4 and len(card.metrics["training_history"]) == 5
     assert any("Peng" in ref for ref in card.references)
     assert (tmp_path / "bundle" / "docs" / "training_curve.png").is_file()
+    # calibration and the out-of-distribution profile, fitted at the end on the validation patients
+    assert card.calibration is not None and card.calibration.n_patients == 4 and card.calibration.temperature > 0
+    profile = card.training_profile
+    assert profile.n_training_patches == len(train_rows) and profile.threshold > 0 and profile.modality == "CT"
+    assert bundle.profile_arrays().components.shape[1] == profile.n_features
+    readme = (tmp_path / "bundle" / "docs" / "README.md").read_text()
+    assert "**Calibration.** temperature scaling" in readme and f"warning above {profile.threshold:.3g}" in readme
     assert not list((tmp_path / "bundle.work" / "patches").glob(".*tmp*"))
     assert len(list((tmp_path / "bundle.work" / "patches").glob("*.npy"))) == 8
 

@@ -120,11 +120,11 @@ def case_predictor(args: argparse.Namespace):
 
     bundle = resolve_bundle(bundle_option(args.bundle))  # weights checked against the card (read once per process)
     key = (str(bundle.path.resolve()), json.dumps(bundle.card.to_dict(), sort_keys=True, default=str), args.device,
-           args.cam, args.backend, args.threads)
+           args.cam, args.backend, args.threads, args.tta)
     predictor = WARM_PREDICTORS.get(key) if WARM_PREDICTORS is not None else None
     if predictor is None:
         predictor = Predictor(bundle, device=args.device, cam_method=args.cam, backend=args.backend,
-                              threads=args.threads)
+                              threads=args.threads, tta=args.tta)
         if WARM_PREDICTORS is not None:
             while len(WARM_PREDICTORS) >= _WARM_MODELS:
                 WARM_PREDICTORS.pop(next(iter(WARM_PREDICTORS)))
@@ -192,7 +192,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     summary = run_batch(args.manifest, bundle_option(args.bundle), args.output, cluster=cluster,
                         device=args.device, progress_bar=not args.no_progress, islands=island_rule_options(args),
                         patient_rule=patient_rule_from(args), rows=args.rows, backend=args.backend,
-                        retry_failed=args.retry_failed)
+                        retry_failed=args.retry_failed, tta=args.tta)
     before = (f", {summary.failed_before} failed before on the same inputs (not tried again; --retry-failed)"
               if summary.failed_before else "")
     print(f"{summary.total} cases: {summary.done} predicted now, {summary.skipped} already done, "

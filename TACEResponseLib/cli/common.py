@@ -113,8 +113,9 @@ def check_device(device: str) -> str:
 
 
 def backend_arguments(parser: argparse.ArgumentParser, threads: bool = True) -> None:
-    """``--backend`` and ``--threads``: what runs the network on the CPU, with how many threads (a cohort
-    command gets ``--threads`` per worker from :func:`cluster_arguments` instead)."""
+    """``--backend``, ``--threads`` and ``--tta``: what runs the network on the CPU, with how many threads (a
+    cohort command gets ``--threads`` per worker from :func:`cluster_arguments` instead), and how many
+    test-time views."""
     parser.add_argument("--backend", choices=["auto", "openvino", "onnxruntime", "torch"], default=None,
                         help="what runs the network: auto = a checked ONNX graph on OpenVINO or ONNX Runtime on the "
                              "CPU (exported once per model), else eager PyTorch (default: $TACERESPONSE_BACKEND, "
@@ -122,6 +123,10 @@ def backend_arguments(parser: argparse.ArgumentParser, threads: bool = True) -> 
     if threads:
         parser.add_argument("--threads", type=number(int, 1, 1024), default=None,
                             help="CPU threads of the network (default: every processor this process may use)")
+    parser.add_argument("--tta", type=number(int, 1, 6), default=None, metavar="VIEWS",
+                        help="test-time augmentation: each tumour's probability spread over this many views (identity, "
+                             "then the flips and ±90°/180° rotations of training), at VIEWS forwards' cost; 1 = off "
+                             "(default: 6)")
 
 
 def check_inputs_exist(**paths: str | Sequence[str] | None) -> None:

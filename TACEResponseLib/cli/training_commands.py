@@ -172,7 +172,8 @@ def cmd_make_demo_bundle(args: argparse.Namespace) -> int:
 
     overrides = {"threads": args.threads} if args.threads else {}
     summary = make_demo_bundle(args.work_dir, args.output, n_train=args.train_cases, n_held_out=args.held_out_cases,
-                               registry=args.registry, progress_bar=not args.no_progress, **overrides)
+                               registry=args.registry, progress_bar=not args.no_progress, trust_only=args.trust_only,
+                               **overrides)
     print("\n".join(summary.pop("held_out")))
     print(json.dumps(summary, indent=2))
     return 0
@@ -263,6 +264,9 @@ def _make_demo_bundle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--held-out-cases", type=number(int, 2, 100_000), default=40)
     p.add_argument("--threads", type=number(int, 1, 1024), default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trust-only", action="store_true",
+                   help="keep the bundle's trained weights; fit only the calibration and training profile that train "
+                        "fits at its end (same cohort and split), then evaluate held out and register")
 
 
 COMMANDS = [

@@ -17,7 +17,7 @@ from TACEResponseLib.core.files import write_json_atomic
 from TACEResponseLib.imaging.patches import PatchSpec
 from TACEResponseLib.networks.catalog import register_bundle
 from TACEResponseLib.training.config import TrainingConfig
-from TACEResponseLib.training.train import compact_metrics, train
+from TACEResponseLib.training.train import TrainingResult, add_trust, compact_metrics, train
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,15 @@ def demo_config(**overrides: Any) -> TrainingConfig:
 
 def make_demo_bundle(work_dir: str | Path, output: str | Path, n_train: int = 80, n_held_out: int = 40,
                      train_seed: int = 1000, held_out_seed: int = 5000, registry: str | Path | None = None,
-                     progress_bar: bool = True, **overrides: Any) -> dict[str, Any]:
+                     progress_bar: bool = True, trust_only: bool = False, **overrides: Any) -> dict[str, Any]:
     """Re-create the SYNTHETIC demo bundle: phantom cohorts → train → evaluate held out → register.
 
     The training cohort uses phantom seeds ``train_seed …``, the held-out cohort seeds
     ``held_out_seed …`` (disjoint). The held-out metrics are stored in the card and the bundle
-    is (re-)registered in ``Resources/Models.json`` with its sha256.
+    is (re-)registered in ``Resources/Models.json`` with its sha256. ``trust_only``: keep the
+    bundle's trained weights and fit only what ``train`` fits at its end (calibration, training
+    profile: :func:`~TACEResponseLib.training.train.add_trust`, on the same regenerated cohort
+    and split), then evaluate and register as usual.
     """
     from TACEResponseLib.core.files import sha256_of, write_text_atomic
     from TACEResponseLib.imaging.phantoms import make_cohort
@@ -81,7 +84,14 @@ def make_demo_bundle(work_dir: str | Path, output: str | Path, n_train: int = 80
         cohorts[name] = manifest
     data_seconds = time.perf_counter() - started if generated else None
     config = demo_config(**overrides)
-    result = train(cohorts["train"], output, config, work_dir=work / "training", progress_bar=progress_bar)
+    if trust_only:
+        bundle = add_trust(output, cohorts["train"], config, work / "training", progress_bar)
+        stored = bundle.card.training_data
+        result = TrainingResult(bundle, bundle.card.metrics.get("training_history", []), None,
+                                stored["epochs"]["best"], stored["epochs"]["run"], False, 0, None,
+                                float(stored.get("training_time_s", 0.0)))
+    else:
+        result = train(cohorts["train"], output, config, work_dir=work / "training", progress_bar=progress_bar)
     evaluation = evaluate_bundle(result.bundle, cohorts["held_out"], work / "evaluation_held_out",
                                  n_bootstrap=1000, seed=0, progress_bar=progress_bar)
     demo = _demo_case_prediction(result.bundle)
@@ -106,7 +116,7 @@ def make_demo_bundle(work_dir: str | Path, output: str | Path, n_train: int = 80
     assert card.weights_sha256 == sha256_of(bundle_path / WEIGHTS_FILE)
     write_json_atomic(bundle_path / CARD_FILE, card.to_dict())
     write_text_atomic(bundle_path / DOC_FILE, card_markdown(card))
-    for png in ("roc.png", "confusion_matrix.png", "calibration.png", "dca.png"):
+    for png in ("roc.png", "confusion_matrix.png", "calibration.png", "dca.png", "reliability.png"):
         source = evaluation.output / png
         if source.is_file():
             (bundle_path / "docs" / f"held_out_{png}").write_bytes(source.read_bytes())
@@ -142,7 +152,7 @@ def _demo_case_prediction(bundle) -> dict[str, Any]:
 
     case = make_phantom(DEMO_CASE["response"], seed=DEMO_CASE["seed"], case_id=DEMO_CASE["case_id"])
     images = [case.phases[p.name] for p in bundle.card.inputs]
-    result = predict_case(Predictor(bundle, device="cpu", cam_method="none"), images, case.segmentation,
+    result = predict_case(Predictor(bundle, device="cpu", cam_method="none", tta=1), images, case.segmentation,
                           case_id=case.case_id)
     tumour = result.tumours[0]
     return {"case": 'make_phantom("PR", seed=7, case_id="demo_case")', "true_class": case.label,

@@ -404,6 +404,7 @@ def show_prediction(scene, result, heatmap: Volume | None, reference_node=None, 
     nodes.table_node.SetAttribute(RESULT_ATTRIBUTE, json.dumps(result.to_dict()))
     if result.synthetic_model:
         nodes.table_node.SetAttribute("TACEResponse.Warning", result.warning)
+    nodes.table_node.SetAttribute("TACEResponse.OODWarning", getattr(result, "ood_warning", "") or "")
     if result.survival:
         nodes.survival_table_node, nodes.survival_chart_node = show_survival(
             scene, result.survival, nodes.survival_table_node, nodes.survival_chart_node, title=result.case_id)
@@ -424,7 +425,22 @@ def prediction_table_columns(result) -> list[tuple[str, list, str]]:
         ("Predicted", [t.predicted_class for t in predicted] + ["not assessable"] * len(skipped), "string"),
     ]
     columns += [(f"P({c})", [t.probabilities[i] for t in predicted] + blank, "double") for i, c in enumerate(class_names)]
+    trusts = [t.trust for t in predicted]
+
+    def trust_value(getter):
+        return [None if trust is None else getter(trust) for trust in trusts] + blank
+
     columns += [("P(objective response)", [t.objective_response_probability for t in predicted] + blank, "double"),
+                ("SD (predicted class)", [None if t.trust is None else t.trust.spread_of(t.class_names.index(t.predicted_class))
+                                          for t in predicted] + blank, "double"),
+                ("Entropy (nats)", trust_value(lambda trust: trust.entropy), "double"),
+                ("Unlike training data", [("not available" if trust is None or trust.unlike_training is None
+                                           else "yes" if trust.unlike_training else "no") for trust in trusts]
+                 + [""] * len(skipped), "string"),
+                ("OOD score", trust_value(lambda trust: trust.ood_score), "double"),
+                ("OOD threshold", trust_value(lambda trust: trust.ood_threshold), "double"),
+                ("OOD reasons", ["" if trust is None else "; ".join(trust.reasons) for trust in trusts]
+                 + [""] * len(skipped), "string"),
                 ("Volume (ml)", [t.volume_ml for t in predicted] + [t.volume_ml for t in skipped], "double"),
                 ("Patient answer", ["yes" if t.label in used else "" for t in predicted] + [""] * len(skipped),
                  "string"),

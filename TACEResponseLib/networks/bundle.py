@@ -34,6 +34,13 @@ from TACEResponseLib.core.files import (
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.patches import PatchSpec
 from TACEResponseLib.networks.clinical import ClinicalFactor
+from TACEResponseLib.networks.trust import (
+    NOT_AVAILABLE,
+    PROFILE_FILE,
+    Calibration,
+    ProfileArrays,
+    TrainingProfile,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +98,10 @@ class BundleCard(JsonRecord):
     #: the input scaling the weights were trained with (:mod:`.input_scaling`): ``"none"`` or a mapping
     #: with ``mean`` and ``std`` per channel; a card without it (older bundles) is read as ``"none"``
     input_scaling: dict[str, Any] | str | None = None
+    #: temperature scaling fitted on the validation patients (:mod:`.trust`); None: probabilities as the network gives them
+    calibration: Calibration | None = None
+    #: the training data's description for the out-of-distribution warning (:mod:`.trust`); None: no warning possible
+    training_profile: TrainingProfile | None = None
 
     @property
     def scaling(self):
@@ -162,6 +173,20 @@ class Bundle:
     def id(self) -> str:
         return f"{self.card.name}@{self.card.version}"
 
+    def profile_arrays(self) -> ProfileArrays | None:
+        """The training profile's feature-space arrays (sha256-checked), or None when the card has no profile."""
+        profile = self.card.training_profile
+        if profile is None:
+            return None
+        path = self.path / PROFILE_FILE
+        if not path.is_file():
+            raise BundleError(f"{self.path}: the card has a training profile but {PROFILE_FILE} is missing")
+        data = path.read_bytes()
+        if profile.arrays_sha256 and sha256_of_bytes(data) != profile.arrays_sha256:
+            raise BundleError(f"{path}: sha256 does not match the card's training profile; the file is corrupt or "
+                              "was replaced")
+        return ProfileArrays.from_bytes(data, str(path))
+
     def load_network(self, device: Any = "cpu"):
         """Network in eval mode with the bundle's weights (verified sha256, weights_only load)."""
         import torch
@@ -214,11 +239,35 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
     return Bundle(path, card)
 
 
-def save_bundle(path: str | os.PathLike, network, card: BundleCard) -> Bundle:
-    """Write weights, then the card with their sha256, then the human-readable card."""
+def sha256_of_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_profile_arrays(path: Path, card: BundleCard, arrays: ProfileArrays) -> None:
+    """Write the training profile's arrays into the bundle and their sha256 into ``card`` (written after)."""
+    if card.training_profile is None:
+        raise BundleError(f"{path}: profile arrays given without a training profile in the card")
+    data = arrays.to_bytes()
+    (Path(path) / PROFILE_FILE).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(path) / PROFILE_FILE) as tmp:
+        Path(tmp).write_bytes(data)
+    card.training_profile.arrays_sha256 = sha256_of_bytes(data)
+
+
+def save_bundle(path: str | os.PathLike, network, card: BundleCard, profile_arrays: ProfileArrays | None = None) -> Bundle:
+    """Write weights (and the training profile's arrays), then the card with their sha256, then the
+    human-readable card."""
     import torch
 
     path = Path(path)
+    if profile_arrays is not None:
+        save_profile_arrays(path, card, profile_arrays)
+    elif card.training_profile is not None:
+        # a profile describes the weights it was fitted with; without its arrays it cannot be used
+        logger.warning("%s: the card's training profile is dropped (no profile arrays given with these weights)", path)
+        card.training_profile = None
     (path / WEIGHTS_FILE).parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     with atomic_path(path / WEIGHTS_FILE) as tmp:
@@ -251,4 +300,8 @@ def card_markdown(card: BundleCard) -> str:
                           + "\n\n") if card.clinical_factors else "",
         training_data=json.dumps(card.training_data, indent=2), metrics=json.dumps(card.metrics, indent=2),
         references="".join(["## References\n\n", *(f"- {r}\n" for r in card.references), "\n"]) if card.references else "",
-        weights_sha256=card.weights_sha256)
+        weights_sha256=card.weights_sha256,
+        calibration=card.calibration.describe() if card.calibration is not None
+        else "none: the probabilities are the network's softmax as trained (not calibrated)",
+        training_profile=card.training_profile.describe() if card.training_profile is not None
+        else f"out-of-distribution warning {NOT_AVAILABLE}")

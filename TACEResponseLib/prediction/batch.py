@@ -62,6 +62,7 @@ from TACEResponseLib.prediction.case import (
     predict_case,
     read_result,
 )
+from TACEResponseLib.prediction.trust import TRUST_COLUMNS, trust_columns
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class RunKey:
     islands: tuple[bool, float]
     patient_rule: str
     heatmap: bool = True
+    #: test-time augmentation views the results were made with
+    tta: int = 6
 
     def case_key(self, case: ManifestRow) -> str:
         """The inputs' fingerprint of one case ("" when its files cannot be read: it will run, and fail)."""
@@ -123,6 +126,7 @@ class RunKey:
         rule = result.patient.rule if result.patient is not None else None
         return (result.bundle_sha256 == self.bundle_sha256 and islands == self.islands and rule == self.patient_rule
                 and (result.heatmap_path is not None or not self.heatmap)
+                and (result.trust or {}).get("test_time_views") == self.tta
                 and bool(result.inputs_sha256) and result.inputs_sha256 == self.case_key(case))
 
     def failure_key(self, case: ManifestRow) -> str:
@@ -142,14 +146,14 @@ class RunKey:
 
 # --- worker side ------------------------------------------------------------------------------
 def load_predictor(threads: int | None, bundle_path: str, device: str, islands: dict[str, Any],
-                   patient_rule: str, cam: str = "auto", backend: str | None = None):
+                   patient_rule: str, cam: str = "auto", backend: str | None = None, tta: int | None = None):
     """The :class:`~TACEResponseLib.prediction.predictor.Predictor` of one worker process, built once
     (:class:`~TACEResponseLib.core.tasks.WorkerSetup`), its engine opened with ``threads`` CPU threads."""
     from TACEResponseLib.imaging.tumours import IslandRule
     from TACEResponseLib.prediction.predictor import Predictor
 
     predictor = Predictor(bundle_path, device=device, cam_method=cam, islands=IslandRule(**islands),
-                          patient_rule=patient_rule, backend=backend, threads=threads)
+                          patient_rule=patient_rule, backend=backend, threads=threads, tta=tta)
     predictor.engine  # noqa: B018 - open the engine now (weights, checked graph), not inside the first case's time
     return predictor
 
@@ -208,6 +212,7 @@ def predict_cohort(
     on_case: Callable[[dict[str, Any]], None] | None = None,
     label: str = "predicting",
     backend: str | None = None,
+    tta: int | None = None,
 ) -> CohortRun:
     """Predict the cases not finished yet into ``<output>/cases/<case id>/``, one task per case.
 
@@ -220,13 +225,16 @@ def predict_cohort(
         backend: what runs the network (:class:`~TACEResponseLib.prediction.predictor.Predictor`); the
             network's graph is exported and checked here, once, before several workers need it.
         retry_failed: also try again the cases that failed on unchanged inputs.
+        tta: test-time augmentation views (1 = off; default 6).
         on_case: called in this process with each case's outcome (``case_id``, ``status``, ``error``,
             ``seconds``, ``worker``, ``pid``, ``setup_s``) as it finishes.
     """
     from TACEResponseLib.prediction.predictor import tumour_rule_of
 
     rule, patient = tumour_rule_of(bundle, islands, patient_rule)
-    key = RunKey(bundle.card.weights_sha256, (rule.split, rule.min_island_ml), patient, heatmap)
+    from TACEResponseLib.prediction.trust import check_views
+
+    key = RunKey(bundle.card.weights_sha256, (rule.split, rule.min_island_ml), patient, heatmap, check_views(tta))
     (output / "cases").mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)
     todo, skipped, failed_before = [], 0, 0
@@ -251,7 +259,7 @@ def predict_cohort(
         from TACEResponseLib.prediction.predictor import Predictor
 
         Predictor(bundle, device=device, cam_method=cam, backend=backend, threads=1).engine  # noqa: B018
-    setup = WorkerSetup(load_predictor, (str(bundle.path), device, rule.to_dict(), patient, cam, backend))
+    setup = WorkerSetup(load_predictor, (str(bundle.path), device, rule.to_dict(), patient, cam, backend, tta))
     tasks = [CaseTask(case.case_id, (case, str(case_dir(output, case.case_id)), key)) for case in todo]
     done = failed = 0
     try:
@@ -297,13 +305,13 @@ def summary_rows(case: ManifestRow, output: Path, per_tumour: bool = False) -> l
         patient = result.patient
         common = {"synthetic_model": result.synthetic_model, "warnings": " | ".join(result.warnings), "error": "",
                   "seconds": _seconds(result.timings.get("total")), "read_seconds": _seconds(result.timings.get("read")),
-                  "_classes": patient.class_names}
+                  "_classes": patient.class_names, "calibration": (result.trust or {}).get("calibration", "")}
         if not per_tumour:
             return [{**base, "status": "ok", "tumours": len(result.tumours) + len(result.not_assessable),
                      "assessable": len(result.tumours), "patient_tumours": "; ".join(patient.tumours),
                      "patient_rule": patient.rule, "predicted": patient.predicted_class,
                      **_probabilities(patient.class_names, patient.probabilities, patient.objective_response_probability),
-                     **common}]
+                     **trust_columns(patient.trust, patient.class_names.index(patient.predicted_class)), **common}]
         rows = []
         for tumour in result.tumours:
             rows.append({**base, "status": "ok", "tumour": tumour.label, "segment_id": tumour.segment_id,
@@ -311,7 +319,8 @@ def summary_rows(case: ManifestRow, output: Path, per_tumour: bool = False) -> l
                          "patient_target": "yes" if tumour.label in patient.tumours else "no",
                          "predicted": tumour.predicted_class,
                          **_probabilities(tumour.class_names, tumour.probabilities,
-                                          tumour.objective_response_probability), **common})
+                                          tumour.objective_response_probability),
+                         **trust_columns(tumour.trust, tumour.class_names.index(tumour.predicted_class)), **common})
         for tumour in result.not_assessable:
             rows.append({**base, "status": "ok", "tumour": tumour.label, "segment_id": tumour.segment_id,
                          "assessable": "no", "reason": tumour.detail, "volume_ml": f"{tumour.volume_ml:.4f}",
@@ -350,10 +359,12 @@ def write_summary(rows: dict[str, list[dict[str, Any]]], order: list[str], outpu
     probability_columns = [*[f"p_{c}" for c in class_names], "p_objective_response"]
     if per_tumour:
         columns = ["case_id", "status", "label", "tumour", "segment_id", "assessable", "reason", "volume_ml",
-                   "patient_target", "predicted", *probability_columns, "synthetic_model", "warnings", "error"]
+                   "patient_target", "predicted", *probability_columns, *TRUST_COLUMNS, "calibration", "synthetic_model",
+                   "warnings", "error"]
     else:
         columns = ["case_id", "status", "label", "tumours", "assessable", "patient_tumours", "patient_rule",
-                   "predicted", *probability_columns, "synthetic_model", "warnings", "error"]
+                   "predicted", *probability_columns, *TRUST_COLUMNS, "calibration", "synthetic_model", "warnings",
+                   "error"]
     columns += ["seconds", "read_seconds"]
     path = output / SUMMARY_FILE
     with atomic_path(path) as tmp:
@@ -378,6 +389,7 @@ def run_batch(
     rows: str = "case",
     retry_failed: bool = False,
     backend: str | None = None,
+    tta: int | None = None,
 ) -> BatchSummary:
     """Predict every case of ``manifest`` with ``bundle`` into ``output`` (resumable).
 
@@ -394,6 +406,7 @@ def run_batch(
         rows: ``"case"`` (one summary row per case, the patient answer) or ``"tumour"``.
         retry_failed: also try again the cases that failed on the same inputs before.
         backend: what runs the network (:class:`~TACEResponseLib.prediction.predictor.Predictor`).
+        tta: test-time augmentation views (1 = off; default 6).
 
     Returns:
         Counts of cases done now, failed now, skipped (finished before), failed before, and the summary CSV path.
@@ -430,7 +443,8 @@ def run_batch(
             on_case(report)
 
     run = predict_cohort(cases, loaded, output, device=device, islands=rule, patient_rule=patient, cluster=cluster,
-                         retry_failed=retry_failed, progress_bar=progress_bar, on_case=finished, backend=backend)
+                         retry_failed=retry_failed, progress_bar=progress_bar, on_case=finished, backend=backend,
+                         tta=tta)
     summary = write_summary({case.case_id: summary_rows(case, output, per_tumour) for case in cases}, order, output,
                             per_tumour)
     return BatchSummary(run.total, run.done, run.failed, run.skipped, summary, run.failed_before)

@@ -76,14 +76,27 @@ def save_prediction_png(
                                            if tumour.objective_response_probability is not None else [])
     colours = ["tab:orange" if n == tumour.predicted_class else "tab:blue" for n in tumour.class_names] + ["tab:green"]
     positions = np.arange(len(names))[::-1]
+    trust = getattr(tumour, "trust", None)
+    spread = list(trust.spread) if trust is not None and trust.spread is not None else None
+    errors = None if spread is None else spread + ([None] if len(names) > len(spread) else [])
     bars.barh(positions, values, color=colours[: len(names)])
-    for y, value in zip(positions, values):
-        bars.text(0.98, y, f"{value:.2f}", va="center", ha="right", fontsize=9,
+    if spread is not None:
+        classes = len(spread)
+        bars.errorbar(values[:classes], positions[:classes], xerr=spread, fmt="none", ecolor="black", capsize=3)
+    for n, (y, value) in enumerate(zip(positions, values)):
+        text = f"{value:.2f}" + (f" ± {errors[n]:.2f}" if errors is not None and errors[n] is not None else "")
+        bars.text(0.98, y, text, va="center", ha="right", fontsize=9,
                   color="white" if value > 0.85 else "black")
     bars.set_yticks(positions, names)
     bars.set_xlim(0, 1)
-    bars.set_xlabel("probability")
+    bars.set_xlabel("probability" + (f" (± SD over {trust.views} test-time views)" if spread is not None else ""))
     bars.set_title(f"{tumour.label}: predicted {tumour.predicted_class}", fontsize=10, fontweight="bold")
+    warning = trust.warning if trust is not None else ""
+    if warning:
+        figure.text(0.5, 0.985, f"⚠ {warning[0].upper()}{warning[1:]}", ha="center", va="top", fontsize=9,
+                    fontweight="bold", color="#8a4b00", wrap=True,
+                    bbox={"facecolor": "#fff4e0", "edgecolor": "#e08a00", "boxstyle": "round,pad=0.3"})
+        figure.subplots_adjust(top=0.8)
     summary = overlay_summary(result)
     if summary:
         figure.subplots_adjust(bottom=0.2)

@@ -53,6 +53,17 @@ from TACEResponseLib.prediction.cam import (
     quantised,
     upsample,
 )
+from TACEResponseLib.imaging.transforms import TRANSFORMS
+from TACEResponseLib.networks.trust import NOT_AVAILABLE, pooled
+from TACEResponseLib.prediction.trust import (
+    case_warning,
+    check_views,
+    patient_trust,
+    roi_intensities,
+    run_views,
+    softmax,
+    tumour_trust,
+)
 from TACEResponseLib.prediction.results import (
     NotAssessableTumour,
     PatientPrediction,
@@ -107,11 +118,13 @@ class Predictor:
             ``auto`` (a checked ONNX graph on OpenVINO or ONNX Runtime, else eager PyTorch),
             ``openvino``, ``onnxruntime`` or ``torch``; None: ``$TACERESPONSE_BACKEND``, else auto.
         threads: CPU threads of the network (default: every processor this process may use).
+        tta: test-time augmentation views (1 = off … 6: identity and the five flips/rotations of
+            training; default 6): each tumour's probability spread over them, at ``tta`` forwards' cost.
     """
 
     def __init__(self, bundle: Bundle | str | Path, device: str = "auto", cam_method: str = "auto",
                  islands: IslandRule | None = None, patient_rule: str | None = None, backend: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, tta: int | None = None) -> None:
         from TACEResponseLib.networks.backends import check_backend
         from TACEResponseLib.networks.device import resolve_device
 
@@ -128,8 +141,17 @@ class Predictor:
         if cam_method == "cam" and not self.fc_layer:
             raise InputError(f"{self.bundle.card.architecture} has no linear head for CAM; use gradcam")
         self.cam_method = cam_method
+        self.tta = check_views(tta)
         self._network = None
         self._engine = None
+        self._profile: tuple | None = None
+
+    @property
+    def profile(self) -> tuple:
+        """``(TrainingProfile, ProfileArrays)`` of the bundle, or ``(None, None)`` (read once)."""
+        if self._profile is None:
+            self._profile = (self.bundle.card.training_profile, self.bundle.profile_arrays())
+        return self._profile
 
     @property
     def network(self):
@@ -227,6 +249,8 @@ class Predictor:
         owners = np.concatenate([[n] * len(p) for n, (_, p) in enumerate(assessed)])
         forward = self.forward(all_images, clinical_values, owners)
         probabilities, cams = forward.probabilities, forward.cams
+        profile, arrays = self.profile
+        modality = reference.metadata.get("modality")
         timings["forward"], timings["cam"] = forward.forward_seconds, forward.cam_seconds
         _check_finite(probabilities, case_id)
 
@@ -250,6 +274,9 @@ class Predictor:
                 patch, v, u = np.unravel_index(int(np.argmax(maps)), maps.shape)
                 ijk = (patches.provenance[patch].patch_to_ijk @ np.array([u, v, 0.0, 1.0]))[:3]
                 peak = reference.ijk_to_ras_points(np.round(ijk)[None])[0].tolist()
+            trust = tumour_trust(mean, None if forward.views is None else forward.views[:, rows], profile, arrays,
+                                 None if forward.pooled is None else forward.pooled[rows], roi_intensities(reference, roi),
+                                 reference, modality)
             notes = ["touches the image edge: the tumour may extend beyond the image, so its largest slice may lie "
                      "outside it"] if roi.touches_edge else []
             tumours.append(TumourPrediction(
@@ -265,6 +292,9 @@ class Predictor:
                 volume_ml=roi.volume_ml,
                 heatmap_peak_ras=peak,
                 notes=notes,
+                trust=trust,
+                uncalibrated_probabilities=(None if forward.uncalibrated is None
+                                            else [float(p) for p in forward.uncalibrated[rows].mean(axis=0)]),
             ))
         box = crop(reference, lo, hi)
         heatmap = Volume(quantised(heat), box.ijk_to_ras, f"{reference.name} TACE heatmap",
@@ -283,6 +313,13 @@ class Predictor:
                        "shape_kji": list(reference.shape_kji)},
             not_assessable=not_assessable,
             patient=patient_prediction(tumours, self.patient_rule, orr_idx),
+            trust={"calibration": card.calibration.describe() if card.calibration is not None
+                   else "none (the model bundle carries no calibration)",
+                   "temperature": card.calibration.temperature if card.calibration is not None else None,
+                   "test_time_views": self.tta, "test_time_transforms": list(TRANSFORMS[:self.tta]),
+                   "forwards": forward.forwards, "patches": int(len(all_images)),
+                   "out_of_distribution": profile.describe() if profile is not None else NOT_AVAILABLE},
+            ood_warning=case_warning(tumours),
             islands={**self.islands.to_dict(), "description": self.islands.describe()},
             warnings=warnings,
             heatmap=heatmap,
@@ -301,10 +338,13 @@ class Predictor:
         engine = self.engine
         start = time.perf_counter()
         clinical_rows = None if clinical is None else np.repeat(np.asarray(clinical, np.float32)[None], len(images), 0)
-        output = engine.run(images, clinical_rows)
-        logits = np.asarray(output.logits, np.float64)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+        output = run_views(engine, images, clinical_rows, self.tta)
+        calibration = self.bundle.card.calibration
+        logits = output.logits if calibration is None else calibration.apply(output.logits)
+        all_views = softmax(logits)
+        probabilities = all_views[0].astype(np.float32)
+        uncalibrated = None if calibration is None else softmax(output.logits[0]).astype(np.float32)
+        pooled_features = None if output.features is None else pooled(output.features)
         forward_s = time.perf_counter() - start
         start = time.perf_counter()
         size = images.shape[-1]
@@ -315,7 +355,8 @@ class Predictor:
             cams = upsample(maps.reshape(n * maps.shape[1], h, w), size).reshape(n, maps.shape[1], size, size)
         elif self.cam_method == "gradcam":
             cams = self._grad_cam(images, clinical_rows, probabilities, owners, output.device)
-        return ForwardPass(probabilities, cams, output.device, forward_s, time.perf_counter() - start)
+        return ForwardPass(probabilities, cams, output.device, forward_s, time.perf_counter() - start,
+                           all_views if self.tta > 1 else None, uncalibrated, pooled_features, output.forwards)
 
     def _grad_cam(self, images: np.ndarray, clinical: np.ndarray | None, probabilities: np.ndarray,
                   owners: np.ndarray | None, device: str) -> np.ndarray:
@@ -341,6 +382,13 @@ class ForwardPass:
     device: str
     forward_seconds: float
     cam_seconds: float
+    #: calibrated probabilities of every test-time view ``(views, N, classes)`` (None without augmentation)
+    views: np.ndarray | None = None
+    #: the unaugmented patches' probabilities before calibration (None when the bundle has none)
+    uncalibrated: np.ndarray | None = None
+    #: pooled CAM-layer features of the unaugmented patches ``(N, C)``
+    pooled: np.ndarray | None = None
+    forwards: int = 0
 
 
 def tumour_rule_of(bundle: Bundle, islands: IslandRule | None = None,
@@ -380,12 +428,14 @@ def patient_prediction(tumours: Sequence[TumourPrediction], rule: str,
         weights = weights_arr.tolist()
     class_names = list(used[0].class_names)
     predicted = int(np.argmax(mean))
+    labels = [t.label for t in used]
     return PatientPrediction(
         rule=rule, description=PATIENT_RULES[rule], tumours=[t.label for t in used],
         weights=[float(w) for w in weights], class_names=class_names, probabilities=[float(p) for p in mean],
         predicted_class=class_names[predicted],
         objective_response_probability=float(mean[list(objective_indices)].sum()) if objective_indices else None,
-        n_patches=int(sum(len(t.patch_probabilities) for t in used)))
+        n_patches=int(sum(len(t.patch_probabilities) for t in used)),
+        trust=patient_trust(used, labels, weights))
 
 
 def _check_finite(probabilities: np.ndarray, case_id: str) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.networks.trust import TumourTrust
 
 RESULT_FORMAT = "tace-response-result/1"
 
@@ -45,6 +46,10 @@ class TumourPrediction(JsonRecord):
     volume_ml: float = 0.0
     heatmap_peak_ras: list[float] | None = None
     notes: list[str] = field(default_factory=list)
+    #: uncertainty (test-time augmentation) and the out-of-distribution check (:mod:`TACEResponseLib.networks.trust`)
+    trust: TumourTrust | None = None
+    #: the probabilities before the bundle's calibration (None when the bundle has none)
+    uncalibrated_probabilities: list[float] | None = None
 
     @property
     def label(self) -> str:
@@ -88,6 +93,7 @@ class PatientPrediction(JsonRecord):
     predicted_class: str
     objective_response_probability: float | None
     n_patches: int
+    trust: TumourTrust | None = None
 
     @property
     def probability_of(self) -> dict[str, float]:
@@ -118,6 +124,10 @@ class PredictionResult(JsonRecord):
     heatmap_box_kji: list[list[int]] | None = None
     #: what ran the network (:class:`~TACEResponseLib.networks.backends.BackendInfo`) and why
     backend: dict[str, Any] = field(default_factory=dict)
+    #: the calibration applied (its description, or why none), the test-time views and the training profile
+    trust: dict[str, Any] = field(default_factory=dict)
+    #: "this image is unlike the model's training data: …" with each odd tumour's reasons ("" when none)
+    ood_warning: str = ""
     heatmap: Any = field(default=None, repr=False, compare=False, metadata={"json": False})
 
     json_header = {"format": RESULT_FORMAT}
@@ -129,15 +139,19 @@ class PredictionResult(JsonRecord):
         if self.synthetic_model:
             lines.append(f"  ! {self.warning}")
         lines += [f"  ! {warning}" for warning in self.warnings]
+        if self.ood_warning:
+            lines.append(f"  ! {self.ood_warning}")
         if self.patient is not None:
             p = self.patient
             probs = "  ".join(f"{c} {v:.2f}" for c, v in zip(p.class_names, p.probabilities))
+            probs += uncertainty_text(p.trust, p.class_names.index(p.predicted_class))
             orr = (f"  objective response {p.objective_response_probability:.2f}"
                    if p.objective_response_probability is not None else "")
             lines.append(f"  patient: {p.predicted_class}  ({probs}){orr}")
             lines.append(f"    from {', '.join(p.tumours)} — {p.description}")
         for tumour in self.tumours:
             probs = "  ".join(f"{c} {p:.2f}" for c, p in zip(tumour.class_names, tumour.probabilities))
+            probs += uncertainty_text(tumour.trust, tumour.class_names.index(tumour.predicted_class))
             orr = (f"  objective response {tumour.objective_response_probability:.2f}"
                    if tumour.objective_response_probability is not None else "")
             lines.append(f"  {tumour.label}: {tumour.predicted_class}  ({probs}){orr}  {tumour.volume_ml:.2f} ml")
@@ -153,3 +167,8 @@ class PredictionResult(JsonRecord):
             times = "  ".join(f"{k}: {v:.2f}" for k, v in s.get("survival_at", {}).items())
             lines.append(f"  survival: {times}  risk group {s.get('risk_group')}  points {s.get('total_points', 0):.0f}")
         return lines
+
+
+def uncertainty_text(trust: TumourTrust | None, predicted: int) -> str:
+    """``"; ± 0.08 over 6 test-time views, entropy 0.41 of 1.39 nats, feature distance 3.1 (warning above 5.7)"``."""
+    return "" if trust is None else "; " + ", ".join(trust.summary_parts(predicted))

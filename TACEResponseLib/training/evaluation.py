@@ -5,7 +5,8 @@ Every case of the manifest is predicted through
 ``batch`` run (one task per case, in this process or on a Dask cluster, each case's
 ``result.json`` kept under ``cases/`` so a rerun resumes), then :func:`.metrics.compute_metrics` gives the patient-level numbers and
 :mod:`.figures` draws ``roc.png`` (with bootstrap CI bands), ``confusion_matrix.png``,
-``calibration.png`` and ``dca.png``. Outputs are written atomically.
+``calibration.png``, ``dca.png`` and ``reliability.png`` (the predicted class's reliability before
+and after the bundle's calibration, with ECE and NLL). Outputs are written atomically.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from TACEResponseLib.core.files import (
     write_json_atomic,
 )
 from TACEResponseLib.imaging.tumours import PATIENT_RULES
-from TACEResponseLib.training.figures import write_plots
-from TACEResponseLib.training.metrics import compute_metrics
+from TACEResponseLib.training.figures import write_plots, write_reliability_before_after
+from TACEResponseLib.training.metrics import compute_metrics, top_label_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ class CasePrediction:
     #: the probabilities of every patch that answered for the patient (patch-level metrics)
     patch_probabilities: list[list[float]] = field(default_factory=list)
     clinical: dict[str, float] = field(default_factory=dict)
+    #: the patient's probabilities before the bundle's calibration (None when it has none)
+    uncalibrated: list[float] | None = None
+    #: the patient's answer lies beyond the training data (None: the bundle has no training profile)
+    unlike_training: bool | None = None
+    ood_score: float | None = None
 
 
 @dataclass
@@ -78,6 +84,16 @@ class EvaluationReport:
         lines.append("confusion matrix (rows true, columns predicted: " + " ".join(cm["labels"]) + ")")
         lines += ["  " + f"{name:>4} " + " ".join(f"{v:4d}" for v in row)
                   for name, row in zip(cm["labels"], cm["rows_true_columns_predicted"])]
+        calibration = m.get("calibration") or {}
+        if calibration.get("before"):
+            lines.append(f"calibration ({calibration['method']}): ECE {calibration['before']['ece']:.3f} → "
+                         f"{calibration['after']['ece']:.3f}, NLL {calibration['before']['nll']:.3f} → "
+                         f"{calibration['after']['nll']:.3f} (patient level, this cohort)")
+        elif calibration:
+            lines.append(f"calibration: {calibration['method']}; ECE {calibration['after']['ece']:.3f}")
+        ood = m.get("out_of_distribution") or {}
+        if "flagged" in ood:
+            lines.append(f"unlike the training data (OOD warning): {ood['flagged']} of {ood['of']} cases")
         return lines + statistics_lines(m)
 
 
@@ -93,7 +109,7 @@ def predict_rows(predictor, rows, output: Path, cluster=None,
 
     predict_cohort(rows, predictor.bundle, output, device=str(predictor.device), islands=predictor.islands,
                    patient_rule=predictor.patient_rule, cam="none", heatmap=False, cluster=cluster,
-                   progress_bar=progress_bar, label="evaluating")
+                   progress_bar=progress_bar, label="evaluating", tta=predictor.tta)
     predictions: list[CasePrediction] = []
     failed: dict[str, str] = {}
     for row in rows:
@@ -103,8 +119,15 @@ def predict_rows(predictor, rows, output: Path, cluster=None,
             patient = result.patient
             used = set(patient.tumours)
             patches = [p for t in result.tumours if t.label in used for p in t.patch_probabilities]
+            chosen = {t.label: t for t in result.tumours}
+            uncalibrated = None
+            if all(chosen[label].uncalibrated_probabilities is not None for label in patient.tumours):
+                uncalibrated = np.sum([w * np.asarray(chosen[label].uncalibrated_probabilities)
+                                       for label, w in zip(patient.tumours, patient.weights)], axis=0).tolist()
             predictions.append(CasePrediction(row.case_id, row.label, list(patient.probabilities), patient.n_patches,
-                                              patches, dict(row.clinical or {})))
+                                              patches, dict(row.clinical or {}), uncalibrated,
+                                              None if patient.trust is None else patient.trust.unlike_training,
+                                              None if patient.trust is None else patient.trust.ood_score))
         else:
             failed[row.case_id] = (read_error(folder) or {}).get("error") or "not predicted"
             logger.error("case %s: %s", row.case_id, failed[row.case_id])
@@ -153,7 +176,8 @@ def evaluate_bundle(
     model_factors = [c.name for c in card.clinical_factors]
     rows = read_manifest(manifest, [p.name for p in card.inputs], require_label=True,
                          clinical=list(dict.fromkeys([*model_factors, *clinical_factors])), class_names=card.class_names)
-    predictor = Predictor(bundle, device=device, cam_method="none", islands=islands, patient_rule=patient_rule)
+    # no test-time views: they change no probability, and evaluation scores probabilities
+    predictor = Predictor(bundle, device=device, cam_method="none", islands=islands, patient_rule=patient_rule, tta=1)
     predictions, failed = predict_rows(predictor, rows, output, cluster, progress_bar)
 
     if not predictions:
@@ -163,6 +187,13 @@ def evaluate_bundle(
     metrics = compute_metrics(labels, probabilities, card.class_names, card.objective_response_indices,
                               n_bootstrap=n_bootstrap, seed=seed)
     metrics.update(response_statistics(predictions, card, clinical_factors))
+    metrics["calibration"] = calibration_before_after(predictions, card)
+    flags = [p.unlike_training for p in predictions if p.unlike_training is not None]
+    metrics["out_of_distribution"] = ({"flagged": int(sum(flags)), "of": len(flags),
+                                       "scores": [p.ood_score for p in predictions],
+                                       "threshold": card.training_profile.threshold}
+                                      if card.training_profile is not None and flags else
+                                      {"note": "the bundle carries no training profile"})
     output.mkdir(exist_ok=True)
     cohort_synthetic = all(r.synthetic for r in rows)
     report: dict[str, Any] = {
@@ -184,6 +215,10 @@ def evaluate_bundle(
         files.update(write_plots(metrics, labels, probabilities, card.class_names, card.objective_response_indices,
                                  output, n_bootstrap=n_bootstrap, seed=seed,
                                  footer=_footer(card.synthetic, cohort_synthetic, bundle.id)))
+        if metrics["calibration"].get("before"):
+            files["reliability"] = write_reliability_before_after(
+                output / "reliability.png", metrics["calibration"],
+                _footer(card.synthetic, cohort_synthetic, bundle.id)).name
         if metrics.get("clinical_factors"):
             files["clinical_factor_roc"] = _factor_figure(predictions, card, metrics["clinical_factors"], output,
                                                           _footer(card.synthetic, cohort_synthetic, bundle.id)).name
@@ -191,6 +226,18 @@ def evaluate_bundle(
     report["runtime_s"] = round(time.perf_counter() - started, 2)
     write_json_atomic(output / REPORT_FILE, report)
     return EvaluationReport(metrics, predictions, failed, output, files)
+
+
+def calibration_before_after(predictions: Sequence[CasePrediction], card) -> dict[str, Any]:
+    """Top-label ECE, NLL and reliability bins of the patient-level answers before and after the
+    bundle's calibration (only ``after`` and a note when the bundle has none)."""
+    truth = [card.class_names.index(p.label) for p in predictions]
+    after = top_label_calibration(truth, np.array([p.probabilities for p in predictions]))
+    if card.calibration is None or any(p.uncalibrated is None for p in predictions):
+        return {"method": "none (the bundle carries no calibration)", "after": after}
+    before = top_label_calibration(truth, np.array([p.uncalibrated for p in predictions]))
+    return {"method": card.calibration.short(), "temperature": card.calibration.temperature,
+            "before": before, "after": after}
 
 
 def response_statistics(predictions: Sequence[CasePrediction], card, clinical_factors: Sequence[str] = ()) -> dict[str, Any]:

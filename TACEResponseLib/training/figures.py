@@ -134,6 +134,30 @@ def _calibration_figure(orr: dict[str, Any], p_or: np.ndarray, truth: np.ndarray
     return save_figure(figure, path, dpi=110)
 
 
+def write_reliability_before_after(path: Path, calibration: dict[str, Any], footer: str) -> Path:
+    """Top-label reliability diagram before and after the bundle's calibration (confidence vs accuracy per bin)."""
+    from TACEResponseLib.core.figures import new_figure, save_figure
+
+    figure = new_figure(5.8, 5.4)
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    for key, colour, marker in (("before", "tab:red", "s"), ("after", "tab:blue", "o")):
+        part = calibration[key]
+        bins = [b for b in part["bins"] if b["count"]]
+        ax.plot([b["mean_confidence"] for b in bins], [b["accuracy"] for b in bins], marker + "-", color=colour, lw=2,
+                label=f"{key} calibration (ECE {part['ece']:.3f}, NLL {part['nll']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("confidence (probability of the predicted class)")
+    ax.set_ylabel("accuracy")
+    method = calibration["method"].replace(" (", "\n(")  # a rejected fit on its own line
+    ax.set_title(f"Reliability of the predicted class, patient level, equal-width bins\n{method}", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    _footer_text(figure, footer)
+    return save_figure(figure, path, dpi=110)
+
+
 def _decision_curve_figure(orr: dict[str, Any], path: Path, footer: str) -> Path:
     """Net benefit of the model against treat-all and treat-none."""
     from TACEResponseLib.core.figures import new_figure, save_figure

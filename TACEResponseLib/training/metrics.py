@@ -155,6 +155,30 @@ def reliability(y_true: Sequence[int], probabilities: Sequence[float], n_bins: i
     return {"bins": bins, "brier": brier}
 
 
+def top_label_calibration(truth: Sequence[int], probabilities: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error of the predicted class (Guo et al. 2017): equal-width bins of the
+    top probability, ECE = Σ (bin share) × |accuracy − mean confidence|; with the bins for the
+    reliability diagram and the mean negative log-likelihood of the true class."""
+    y = np.asarray(truth, dtype=int)
+    p = np.asarray(probabilities, dtype=float)
+    confidence = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=False), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        sel = which == b
+        count = int(sel.sum())
+        if count:
+            ece += count / len(y) * abs(correct[sel].mean() - confidence[sel].mean())
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+                     "mean_confidence": float(confidence[sel].mean()) if count else None,
+                     "accuracy": float(correct[sel].mean()) if count else None})
+    nll = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)))) if len(y) else math.nan
+    return {"ece": float(ece), "nll": nll, "accuracy": float(correct.mean()) if len(y) else math.nan,
+            "mean_confidence": float(confidence.mean()) if len(y) else math.nan, "n": int(len(y)), "bins": bins}
+
+
 def compute_metrics(
     labels: Sequence[str],
     probabilities: np.ndarray,

@@ -20,7 +20,9 @@ Steps:
    patience (the best epoch's weights are kept), a checkpoint after every epoch (atomic) from
    which ``resume=True`` continues at the next epoch with results identical to an
    uninterrupted run.
-7. :func:`~TACEResponseLib.networks.bundle.save_bundle` with a full card: classes, inputs,
+7. Calibration (temperature scaling on the validation patients) and the training profile for the
+   out-of-distribution warning (:mod:`.trust`).
+8. :func:`~TACEResponseLib.networks.bundle.save_bundle` with a full card: classes, inputs,
    patch spec, clinical factors with the training set's mean/std, training data (cohort,
    counts per class, split, synthetic flag), patient-level validation metrics, references.
 """
@@ -63,6 +65,7 @@ from TACEResponseLib.training.dataset import (
     stratified_patient_split,
 )
 from TACEResponseLib.training.figures import write_training_curve
+from TACEResponseLib.training.trust import fit_trust
 
 logger = logging.getLogger(__name__)
 
@@ -556,17 +559,48 @@ def train(
         network.to("cpu").eval()
         validation = _validation_metrics(network, cohort, config, state.best_loss)
         operating = _training_operating_point(network, cohort, config)
+        # calibration and the training profile of the weights as saved (float16: rounded)
+        saved = copy.deepcopy(network).half() if config.weights_dtype == "float16" else network
+        calibration, profile, profile_arrays = fit_trust(
+            copy.deepcopy(saved).float() if config.weights_dtype == "float16" else network, cohort, config)
     seconds = time.perf_counter() - started
     training_data = _training_data(manifest, config, cohort, network, init, state, resumed_from, device, seconds)
     card = _card(config, cohort, training_data, validation, state.history)
+    card.calibration, card.training_profile = calibration, profile
     if operating:
         card.metrics["operating_point"] = operating
-    bundle = save_bundle(output, copy.deepcopy(network).half() if config.weights_dtype == "float16" else network, card)
+    bundle = save_bundle(output, saved, card, profile_arrays)
     write_training_curve(bundle.path / "docs" / "training_curve.png", state.history, state.best_epoch,
                          training_data["synthetic"])
     logger.info("bundle written to %s (%.1f MB)", output, (output / "models" / "model.pt").stat().st_size / 1e6)
     return TrainingResult(bundle, state.history, cohort.split, state.best_epoch, state.epoch, state.stopped,
                           resumed_from, validation, seconds)
+
+
+def add_trust(bundle_path: str | Path, manifest: str | Path, config: TrainingConfig, work_dir: str | Path,
+              progress_bar: bool = True):
+    """Fit the calibration and training profile of an already trained bundle, exactly as ``train`` fits
+    them at its end, on the cohort it was trained on (same manifest, settings and hence split, which
+    is checked against the card); the weights are not touched. Rewrites the card, its Markdown and
+    :data:`~TACEResponseLib.networks.trust.PROFILE_FILE`.
+    """
+    from TACEResponseLib.core.files import write_json_atomic, write_text_atomic
+    from TACEResponseLib.networks.bundle import CARD_FILE, DOC_FILE, card_markdown, load_bundle, save_profile_arrays
+
+    bundle = load_bundle(bundle_path)
+    cohort = _prepare_cohort(manifest, config, Path(work_dir), progress_bar)
+    stored = bundle.card.training_data.get("split") or {}
+    if (sorted(stored.get("train", [])) != sorted(cohort.split.train)
+            or sorted(stored.get("validation", [])) != sorted(cohort.split.validation)):
+        raise InputError(f"{manifest}: its patient split differs from the one bundle {bundle.id} was trained with; "
+                         "give the training manifest and settings")
+    with _deterministic(config.threads):
+        calibration, profile, arrays = fit_trust(bundle.load_network("cpu"), cohort, config)
+    bundle.card.calibration, bundle.card.training_profile = calibration, profile
+    save_profile_arrays(bundle.path, bundle.card, arrays)
+    write_json_atomic(bundle.path / CARD_FILE, bundle.card.to_dict())
+    write_text_atomic(bundle.path / DOC_FILE, card_markdown(bundle.card))
+    return load_bundle(bundle.path)
 
 
 def compact_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,10 @@ class ResultView:
     status: str
     patient_text: str = ""
     not_assessable: list[str] = field(default_factory=list)  # "label: reason"
+    #: "this image is unlike the model's training data: …" for this tumour ("" when it is not)
+    ood_warning: str = ""
+    #: the spread of each class probability over the test-time views, in percent (None: not computed)
+    spreads: list[int] | None = None
 
 
 def _percent(value: float | None) -> int:
@@ -99,9 +103,14 @@ def result_view(result, tumour_index: int = 0) -> ResultView:
     tumour = result.tumours[tumour_index]
     probabilities = tumour.probability_of
     predicted = tumour.predicted_class
-    detail = f"{CLASS_DESCRIPTIONS.get(predicted, predicted)} · probability {_percent(probabilities.get(predicted))} %"
+    trust = getattr(tumour, "trust", None)
+    index = tumour.class_names.index(predicted)
+    spread = trust.spread_of(index) if trust is not None else None
+    detail = (f"{CLASS_DESCRIPTIONS.get(predicted, predicted)} · probability {_percent(probabilities.get(predicted))} %"
+              + (f" ± {_percent(spread)} %" if spread is not None else ""))
     if tumour.volume_ml:
         detail += f" · {tumour.volume_ml:.1f} ml"
+    detail += "\n" + trust_text(trust)
     patient = patient_text(result)
     skipped = [f"{t.label}: {t.detail}" for t in getattr(result, "not_assessable", [])]
     if patient and (len(result.tumours) > 1 or skipped):
@@ -109,6 +118,7 @@ def result_view(result, tumour_index: int = 0) -> ResultView:
     if skipped:
         detail += f"\n{len(skipped)} tumour(s) not assessable (greyed in the table, reason in its last column)"
     bars = [(name, _percent(p), name == predicted) for name, p in zip(tumour.class_names, tumour.probabilities)]
+    spreads = [_percent(s) for s in trust.spread] if trust is not None and trust.spread is not None else None
     orr = (ORR_LABEL, _percent(tumour.objective_response_probability)) \
         if tumour.objective_response_probability is not None else None
     risk_text, survival_text = survival_texts(result.survival)
@@ -118,7 +128,16 @@ def result_view(result, tumour_index: int = 0) -> ResultView:
     return ResultView(headline=predicted, detail=detail, bars=bars, orr=orr, tumours=[t.label for t in result.tumours],
                       tumour_index=tumour_index, warning="\n".join(warnings),
                       risk_text=risk_text, survival_text=survival_text, status=status, patient_text=patient,
-                      not_assessable=skipped)
+                      not_assessable=skipped, ood_warning=trust.warning if trust is not None else "",
+                      spreads=spreads)
+
+
+def trust_text(trust) -> str:
+    """How far to trust the answer, in one line: what ± means, the entropy, and the
+    out-of-distribution score against its threshold (or that the model cannot say)."""
+    if trust is None:
+        return "Uncertainty and out-of-distribution check: not available for this result."
+    return " · ".join(trust.summary_parts())
 
 
 def grey_not_assessable_rows(table_view: Any, result, colour: tuple[int, int, int] = (150, 150, 150)) -> int:
@@ -149,6 +168,10 @@ def fill_results(ui: Any, view: ResultView) -> None:
     """Show a :class:`ResultView` in the results section (bars beyond the .ui's four must exist on ``ui``)."""
     ui.syntheticWarningLabel.setText(view.warning)
     ui.syntheticWarningLabel.setVisible(bool(view.warning))
+    ood = getattr(ui, "oodWarningLabel", None)
+    if ood is not None:
+        ood.setText(f"⚠ {view.ood_warning[0].upper()}{view.ood_warning[1:]}" if view.ood_warning else "")
+        ood.setVisible(bool(view.ood_warning))
     ui.predictedClassLabel.setText(view.headline)
     ui.predictedClassDetailLabel.setText(view.detail)
     count = max(len(view.bars), PROBABILITY_BARS)
@@ -163,7 +186,9 @@ def fill_results(ui: Any, view: ResultView) -> None:
             name, percent, predicted = view.bars[index]
             label.setText(f"<b>{name}</b>" if predicted else name)
             bar.setValue(percent)
-            bar.setToolTip(f"P({name}) = {percent} %")
+            spread = f" ± {view.spreads[index]} %" if view.spreads is not None else ""
+            bar.setFormat(f"{percent} %{spread}")
+            bar.setToolTip(f"P({name}) = {percent} %{spread}" + (" (SD over the test-time views)" if spread else ""))
     ui.orrLabel.setVisible(view.orr is not None)
     ui.orrBar.setVisible(view.orr is not None)
     if view.orr is not None:
@@ -177,6 +202,8 @@ def fill_results(ui: Any, view: ResultView) -> None:
 def clear_results(ui: Any) -> None:
     """The results section before any prediction."""
     ui.syntheticWarningLabel.setVisible(False)
+    if getattr(ui, "oodWarningLabel", None) is not None:
+        ui.oodWarningLabel.setVisible(False)
     ui.predictedClassLabel.setText("—")
     ui.predictedClassDetailLabel.setText("No prediction yet.")
     for index in range(PROBABILITY_BARS):
@@ -210,6 +237,10 @@ def result_rows(result) -> list[dict[str, Any]]:
         row["P(objective response)"] = (None if tumour.objective_response_probability is None
                                         else round(float(tumour.objective_response_probability), 6))
         row["volume_ml"] = round(float(getattr(tumour, "volume_ml", 0.0)), 3)
+        from TACEResponseLib.prediction.trust import trust_columns
+
+        row.update(trust_columns(getattr(tumour, "trust", None),
+                                 tumour.class_names.index(tumour.predicted_class)))
         if kind == "patient":
             row["reason"] = tumour.description
         if survival:

@@ -50,7 +50,8 @@ def result_page(result, figures: dict[str, Path] | None = None) -> dict[str, Any
     first = result_view(result, 0) if result.tumours else None
     return {
         "case_id": result.case_id,
-        "warning": first.warning if first else (result.warning if result.synthetic_model else ""),
+        "warning": "\n".join(filter(None, [first.warning if first else (result.warning if result.synthetic_model else ""),
+                                            getattr(result, "ood_warning", "")])),
         "patient_text": first.patient_text if first else "",
         "not_assessable": first.not_assessable if first else [],
         "tumours": tumours,
