@@ -20,7 +20,7 @@ import pytest
 from TACEResponseLib import cli
 from TACEResponseLib.frontend import panel, selftest
 from TACEResponseLib.core.errors import BundleError
-from TACEResponseLib.networks.catalog import default_survival_model, read_registry, read_survival_registry, resolve_survival_model
+from TACEResponseLib.networks.catalog import default_survival_model, read_registry, resolve_survival_model
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.imaging.segmentation import read_segmentation, segment_mask_on
 from TACEResponseLib.imaging.volume_io import read_volume

@@ -13,7 +13,7 @@ from TACEResponseLib.cli import main
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.imaging.geometry import Volume
 from TACEResponseLib.imaging.phantoms import make_cohort, make_phantom
-from TACEResponseLib.imaging.segmentation import Segmentation, write_segmentation
+from TACEResponseLib.imaging.segmentation import Segmentation
 from TACEResponseLib.imaging.tumours import IslandRule, patient_tumours, tumour_rois
 from TACEResponseLib.imaging.volume_io import write_volume
 from TACEResponseLib.prediction.predictor import Predictor, patient_prediction
