@@ -208,3 +208,7 @@ def test_table_panel_and_export_show_not_assessable_rows(random_bundle, multifoc
     rows = panel.result_rows(result)
     assert rows[0]["tumour"].startswith("patient (") and rows[-1]["predicted"] == "not assessable"
     assert len(rows) == 1 + n_rows
+    # every tumour row has its own volume; the patient row claims none (not a 0.0 ml tumour)
+    assert "volume_ml" not in rows[0]
+    assert [r["volume_ml"] for r in rows[1:]] == pytest.approx(
+        [t.volume_ml for t in result.tumours] + [t.volume_ml for t in result.not_assessable], abs=1e-3)

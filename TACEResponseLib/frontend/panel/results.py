@@ -236,7 +236,8 @@ def result_rows(result) -> list[dict[str, Any]]:
         row.update({f"P({c})": round(float(p), 6) for c, p in zip(tumour.class_names, tumour.probabilities)})
         row["P(objective response)"] = (None if tumour.objective_response_probability is None
                                         else round(float(tumour.objective_response_probability), 6))
-        row["volume_ml"] = round(float(getattr(tumour, "volume_ml", 0.0)), 3)
+        if kind == "tumour":  # the patient row has no volume of its own (its tumours have theirs)
+            row["volume_ml"] = round(float(tumour.volume_ml), 3)
         from TACEResponseLib.prediction.trust import trust_columns
 
         row.update(trust_columns(getattr(tumour, "trust", None),
