@@ -56,7 +56,7 @@ clean:
 
 # Re-create the SYNTHETIC demo model bundle (phantom cohorts → `tace-response train` →
 # held-out `tace-response evaluate` → Resources/Models.json). Seeded and deterministic on the
-# CPU; about an hour on 2 cores (`demo-bundle-trust` refits only the calibration and training profile, in minutes). Intermediate files (cohorts, checkpoint, patch cache,
+# CPU; from several minutes to an hour on 2 cores, depending on what else runs (`demo-bundle-trust` refits only the calibration and training profile, in minutes). Intermediate files (cohorts, checkpoint, patch cache,
 # held-out report + PNGs) go to build/demo-bundle, which is not committed.
 DEMO_BUNDLE ?= Resources/Models/TACEResponse-demo-synthetic-ct
 demo-bundle: $(STAMP)
