@@ -121,6 +121,8 @@ class TACEResponseParameterNode:
     splitIslands: bool = True
     minIslandMl: Annotated[float, WithinRange(0.0, 10000.0)] = 0.05
     patientRule: Annotated[str, Choice(["target_lesions", "volume_weighted"])] = "target_lesions"
+    # test-time augmentation: the training flips/rotations, 1 = off (TACEResponseLib.prediction.trust)
+    testTimeViews: Annotated[int, WithinRange(1, 6)] = 6
     heatmapVisible: bool = True
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     heatmapColormap: Annotated[str, Choice(list(HEATMAP_COLORMAPS))] = "inferno"
@@ -830,22 +832,23 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
         """What a result depends on: a change sends a finished panel back to idle."""
         return (p.referenceVolume, tuple(sorted((k, v.GetID() if v else None) for k, v in p.phaseVolumes.items())),
                 p.segmentationNode, p.segmentId, self.modelOf(p), p.clinicalValues, str(self.nomogramOf(p)), p.device,
-                p.splitIslands, p.minIslandMl, p.patientRule)
+                p.splitIslands, p.minIslandMl, p.patientRule, p.testTimeViews)
 
     def inputsFor(self, referenceVolume, segmentationNode, segmentId, model="", phaseVolumes=None, clinical=None,
-                  nomogram=None, missingPackages=None, islands=None, patientRule=None):
+                  nomogram=None, missingPackages=None, islands=None, patientRule=None, testTimeViews=None):
         """:class:`panel.PanelInputs` for these nodes and settings (problems become Apply blockers)."""
         return panel.collect_inputs(
             referenceVolume, phaseVolumes, segmentationNode, segmentId, model, clinical,
             Path(nomogram) if nomogram is not None else None,
             panel.dependency_status() if missingPackages is None else missingPackages,
-            self._segmentProblems.get(segmentationNode, segmentId), islands, patientRule)
+            self._segmentProblems.get(segmentationNode, segmentId), islands, patientRule, testTimeViews)
 
     def collectInputs(self, p, missingPackages=None):
         """Everything Apply needs, from the parameter node (card and nomogram read from disk)."""
         return self.inputsFor(p.referenceVolume, p.segmentationNode, p.segmentId, self.modelOf(p),
                               dict(p.phaseVolumes), panel.parse_clinical_values(p.clinicalValues), self.nomogramOf(p),
-                              list(missingPackages or []), panel.IslandRule(p.splitIslands, p.minIslandMl), p.patientRule)
+                              list(missingPackages or []), panel.IslandRule(p.splitIslands, p.minIslandMl), p.patientRule,
+                              p.testTimeViews)
 
     def ensureSegmentation(self, p):
         """The chosen segmentation and segment; creates them (an empty 'Tumour' with the liver-tumour
@@ -869,7 +872,7 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
     # -- prediction -----------------------------------------------------------------------------
     def process(self, referenceVolume, segmentationNode, segmentId, model=None, phaseVolumes=None, clinical=None,
                 nomogram=None, device="auto", *, timeout=None, outputNodes=None, keepTemporaryFiles=False,
-                islands=None, patientRule=None):
+                islands=None, patientRule=None, testTimeViews=None):
         """Predict one case from nodes and show it in MRML nodes; blocks until done.
 
         Args:
@@ -885,13 +888,14 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
             islands: :class:`panel.IslandRule` (one tumour per island of at least ``min_island_ml`` ml, or the
                 whole segment); None: the model's training rule.
             patientRule: "target_lesions" (default) or "volume_weighted".
+            testTimeViews: test-time augmentation views (1 = off … 6); None: the default (6).
 
         Returns:
             The :class:`PredictionResult`; the nodes it is shown in are in :attr:`outputNodes`.
         """
         model = model or self.defaultModel()
         inputs = self.inputsFor(referenceVolume, segmentationNode, segmentId, model, phaseVolumes, clinical, nomogram,
-                                islands=islands, patientRule=patientRule)
+                                islands=islands, patientRule=patientRule, testTimeViews=testTimeViews)
         self.session.python = process.python_slicer_executable()
         return self.session.process(inputs, device, timeout=timeout, output_nodes=outputNodes,
                                     keep_files=keepTemporaryFiles)
@@ -903,7 +907,8 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
                               phaseVolumes=dict(p.phaseVolumes), clinical=panel.parse_clinical_values(p.clinicalValues),
                               nomogram=self.nomogramOf(p), device=p.device, timeout=timeout, outputNodes=outputs,
                               keepTemporaryFiles=p.keepTemporaryFiles,
-                              islands=panel.IslandRule(p.splitIslands, p.minIslandMl), patientRule=p.patientRule)
+                              islands=panel.IslandRule(p.splitIslands, p.minIslandMl), patientRule=p.patientRule,
+                              testTimeViews=p.testTimeViews)
         self._storeOutputs(p)
         return result
 

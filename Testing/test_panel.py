@@ -396,3 +396,22 @@ def test_island_settings_reach_the_background_prediction():
 
     parsed = build_parser().parse_args([*arguments[:-1], "--progress"])
     assert parsed.no_split_islands and parsed.min_island_ml == 0.5 and parsed.patient_rule == "volume-weighted"
+
+
+def test_test_time_views_reach_the_background_prediction():
+    """The Advanced section's test-time views become ``--tta``; unset, the CLI's default applies; out of range
+    is refused before anything runs."""
+    from TACEResponseLib.cli import build_parser
+    from TACEResponseLib.core.errors import InputError
+    from TACEResponseLib.frontend.panel.run import PredictionRequest
+
+    plain = PredictionRequest([Path("a.nrrd")], Path("t.seg.nrrd"), "Segment_1", "demo")
+    assert "--tta" not in plain.cli_arguments("OUT")
+    off = PredictionRequest([Path("a.nrrd")], Path("t.seg.nrrd"), "Segment_1", "demo", tta=1)
+    arguments = off.cli_arguments("OUT")
+    assert arguments[arguments.index("--tta") + 1] == "1" and arguments[-1] == "--progress"
+    assert build_parser().parse_args(arguments).tta == 1
+    inputs = panel.collect_inputs(None, {}, None, "", "", tta=3)
+    assert inputs.tta == 3
+    with pytest.raises(InputError, match="test-time augmentation views must be 1"):
+        PredictionRequest([Path("a.nrrd")], Path("t.seg.nrrd"), "Segment_1", "demo", tta=9).cli_arguments("OUT")

@@ -101,6 +101,8 @@ CONNECTORS = {
     "QCheckBox": r"^bool$",
     "ctkSliderWidget": r"^Annotated\[float, WithinRange\(",
     "QDoubleSpinBox": r"^(float|Annotated\[float, .*)$",
+    # QSliderOrSpinBoxToIntConnector (guiConnectors.py, Slicer v5.8.1:228 and v5.10.0:279): int, range from WithinRange
+    "QSpinBox": r"^(int|Annotated\[int, .*)$",
     "QComboBox": r"^Annotated\[\w+, Choice\(",
     "QLineEdit": r"^str$",
 }

@@ -37,6 +37,7 @@ class PanelInputs:
     survival_phases: list[str] = field(default_factory=list)  # what the survival model's signature needs
     islands: IslandRule | None = None   # how segments become tumours (None: the model's training rule)
     patient_rule: str | None = None     # the patient-level rule (None: target lesions)
+    tta: int | None = None              # test-time augmentation views, 1 = off (None: the default)
 
     @property
     def phase_names(self) -> list[str]:
@@ -60,7 +61,7 @@ def collect_inputs(reference: Any = None, phase_volumes: dict[str, Any] | None =
                    segment_id: str = "", model: str = "", clinical_values: dict[str, Any] | None = None,
                    nomogram: Path | None = None, missing_packages: Sequence[str] = (),
                    segment_problem: str | None = None, islands: IslandRule | None = None,
-                   patient_rule: str | None = None) -> PanelInputs:
+                   patient_rule: str | None = None, tta: int | None = None) -> PanelInputs:
     """Everything Apply needs: the model's card and the nomogram's variables and phases read from
     disk; a model or nomogram that cannot be used becomes a problem Apply reports, not an error."""
     from TACEResponseLib.core.errors import TACEResponseError
@@ -88,7 +89,7 @@ def collect_inputs(reference: Any = None, phase_volumes: dict[str, Any] | None =
                        model_problem=model_problem, clinical_fields=clinical_fields(card, variables),
                        clinical_values=dict(clinical_values or {}), nomogram=nomogram,
                        nomogram_problem=nomogram_problem, missing_packages=list(missing_packages),
-                       survival_phases=phases, islands=islands, patient_rule=patient_rule)
+                       survival_phases=phases, islands=islands, patient_rule=patient_rule, tta=tta)
 
 
 class SegmentProblemCache:

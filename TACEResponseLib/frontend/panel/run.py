@@ -36,6 +36,7 @@ class PredictionRequest:
     survival_images: dict[str, Path] = field(default_factory=dict)  # survival-only phases
     islands: IslandRule | None = None  # None: the model's training rule
     patient_rule: str | None = None    # None: the default rule (target lesions)
+    tta: int | None = None             # test-time augmentation views (None: the default; 1 = off)
 
     def cli_arguments(self, output: str | Path) -> list[str]:
         arguments = ["predict"]
@@ -55,6 +56,10 @@ class PredictionRequest:
             arguments += [] if self.islands.split else ["--no-split-islands"]
         if self.patient_rule:
             arguments += ["--patient-rule", check_patient_rule(self.patient_rule).replace("_", "-")]
+        if self.tta is not None:
+            from TACEResponseLib.prediction.trust import check_views
+
+            arguments += ["--tta", str(check_views(self.tta))]
         return arguments + ["--progress"]
 
 
@@ -125,7 +130,7 @@ def write_case_inputs(folder: str | Path, inputs: PanelInputs, device: str = "au
     clinical = {item.name: item.cli_value(inputs.clinical_values[item.name]) for item in inputs.clinical_fields}
     return PredictionRequest(paths, segmentation_path, inputs.segment_id, inputs.model, clinical, inputs.nomogram,
                              device, safe_file_name(node_name(inputs.reference)), survival_paths, inputs.islands,
-                             inputs.patient_rule)
+                             inputs.patient_rule, inputs.tta)
 
 
 class PredictionRun:
