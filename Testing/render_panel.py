@@ -246,7 +246,8 @@ def fill_panel(ui: types.SimpleNamespace, result: PredictionResult, *, card=None
     for r, row in enumerate(rows):
         for c, key in enumerate(columns):
             value = row.get(key)
-            table.setItem(r, c, QTableWidgetItem(f"{value:.2f}" if isinstance(value, float) else str(value)))
+            text = "" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+            table.setItem(r, c, QTableWidgetItem(text))
     table.resizeColumnsToContents()
     table.resizeRowsToContents()
     table.verticalHeader().setVisible(False)

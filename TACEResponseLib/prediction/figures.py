@@ -85,8 +85,9 @@ def save_prediction_png(
         bars.errorbar(values[:classes], positions[:classes], xerr=spread, fmt="none", ecolor="black", capsize=3)
     for n, (y, value) in enumerate(zip(positions, values)):
         text = f"{value:.2f}" + (f" ± {errors[n]:.2f}" if errors is not None and errors[n] is not None else "")
-        bars.text(0.98, y, text, va="center", ha="right", fontsize=9,
-                  color="white" if value > 0.85 else "black")
+        long_bar = value > 0.5  # its label inside the bar's start, clear of the bar's end and its error bar
+        bars.text(0.02 if long_bar else 0.98, y, text, va="center", ha="left" if long_bar else "right", fontsize=9,
+                  color="white" if long_bar else "black")
     bars.set_yticks(positions, names)
     bars.set_xlim(0, 1)
     bars.set_xlabel("probability" + (f" (± SD over {trust.views} test-time views)" if spread is not None else ""))
