@@ -201,6 +201,8 @@ def test_openvino_computes_in_f32(tmp_path, cache):
 
     engine, _ = _open(_bundle(tmp_path), "openvino")
     assert engine.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    # unpinned: pinned, two single-thread processes (cohort workers) land on the same core at half speed each
+    assert engine.compiled.get_property("ENABLE_CPU_PINNING") is False
 
 
 @needs_graph

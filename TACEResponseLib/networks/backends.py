@@ -184,9 +184,11 @@ class OpenVinoEngine:
             core.set_property({"CACHE_DIR": str(entry.folder / "openvino")})
         except Exception as exc:  # noqa: BLE001 - the blob cache only saves load time
             logger.debug("OpenVINO cache folder not set: %s", exc)
+        # no CPU pinning: OpenVINO pins each process's threads from core 0, so two single-thread workers (a Dask
+        # cohort, or Slicer beside a batch) shared one core at half speed each; unpinned, one process is as fast
         self.compiled = core.compile_model(str(entry.graph_path), "CPU", {
             "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads),
-            "INFERENCE_PRECISION_HINT": "f32"})
+            "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False})
         precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         if precision != ov.Type.f32:
             raise GraphError(f"OpenVINO computes in {precision}, not f32")
