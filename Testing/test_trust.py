@@ -16,9 +16,9 @@ from TACEResponseLib.imaging.geometry import Volume
 from TACEResponseLib.imaging.phantoms import make_cohort, make_phantom
 from TACEResponseLib.imaging.segmentation import Segmentation
 from TACEResponseLib.networks.backends import TorchEngine
-from TACEResponseLib.networks.trust import NOT_AVAILABLE, OOD_WARNING
+from TACEResponseLib.networks.trust import NOT_AVAILABLE, OOD_WARNING, softmax
 from TACEResponseLib.prediction.predictor import Predictor
-from TACEResponseLib.prediction.trust import run_views, softmax
+from TACEResponseLib.prediction.trust import run_views
 
 SMALL = dict(shape_kji=(40, 64, 64), spacing_ijk=(2.0, 2.0, 2.0), phases=["arterial"])
 

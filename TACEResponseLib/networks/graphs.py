@@ -34,6 +34,7 @@ import numpy as np
 from TACEResponseLib.core.errors import TACEResponseError
 from TACEResponseLib.core.files import atomic_path, content_fingerprint, file_sha256, write_json_atomic
 from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.networks.trust import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -285,12 +286,6 @@ def export_graph(network, key: GraphKey, root: Path | None = None) -> GraphEntry
 
 
 # --- verification -----------------------------------------------------------------------------
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.asarray(logits, np.float64) - np.max(logits, axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def compare_outputs(backend_label: str, eager: list[tuple[np.ndarray, np.ndarray]],
                     other: list[tuple[np.ndarray, np.ndarray]]) -> Verification:
     """Compare ``(logits, features)`` pairs of the same batches; the verdict of :data:`PROBABILITY_TOLERANCE` etc."""
@@ -301,7 +296,7 @@ def compare_outputs(backend_label: str, eager: list[tuple[np.ndarray, np.ndarray
             problems.append(f"output shapes {o_logits.shape}/{o_features.shape}, eager {e_logits.shape}/"
                             f"{e_features.shape}")
             continue
-        pe, po = _softmax(e_logits), _softmax(o_logits)
+        pe, po = softmax(e_logits), softmax(o_logits)
         if not (np.all(np.isfinite(po)) and np.all(np.isfinite(o_features))):
             problems.append("not-a-number outputs")
             continue

@@ -231,6 +231,13 @@ class TumourTrust(JsonRecord):
         return parts
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from logits over the last axis, in float64 (max subtracted: no overflow)."""
+    logits = np.asarray(logits, np.float64)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 def entropy(probabilities: Sequence[float]) -> float:
     """Shannon entropy in nats."""
     p = np.clip(np.asarray(probabilities, np.float64), 1e-12, 1.0)

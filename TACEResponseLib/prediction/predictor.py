@@ -54,14 +54,13 @@ from TACEResponseLib.prediction.cam import (
     upsample,
 )
 from TACEResponseLib.imaging.transforms import TRANSFORMS
-from TACEResponseLib.networks.trust import NOT_AVAILABLE, pooled
+from TACEResponseLib.networks.trust import NOT_AVAILABLE, pooled, softmax
 from TACEResponseLib.prediction.trust import (
     case_warning,
     check_views,
     patient_trust,
     roi_intensities,
     run_views,
-    softmax,
     tumour_trust,
 )
 from TACEResponseLib.prediction.results import (

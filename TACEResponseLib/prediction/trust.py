@@ -71,12 +71,6 @@ def run_views(engine, images: np.ndarray, clinical_rows: np.ndarray | None, view
     return ViewOutputs(np.stack(logits), features, device, len(stacked), views)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    logits = np.asarray(logits, np.float64)
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 def tumour_trust(probabilities: np.ndarray, view_probabilities: np.ndarray | None, profile, arrays,
                  pooled_features: np.ndarray | None, intensities: np.ndarray | None,
                  reference: Volume, modality: str | None) -> TumourTrust:

@@ -27,6 +27,7 @@ from TACEResponseLib.networks.trust import (
     feature_scores,
     intensity_summary,
     pooled,
+    softmax,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,11 +54,6 @@ def network_outputs(network, architecture: str, network_options: dict[str, Any],
     return np.concatenate(logits), np.concatenate(features)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def _patient_means(values: np.ndarray, case_index: np.ndarray) -> np.ndarray:
     return np.stack([values[case_index == c].mean(axis=0) for c in np.unique(case_index)])
 
@@ -79,7 +75,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, case_index: np.ndarr
     truth[groups] = labels
 
     def nll(log_t: float) -> float:
-        p = _softmax(logits / np.exp(log_t))
+        p = softmax(logits / np.exp(log_t))
         mean = np.zeros((len(counts), p.shape[1]))
         np.add.at(mean, groups, p)
         mean /= counts[:, None]
@@ -94,7 +90,7 @@ def _patient_nll(logits: np.ndarray, labels: np.ndarray, case_index: np.ndarray,
 
     cases = np.unique(case_index)
     truth = np.array([labels[case_index == c][0] for c in cases])
-    return top_label_calibration(truth, _patient_means(_softmax(logits / temperature), case_index))["nll"]
+    return top_label_calibration(truth, _patient_means(softmax(logits / temperature), case_index))["nll"]
 
 
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, case_index: np.ndarray) -> Calibration:
@@ -124,8 +120,8 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, case_index: np.ndarr
     if loo >= loo_plain:
         fitted_on += f": the fitted T = {temperature:.3g} did not generalise, so T = 1 is kept (not calibrated)"
         temperature = 1.0
-    before = top_label_calibration(truth, _patient_means(_softmax(logits), case_index))
-    after = top_label_calibration(truth, _patient_means(_softmax(logits / temperature), case_index))
+    before = top_label_calibration(truth, _patient_means(softmax(logits), case_index))
+    after = top_label_calibration(truth, _patient_means(softmax(logits / temperature), case_index))
     return Calibration(temperature=temperature, fitted_on=fitted_on, n_patients=int(len(cases)),
                        n_patches=int(len(labels)), ece_before=before["ece"], ece_after=after["ece"],
                        nll_before=before["nll"], nll_after=after["nll"], fitted_temperature=fitted)

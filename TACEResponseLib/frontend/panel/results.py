@@ -216,6 +216,8 @@ def clear_results(ui: Any) -> None:
 def result_rows(result) -> list[dict[str, Any]]:
     """One CSV row for the patient, then one per tumour (not-assessable ones with their reason):
     probabilities, objective response, volume, survival, model, warning."""
+    from TACEResponseLib.prediction.trust import trust_columns
+
     survival = result.survival or {}
     rows = []
     patient = getattr(result, "patient", None)
@@ -238,8 +240,6 @@ def result_rows(result) -> list[dict[str, Any]]:
                                         else round(float(tumour.objective_response_probability), 6))
         if kind == "tumour":  # the patient row has no volume of its own (its tumours have theirs)
             row["volume_ml"] = round(float(tumour.volume_ml), 3)
-        from TACEResponseLib.prediction.trust import trust_columns
-
         row.update(trust_columns(getattr(tumour, "trust", None),
                                  tumour.class_names.index(tumour.predicted_class)))
         if kind == "patient":
