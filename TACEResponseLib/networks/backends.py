@@ -30,6 +30,7 @@ import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.core.tasks import usable_cores
 from TACEResponseLib.networks.graphs import (
     GraphEntry,
     GraphError,
@@ -85,13 +86,6 @@ def installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def default_threads() -> int:
-    """The processors this process may run on (:func:`~TACEResponseLib.core.tasks.usable_cores`)."""
-    from TACEResponseLib.core.tasks import usable_cores
-
-    return usable_cores()
 
 
 # --- engines ----------------------------------------------------------------------------------
@@ -228,7 +222,7 @@ def open_engine(bundle, load_network: Callable[[], Any], *, cam_target: str, cam
         InputError: a backend was asked for that is not installed or cannot serve the request.
     """
     choice = check_backend(backend)
-    threads = int(threads or default_threads())
+    threads = int(threads or usable_cores())  # the processors this process may run on
     not_used: list[str] = []
 
     def eager(note: str):
