@@ -62,7 +62,7 @@ from TACEResponseLib.prediction.case import (
     predict_case,
     read_result,
 )
-from TACEResponseLib.prediction.trust import TRUST_COLUMNS, trust_columns
+from TACEResponseLib.prediction.trust import TRUST_COLUMNS, check_views, trust_columns
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +232,6 @@ def predict_cohort(
     from TACEResponseLib.prediction.predictor import tumour_rule_of
 
     rule, patient = tumour_rule_of(bundle, islands, patient_rule)
-    from TACEResponseLib.prediction.trust import check_views
-
     key = RunKey(bundle.card.weights_sha256, (rule.split, rule.min_island_ml), patient, heatmap, check_views(tta))
     (output / "cases").mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)
