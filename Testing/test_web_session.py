@@ -82,3 +82,41 @@ def test_demo_case_assigns_phases_and_fills_the_synthetic_patient(monkeypatch, t
     assert state.clinical_values == {} and state.clinical_note == ""
     assert any(b.startswith("Enter clinical factor") for b in state.blockers)
     assert any("Segment 'Tumour' is empty" in b for b in state.blockers)
+
+
+def test_a_shown_result_goes_stale_on_any_input_change_and_back(monkeypatch, tmp_path):
+    """The rule behind the greyed result: model, nomogram, volumes, segment voxels and clinical values;
+    putting an input back as it was makes the result current again (the segment by its content)."""
+    from TACEResponseLib.frontend.web.session import segment_fingerprint
+
+    session = _session(monkeypatch, tmp_path)
+    state = session.state
+    inputs = session.inputs()
+    session.result = "a result shown on the page"
+    session._result_key = session.inputs_key(inputs)
+    session._result_segment = (inputs.segment_id, segment_fingerprint(inputs.segmentation, inputs.segment_id))
+    assert not session.check_stale(segment=True)
+    # the segment edited (as the editor's effects do, with its undo stack): stale; undone: current again
+    editor = session.editor
+    array = editor.get_segment_labelmap(inputs.segment_id, as_numpy_array=True).copy()
+    outside = tuple(int(v) for v in np.argwhere(array == 0)[len(array) // 2])
+    array[outside] = 1
+    editor.active_segment_modifier.set_segment_labelmap(inputs.segment_id, array)
+    assert session.check_stale(segment=True) and state.stale
+    editor.undo_stack.undo()
+    assert not session.check_stale(segment=True) and not state.stale
+    # a clinical value, and back
+    values = dict(state.clinical_values)
+    state.clinical_values = {**values, "ALT": values["ALT"] + 1}
+    assert session.check_stale()
+    state.clinical_values = values
+    assert not session.check_stale()
+    # another volume for a phase, and back
+    phases = dict(state.phase_nodes)
+    state.phase_nodes = {**phases, "portal": phases["arterial"]}
+    assert session.check_stale()
+    state.phase_nodes = phases
+    assert not session.check_stale()
+    # the nomogram
+    state.nomogram = ""
+    assert session.check_stale()
