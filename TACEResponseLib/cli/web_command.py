@@ -63,7 +63,7 @@ def cmd_web(args: argparse.Namespace) -> int:
                          limits=UploadLimits(int(args.max_upload_mb * megabyte), int(args.max_session_upload_mb * megabyte),
                                              args.max_upload_files),
                          tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-                         tls_key=Path(args.tls_key) if args.tls_key else None)
+                         tls_key=Path(args.tls_key) if args.tls_key else None, spare_sessions=args.spare_sessions)
 
     def ready(line: str) -> None:
         print(line, flush=True)
@@ -99,6 +99,9 @@ def _web_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upload-mb", type=float, default=1024, help="largest uploaded file")
     p.add_argument("--max-session-upload-mb", type=float, default=4096, help="all uploads of one session")
     p.add_argument("--max-upload-files", type=int, default=4000, help="files one session may upload")
+    p.add_argument("--spare-sessions", type=int, choices=(0, 1), default=1,
+                   help="sessions started ahead of their page, demo case loaded and model warm (default 1; 0: "
+                        "each page starts its own, ~6 s later on 2 cores)")
     p.add_argument("--open", action="store_true", help="open the page in this computer's browser")
 
 

@@ -14,7 +14,9 @@ port, protected by a random key, and working in its own folder. The launcher
 * receives uploads (``POST /s/<id>/upload``) straight into the session folder, checking type,
   size and count while streaming (:mod:`.uploads`);
 * removes the session folder when the session process ends (it ends by itself a set time after
-  its page closed), and every folder and process when the launcher stops.
+  its page closed), and every folder and process when the launcher stops;
+* keeps ``spare_sessions`` (the command's default: 1) session started ahead of its page, so that a
+  page opened gets a session already running, its case loaded and its prediction worker warm.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class WebOptions:
     python: str = sys.executable
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    spare_sessions: int = 0  # the command's default is 1 (--spare-sessions)
 
 
 def is_loopback(host: str) -> bool:
@@ -119,6 +122,7 @@ class Launcher:
         os.chmod(self.root, 0o700)
         self.sessions: dict[str, Session] = {}
         self.tokens: dict[str, str] = {}  # cookie token → user
+        self.spare: Session | None = None  # started before its page (given to the next page opened)
         self.http: ClientSession | None = None
         self.app = web.Application(middlewares=[self._authenticate], client_max_size=1024 ** 2)
         self.app.add_routes([
@@ -135,9 +139,12 @@ class Launcher:
     # -- life cycle -----------------------------------------------------------------------------
     async def _start(self, _app) -> None:
         self.http = ClientSession(auto_decompress=False)
+        self._start_spare()
 
     async def _stop(self, _app) -> None:
-        await asyncio.gather(*(self.end_session(s) for s in list(self.sessions.values())), return_exceptions=True)
+        spare, self.spare, self.options.spare_sessions = self.spare, None, 0
+        ending = list(self.sessions.values()) + ([spare] if spare is not None else [])
+        await asyncio.gather(*(self.end_session(s) for s in ending), return_exceptions=True)
         if self.http is not None:
             await self.http.close()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -186,11 +193,34 @@ class Launcher:
         return session
 
     # -- sessions -------------------------------------------------------------------------------
+    def _start_spare(self) -> None:
+        """Start a spare session unless one runs, spares are off, or every session is in use."""
+        if self.spare is None and self.options.spare_sessions > 0 and len(self.sessions) < self.options.max_sessions:
+            sid = secrets.token_hex(16)
+            folder = self.root / sid
+            folder.mkdir(mode=0o700)
+            self.spare = Session(sid, None, folder, secrets.token_urlsafe(32))
+            asyncio.get_running_loop().create_task(self._run_session(self.spare, spare=True))
+
+    def _claim_spare(self, user) -> Session | None:
+        """The spare session for this page, if it is ready (it becomes the user's); a new spare starts."""
+        spare = self.spare
+        if spare is None or not spare.ready.is_set() or spare.error or spare.process is None \
+                or spare.process.returncode is not None:
+            return None
+        self.spare, spare.user, spare.started = None, user, time.monotonic()
+        self.sessions[spare.id] = spare
+        self._start_spare()
+        return spare
+
     async def new_session(self, request: web.Request) -> web.StreamResponse:
         """``/``: start a session process for this page and send the browser to it."""
         if len(self.sessions) >= self.options.max_sessions:
             return web.Response(status=503, text=f"All {self.options.max_sessions} sessions are in use; "
                                                   "try again when one has ended.")
+        spare = self._claim_spare(request[USER])
+        if spare is not None:
+            return web.Response(status=302, headers={"Location": f"/s/{spare.id}/"})
         sid = secrets.token_hex(16)
         folder = self.root / sid
         folder.mkdir(mode=0o700)
@@ -202,14 +232,15 @@ class Launcher:
             return web.Response(status=500, text=f"The session could not start: {session.error}")
         return web.Response(status=302, headers={"Location": f"/s/{sid}/"})
 
-    async def _run_session(self, session: Session) -> None:
+    async def _run_session(self, session: Session, spare: bool = False) -> None:
         key_file = session.folder / "session.key"
         key_file.write_text(session.key)
         os.chmod(key_file, 0o600)
         command = [self.options.python, "-m", "TACEResponseLib.frontend.web.session", "--host", "127.0.0.1",
                    "--port", "0", "--server", "--timeout", str(self.options.session_timeout),
                    "--authKeyFile", str(key_file), "--session-dir", str(session.folder),
-                   "--upload-limits", json.dumps(self.options.limits.to_client()), *self.options.session_arguments]
+                   "--upload-limits", json.dumps(self.options.limits.to_client()), *self.options.session_arguments,
+                   *(["--spare"] if spare else [])]
         env = dict(os.environ, PYTHONUNBUFFERED="1", TRAME_SERVER="1")
         env.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
         try:
@@ -225,7 +256,8 @@ class Launcher:
             if session.error:
                 logger.warning("session %s did not start: %s", session.id[:8], session.error)
             else:
-                logger.info("session %s ready on port %s (user %s)", session.id[:8], session.port, session.user)
+                logger.info("%s %s ready on port %s (user %s)", "spare session" if spare else "session",
+                            session.id[:8], session.port, session.user)
                 await session.process.wait()
             await asyncio.wait_for(reader, timeout=5)
         except Exception as exc:  # noqa: BLE001 - a session that fails must not stop the launcher
@@ -234,6 +266,8 @@ class Launcher:
             logger.exception("session %s failed", session.id[:8])
         finally:
             await self.end_session(session)
+            if self.spare is session:  # a spare that failed or ended before its page came
+                self.spare = None
 
     async def _read_output(self, session: Session) -> None:
         assert session.process is not None and session.process.stdout is not None
@@ -266,6 +300,7 @@ class Launcher:
                 await process.wait()
         if self.sessions.pop(session.id, None) is not None:
             logger.info("session %s ended; its folder is removed", session.id[:8])
+            self._start_spare()  # a place became free
         shutil.rmtree(session.folder, ignore_errors=True)
 
     # -- the page ---------------------------------------------------------------------------------
