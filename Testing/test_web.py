@@ -259,6 +259,8 @@ def test_page_opens_on_the_demo_case_with_slicers_view_basics(server, demo):
     from TACEResponseLib.imaging.phantoms import make_phantom
 
     page = demo["page"]
+    spare = re.search(r"spare session ([0-9a-f]{8}) ready", server["log"].read_text()).group(1)
+    assert re.search(r"/s/([0-9a-f]{32})/", page.url).group(1).startswith(spare), "the page did not get the spare"
     assert 'id="tace-loading"' in demo["first_html"].split("<script", 1)[0], "no indicator before the first script"
     assert "demo_case" in page.locator("#tace-case-title").inner_text()
     assert "SYNTHETIC" in page.locator("#tace-case-note").inner_text()

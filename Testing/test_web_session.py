@@ -87,7 +87,7 @@ def test_demo_case_assigns_phases_and_fills_the_synthetic_patient(monkeypatch, t
 def test_a_shown_result_goes_stale_on_any_input_change_and_back(monkeypatch, tmp_path):
     """The rule behind the greyed result: model, nomogram, volumes, segment voxels and clinical values;
     putting an input back as it was makes the result current again (the segment by its content)."""
-    from TACEResponseLib.frontend.web.session import segment_fingerprint
+    from TACEResponseLib.frontend.web.tumours import segment_fingerprint
 
     session = _session(monkeypatch, tmp_path)
     state = session.state

@@ -12,6 +12,9 @@ modules, so the library and the Slicer module never need them.
   process per page and proxies its page and websocket, receives uploads (:mod:`.uploads`) into
   the session's own folder, and removes that folder when the session ends.
 * :mod:`.session` — one session process: a trame app with a trame-slicer ``SlicerApp`` (its own
-  MRML scene), the case, the form, Predict/Cancel and the downloads; :mod:`.page` is its page.
-* :mod:`.results` — what the page shows of a result and the files it offers (no trame).
+  MRML scene), the case, the form, Predict/Cancel and the downloads; :mod:`.page` is its page,
+  :mod:`.viewer` its views (Slicer's layouts, letters, slice numbers, window/level, fitting, labels),
+  :mod:`.prewarm` the warm-up of its prediction worker, :mod:`.tumours` where its tumours are and
+  whether its segment changed since Predict.
+* :mod:`.results` — what the page shows of a result and of the form, and the files it offers (no trame).
 """

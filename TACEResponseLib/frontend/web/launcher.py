@@ -278,6 +278,9 @@ class Launcher:
             if line.startswith(READY_PREFIX) and not session.ready.is_set():
                 session.port = int(line.split("port=")[1].split()[0])
                 session.ready.set()
+            elif line.startswith("TACE_WEB_SESSION_WARM"):
+                logger.info("%s %s: prediction worker warm (%s)", "spare session" if session.user is None and
+                            session is self.spare else "session", session.id[:8], line.split(None, 1)[-1])
             elif "Traceback" in line or line.startswith(("ERROR", "error:")):
                 logger.warning("[session %s] %s", session.id[:8], line)
             else:

@@ -12,7 +12,8 @@ arranged for a browser panel about 400 px wide:
   beside the survival number it changed, the case's other warnings;
 * one compact **row per tumour** (class, probability, volume, flags; the page jumps the views to a
   tumour when its row is clicked), tumours that could not be assessed folded below with their reason;
-* the nomogram with the patient's points and the survival curve (the survival package's figures).
+* the nomogram with the patient's points and the survival curve (the survival package's figures);
+* after a DICOM load, the patient, study and series the series' first header names.
 """
 
 from __future__ import annotations
@@ -267,6 +268,31 @@ def result_page(result, figures: dict[str, Path] | None = None, fields: Sequence
         "status": first.status if first else "",
         "figures": {name: data_url(path) for name, path in (figures or {}).items()},
     }
+
+
+def dicom_identity(files: list[Path]) -> str:
+    """"Patient NAME (ID) · Study DATE DESCRIPTION · Series N DESCRIPTION (MODALITY)" from the first file
+    of a DICOM series ("" when it cannot be read)."""
+    try:
+        import pydicom
+
+        header = pydicom.dcmread(str(files[0]), stop_before_pixels=True, force=True)
+    except Exception as exc:  # noqa: BLE001 - the title is a courtesy; the volume was read already
+        logger.info("DICOM header not read for the title: %s", exc)
+        return ""
+
+    def tag(name: str) -> str:
+        return str(header.get(name, "") or "").strip()
+
+    date = tag("StudyDate")
+    date = f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 and date.isdigit() else date
+    patient = " ".join(p for p in (tag("PatientName").replace("^", " ").strip(),
+                                    f"({tag('PatientID')})" if tag("PatientID") else "") if p)
+    study = " ".join(p for p in (date, tag("StudyDescription")) if p)
+    series = " ".join(p for p in (tag("SeriesNumber"), tag("SeriesDescription"),
+                                   f"({tag('Modality')})" if tag("Modality") else "") if p)
+    return " · ".join(f"{what} {text}" for what, text in (("Patient", patient), ("Study", study), ("Series", series))
+                      if text)
 
 
 def data_url(path: str | Path) -> str:

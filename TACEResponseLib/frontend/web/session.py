@@ -1,25 +1,27 @@
 """One browser session of ``tace-response web``: its own MRML scene, Slicer views and segment editor.
 
 Started by the launcher as ``python -m TACEResponseLib.frontend.web.session`` (one process per
-page, bound to 127.0.0.1, with the session key and folder the launcher made). Everything the page
-does goes through the library's existing paths:
+page, bound to 127.0.0.1, with the session key and folder the launcher made; ``--spare`` when it is
+started ahead of its page). Everything the page does goes through the library's existing paths:
 
 * the case: NRRD / NIfTI / DICOM read by :mod:`TACEResponseLib.imaging.volume_io`, put into MRML by
   :mod:`TACEResponseLib.frontend.mrml`; the demo case is the SYNTHETIC phantom ``tace-response
-  demo`` predicts;
-* the tumour: trame-slicer's segment editor (Slicer's own effects) on a segmentation node;
+  demo`` predicts; a DICOM series names its patient, study and series in the title bar;
+* the views: :mod:`.viewer` (Slicer's layouts, letters, slice numbers, window/level, fitting, labels);
+* the tumour: trame-slicer's segment editor (Slicer's own effects, undo/redo, a 2-D brush in mm);
 * the model, the clinical form and why Predict is disabled: :mod:`TACEResponseLib.frontend.panel`;
-* Predict: :class:`~TACEResponseLib.frontend.panel.run.PredictionRun`, the background process the
-  Slicer module runs (``tace-response predict``), polled from the event loop, so the page never
-  blocks and Cancel kills the process;
+* Predict: :class:`~TACEResponseLib.frontend.panel.run.PredictionSession`, the warm worker the Slicer
+  module keeps (loaded with the model before the first Predict, :mod:`.prewarm`), polled from the
+  event loop, so the page never blocks and Cancel kills the run;
 * the outputs: :func:`~TACEResponseLib.frontend.mrml.show_prediction` (heatmap as the slice views'
-  foreground layer, table nodes, survival chart) and :mod:`.results` (page, figures, downloads).
+  foreground layer, table nodes, survival chart) and :mod:`.results` (summary, warnings, rows,
+  figures, downloads); the result is marked stale as soon as any input differs from the ones it was
+  computed from (the segment compared by its voxels, so an undo makes it current again).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -67,98 +69,24 @@ from TACEResponseLib.frontend.web import page  # noqa: E402
 from TACEResponseLib.frontend.web.results import (  # noqa: E402
     DOWNLOADS,
     STALE_TEXT,
+    dicom_identity,
     download_file,
     field_state,
     result_page,
     survival_figures,
 )
+from TACEResponseLib.frontend.web.tumours import segment_centre_ras, segment_fingerprint, tumour_places  # noqa: E402
 from TACEResponseLib.frontend.web.uploads import read_upload_batch, stored_name  # noqa: E402
 from TACEResponseLib.frontend.web.viewer import LAYOUT_NAMES, Viewer, colormap_gradient, slicer_layouts  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 READY_PREFIX = "TACE_WEB_SESSION_READY"
+#: printed once the prediction worker holds the model (the launcher logs it; benchmarks wait for it)
+WARM_PREFIX = "TACE_WEB_SESSION_WARM"
 LAYOUTS = LAYOUT_NAMES
 #: the 2-D brush the Paint and Erase effects start with: diameter in mm (slider range 1–50 mm)
 BRUSH_DIAMETER_MM = 10.0
-
-
-def segment_centre_ras(segmentation) -> np.ndarray | None:
-    """Centre (RAS, mm) of the first segment's voxels of a library Segmentation, or None if empty."""
-    if not segmentation.segments:
-        return None
-    mask = segmentation.mask(segmentation.segments[0].id)
-    kji = np.argwhere(np.asarray(mask.array) > 0)
-    if not len(kji):
-        return None
-    i, j, k = kji[:, 2].mean(), kji[:, 1].mean(), kji[:, 0].mean()
-    return (np.asarray(mask.ijk_to_ras) @ np.array([i, j, k, 1.0]))[:3]
-
-
-def largest_slice_centre_ras(mask) -> list[float] | None:
-    """Where a tumour is best seen: the centre (RAS, mm) of its largest cross-section (the image slice
-    with most of its voxels, where the response network takes its patches); None when empty."""
-    array = np.asarray(mask.array) > 0
-    if not array.any():
-        return None
-    k = int(np.argmax(array.reshape(array.shape[0], -1).sum(axis=1)))
-    ji = np.argwhere(array[k])
-    centre = np.array([ji[:, 1].mean(), ji[:, 0].mean(), float(k), 1.0])
-    return [float(v) for v in (np.asarray(mask.ijk_to_ras) @ centre)[:3]]
-
-
-def segment_fingerprint(segmentation_node, segment_id: str) -> str:
-    """What a segment's voxels are, as a short digest: its mask cropped to its box, the box's place and
-    the labelmap's geometry. Equal digests: the same tumour (an undo back to it included)."""
-    from vtkmodules.util.numpy_support import vtk_to_numpy
-    from vtkmodules.vtkCommonMath import vtkMatrix4x4
-
-    segment = segmentation_node.GetSegmentation().GetSegment(segment_id) if segmentation_node else None
-    if segment is None:
-        return "no segment"
-    labelmap = segment.GetRepresentation("Binary labelmap")
-    scalars = labelmap.GetPointData().GetScalars() if labelmap is not None else None
-    if scalars is None:
-        return "empty"
-    x0, _x1, y0, _y1, z0, _z1 = labelmap.GetExtent()
-    dims = labelmap.GetDimensions()
-    mask = vtk_to_numpy(scalars).reshape(dims[2], dims[1], dims[0]) == segment.GetLabelValue()
-    if not mask.any():
-        return "empty"
-    bounds = [np.flatnonzero(mask.any(axis=axes))[[0, -1]] for axes in ((1, 2), (0, 2), (0, 1))]
-    box = mask[bounds[0][0]:bounds[0][1] + 1, bounds[1][0]:bounds[1][1] + 1, bounds[2][0]:bounds[2][1] + 1]
-    matrix = vtkMatrix4x4()
-    labelmap.GetImageToWorldMatrix(matrix)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr([matrix.GetElement(r, c) for r in range(3) for c in range(4)]).encode())
-    digest.update(repr((x0 + int(bounds[2][0]), y0 + int(bounds[1][0]), z0 + int(bounds[0][0]), box.shape)).encode())
-    digest.update(np.packbits(box).tobytes())
-    return digest.hexdigest()
-
-
-def dicom_identity(files: list[Path]) -> str:
-    """"Patient NAME (ID) · Study DATE DESCRIPTION · Series N DESCRIPTION (MODALITY)" from the first file
-    of a DICOM series ("" when it cannot be read)."""
-    try:
-        import pydicom
-
-        header = pydicom.dcmread(str(files[0]), stop_before_pixels=True, force=True)
-    except Exception as exc:  # noqa: BLE001 - the title is a courtesy; the volume was read already
-        logger.info("DICOM header not read for the title: %s", exc)
-        return ""
-
-    def tag(name: str) -> str:
-        return str(header.get(name, "") or "").strip()
-
-    date = tag("StudyDate")
-    date = f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 and date.isdigit() else date
-    patient = " ".join(p for p in (tag("PatientName").replace("^", " ").strip(),
-                                    f"({tag('PatientID')})" if tag("PatientID") else "") if p)
-    study = " ".join(p for p in (date, tag("StudyDescription")) if p)
-    series = " ".join(p for p in (tag("SeriesNumber"), tag("SeriesDescription"),
-                                   f"({tag('Modality')})" if tag("Modality") else "") if p)
-    return " · ".join(f"{what} {text}" for what, text in (("Patient", patient), ("Study", study), ("Series", series))
-                      if text)
 
 
 class WebSession(TrameApp):
@@ -209,6 +137,7 @@ class WebSession(TrameApp):
         self._warm_up_task: asyncio.Task | None = None
         self._predict_task: asyncio.Task | None = None
         self._cancel_requested = False
+        self._clock: dict[str, float] = {}  # when each step of the last Predict ended (perf_counter)
         self._tumour_places: dict[str, list[float]] = {}  # table row key → RAS (mm)
         self._nomogram_used: Path | None = None
         self._is_ct: dict[str, bool] = {}
@@ -223,7 +152,7 @@ class WebSession(TrameApp):
             "clinical_fields": [], "clinical_values": {}, "clinical_note": "",
             "blockers": [], "busy": False, "progress": 0, "stage": "", "status": "", "error": "",
             "result": None, "result_serial": 0, "stale": False, "stale_text": STALE_TEXT, "selected_tumour": 0,
-            "figure_open": "", "editor_drawer": None, "worker_ready": False,
+            "figure_open": "", "editor_drawer": None, "worker_ready": False, "predict_timings": {},
             "heatmap_visible": True, "heatmap_opacity": 0.5, "heatmap_colormap": "inferno",
             "colormaps": list(mrml.HEATMAP_COLORMAPS), "layouts": list(LAYOUTS), "layout": LAYOUTS[0],
             "upload_limits": json.loads(self.args.upload_limits or "{}"), "downloads": list(DOWNLOADS),
@@ -519,6 +448,7 @@ class WebSession(TrameApp):
         self.state.update({"busy": True, "progress": 0, "stage": "starting", "error": "",
                            "status": "Predicting in the background…"})
         self._cancel_requested = False
+        self._clock = {"clicked": time.perf_counter()}
         self._predict_task = create_task(self._predict(inputs))
 
     async def _predict(self, inputs: PanelInputs) -> None:
@@ -528,11 +458,13 @@ class WebSession(TrameApp):
         if self._cancel_requested:  # Cancel before the run started
             self.push(status="Cancelled: no result.", stage="cancelled", progress=0, busy=False)
             return
+        self._clock["warm"] = time.perf_counter()
         try:
             self.predictions.start(inputs, self.device)
         except TACEResponseError as exc:
             self.push(error=str(exc), status="", busy=False)
             return
+        self._clock["started"] = time.perf_counter()
         key, segment = self.inputs_key(inputs), (inputs.segment_id,
                                                  segment_fingerprint(inputs.segmentation, inputs.segment_id))
         await self._follow(inputs, key, segment)
@@ -550,6 +482,7 @@ class WebSession(TrameApp):
                 update = self.predictions.poll()
                 self.push(progress=round(100 * update.fraction), stage=update.stage or self.state.stage)
                 if update.finished:
+                    self._clock["finished"] = time.perf_counter()
                     break
                 await asyncio.sleep(0.05)
             if update.state is RunState.SUCCEEDED:
@@ -582,11 +515,16 @@ class WebSession(TrameApp):
         self.viewer.sync_layers()
         self.result, self._result_key, self._result_segment = result, key, segment
         shown = result_page(result, {}, inputs.clinical_fields)
+        clock = {**self._clock, "shown": time.perf_counter()}
+        timings = {"waited_for_model_s": clock["warm"] - clock["clicked"], "inputs_written_s": clock["started"] - clock["warm"],
+                   "worker_s": clock["finished"] - clock["started"], "read_and_shown_s": clock["shown"] - clock["finished"],
+                   "total_s": clock["shown"] - clock["clicked"], "case_in_worker_s": result.timings.get("total", 0.0)}
         self.push(result=shown, result_serial=int(self.state.result_serial or 0) + 1, stale=False, selected_tumour=0,
-                  progress=100, stage="done",
+                  progress=100, stage="done", predict_timings={k: round(v, 3) for k, v in timings.items()},
                   status=f"Done: {shown['summary']['scope']} {shown['summary']['headline']}.")
+        await asyncio.sleep(0.02)  # the summary leaves for the page before the work below
         self.check_stale()  # an input changed while it ran
-        self._label_tumours(inputs, result)
+        await self._label_tumours(inputs, result)
         first = self._tumour_places.get("t0") or next((t.heatmap_peak_ras for t in result.tumours
                                                        if t.heatmap_peak_ras), None)
         if first is not None:  # the views on the first tumour's largest slice: its patches, its heat, its label
@@ -595,16 +533,12 @@ class WebSession(TrameApp):
         if figures and self.result is result:
             self.push(result={**shown, "figures": result_page(result, figures, inputs.clinical_fields)["figures"]})
 
-    def _label_tumours(self, inputs: PanelInputs, result) -> None:
+    async def _label_tumours(self, inputs: PanelInputs, result) -> None:
         """Where each tumour of the result is (table rows jump there) and its label in the views."""
-        from TACEResponseLib.imaging.tumours import IslandRule, tumour_rois
-
         try:
             reference = mrml.volume_from_node(inputs.reference)
             segmentation = mrml.segmentation_from_node(inputs.segmentation, inputs.reference, [inputs.segment_id])
-            rule = IslandRule(**{k: v for k, v in (result.islands or {}).items() if k in ("min_island_ml", "split")})
-            places = {roi.label: largest_slice_centre_ras(roi.mask) for roi in tumour_rois(segmentation, reference, None, rule)
-                      if roi.mask is not None}
+            places = await asyncio.to_thread(tumour_places, segmentation, reference, result.islands)
         except Exception as exc:  # noqa: BLE001 - labels are a help; the result stands without them
             logger.warning("tumour places not found: %s", exc)
             return
@@ -649,7 +583,7 @@ class WebSession(TrameApp):
             if run.error:
                 logger.warning("warm-up prediction failed (the first Predict loads the model itself): %s", run.error)
             run.cleanup()
-            logger.info("prediction worker warm after %.1f s", time.perf_counter() - started)
+            print(f"{WARM_PREFIX} after {time.perf_counter() - started:.1f}s", flush=True)
         except Exception as exc:  # noqa: BLE001 - a failed warm-up only makes the first Predict slower
             logger.warning("warm-up failed: %s", exc)
         finally:
