@@ -302,13 +302,17 @@ class Viewer:
         node = view.get_view_node()
         return tuple(round(v, 6) for v in (*node.GetFieldOfView(), *node.GetXYZOrigin()))
 
-    def fit(self, views: Sequence | None = None) -> None:
-        """Fit slice views to their background image (every slice view by default); they stay fitted
-        when their size changes until the user zooms or pans them."""
+    def fit(self, views: Sequence | None = None, keep_slice: bool = True) -> None:
+        """Fit slice views to their background image (every slice view by default), on the slice they
+        show (``keep_slice``; else on the volume's centre slice); they stay fitted when their size
+        changes until the user zooms or pans them."""
         for view in (views if views is not None else self.slice_views(visible_only=False)):
+            offset = view.get_slice_value()
             self._fitting = True
             try:
-                view.fit_view_to_content()
+                view.fit_view_to_content()  # Slicer's fit: whole image, centre slice
+                if keep_slice:
+                    view.set_slice_value(offset)
             finally:
                 self._fitting = False
             self._fitted[view.get_singleton_tag()] = self._framing(view)
@@ -340,7 +344,7 @@ class Viewer:
         self.watch_volume(reference, is_ct)
         self.state.window_preset = DEFAULT_PRESET if self.state.window_presets else "Auto"
         self.sync_layers()
-        self.fit()
+        self.fit(keep_slice=False)
         self.reset_3d()
 
     def layout_changed(self) -> None:
