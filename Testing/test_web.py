@@ -306,29 +306,30 @@ def test_window_level_by_left_drag_and_presets(demo):
     _poll(lambda: _info(page)["wl"] != before, 20, "the W/L to change")
     window, level = map(float, re.fullmatch(r"W (\S+)\s+L (\S+)", _info(page)["wl"]).groups())
     assert window > 350 and level > 40, _info(page)["wl"]
-    after = _stable(view)
-    assert np.abs(after - image_before).mean() > 1, "the image did not change with the W/L"
+    _poll(lambda: np.abs(_image(view) - image_before).mean() > 1, 20, "the image to change with the W/L")
     page.locator("#tace-preset-Liver").click()
     _poll(lambda: _info(page)["wl"] == "W 150  L 90", 10, "the liver preset")
     page.locator("#tace-preset-Abdomen").click()
     _poll(lambda: _info(page)["wl"] == "W 350  L 40", 10, "the abdomen preset")
-    assert np.array_equal(_stable(view), image_before), "the abdomen preset does not give the first image back"
+    _poll(lambda: np.array_equal(_image(view), image_before), 20, "the abdomen preset's image: the first one again")
 
 
 def _paint_stroke(page, view, tumour: np.ndarray) -> None:
     """A Paint stroke from the tumour's centre to past its right edge; back to No tool once it shows."""
     rows, cols = np.nonzero(tumour)
     box = view.bounding_box()
-    y = float(box["y"] + rows.mean())
-    x0, x1 = float(box["x"] + cols.mean()), float(box["x"] + min(cols.max() + 40, box["width"] - 5))
-    before = _image(view)
+    row, end = int(rows.mean()), int(min(cols.max() + 40, box["width"] - 5))
+    y = float(box["y"] + row)
+    x0, x1 = float(box["x"] + cols.mean()), float(box["x"] + end)
+    assert not tumour_pixels(_stable(view))[row, end - 8], "the stroke must end outside the tumour"
     _effect_button(page, "mdi-brush").click()
     page.mouse.move(x0, y)
     page.mouse.down()
     page.mouse.move(x1, y, steps=25)
     page.mouse.up()
-    # the view's mouse events are streamed after the button's click: wait for the stroke before No tool
-    _poll(lambda: tumour_pixels(_image(view)).sum() > tumour_pixels(before).sum() + 100, 30, "the painted stroke")
+    # the view's mouse events are streamed after the button's click: wait for the stroke (its end painted)
+    # before No tool
+    _poll(lambda: tumour_pixels(_image(view))[row, end - 8], 30, "the painted stroke")
     _effect_button(page, "mdi-cursor-default").click()  # navigation: no brush cursor over the view
     _poll(lambda: "Paint" not in (_state(page, "SegmentEditorState__active_effect_name") or ""), 10, "No tool")
 
@@ -364,6 +365,8 @@ def test_cancel_mid_prediction_leaves_no_result(server, demo):
     runs = demo["session"] / "runs"
     assert "Cancelled" in page.locator("#tace-status").inner_text()
     assert _state(page, "result") is None and page.locator("#tace-result").count() == 0
+    # the cancel ended the worker; the session loads the model again (a warm-up run it removes when done)
+    _poll(lambda: _state(page, "worker_ready"), 180, "the worker warm again")
     assert not list(runs.glob("tace-run-*")), "the cancelled run left files"
     assert not (demo["session"] / "result").exists()
     gone = [pid for pid in workers if not Path(f"/proc/{pid}/cmdline").exists()]

@@ -167,8 +167,8 @@ def _action_bar(session) -> None:
             v3.VBtn("Cancel", id="tace-cancel", click=session.cancel, disabled=("!busy",), variant="outlined",
                     classes="mr-2")
             with html.Div(v_if=("busy",), classes="d-flex align-center tace-progress", id="tace-progress"):
-                v3.VProgressCircular(model_value=("progress",), size=30, width=3, color="orange",
-                                     indeterminate=("busy && progress === 0",))
+                # determinate: an animated spinner would keep the browser drawing while the CPU predicts
+                v3.VProgressCircular(model_value=("progress",), size=30, width=3, color="orange")
                 html.Span("{{ progress }} % {{ stage }}", classes="text-caption ml-2", id="tace-stage")
         html.Div("{{ status }}", v_if=("!busy && status",), classes="text-caption mt-1 tace-status", id="tace-status")
         with html.Ul(v_if=("blockers.length && !busy",), classes="text-caption text-medium-emphasis mt-1 ml-4 tace-blockers",

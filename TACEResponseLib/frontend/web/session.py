@@ -137,6 +137,7 @@ class WebSession(TrameApp):
         self._warm_up_task: asyncio.Task | None = None
         self._predict_task: asyncio.Task | None = None
         self._cancel_requested = False
+        self._serving = False  # the server runs (warm-ups start only then)
         self._clock: dict[str, float] = {}  # when each step of the last Predict ended (perf_counter)
         self._tumour_places: dict[str, list[float]] = {}  # table row key → RAS (mm)
         self._nomogram_used: Path | None = None
@@ -309,6 +310,7 @@ class WebSession(TrameApp):
             self.state.nomograms = choices
             self.state.nomogram = str(nomogram) if nomogram is not None else ""
         self.on_form()
+        self.start_warm_up()  # another model: loaded before it is needed
 
     @change("nomogram")
     def on_form(self, **_) -> None:
@@ -438,7 +440,7 @@ class WebSession(TrameApp):
     # -- prediction -----------------------------------------------------------------------------
     def predict(self) -> None:
         """Start ``tace-response predict`` on the session's warm worker; return at once."""
-        if self.predictions.running or self.state.busy:
+        if self.state.busy:  # (a warm-up run may be running: Predict waits for it)
             return
         inputs = self.inputs()
         blockers = apply_blockers(inputs)
@@ -448,7 +450,7 @@ class WebSession(TrameApp):
         self.state.update({"busy": True, "progress": 0, "stage": "starting", "error": "",
                            "status": "Predicting in the background…"})
         self._cancel_requested = False
-        self._clock = {"clicked": time.perf_counter()}
+        self._clock = {"clicked": time.perf_counter(), "clicked_epoch": time.time()}
         self._predict_task = create_task(self._predict(inputs))
 
     async def _predict(self, inputs: PanelInputs) -> None:
@@ -480,7 +482,9 @@ class WebSession(TrameApp):
         try:
             while True:
                 update = self.predictions.poll()
-                self.push(progress=round(100 * update.fraction), stage=update.stage or self.state.stage)
+                progress, stage = round(100 * update.fraction), update.stage or self.state.stage
+                if (progress, stage) != (self.state.progress, self.state.stage):  # only news reaches the page
+                    self.push(progress=progress, stage=stage)
                 if update.finished:
                     self._clock["finished"] = time.perf_counter()
                     break
@@ -502,27 +506,31 @@ class WebSession(TrameApp):
             self.start_warm_up()
 
     async def _show(self, inputs: PanelInputs, key: tuple, segment: tuple[str, str]) -> None:
-        """The result into MRML (heatmap layer, tables, survival chart), its files kept for the
-        downloads, the views on the heatmap's peak, the page's summary and details; then the
-        tumour labels and the survival figures."""
+        """The page's summary and details first (nothing else queued before them on the way to the page);
+        then the result into MRML (heatmap layer, tables, survival chart), its files kept for the
+        downloads, the tumour labels, the views on the first tumour, the survival figures."""
+        from TACEResponseLib.prediction.results import PredictionResult
+
         run = self.predictions.run
         folder = self._subfolder("result", fresh=True)
         shutil.copytree(run.run.output_dir, folder, dirs_exist_ok=True)
+        result = PredictionResult.load_json(folder / "result.json")
+        shown = result_page(result, {}, inputs.clinical_fields)
+        clock = {**self._clock, "shown": time.perf_counter()}
+        timings = {"waited_for_model_s": clock["warm"] - clock["clicked"], "inputs_written_s": clock["started"] - clock["warm"],
+                   "worker_s": clock["finished"] - clock["started"], "read_and_shown_s": clock["shown"] - clock["finished"],
+                   "total_s": clock["shown"] - clock["clicked"], "case_in_worker_s": result.timings.get("total", 0.0),
+                   "received_epoch": clock["clicked_epoch"], "sent_epoch": time.time()}
+        self.push(result=shown, result_serial=int(self.state.result_serial or 0) + 1, stale=False, selected_tumour=0,
+                  progress=100, stage="done", predict_timings={k: round(v, 3) for k, v in timings.items()},
+                  status=f"Done: {shown['summary']['scope']} {shown['summary']['headline']}.")
+        await asyncio.sleep(0.05)  # sent before the views' new images queue up behind it
         result = self.predictions.show(inputs.reference, self.predictions.output_nodes, keep_files=True,
                                        opacity=float(self.state.heatmap_opacity), colormap=self.state.heatmap_colormap)
         mrml.set_heatmap_display(self.predictions.output_nodes.heatmap_node, bool(self.state.heatmap_visible),
                                  float(self.state.heatmap_opacity), self.state.heatmap_colormap)
         self.viewer.sync_layers()
         self.result, self._result_key, self._result_segment = result, key, segment
-        shown = result_page(result, {}, inputs.clinical_fields)
-        clock = {**self._clock, "shown": time.perf_counter()}
-        timings = {"waited_for_model_s": clock["warm"] - clock["clicked"], "inputs_written_s": clock["started"] - clock["warm"],
-                   "worker_s": clock["finished"] - clock["started"], "read_and_shown_s": clock["shown"] - clock["finished"],
-                   "total_s": clock["shown"] - clock["clicked"], "case_in_worker_s": result.timings.get("total", 0.0)}
-        self.push(result=shown, result_serial=int(self.state.result_serial or 0) + 1, stale=False, selected_tumour=0,
-                  progress=100, stage="done", predict_timings={k: round(v, 3) for k, v in timings.items()},
-                  status=f"Done: {shown['summary']['scope']} {shown['summary']['headline']}.")
-        await asyncio.sleep(0.02)  # the summary leaves for the page before the work below
         self.check_stale()  # an input changed while it ran
         await self._label_tumours(inputs, result)
         first = self._tumour_places.get("t0") or next((t.heatmap_peak_ras for t in result.tumours
@@ -558,32 +566,40 @@ class WebSession(TrameApp):
 
     # -- the warm worker ------------------------------------------------------------------------
     def start_warm_up(self) -> None:
-        """Load the chosen model into the prediction worker now (in the background)."""
-        if self._warm_up_task is None or self._warm_up_task.done():
+        """Load the chosen model into the prediction worker now (in the background), once the server runs."""
+        if self._serving and (self._warm_up_task is None or self._warm_up_task.done()):
             self._warm_up_task = create_task(self._warm_up())
 
     async def _warm_up(self) -> None:
+        """One prediction the page never shows: of the open case when Predict could run on it (its
+        volume files are then written once and stay in the worker's read cache, as for the Slicer
+        module's second Apply), else of a small SYNTHETIC phantom for the chosen models."""
         from TACEResponseLib.frontend.process import OUTPUT_PLACEHOLDER, BackgroundRun, library_environment
         from TACEResponseLib.frontend.web.prewarm import warm_up_request
 
         started = time.perf_counter()
         self.push(worker_ready=False)
+        what = "the open case"
         try:
             inputs = self.inputs()
-            folder = self._subfolder("warm-up", fresh=True)
-            request = await asyncio.to_thread(warm_up_request, inputs.card, inputs.model, inputs.nomogram,
-                                              inputs.survival_phases, inputs.clinical_fields, folder, self.device)
-            if request is None:
-                return
-            run = BackgroundRun(worker=self.predictions.warm_worker(), required_outputs=("result.json",),
-                                env=library_environment(None), work_root=folder)
-            run.start(request.cli_arguments(OUTPUT_PLACEHOLDER))
+            if not apply_blockers(inputs):
+                run = self.predictions.start(inputs, self.device).run
+            else:
+                what = "a SYNTHETIC phantom"
+                folder = self._subfolder("warm-up", fresh=True)
+                request = await asyncio.to_thread(warm_up_request, inputs.card, inputs.model, inputs.nomogram,
+                                                  inputs.survival_phases, inputs.clinical_fields, folder, self.device)
+                if request is None:
+                    return
+                run = BackgroundRun(worker=self.predictions.warm_worker(), required_outputs=("result.json",),
+                                    env=library_environment(None), work_root=folder)
+                run.start(request.cli_arguments(OUTPUT_PLACEHOLDER))
             while not run.poll().finished:
                 await asyncio.sleep(0.1)
             if run.error:
                 logger.warning("warm-up prediction failed (the first Predict loads the model itself): %s", run.error)
-            run.cleanup()
-            print(f"{WARM_PREFIX} after {time.perf_counter() - started:.1f}s", flush=True)
+            run.cleanup()  # nothing of it reaches the page
+            print(f"{WARM_PREFIX} on {what} after {time.perf_counter() - started:.1f}s", flush=True)
         except Exception as exc:  # noqa: BLE001 - a failed warm-up only makes the first Predict slower
             logger.warning("warm-up failed: %s", exc)
         finally:
@@ -690,6 +706,7 @@ class WebSession(TrameApp):
             create_task(self._keep_spare())
         print(f"{READY_PREFIX} port={self.server.port} after {time.perf_counter() - T_START:.1f}s", flush=True)
         create_task(self._watch_parent(os.getppid()))
+        self._serving = True
         self.start_warm_up()
 
     async def _keep_spare(self) -> None:
