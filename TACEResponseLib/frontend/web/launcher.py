@@ -202,11 +202,15 @@ class Launcher:
             self.spare = Session(sid, None, folder, secrets.token_urlsafe(32))
             asyncio.get_running_loop().create_task(self._run_session(self.spare, spare=True))
 
-    def _claim_spare(self, user) -> Session | None:
-        """The spare session for this page, if it is ready (it becomes the user's); a new spare starts."""
+    async def _claim_spare(self, user) -> Session | None:
+        """The spare session for this page (it becomes the user's; a new spare starts), waiting for it when
+        it is still starting (it is ahead of any session started now); None when there is none."""
         spare = self.spare
-        if spare is None or not spare.ready.is_set() or spare.error or spare.process is None \
-                or spare.process.returncode is not None:
+        if spare is not None and not spare.ready.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(spare.ready.wait()), timeout=self.options.start_timeout)
+        if spare is None or spare is not self.spare or not spare.ready.is_set() or spare.error \
+                or spare.process is None or spare.process.returncode is not None:
             return None
         self.spare, spare.user, spare.started = None, user, time.monotonic()
         self.sessions[spare.id] = spare
@@ -218,7 +222,7 @@ class Launcher:
         if len(self.sessions) >= self.options.max_sessions:
             return web.Response(status=503, text=f"All {self.options.max_sessions} sessions are in use; "
                                                   "try again when one has ended.")
-        spare = self._claim_spare(request[USER])
+        spare = await self._claim_spare(request[USER])
         if spare is not None:
             return web.Response(status=302, headers={"Location": f"/s/{spare.id}/"})
         sid = secrets.token_hex(16)
