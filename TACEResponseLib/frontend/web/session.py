@@ -170,6 +170,7 @@ class WebSession(TrameApp):
             self.server.trigger(name)(handler)
         self.ctrl.on_server_ready.add(self._ready)
         self.ctrl.on_server_bind.add(self._bind_routes)
+        self.ctrl.on_server_exited.add(self._exited)
         self.on_model(self.state.model)
         self.open_start_case()
 
@@ -708,6 +709,10 @@ class WebSession(TrameApp):
         create_task(self._watch_parent(os.getppid()))
         self._serving = True
         self.start_warm_up()
+
+    def _exited(self, **_) -> None:
+        """The server stopped (its page closed long enough, or the launcher ended it): so does the worker."""
+        self.predictions.close()
 
     async def _keep_spare(self) -> None:
         """A spare has no page yet: it must not end for want of one (wslink schedules that end right
