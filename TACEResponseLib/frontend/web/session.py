@@ -85,6 +85,8 @@ READY_PREFIX = "TACE_WEB_SESSION_READY"
 #: printed once the prediction worker holds the model (the launcher logs it; benchmarks wait for it)
 WARM_PREFIX = "TACE_WEB_SESSION_WARM"
 LAYOUTS = LAYOUT_NAMES
+#: seconds a session started for a waiting page lets the page load before it loads the model
+WARM_UP_DELAY_S = 8.0
 #: the 2-D brush the Paint and Erase effects start with: diameter in mm (slider range 1–50 mm)
 BRUSH_DIAMETER_MM = 10.0
 
@@ -578,6 +580,8 @@ class WebSession(TrameApp):
         from TACEResponseLib.frontend.process import OUTPUT_PLACEHOLDER, BackgroundRun, library_environment
         from TACEResponseLib.frontend.web.prewarm import warm_up_request
 
+        if self.state.busy:  # a Predict runs: it loads the model itself
+            return
         started = time.perf_counter()
         self.push(worker_ready=False)
         what = "the open case"
@@ -707,6 +711,12 @@ class WebSession(TrameApp):
             create_task(self._keep_spare())
         print(f"{READY_PREFIX} port={self.server.port} after {time.perf_counter() - T_START:.1f}s", flush=True)
         create_task(self._watch_parent(os.getppid()))
+        create_task(self._serve(0.0 if self.args.spare else WARM_UP_DELAY_S))
+
+    async def _serve(self, delay: float) -> None:
+        """Warm-ups from now on: a spare at once (no page waits for it); a session started for its page
+        after the page had time to load (both on 2 cores would slow the first image)."""
+        await asyncio.sleep(delay)
         self._serving = True
         self.start_warm_up()
 
