@@ -14,15 +14,35 @@ from TACEResponseLib.core.errors import InputError, TACEResponseError
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Command:
-    """One sub-command: its name, what it runs, how its arguments are declared, its help line."""
+    """One sub-command: its name, what it runs, how its arguments are declared, its help line, and
+    where ``tace-response --help`` lists it.
+
+    ``group``: the :class:`Group` it belongs to (``"survival"`` → ``tace-response survival NAME``;
+    empty: a top-level command, listed under the heading ``task``). ``replaces``: the command's old
+    flat name, still accepted for one release with a deprecation line. ``hidden``: internal (the
+    Slicer module's worker), left out of ``--help`` and of shell completion.
+    """
 
     name: str
     run: Callable[[argparse.Namespace], int]
     add_arguments: Callable[[argparse.ArgumentParser], None]
     help: str
+    group: str = ""
+    task: str = ""
+    replaces: str = ""
+    hidden: bool = False
+
+
+@dataclass(frozen=True)
+class Group:
+    """A word of the command line that gathers the commands of one task (``tace-response survival …``),
+    listed in ``tace-response --help`` under the heading ``task``; its commands name it as their ``group``."""
+
+    name: str
+    help: str
+    task: str
 
 
 class UsageError(TACEResponseError):

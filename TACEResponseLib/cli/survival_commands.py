@@ -266,7 +266,7 @@ def cmd_fit_signature(args: argparse.Namespace) -> int:
     signature = fit_image_signature(args.output, config=_survival_config(args, []), **_signature_inputs(args))
     _print_signature(signature.stage)
     print(f"signature: {Path(args.output) / 'signature.json'} "
-          f"(next: tace-response fit-nomogram --signature {args.output})")
+          f"(next: tace-response survival fit-nomogram --signature {args.output})")
     return 0
 
 
@@ -416,15 +416,21 @@ def _make_demo_survival_model_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = [
     Command("extract-features", cmd_extract_features, _extract_features_args,
-            "DenseNet-121 deep features per case and phase (cached) → CSV"),
-    Command("survival", cmd_survival, _survival_args,
-            "Zhang 2020 survival: ICC → signature → nomograms → report + survival_model.json"),
+            "DenseNet-121 deep features per case and phase (cached) → CSV", group="survival",
+            replaces="extract-features"),
     Command("fit-signature", cmd_fit_signature, _signature_args,
-            "Zhang 2020 step 1: ICC filter → mRMR → elastic-net Cox → signature.json (+ scores and split)"),
+            "step 1: ICC filter → mRMR → elastic-net Cox → signature.json (+ scores and split)", group="survival",
+            replaces="fit-signature"),
     Command("fit-nomogram", cmd_fit_nomogram, _fit_nomogram_args,
-            "Zhang 2020 step 2: Cox screen + stepwise AIC → nomograms → report + survival_model.json"),
-    Command("survival-cohort", cmd_survival_cohort, _survival_cohort_args,
-            "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)"),
-    Command("make-demo-survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
-            "re-create the SYNTHETIC demo survival model and register it in Resources/Models.json"),
+            "step 2: Cox screen + stepwise AIC → nomograms → report + survival_model.json", group="survival",
+            replaces="fit-nomogram"),
+    Command("run", cmd_survival, _survival_args,
+            "both steps: ICC → signature → nomograms → report + survival_model.json", group="survival",
+            replaces="survival"),
+    Command("phantoms", cmd_survival_cohort, _survival_cohort_args,
+            "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)", group="survival",
+            replaces="survival-cohort"),
+    Command("survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
+            "re-create the SYNTHETIC demo survival model and register it in Resources/Models.json", group="demo",
+            replaces="make-demo-survival-model"),
 ]

@@ -271,9 +271,10 @@ def _make_demo_bundle_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = [
     Command("train", cmd_train, _train_args,
-            "train a response network from a cohort manifest → model bundle"),
+            "train a response network from a cohort manifest → model bundle", task="models"),
     Command("evaluate", cmd_evaluate, _evaluate_args,
-            "evaluate a bundle on a labelled cohort (AUC with bootstrap CI, confusion, calibration, DCA)"),
-    Command("make-demo-bundle", cmd_make_demo_bundle, _make_demo_bundle_args,
-            "re-create the SYNTHETIC demo bundle and register it in Resources/Models.json"),
+            "evaluate a bundle on a labelled cohort (AUC with bootstrap CI, confusion, calibration, DCA)", task="models"),
+    Command("bundle", cmd_make_demo_bundle, _make_demo_bundle_args,
+            "re-create the SYNTHETIC demo bundle and register it in Resources/Models.json", group="demo",
+            replaces="make-demo-bundle"),
 ]

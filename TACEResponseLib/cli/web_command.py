@@ -104,5 +104,6 @@ def _web_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = [
     Command("web", cmd_web, _web_args,
-            "serve the workflow as a web page on Slicer's views and segment editor (one process per session)"),
+            "serve the workflow as a web page on Slicer's views and segment editor (one process per session)",
+            task="web"),
 ]

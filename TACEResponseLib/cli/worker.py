@@ -141,5 +141,6 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = [
     Command("worker", cmd_worker, _worker_args,
-            "serve requests (JSON lines on stdin/stdout) with models kept loaded: the Slicer module's warm worker"),
+            "serve requests (JSON lines on stdin/stdout) with models kept loaded: the Slicer module's warm worker",
+            hidden=True),
 ]

@@ -120,7 +120,7 @@ class SurvivalRegistryEntry(RegistryEntry):
     ``path`` is the model's folder (relative to Resources/) holding ``survival_model.json`` and
     the nomogram / signature files it names. ``sha256`` is :func:`survival_model_sha256` of that
     folder's model. ``default_for`` lists the response models (registry names) the panel and
-    ``tace-response demo`` pair it with by default.
+    ``tace-response demo run`` pair it with by default.
     """
 
     default_for: list[str] = field(default_factory=list)
