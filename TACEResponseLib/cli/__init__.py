@@ -96,6 +96,7 @@ def build_parser(completion: bool = False) -> argparse.ArgumentParser:
         description="Liver tumour response to TACE/HAIC and survival from pre-treatment CT/MRI. Research use only.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(tool=main)  # what runs a command line: the worker runs its requests with it
     sub = parser.add_subparsers(dest="command_word", required=True, metavar="COMMAND",
                                 help="a command or a command group, from the list below")
     for command in COMMANDS:

@@ -279,7 +279,7 @@ def _card_markdown(model: Any, report: Mapping[str, Any], main: str, *, n_cases:
                    figures: Sequence[str], demo: Mapping[str, Any], cohort_s: float | None, fit_s: float,
                    total_s: float, workers: int, truth: Mapping[str, Any], cohort_reused: bool = False) -> str:
     """docs/README.md of the demo survival model (``Resources/Templates/demo_survival_card.md``)."""
-    from TACEResponseLib.networks.catalog import render_template
+    from TACEResponseLib.core.resources import render_template
 
     deep = report.get("deep_features") or {}
     return render_template(
