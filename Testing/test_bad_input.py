@@ -415,6 +415,20 @@ CASES = [
     ("phantoms-nan-noise", "demo phantoms --noise nan", "dir", ["--noise"]),
     ("phantoms-output-is-a-file", "demo phantoms --cases 1", "file-as-output", ["--output", "is a file"]),
     ("cohort-zero-spacing", "survival phantoms --spacing 0 1 1", "dir", ["--spacing"]),
+    # counts: 0 is refused unless it means something (and then --help and the run say what)
+    ("predict-zero-tta", P + " --tta 0", "dir", ["--tta", "≥ 1"]),
+    ("predict-zero-threads", P + " --threads 0", "dir", ["--threads", "≥ 1"]),
+    ("batch-zero-threads", B + " --manifest {m_dup} --threads 0", "dir", ["--threads", "≥ 1"]),
+    ("train-zero-folds", T + " --manifest {m_oneclass} --folds 0", "bundle-dir", ["--folds", "≥ 2"]),
+    ("train-zero-bootstrap", T + " --manifest {m_oneclass} --bootstrap 0", "bundle-dir", ["--bootstrap", "≥ 1"]),
+    ("evaluate-zero-bootstrap", E.replace("--bootstrap 10", "--bootstrap 0") + " --manifest {m_dup}", "dir",
+     ["--bootstrap", "≥ 1"]),
+    ("demo-survival-model-zero-workers", "demo survival-model --workers 0", "dir", ["--workers", "≥ 1"]),
+    ("web-zero-sessions", "web --max-sessions 0", "none", ["--max-sessions", "≥ 1"]),
+    ("web-negative-port", "web --port -1", "none", ["--port", "≥ 0"]),
+    ("web-zero-session-timeout", "web --session-timeout 0", "none", ["--session-timeout", "≥ 1"]),
+    ("web-zero-upload-files", "web --max-upload-files 0", "none", ["--max-upload-files", "≥ 1"]),
+    ("web-zero-upload-size", "web --max-upload-mb 0", "none", ["--max-upload-mb", "> 0"]),
 ]
 
 

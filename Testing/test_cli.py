@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -174,3 +175,67 @@ def test_shell_completion_comes_from_the_parser(tmp_path):
     assert {"predict", "batch", "survival", "demo", "web"} <= set(top) and "worker" not in top
     assert survival == ["fit-signature", "fit-nomogram"]
     assert option == ["--seed"]
+
+
+# --- counts: 0 refused, or said what it means -----------------------------------------------------
+def _command_parsers():
+    """``(prog, parser)`` of every command, the groups' included."""
+    from TACEResponseLib.cli import build_parser
+
+    found = []
+
+    def walk(parser):
+        for action in parser._actions:
+            for sub in (getattr(action, "choices", None) or {}).values() if hasattr(action, "add_parser") else ():
+                if any(hasattr(a, "add_parser") for a in sub._actions):
+                    walk(sub)
+                else:
+                    found.append((sub.prog, sub))
+
+    walk(build_parser())
+    return found
+
+
+def test_every_count_option_refuses_0_or_says_what_0_means():
+    from TACEResponseLib.cli.common import SEED, zero_meaning
+
+    parsers = _command_parsers()
+    assert len(parsers) >= 16
+    checked, zero_ok = 0, {}
+    for prog, parser in parsers:
+        for action in parser._actions:
+            option = f"{prog} {'/'.join(action.option_strings)}"
+            assert action.type not in (int, float), f"{option}: use common.number() (range checked, 0 said)"
+            if getattr(action.type, "__name__", "") != "int" or action.type is SEED:  # a seed is no count
+                continue
+            checked += 1
+            try:
+                action.type("0")
+            except argparse.ArgumentTypeError as exc:
+                assert "≥" in str(exc) or ">" in str(exc), option  # the message gives the range
+                continue
+            meaning = zero_meaning(action)
+            assert meaning, f"{option} takes 0 without saying what it means"
+            assert f"0: {meaning}" in action.help, option
+            zero_ok[option] = meaning
+    assert checked >= 30
+    assert any(o.endswith("batch --workers") for o in zero_ok) and any(o.endswith("--n-boot") for o in zero_ok)
+    refused = {"predict": "--tta", "batch": "--threads", "train": "--folds", "evaluate": "--bootstrap",
+               "web": "--max-sessions"}
+    for name, option in refused.items():
+        assert f"tace-response {name} {option}" not in zero_ok
+
+
+def test_a_count_of_0_is_said_when_given(caplog, tmp_path):
+    import logging
+
+    from TACEResponseLib.cli import main
+
+    caplog.set_level(logging.INFO)
+    assert main(["batch", "--manifest", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "out"),
+                 "--workers", "0"]) == 2
+    assert "--workers 0: one case after another in this process, no cluster" in caplog.messages
+    caplog.clear()
+    assert main(["batch", "--manifest", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "out"),
+                 "--workers", "2"]) == 2
+    assert not [m for m in caplog.messages if " 0: " in m]

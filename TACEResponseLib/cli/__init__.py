@@ -27,7 +27,7 @@ import sys
 from typing import Sequence
 
 from TACEResponseLib.cli import case_commands, survival_commands, training_commands, web_command, worker
-from TACEResponseLib.cli.common import ArgumentParser, Command, Group, UsageError
+from TACEResponseLib.cli.common import ArgumentParser, Command, Group, UsageError, say_what_zero_means, zero_meanings
 from TACEResponseLib.core.errors import TACEResponseError
 
 logger = logging.getLogger("tace-response")
@@ -85,7 +85,8 @@ def _overview() -> str:
 def _add_command(sub, command: Command, prog_words: str) -> None:
     p = sub.add_parser(command.name, description=command.help, prog=f"{PROG} {prog_words}")
     command.add_arguments(p)
-    p.set_defaults(func=command.run, command=prog_words)
+    say_what_zero_means(p)
+    p.set_defaults(func=command.run, command=prog_words, command_parser=p)
 
 
 def build_parser(completion: bool = False) -> argparse.ArgumentParser:
@@ -168,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("numexpr").setLevel(logging.WARNING)  # "NumExpr defaulting to N threads" is noise here
     if not args.verbose:  # Dask's own start-up chatter (read when distributed is imported); its warnings stay
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    for said in zero_meanings(args.command_parser, args):  # a count of 0 is never taken without a word
+        logger.info(said)
     try:
         return int(args.func(args) or 0)
     except TACEResponseError as exc:

@@ -24,6 +24,9 @@ from TACEResponseLib.core.files import check_output_file, check_output_folder
 
 logger = logging.getLogger(__name__)
 
+#: what ``--n-boot 0`` means
+NO_BOOTSTRAP = "no bootstrap, C-indices without confidence intervals"
+
 # --- survival (Zhang 2020): deep features, signature, nomogram ---------------------------------
 def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phases", nargs="+", default=["arterial", "portal"], metavar="PHASE",
@@ -354,7 +357,8 @@ def _nomogram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dichotomise", nargs="+", metavar="NAME[=CUTOFF]", default=None,
                    help="continuous variables entered as above/below a cut-off: ALT (> 50 U/L), AFP (> 400 ng/mL), "
                         "tumour_size (> 5 cm) by name, or NAME=VALUE")
-    p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--n-boot", type=number(int, 0, 1_000_000, zero=NO_BOOTSTRAP), default=1000,
+                   help="bootstrap resamples (patients) for the C-index confidence intervals")
 
 
 def _survival_args(p: argparse.ArgumentParser) -> None:
@@ -409,7 +413,8 @@ def _make_demo_survival_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", type=number(int, 20, 100_000), default=200, help="SYNTHETIC phantoms in the cohort")
     p.add_argument("--seed", type=SEED, default=2000, help="first phantom seed (and the clinical/survival draw)")
     p.add_argument("--workers", type=number(int, 1, 256), default=2, help="processes making the phantoms")
-    p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--n-boot", type=number(int, 0, 1_000_000, zero=NO_BOOTSTRAP), default=1000,
+                   help="bootstrap resamples (patients) for the C-index confidence intervals")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None, help="torch threads for the DenseNet features")
     p.add_argument("--device", default="cpu", help="cpu keeps the model reproducible")
 

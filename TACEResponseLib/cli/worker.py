@@ -137,8 +137,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--idle-timeout", type=number(float, 0, 1e7), default=1800.0, metavar="SECONDS",
-                   help="exit after this many seconds without a request (default 1800; 0: never)")
+    p.add_argument("--idle-timeout", type=number(float, 0, 1e7, zero="never"), default=1800.0, metavar="SECONDS",
+                   help="exit after this many seconds without a request (default 1800)")
 
 
 COMMANDS = [
