@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 LIB = Path(__file__).resolve().parents[1] / "TACEResponseLib"
-FLOORS = {"core": 1, "imaging": 2, "networks": 3, "survival": 4, "prediction": 5, "training": 6, "demo": 7,
+FLOORS = {"core": 1, "imaging": 2, "networks": 3, "survival": 4, "prediction": 5, "training": 6, "pacs": 6, "demo": 7,
           "frontend": 8, "cli": 8}
 
 
