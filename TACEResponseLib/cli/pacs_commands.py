@@ -28,6 +28,15 @@ logger = logging.getLogger(__name__)
 DICOM_FOLDER = "dicom"  # --send-results without --dicom-out: the results go to OUTPUT/dicom
 
 
+#: libraries whose INFO lines (each module copied, each request made) are noise on a terminal without -v
+CHATTY_LOGGERS = ("highdicom", "dicomweb_client", "pynetdicom")
+
+
+def quiet_libraries(args: argparse.Namespace) -> None:
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if getattr(args, "verbose", False) else logging.WARNING)
+
+
 # --- options ----------------------------------------------------------------------------------------
 def connection_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--credentials", default=None, metavar="FILE",
@@ -76,6 +85,7 @@ def check_case_options(args: argparse.Namespace, images: Sequence[str] | None) -
     folder, and that local reference images are DICOM when DICOM results are asked for."""
     from TACEResponseLib.core.files import check_output_folder
 
+    quiet_libraries(args)
     if args.send_results and not args.pacs:
         raise InputError("--send-results: no PACS to send to; give --pacs URL|AET@HOST:PORT")
     if hasattr(args, "study") and not args.pacs and not images:
@@ -248,6 +258,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     """Send a folder of DICOM files (e.g. ``--dicom-out``'s) to a PACS; only what it confirmed is reported."""
     from TACEResponseLib.pacs.transfer import dicom_files
 
+    quiet_libraries(args)
     endpoint = endpoint_from(args, "--to", args.to)
     dicom_files(args.folder)  # a folder without DICOM files is refused before connecting
     send_or_fail(Path(args.folder), endpoint)
@@ -258,6 +269,7 @@ def cmd_series(args: argparse.Namespace) -> int:
     """List the series of a study on a PACS (to choose ``--series``)."""
     from TACEResponseLib.pacs.transfer import find_series
 
+    quiet_libraries(args)
     endpoint = endpoint_from(args)
     for series in find_series(endpoint, args.study):
         print(f"{series.uid}\t{series.modality}\t{series.instances}\t{series.description}")

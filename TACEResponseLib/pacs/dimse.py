@@ -262,7 +262,11 @@ def send(endpoint: Endpoint, items: Sequence[tuple[str, Path]],
                     outcome.error = (f"the PACS at {endpoint} does not accept {header.SOPClassUID.name} "
                                      f"instances ({name})")
                     break
-                status = association.send_c_store(pydicom.dcmread(path))
+                try:
+                    status = association.send_c_store(pydicom.dcmread(path))
+                except RuntimeError:  # the association ended between two instances
+                    outcome.error = f"the association with {endpoint} was lost while storing {name}"
+                    break
                 code = int(status.Status) if status else None
                 if code is None:
                     outcome.error = f"the PACS at {endpoint} stopped answering while storing {name}"
