@@ -239,3 +239,40 @@ def test_dicom_out_refuses_anonymised_dicom_without_uids(realdata, case, tmp_pat
     assert str(anonymous) in error and "is DICOM without SOPClassUID, SOPInstanceUID, StudyInstanceUID, " \
         "SeriesInstanceUID (an anonymised export?)" in error
     assert not out.exists()
+
+
+def test_a_volume_saved_as_nrrd_with_its_dicom_source_gives_the_same_objects(case, tmp_path, capsys):
+    """As the Slicer panel exports: the reference written as NRRD, its DICOM series named apart (files)."""
+    from TACEResponseLib.imaging.volume_io import write_volume
+
+    nrrd = write_volume(case["reference"], tmp_path / "reference.nrrd")
+    files = sorted(case["ct"].iterdir())
+    argv = ["pacs", "export", str(case["out"]), "--image", str(nrrd), "--segmentation", str(case["seg"]),
+            "--output", str(tmp_path / "dicom"), *[x for f in files for x in ("--dicom-source", str(f))]]
+    assert main(argv) == 0, capsys.readouterr().err
+    for name in FILES.values():  # the same instances as from the DICOM folder itself
+        assert (pydicom.dcmread(tmp_path / "dicom" / name, stop_before_pixels=True).SOPInstanceUID
+                == pydicom.dcmread(case["dicom"] / name, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_a_dicom_source_the_volume_does_not_lie_on_is_refused(case, tmp_path, capsys):
+    from TACEResponseLib.imaging.volume_io import write_volume
+
+    moved = case["reference"].with_array(case["reference"].array)
+    moved.ijk_to_ras = moved.ijk_to_ras.copy()
+    moved.ijk_to_ras[:3, 3] += [0.0, 0.0, 1.0]  # half a slice up: another volume than the one read from it
+    nrrd = write_volume(moved, tmp_path / "moved.nrrd")
+    error = _one_error(capsys, ["pacs", "export", str(case["out"]), "--image", str(nrrd), "--segmentation",
+                                str(case["seg"]), "--output", str(tmp_path / "dicom"), "--dicom-source",
+                                str(case["ct"])])
+    assert "does not lie on the slices of the DICOM source" in error and not (tmp_path / "dicom").exists()
+
+
+def test_without_pydicom_3_the_dicom_writer_says_what_to_install(monkeypatch):
+    """3D Slicer 5.10's own Python has pydicom 2.4.4, which highdicom 0.28 cannot use."""
+    from TACEResponseLib.core.errors import InputError
+    from TACEResponseLib.pacs.source import check_dicom_writer
+
+    monkeypatch.setattr(pydicom, "__version__", "2.4.4")
+    with pytest.raises(InputError, match=r"pydicom 2\.4\.4 \(3D Slicer 5\.10 ships 2\.4\.4\).*highdicom==0\.28\.2"):
+        check_dicom_writer()

@@ -56,6 +56,10 @@ def case_pacs_arguments(p: argparse.ArgumentParser, batch: bool = False) -> None
                        help="also write the results as DICOM (SEG of the tumours used, heatmap as parametric map, "
                             "TID 1500 report, secondary captures) into DIR" + ("/CASE_ID" if batch else "")
                             + "; the reference images must be DICOM")
+    if not batch:
+        group.add_argument("--dicom-source", action="append", default=None, metavar="PATH",
+                           help="the DICOM series the reference image was read from, when --image is not it (e.g. "
+                                "a volume saved as NRRD): its folder, or its files (repeatable)")
     group.add_argument("--pacs", default=None, metavar="URL|AET@HOST:PORT",
                        help="read the images from this PACS (DICOMweb URL, or DIMSE peer)"
                             + (": the manifest's image columns hold STUDY_UID or STUDY_UID/SERIES_UID" if batch
@@ -94,12 +98,17 @@ def check_case_options(args: argparse.Namespace, images: Sequence[str] | None) -
         endpoint_from(args)
     elif getattr(args, "study", None) or getattr(args, "series", None):
         raise InputError("--study/--series name what to read from a PACS; give --pacs too")
-    if args.dicom_out is not None:
-        check_output_folder(args.dicom_out, "--dicom-out")
-        if images:
-            from TACEResponseLib.pacs.source import check_dicom_reference
+    if getattr(args, "dicom_source", None) and dicom_folder(args, ".") is None:
+        raise InputError("--dicom-source names the DICOM series the results refer to; give --dicom-out too")
+    if dicom_folder(args, ".") is not None:
+        from TACEResponseLib.pacs.source import check_dicom_reference, check_dicom_writer
 
-            check_dicom_reference(images[0])
+        check_dicom_writer()
+        if args.dicom_out is not None:
+            check_output_folder(args.dicom_out, "--dicom-out")
+        source = getattr(args, "dicom_source", None) or (images[:1] if images else None)
+        if source:
+            check_dicom_reference(source)
 
 
 def check_batch_references(args: argparse.Namespace, manifest: str, bundle) -> None:
@@ -157,7 +166,7 @@ def case_results(args: argparse.Namespace, result, images: Sequence[str], output
         return
     from TACEResponseLib.pacs.export import write_dicom_results
 
-    written = write_dicom_results(result, images[0], args.segmentation, images[0], folder)
+    written = write_dicom_results(result, images[0], args.segmentation, args.dicom_source or images[0], folder)
     print(f"{written.summary()} → {folder}")
     if args.send_results:
         send_or_fail(folder, endpoint_from(args))
@@ -276,6 +285,37 @@ def cmd_series(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """The DICOM results of a prediction made earlier (its folder: result.json and heatmap.nrrd)."""
+    from TACEResponseLib.cli.common import check_inputs_exist
+    from TACEResponseLib.pacs.export import write_case_dicom
+    from TACEResponseLib.pacs.source import check_dicom_reference, check_dicom_writer
+
+    quiet_libraries(args)
+    check_inputs_exist(result=args.result, image=args.image, segmentation=args.segmentation,
+                       dicom_source=args.dicom_source)
+    check_dicom_writer()
+    endpoint = endpoint_from(args, "--to", args.to) if args.to else None
+    check_dicom_reference(args.dicom_source or args.image)
+    written = write_case_dicom(args.result, [args.image], args.segmentation, args.output,
+                               source=args.dicom_source or None)
+    print(f"{written.summary()} → {args.output}")
+    if endpoint is not None:
+        send_or_fail(Path(args.output), endpoint)
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("result", metavar="RESULT_DIR", help="a prediction's folder (result.json and heatmap.nrrd)")
+    p.add_argument("--image", required=True, metavar="PATH", help="the reference image the prediction ran on")
+    p.add_argument("--segmentation", required=True, metavar="PATH", help="the segmentation it used")
+    p.add_argument("--dicom-source", action="append", default=None, metavar="PATH",
+                   help="the reference's DICOM series when --image is not it (folder, or files; repeatable)")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the DICOM objects")
+    p.add_argument("--to", default=None, metavar="URL|AET@HOST:PORT", help="also send them to this PACS")
+    connection_arguments(p)
+
+
 def _send_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", metavar="DIR", help="folder of DICOM files (any depth), e.g. what --dicom-out wrote")
     p.add_argument("--to", required=True, metavar="URL|AET@HOST:PORT",
@@ -290,6 +330,9 @@ def _series_args(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = [
+    Command("export", cmd_export, _export_args,
+            "write a finished prediction as DICOM (SEG, parametric map, TID 1500 report, secondary captures)",
+            group="pacs"),
     Command("send", cmd_send, _send_args, "send a folder of DICOM files to a PACS (STOW-RS or C-STORE)",
             group="pacs"),
     Command("series", cmd_series, _series_args, "list a study's series on a PACS (QIDO-RS or C-FIND)",

@@ -137,7 +137,7 @@ def tumour_segments(result, reference: Volume, segmentation: Segmentation, key: 
 
 
 def write_dicom_results(result, reference: Volume | str | Path, segmentation: Segmentation | str | Path,
-                        reference_path: str | Path, output_dir: str | Path, *, overlay: bool = True,
+                        source: str | Path | Sequence[str | Path], output_dir: str | Path, *, overlay: bool = True,
                         heatmap: Volume | None = None) -> DicomResults:
     """Write a prediction's DICOM objects into ``output_dir`` (see the module docstring).
 
@@ -146,8 +146,9 @@ def write_dicom_results(result, reference: Volume | str | Path, segmentation: Se
             in memory, or ``heatmap`` given, e.g. read back from ``heatmap.nrrd``).
         reference: the reference volume the prediction ran on (or its path, read again).
         segmentation: the segmentation it used (or its path).
-        reference_path: what was given as the reference image: the DICOM folder (``FOLDER#N``
-            accepted) or multi-frame file the objects refer to.
+        source: the DICOM series the reference image was read from, which the objects refer to: the
+            reference image as given (a DICOM folder, ``FOLDER#N``, a multi-frame file), or the files
+            of its series (e.g. from Slicer's DICOM database when the volume was saved as NRRD).
         overlay: also write the secondary captures (one per tumour).
 
     Returns:
@@ -158,7 +159,7 @@ def write_dicom_results(result, reference: Volume | str | Path, segmentation: Se
     from TACEResponseLib.imaging.volume_io import read_volume
 
     output = check_output_folder(output_dir, "--dicom-out")
-    check_dicom_reference(reference_path)
+    check_dicom_reference(source)
     if not isinstance(reference, Volume):
         reference = read_volume(reference)
     if not isinstance(segmentation, Segmentation):
@@ -166,7 +167,7 @@ def write_dicom_results(result, reference: Volume | str | Path, segmentation: Se
     heatmap = heatmap if heatmap is not None else result.heatmap
     if not result.tumours:
         raise InputError(f"case {result.case_id}: the result has no predicted tumour; no DICOM results to write")
-    source = read_source_series(reference_path, reference)
+    source = read_source_series(source, reference)
     version = software_version()
     key = result_key(result, source, version)
     previous = read_dicom_index(output)
@@ -269,9 +270,11 @@ def read_dicom_index(folder: str | Path) -> DicomResults | None:
 
 
 def write_case_dicom(case_folder: str | Path, images: Sequence[str | Path], segmentation: str | Path,
-                     output_dir: str | Path, overlay: bool = True) -> DicomResults:
+                     output_dir: str | Path, overlay: bool = True,
+                     source: str | Path | Sequence[str | Path] | None = None) -> DicomResults:
     """The DICOM results of a case predicted earlier into ``case_folder`` (``result.json`` and
-    ``heatmap.nrrd``, e.g. by ``batch``): the reference image and segmentation are read again."""
+    ``heatmap.nrrd``, e.g. by ``batch``): the reference image and segmentation are read again;
+    ``source``: the reference's DICOM series when ``images[0]`` is not it."""
     from TACEResponseLib.prediction.cam import read_heatmap
     from TACEResponseLib.prediction.case import HEATMAP_FILE, read_result
 
@@ -280,5 +283,5 @@ def write_case_dicom(case_folder: str | Path, images: Sequence[str | Path], segm
         raise InputError(f"{case_folder}: no finished prediction (result.json) to write as DICOM")
     heatmap_file = Path(case_folder) / HEATMAP_FILE
     heatmap = read_heatmap(heatmap_file) if heatmap_file.is_file() else None
-    return write_dicom_results(result, images[0], segmentation, images[0], output_dir, overlay=overlay,
+    return write_dicom_results(result, images[0], segmentation, source or images[0], output_dir, overlay=overlay,
                                heatmap=heatmap)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -58,6 +58,26 @@ class SourceSeries:
     def describe(self) -> str:
         return (f"{self.path} (series {self.series_uid}, {len(self.datasets)} image"
                 f"{'s' if len(self.datasets) != 1 else ''}, {self.modality or 'no modality'})")
+
+
+#: the versions the DICOM objects are written with (requirements.txt pins the same)
+WRITER = "highdicom==0.28.2"
+
+
+def check_dicom_writer() -> None:
+    """highdicom (and the pydicom 3 it needs) importable here, or one InputError saying what to install.
+    3D Slicer 5.10 ships pydicom 2.4, which highdicom 0.28 cannot use."""
+    import importlib.util
+
+    import pydicom
+
+    major = int(str(pydicom.__version__).split(".")[0])
+    if major < 3:
+        raise InputError(f"DICOM results need highdicom 0.28 with pydicom 3; this Python has pydicom "
+                         f"{pydicom.__version__} (3D Slicer 5.10 ships 2.4.4): write them with tace-response outside "
+                         f"Slicer, or install {WRITER} here (it updates pydicom)")
+    if importlib.util.find_spec("highdicom") is None:
+        raise InputError(f"DICOM results need highdicom, which is not installed here: pip install {WRITER}")
 
 
 def split_choice(path: str | Path) -> tuple[Path, str | None]:
@@ -121,32 +141,50 @@ def _missing_uids(dataset, path: Path) -> list[str]:
     return [name for name in REQUIRED_UIDS if not str(dataset.get(name, "") or "").strip()] if dataset else ["all"]
 
 
-def check_dicom_reference(path: str | Path, quick: bool = False) -> None:
-    """Refuse, before any work, a reference image that cannot carry DICOM results: not DICOM (NRRD,
-    NIfTI …), or DICOM images without the identifiers the results must copy and refer to (``quick``:
-    only the series' first file looked at)."""
-    folder, choice = split_choice(path)
-    if not folder.exists():
+def _as_list(paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
+def _source_files(paths: str | Path | Sequence[str | Path], series_uid: str | None) -> list[Path]:
+    """The files of the source series: each path a series folder (``FOLDER#N`` accepted) or a file."""
+    files: list[Path] = []
+    for path in _as_list(paths):
+        folder, choice = split_choice(path)
+        if folder.is_dir():
+            files += _series_files(folder, choice, series_uid)
+        elif folder.is_file():
+            if _dicom_header(folder) is None:
+                suffix = "".join(folder.suffixes[-2:]) or folder.suffix
+                raise _not_dicom(folder, f"is not DICOM ({suffix or 'no suffix'} file)")
+            files.append(folder)
+        else:
+            raise InputError(f"--dicom-out: the DICOM source {folder} does not exist")
+    return files
+
+
+def check_dicom_reference(paths: str | Path | Sequence[str | Path], quick: bool = False) -> None:
+    """Refuse, before any work, a source that cannot carry DICOM results: not DICOM (NRRD, NIfTI …), or
+    DICOM images without the identifiers the results must copy and refer to. ``paths``: the reference
+    image as given (a DICOM folder, ``FOLDER#N``, a file) or the files of its series; ``quick``: only
+    the first file looked at."""
+    check_dicom_writer()
+    paths = _as_list(paths)
+    if len(paths) == 1 and not split_choice(paths[0])[0].exists():
         return  # the reader says so, with the same words as without --dicom-out
-    if folder.is_dir():
-        files = _series_files(folder, choice, None)
-    else:
-        if _dicom_header(folder) is None:
-            suffix = "".join(folder.suffixes[-2:]) or folder.suffix
-            raise _not_dicom(folder, f"is not DICOM ({suffix or 'no suffix'} file)")
-        files = [folder]
+    files = _source_files(paths, None)
     for file in files[:1] if quick else files:
         missing = _missing_uids(_dicom_header(file), file)
         if missing:
             raise _without_uids(file, missing)
 
 
-def read_source_series(path: str | Path, reference: Volume) -> SourceSeries:
-    """The headers of the images ``reference`` was read from (``path``: what was given as the
-    reference image), localizers and images of another orientation or size than the volume left
-    out, as the reader left them out."""
-    folder, choice = split_choice(path)
-    files = _series_files(folder, choice, reference.metadata.get("series_uid")) if folder.is_dir() else [folder]
+def read_source_series(paths: str | Path | Sequence[str | Path], reference: Volume) -> SourceSeries:
+    """The headers of the images ``reference`` was read from — ``paths``: what was given as the
+    reference image, or the files of its series — localizers and images of another orientation or size
+    than the volume left out, as the reader left them out."""
+    paths = _as_list(paths)
+    folder = split_choice(paths[0])[0]
+    files = _source_files(paths, reference.metadata.get("series_uid"))
     datasets = []
     for file in files:
         header = _dicom_header(file)
@@ -156,10 +194,15 @@ def read_source_series(path: str | Path, reference: Volume) -> SourceSeries:
         datasets.append(header)
     if len(datasets) > 1:
         datasets = _slices_of(datasets, reference)
+        _check_on_source(datasets, reference, folder)
     studies = {str(d.StudyInstanceUID) for d in datasets}
     if len(studies) > 1:
         raise InputError(f"{folder}: the series' images name {len(studies)} different studies; DICOM results "
                          "belong to one study")
+    series = {str(d.SeriesInstanceUID) for d in datasets}
+    if len(series) > 1:
+        raise InputError(f"{folder}: the DICOM source holds {len(series)} series; give the one series the reference "
+                         "image was read from")
     frames = {str(d.FrameOfReferenceUID) for d in datasets}
     if len(frames) > 1:
         raise InputError(f"{folder}: the series' images name {len(frames)} frames of reference; a SEG and a "
@@ -186,6 +229,17 @@ def _slices_of(datasets: list[Any], reference: Volume) -> list[Any]:
                          "from it; the results could not refer to them")
     normal = np.cross(want[0], want[1])
     return sorted(kept, key=lambda ds: float(np.asarray(ds.ImagePositionPatient, float) @ normal))
+
+
+def _check_on_source(datasets: list[Any], reference: Volume, folder: Path) -> None:
+    """The reference volume's first slice is one of the source's slices (same place, to 0.01 mm): a volume
+    read from another series, or moved since, would put the SEG and the map beside the anatomy."""
+    origin_lps = (LPS_TO_RAS @ reference.ijk_to_ras @ np.array([0.0, 0.0, 0.0, 1.0]))[:3]
+    positions = np.array([np.asarray(d.ImagePositionPatient, float) for d in datasets])
+    if np.min(np.linalg.norm(positions - origin_lps, axis=1)) > 0.01 + 1e-3 * float(np.max(reference.spacing)):
+        raise InputError(f"--dicom-out: the reference image does not lie on the slices of the DICOM source {folder} "
+                         "(another series, or a volume moved or resampled since it was read); the results would not "
+                         "overlay the source")
 
 
 def highdicom_affine(volume: Volume) -> np.ndarray:
