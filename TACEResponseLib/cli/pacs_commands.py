@@ -92,12 +92,16 @@ def check_case_options(args: argparse.Namespace, images: Sequence[str] | None) -
     quiet_libraries(args)
     if args.send_results and not args.pacs:
         raise InputError("--send-results: no PACS to send to; give --pacs URL|AET@HOST:PORT")
-    if hasattr(args, "study") and not args.pacs and not images:
-        raise InputError("no image given: --image PATH (or --pacs with --study)")
     if args.pacs:
         endpoint_from(args)
+        if hasattr(args, "study") and images:
+            raise InputError("--image and --pacs both given; the images come from one place")
+        if hasattr(args, "study") and not args.study:
+            raise InputError("--pacs: give the study to read with --study STUDY_INSTANCE_UID")
     elif getattr(args, "study", None) or getattr(args, "series", None):
         raise InputError("--study/--series name what to read from a PACS; give --pacs too")
+    if hasattr(args, "study") and not args.pacs and not images:
+        raise InputError("no image given: --image PATH (or --pacs with --study)")
     if getattr(args, "dicom_source", None) and dicom_folder(args, ".") is None:
         raise InputError("--dicom-source names the DICOM series the results refer to; give --dicom-out too")
     if dicom_folder(args, ".") is not None:
@@ -144,10 +148,6 @@ def case_images(args: argparse.Namespace, bundle) -> Iterator[list[str]]:
             raise InputError("no image given: --image PATH (or --pacs with --study)")
         yield list(args.image)
         return
-    if args.image:
-        raise InputError("--image and --pacs both given; the images come from one place")
-    if not args.study:
-        raise InputError("--pacs: give the study to read with --study STUDY_INSTANCE_UID")
     from TACEResponseLib.pacs.transfer import fetch_study_series
 
     endpoint = endpoint_from(args)
