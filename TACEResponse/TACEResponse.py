@@ -235,6 +235,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.tumourComboBox.connect("currentIndexChanged(int)", self.onTumourSelected)
 
         self.ui.survivalPlotWidget.plotController().setVisible(False)  # one fixed chart: no chart selector
@@ -725,6 +726,16 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 folder=folder, files=", ".join(f.name for f in files)))
             self.ui.statusLabel.setVisible(True)
 
+    def onExportDicom(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Write the DICOM results to folder"))
+        if not folder:
+            return
+        with userErrorDisplay(_("The DICOM results could not be written.")), slicer.util.WaitCursor():
+            written = self.logic.exportDicom(self._parameterNode, folder)
+            self.ui.statusLabel.setText(_("{summary} written to {folder}").format(summary=written.summary(),
+                                                                                 folder=folder))
+            self.ui.statusLabel.setVisible(True)
+
     # -- Segment Editor round trip ---------------------------------------------------------------
     def onEditInSegmentEditor(self) -> None:
         with userErrorDisplay(_("The Segment Editor could not be opened.")):
@@ -980,6 +991,17 @@ class TACEResponseLogic(ScriptedLoadableModuleLogic):
                 mask = mrml.segment_mask_from_node(p.segmentationNode, p.segmentId, p.referenceVolume)
         return panel.export_report(result, folder, reference=reference, heatmap=heatmap, mask=mask,
                                    nomogram_png=nomogramPng, tumour_index=tumourIndex)
+
+    def exportDicom(self, p, folder):
+        """The result as DICOM objects in ``folder`` (:mod:`TACEResponseLib.frontend.panel.dicom`), in the study
+        of the DICOM series the reference volume was loaded from."""
+        from TACEResponseLib.frontend.panel.dicom import dicom_source_files, export_dicom
+
+        source = dicom_source_files(p.referenceVolume, getattr(slicer, "dicomDatabase", None))
+        segmentation = mrml.segmentation_from_node(p.segmentationNode, p.referenceVolume, [p.segmentId])
+        heatmap = mrml.volume_from_node(p.heatmapNode) if p.heatmapNode else None
+        return export_dicom(self.resultOf(p), mrml.volume_from_node(p.referenceVolume), heatmap, segmentation,
+                            source, folder)
 
     def installDependencies(self, plan) -> None:
         """Carry out :func:`panel.install_plan` steps (only ever on the user's request).

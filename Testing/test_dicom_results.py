@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -276,3 +275,46 @@ def test_without_pydicom_3_the_dicom_writer_says_what_to_install(monkeypatch):
     monkeypatch.setattr(pydicom, "__version__", "2.4.4")
     with pytest.raises(InputError, match=r"pydicom 2\.4\.4 \(3D Slicer 5\.10 ships 2\.4\.4\).*highdicom==0\.28\.2"):
         check_dicom_writer()
+
+
+class _DicomDatabase:
+    """What the panel asks of ``slicer.dicomDatabase``: the file of each SOP instance."""
+
+    def __init__(self, folder):
+        self.files = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): str(f) for f in folder.iterdir()}
+
+    def fileForInstance(self, uid):  # noqa: N802 - Slicer's name
+        return self.files.get(uid, "")
+
+
+def test_the_panel_writes_the_same_objects_from_its_nodes(case, mrml, tmp_path):
+    """Slicer's panel: the reference node loaded from the DICOM database (its instance UIDs attribute), the
+    heatmap and segmentation as nodes; the objects are those the command line wrote, and zip for the web."""
+    import zipfile
+
+    from TACEResponseLib.core.errors import InputError
+    from TACEResponseLib.frontend import mrml as nodes
+    from TACEResponseLib.frontend.panel.dicom import INSTANCE_UIDS_ATTRIBUTE, dicom_source_files, export_dicom, zipped
+    from TACEResponseLib.imaging.segmentation import read_segmentation
+
+    scene = mrml.scene
+    reference = nodes.volume_to_node(case["reference"], scene, "CT")
+    database = _DicomDatabase(case["ct"])
+    with pytest.raises(InputError, match="was not loaded from DICOM"):
+        dicom_source_files(reference, database)
+    reference.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, " ".join(database.files))
+    source = dicom_source_files(reference, database)
+    assert sorted(map(str, source)) == sorted(database.files.values())
+    heatmap = nodes.volume_to_node(read_heatmap(case["out"] / "heatmap.nrrd"), scene, "heatmap")
+    segmentation = nodes.segmentation_to_node(read_segmentation(case["seg"]), scene, "tumour")
+    written = export_dicom(case["result"], nodes.volume_from_node(reference), nodes.volume_from_node(heatmap),
+                           nodes.segmentation_from_node(segmentation, reference), source, tmp_path / "panel")
+    by_file = {o.file: o.sop_instance_uid for o in written.objects}
+    for name in FILES.values():
+        assert by_file[name] == pydicom.dcmread(case["dicom"] / name, stop_before_pixels=True).SOPInstanceUID
+    archive = zipped(tmp_path / "panel", tmp_path / "dicom.zip")
+    with zipfile.ZipFile(archive) as bundle:
+        assert sorted(bundle.namelist()) == sorted([*by_file, "dicom.json"])
+    database.files.pop(next(iter(database.files)))
+    with pytest.raises(InputError, match="1 of its 20 DICOM file"):
+        dicom_source_files(reference, database)
