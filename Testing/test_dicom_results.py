@@ -318,3 +318,32 @@ def test_the_panel_writes_the_same_objects_from_its_nodes(case, mrml, tmp_path):
     database.files.pop(next(iter(database.files)))
     with pytest.raises(InputError, match="1 of its 20 DICOM file"):
         dicom_source_files(reference, database)
+
+
+def test_other_commands_write_their_findings_the_same_way(case, tmp_path):
+    """What ``assess`` calls: its own measurement groups (here a coded Current Response and a diameter) and masks."""
+    from TACEResponseLib.pacs import codes
+    from TACEResponseLib.pacs.export import Finding, write_findings
+    from TACEResponseLib.pacs.images import Identity
+    from TACEResponseLib.pacs.readback import report_groups, segments_on
+    from TACEResponseLib.pacs.report import ReportGroup
+
+    drawn = tumour_masks(case["reference"].shape_kji)
+    identity = Identity("mRECIST assessment", "1", "", "0.1.0", False, "RESEARCH USE ONLY - not for diagnosis")
+    findings = [Finding(f"Target lesion {n}", mask, ReportGroup(
+        label=f"Target lesion {n}", tracking_uid="", method=codes.local("MRECIST", "mRECIST"),
+        evaluations=[(codes.standard("DCM.CurrentResponse"), codes.response_code(cls))],
+        measurements=[(codes.coded("103339001", "SCT", "Long axis"), diameter, codes.coded("mm", "UCUM", "mm"), None)]))
+        for n, (mask, cls, diameter) in enumerate(zip(drawn, ("PR", "SD"), (31.5, 12.0)), start=1)]
+    written = write_findings(findings, case["reference"], case["ct"], tmp_path / "assess", identity, case_id="A1")
+    assert [o.kind for o in written.objects] == ["SEG", "SR"]
+    masks = segments_on(tmp_path / "assess" / "seg.dcm", case["reference"])
+    for number, expected in enumerate(drawn, start=1):
+        np.testing.assert_array_equal(masks[number], expected)
+    groups, comments = report_groups(tmp_path / "assess" / "report_sr.dcm")
+    assert [(g.label, g.segment_number, g.evaluations["Current Response"], g.numbers["Long axis"]) for g in groups] == [
+        ("Target lesion 1", 1, "Target Lesion Partial Response", 31.5),
+        ("Target lesion 2", 2, "Target Lesion Stable Disease", 12.0)]
+    assert comments == ["RESEARCH USE ONLY - not for diagnosis"]
+    run = subprocess.run([_tool("dciodvfy"), str(tmp_path / "assess" / "report_sr.dcm")], capture_output=True, text=True)
+    assert not [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]

@@ -45,7 +45,7 @@ from TACEResponseLib.pacs.images import (
     secondary_capture_object,
     segmentation_object,
 )
-from TACEResponseLib.pacs.report import measurement_report, prediction_comments, prediction_groups
+from TACEResponseLib.pacs.report import ReportGroup, measurement_report, prediction_comments, prediction_groups
 from TACEResponseLib.pacs.source import SourceSeries, check_dicom_reference, read_source_series
 
 logger = logging.getLogger(__name__)
@@ -195,23 +195,81 @@ def write_dicom_results(result, reference: Volume | str | Path, segmentation: Se
     objects.append(("SR", SR_FILE, sr))
     if overlay and heatmap is not None:
         objects += _secondary_captures(result, reference, heatmap, tumours, source, identity, key)
+    return _write_folder(output, objects, source, result.case_id, key, previous, not_written, len(tumours))
+
+
+def _write_folder(output: Path, objects: Sequence[tuple[str, str, Any]], source: SourceSeries, case_id: str, key: str,
+                  previous: DicomResults | None, not_written: Sequence[str], tumours: int) -> DicomResults:
+    """``objects`` (kind, file name, dataset) and ``dicom.json`` written as one atomic group; files of an
+    earlier index this one has not (fewer tumours) removed, so they are not sent again."""
     index = DicomResults(
         study_instance_uid=source.study_uid, source_series_uid=source.series_uid,
-        frame_of_reference_uid=source.frame_of_reference_uid, case_id=result.case_id,
+        frame_of_reference_uid=source.frame_of_reference_uid, case_id=case_id,
         objects=[DicomObject(kind, name, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID),
                              str(ds.get("SeriesDescription", ""))) for kind, name, ds in objects],
-        result_key=key, not_written=not_written,
-        checks={"seg_equals_tumour_masks": True, "tumours": len(tumours)})
+        result_key=key, not_written=list(not_written), checks={"seg_equals_tumour_masks": True, "tumours": tumours})
     output.mkdir(exist_ok=True)
     with atomic_paths([*(output / name for _, name, _ in objects), output / INDEX_FILE]) as temporaries:
         for (_, _, dataset), temporary in zip(objects, temporaries):
             dataset.save_as(temporary, enforce_file_format=True)
         index.save_json(temporaries[-1])
-    if previous is not None:  # objects of an earlier result that this one has not (fewer tumours): not sent again
+    if previous is not None:
         for stale in set(o.file for o in previous.objects) - set(o.file for o in index.objects):
             (output / stale).unlink(missing_ok=True)
     logger.info("%s → %s", index.summary(), output)
     return index
+
+
+@dataclass
+class Finding:
+    """One tumour of a report other than a prediction's (e.g. a response assessment): its label, its mask
+    on the reference grid (bool ``[k, j, i]``), and its measurement group (``segment_number`` and
+    ``tracking_uid`` are filled in here)."""
+
+    label: str
+    mask: np.ndarray
+    group: ReportGroup
+    source_segment: str = ""
+
+
+def write_findings(findings: Sequence[Finding], reference: Volume, source: str | Path | Sequence[str | Path],
+                   output_dir: str | Path, identity: Identity, *, case_id: str = "", method: str = "",
+                   patient: ReportGroup | None = None, comments: Sequence[str] = ()) -> DicomResults:
+    """A SEG of the findings' masks and a TID 1500 report of their groups (and ``patient``'s), in the source's
+    study, written like :func:`write_dicom_results` (same folder layout, ``dicom.json``, atomic, the SEG
+    checked voxel for voxel, UIDs from the content). For commands with their own measurements — ``assess``
+    fills :class:`~.report.ReportGroup` with e.g. ``(standard("DCM.CurrentResponse"), response_code("PR"))``
+    — ``identity`` names the method (:class:`~.images.Identity`); ``method``: the tumour rule said in the SEG."""
+    output = check_output_folder(output_dir, "--dicom-out")
+    check_dicom_reference(source)
+    if not findings:
+        raise InputError("no finding to write as DICOM")
+    series = read_source_series(source, reference)
+    content = {"identity": identity.__dict__, "case": case_id, "comments": list(comments), "source": series.series_uid,
+               "software": software_version(),
+               "findings": [[f.label, hashlib.sha256(np.packbits(f.mask)).hexdigest(), repr(f.group)] for f in findings],
+               "patient": repr(patient)}
+    key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    previous = read_dicom_index(output)
+    if previous is not None and previous.result_key == key and all(p.is_file() for p in previous.files(output)):
+        return previous
+    tumours = [TumourSegment(f.label, np.asarray(f.mask, bool), _uid(key, "tumour", n), f.source_segment or f.label,
+                             float(np.count_nonzero(f.mask)) * float(np.prod(reference.spacing)) / 1000.0)
+               for n, f in enumerate(findings)]
+    uids = {kind: {"series": _uid(key, kind, "series"), "instance": _uid(key, kind, "instance")} for kind in ("SEG", "SR")}
+    seg = segmentation_object(series, reference, tumours, identity, method, uids["SEG"], SERIES_NUMBERS["SEG"])
+    _check_segments(seg, reference, tumours)
+    groups = []
+    for n, (finding, tumour) in enumerate(zip(findings, tumours), start=1):
+        finding.group.segment_number, finding.group.tracking_uid = n, tumour.tracking_uid
+        groups.append(finding.group)
+    if patient is not None:
+        patient.tracking_uid = patient.tracking_uid or _uid(key, "patient")
+        groups.append(patient)
+    sr = measurement_report(series, seg, groups, comments, identity, {**uids["SR"], "device": _uid(key, "device")},
+                            SERIES_NUMBERS["SR"])
+    return _write_folder(output, [("SEG", SEG_FILE, seg), ("SR", SR_FILE, sr)], series, case_id, key, previous, [],
+                         len(tumours))
 
 
 def _check_segments(seg, reference: Volume, tumours: Sequence[TumourSegment]) -> None:
