@@ -108,6 +108,7 @@ def _check_results_from_pacs(pacs, endpoint, study, out, tmp_path):
     assert any("RESEARCH USE ONLY" in c for c in comments)
 
 
+@pytest.mark.slow
 def test_round_trip_over_dicomweb(login, study, tmp_path, capsys):
     pacs = login
     said = _ok(capsys, ["pacs", "send", str(study["ct"]), "--to", pacs.url])
@@ -128,6 +129,7 @@ def test_round_trip_over_dicomweb(login, study, tmp_path, capsys):
     logging.getLogger(__name__).info("DICOMweb round trip: fetch + predict + write + send %.1f s", seconds)
 
 
+@pytest.mark.slow
 def test_round_trip_over_dimse(login, study, tmp_path, capsys):
     pacs = login
     said = _ok(capsys, ["pacs", "send", str(study["ct"]), "--to", pacs.dimse])
@@ -139,6 +141,7 @@ def test_round_trip_over_dimse(login, study, tmp_path, capsys):
     _check_results_from_pacs(pacs, pacs.dimse, study, out, tmp_path / "back")
 
 
+@pytest.mark.slow
 def test_sending_the_same_results_twice_stores_them_once(login, study, tmp_path, capsys):
     pacs = login
     _ok(capsys, ["pacs", "send", str(study["ct"]), "--to", pacs.url])
@@ -149,6 +152,7 @@ def test_sending_the_same_results_twice_stores_them_once(login, study, tmp_path,
     assert "sent 5 instances" in said and len(pacs.rest("/instances")) == before
 
 
+@pytest.mark.slow
 def test_batch_reads_studies_from_the_pacs_and_sends_each_case_back(login, study, tmp_path, capsys):
     pacs = login
     _ok(capsys, ["pacs", "send", str(study["ct"]), "--to", pacs.url])
