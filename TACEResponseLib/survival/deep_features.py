@@ -284,7 +284,7 @@ def _pick_segment(segmentation: Segmentation, segment: str | None) -> str:
         return segmentation.find(segment).id
     if not segmentation.segments:
         raise InputError(f"segmentation {segmentation.name!r} has no segments; draw the tumour first")
-    return segmentation.segments[0].id
+    return segmentation.default_segment_ids()[0]
 
 
 # --- rigid registration of a phase onto the reference -------------------------------------------
