@@ -151,12 +151,15 @@ def test_acquisitions_without_a_number_are_split_by_content_time(tmp_path):
 
 
 def test_the_segs_acquisition_is_the_default_image(stacked):
-    from TACEResponseLib.imaging.dicom import read_dicom_series
+    from TACEResponseLib.imaging.dicom import image_for_references, read_dicom_series
 
-    root, _ = stacked
+    root, uid = stacked
     segmentation = read_segmentation(root / "seg.dcm")
-    image = read_dicom_series(root / "ct", referenced_instances=set(segmentation.metadata["referenced_instances"]))
+    references = segmentation.metadata["referenced_instances"]
+    image = read_dicom_series(root / "ct", referenced_instances=set(references))
     assert image.metadata["acquisition"] == "2"
+    assert image_for_references(root / "ct", references) == f"{root / 'ct'}#{uid}@2"
+    assert image_for_references(root / "ct", ["1.2.3.4"]) == str(root / "ct")  # no match: the folder, as given
 
 
 def test_a_seg_of_another_series_is_accepted_only_where_it_overlaps_the_image(stacked, ct_and_seg, tmp_path):

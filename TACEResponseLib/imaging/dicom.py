@@ -69,6 +69,9 @@ class SliceHeader:
     rescale: tuple[float, float] = (1.0, 0.0)  # (slope, intercept)
     layout: PixelLayout | None = None
     sop_class: str = ""
+    patient_id: str = ""
+    study_uid: str = ""
+    study_date: str = ""
 
 
 @dataclass
@@ -145,7 +148,7 @@ def read_header(path: str) -> SliceHeader | None:
             get("SeriesInstanceUID"), get("SOPInstanceUID"), get("Modality"), get("SeriesDescription"),
             get("AcquisitionNumber"), (get("ContentTime"), get("AcquisitionTime")),
             (_number(ds.get("RescaleSlope", 1), 1.0), _number(ds.get("RescaleIntercept", 0), 0.0)), layout,
-            get("SOPClassUID"))
+            get("SOPClassUID"), get("PatientID"), get("StudyInstanceUID"), get("StudyDate"))
     except InputError:
         raise
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
@@ -256,6 +259,22 @@ def _by_reference(series: list[SeriesInfo], referenced: set[str] | None) -> Seri
         return None
     logger.info("using %s: the segmentation references %d of its images", chosen[0].key, best)
     return chosen[0]
+
+
+def image_for_references(image: str | os.PathLike, referenced_instances: list[str] | set[str] | None) -> str:
+    """``image`` itself, or — for a DICOM folder holding several series or stacked acquisitions —
+    ``FOLDER#KEY`` of the one holding the images a DICOM SEG references (its SOP Instance UIDs)."""
+    path = Path(image)
+    if not referenced_instances or not path.is_dir():
+        return str(image)
+    series = list_series(path)
+    if len(series) < 2:
+        return str(image)
+    chosen = _by_reference(series, set(referenced_instances))
+    if chosen is None:
+        return str(image)
+    logger.info("%s: the segmentation's acquisition is %s", path, chosen.key or "(no SeriesInstanceUID)")
+    return f"{path}#{chosen.key or series.index(chosen) + 1}"
 
 
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,

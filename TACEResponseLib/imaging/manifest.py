@@ -213,6 +213,8 @@ def _existing(base: Path, value: str, what: str, problems: list[str]) -> Path:
         problems.append(f"{what} path is blank")
         return Path()
     path = _resolve(base, value)
+    if not path.exists() and "#" in path.name and Path(str(path).rsplit("#", 1)[0]).is_dir():
+        return path  # FOLDER#SERIES[@ACQUISITION]: one series of a DICOM folder
     if not path.exists():
         problems.append(f"{what} {path} does not exist")
     return path
