@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tace-response demo --output $(DEMO_OUT)
+	$(VENV)/bin/tace-response demo run --output $(DEMO_OUT)
 
 test: $(STAMP) testdata browser
 	QT_QPA_PLATFORM=offscreen MPLBACKEND=Agg $(PY) -m pytest Testing
@@ -60,14 +60,14 @@ clean:
 # held-out report + PNGs) go to build/demo-bundle, which is not committed.
 DEMO_BUNDLE ?= Resources/Models/TACEResponse-demo-synthetic-ct
 demo-bundle: $(STAMP)
-	$(VENV)/bin/tace-response make-demo-bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2
+	$(VENV)/bin/tace-response demo bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2
 
 # The same, keeping the committed weights: only what `train` fits at its end (temperature scaling on
 # the validation patients, the training profile of the OOD warning) on the same regenerated cohort and
 # split, then the held-out evaluation and Models.json. Minutes instead of the training's hour.
 .PHONY: demo-bundle-trust
 demo-bundle-trust: $(STAMP)
-	$(VENV)/bin/tace-response make-demo-bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2 --trust-only
+	$(VENV)/bin/tace-response demo bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2 --trust-only
 
 # Re-create the SYNTHETIC demo survival model (200 phantoms like the demo case → Zhang 2020
 # pipeline with random-init DenseNet-121 features → survival_model.json + nomogram + signature +
@@ -76,4 +76,4 @@ demo-bundle-trust: $(STAMP)
 .PHONY: demo-survival-model
 DEMO_SURVIVAL_MODEL ?= Resources/Models/TACEResponse-demo-synthetic-survival
 demo-survival-model: $(STAMP)
-	$(VENV)/bin/tace-response make-demo-survival-model --work-dir build/demo-survival-model --output $(DEMO_SURVIVAL_MODEL) --workers 2
+	$(VENV)/bin/tace-response demo survival-model --work-dir build/demo-survival-model --output $(DEMO_SURVIVAL_MODEL) --workers 2

@@ -156,7 +156,7 @@ def test_the_segs_acquisition_is_the_default_image(stacked):
     root, uid = stacked
     segmentation = read_segmentation(root / "seg.dcm")
     references = segmentation.metadata["referenced_instances"]
-    image = read_dicom_series(root / "ct", referenced_instances=set(references))
+    image = read_dicom_series(root / "ct", read_file=read_volume, referenced_instances=set(references))
     assert image.metadata["acquisition"] == "2"
     assert image_for_references(root / "ct", references) == f"{root / 'ct'}#{uid}@2"
     assert image_for_references(root / "ct", ["1.2.3.4"]) == str(root / "ct")  # no match: the folder, as given

@@ -277,14 +277,14 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = [
-    Command("demo", cmd_demo, _demo_args,
-            "run the main job on the bundled SYNTHETIC demo case"),
     Command("predict", cmd_predict, _predict_args,
-            "predict one case (result.json + heatmap.nrrd)"),
+            "predict one case (result.json + heatmap.nrrd)", task="cases"),
     Command("batch", cmd_batch, _batch_args,
-            "predict a cohort manifest (resumable; a local or existing Dask cluster)"),
-    Command("phantoms", cmd_phantoms, _phantoms_args,
-            "write a SYNTHETIC phantom cohort + manifest.csv"),
+            "predict a cohort manifest (resumable; a local or existing Dask cluster)", task="cases"),
     Command("patches", cmd_patches, _patches_args,
-            "cut tumour patches for one case (PNG + npz + provenance)"),
+            "cut tumour patches for one case (PNG + npz + provenance)", task="cases"),
+    Command("run", cmd_demo, _demo_args,
+            "run the main job on the bundled SYNTHETIC demo case", group="demo", replaces="demo"),
+    Command("phantoms", cmd_phantoms, _phantoms_args,
+            "write a SYNTHETIC phantom cohort + manifest.csv", group="demo", replaces="phantoms"),
 ]

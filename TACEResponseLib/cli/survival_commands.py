@@ -25,6 +25,9 @@ from TACEResponseLib.core.tables import with_sheet
 
 logger = logging.getLogger(__name__)
 
+#: what ``--n-boot 0`` means
+NO_BOOTSTRAP = "no bootstrap, C-indices without confidence intervals"
+
 # --- survival (Zhang 2020): deep features, signature, nomogram ---------------------------------
 def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phases", nargs="+", default=["arterial", "portal"], metavar="PHASE",
@@ -272,7 +275,7 @@ def cmd_fit_signature(args: argparse.Namespace) -> int:
     signature = fit_image_signature(args.output, config=_survival_config(args, []), **_signature_inputs(args))
     _print_signature(signature.stage)
     print(f"signature: {Path(args.output) / 'signature.json'} "
-          f"(next: tace-response fit-nomogram --signature {args.output})")
+          f"(next: tace-response survival fit-nomogram --signature {args.output})")
     return 0
 
 
@@ -365,7 +368,8 @@ def _nomogram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dichotomise", nargs="+", metavar="NAME[=CUTOFF]", default=None,
                    help="continuous variables entered as above/below a cut-off: ALT (> 50 U/L), AFP (> 400 ng/mL), "
                         "tumour_size (> 5 cm) by name, or NAME=VALUE")
-    p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--n-boot", type=number(int, 0, 1_000_000, zero=NO_BOOTSTRAP), default=1000,
+                   help="bootstrap resamples (patients) for the C-index confidence intervals")
 
 
 def _survival_args(p: argparse.ArgumentParser) -> None:
@@ -422,22 +426,29 @@ def _make_demo_survival_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", type=number(int, 20, 100_000), default=200, help="SYNTHETIC phantoms in the cohort")
     p.add_argument("--seed", type=SEED, default=2000, help="first phantom seed (and the clinical/survival draw)")
     p.add_argument("--workers", type=number(int, 1, 256), default=2, help="processes making the phantoms")
-    p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--n-boot", type=number(int, 0, 1_000_000, zero=NO_BOOTSTRAP), default=1000,
+                   help="bootstrap resamples (patients) for the C-index confidence intervals")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None, help="torch threads for the DenseNet features")
     p.add_argument("--device", default="cpu", help="cpu keeps the model reproducible")
 
 
 COMMANDS = [
     Command("extract-features", cmd_extract_features, _extract_features_args,
-            "DenseNet-121 deep features per case and phase (cached) → CSV"),
-    Command("survival", cmd_survival, _survival_args,
-            "Zhang 2020 survival: ICC → signature → nomograms → report + survival_model.json"),
+            "DenseNet-121 deep features per case and phase (cached) → CSV", group="survival",
+            replaces="extract-features"),
     Command("fit-signature", cmd_fit_signature, _signature_args,
-            "Zhang 2020 step 1: ICC filter → mRMR → elastic-net Cox → signature.json (+ scores and split)"),
+            "step 1: ICC filter → mRMR → elastic-net Cox → signature.json (+ scores and split)", group="survival",
+            replaces="fit-signature"),
     Command("fit-nomogram", cmd_fit_nomogram, _fit_nomogram_args,
-            "Zhang 2020 step 2: Cox screen + stepwise AIC → nomograms → report + survival_model.json"),
-    Command("survival-cohort", cmd_survival_cohort, _survival_cohort_args,
-            "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)"),
-    Command("make-demo-survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
-            "re-create the SYNTHETIC demo survival model and register it in Resources/Models.json"),
+            "step 2: Cox screen + stepwise AIC → nomograms → report + survival_model.json", group="survival",
+            replaces="fit-nomogram"),
+    Command("run", cmd_survival, _survival_args,
+            "both steps: ICC → signature → nomograms → report + survival_model.json", group="survival",
+            replaces="survival"),
+    Command("phantoms", cmd_survival_cohort, _survival_cohort_args,
+            "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)", group="survival",
+            replaces="survival-cohort"),
+    Command("survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
+            "re-create the SYNTHETIC demo survival model and register it in Resources/Models.json", group="demo",
+            replaces="make-demo-survival-model"),
 ]

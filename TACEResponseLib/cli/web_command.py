@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from TACEResponseLib.cli.common import Command
+from TACEResponseLib.cli.common import Command, number
 from TACEResponseLib.core.errors import InputError, TACEResponseError
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 def _web_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only); any other needs --users")
-    p.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+    p.add_argument("--port", type=number(int, 0, 65535, zero="any free port"), default=8080, help="port")
     p.add_argument("--users", default=None, metavar="FILE", help="users file: log-in required (HTTP basic, then a cookie)")
     p.add_argument("--add-user", default=None, metavar="NAME",
                    help="add NAME to --users FILE (password read from the terminal or standard input) and exit")
@@ -93,16 +93,18 @@ def _web_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-demo", action="store_true", help="start sessions empty instead of on the SYNTHETIC demo case")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--encoder", default=None, choices=["jpeg", "png", "webp"], help="view streaming (default jpeg)")
-    p.add_argument("--max-sessions", type=int, default=4, help="sessions at once (each is a process)")
-    p.add_argument("--session-timeout", type=int, default=60,
+    p.add_argument("--max-sessions", type=number(int, 1, 10_000), default=4, help="sessions at once (each is a process)")
+    p.add_argument("--session-timeout", type=number(int, 1, 7 * 86400), default=60,
                    help="seconds a session lives on after its page closed (then its folder is removed)")
-    p.add_argument("--max-upload-mb", type=float, default=1024, help="largest uploaded file")
-    p.add_argument("--max-session-upload-mb", type=float, default=4096, help="all uploads of one session")
-    p.add_argument("--max-upload-files", type=int, default=4000, help="files one session may upload")
+    p.add_argument("--max-upload-mb", type=number(float, 0, 1e7, low_open=True), default=1024, help="largest uploaded file")
+    p.add_argument("--max-session-upload-mb", type=number(float, 0, 1e7, low_open=True), default=4096,
+                   help="all uploads of one session")
+    p.add_argument("--max-upload-files", type=number(int, 1, 10_000_000), default=4000, help="files one session may upload")
     p.add_argument("--open", action="store_true", help="open the page in this computer's browser")
 
 
 COMMANDS = [
     Command("web", cmd_web, _web_args,
-            "serve the workflow as a web page on Slicer's views and segment editor (one process per session)"),
+            "serve the workflow as a web page on Slicer's views and segment editor (one process per session)",
+            task="web"),
 ]

@@ -124,22 +124,25 @@ def serve(run: Callable[[Sequence[str]], int], idle_timeout: float | None = None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Serve ``tace-response`` requests on stdin/stdout, models kept loaded between them."""
+    """Serve ``tace-response`` requests on stdin/stdout, models kept loaded between them.
+
+    ``args.tool`` is the tool's ``main`` (:func:`TACEResponseLib.cli.main`), which runs each request:
+    the parser hands it over, so this module does not import the package that registers it."""
     from TACEResponseLib.cli import case_commands
-    from TACEResponseLib.cli import main as cli_main
     from TACEResponseLib.prediction import case
 
     case_commands.WARM_PREDICTORS = {}  # keep each model loaded between requests
     case.READ_CACHE = {}  # and the last request's volumes, while their files are unchanged
-    return serve(cli_main, idle_timeout=args.idle_timeout or None)
+    return serve(args.tool, idle_timeout=args.idle_timeout or None)
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--idle-timeout", type=number(float, 0, 1e7), default=1800.0, metavar="SECONDS",
-                   help="exit after this many seconds without a request (default 1800; 0: never)")
+    p.add_argument("--idle-timeout", type=number(float, 0, 1e7, zero="never"), default=1800.0, metavar="SECONDS",
+                   help="exit after this many seconds without a request (default 1800)")
 
 
 COMMANDS = [
     Command("worker", cmd_worker, _worker_args,
-            "serve requests (JSON lines on stdin/stdout) with models kept loaded: the Slicer module's warm worker"),
+            "serve requests (JSON lines on stdin/stdout) with models kept loaded: the Slicer module's warm worker",
+            hidden=True),
 ]

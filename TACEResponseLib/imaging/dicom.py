@@ -32,6 +32,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.imaging.dicom_pixels import PixelLayout, pixel_layout, read_dataset
 from TACEResponseLib.imaging.geometry import LPS_TO_RAS, Volume, check_volume
 from TACEResponseLib.imaging.sanity import check_spacing
-from TACEResponseLib.imaging.volume_io import _locale_kept, unreadable_image_error
+from TACEResponseLib.imaging.itk_reading import locale_kept, unreadable_image_error
 
 logger = logging.getLogger(__name__)
 
@@ -277,11 +278,13 @@ def image_for_references(image: str | os.PathLike, referenced_instances: list[st
     return f"{path}#{chosen.key or series.index(chosen) + 1}"
 
 
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
-                      referenced_instances: set[str] | None = None) -> Volume:
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None, *,
+                      read_file: Callable[[Path], Volume], referenced_instances: set[str] | None = None) -> Volume:
     """Read one DICOM series (or one acquisition of it) from ``folder`` with its geometry checked (see
     the module docstring). ``referenced_instances`` (SOP Instance UIDs a DICOM SEG references) choose
-    among several series or stacked acquisitions when ``series_uid`` does not."""
+    among several series or stacked acquisitions when ``series_uid`` does not. ``read_file`` reads a
+    series of one file (a multi-frame image) as an image file
+    (:func:`~TACEResponseLib.imaging.volume_io.read_volume`, which calls this for a folder)."""
     folder = Path(folder)
     series = list_series(folder)
     if not series:
@@ -291,9 +294,7 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
     metadata = {"source": str(folder), "series_uid": chosen.uid, "acquisition": chosen.acquisition,
                 "modality": chosen.modality, "description": chosen.description}
     if len(chosen.files) == 1:  # one file: a multi-frame image, or a single slice
-        from TACEResponseLib.imaging.volume_io import read_volume
-
-        volume = read_volume(chosen.files[0])
+        volume = read_file(Path(chosen.files[0]))
         volume.name = folder.name
         volume.metadata.update(metadata)
         return volume
@@ -391,7 +392,7 @@ def _pixel_spacing(path: str) -> tuple[float, float]:
 def _decode_with_sitk(folder: Path, ordered: list[SliceHeader]) -> tuple[np.ndarray, tuple[float, float]]:
     import SimpleITK as sitk
 
-    with _locale_kept():
+    with locale_kept():
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames([h.path for h in ordered])
         shown = sitk.ProcessObject.GetGlobalWarningDisplay()
