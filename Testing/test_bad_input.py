@@ -228,6 +228,9 @@ def world(tmp_path_factory, random_bundle):
         pd.DataFrame([{**x, "time_months": "ten" if n == 5 else x["time_months"]} for n, x in enumerate(rows)]) \
             .to_excel(writer, sheet_name="text", index=False)
     w["wb"] = root / "t" / "clinical.xlsx"
+    pd.DataFrame({"PATPRI": [1, 2], "survival_time": [100, "long"], "death": [1, 0]}).to_excel(
+        root / "t" / "waw.xlsx", index=False)
+    w["wb_waw"] = root / "t" / "waw.xlsx"
     _bad_segs(w, root, case)
     (root / "emptydir").mkdir()
     w["emptydir"] = root / "emptydir"
@@ -466,6 +469,14 @@ CASES = [
      "dir", ["'OS'"]),
     ("signature-workbook-text-in-numbers", FS + " --features {features} --clinical {wb} --sheet text", "dir",
      ["time_months", "ten"]),
+    ("cohort-import-missing-source", "cohort import hcc-tace-seg {missing} --clinical {wb}", "dir",
+     ["{missing}", "does not exist"]),
+    ("cohort-import-workbook-without-patients", "cohort import hcc-tace-seg {emptydir} --clinical {wb}", "dir",
+     ["{wb}", "TCIA_ID"]),
+    ("cohort-import-missing-sheet", "cohort import hcc-tace-seg {emptydir} --clinical {wb} --sheet Nope", "dir",
+     ["{wb}", "'Nope'", "its sheets: data, text"]),
+    ("cohort-import-text-in-numbers", "cohort import waw-tace {emptydir} --clinical {wb_waw}", "dir",
+     ["{wb_waw}", "survival_time", "'long'"]),
     ("nomogram-workbook-missing-sheet", "fit-nomogram --signature {emptydir} --clinical {wb} --sheet Nope", "dir",
      ["{emptydir}"]),
     ("signature-validation-fraction", FS + " --manifest {t_negtime} --validation-fraction 1.5", "dir",

@@ -28,7 +28,10 @@ def imported(tmp_path_factory):
     root = tmp_path_factory.mktemp("hcc")
     collection = build_replica(root)
     workbook = write_workbook(root / "HCC-TACE-Seg_clinical_data-V2.xlsx")
-    report = import_hcc_tace_seg(collection, root / "out", workbook)
+    assert main(["cohort", "import", "hcc-tace-seg", str(collection), "--clinical", str(workbook),
+                 "--output", str(root / "out")]) == 0
+    report = import_hcc_tace_seg(collection, root / "again", workbook)  # the library, for the report object
+    assert (root / "again" / "manifest.csv").read_text() == (root / "out" / "manifest.csv").read_text()
     return root, report
 
 
@@ -123,3 +126,74 @@ def test_train_and_the_survival_pipeline_accept_the_imported_cohort(imported, ca
     text = json.dumps(model)
     assert '"time_unit": "weeks"' in text and "52" in text
     capsys.readouterr()
+
+
+# --- WAW-TACE ------------------------------------------------------------------------------------------
+def test_waw_tace_import_maps_lirads_response_and_days(tmp_path):
+    import pandas as pd
+
+    from TACEResponseLib.imaging.geometry import Volume
+    from TACEResponseLib.imaging.volume_io import write_volume
+    from TACEResponseLib.imaging.waw_tace import import_waw_tace
+
+    grid = np.diag([0.8, 0.8, 2.0, 1.0])
+    k, j, i = np.indices((10, 40, 40))
+    responses = {1: "LR-TR Nonviable", 2: "LR-TR Viable", 3: "LR-TR Equivocal", 4: "LR-TR Viable"}
+    for patient in (1, 2, 3):  # patient 4 is in the workbook only
+        folder = tmp_path / "src" / "ct_scans" / str(patient)
+        for phase, hu in (("1", 250), ("2", 150)):
+            write_volume(Volume(np.full((10, 40, 40), hu, np.int16), grid, "ct"), folder / f"{patient}_{phase}_scan.nii.gz")
+        lesions = [((i - 20) ** 2 + (j - 20) ** 2 < 40) & (k > 2) & (k < 7)]
+        if patient == 1:
+            lesions.append(((i - 8) ** 2 + (j - 30) ** 2 < 12) & (k > 3) & (k < 6))
+        for n, lesion in enumerate(lesions):
+            write_volume(Volume(lesion.astype(np.uint8), grid, "m"),
+                         tmp_path / "src" / "masks" / str(patient) / f"{patient}_1_{n}_tumor_seg.nrrd")
+    rows = [{"PATPRI": p, "age": 60 + p, "gender_woman": p % 2, "survival_time": 100.0 * p, "death": p % 2,
+             "lab_afp": 10.0 * p, "lab_alt": 40.0, "LI-RADS TR response": r} for p, r in responses.items()]
+    pd.DataFrame(rows).to_excel(tmp_path / "src" / "clinical_data_wawtace_v2_15_07_2024.xlsx", index=False)
+    report = import_waw_tace(tmp_path / "src", tmp_path / "out")
+    by_id = {p.patient: p for p in report.patients}
+    assert {k: v.status for k, v in by_id.items()} == {"1": "used", "2": "used", "3": "survival only", "4": "excluded"}
+    assert (by_id["1"].label, by_id["2"].label) == ("responder", "non-responder")
+    assert "no CT scan" in by_id["4"].reason and "2 lesion masks" in by_id["1"].notes[0]
+    manifest = _rows(tmp_path / "out" / "manifest.csv")
+    segmentation = read_segmentation(tmp_path / "out" / manifest["1"]["segmentation"])
+    assert [s.name for s in segmentation.segments] == ["Tumour 1", "Tumour 2"]
+    assert read_volume(tmp_path / "out" / manifest["1"]["arterial"]).array.max() == 250
+    survival = _rows(tmp_path / "out" / "survival.csv")
+    assert float(survival["3"]["os_days"]) == 300.0 and survival["3"]["label"] == ""
+    assert "not mRECIST" in " ".join(report.notes)
+
+
+# --- the download plan from IDC's index --------------------------------------------------------------------
+def test_download_plan_is_computed_from_the_index_idc_index_data_ships(capsys):
+    import idc_index_data
+    import pandas as pd
+
+    index = pd.read_parquet(idc_index_data.IDC_INDEX_PARQUET_FILEPATH)
+    collection = index[index["collection_id"] == "hcc_tace_seg"]
+    segs = collection[(collection["Modality"] == "SEG") & collection["analysis_result_id"].isna()]
+    wanted = collection[collection["StudyInstanceUID"].isin(segs["StudyInstanceUID"])]
+    wanted = wanted[(wanted["Modality"] == "CT") | wanted["SeriesInstanceUID"].isin(segs["SeriesInstanceUID"])]
+    assert collection["PatientID"].nunique() == 105 and segs["PatientID"].nunique() == 105
+    assert main(["cohort", "download", "hcc-tace-seg", "unused", "--dry-run"]) == 0
+    line = capsys.readouterr().out
+    gigabytes = wanted["series_size_MB"].astype(float).sum() / 1024
+    assert f"105 patients, {len(wanted)} series" in line and f"{gigabytes:.1f} GB" in line
+    assert 10 < gigabytes < 0.6 * collection["series_size_MB"].astype(float).sum() / 1024  # not the whole collection
+
+
+def test_download_without_network_is_one_clear_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from TACEResponseLib.imaging import idc_download
+
+    def unreachable(host):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(idc_download, "_reach", unreachable)  # no traffic leaves this machine in the tests
+    assert main(["cohort", "download", "hcc-tace-seg", str(tmp_path / "dl"), "--no-progress"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot reach IDC's storage" in errors[0] and "Network is unreachable" in errors[0]
+    assert not (tmp_path / "dl").exists()

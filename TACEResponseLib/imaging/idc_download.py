@@ -93,7 +93,7 @@ def _reach(host: str, port: int = 443, timeout: float = 10.0) -> None:
 
 
 def download(plan: DownloadPlan, folder: str | Path, *, progress: bool = True,
-             reach: Callable[[str], None] = _reach) -> Path:
+             reach: Callable[[str], None] | None = None) -> Path:
     """Fetch the plan's series into ``folder`` with idc-index (resumes: files already there are kept).
 
     One InputError when IDC's storage cannot be reached (no network) or the download fails.
@@ -105,7 +105,7 @@ def download(plan: DownloadPlan, folder: str | Path, *, progress: bool = True,
         raise InputError("downloading needs the idc-index package (pip install idc-index)") from None
     host = urlparse(getattr(idc, "aws_endpoint_url", "https://s3.amazonaws.com")).hostname or "s3.amazonaws.com"
     try:
-        reach(host)
+        (reach or _reach)(host)
     except OSError as exc:
         raise InputError(f"cannot reach IDC's storage ({host}): {exc.strerror or exc}; no network? The plan needs "
                          f"{plan.gigabytes:.1f} GB; run again where the internet is reachable "
