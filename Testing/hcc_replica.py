@@ -68,14 +68,16 @@ def _folder_name(number: int, description: str) -> str:
     return f"{number}.000000-{clean}-{abs(hash(description)) % 90000 + 10000}"
 
 
-def _grid() -> np.ndarray:
-    matrix = np.diag([*SPACING, 1.0])
+def _grid(shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    matrix = np.diag([SPACING[0] * SHAPE[2] / shape[2], SPACING[1] * SHAPE[1] / shape[1], SPACING[2] * SHAPE[0] / shape[0],
+                      1.0])
     matrix[:3, 3] = (-16.0, -16.0, -15.0)
     return matrix
 
 
-def _anatomy(radius: float) -> dict[str, np.ndarray]:
-    k, j, i = np.indices(SHAPE)
+def _anatomy(radius: float, shape: tuple[int, int, int] = SHAPE) -> dict[str, np.ndarray]:
+    k, j, i = np.indices(shape, dtype=np.float32)
+    k, j, i = k * SHAPE[0] / shape[0], j * SHAPE[1] / shape[1], i * SHAPE[2] / shape[2]  # the same anatomy, finer
     liver = ((i - 25) ** 2 / 420 + (j - 24) ** 2 / 380 + (k - 6) ** 2 / 30) < 1
     mass = ((i - 26) ** 2 + (j - 25) ** 2 + ((k - 6) * 2.5) ** 2) < radius ** 2
     aorta = ((i - 5) ** 2 + (j - 42) ** 2 < 6) & (k >= 1) & (k <= 10)
@@ -85,23 +87,25 @@ def _anatomy(radius: float) -> dict[str, np.ndarray]:
 
 def _ct(anatomy: dict[str, np.ndarray], phase: str, seed: int) -> np.ndarray:
     liver_hu, tumour_hu, aorta_hu, portal_hu = PHASE_HU[phase]
-    hu = np.full(SHAPE, -80.0)
+    shape = anatomy["Liver"].shape
+    hu = np.full(shape, -80.0)
     hu[anatomy["Liver"]] = liver_hu
     hu[anatomy["Mass"]] = tumour_hu
     hu[anatomy["Abdominal aorta"]] = aorta_hu
     hu[anatomy["Portal vein"]] = portal_hu
-    hu += np.random.default_rng(seed).normal(0, 6, SHAPE)
+    hu += np.random.default_rng(seed).normal(0, 6, shape)
     return np.round(hu + 1024).astype(np.uint16)
 
 
-def build_replica(root: Path) -> Path:
-    """The collection under ``root / "HCC-TACE-Seg"`` and the workbook beside it; returns the collection folder."""
+def build_replica(root: Path, shape: tuple[int, int, int] = SHAPE, patients: list[ReplicaPatient] = PATIENTS) -> Path:
+    """The collection under ``root / "HCC-TACE-Seg"``; returns its folder. ``shape``: voxels per acquisition
+    (the same anatomy on a finer grid: the benchmark's 512² slices)."""
     collection = root / "HCC-TACE-Seg"
-    grid = _grid()
-    for n, patient in enumerate(PATIENTS):
+    grid = _grid(shape)
+    for n, patient in enumerate(patients):
         if not patient.dicom:
             continue
-        anatomy = _anatomy(patient.radius)
+        anatomy = _anatomy(patient.radius, shape)
         frame = f"1.2.826.0.1.3680043.8.498.{1000 + n}"
         pre_uid, post_uid = f"1.2.826.0.1.3680043.8.498.{2000 + n}", f"1.2.826.0.1.3680043.8.498.{3000 + n}"
         pre = collection / patient.id / f"02-0{n % 9 + 1}-1999-NA-CT-CAP WWO CON-{11111 + n}"

@@ -120,6 +120,27 @@ def _numbers(value, count: int) -> np.ndarray | None:
     return values if values.size == count and np.all(np.isfinite(values)) else None
 
 
+def _text(ds, tag: int) -> str:
+    """One text element's value as written (multi-values joined by backslashes), without pydicom's
+    per-value conversion (most of a header's reading time); "" when absent."""
+    from pydicom.dataelem import RawDataElement
+
+    if tag not in ds:
+        return ""
+    element = ds.get_item(tag)
+    if isinstance(element, RawDataElement):
+        raw = element.value or b""
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError:  # an ISO 8859 character set: shown in listings only
+            text = raw.decode("latin-1")
+    else:
+        value = element.value
+        text = "\\".join(str(v) for v in value) if isinstance(value, (list, tuple)) or type(value).__name__ == \
+            "MultiValue" else ("" if value is None else str(value))
+    return text.strip("\x00 ").strip()
+
+
 def _number(value, default: float) -> float:
     try:
         number = float(value)
@@ -141,15 +162,13 @@ def read_header(path: str) -> SliceHeader | None:
         return None  # not DICOM (pydicom's forced read of another file)
     try:
         layout = pixel_layout(path, ds)
-        get = (lambda name: str(ds.get(name, "") or "").strip())
-        image_type = "\\".join(str(v) for v in ds.get("ImageType", []) or []).upper()
+        get = (lambda tag: _text(ds, tag))
         return SliceHeader(
-            path, _numbers(ds.get("ImagePositionPatient"), 3), _numbers(ds.get("ImageOrientationPatient"), 6),
-            (int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)), "LOCALIZER" in image_type,
-            get("SeriesInstanceUID"), get("SOPInstanceUID"), get("Modality"), get("SeriesDescription"),
-            get("AcquisitionNumber"), (get("ContentTime"), get("AcquisitionTime")),
-            (_number(ds.get("RescaleSlope", 1), 1.0), _number(ds.get("RescaleIntercept", 0), 0.0)), layout,
-            get("SOPClassUID"), get("PatientID"), get("StudyInstanceUID"), get("StudyDate"))
+            path, _numbers(get(0x00200032), 3), _numbers(get(0x00200037), 6),
+            (int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)), "LOCALIZER" in get(0x00080008).upper(),
+            get(0x0020000E), get(0x00080018), get(0x00080060), get(0x0008103E), get(0x00200012),
+            (get(0x00080033), get(0x00080032)), (_number(get(0x00281053) or 1, 1.0), _number(get(0x00281052) or 0, 0.0)),
+            layout, get(0x00080016), get(0x00100020), get(0x0020000D), get(0x00080020))
     except InputError:
         raise
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
