@@ -217,3 +217,29 @@ def test_truncated_pixel_data_are_refused_not_zero_padded(tmp_path):
     (tmp_path / "series" / "1-001.dcm").write_bytes(whole[:-100])  # the file ends inside its pixels
     with pytest.raises(InputError, match="truncated pixel data"):
         read_volume(tmp_path / "series")
+
+
+def test_predict_takes_a_seg_and_the_acquisition_it_references_from_a_folder_of_two(tmp_path, random_bundle, capsys):
+    """`predict --image FOLDER --segmentation SEG`: the folder stacks two acquisitions; the tumour segment of
+    the SEG (not its liver) is predicted, on the acquisition the SEG's frames reference."""
+    import json
+
+    from TACEResponseLib.cli import main
+
+    shape = (16, 64, 64)
+    k, j, i = np.indices(shape)
+    grid = np.diag([0.8, 0.8, 2.0, 1.0])
+    mass = ((i - 32) ** 2 + (j - 30) ** 2 + ((k - 8) * 2.5) ** 2) < 14 ** 2
+    liver = ((i - 30) ** 2 / 700 + (j - 30) ** 2 / 600 + (k - 8) ** 2 / 60) < 1
+    uid = "1.2.826.0.1.3680043.8.498.40"
+    noise = np.random.default_rng(1).normal(0, 15, shape)
+    first = (np.where(mass, 1150, np.where(liver, 1080, 900)) + noise).astype(np.int16)
+    write_ct_series(tmp_path / "ct", first, grid, series_uid=uid, acquisition=1, name_prefix="1-")
+    second = write_ct_series(tmp_path / "ct", first + 100, grid, series_uid=uid, acquisition=2, name_prefix="2-")
+    write_seg(tmp_path / "seg.dcm", second, {"Liver": liver, "Mass": mass}, types=TYPES)
+    assert main(["predict", "--image", str(tmp_path / "ct"), "--segmentation", str(tmp_path / "seg.dcm"),
+                 "--bundle", str(random_bundle.path), "--device", "cpu", "--output", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    # it ran at all: the folder alone is refused as holding two acquisitions, so the SEG chose one
+    assert {t["segment_name"] for t in result["tumours"]} == {"Mass"} and result["case_id"] == "ct"
+    capsys.readouterr()

@@ -115,7 +115,8 @@ def predict_case(
                 (survival_volumes[phase],) = _volumes([source], [phase])
                 survival_sources[phase] = source.name if isinstance(source, Volume) else str(source)
     read_s = time.perf_counter() - started
-    case_id = case_id or (volumes[0].name if isinstance(images[0], Volume) else Path(images[0]).name.split(".")[0])
+    case_id = case_id or (volumes[0].name if isinstance(images[0], Volume) else  # FOLDER#SERIES: the folder's name
+                          Path(str(images[0]).split("#")[0]).name.split(".")[0])
     result = predictor.predict(volumes, segmentation, segments=segments, clinical=clinical, case_id=case_id,
                                progress=progress)
     result.timings["read"] = read_s
