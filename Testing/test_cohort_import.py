@@ -179,9 +179,9 @@ def test_download_plan_is_computed_from_the_index_idc_index_data_ships(capsys):
     assert collection["PatientID"].nunique() == 105 and segs["PatientID"].nunique() == 105
     assert main(["cohort", "download", "hcc-tace-seg", "unused", "--dry-run"]) == 0
     line = capsys.readouterr().out
-    gigabytes = wanted["series_size_MB"].astype(float).sum() / 1024
+    gigabytes = wanted["series_size_MB"].astype(float).sum() / 1000
     assert f"105 patients, {len(wanted)} series" in line and f"{gigabytes:.1f} GB" in line
-    assert 10 < gigabytes < 0.6 * collection["series_size_MB"].astype(float).sum() / 1024  # not the whole collection
+    assert 10 < gigabytes < 0.6 * collection["series_size_MB"].astype(float).sum() / 1000  # not the whole collection
 
 
 def test_download_without_network_is_one_clear_line_and_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -46,12 +46,13 @@ class DownloadPlan:
 
     @property
     def gigabytes(self) -> float:
-        return self.megabytes / 1024.0
+        """GB of 1000 MB, as the index's ``series_size_MB`` are counted."""
+        return self.megabytes / 1000.0
 
     def describe(self) -> str:
         return (f"HCC-TACE-Seg from IDC (index {self.index_version}): {self.patients} patients, {self.series} series "
                 f"({self.ct_series} CT of the pre-TACE studies + {self.seg_series} radiologist SEGs), {self.files} files, "
-                f"{self.gigabytes:.1f} GB of the collection's {self.collection_megabytes / 1024.0:.1f} GB "
+                f"{self.gigabytes:.1f} GB ({self.megabytes:,.0f} MB) of the collection's {self.collection_megabytes / 1000.0:.1f} GB "
                 f"({self.collection_series} series)")
 
 
