@@ -92,14 +92,15 @@ def _check_segment(row: ManifestRow) -> str | None:
     if not segmentation.segments:
         return f"segmentation {row.segmentation.name} has no segments"
     try:
-        keys = [row.segment] if row.segment else segmentation.default_segment_ids()
+        seg = segmentation.metadata.get("kind") == "dicom-seg"  # blank: every tumour segment, else the first segment
+        keys = [row.segment] if row.segment else segmentation.default_segment_ids()[:None if seg else 1]
         found = [segmentation.find(key) for key in keys]
     except InputError as exc:
         return str(exc)
     drawn = [s for s in found if np.any(segmentation.layers[s.layer] == s.label_value)]
     if not drawn:
         return f"segment {', '.join(repr(k) for k in keys[:3])} of {row.segmentation.name} is empty (no voxel drawn)"
-    if row.segment is None and segmentation.metadata.get("kind") != "dicom-seg":
+    if row.segment is None and not seg:
         row.segment = found[0].id  # a DICOM SEG's blank stays blank: every tumour segment
     return None
 
