@@ -43,6 +43,7 @@ class ReplicaPatient:
     seg: bool = True            # radiologist SEG present
     reexported: bool = False    # the CT's SOP UIDs changed after the SEG was made (references do not resolve)
     dicom: bool = True          # downloaded
+    foreign: bool = False       # the SEG's series is not in the download (another series UID here)
 
 
 PATIENTS = [
@@ -60,6 +61,7 @@ PATIENTS = [
     ReplicaPatient("HCC_012", 10.0, (2, 1, 2), 35.0, 1),
     ReplicaPatient("HCC_013", 9.0, (3, 3, 3), 50.0, 1, seg=False),   # only the AI SEG
     ReplicaPatient("HCC_014", 9.0, (2, 2, 2), 80.0, 0, dicom=False),  # in the workbook, not downloaded
+    ReplicaPatient("HCC_015", 9.0, (2, 2, 2), 60.0, 1, foreign=True),  # its SEG was drawn on a series not here
 ]
 
 
@@ -125,10 +127,13 @@ def build_replica(root: Path, shape: tuple[int, int, int] = SHAPE, patients: lis
                   {"Liver": anatomy["Liver"], "Tumor": anatomy["Mass"]},
                   types={"Liver": ("10200004", "Liver"), "Tumor": ("108369006", "Neoplasm")},
                   description="AIMI liver-tumor AI segmentation")
-        if patient.reexported:
+        if patient.reexported or patient.foreign:
+            other_series = generate_uid()
             for path in sorted(three.iterdir()):
                 ds = pydicom.dcmread(path)
                 ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+                if patient.foreign:
+                    ds.SeriesInstanceUID = other_series
                 ds.save_as(path, enforce_file_format=True)
         write_ct_series(post / _folder_name(2, "C-A-P"), _ct(anatomy, "portal", n + 300), grid, description="C-A-P",
                         series_number=2, study_uid=post_uid, frame_of_reference=frame + ".9", patient_id=patient.id,

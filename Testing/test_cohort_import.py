@@ -58,6 +58,8 @@ def test_every_patient_is_accounted_for_with_the_reason(imported):
             assert outcome.status == "excluded" and "no DICOM images" in outcome.reason
         elif not patient.seg:
             assert outcome.status == "excluded" and "no radiologist SEG (only AI SEGs)" in outcome.reason
+        elif patient.foreign:
+            assert outcome.status == "excluded" and "the SEG references no CT here" in outcome.reason
         elif not any(patient.mrecist):
             assert outcome.status == "survival only" and outcome.reason == "no mRECIST reading"
         else:
@@ -67,7 +69,7 @@ def test_every_patient_is_accounted_for_with_the_reason(imported):
             assert any("AI SEG(s) skipped" in note for note in outcome.notes)
     assert by_id["HCC_005"].label == "PR" and "readers disagree" in " ".join(by_id["HCC_005"].notes)
     saved = json.loads((root / "out" / "import_report.json").read_text())
-    assert saved["counts"] == {"patients": 14, "used": 11, "survival_only": 1, "excluded": 2}
+    assert saved["counts"] == {"patients": 15, "used": 11, "survival_only": 1, "excluded": 3}
     assert "ALT: not in the collection's workbook" in saved["missing"]
     markdown = (root / "out" / "import_report.md").read_text()
     assert all(f"| {p.id} |" in markdown for p in PATIENTS)
@@ -76,7 +78,7 @@ def test_every_patient_is_accounted_for_with_the_reason(imported):
 def test_the_manifest_holds_the_acquisition_the_seg_was_drawn_on(imported):
     root, _ = imported
     rows = _rows(root / "out" / "manifest.csv")
-    used = [p for p in PATIENTS if p.dicom and p.seg and any(p.mrecist)]
+    used = [p for p in PATIENTS if p.dicom and p.seg and not p.foreign and any(p.mrecist)]
     assert sorted(rows) == sorted(p.id for p in used)
     liver_hu, tumour_hu, aorta_hu, portal_hu = PHASE_HU["arterial"]
     for patient in used:
@@ -103,7 +105,7 @@ def test_references_that_do_not_resolve_fall_back_to_enhancement_and_say_so(impo
 def test_survival_table_keeps_patients_without_a_reading(imported):
     root, _ = imported
     rows = _rows(root / "out" / "survival.csv")
-    with_survival = [p for p in PATIENTS if p.dicom and p.seg]
+    with_survival = [p for p in PATIENTS if p.dicom and p.seg and not p.foreign]
     assert sorted(rows) == sorted(p.id for p in with_survival)
     assert rows["HCC_009"]["label"] == "" and float(rows["HCC_009"]["os_weeks"]) == 45.0
 
