@@ -121,7 +121,7 @@ def test_train_and_the_survival_pipeline_accept_the_imported_cohort(imported, ca
     assert card["class_names"] == ["CR", "PR", "SD", "PD"]
     assert main(["fit-signature", "--manifest", str(out / "survival.csv"), "--phases", "ct", "--time-col", "os_weeks",
                  "--event-col", "death", "--time-unit", "weeks", "--size", "32", "--device", "cpu",
-                 "--validation-fraction", "0", "--icc-threshold", "0", "--max-features", "1",
+                 "--validation-fraction", "0", "--perturb", "none", "--max-features", "1",
                  "--output", str(root / "sig")]) == 0
     assert main(["fit-nomogram", "--signature", str(root / "sig"), "--covariates", "BCLC", "AFP", "--n-boot", "20"]) == 0
     model = json.loads((root / "sig" / "survival_model.json").read_text())
