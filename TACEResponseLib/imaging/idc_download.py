@@ -56,15 +56,22 @@ class DownloadPlan:
                 f"({self.collection_series} series)")
 
 
+#: the index columns the plan needs
+INDEX_COLUMNS = ["collection_id", "analysis_result_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+                 "Modality", "SeriesDescription", "instanceCount", "series_size_MB"]
+
+
 def read_index():
-    """IDC's series index as shipped by idc-index-data (a pandas DataFrame)."""
+    """The collection's rows of IDC's series index as shipped by idc-index-data (a pandas DataFrame)."""
     import pandas as pd
 
     try:
         import idc_index_data
     except ImportError:
         raise InputError("the download plan needs the idc-index-data package (pip install idc-index)") from None
-    return pd.read_parquet(idc_index_data.IDC_INDEX_PARQUET_FILEPATH), str(idc_index_data.__version__)
+    table = pd.read_parquet(idc_index_data.IDC_INDEX_PARQUET_FILEPATH, columns=INDEX_COLUMNS,
+                            filters=[("collection_id", "==", COLLECTION_ID)])
+    return table, str(idc_index_data.__version__)
 
 
 def plan_download(index=None, version: str = "") -> DownloadPlan:
