@@ -243,3 +243,13 @@ def test_predict_takes_a_seg_and_the_acquisition_it_references_from_a_folder_of_
     # it ran at all: the folder alone is refused as holding two acquisitions, so the SEG chose one
     assert {t["segment_name"] for t in result["tumours"]} == {"Mass"} and result["case_id"] == "ct"
     capsys.readouterr()
+
+
+def test_a_manifest_row_with_a_seg_reads_the_acquisition_the_seg_references(stacked, tmp_path):
+    from TACEResponseLib.imaging.manifest import read_manifest
+
+    root, uid = stacked
+    (tmp_path / "m.csv").write_text(f"case_id,arterial,segmentation,label\nc1,{root / 'ct'},{root / 'seg.dcm'},PR\n")
+    (row,) = read_manifest(tmp_path / "m.csv", ["arterial"])
+    assert str(row.images[0]) == f"{root / 'ct'}#{uid}@2" and row.segment is None  # blank: the SEG's tumours
+    assert np.unique(read_volume(row.images[0]).array).tolist() == [176]

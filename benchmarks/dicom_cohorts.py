@@ -100,7 +100,9 @@ def main() -> int:
              "26b": {"measured": round(60 * len(patients) / import_s, 2), "goal": None, "met": None,
                      "what": "HCC-TACE-Seg import, patients per minute (512² replica, 5 series per patient)"}}
     print(f"\nread_volume ÷ SimpleITK = {ratio:.2f} (goal ≤ {GOAL_RATIO})")
-    save_results("dicom_cohorts", {"rows": rows, "goals": goals})
+    import os
+
+    save_results("dicom_cohorts", {"rows": rows, "goals": goals, "load_average_1min": round(os.getloadavg()[0], 2)})
     return 0
 
 

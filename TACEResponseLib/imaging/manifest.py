@@ -102,6 +102,11 @@ def _check_segment(row: ManifestRow) -> str | None:
         return f"segment {', '.join(repr(k) for k in keys[:3])} of {row.segmentation.name} is empty (no voxel drawn)"
     if row.segment is None and not seg:
         row.segment = found[0].id  # a DICOM SEG's blank stays blank: every tumour segment
+    references = segmentation.metadata.get("referenced_instances")
+    if seg and references:  # a folder of several series / stacked acquisitions: the one the SEG was drawn on
+        from TACEResponseLib.imaging.dicom import image_for_references
+
+        row.images = [Path(image_for_references(image, references)) for image in row.images]
     return None
 
 
