@@ -266,6 +266,11 @@ def _bad_segs(w: World, root: Path, case) -> None:
     garbage.MaximumFractionalValue = 100  # stored values up to 255 now exceed it
     garbage.save_as(root / "dcm" / "fractional.dcm")
     w["seg_fractional"] = root / "dcm" / "fractional.dcm"
+    bomb = pydicom.dcmread(ct[0].filename if getattr(ct[0], "filename", None) else sorted(w["dcm_ct"].iterdir())[0])
+    bomb.Rows = bomb.Columns = 4096
+    bomb.PixelData = bytes(64)  # 4096² declared, 64 bytes present: GDCM zero-padded it
+    bomb.save_as(root / "dcm" / "bomb.dcm", enforce_file_format=True)
+    w["dcm_bomb"] = root / "dcm" / "bomb.dcm"
     data = (root / "dcm" / "ok.dcm").read_bytes()
     (root / "dcm" / "truncated.dcm").write_bytes(data[: len(data) - 300])
     w["seg_truncated"] = root / "dcm" / "truncated.dcm"
@@ -391,6 +396,8 @@ CASES = [
      ["{seg_fractional}", "fractional", "0–1"]),
     ("seg-truncated", "patches --image {dcm_ct} --segmentation {seg_truncated}", "dir",
      ["{seg_truncated}", "truncated pixel data"]),
+    ("dicom-truncated-pixel-data", "patches --image {dcm_bomb} --segmentation {seg}", "dir",
+     ["{dcm_bomb}", "truncated pixel data", "4096 × 4096"]),
     ("seg-given-as-image", "patches --image {seg_ok} --segmentation {seg_ok}", "dir",
      ["{seg_ok}", "DICOM segmentation (SEG), not an image"]),
     ("seg-liver-only-chosen-wrong", "patches --image {dcm_ct} --segmentation {seg_ok} --segment 9", "dir",
