@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import label as connected
 
-from TACEResponseLib.frontend import panel
+from TACEResponseLib.frontend import panel, selftest
 from TACEResponseLib.networks.trust import TumourTrust
 from TACEResponseLib.prediction.results import NotAssessableTumour, PatientPrediction, PredictionResult, TumourPrediction
 
@@ -171,3 +171,36 @@ def test_survival_from_a_value_outside_the_training_range_says_so_beside_the_num
     assert row.widget.styleSheet() == panel.OUT_OF_RANGE_STYLE
     ui.view.clinical.show({**case["clinical_values"], "ALT": (low + high) / 2})  # back inside: unmarked
     assert row.label.text() == "ALT (U/L):" and row.widget.styleSheet() == ""
+
+
+class _Parameters(types.SimpleNamespace):
+    """The parameter-node fields as the wrapper gives them (StartModify/EndModify for NodeModify)."""
+
+    def StartModify(self):
+        return 0
+
+    def EndModify(self, was):
+        pass
+
+
+@pytest.mark.slow
+def test_a_prediction_does_not_make_its_own_result_stale(mrml, tmp_path):
+    """Apply writes the inputs, runs the CLI, shows the heatmap over the reference and stores the output
+    nodes: none of it may change the inputs key it started with, or every result would be shown as stale."""
+    import sys
+
+    model = panel.model_choices()[0].model
+    nodes = selftest.load_phantom_nodes(mrml.scene, phases=[p.name for p in panel.load_card(model).inputs])
+    p = _Parameters(referenceVolume=nodes.reference, phaseVolumes={}, segmentationNode=nodes.segmentation,
+                    segmentId=nodes.segment_id, modelName=model, modelPath="", survivalEnabled=False, nomogramPath="",
+                    clinicalValues="{}", device="cpu", keepTemporaryFiles=False, splitIslands=True, minIslandMl=0.05,
+                    patientRule="target_lesions", testTimeViews=2, heatmapVisible=True, heatmapOpacity=0.5,
+                    heatmapColormap="inferno", heatmapNode=None, resultTableNode=None, survivalTableNode=None,
+                    survivalChartNode=None)
+    logic = panel.ParameterNodeLogic()
+    logic.initLogic(mrml.scene, temporary_path=str(tmp_path), python=lambda: sys.executable)
+    before = logic.inputsKey(p)
+    result = logic.processParameterNode(p, timeout=300)
+    assert p.resultTableNode is not None and p.heatmapNode is not None and result.tumours
+    assert logic.inputsKey(p) == before
+    logic.session.close()
