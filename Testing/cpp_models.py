@@ -107,7 +107,7 @@ def ctk_path_line_edit_class():
 def plotted_x_range(series_node, table) -> tuple[float, float]:
     """The X range a ``qMRMLPlotView`` draws a series over, with VTK's own vtkPlotLine: a series whose
     ``IsXColumnRequired()`` is false (a Line or Bar series, vtkMRMLPlotSeriesNode.cxx:333-336) is given
-    ``SetUseIndexForXSeries(true)`` and its Y column as X input (qMRMLPlotView.cxx:326-349, unchanged on
+    ``SetUseIndexForXSeries(true)`` and its Y column as X input (qMRMLPlotView.cxx:361-386, unchanged on
     main), so its points sit at 0 … N−1 whatever its X column holds."""
     from vtkmodules.vtkChartsCore import vtkPlotLine
 
@@ -167,8 +167,8 @@ class QMRMLTableModelRule:
     Libs/MRML/Widgets/qMRMLTableModel.cxx, unchanged on main):
 
     - with ``UseColumnTitleAsColumnHeader`` off (vtkMRMLTableNode's default) the column names are model row 0
-      and table row ``r`` is model row ``r + 1`` (updateModelFromMRML, :247-260; mrmlTableRowIndex, :655-668);
-    - an item's text is ``vtkVariant::ToString()`` of its value (:344-353);
+      and table row ``r`` is model row ``r + 1`` (updateModelFromMRML, :247-253; mrmlTableRowIndex, :637-653);
+    - an item's text is ``vtkVariant::ToString()`` of its value (:344-358);
     - every ``itemChanged`` — any role, a foreground brush too — calls ``updateMRMLFromModel`` (:93, :608-615),
       which writes the item's text back with ``vtkTable::SetValue`` and calls ``table->Modified()`` when the
       stored value differs (:545-565): a double shown with six digits comes back rounded.

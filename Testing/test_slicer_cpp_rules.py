@@ -29,7 +29,7 @@ def qapp():
 # --- 1. the survival curve against time ------------------------------------------------------------------
 def test_the_survival_curve_is_drawn_against_its_times(mrml):
     """A Line series ignores its X column: qMRMLPlotView draws it at 0 … N−1 (vtkMRMLPlotSeriesNode.h:137,
-    qMRMLPlotView.cxx:326-349, Slicer v5.10.0 and main). The survival curve's X must be its event times."""
+    qMRMLPlotView.cxx:361-386, Slicer v5.10.0 and main). The survival curve's X must be its event times."""
     table, chart = mrml_io.show_survival(mrml.scene, SURVIVAL)
     times = SURVIVAL["curve"]["times"]
     for n in range(chart.GetNumberOfPlotSeriesNodes()):

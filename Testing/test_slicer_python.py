@@ -37,7 +37,7 @@ def _run(body: str, **options):
 
 def test_the_ctest_entry_passes_on_a_stock_slicer_and_skips_what_it_cannot_run(tmp_path):
     """``py_TACEResponse`` as CMake's slicer_add_python_unittest runs it (Slicer v5.10.0
-    CMake/SlicerMacroPythonTesting.cmake:73-96: ``slicer.testing.runUnitTest([<build dir>, <module dir>],
+    CMake/SlicerMacroPythonTesting.cmake:75-96: ``slicer.testing.runUnitTest([<build dir>, <module dir>],
     "TACEResponse")``), with every package a stock Slicer lacks unimportable. runUnitTest loads the
     module's TestCase classes with ``unittest.TestLoader().loadTestsFromName`` and runs each ``test_*``
     method on its own (``runTest`` is never called): a test whose packages are missing must be reported
@@ -63,7 +63,7 @@ def test_the_ctest_entry_passes_on_a_stock_slicer_and_skips_what_it_cannot_run(t
 def test_the_default_reference_volume_is_one_the_selector_lists():
     """``slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")`` includes labelmaps (a subclass); the
     reference selector hides child types (``showChildNodeTypes`` false in TACEResponse.ui) and hidden
-    nodes (qMRMLSortFilterProxyModel.cxx:229-310, Slicer v5.10.0), so the default must be a node it lists."""
+    nodes (qMRMLSortFilterProxyModel.cxx:229-321, Slicer v5.10.0), so the default must be a node it lists."""
     _run("""
         sys.path.append(str(slicer_app.MODULE_DIR))
         import numpy as np

@@ -578,7 +578,7 @@ def survival_step_points(times: list[float], values: list[float]) -> tuple[list[
 
 def _style_survival_series(series) -> None:
     """X from the time column: a Scatter series (a Line series ignores its X column and spaces its points
-    one index apart, Libs/MRML/Core/vtkMRMLPlotSeriesNode.h:137 and qMRMLPlotView.cxx:326-349), drawn
+    one index apart, Libs/MRML/Core/vtkMRMLPlotSeriesNode.h:137 and qMRMLPlotView.cxx:361-386), drawn
     as a solid line without markers."""
     series.SetPlotType(series.PlotTypeScatter)
     series.SetMarkerStyle(series.MarkerStyleNone)

@@ -102,7 +102,7 @@ class NodeSelectorFilter:
     """The node filter of a ``qMRMLNodeComboBox`` (``nodeTypes``, ``showChildNodeTypes``, ``showHidden``).
 
     :meth:`lists` is the rule of ``qMRMLSortFilterProxyModel::filterAcceptsNode`` (Slicer v5.10.0,
-    Libs/MRML/Widgets/qMRMLSortFilterProxyModel.cxx:229-310, unchanged on main): a node hidden from
+    Libs/MRML/Widgets/qMRMLSortFilterProxyModel.cxx:229-321, unchanged on main): a node hidden from
     editors is not listed; a node is listed for the first type it ``IsA``, and with
     ``showChildNodeTypes`` off only when its class is that type exactly (a labelmap ``IsA`` scalar
     volume but is not listed by a scalar-volume selector that hides child types).
