@@ -161,7 +161,6 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/TACEResponse.ui"))
         self.layout.addWidget(uiWidget)
-        self.uiWidget = uiWidget
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TACEResponseLogic()
@@ -294,7 +293,10 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentId != p.segmentId:
             p.segmentId = segmentId  # the chosen segmentation's first segment: the modification brings us back
             return
-        self.updateControls(inputs)
+        try:
+            self.updateControls(inputs)
+        except Exception:  # noqa: BLE001 - as above: logged, never raised into the observer
+            logger.exception("TACE Response: the controls could not be updated")
 
     def showNomogramPath(self, p) -> None:
         """The nomogram field shows the node's path ("" for none), without echoing it back."""
