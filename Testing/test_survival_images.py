@@ -393,7 +393,7 @@ def test_predict_with_nomogram_writes_survival_and_mrml_nodes(cases, survival_mo
 
     table, chart = show_survival(mrml.scene, survival, title=result.case_id)
     assert table.GetClassName() == "vtkMRMLTableNode" and chart.GetClassName() == "vtkMRMLPlotChartNode"
-    assert table.GetNumberOfRows() == len(survival["curve"]["times"])
+    assert table.GetNumberOfRows() == 2 * len(survival["curve"]["times"]) - 1  # the vertices of the step curve
     assert table.GetTable().GetValue(0, 1).ToDouble() == 1.0
     last = table.GetNumberOfRows() - 1
     assert table.GetTable().GetValue(last, 1).ToDouble() == pytest.approx(survival["curve"]["survival"][-1])
