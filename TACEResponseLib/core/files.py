@@ -93,7 +93,7 @@ def atomic_folder(folder: str | os.PathLike, last: Sequence[str] = ()) -> Iterat
     ``folder`` is exactly as it was: never a half-written output. A staging path the block records goes
     through :func:`relocated` to name the final file.
     """
-    final = Path(folder)
+    final = Path(folder).resolve()  # "." has no name and is its own parent; a link: beside its target (one FS)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}{PARTIAL}", dir=final.parent))
     os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700; an output folder is as readable as any
