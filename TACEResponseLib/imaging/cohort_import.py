@@ -2,7 +2,8 @@
 the four files an import writes (``manifest.csv``, ``survival.csv``, ``import_report.json``,
 ``import_report.md``), each written atomically and only after every patient has been looked at.
 
-An import never drops a patient silently: each one is listed as used, used for survival only, or
+The output folder is written as one group (all four files or none, a previous import left whole on
+failure). An import never drops a patient silently: each one is listed as used, used for survival only, or
 excluded with the reason (no SEG, the SEG references no CT here, no label, unreadable series, …).
 Paths in the manifest are relative to the output folder, so the cohort folder and its import can be
 moved together.
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import atomic_paths, check_output_folder
+from TACEResponseLib.core.files import atomic_folder
 from TACEResponseLib.imaging.dicom import SliceHeader, read_headers
 
 logger = logging.getLogger(__name__)
@@ -187,19 +188,22 @@ def columns_of(rows: Iterable[dict[str, Any]], first: Sequence[str]) -> list[str
     return columns
 
 
-def write_import(output: Path, manifest_rows: list[dict[str, Any]], manifest_columns: Sequence[str],
+def import_folder(output: Path):
+    """The import's output written as one group (:func:`~TACEResponseLib.core.files.atomic_folder`: all or
+    nothing, the report last); paths in it are written relative to ``output``, not to the staging folder."""
+    return atomic_folder(output, last=["import_report.json"])
+
+
+def write_import(folder: Path, manifest_rows: list[dict[str, Any]], manifest_columns: Sequence[str],
                  survival_rows: list[dict[str, Any]], survival_columns: Sequence[str], report: ImportReport,
                  started: float) -> dict[str, Path]:
-    """Write the import's four files as one group (all or none; the report last; the folder is created)."""
-    output = check_output_folder(output)
-    output.mkdir(parents=True, exist_ok=True)
+    """Write the import's four files into ``folder`` (the staging folder of :func:`import_folder`)."""
     report.seconds = time.perf_counter() - started
     texts = {"manifest.csv": _csv_text(manifest_rows, manifest_columns),
              "survival.csv": _csv_text(survival_rows, survival_columns),
              "import_report.json": json.dumps(report.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n",
              "import_report.md": report.markdown()}
-    written = {name: output / name for name in texts}
-    with atomic_paths(list(written.values())) as temporaries:
-        for tmp, text in zip(temporaries, texts.values()):
-            Path(tmp).write_text(text, encoding="utf-8")
+    written = {name: Path(folder) / name for name in texts}
+    for name, text in texts.items():
+        written[name].write_text(text, encoding="utf-8")
     return written

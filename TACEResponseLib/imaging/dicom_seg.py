@@ -168,8 +168,11 @@ def read_dicom_seg(path: str | os.PathLike) -> SegData:
     try:
         volume = seg.get_volume(rescale_fractional=True, allow_missing_positions=True)
     except Exception as exc:  # noqa: BLE001 - RuntimeError/ValueError when frames are not one regular volume
-        raise InputError(f"{path}: the SEG's frames do not form one regular volume, so they cannot be placed "
-                         f"({_reason(exc)})") from None
+        if "MaximumFractionalValue" in str(exc):
+            raise InputError(f"{path}: fractional SEG values exceed its MaximumFractionalValue "
+                             f"({seg.get('MaximumFractionalValue', '?')}); they must lie within 0–1 of it "
+                             "(a damaged file?)") from None
+        raise InputError(f"{path}: the SEG's frames cannot be placed on one regular volume ({_reason(exc)})") from None
     array = np.asarray(volume.array)
     if array.ndim == 3:
         array = array[..., np.newaxis]

@@ -48,6 +48,7 @@ from TACEResponseLib.imaging.cohort_import import (
     image_reference,
     relative_to,
     scan_dicom_tree,
+    import_folder,
     write_import,
 )
 from TACEResponseLib.imaging.dicom import SeriesInfo, SliceHeader, list_series
@@ -403,5 +404,6 @@ def import_hcc_tace_seg(source: str | Path, output: str | Path, clinical: str | 
         bytes_read=tree.bytes)
     manifest_columns = columns_of(manifest_rows, ["case_id", "ct", "segmentation", "segment", "label"])
     survival_columns = columns_of(survival_rows, ["case_id", f"os_{os_unit}", "death", "ct", "segmentation", "segment"])
-    write_import(output, manifest_rows, manifest_columns, survival_rows, survival_columns, report, started)
+    with import_folder(output) as staging:
+        write_import(staging, manifest_rows, manifest_columns, survival_rows, survival_columns, report, started)
     return report

@@ -13,7 +13,7 @@ by default the one whose name says "response" or "LI-RADS").
 
 Each patient's lesion masks of the reference phase (arterial when there is one) are put onto that
 phase's CT grid and written as one ``.seg.nrrd`` per patient (one segment per lesion) under
-``OUT/segmentations``.
+``OUT/segmentations``; the output folder is written as one group.
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ import numpy as np
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import check_output_folder
 from TACEResponseLib.core.tables import read_table
-from TACEResponseLib.imaging.cohort_import import ImportReport, PatientOutcome, columns_of, relative_to, write_import
+from TACEResponseLib.imaging.cohort_import import (
+    ImportReport,
+    PatientOutcome,
+    columns_of,
+    import_folder,
+    relative_to,
+    write_import,
+)
 from TACEResponseLib.imaging.segmentation import (
     LIVER_TUMOUR_TERMINOLOGY,
     Segmentation,
@@ -111,75 +118,77 @@ def import_waw_tace(source: str | Path, output: str | Path, clinical: str | Path
         raise InputError(f"clinical workbook {clinical}: no column {response_column!r}; it has "
                          f"{', '.join(map(str, table.columns[:30]))}")
     table.index = [str(int(v)) if not math.isnan(_number(v)) else str(v).strip() for v in table[id_column]]
-    files = _files(source)
-    if files:
-        (output / "segmentations").mkdir(parents=True, exist_ok=True)
-    outcomes, manifest_rows, survival_rows = [], [], []
-    for patient in sorted(set(files) | set(table.index), key=lambda p: (len(p), p)):
-        outcome = PatientOutcome(patient)
-        outcomes.append(outcome)
-        data = files.get(patient)
-        if not data or not data["scans"]:
-            outcome.exclude("no CT scan of this patient in the source")
-            continue
-        reference = next((p for p in REFERENCE_ORDER if p in data["masks"] and p in data["scans"]), None)
-        if reference is None:
-            outcome.exclude("no tumour mask on a phase with a scan")
-            continue
-        try:
-            image = read_volume(data["scans"][reference][0])
-            masks = {}
-            for n, mask_path in enumerate(sorted(data["masks"][reference]), start=1):
-                lesion = read_segmentation(mask_path)
-                placed = np.zeros(image.shape_kji, bool)
-                for segment in lesion.segments:
-                    placed |= segment_mask_on(lesion, segment.id, image).array > 0
-                masks[f"Tumour {n}"] = placed
-            segmentation = Segmentation.from_masks(image, masks, name=patient, terminology=LIVER_TUMOUR_TERMINOLOGY)
-            seg_path = write_segmentation(segmentation, output / "segmentations" / f"{patient}.seg.nrrd")
-        except InputError as exc:
-            outcome.exclude(f"unreadable scan or mask: {exc}")
-            continue
-        outcome.image = relative_to(data["scans"][reference][0], output)
-        outcome.segmentation = relative_to(seg_path, output)
-        outcome.acquisition = PHASES[reference]
-        outcome.phase_images = {PHASES[p]: relative_to(paths[0], output) for p, paths in sorted(data["scans"].items())}
-        if len(masks) > 1:
-            outcome.notes.append(f"{len(masks)} lesion masks, one segment each")
-        if patient not in table.index:
-            outcome.exclude("not in the clinical workbook")
-            continue
-        row = table.loc[patient]
-        raw = row.get(response_column) if response_column else None
-        outcome.label = response_label(raw)
-        if raw is not None:
-            outcome.readings = {"LI-RADS TR": str(raw)}
-        values = {f"os_{time_unit}": _number(row.get("survival_time")), "death": _number(row.get("death")),
-                  **{name: _number(row.get(column)) for name, column in CLINICAL.items()}}
-        has_survival = np.isfinite(values[f"os_{time_unit}"]) and values["death"] in (0.0, 1.0)
-        base = {"case_id": patient, **outcome.phase_images, "segmentation": outcome.segmentation, "segment": ""}
-        if outcome.label:
-            outcome.status = "used"
-            manifest_rows.append({**base, "label": outcome.label, **values})
-        elif has_survival:
-            outcome.status, outcome.reason = "survival only", "no usable treatment-response reading"
-        else:
-            outcome.exclude("no treatment-response reading and no survival")
-        if has_survival:
-            survival_rows.append({**base, "label": outcome.label, **values})
-    report = ImportReport(
-        COLLECTION, str(source), str(output),
-        {"clinical": str(clinical), "response column": response_column or "(none found)",
-         "reference phase": "arterial where it has a mask and a scan, else portal, delayed, non-contrast",
-         "survival unit": time_unit},
-        outcomes, bytes_read=0,
-        mapping={"case_id": id_column, "label": f"{response_column}: LI-RADS treatment response (nonviable → "
-                 "responder, viable → non-responder, equivocal → no label)", f"os_{time_unit}": "survival_time",
-                 "death": "death", **{k: v for k, v in CLINICAL.items()}},
-        missing=[f"{name}: no such column in the workbook" for name in ("BCLC", "Child_Pugh", "tumour_size")
-                 if not any(name.lower().replace("_", "") in str(c).lower().replace("_", "") for c in table.columns)],
-        notes=["labels are LI-RADS treatment response, not mRECIST: train with --task responder",
-               "survival times are the workbook's survival_time in days (as the collection describes it)"])
-    write_import(output, manifest_rows, columns_of(manifest_rows, ["case_id", "segmentation", "segment", "label"]),
-                 survival_rows, columns_of(survival_rows, ["case_id", f"os_{time_unit}", "death"]), report, started)
+    with import_folder(output) as staging:  # all or nothing: a failed import leaves no half folder
+        files = _files(source)
+        if files:
+            (staging / "segmentations").mkdir(parents=True, exist_ok=True)
+        outcomes, manifest_rows, survival_rows = [], [], []
+        for patient in sorted(set(files) | set(table.index), key=lambda p: (len(p), p)):
+            outcome = PatientOutcome(patient)
+            outcomes.append(outcome)
+            data = files.get(patient)
+            if not data or not data["scans"]:
+                outcome.exclude("no CT scan of this patient in the source")
+                continue
+            reference = next((p for p in REFERENCE_ORDER if p in data["masks"] and p in data["scans"]), None)
+            if reference is None:
+                outcome.exclude("no tumour mask on a phase with a scan")
+                continue
+            try:
+                image = read_volume(data["scans"][reference][0])
+                masks = {}
+                for n, mask_path in enumerate(sorted(data["masks"][reference]), start=1):
+                    lesion = read_segmentation(mask_path)
+                    placed = np.zeros(image.shape_kji, bool)
+                    for segment in lesion.segments:
+                        placed |= segment_mask_on(lesion, segment.id, image).array > 0
+                    masks[f"Tumour {n}"] = placed
+                segmentation = Segmentation.from_masks(image, masks, name=patient, terminology=LIVER_TUMOUR_TERMINOLOGY)
+                write_segmentation(segmentation, staging / "segmentations" / f"{patient}.seg.nrrd")
+            except InputError as exc:
+                outcome.exclude(f"unreadable scan or mask: {exc}")
+                continue
+            outcome.image = relative_to(data["scans"][reference][0], output)
+            outcome.segmentation = f"segmentations/{patient}.seg.nrrd"
+            outcome.acquisition = PHASES[reference]
+            outcome.phase_images = {PHASES[p]: relative_to(paths[0], output) for p, paths in sorted(data["scans"].items())}
+            if len(masks) > 1:
+                outcome.notes.append(f"{len(masks)} lesion masks, one segment each")
+            if patient not in table.index:
+                outcome.exclude("not in the clinical workbook")
+                continue
+            row = table.loc[patient]
+            raw = row.get(response_column) if response_column else None
+            outcome.label = response_label(raw)
+            if raw is not None:
+                outcome.readings = {"LI-RADS TR": str(raw)}
+            values = {f"os_{time_unit}": _number(row.get("survival_time")), "death": _number(row.get("death")),
+                      **{name: _number(row.get(column)) for name, column in CLINICAL.items()}}
+            has_survival = np.isfinite(values[f"os_{time_unit}"]) and values["death"] in (0.0, 1.0)
+            base = {"case_id": patient, **outcome.phase_images, "segmentation": outcome.segmentation, "segment": ""}
+            if outcome.label:
+                outcome.status = "used"
+                manifest_rows.append({**base, "label": outcome.label, **values})
+            elif has_survival:
+                outcome.status, outcome.reason = "survival only", "no usable treatment-response reading"
+            else:
+                outcome.exclude("no treatment-response reading and no survival")
+            if has_survival:
+                survival_rows.append({**base, "label": outcome.label, **values})
+        report = ImportReport(
+            COLLECTION, str(source), str(output),
+            {"clinical": str(clinical), "response column": response_column or "(none found)",
+             "reference phase": "arterial where it has a mask and a scan, else portal, delayed, non-contrast",
+             "survival unit": time_unit},
+            outcomes, bytes_read=0,
+            mapping={"case_id": id_column, "label": f"{response_column}: LI-RADS treatment response (nonviable → "
+                     "responder, viable → non-responder, equivocal → no label)", f"os_{time_unit}": "survival_time",
+                     "death": "death", **{k: v for k, v in CLINICAL.items()}},
+            missing=[f"{name}: no such column in the workbook" for name in ("BCLC", "Child_Pugh", "tumour_size")
+                     if not any(name.lower().replace("_", "") in str(c).lower().replace("_", "") for c in table.columns)],
+            notes=["labels are LI-RADS treatment response, not mRECIST: train with --task responder",
+                   "survival times are the workbook's survival_time in days (as the collection describes it)"])
+        write_import(staging, manifest_rows, columns_of(manifest_rows, ["case_id", "segmentation", "segment", "label"]),
+                         survival_rows, columns_of(survival_rows, ["case_id", f"os_{time_unit}", "death"]), report,
+                         started)
     return report
