@@ -127,6 +127,16 @@ def test_round_trip_over_dicomweb(login, study, tmp_path, capsys):
     assert {o["sop_instance_uid"] for o in written["objects"]} <= pacs.instance_uids()
     _check_results_from_pacs(pacs, pacs.url, study, out, tmp_path / "back")
     logging.getLogger(__name__).info("DICOMweb round trip: fetch + predict + write + send %.1f s", seconds)
+    # the SEG we stored is a segmentation the next prediction can read from the PACS: the same tumours, the same answer
+    seg_series = next(o["series_instance_uid"] for o in written["objects"] if o["kind"] == "SEG")
+    again = tmp_path / "again"
+    _ok(capsys, ["predict", "--segmentation", f"pacs:{seg_series}", "--output", str(again), "--device", "cpu",
+                 "--backend", "torch", "--tta", "2", "--pacs", pacs.url, "--study", study["uid"]])
+    first, second = (PredictionResult.load_json(folder / "result.json") for folder in (out, again))
+    assert [t.label for t in second.tumours] == [t.label for t in first.tumours]
+    for before, after in zip(first.tumours, second.tumours):
+        assert after.volume_ml == pytest.approx(before.volume_ml, rel=1e-9)
+        assert after.probabilities == pytest.approx(before.probabilities, abs=1e-6)
 
 
 @pytest.mark.slow

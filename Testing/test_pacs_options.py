@@ -111,6 +111,10 @@ def dicom_folder(tmp_path):
     (["predict", "--segmentation", "{dicom}", "--output", "{out}", "--image", "{dicom}", "--dicom-source", "{dicom}"],
      ["--dicom-source", "give --dicom-out"]),
     (["batch", "--manifest", "{dicom}/ct.dcm", "--output", "{out}", "--send-results"], ["--send-results"]),
+    (["predict", "--segmentation", "pacs:1.2.3", "--output", "{out}", "--image", "{dicom}"],
+     ["--segmentation pacs:1.2.3", "--pacs and --study"]),
+    (["predict", "--segmentation", "pacs:x.y", "--output", "{out}", "--pacs", "http://127.0.0.1:9/dicom-web",
+      "--study", "1.2.3"], ["--segmentation pacs:", "not a DICOM UID"]),
 ])
 def test_bad_pacs_options_are_one_error_before_any_work(argv, words, dicom_folder, tmp_path, capsys):
     (tmp_path / "empty").mkdir()

@@ -148,7 +148,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     check_output_folder(args.output)
     check_device(args.device)
-    check_inputs_exist(image=args.image, segmentation=args.segmentation)
+    check_inputs_exist(image=args.image, segmentation=None if pacs_commands.segmentation_from_pacs(args)
+                       else args.segmentation)
     pacs_commands.check_case_options(args, args.image)
     survival_images = name_value_pairs(args.survival_image, "--survival-image")
     clinical = name_value_pairs(args.clinical)
@@ -258,7 +259,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", action="append", default=None, metavar="PATH",
                    help="images in the order the model lists them (reference first); or --pacs with --study")
     p.add_argument("--segmentation", required=True, metavar="PATH",
-                   help=".seg.nrrd, labelmap, or DICOM SEG (file or folder; its tumour segments by default)")
+                   help=".seg.nrrd, labelmap, or DICOM SEG (file or folder; its tumour segments by default); with "
+                        "--pacs also pacs:SERIES_UID, a SEG series of the --study")
     p.add_argument("--segment", action="append", default=None,
                    help="segment id or name (repeatable; default: every segment)")
     p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")

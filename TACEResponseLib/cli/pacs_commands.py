@@ -26,6 +26,8 @@ from TACEResponseLib.core.errors import InputError
 logger = logging.getLogger(__name__)
 
 DICOM_FOLDER = "dicom"  # --send-results without --dicom-out: the results go to OUTPUT/dicom
+#: ``--segmentation pacs:SERIES_UID``: a DICOM SEG series of the --study, fetched with the images
+SEG_FROM_PACS = "pacs:"
 
 
 #: libraries whose INFO lines (each module copied, each request made) are noise on a terminal without -v
@@ -102,6 +104,13 @@ def check_case_options(args: argparse.Namespace, images: Sequence[str] | None) -
         raise InputError("--study/--series name what to read from a PACS; give --pacs too")
     if hasattr(args, "study") and not args.pacs and not images:
         raise InputError("no image given: --image PATH (or --pacs with --study)")
+    if str(getattr(args, "segmentation", "") or "").startswith(SEG_FROM_PACS):
+        if not args.pacs or not hasattr(args, "study"):
+            raise InputError(f"--segmentation {args.segmentation}: a SEG series is read from the PACS of --pacs and "
+                             "--study")
+        from TACEResponseLib.pacs.transfer import check_uid
+
+        check_uid(args.segmentation[len(SEG_FROM_PACS):], "--segmentation pacs:")
     if getattr(args, "dicom_source", None) and dicom_folder(args, ".") is None:
         raise InputError("--dicom-source names the DICOM series the results refer to; give --dicom-out too")
     if dicom_folder(args, ".") is not None:
@@ -131,6 +140,11 @@ def check_batch_references(args: argparse.Namespace, manifest: str, bundle) -> N
                 raise InputError(f"{manifest}, case {case.case_id}: {exc}") from None
 
 
+def segmentation_from_pacs(args: argparse.Namespace) -> bool:
+    """``--segmentation pacs:SERIES_UID``: the tumours are a DICOM SEG series of the study on the PACS."""
+    return str(getattr(args, "segmentation", "") or "").startswith(SEG_FROM_PACS)
+
+
 def dicom_folder(args: argparse.Namespace, output: str | Path) -> Path | None:
     """Where the DICOM results go: ``--dicom-out``, else ``OUTPUT/dicom`` when they are to be sent."""
     if args.dicom_out is not None:
@@ -155,6 +169,10 @@ def case_images(args: argparse.Namespace, bundle) -> Iterator[list[str]]:
     with tempfile.TemporaryDirectory(prefix="tace-pacs-") as folder:
         folders = fetch_study_series(endpoint, args.study, args.series, len(inputs),
                                      sorted({p.modality for p in inputs if p.modality}), folder)
+        if str(args.segmentation).startswith(SEG_FROM_PACS):  # the study's DICOM SEG as the tumours
+            uid = str(args.segmentation)[len(SEG_FROM_PACS):]
+            (seg,) = fetch_study_series(endpoint, args.study, [uid], 1, ["SEG"], Path(folder) / "segmentation")
+            args.segmentation = str(seg)
         print(f"fetched {len(folders)} series of study {args.study} from {endpoint}")
         yield [str(f) for f in folders]
 
