@@ -347,3 +347,16 @@ def test_other_commands_write_their_findings_the_same_way(case, tmp_path):
     assert comments == ["RESEARCH USE ONLY - not for diagnosis"]
     run = subprocess.run([_tool("dciodvfy"), str(tmp_path / "assess" / "report_sr.dcm")], capture_output=True, text=True)
     assert not [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_batch_dicom_out_refuses_a_non_dicom_case_before_any_case_runs(case, tmp_path, capsys):
+    from TACEResponseLib.imaging.volume_io import write_volume
+
+    nrrd = write_volume(case["reference"], tmp_path / "ct.nrrd")
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(f"case_id,arterial,segmentation\ndicom,{case['ct']},{case['seg']}\nnrrd,{nrrd},{case['seg']}\n")
+    out = tmp_path / "out"
+    error = _one_error(capsys, ["batch", "--manifest", str(manifest), "--output", str(out), "--workers", "0",
+                                "--dicom-out", str(tmp_path / "dicom")])
+    assert f"{manifest}, case nrrd: --dicom-out: the reference image {nrrd} is not DICOM" in error
+    assert not (out / "cases").exists() and not (tmp_path / "dicom").exists()
