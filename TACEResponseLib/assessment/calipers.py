@@ -214,10 +214,11 @@ def measure_axial(mask: Volume, components: bool = False) -> AxialDiameters:
     """The longest axial diameter of a binary mask (any grid: oblique, anisotropic) and the longest
     diameter perpendicular to it on the same plane.
 
-    ``components``: measure each in-plane connected part (8-connected) on its own and keep the longest, so
-    a caliper never spans a gap between separate parts (mRECIST: the viable diameter does not include major
-    intervening necrosis); otherwise the plane's voxels are one lesion (RECIST's whole tumour). Ties: the
-    lowest plane, then the first part.
+    The longest is the largest distance between voxel centres (the Feret diameter) over all planes, then
+    extended to the end voxels' outer edges. ``components``: measure each in-plane connected part
+    (8-connected) on its own and keep the longest, so a caliper never spans a gap between separate parts
+    (mRECIST: the viable diameter does not include major intervening necrosis); otherwise the plane's voxels
+    are one lesion (RECIST's whole tumour). Ties: the lowest plane, then the first part.
     """
     frame = axial_frame(mask)
     how = str(frame.metadata.get("axial_frame", "native"))
@@ -233,7 +234,7 @@ def measure_axial(mask: Volume, components: bool = False) -> AxialDiameters:
             parts = [labels == n for n in range(1, count + 1)]
         for part in parts:
             caliper = _longest_in_plane(frame, int(k), part)
-            if best is None or caliper.length_mm > best[0].length_mm + 1e-9:
+            if best is None or caliper.centre_to_centre_mm > best[0].centre_to_centre_mm + 1e-9:
                 best = (caliper, int(k), part)
     if best is None:
         return AxialDiameters(None, None, how)

@@ -19,7 +19,9 @@ Each relative change carries an uncertainty from the measurement: per diameter t
 (``reader_sd_mm``, an assumption stated with the result) and where each caliper end falls inside its voxel;
 per volume a coefficient of variation (``reader_volume_cv``) and half the volume of the boundary voxels.
 A change is **near threshold** when its 95 % interval (± 1.96 SD) reaches across a threshold, so the
-category could flip within the measurement's uncertainty.
+category could flip within the measurement's uncertainty: the changes from baseline and from the nadir
+(and the absolute change for RECIST) are moved together across their intervals, and every category met
+on the way is listed as one the response "could be".
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
+
+import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
@@ -177,11 +181,11 @@ def respond(criterion: Criterion, history: Sequence[tuple[str, Sum]], current: S
     if not new_lesion:
         flips = set()
         over_sd = math.hypot(current.sd, nadir.sd)
-        for sign in (-1.0, 1.0):  # each change at the end of its 95 % interval: toward regression, progression
-            moved_nadir = None if from_nadir is None else from_nadir + sign * z * (response.change_from_nadir_sd or 0.0)
-            flips.add(_by_changes(criterion, from_baseline + sign * z * (response.change_from_baseline_sd or 0.0),
-                                  moved_nadir, current.value - nadir.value + sign * z * over_sd,
-                                  current.value == 0)[0])
+        # every change moved together across its 95 % interval, from regression (−) to progression (+)
+        for t in np.linspace(-1.0, 1.0, 81):
+            moved_nadir = None if from_nadir is None else from_nadir + t * z * (response.change_from_nadir_sd or 0.0)
+            flips.add(_by_changes(criterion, from_baseline + t * z * (response.change_from_baseline_sd or 0.0),
+                                  moved_nadir, current.value - nadir.value + t * z * over_sd, current.value == 0)[0])
         flips.discard(category)
         response.could_be = [c for c in CATEGORIES if c in flips]
         response.near_threshold = bool(flips)

@@ -8,7 +8,10 @@ identity: both visits are expected in one scanner frame, give or take a few cent
 images do not overlap at all are refused before it runs). Lesions are compared on the baseline grid: each
 follow-up lesion is resampled through the transform (nearest neighbour) and its overlap with each baseline
 lesion is the overlap coefficient |A ∩ B| / min(|A|, |B|), which a lesion that shrank after treatment
-keeps high. Pairs are chosen by the Hungarian method on the overlaps; a pair needs ``min_overlap``.
+keeps high. Pairs are chosen by the Hungarian method on the overlaps; a pair needs ``min_overlap``. A
+lesion left unpaired (a small one, barely overlapping after an imperfect registration) is then paired with
+the nearest unpaired follow-up lesion whose centroid, moved onto the baseline, lies within
+``max_centroid_mm`` of its own (source "centroid").
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: the smallest overlap coefficient that pairs two lesions
 MIN_OVERLAP = 0.1
+#: farthest apart (mm) two unpaired lesions' centroids may be to pair them by distance
+MAX_CENTROID_MM = 10.0
 #: the least fraction of the baseline's extent a follow-up must cover before registration
 MIN_GRID_OVERLAP = 0.05
 
@@ -64,7 +69,7 @@ class LesionMatch(JsonRecord):
     followup: str | None
     overlap: float = 0.0
     centroid_distance_mm: float | None = None
-    source: str = "overlap"      # "overlap" | "user" | "none"
+    source: str = "overlap"      # "overlap" | "centroid" | "user" | "none"
 
 
 @dataclass
@@ -197,7 +202,7 @@ def overlap_matrix(baseline_masks: dict[str, Volume], baseline_grid: Volume, fol
 def match_lesions(baseline_masks: dict[str, Volume], baseline_grid: Volume, followup_masks: dict[str, Volume],
                   followup_grid: Volume, registration: Registration, user_pairs: dict[str, str | None] | None = None,
                   centroids: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
-                  min_overlap: float = MIN_OVERLAP) -> Matching:
+                  min_overlap: float = MIN_OVERLAP, max_centroid_mm: float = MAX_CENTROID_MM) -> Matching:
     """Pair each baseline lesion with at most one follow-up lesion (module docstring). ``user_pairs``:
     baseline lesion → follow-up lesion (None: "not present at this visit"), applied first and kept."""
     from scipy.optimize import linear_sum_assignment
@@ -215,6 +220,7 @@ def match_lesions(baseline_masks: dict[str, Volume], baseline_grid: Volume, foll
     taken = {f for f in user_pairs.values() if f is not None}
     free_f = [n for n, f in enumerate(names_f) if f not in taken]
     chosen: dict[str, tuple[str, float]] = {}
+    by_centroid: set[str] = set()
     if free_b and free_f:
         sub = overlaps[np.ix_(free_b, free_f)]
         rows, cols = linear_sum_assignment(-sub)
@@ -228,6 +234,15 @@ def match_lesions(baseline_masks: dict[str, Volume], baseline_grid: Volume, foll
         moved = registration.followup_to_baseline @ np.append(centroids[1][f], 1.0)
         return round(float(np.linalg.norm(moved[:3] - centroids[0][b])), 2)
 
+    if centroids is not None:  # the lesions overlap left alone: the nearest centroids, if close enough
+        left_b = [b for b in names_b if b not in user_pairs and b not in chosen]
+        left_f = [f for f in names_f if f not in taken and f not in {v[0] for v in chosen.values()}]
+        near = sorted((distance(b, f), b, f) for b in left_b for f in left_f)
+        for gap, b, f in near:
+            if gap <= max_centroid_mm and b not in chosen and f not in {v[0] for v in chosen.values()}:
+                chosen[b] = (f, float(overlaps[names_b.index(b), names_f.index(f)]))
+                by_centroid.add(b)
+
     matches = []
     for n, b in enumerate(names_b):
         if b in user_pairs:
@@ -236,7 +251,8 @@ def match_lesions(baseline_masks: dict[str, Volume], baseline_grid: Volume, foll
             matches.append(LesionMatch(b, f, round(value, 4), distance(b, f), "user"))
         elif b in chosen:
             f, value = chosen[b]
-            matches.append(LesionMatch(b, f, round(value, 4), distance(b, f), "overlap"))
+            matches.append(LesionMatch(b, f, round(value, 4), distance(b, f),
+                                       "centroid" if b in by_centroid else "overlap"))
         else:
             matches.append(LesionMatch(b, None, 0.0, None, "none"))
     used = {m.followup for m in matches if m.followup is not None}

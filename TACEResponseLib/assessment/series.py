@@ -48,12 +48,13 @@ from TACEResponseLib.assessment.viable import (
     given_viable,
     guess_ct,
     is_viable_segment,
+    paste,
     viable_segment_for,
 )
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.geometry import Volume, check_volume, crop, grid_offset, value_range_of
-from TACEResponseLib.imaging.segmentation import Segment, Segmentation, segment_box_on
+from TACEResponseLib.imaging.segmentation import Segment, Segmentation, label_box, segment_box_on
 from TACEResponseLib.imaging.tumours import IslandRule, TumourROI, tumour_rois
 
 logger = logging.getLogger(__name__)
@@ -268,11 +269,12 @@ def measure_visit(visit: Visit, options: AssessmentOptions = AssessmentOptions()
     for roi in usable:
         segment = visit.segmentation.find(roi.segment_id)
         given = viable_segment_for(visit.segmentation, segment)
-        if given is not None:
-            viable = given_viable(roi, segment_box_on(visit.segmentation, given.id, visit.arterial), visit.arterial)
+        if given is not None:  # an empty viable segment: the tumour has no viable part (it is drawn as such)
+            drawn = label_box(visit.segmentation.layers[given.layer], given.label_value) is not None
+            viable = given_viable(roi, segment_box_on(visit.segmentation, given.id, visit.arterial) if drawn else None,
+                                  visit.arterial, label=f"{roi.label} ({given.name})")
         else:
-            viable = derive_viable(roi, visit.arterial, usable, options.viable, precontrast, ct,
-                                   _full(liver, visit.arterial) if liver is not None else None,
+            viable = derive_viable(roi, visit.arterial, usable, options.viable, precontrast, ct, liver,
                                    label=f"{visit.name}: {roi.label}")
         lesions.append(LesionMeasurement(
             roi.label, roi.segment_id, roi.segment_name, roi.island, round(roi.volume_ml, 4), _centroid(roi),
@@ -282,12 +284,6 @@ def measure_visit(visit: Visit, options: AssessmentOptions = AssessmentOptions()
     not_measured = [{"lesion": r.label, "reason": str(r.excluded)} for r in rois if r.excluded]
     return VisitResult(visit.name, lesions, dict(visit.sources), new_lesion=visit.new_lesion, not_measured=not_measured,
                        arterial=visit.arterial, precontrast=precontrast, segmentation=visit.segmentation, masks=masks)
-
-
-def _full(mask: Volume, reference: Volume) -> Volume:
-    from TACEResponseLib.imaging.geometry import in_grid
-
-    return reference.with_array(in_grid(mask, reference).astype(np.uint8), name=mask.name)
 
 
 # --- targets --------------------------------------------------------------------------------------------
@@ -414,14 +410,8 @@ def viable_segmentation(visit: VisitResult) -> Segmentation:
     shape = grid.shape_kji
 
     def paint(target: np.ndarray, mask: Volume | None) -> None:
-        if mask is None:
-            return
-        offset = grid_offset(mask, reference)
-        a, b = offset - lo, offset - lo + np.asarray(mask.shape_kji)
-        p, q = np.maximum(a, 0), np.minimum(b, shape)
-        if np.all(q > p):
-            target[p[0]:q[0], p[1]:q[1], p[2]:q[2]] |= mask.array[p[0] - a[0]:q[0] - a[0], p[1] - a[1]:q[1] - a[1],
-                                                                   p[2] - a[2]:q[2] - a[2]] > 0
+        if mask is not None:
+            target |= paste(mask, reference, lo, shape)
 
     tumours: dict[str, np.ndarray] = {}
     viables: dict[str, np.ndarray] = {}

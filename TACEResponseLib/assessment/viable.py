@@ -134,19 +134,30 @@ def viable_segment_for(segmentation: Segmentation, tumour: Segment) -> Segment |
     return None
 
 
-def _paint(rois: Sequence[TumourROI], lo: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def _paint(rois: Sequence[TumourROI], reference: Volume, lo: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Union of the tumours' masks on the box ``lo`` … ``lo + shape`` of the reference grid."""
     out = np.zeros(shape, bool)
-    hi = lo + np.asarray(shape)
     for roi in rois:
-        if roi.mask is None:
-            continue
-        a, b = roi.offset_kji, roi.offset_kji + np.asarray(roi.mask.shape_kji)
-        p, q = np.maximum(a, lo), np.minimum(b, hi)
-        if np.any(q <= p):
-            continue
-        out[p[0] - lo[0]:q[0] - lo[0], p[1] - lo[1]:q[1] - lo[1], p[2] - lo[2]:q[2] - lo[2]] |= \
-            roi.mask.array[p[0] - a[0]:q[0] - a[0], p[1] - a[1]:q[1] - a[1], p[2] - a[2]:q[2] - a[2]] > 0
+        if roi.mask is not None:
+            out |= paste(roi.mask, reference, lo, shape)
+    return out
+
+
+def paste(mask: Volume, reference: Volume, lo: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """``mask`` (on ``reference``'s grid or a box of it; else resampled, nearest neighbour) as a boolean array
+    on the box ``lo`` … ``lo + shape`` of the reference grid, without a copy of the whole grid."""
+    from TACEResponseLib.imaging.geometry import grid_offset
+
+    offset = grid_offset(mask, reference)
+    if offset is None:
+        box = crop(reference, lo, lo + np.asarray(shape))
+        return resample_to_reference(mask, box, "nearest", min_overlap=0.0).array > 0
+    out = np.zeros(shape, bool)
+    a, b = offset - lo, offset - lo + np.asarray(mask.shape_kji)
+    p, q = np.maximum(a, 0), np.minimum(b, shape)
+    if np.all(q > p):
+        out[p[0]:q[0], p[1]:q[1], p[2]:q[2]] = mask.array[p[0] - a[0]:q[0] - a[0], p[1] - a[1]:q[1] - a[1],
+                                                          p[2] - a[2]:q[2] - a[2]] > 0
     return out
 
 
@@ -184,8 +195,8 @@ def derive_viable(roi: TumourROI, arterial: Volume, all_tumours: Sequence[Tumour
     lo, hi = _work_box(roi, arterial, rule.ring_mm[1] + rule.oil_rim_mm + 2 * float(np.max(arterial.spacing)))
     box = crop(arterial, lo, hi)
     shape = box.shape_kji
-    tumour = _paint([roi], lo, shape)
-    tumours = _paint(all_tumours, lo, shape)
+    tumour = _paint([roi], arterial, lo, shape)
+    tumours = _paint(all_tumours, arterial, lo, shape)
     arterial_values = np.asarray(box.array, np.float32)
     pre_values = None
     if precontrast is not None:
@@ -203,7 +214,7 @@ def derive_viable(roi: TumourROI, arterial: Volume, all_tumours: Sequence[Tumour
     distance = distance_transform_edt(~tumour, sampling=spacing)
     ring = (distance >= max(rule.ring_mm[0], 1e-6)) & (distance <= rule.ring_mm[1]) & ~tumours & ~oil_zone
     if liver is not None:
-        ring &= crop(liver, lo, hi).array > 0
+        ring &= paste(liver, arterial, lo, shape)
     values = smooth[ring]
     if values.size >= MIN_RING_VOXELS:
         q1, q3 = np.percentile(values, [25, 75])
@@ -226,22 +237,15 @@ def derive_viable(roi: TumourROI, arterial: Volume, all_tumours: Sequence[Tumour
         box.with_array((oil_core & tumour).astype(np.uint8), name=f"{label} oil"))
 
 
-def given_viable(roi: TumourROI, viable_mask: Volume, arterial: Volume, label: str = "") -> ViableTumour:
-    """A viable segment's voxels (on the arterial grid, a box of it or any grid) inside one tumour."""
-    from TACEResponseLib.imaging.geometry import grid_offset
-
+def given_viable(roi: TumourROI, viable_mask: Volume | None, arterial: Volume, label: str = "") -> ViableTumour:
+    """A viable segment's voxels (on the arterial grid, a box of it or any grid; None: an empty segment)
+    inside one tumour."""
     lo = roi.offset_kji
     box = crop(arterial, lo, lo + np.asarray(roi.mask.shape_kji))
-    if grid_offset(viable_mask, arterial) is not None:
-        from TACEResponseLib.imaging.geometry import in_grid
-
-        full = in_grid(viable_mask, arterial)
-        inside = full[lo[0]:lo[0] + box.shape_kji[0], lo[1]:lo[1] + box.shape_kji[1], lo[2]:lo[2] + box.shape_kji[2]] > 0
-    else:
-        inside = resample_to_reference(viable_mask, box, "nearest", min_overlap=0.0).array > 0
+    inside = np.zeros(box.shape_kji, bool) if viable_mask is None else paste(viable_mask, arterial, lo, box.shape_kji)
     viable = inside & (roi.mask.array > 0)
     voxel_ml = round(float(np.prod(arterial.spacing)) / 1000.0, 9)
-    return ViableTumour("given", f"viable segment {viable_mask.name!r} as drawn", int((roi.mask.array > 0).sum()),
+    return ViableTumour("given", f"viable segment as drawn ({label or roi.label})", int((roi.mask.array > 0).sum()),
                         int(viable.sum()), 0, voxel_ml,
-                        mask=box.with_array(viable.astype(np.uint8), name=f"{label or roi.label} viable"),
+                        mask=box.with_array(viable.astype(np.uint8), name=f"{roi.label} viable"),
                         oil=box.with_array(np.zeros(box.shape_kji, np.uint8)))

@@ -577,15 +577,17 @@ SERIES_CENTRES = {"Tumour_1": (-18.0, 10.0, 0.0), "Tumour_2": (18.0, -14.0, 4.0)
 _T1, _T2, _T3 = (15.0, 11.5, 10.5), (10.5, 8.5, 8.5), (3.0, 3.0, 3.0)
 #: the default series: baseline (two enhancing targets, 32 and 22 mm, and a 7-mm nodule), a follow-up with
 #: residual viable tumour and oil (mRECIST PR, RECIST 1.1 SD), and one where the viable parts grow again from
-#: that nadir while still 39 % below baseline and a new enhancing nodule appears (mRECIST PD)
+#: that nadir while still 41 % below baseline and a new enhancing nodule appears (mRECIST PD). Oil lies
+#: more than the oil rim (2 mm) away from viable tissue.
 TREATMENT_SERIES: dict[str, dict[str, LesionState]] = {
     "baseline": {"Tumour_1": LesionState.enhancing((16.0, 12.0, 11.0)), "Tumour_2": LesionState.enhancing((11.0, 9.0, 9.0)),
                  "Tumour_3": LesionState.enhancing((3.5, 3.5, 3.5))},
-    "followup1": {"Tumour_1": LesionState(_T1, (7.0, 6.0, 6.0), (6.0, 3.0, 0.0), [(-7.0, -3.0, 0.0, 3.0), (-4.0, 4.0, -3.0, 2.5)]),
-                  "Tumour_2": LesionState(_T2, (5.0, 4.0, 4.0), (-3.0, 2.0, 0.0), [(4.0, -3.0, 0.0, 2.5)]),
+    "followup1": {"Tumour_1": LesionState(_T1, (7.0, 6.0, 6.0), (6.0, 3.0, 0.0), [(-7.0, -3.0, 0.0, 3.0),
+                                                                                  (-8.0, 4.0, -3.0, 2.5)]),
+                  "Tumour_2": LesionState(_T2, (5.0, 4.0, 4.0), (-3.0, 2.0, 0.0), [(6.0, -4.0, 0.0, 2.0)]),
                   "Tumour_3": LesionState(_T3)},
-    "followup2": {"Tumour_1": LesionState(_T1, (9.5, 8.0, 8.0), (4.0, 1.5, 0.0), [(-9.0, -4.0, 0.0, 2.5)]),
-                  "Tumour_2": LesionState(_T2, (7.0, 5.5, 5.5), (-2.0, 1.5, 0.0), [(6.0, -4.0, 0.0, 2.0)]),
+    "followup2": {"Tumour_1": LesionState(_T1, (9.5, 8.0, 8.0), (4.0, 1.5, 0.0), [(-10.0, -4.0, 0.0, 2.5)]),
+                  "Tumour_2": LesionState(_T2, (6.5, 5.0, 5.0), (-2.5, 1.5, 0.0), [(6.5, -4.5, 0.0, 1.5)]),
                   "Tumour_3": LesionState(_T3), "New_1": LesionState.enhancing((5.0, 5.0, 5.0))},
 }
 #: a follow-up with no enhancement left in any tumour (mRECIST / EASL / volumetric CR), oil in the scars
