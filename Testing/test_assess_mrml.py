@@ -143,3 +143,35 @@ def test_a_followup_segmentation_with_nothing_drawn_is_one_clear_error(scene_vis
     bad = VisitNodes("followup1", visits[1].arterial, empty)
     with pytest.raises(InputError, match="followup1: no tumour in the segmentation 'empty'"):
         assess_nodes(scene, [visits[0], bad], AssessmentOptions(register=False))
+
+
+def test_the_panel_runs_the_assessment_beside_the_gui_and_shows_it(scene_visits):
+    """What the module's Assess button does: the visits named by its parameter fields, measured in a worker
+    thread, shown on the calling thread; a visit's error surfaces where the result is taken."""
+    from types import SimpleNamespace
+
+    from TACEResponseLib.frontend.assess import AssessmentRun, visits_from
+
+    scene, visits = scene_visits
+    fields = SimpleNamespace(assessBaselineVolume=visits[0].arterial, assessBaselineSegmentation=visits[0].segmentation,
+                             assessBaselinePrecontrast=visits[0].precontrast, assessFollowup1Volume=visits[2].arterial,
+                             assessFollowup1Segmentation=visits[2].segmentation, assessFollowup1Precontrast=None,
+                             assessNewLesion1=True, assessFollowup2Volume=None, assessFollowup2Segmentation=None)
+    chosen = visits_from(fields)
+    assert [(v.name, v.new_lesion, v.precontrast is None) for v in chosen] == [("baseline", False, False),
+                                                                                ("followup1", True, True)]
+    run = AssessmentRun(scene, chosen, AssessmentOptions(register=False))
+    shown = run.show(timeout=120)
+    assert {r["Response"] for r in _table(shown.responses_table)} == {"PD"}  # the new lesion the user saw
+    assert not run.running
+    fields.assessFollowup1Segmentation = None
+    with pytest.raises(InputError, match="followup1: choose its arterial volume and its segmentation"):
+        AssessmentRun(scene, visits_from(fields))
+    far = visits[2].arterial.GetScene().AddNewNodeByClass("vtkMRMLScalarVolumeNode", "elsewhere")
+    far.Copy(visits[2].arterial)
+    far.SetOrigin(0.0, 0.0, 900.0)
+    with pytest.raises(InputError, match="followup1: its image does not overlap the baseline's in space"):
+        AssessmentRun(scene, [visits[0], VisitNodes("followup1", far, visits[2].segmentation)])
+    run = AssessmentRun(scene, chosen, AssessmentOptions(register=False, targets=("Tumour_9",)))
+    with pytest.raises(InputError, match="target 'Tumour_9': no such lesion at baseline"):
+        run.show(timeout=120)  # raised in the worker, handed over here

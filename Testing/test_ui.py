@@ -92,7 +92,7 @@ def test_every_widget_has_a_name_and_sections_exist():
     assert all(name for name in widgets), "a widget without objectName"
     sections = {w.findtext("property[@name='text']/string") for w in widgets.values()
                 if w.get("class") == "ctkCollapsibleButton"}
-    assert sections == {"Inputs", "Model", "Clinical factors", "Advanced", "Results"}
+    assert sections == {"Inputs", "Model", "Clinical factors", "Advanced", "Results", "Assess response"}
 
 
 # which widget class can show which field type (what parameterNodeWrapper's GUI connectors accept)

@@ -168,6 +168,7 @@ class SeriesAssessment(JsonRecord):
     """The whole series: visits in order (baseline first), the target lesions, the options and criteria."""
 
     json_header = {"kind": "tace-response-assessment", "version": 1}
+    json_derived = ("files",)  # what the command line adds: the files written beside it
 
     visits: list[VisitResult]
     targets: list[str]

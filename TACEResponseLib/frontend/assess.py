@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from TACEResponseLib.assessment.criteria import CRITERIA
+from TACEResponseLib.assessment.matching import check_same_space
 from TACEResponseLib.assessment.outputs import summary_lines
 from TACEResponseLib.assessment.series import AssessmentOptions, SeriesAssessment, Visit, assess_series, classify
 from TACEResponseLib.assessment.viable import OIL_COLOR, OIL_TAG, VIABLE_COLOR, VIABLE_OF_TAG, VIABLE_SUFFIX
@@ -123,25 +124,103 @@ def _drop_viable_segments(segmentation_node) -> None:
             segmentation.RemoveSegment(segment_id)
 
 
-def assess_nodes(scene, visits: list[VisitNodes], options: AssessmentOptions = AssessmentOptions(),
-                 outputs: AssessmentNodes | None = None, derive_again: bool = False) -> AssessmentNodes:
-    """Assess the visits (baseline first) and show the result in ``scene`` (module docstring). Viable
-    segments already in a segmentation are used as drawn, unless ``derive_again``."""
+def prepare_visits(visits: list[VisitNodes], derive_again: bool = False) -> list[Visit]:
+    """The visits' nodes as library inputs (main thread: reads MRML). With ``derive_again`` the viable and
+    oil segments of an earlier run are removed first, so they are derived anew."""
     if len(visits) < 2:
         raise InputError("choose a baseline and at least one follow-up")
-    outputs = outputs or AssessmentNodes()
-    remove_observers(outputs)
+    for nodes in visits[1:]:  # another patient's grid: said before any segment is exported onto it
+        if nodes.arterial is not None and visits[0].arterial is not None:
+            check_same_space(mrml.volume_from_node(visits[0].arterial), mrml.volume_from_node(nodes.arterial),
+                             nodes.name)
     if derive_again:
         for nodes in visits:
             if nodes.segmentation is not None:
                 _drop_viable_segments(nodes.segmentation)
-    assessment = assess_series([_visit(nodes) for nodes in visits], options)
+    return [_visit(nodes) for nodes in visits]
+
+
+def show_assessment(scene, visits: list[VisitNodes], assessment: SeriesAssessment,
+                    outputs: AssessmentNodes | None = None) -> AssessmentNodes:
+    """An assessment into the scene (main thread): viable segments, markup lines, tables."""
+    outputs = outputs or AssessmentNodes()
+    remove_observers(outputs)
     outputs.assessment = assessment
     for nodes, visit in zip(visits, assessment.visits):
         write_viable_segments(nodes.segmentation, visit)
     show_lines(scene, outputs)
     update_tables(scene, outputs)
     return outputs
+
+
+def assess_nodes(scene, visits: list[VisitNodes], options: AssessmentOptions = AssessmentOptions(),
+                 outputs: AssessmentNodes | None = None, derive_again: bool = False) -> AssessmentNodes:
+    """Assess the visits (baseline first) and show the result in ``scene`` (module docstring), all at once.
+    Viable segments already in a segmentation are used as drawn, unless ``derive_again``."""
+    return show_assessment(scene, visits, assess_series(prepare_visits(visits, derive_again), options), outputs)
+
+
+class AssessmentRun:
+    """:func:`assess_nodes` with the computation in a worker thread, so Slicer's GUI stays live: the nodes are
+    read (:meth:`__init__`) and written (:meth:`show`) on the calling thread, only
+    :func:`~TACEResponseLib.assessment.series.assess_series` (numpy, SciPy, SimpleITK: no MRML) runs beside it."""
+
+    def __init__(self, scene, visits: list[VisitNodes], options: AssessmentOptions = AssessmentOptions(),
+                 derive_again: bool = False) -> None:
+        import threading
+
+        self.scene, self.visits = scene, visits
+        inputs = prepare_visits(visits, derive_again)
+        self.result: SeriesAssessment | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, args=(inputs, options), name="tace-assess", daemon=True)
+        self.thread.start()
+
+    def _work(self, inputs: list[Visit], options: AssessmentOptions) -> None:
+        try:
+            self.result = assess_series(inputs, options)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there by show()
+            self.error = exc
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def show(self, outputs: AssessmentNodes | None = None, timeout: float | None = None) -> AssessmentNodes:
+        """Wait for the worker (``timeout`` s; None: as long as it takes), then show its result; its error
+        (e.g. an InputError about a visit) is raised here."""
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError("the assessment is still running")
+        if self.error is not None:
+            raise self.error
+        return show_assessment(self.scene, self.visits, self.result, outputs)
+
+
+def visits_from(parameters) -> list[VisitNodes]:
+    """The visits the panel's fields name (``assessBaselineVolume``, ``assessFollowup1Segmentation`` …, as in
+    the module's parameter node): the baseline, then each follow-up with a volume or a segmentation chosen."""
+    def field(name: str):
+        return getattr(parameters, name, None)
+
+    visits = [VisitNodes("baseline", field("assessBaselineVolume"), field("assessBaselineSegmentation"),
+                         field("assessBaselinePrecontrast"))]
+    for n in (1, 2):
+        volume, segmentation = field(f"assessFollowup{n}Volume"), field(f"assessFollowup{n}Segmentation")
+        if volume is None and segmentation is None:
+            continue
+        visits.append(VisitNodes(f"followup{n}", volume, segmentation, field(f"assessFollowup{n}Precontrast"),
+                                 bool(field(f"assessNewLesion{n}"))))
+    return visits
+
+
+def jump_to_first_target(scene, outputs: AssessmentNodes) -> None:
+    """Centre the slice views on the first target lesion's baseline line."""
+    assessment = outputs.assessment
+    node = outputs.line(assessment.baseline.name, assessment.targets[0]) if assessment and assessment.targets else None
+    if node is not None:
+        ends = [np.array(node.GetNthControlPointPositionWorld(n)) for n in range(2)]
+        mrml.jump_slices(scene, (ends[0] + ends[1]) / 2)
 
 
 # --- viable segments written back ------------------------------------------------------------------------
