@@ -82,7 +82,7 @@ def drawn(segmentation_node, segment_id: str) -> bool:
     return scalars is not None and bool(np.any(vtk_to_numpy(scalars) == segment.GetLabelValue()))
 
 
-def _visit(nodes: VisitNodes) -> Visit:
+def visit_from_nodes(nodes: VisitNodes) -> Visit:
     """A visit's nodes as library inputs; segments with nothing drawn (an empty viable segment: no viable
     tumour) kept as empty segments."""
     from TACEResponseLib.imaging.segmentation import Segment
@@ -137,7 +137,7 @@ def prepare_visits(visits: list[VisitNodes], derive_again: bool = False) -> list
         for nodes in visits:
             if nodes.segmentation is not None:
                 _drop_viable_segments(nodes.segmentation)
-    return [_visit(nodes) for nodes in visits]
+    return [visit_from_nodes(nodes) for nodes in visits]
 
 
 def show_assessment(scene, visits: list[VisitNodes], assessment: SeriesAssessment,
