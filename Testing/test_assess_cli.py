@@ -36,6 +36,7 @@ def assessed_folder(treatment_files, tmp_path_factory):
     return out, _assess_argv(treatment_files, out, ("followup1", "followup2"), "baseline", "--new-lesion", "2")
 
 
+@pytest.mark.slow
 def test_assess_gives_the_known_categories_and_writes_what_a_user_needs(assessed_folder, capsys):
     out, argv = assessed_folder
     assert main(argv) == 0
@@ -143,6 +144,7 @@ def test_followups_and_their_segmentations_must_pair(treatment_files, tmp_path, 
 
 
 # --- cohort label ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cohort_label_writes_a_training_manifest_with_each_labels_measurements(treatment_files, tmp_path, capsys):
     from TACEResponseLib.imaging.manifest import read_manifest
 

@@ -349,6 +349,26 @@ def test_the_viable_segment_written_back_is_read_back_as_given(assessed, treatme
     assert result.target_at(result.visits[1], "Tumour_2").viable_tumour.source == "given"
 
 
+def test_default_tumour_segments_leave_out_anatomy_and_viable_segments():
+    """A segmentation that also outlines the liver and a vessel (as HCC-TACE-Seg's DICOM SEGs do): only the
+    lesion is a tumour, the liver is the parenchyma reference, the viable segment goes with its tumour."""
+    from TACEResponseLib.assessment.series import tumour_segments
+    from TACEResponseLib.imaging.segmentation import LIVER_TUMOUR_TERMINOLOGY
+
+    anatomy = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~{}~^^~~^^~^^"
+    grid = Volume(np.zeros((4, 4, 4), np.uint8), np.eye(4))
+    masks = {name: np.zeros((4, 4, 4), bool) for name in ("Liver", "Portal vein", "Mass", "Mass viable")}
+    for n, mask in enumerate(masks.values()):
+        mask[n, 0, 0] = True
+    seg = Segmentation.from_masks(grid, masks, terminology={
+        "Liver": anatomy.format("SCT^10200004^Liver"), "Portal vein": anatomy.format("SCT^32764006^Portal vein"),
+        "Mass": LIVER_TUMOUR_TERMINOLOGY, "Mass viable": None})
+    seg.segments[0].name = "Hepatic parenchyma"  # found by its type code, not its name
+    tumours, liver = tumour_segments(seg)
+    assert [s.name for s in tumours] == ["Mass"] and liver.name == "Hepatic parenchyma"
+    assert [s.name for s in tumour_segments(seg, ["Portal vein"])[0]] == ["Portal vein"]  # the user's choice wins
+
+
 # --- bad inputs: one clear message each ------------------------------------------------------------------------
 def test_visits_that_do_not_overlap_in_space_are_refused(treatment_series):
     base, follow = treatment_series[0], treatment_series[1]

@@ -29,6 +29,7 @@ if not Path(CHROMIUM).is_file():
                 "of the assess view is skipped", allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+pytestmark = pytest.mark.slow
 
 
 def _poll(condition, timeout: float, what: str, interval: float = 0.2):

@@ -212,22 +212,39 @@ class SeriesAssessment(JsonRecord):
 
 
 # --- measuring one visit --------------------------------------------------------------------------------
+#: Slicer's / DICOM's terminology category of anatomy (liver, vessels …), as opposed to altered structures
+ANATOMICAL_STRUCTURE = "123037004"
+#: type code of the liver
+LIVER_CODE = "10200004"
+
+
+def _terminology(segment: Segment) -> list[str]:
+    return (segment.terminology or "").split("~")
+
+
 def _is_liver(segment: Segment) -> bool:
     if segment.name.strip().lower() in ("liver", "liver parenchyma"):
         return True
-    parts = (segment.terminology or "").split("~")
-    return len(parts) > 2 and "10200004" in parts[2]  # the segment's type (not its region) is Liver
+    parts = _terminology(segment)
+    return len(parts) > 2 and LIVER_CODE in parts[2]  # the segment's type (not its region) is Liver
+
+
+def _is_anatomy(segment: Segment) -> bool:
+    """The segment's terminology category is an anatomical structure (an organ or vessel, not a lesion)."""
+    parts = _terminology(segment)
+    return len(parts) > 1 and ANATOMICAL_STRUCTURE in parts[1]
 
 
 def tumour_segments(segmentation: Segmentation, chosen: Sequence[str] = ()) -> tuple[list[Segment], Segment | None]:
-    """The tumour segments (``chosen``, else every segment that is not a viable, oil or liver segment) and
-    the liver segment, if any."""
+    """The tumour segments (``chosen``, else every segment that is neither a viable or oil segment nor anatomy:
+    the liver by name or type, any segment whose terminology category is an anatomical structure, such as
+    the vessels a DICOM SEG may also outline) and the liver segment, if any."""
     liver = next((s for s in segmentation.segments if _is_liver(s)), None)
     if chosen:
         return [segmentation.find(key) for key in chosen], liver
     names = [s.name for s in segmentation.segments]
-    tumours = [s for s in segmentation.segments
-               if not is_viable_segment(s, names) and not s.tags.get(OIL_TAG) and s is not liver]
+    tumours = [s for s in segmentation.segments if not is_viable_segment(s, names) and not s.tags.get(OIL_TAG)
+               and s is not liver and not _is_anatomy(s)]
     return tumours, liver
 
 
