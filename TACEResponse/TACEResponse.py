@@ -143,6 +143,8 @@ class TACEResponseParameterNode:
     assessFollowup2Segmentation: vtkMRMLSegmentationNode
     assessNewLesion1: bool = False
     assessNewLesion2: bool = False
+    assessMatches1: str = ""  # the user's lesion pairs at follow-up N: "Tumour_1=Segment_3; Tumour_2="
+    assessMatches2: str = ""
     assessResponsesTable: vtkMRMLTableNode
 
 

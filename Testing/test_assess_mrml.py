@@ -156,15 +156,23 @@ def test_the_panel_runs_the_assessment_beside_the_gui_and_shows_it(scene_visits)
     fields = SimpleNamespace(assessBaselineVolume=visits[0].arterial, assessBaselineSegmentation=visits[0].segmentation,
                              assessBaselinePrecontrast=visits[0].precontrast, assessFollowup1Volume=visits[2].arterial,
                              assessFollowup1Segmentation=visits[2].segmentation, assessFollowup1Precontrast=None,
-                             assessNewLesion1=True, assessFollowup2Volume=None, assessFollowup2Segmentation=None)
+                             assessNewLesion1=True, assessFollowup2Volume=None, assessFollowup2Segmentation=None,
+                             assessMatches1="Tumour_3=; Tumour_2=Tumour_2")
     chosen = visits_from(fields)
     assert [(v.name, v.new_lesion, v.precontrast is None) for v in chosen] == [("baseline", False, False),
                                                                                 ("followup1", True, True)]
+    assert chosen[1].matches == {"Tumour_3": None, "Tumour_2": "Tumour_2"}
     run = AssessmentRun(scene, chosen, AssessmentOptions(register=False))
     shown = run.show(timeout=120)
     assert {r["Response"] for r in _table(shown.responses_table)} == {"PD"}  # the new lesion the user saw
+    pairs = {m.baseline: (m.followup, m.source) for m in shown.assessment.visits[1].matching.matches}
+    assert pairs == {"Tumour_1": ("Tumour_1", "overlap"), "Tumour_2": ("Tumour_2", "user"), "Tumour_3": (None, "user")}
+    assert "Tumour_3" in shown.assessment.visits[1].candidate_new_lesions  # not paired: listed for the reader
     assert not run.running
-    fields.assessFollowup1Segmentation = None
+    fields.assessMatches1 = "Tumour_1"
+    with pytest.raises(InputError, match="follow-up 1: lesion pairs: 'Tumour_1' is not BASELINE_LESION=FOLLOWUP"):
+        visits_from(fields)
+    fields.assessMatches1, fields.assessFollowup1Segmentation = "", None
     with pytest.raises(InputError, match="followup1: choose its arterial volume and its segmentation"):
         AssessmentRun(scene, visits_from(fields))
     far = visits[2].arterial.GetScene().AddNewNodeByClass("vtkMRMLScalarVolumeNode", "elsewhere")

@@ -84,6 +84,22 @@ class Matching(JsonRecord):
         return next((m.followup for m in self.matches if m.baseline == baseline), None)
 
 
+def parse_pairs(text: str, what: str = "lesion pairs") -> dict[str, str | None]:
+    """``"Tumour_1=Segment_3; Tumour_2="`` → {baseline lesion: follow-up lesion, or None for "not present"}:
+    pairs separated by ``;`` or new lines, the follow-up side empty or ``none`` when the lesion is gone."""
+    pairs: dict[str, str | None] = {}
+    for part in str(text or "").replace("\n", ";").split(";"):
+        if not part.strip():
+            continue
+        baseline, equals, followup = part.partition("=")
+        if not equals or not baseline.strip():
+            raise InputError(f"{what}: {part.strip()!r} is not BASELINE_LESION=FOLLOWUP_LESION (e.g. Tumour_1=Segment_3; "
+                             "an empty or 'none' follow-up lesion: not present)")
+        followup = followup.strip()
+        pairs[baseline.strip()] = None if followup.lower() in ("", "none") else followup
+    return pairs
+
+
 def check_same_space(baseline: Volume, followup: Volume, what: str) -> None:
     """Refuse a follow-up whose image does not overlap the baseline's in space (another patient's grid,
     wrong origins): registration cannot start from there."""

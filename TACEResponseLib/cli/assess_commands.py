@@ -64,18 +64,18 @@ def read_visit(name: str, images: list[str], segmentation: str, new_lesion: bool
 
 def _matches(entries: list[str] | None, followups: int) -> dict[int, dict[str, str | None]]:
     """``--match N:BASELINE=FOLLOWUP`` → {visit number: {baseline lesion: follow-up lesion or None}}."""
+    from TACEResponseLib.assessment.matching import parse_pairs
+
     found: dict[int, dict[str, str | None]] = {}
     for entry in entries or []:
-        visit, _, pair = entry.partition(":")
-        baseline, equals, followup = pair.partition("=")
-        if not (visit.strip().isdigit() and equals and baseline.strip()):
+        visit, colon, pair = entry.partition(":")
+        if not (colon and visit.strip().isdigit()):
             raise InputError(f"--match {entry!r}: expected FOLLOWUP_NUMBER:BASELINE_LESION=FOLLOWUP_LESION "
                              "(e.g. 1:Tumour_1=Segment_3; an empty or 'none' follow-up lesion: not present)")
         n = int(visit)
         if not 1 <= n <= followups:
             raise InputError(f"--match {entry!r}: follow-up {n} does not exist ({followups} given)")
-        followup = followup.strip()
-        found.setdefault(n, {})[baseline.strip()] = None if followup.lower() in ("", "none") else followup
+        found.setdefault(n, {}).update(parse_pairs(pair, f"--match {entry!r}"))
     return found
 
 

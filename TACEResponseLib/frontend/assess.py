@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from TACEResponseLib.assessment.criteria import CRITERIA
-from TACEResponseLib.assessment.matching import check_same_space
+from TACEResponseLib.assessment.matching import check_same_space, parse_pairs
 from TACEResponseLib.assessment.outputs import summary_lines
 from TACEResponseLib.assessment.series import AssessmentOptions, SeriesAssessment, Visit, assess_series, classify
 from TACEResponseLib.assessment.viable import OIL_COLOR, OIL_TAG, VIABLE_COLOR, VIABLE_OF_TAG, VIABLE_SUFFIX
@@ -199,7 +199,8 @@ class AssessmentRun:
 
 def visits_from(parameters) -> list[VisitNodes]:
     """The visits the panel's fields name (``assessBaselineVolume``, ``assessFollowup1Segmentation`` …, as in
-    the module's parameter node): the baseline, then each follow-up with a volume or a segmentation chosen."""
+    the module's parameter node): the baseline, then each follow-up with a volume or a segmentation chosen,
+    with the user's lesion pairs (``assessMatches1``: "Tumour_1=Segment_3; Tumour_2=")."""
     def field(name: str):
         return getattr(parameters, name, None)
 
@@ -209,8 +210,9 @@ def visits_from(parameters) -> list[VisitNodes]:
         volume, segmentation = field(f"assessFollowup{n}Volume"), field(f"assessFollowup{n}Segmentation")
         if volume is None and segmentation is None:
             continue
+        pairs = parse_pairs(field(f"assessMatches{n}") or "", f"follow-up {n}: lesion pairs")
         visits.append(VisitNodes(f"followup{n}", volume, segmentation, field(f"assessFollowup{n}Precontrast"),
-                                 bool(field(f"assessNewLesion{n}"))))
+                                 bool(field(f"assessNewLesion{n}")), pairs))
     return visits
 
 
