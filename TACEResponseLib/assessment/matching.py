@@ -158,18 +158,20 @@ def euler_degrees(rotation: np.ndarray) -> tuple[float, float, float]:
     return tuple(round(math.degrees(a), 3) for a in (about_r, about_a, about_s))  # type: ignore[return-value]
 
 
-def _labelmap(masks: Sequence[Volume], grid: Volume) -> np.ndarray:
-    """Masks that lie on boxes of ``grid`` painted as labels 1…N on ``grid`` (a later one wins overlaps)."""
+def _labelmap(masks: Sequence[Volume], grid: Volume, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Masks that lie on boxes of ``grid`` painted as labels 1…N on its box ``lo`` … ``hi`` (a later one wins)."""
     from TACEResponseLib.imaging.geometry import grid_offset
 
-    out = np.zeros(grid.shape_kji, np.uint16)
+    out = np.zeros(tuple(int(v) for v in hi - lo), np.uint16)
     for number, mask in enumerate(masks, start=1):
         offset = grid_offset(mask, grid)
         if offset is None:
             raise InputError(f"lesion {mask.name!r} is not on the visit's grid")
-        hi = offset + np.asarray(mask.shape_kji)
-        region = out[offset[0]:hi[0], offset[1]:hi[1], offset[2]:hi[2]]
-        region[mask.array > 0] = number
+        a, b = offset - lo, offset - lo + np.asarray(mask.shape_kji)
+        p, q = np.maximum(a, 0), np.minimum(b, out.shape)
+        if np.all(q > p):
+            inside = mask.array[p[0] - a[0]:q[0] - a[0], p[1] - a[1]:q[1] - a[1], p[2] - a[2]:q[2] - a[2]] > 0
+            out[p[0]:q[0], p[1]:q[1], p[2]:q[2]][inside] = number
     return out
 
 
@@ -194,10 +196,10 @@ def overlap_matrix(baseline_masks: dict[str, Volume], baseline_grid: Volume, fol
     names_b, names_f = list(baseline_masks), list(followup_masks)
     lo, hi = _box_around(list(baseline_masks.values()), baseline_grid, 30.0)
     region = crop(baseline_grid, lo, hi)
-    base = _labelmap(list(baseline_masks.values()), baseline_grid)[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    base = _labelmap(list(baseline_masks.values()), baseline_grid, lo, hi)
     f_lo, f_hi = _box_around(list(followup_masks.values()), followup_grid, 2.0)
     f_region = crop(followup_grid, f_lo, f_hi)
-    follow = _labelmap(list(followup_masks.values()), followup_grid)[f_lo[0]:f_hi[0], f_lo[1]:f_hi[1], f_lo[2]:f_hi[2]]
+    follow = _labelmap(list(followup_masks.values()), followup_grid, f_lo, f_hi)
     transform = sitk.AffineTransform(3)
     lps = LPS_TO_RAS @ registration.baseline_to_followup @ LPS_TO_RAS
     transform.SetMatrix(lps[:3, :3].ravel().tolist())

@@ -35,7 +35,7 @@ import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
-from TACEResponseLib.imaging.geometry import Volume, crop, resample_to_reference
+from TACEResponseLib.imaging.geometry import Volume, crop, resample_to_reference, value_range_of
 from TACEResponseLib.imaging.segmentation import Segment, Segmentation
 from TACEResponseLib.imaging.tumours import TumourROI
 
@@ -116,7 +116,7 @@ def guess_ct(volume: Volume) -> bool:
     modality = str(volume.metadata.get("modality", "")).upper()
     if modality in ("CT", "MR", "MRI"):
         return modality == "CT"
-    return float(np.min(volume.array)) < -150.0
+    return value_range_of(volume)[0] < -150.0
 
 
 def is_viable_segment(segment: Segment, tumour_names: Sequence[str]) -> bool:
