@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean browser web
+.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean browser web docs
 
 bootstrap: $(STAMP)
 
@@ -46,13 +46,19 @@ web: $(STAMP)
 	$(VENV)/bin/tace-response web --open
 
 # Every benchmark script, then benchmarks/targets.py: the speed targets of all results files in
-# benchmarks/results/targets.json and the README's table.
+# benchmarks/results/targets.json and the table of docs/benchmarks.md.
 benchmarks: $(STAMP)
 	for b in benchmarks/[!_]*.py; do [ "$$b" = benchmarks/targets.py ] || $(PY) $$b || exit 1; done
-	$(PY) benchmarks/targets.py --readme
+	$(PY) benchmarks/targets.py --docs
+
+# The user guide (docs/, MkDocs with the Material theme, both pinned in requirements.txt) as a website in
+# site/ (not committed); --strict: any warning (a broken link, a missing picture, a page out of the
+# navigation) fails the build. Open site/index.html, or serve it with `$(VENV)/bin/mkdocs serve`.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache site
 
 # Re-create the SYNTHETIC demo model bundle (phantom cohorts → `tace-response train` →
 # held-out `tace-response evaluate` → Resources/Models.json). Seeded and deterministic on the

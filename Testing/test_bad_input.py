@@ -210,6 +210,12 @@ def world(tmp_path_factory, random_bundle):
                          columns=[f"arterial_f{j:04d}" for j in range(16)])
     table.index.name = "case_id"
     w["features"] = write_feature_table(table, root / "t" / "features_ok.csv", {"label": "random numbers, test only"})
+    holed = table.copy()
+    holed.iloc[3, 2] = np.nan
+    w["features_nan"] = write_feature_table(holed, root / "t" / "features_nan.csv", {"label": "a hole, test only"})
+    w["t_good"] = _write_manifest(root / "t" / "good.csv", rows)
+    (root / "nomogram_broken.json").write_text('{"kind": "TACEResponse survival model", "files": {"nomogram": 3')
+    w["nomogram_broken"] = root / "nomogram_broken.json"
     w["t_oneevent"] = _write_manifest(root / "t" / "oneevent.csv",
                                       [{**x, "event": int(n == 0)} for n, x in enumerate(rows)])
     w["t_threerows"] = _write_manifest(root / "t" / "threerows.csv", rows[:2] + [{**rows[2], "event": 1}])
@@ -418,6 +424,13 @@ CASES = [
     ("phantoms-nan-noise", "demo phantoms --noise nan", "dir", ["--noise"]),
     ("phantoms-output-is-a-file", "demo phantoms --cases 1", "file-as-output", ["--output", "is a file"]),
     ("cohort-zero-spacing", "survival phantoms --spacing 0 1 1", "dir", ["--spacing"]),
+    # a failure after the first file was written leaves no output (the folder is written as one group)
+    ("signature-nan-feature", FS + " --features {features_nan} --clinical {t_good}", "dir",
+     ["arterial_f0002", "missing", "s3"]),
+    ("survival-nan-feature", S + " --features {features_nan} --clinical {t_good}", "dir", ["arterial_f0002", "s3"]),
+    ("demo-malformed-nomogram", "demo run --device cpu --nomogram {nomogram_broken}", "dir", ["{nomogram_broken}"]),
+    ("demo-malformed-nomogram-new-folder", "demo run --device cpu --nomogram {nomogram_broken}", "new-folder",
+     ["{nomogram_broken}"]),
     # counts: 0 is refused unless it means something (and then --help and the run say what)
     ("predict-zero-tta", P + " --tta 0", "dir", ["--tta", "≥ 1"]),
     ("predict-zero-threads", P + " --threads 0", "dir", ["--threads", "≥ 1"]),
@@ -481,6 +494,8 @@ def test_bad_input_is_one_clear_error_and_leaves_the_output_alone(world, tmp_pat
         argv += ["--output", str(watched / "result.json")]
     elif kind == "folder-as-file":
         argv += ["--output", str(watched)]
+    elif kind == "new-folder":  # not there yet: it must not be created
+        argv += ["--output", str(watched / "new folder")]
     elif kind == "missing-parent":
         argv += ["--output", str(watched / "no" / "such" / "folder")]
     elif kind == "file-missing-parent":

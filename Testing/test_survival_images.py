@@ -393,7 +393,7 @@ def test_predict_with_nomogram_writes_survival_and_mrml_nodes(cases, survival_mo
 
     table, chart = show_survival(mrml.scene, survival, title=result.case_id)
     assert table.GetClassName() == "vtkMRMLTableNode" and chart.GetClassName() == "vtkMRMLPlotChartNode"
-    assert table.GetNumberOfRows() == len(survival["curve"]["times"])
+    assert table.GetNumberOfRows() == 2 * len(survival["curve"]["times"]) - 1  # the vertices of the step curve
     assert table.GetTable().GetValue(0, 1).ToDouble() == 1.0
     last = table.GetNumberOfRows() - 1
     assert table.GetTable().GetValue(last, 1).ToDouble() == pytest.approx(survival["curve"]["survival"][-1])
@@ -486,7 +486,12 @@ def test_fit_signature_then_fit_nomogram_equals_survival(cohort, feature_tables,
     assert (staged / "signature.json").is_file() and not (staged / "report.json").exists()
     assert not list(staged.glob("nomogram_*"))
     assert cli.main(["survival", "fit-nomogram", "--signature", str(staged), "--n-boot", "40"]) == 0
-    assert "C-index" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "C-index" in printed and f"model:  {staged / 'survival_model.json'} " in printed
+    # each output folder was written as one group (core.files.atomic_folder): nothing names its staging folder
+    for path in [*whole.rglob("*"), *staged.rglob("*")]:
+        assert ".partial-" not in path.name and (path.is_dir() or b".partial-" not in path.read_bytes()), path
+    assert not list(tmp_path.glob(".*partial-*"))
 
     for name in ["signature.json", "signature_scores.csv", "split.csv", "icc.csv", "scores.csv", "survival_model.json",
                  *[p.name for p in whole.glob("nomogram_*.json")]]:

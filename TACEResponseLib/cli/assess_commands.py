@@ -10,7 +10,7 @@ from pathlib import Path
 
 from TACEResponseLib.cli.common import Command, check_inputs_exist, number
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import check_output_file, check_output_folder
+from TACEResponseLib.core.files import atomic_folder, check_output_file, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,10 @@ def cmd_assess(args: argparse.Namespace) -> int:
     visits += [read_visit(f"followup{n}", images, segmentation, n in new, matches.get(n))
                for n, (images, segmentation) in enumerate(zip(followups, segmentations), start=1)]
     assessment = assess_series(visits, options)
-    written = write_assessment(assessment, out)
+    with atomic_folder(out, last=["assessment.json"]) as staging:  # all of it, or the folder as it was
+        write_assessment(assessment, staging)
     print("\n".join(summary_lines(assessment)))
-    print(f"→ {written['json']}")
+    print(f"→ {out / 'assessment.json'}")
     return 0
 
 
@@ -124,7 +125,8 @@ def cmd_cohort_label(args: argparse.Namespace) -> int:
                              str(v.segmentation), v.new_lesion) for v in patient.visits]
         assessment = assess_series(visits, options)
         if folder is not None:
-            write_assessment(assessment, folder)
+            with atomic_folder(folder, last=["assessment.json"]) as staging:
+                write_assessment(assessment, staging)
         return assessment.to_dict()
 
     done, failed = label_cohort(args.manifest, output, assess, args.criterion, args.response, args.work,

@@ -20,7 +20,7 @@ from TACEResponseLib.cli.common import (
     number,
 )
 from TACEResponseLib.core.errors import InputError, TACEResponseError
-from TACEResponseLib.core.files import check_output_file, check_output_folder
+from TACEResponseLib.core.files import atomic_folder, check_output_file, check_output_folder, relocated
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,8 @@ def _signature_inputs(args: argparse.Namespace) -> dict:
                 validation_manifest=args.validation_manifest, validation_clinical=args.validation_clinical,
                 validation_features=validation, validation_feature_metadata=validation_metadata,
                 perturbation=perturbation, perturb_voxels=args.perturb_voxels, randomisation=_randomisation_from(args),
-                cache_dir=args.cache, device=args.device, batch_size=args.batch_size)
+                cache_dir=args.cache or Path(args.output) / "feature_cache",  # resumable: kept on failure
+                device=args.device, batch_size=args.batch_size)
 
 
 def _print_signature(stage) -> None:
@@ -228,7 +229,9 @@ def _print_signature(stage) -> None:
           f"{len(stage.cohorts.get('validation', []))} cases ({validation})")
 
 
-def _print_nomogram(result) -> None:
+def _print_nomogram(result, staging: Path | None = None, folder: str | Path | None = None) -> None:
+    """The nomogram's read-out; ``staging``/``folder``: the :func:`atomic_folder` it was written in, and where
+    its files are now."""
     report = result.report
     main = report["survival_model"]["main_nomogram"]
     print(f"nomogram variables: {main} = {[v.name for v in result.pipeline.nomograms[main].variables]}")
@@ -245,8 +248,10 @@ def _print_nomogram(result) -> None:
         print(f"  C-index {d['model_a']} − {d['model_b']} on {d['cohort']}: {d['difference']:+.3f}{ci}{p}")
     for warning in report.get("warnings") or []:
         print(f"warning: {warning}")
-    print(f"report: {result.output_dir / 'report.json'}\nmodel:  {result.model_path} "
-          f"(use: tace-response predict ... --nomogram {result.model_path} --clinical NAME=VALUE)")
+    model = relocated(result.model_path, staging, folder) if staging else result.model_path
+    report_path = relocated(result.output_dir, staging, folder) if staging else result.output_dir
+    print(f"report: {report_path / 'report.json'}\nmodel:  {model} "
+          f"(use: tace-response predict ... --nomogram {model} --clinical NAME=VALUE)")
 
 
 def cmd_survival(args: argparse.Namespace) -> int:
@@ -255,9 +260,11 @@ def cmd_survival(args: argparse.Namespace) -> int:
 
     _check_signature_inputs(args)
     config = _survival_config(args, args.covariates)
-    signature = fit_image_signature(args.output, config=config, **_signature_inputs(args))
+    with atomic_folder(args.output, last=["survival_model.json"]) as staging:
+        signature = fit_image_signature(staging, config=config, **_signature_inputs(args))
+        result = fit_image_nomogram(signature, staging, config=config, clinical=signature.clinical)
     _print_signature(signature.stage)
-    _print_nomogram(fit_image_nomogram(signature, args.output, config=config, clinical=signature.clinical))
+    _print_nomogram(result, staging, args.output)
     return 0
 
 
@@ -266,7 +273,8 @@ def cmd_fit_signature(args: argparse.Namespace) -> int:
     from TACEResponseLib.survival.images import fit_image_signature
 
     _check_signature_inputs(args)
-    signature = fit_image_signature(args.output, config=_survival_config(args, []), **_signature_inputs(args))
+    with atomic_folder(args.output, last=["signature_fit.json"]) as staging:
+        signature = fit_image_signature(staging, config=_survival_config(args, []), **_signature_inputs(args))
     _print_signature(signature.stage)
     print(f"signature: {Path(args.output) / 'signature.json'} "
           f"(next: tace-response survival fit-nomogram --signature {args.output})")
@@ -288,10 +296,11 @@ def cmd_fit_nomogram(args: argparse.Namespace) -> int:
     covariates = list(args.covariates)
     config = replace(stage.config, **_nomogram_settings(args, covariates), n_boot=args.n_boot,
                      seed=stage.config.seed if args.seed is None else args.seed)
-    result = fit_image_nomogram(stage, output, config=config, clinical=args.clinical,
-                                validation_clinical=args.validation_clinical)
+    with atomic_folder(output, last=["survival_model.json"]) as staging:
+        result = fit_image_nomogram(stage, staging, config=config, clinical=args.clinical,
+                                    validation_clinical=args.validation_clinical)
     _print_signature(stage)
-    _print_nomogram(result)
+    _print_nomogram(result, staging, output)
     return 0
 
 
@@ -300,10 +309,12 @@ def cmd_survival_cohort(args: argparse.Namespace) -> int:
     from TACEResponseLib.survival.cohort import make_survival_cohort
 
     check_output_folder(args.output)
-    cohort = make_survival_cohort(args.cases, args.output, seed=args.seed, shape_kji=tuple(args.shape),
-                                  spacing_ijk=tuple(args.spacing))
+    with atomic_folder(args.output) as staging:
+        cohort = make_survival_cohort(args.cases, staging, seed=args.seed, shape_kji=tuple(args.shape),
+                                      spacing_ijk=tuple(args.spacing))
     table = cohort.table
-    print(f"wrote {len(table)} SYNTHETIC phantom cases ({int(table['event'].sum())} deaths) → {cohort.csv_path}")
+    print(f"wrote {len(table)} SYNTHETIC phantom cases ({int(table['event'].sum())} deaths) → "
+          f"{relocated(cohort.csv_path, staging, args.output)}")
     return 0
 
 
