@@ -258,7 +258,8 @@ def test_every_control_of_the_inputs_key_is_locked_while_running(qapp):
     for state, enabled in ((panel.PanelState.RUNNING, False), (panel.PanelState.DONE, True)):
         panel.apply_control_states(ui, panel.control_states(state, has_result=True), locked)
         assert all(getattr(ui, name).isEnabled() is enabled for name in expected), state
-    assert set(bound_parameters()) <= set(panel.INPUT_PARAMETERS + panel.RUN_SETTINGS + panel.DISPLAY_PARAMETERS)
+    assert set(bound_parameters()) <= set(panel.INPUT_PARAMETERS + panel.RUN_SETTINGS + panel.DISPLAY_PARAMETERS
+                                          + panel.ASSESS_PARAMETERS)
 
 
 def test_the_default_reference_volume_follows_the_reference_selector():
