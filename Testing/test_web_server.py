@@ -165,7 +165,9 @@ def test_upload_rules_and_names():
     assert uploads.upload_problem("tumour.seg.nrrd", "segmentation") is None
     assert "not an accepted image" in uploads.upload_problem("report.pdf", "image")
     assert uploads.upload_problem("IM0001", "image", bytes(128) + b"DICM") is None
-    assert "not an accepted segmentation" in uploads.upload_problem("IM0001", "segmentation", bytes(128) + b"DICM")
+    assert uploads.upload_problem("IM0001", "segmentation", bytes(128) + b"DICM") is None  # a DICOM SEG
+    assert uploads.upload_problem("seg.dcm", "segmentation") is None
+    assert "not an accepted segmentation" in uploads.upload_problem("notes.txt", "segmentation", b"plain text")
     assert uploads.stored_name("../../etc/passwd") == "passwd"
     assert uploads.stored_name("C:\\scans\\my ct.nii.gz") == "my_ct.nii.gz"
     assert uploads.stored_name(".hidden.nrrd") == "hidden.nrrd"

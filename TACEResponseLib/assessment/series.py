@@ -54,7 +54,7 @@ from TACEResponseLib.assessment.viable import (
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.geometry import Volume, check_volume, crop, grid_offset, value_range_of
-from TACEResponseLib.imaging.segmentation import Segment, Segmentation, label_box, segment_box_on
+from TACEResponseLib.imaging.segmentation import SEG_TYPE_TAG, Segment, Segmentation, label_box, segment_box_on
 from TACEResponseLib.imaging.tumours import IslandRule, TumourROI, tumour_rois
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,8 @@ def _is_liver(segment: Segment) -> bool:
     if segment.name.strip().lower() in ("liver", "liver parenchyma"):
         return True
     parts = _terminology(segment)
-    return len(parts) > 2 and LIVER_CODE in parts[2]  # the segment's type (not its region) is Liver
+    type_code = segment.tags.get(SEG_TYPE_TAG, "").split(" ", 1)[0]  # a DICOM SEG's "SCT:10200004"
+    return (len(parts) > 2 and LIVER_CODE in parts[2]) or type_code.endswith(f":{LIVER_CODE}")  # its type is Liver
 
 
 def _is_anatomy(segment: Segment) -> bool:
@@ -236,14 +237,16 @@ def _is_anatomy(segment: Segment) -> bool:
 
 
 def tumour_segments(segmentation: Segmentation, chosen: Sequence[str] = ()) -> tuple[list[Segment], Segment | None]:
-    """The tumour segments (``chosen``, else every segment that is neither a viable or oil segment nor anatomy:
-    the liver by name or type, any segment whose terminology category is an anatomical structure, such as
-    the vessels a DICOM SEG may also outline) and the liver segment, if any."""
+    """The tumour segments (``chosen``, else those a blank choice means — for a DICOM SEG its tumour segments,
+    :meth:`~TACEResponseLib.imaging.segmentation.Segmentation.default_segment_ids` — that are neither viable or
+    oil segments nor anatomy: the liver by name or type, any segment whose terminology category is an
+    anatomical structure, such as vessels) and the liver segment, if any."""
     liver = next((s for s in segmentation.segments if _is_liver(s)), None)
     if chosen:
         return [segmentation.find(key) for key in chosen], liver
     names = [s.name for s in segmentation.segments]
-    tumours = [s for s in segmentation.segments if not is_viable_segment(s, names) and not s.tags.get(OIL_TAG)
+    candidates = [segmentation.find(key) for key in segmentation.default_segment_ids()]
+    tumours = [s for s in candidates if not is_viable_segment(s, names) and not s.tags.get(OIL_TAG)
                and s is not liver and not _is_anatomy(s)]
     return tumours, liver
 

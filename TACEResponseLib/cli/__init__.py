@@ -26,7 +26,15 @@ import os
 import sys
 from typing import Sequence
 
-from TACEResponseLib.cli import assess_commands, case_commands, survival_commands, training_commands, web_command, worker
+from TACEResponseLib.cli import (
+    assess_commands,
+    case_commands,
+    cohort_commands,
+    survival_commands,
+    training_commands,
+    web_command,
+    worker,
+)
 from TACEResponseLib.cli.common import ArgumentParser, Command, Group, UsageError, say_what_zero_means, zero_meanings
 from TACEResponseLib.core.errors import TACEResponseError
 
@@ -34,13 +42,14 @@ logger = logging.getLogger("tace-response")
 
 #: every sub-command (top-level ones and those of the groups), in the order ``--help`` lists them
 COMMANDS: list[Command] = [*case_commands.COMMANDS, *training_commands.COMMANDS, *survival_commands.COMMANDS,
-                           *web_command.COMMANDS, *worker.COMMANDS, *assess_commands.COMMANDS]
+                           *cohort_commands.COMMANDS, *web_command.COMMANDS, *worker.COMMANDS,
+                           *assess_commands.COMMANDS]
 
 #: the command groups: ``tace-response GROUP COMMAND``; a command joins one by naming it as its ``group``
 GROUPS: list[Group] = [
     Group("survival", "Zhang 2020 overall survival", task="survival"),
+    Group("cohort", "public TACE collections, and response labels from visits", task="cohorts"),
     Group("demo", "the SYNTHETIC demo and its builders", task="demo"),
-    Group("cohort", "cohorts of patients", task="cohorts"),
 ]
 
 #: the headings of ``tace-response --help``, in order: a command's or group's ``task`` → heading (a

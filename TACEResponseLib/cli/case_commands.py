@@ -242,7 +242,8 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", action="append", required=True, metavar="PATH",
                    help="images in the order the model lists them (reference first)")
-    p.add_argument("--segmentation", required=True, metavar="PATH", help=".seg.nrrd or labelmap")
+    p.add_argument("--segmentation", required=True, metavar="PATH",
+                   help=".seg.nrrd, labelmap, or DICOM SEG (file or folder; its tumour segments by default)")
     p.add_argument("--segment", action="append", default=None,
                    help="segment id or name (repeatable; default: every segment)")
     p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")

@@ -197,8 +197,11 @@ def check_inputs_exist(**paths: str | Sequence[str] | None) -> None:
 def case_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", action="append", required=True, metavar="PATH",
                         help="reference volume first, then other phases/sequences (NRRD, NIfTI or DICOM folder)")
-    parser.add_argument("--segmentation", required=True, metavar="PATH", help=".seg.nrrd or labelmap file")
-    parser.add_argument("--segment", default=None, help="segment id or name (default: the first segment)")
+    parser.add_argument("--segmentation", required=True, metavar="PATH",
+                        help=".seg.nrrd, labelmap, or DICOM SEG (file or folder)")
+    parser.add_argument("--segment", default=None,
+                        help="segment id or name, or a DICOM SEG's number, label or code such as SCT:4147007 "
+                             "(default: the first segment; a DICOM SEG's tumour segments)")
 
 
 def patch_spec_arguments(parser: argparse.ArgumentParser) -> None:

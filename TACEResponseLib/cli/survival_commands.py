@@ -21,6 +21,7 @@ from TACEResponseLib.cli.common import (
 )
 from TACEResponseLib.core.errors import InputError, TACEResponseError
 from TACEResponseLib.core.files import atomic_folder, check_output_file, check_output_folder, relocated
+from TACEResponseLib.core.tables import with_sheet
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, metavar="DIR", help="per-case feature cache folder")
     p.add_argument("--batch-size", type=number(int, 1, 4096), default=16, help="patches per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+#: 1, 2 and 3 years in each survival time unit (the read-out times of the nomogram and the report)
+YEAR_TIMES = {"months": (12, 24, 36), "weeks": (52, 104, 156), "days": (365, 730, 1096)}
 
 
 def _settings_from(args: argparse.Namespace):
@@ -161,7 +165,8 @@ def _survival_config(args: argparse.Namespace, covariates: Sequence[str]):
     from TACEResponseLib.survival.fitting import SurvivalConfig
 
     return SurvivalConfig(
-        time_col=args.time_col, event_col=args.event_col, id_col="case_id",
+        time_col=args.time_col, event_col=args.event_col, id_col="case_id", time_unit=args.time_unit,
+        survival_times=[float(t) for t in YEAR_TIMES[args.time_unit]],
         labels={**CLINICAL_LABELS, "signature": "DL signature"}, **_nomogram_settings(args, covariates),
         icc_threshold=args.icc_threshold, icc_kind=args.icc_kind, max_signature_features=args.max_features,
         mrmr_method=args.mrmr, l1_ratios=list(args.l1_ratios),
@@ -207,8 +212,9 @@ def _signature_inputs(args: argparse.Namespace) -> dict:
         raise TACEResponseError("--validation-clinical needs the validation cohort's deep features: "
                                 "--validation-features (from extract-features) or --validation-manifest (images)")
     return dict(settings=_settings_from(args) if not args.features else None, manifest=args.manifest,
-                clinical=args.clinical, features=features, repeat=repeat, feature_metadata=metadata,
-                validation_manifest=args.validation_manifest, validation_clinical=args.validation_clinical,
+                clinical=with_sheet(args.clinical, args.sheet), features=features, repeat=repeat,
+                feature_metadata=metadata, validation_manifest=args.validation_manifest,
+                validation_clinical=with_sheet(args.validation_clinical, args.sheet),
                 validation_features=validation, validation_feature_metadata=validation_metadata,
                 perturbation=perturbation, perturb_voxels=args.perturb_voxels, randomisation=_randomisation_from(args),
                 cache_dir=args.cache or Path(args.output) / "feature_cache",  # resumable: kept on failure
@@ -297,8 +303,8 @@ def cmd_fit_nomogram(args: argparse.Namespace) -> int:
     config = replace(stage.config, **_nomogram_settings(args, covariates), n_boot=args.n_boot,
                      seed=stage.config.seed if args.seed is None else args.seed)
     with atomic_folder(output, last=["survival_model.json"]) as staging:
-        result = fit_image_nomogram(stage, staging, config=config, clinical=args.clinical,
-                                    validation_clinical=args.validation_clinical)
+        result = fit_image_nomogram(stage, staging, config=config, clinical=with_sheet(args.clinical, args.sheet),
+                                    validation_clinical=with_sheet(args.validation_clinical, args.sheet))
     _print_signature(stage)
     _print_nomogram(result, staging, output)
     return 0
@@ -331,7 +337,9 @@ def _signature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", default=None, help="cases on disk (features extracted and cached)")
     p.add_argument("--features", default=None, help="feature CSV from extract-features instead of --manifest")
     p.add_argument("--repeat", default=None, help="second extraction (perturbed ROI / reader 2) for the ICC filter")
-    p.add_argument("--clinical", default=None, help="CSV with case_id, time, event, clinical columns (default: manifest)")
+    p.add_argument("--clinical", default=None,
+                   help="CSV or workbook (.xlsx, .xls, .ods) with case_id, time, event, clinical columns (default: manifest)")
+    p.add_argument("--sheet", default=None, help="the sheet of a workbook --clinical / --validation-clinical (default: the first)")
     p.add_argument("--validation-features", default=None, metavar="CSV",
                    help="external validation cohort: its feature table (extract-features, same settings)")
     p.add_argument("--validation-manifest", default=None, metavar="CSV",
@@ -341,6 +349,9 @@ def _signature_args(p: argparse.ArgumentParser) -> None:
                         "--validation-manifest); replaces the random --validation-fraction split")
     p.add_argument("--output", required=True)
     p.add_argument("--time-col", default="time_months")
+    p.add_argument("--time-unit", choices=sorted(YEAR_TIMES), default="months",
+                   help="unit of --time-col, said in the report and on the nomogram; survival is read out at 1, 2 "
+                        "and 3 years in it (12/24/36 months, 52/104/156 weeks, 365/730/1096 days)")
     p.add_argument("--event-col", default="event")
     p.add_argument("--icc-threshold", type=number(float, -1, 1), default=0.75)
     p.add_argument("--icc-kind", choices=["ICC(2,1)", "ICC(3,1)"], default="ICC(2,1)")
@@ -379,7 +390,9 @@ def _survival_args(p: argparse.ArgumentParser) -> None:
 
 def _fit_nomogram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signature", required=True, metavar="DIR", help="the folder fit-signature wrote")
-    p.add_argument("--clinical", default=None, help="clinical CSV (default: the table the signature was fitted with)")
+    p.add_argument("--clinical", default=None,
+                   help="clinical CSV or workbook (default: the table the signature was fitted with)")
+    p.add_argument("--sheet", default=None, help="the sheet of a workbook --clinical / --validation-clinical")
     p.add_argument("--validation-clinical", default=None,
                    help="the external validation cohort's clinical CSV (default: the one the signature was fitted with)")
     p.add_argument("--output", default=None, help="report folder (default: the signature's folder)")

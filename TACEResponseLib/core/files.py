@@ -251,6 +251,10 @@ def content_fingerprint(paths: Iterable[str | os.PathLike | None], extra: Any = 
             digest.update(b"<none>\0")
             continue
         path = Path(entry)
+        if not path.exists() and "#" in path.name and Path(str(path).rsplit("#", 1)[0]).is_dir():
+            folder, choice = str(path).rsplit("#", 1)  # FOLDER#SERIES[@ACQUISITION]: the folder and the choice
+            digest.update(f"<series {choice}>\0".encode())
+            path = Path(folder)
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs.sort()

@@ -16,6 +16,7 @@ import numpy as np
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path
 from TACEResponseLib.imaging import dicom
+from TACEResponseLib.imaging.dicom_pixels import pixel_layout, read_dataset
 from TACEResponseLib.imaging.geometry import (
     LPS_TO_RAS,
     Volume,
@@ -125,6 +126,7 @@ def _check_has_geometry(path: Path, reader) -> None:
         sop = get("0008|0016")
         if sop in _NOT_IMAGES:
             raise InputError(f"{path}: is {_NOT_IMAGES[sop]}, not an image")
+        pixel_layout(path, read_dataset(path))  # truncated pixel data: refused before GDCM pads them with zeros
         frames = int(get("0028|0008") or 1) if get("0028|0008").isdigit() else 1
         if frames > 1 and reader.GetOrigin() == (0.0, 0.0, 0.0) and reader.GetSpacing() == (1.0, 1.0, 1.0) \
                 and not get("0028|0030"):

@@ -19,6 +19,7 @@ import pandas as pd
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path, write_json_atomic
+from TACEResponseLib.core.tables import read_table
 from TACEResponseLib.survival.data import encode_levels
 from TACEResponseLib.survival.deep_features import (
     RESEARCH_NOTE,
@@ -45,11 +46,8 @@ class ImageSurvivalResult:
 
 
 def _read_clinical(clinical: pd.DataFrame | str | Path, id_col: str) -> pd.DataFrame:
-    if isinstance(clinical, (str, Path)):
-        path = Path(clinical)
-        if not path.is_file():
-            raise InputError(f"{path}: clinical table does not exist")
-        clinical = pd.read_csv(path, dtype={id_col: str})
+    if isinstance(clinical, (str, Path)):  # CSV or a workbook's sheet (FILE.xlsx#SHEET)
+        clinical = read_table(clinical, what="clinical table", required=[id_col], text_columns=[id_col])
     if id_col in clinical.columns:
         clinical = clinical.assign(**{id_col: clinical[id_col].astype(str)}).set_index(id_col)
     elif clinical.index.name != id_col:

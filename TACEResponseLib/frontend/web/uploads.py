@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 #: image files a case may be opened from (``.raw``/``.raw.gz``/``.img`` only beside their header)
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".raw", ".raw.gz", ".dcm", ".ima")
-#: tumour segmentations: Slicer's .seg.nrrd, or a labelmap volume
-SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii", ".nii.gz", ".mha")
+#: tumour segmentations: Slicer's .seg.nrrd, a labelmap volume, or a DICOM SEG
+SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii", ".nii.gz", ".mha", ".dcm")
 KINDS = {"image": IMAGE_SUFFIXES, "segmentation": SEGMENTATION_SUFFIXES}
 _DATA_ONLY = (".raw", ".raw.gz")
 DICOM_MAGIC_OFFSET = 128
@@ -55,9 +55,9 @@ def upload_problem(name: str, kind: str, head: bytes = b"") -> str | None:
         return f"unknown upload kind {kind!r}; expected one of {sorted(KINDS)}"
     if not name or name in (".", ".."):
         return "the file has no name"
-    if has_suffix(name, KINDS[kind]) or (kind == "image" and is_dicom(head)):
+    if has_suffix(name, KINDS[kind]) or is_dicom(head):  # a DICOM image, or a DICOM SEG as the segmentation
         return None
-    allowed = ", ".join(KINDS[kind]) + (" or DICOM files" if kind == "image" else "")
+    allowed = ", ".join(KINDS[kind]) + " or DICOM files"
     return f"{name}: not an accepted {kind} file ({allowed})"
 
 
