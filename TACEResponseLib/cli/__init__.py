@@ -27,6 +27,7 @@ import sys
 from typing import Sequence
 
 from TACEResponseLib.cli import (
+    assess_commands,
     case_commands,
     cohort_commands,
     survival_commands,
@@ -41,12 +42,13 @@ logger = logging.getLogger("tace-response")
 
 #: every sub-command (top-level ones and those of the groups), in the order ``--help`` lists them
 COMMANDS: list[Command] = [*case_commands.COMMANDS, *training_commands.COMMANDS, *survival_commands.COMMANDS,
-                           *cohort_commands.COMMANDS, *web_command.COMMANDS, *worker.COMMANDS]
+                           *cohort_commands.COMMANDS, *web_command.COMMANDS, *worker.COMMANDS,
+                           *assess_commands.COMMANDS]
 
 #: the command groups: ``tace-response GROUP COMMAND``; a command joins one by naming it as its ``group``
 GROUPS: list[Group] = [
     Group("survival", "Zhang 2020 overall survival", task="survival"),
-    Group("cohort", "public TACE collections", task="cohorts"),
+    Group("cohort", "public TACE collections, and response labels from visits", task="cohorts"),
     Group("demo", "the SYNTHETIC demo and its builders", task="demo"),
 ]
 

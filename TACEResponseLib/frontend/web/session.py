@@ -56,6 +56,7 @@ from TACEResponseLib.frontend.panel.models import (  # noqa: E402
 from TACEResponseLib.frontend.panel.run import PredictionSession  # noqa: E402
 from TACEResponseLib.frontend.process import RunState  # noqa: E402
 from TACEResponseLib.frontend.web import page  # noqa: E402
+from TACEResponseLib.frontend.web.assess_view import AssessView  # noqa: E402
 from TACEResponseLib.frontend.web.results import (  # noqa: E402
     DOWNLOADS,
     download_file,
@@ -129,6 +130,7 @@ class WebSession(TrameApp):
             "colormaps": list(mrml.HEATMAP_COLORMAPS), "layouts": list(LAYOUTS), "layout": LAYOUTS[0],
             "upload_limits": json.loads(self.args.upload_limits or "{}"), "downloads": list(DOWNLOADS),
         })
+        self.assess = AssessView(self)
         self.ui = page.build(self)
         self.editor.segmentation_modified.connect(lambda *_: self.refresh_blockers())
         self.server.trigger("tace_uploaded")(self.on_uploaded)
