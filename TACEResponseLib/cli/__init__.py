@@ -19,8 +19,9 @@ import sys
 from typing import Sequence
 
 from TACEResponseLib.cli import case_commands, survival_commands, training_commands, web_command, worker
-from TACEResponseLib.cli.common import ArgumentParser, Command
+from TACEResponseLib.cli.common import UNTRUSTING_COMMANDS, ArgumentParser, Command, trust_argument
 from TACEResponseLib.core.errors import TACEResponseError
+from TACEResponseLib.imaging.image_headers import trusted_data_files
 
 logger = logging.getLogger("tace-response")
 
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(p)
+        if command.name not in UNTRUSTING_COMMANDS:
+            trust_argument(p)
         p.set_defaults(func=command.run)
     return parser
 
@@ -64,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # Dask's own start-up chatter (read when distributed is imported); its warnings stay
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
-        return int(args.func(args) or 0)
+        with trusted_data_files(getattr(args, "trust_detached_headers", False)):
+            return int(args.func(args) or 0)
     except TACEResponseError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2

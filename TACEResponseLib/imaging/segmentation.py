@@ -33,6 +33,7 @@ from TACEResponseLib.imaging.geometry import (
     in_grid,
     to_sitk_image,
 )
+from TACEResponseLib.imaging.image_headers import check_image_file
 from TACEResponseLib.imaging.volume_io import unreadable_image_error, volume_from_sitk
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ def read_segmentation(path: str | os.PathLike) -> Segmentation:
         raise InputError(f"{path}: segmentation file does not exist")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; a segmentation file (.seg.nrrd, .nrrd, .nii.gz) is needed")
+    check_image_file(path)  # its data files and decoded size, before anything is decoded
     try:
         return _read_seg_nrrd(path) if _has_segment_metadata(path) else _read_labelmap(path)
     except InputError:
