@@ -56,7 +56,10 @@ def test_serving_a_network_needs_users(tmp_path):
     with pytest.raises(InputError, match="anyone on the network"):
         check_serving(WebOptions(host="192.168.1.20"))
     users = auth.add_user(tmp_path / "users", "alice", "pw")
-    assert list(check_serving(WebOptions(host="0.0.0.0", users_file=users))) == ["alice"]
+    with pytest.raises(InputError, match="without TLS would send passwords"):
+        check_serving(WebOptions(host="0.0.0.0", users_file=users))
+    assert list(check_serving(WebOptions(host="0.0.0.0", users_file=users, behind_tls_proxy=True))) == ["alice"]
+    assert list(check_serving(WebOptions(host="127.0.0.1", users_file=users))) == ["alice"]
     with pytest.raises(InputError, match="go together"):
         check_serving(WebOptions(tls_cert=tmp_path / "cert.pem"))
 
@@ -74,7 +77,7 @@ def _launcher(tmp_path, **options) -> Launcher:
     users = auth.add_user(tmp_path / "users", "alice", "pw-a")
     auth.add_user(users, "bob", "pw-b")
     limits = uploads.UploadLimits(max_file_bytes=1000, max_session_bytes=1500, max_files=3)
-    return Launcher(WebOptions(host="0.0.0.0", users_file=users, limits=limits, work_root=tmp_path, **options))
+    return Launcher(WebOptions(host="127.0.0.1", users_file=users, limits=limits, work_root=tmp_path, **options))
 
 
 def test_login_cookie_and_sessions_of_other_users(tmp_path):
