@@ -410,9 +410,8 @@ def check_data_files(path: str | os.PathLike, declared: DeclaredImage | None = N
     if not declared.data_files or policy is DataFiles.ANYWHERE:
         return declared
     if policy is DataFiles.SELF_CONTAINED:
-        raise InputError(f"{path.name}: a header whose voxels are in another file ({declared.data_files[0]}); "
-                         "only self-contained images are accepted here: NRRD with its data attached (.nrrd), .mha, "
-                         ".nii/.nii.gz or DICOM")
+        raise InputError(f"{path.name}: a detached header (its voxels are in another file); only self-contained "
+                         "images are accepted here: NRRD with its data attached (.nrrd), .mha, .nii/.nii.gz or DICOM")
     folder = Path(os.path.realpath(path.parent))
     for name in declared.data_files:
         target = Path(os.path.realpath(path.parent / name))
