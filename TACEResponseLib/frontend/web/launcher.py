@@ -72,7 +72,7 @@ LOGIN = web.RequestKey("tace_login", object)  # the request's Login (None: no us
 NEW_TOKEN = web.RequestKey("tace_new_token", str)
 _PROXY_HEADERS = ("Content-Type", "Cache-Control", "Last-Modified", "ETag")
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-_SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+_SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
                      "X-Frame-Options": "DENY"}
 
 
