@@ -232,6 +232,10 @@ def test_session_settings_come_on_standard_input_and_set_the_web_reading_rules(t
             uploads.read_upload_batch(batch)
     finally:
         image_headers.set_default_rules(saved)
+    # what the page may show of an error: no place on the server
+    shown = session_setup.client_text(f"{folder}/runs/r1/ct.nrrd: unreadable; bundle /srv/models/x/: missing; "
+                                      "/etc/passwd; and/or", folder)
+    assert shown == "runs/r1/ct.nrrd: unreadable; bundle x: missing; passwd; and/or"
 
 
 # --- what the page shows ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -71,10 +72,15 @@ def hide_tracebacks() -> None:
     handler.sendWrappedError = send_wrapped_error
 
 
+#: an absolute path in a message (at least one folder): "/tmp/x/ct.nrrd", "/etc/passwd"
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:[\w.@+~-]+/)+[\w.@+~-]*")
+
+
 def client_text(message: str, folder: str | Path) -> str:
-    """``message`` without the session's folder (paths inside it become relative, the folder "the session")."""
+    """``message`` as the page may show it: paths in the session's folder relative to it, any other
+    absolute path reduced to its file name."""
     text = str(message)
     folder = Path(folder)
     for form in sorted({str(folder), str(folder.resolve()), os.path.realpath(folder)}, key=len, reverse=True):
         text = text.replace(form + os.sep, "").replace(form, "the session")
-    return text
+    return _ABSOLUTE_PATH.sub(lambda match: Path(match.group(0)).name or "the server", text)
