@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -131,15 +132,21 @@ class LoginGuard:
                 wait = max(wait, failures[-1] + self.policy.lockout - now)
         return max(0.0, wait)
 
-    def failed(self, user: str, address: str) -> None:
+    def attempt(self, user: str, address: str) -> float:
+        """Count a password check about to run as a failure, so that checks running at once cannot pass
+        the limits together; :meth:`succeeded` takes it back. Returns the attempt's mark."""
         now = time.monotonic()
         for key in (f"user:{user}", f"address:{address}"):
             self._recent(key, now).append(now)
         if len(self._failures) > 100_000:  # bounded memory under a flood of names
             self._failures = {k: v for k, v in self._failures.items() if v and v[-1] > now - self.policy.failure_window}
+        return now
 
-    def succeeded(self, user: str) -> None:
+    def succeeded(self, user: str, address: str, mark: float) -> None:
+        """The password was right: the user's failures are forgotten, the address's attempt taken back."""
         self._failures.pop(f"user:{user}", None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._failures[f"address:{address}"].remove(mark)
 
 
 @dataclass

@@ -285,11 +285,11 @@ class Launcher:
                 logger.warning("log-in of %r from %s refused: locked out for %.0f s more", name[:64], address, wait)
                 return web.Response(status=429, headers={"Retry-After": str(int(wait) + 1)},
                                     text=f"Too many wrong passwords; try again in {wait / 60:.0f} minutes.")
+            mark = self.logins.guard.attempt(name, address)  # counted before the check: parallel guesses too
             if not await self.logins.check_password(name, password):
-                self.logins.guard.failed(name, address)
                 logger.info("wrong password for %r from %s", name[:64], address)
                 return self._challenge("Wrong user name or password.")
-            self.logins.guard.succeeded(name)
+            self.logins.guard.succeeded(name, address, mark)
             token = self.logins.issue(name)
             request[NEW_TOKEN] = token
             user = name
