@@ -132,21 +132,15 @@ class LoginGuard:
                 wait = max(wait, failures[-1] + self.policy.lockout - now)
         return max(0.0, wait)
 
-    def attempt(self, user: str, address: str) -> float:
-        """Count a password check about to run as a failure, so that checks running at once cannot pass
-        the limits together; :meth:`succeeded` takes it back. Returns the attempt's mark."""
+    def failed(self, user: str, address: str) -> None:
         now = time.monotonic()
         for key in (f"user:{user}", f"address:{address}"):
             self._recent(key, now).append(now)
         if len(self._failures) > 100_000:  # bounded memory under a flood of names
             self._failures = {k: v for k, v in self._failures.items() if v and v[-1] > now - self.policy.failure_window}
-        return now
 
-    def succeeded(self, user: str, address: str, mark: float) -> None:
-        """The password was right: the user's failures are forgotten, the address's attempt taken back."""
+    def succeeded(self, user: str) -> None:
         self._failures.pop(f"user:{user}", None)
-        with contextlib.suppress(KeyError, ValueError):
-            self._failures[f"address:{address}"].remove(mark)
 
 
 @dataclass
@@ -173,6 +167,7 @@ class Logins:
         self.tokens: dict[str, Login] = {}
         self._pool = ThreadPoolExecutor(max_workers=self.policy.hash_threads, thread_name_prefix="tace-scrypt")
         self._decoy = hash_password(secrets.token_urlsafe(16))  # what an unknown name is compared with
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -232,6 +227,37 @@ class Logins:
     def still_valid(self, login: Login) -> bool:
         """False once ``login`` logged out or its user's password changed (or the user was removed)."""
         return not login.ended and self.users.get(login.user) == login.encoded
+
+    async def log_in(self, user: str, password: str, address: str) -> tuple[bool, float]:
+        """``(password right, seconds locked out)`` for a log-in of ``user`` from ``address``.
+
+        Checks of one user, and checks from one address, run one after another, so guesses sent at
+        once meet the lockout exactly as guesses sent in turn (a right password is never refused
+        for the others running beside it)."""
+        async with self._one_at_a_time(f"user:{user}"), self._one_at_a_time(f"address:{address}"):
+            wait = self.guard.retry_after(user, address)
+            if wait > 0:
+                return False, wait
+            if await self.check_password(user, password):
+                self.guard.succeeded(user)
+                return True, 0.0
+            self.guard.failed(user, address)
+            return False, 0.0
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, key: str):
+        lock, waiting = self._locks.get(key, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[key] = (lock, waiting + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, waiting = self._locks[key]
+            if waiting <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, waiting - 1)
 
     async def check_password(self, user: str, password: str) -> bool:
         """True when ``password`` is ``user``'s; scrypt runs in the pool, an unknown user costs the same."""

@@ -280,16 +280,14 @@ class Launcher:
                 return self._challenge()
             name, password = credentials
             address = self.client_address(request)
-            wait = self.logins.guard.retry_after(name, address)
+            right, wait = await self.logins.log_in(name, password, address)
             if wait > 0:
                 logger.warning("log-in of %r from %s refused: locked out for %.0f s more", name[:64], address, wait)
                 return web.Response(status=429, headers={"Retry-After": str(int(wait) + 1)},
                                     text=f"Too many wrong passwords; try again in {wait / 60:.0f} minutes.")
-            mark = self.logins.guard.attempt(name, address)  # counted before the check: parallel guesses too
-            if not await self.logins.check_password(name, password):
+            if not right:
                 logger.info("wrong password for %r from %s", name[:64], address)
                 return self._challenge("Wrong user name or password.")
-            self.logins.guard.succeeded(name, address, mark)
             token = self.logins.issue(name)
             request[NEW_TOKEN] = token
             user = name
