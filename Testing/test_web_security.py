@@ -478,3 +478,41 @@ def test_behind_a_tls_proxy_cookies_are_secure_and_sessions_and_logins_expire(tm
         _run(scenario())
     finally:
         launcher.stop()
+
+
+def test_https_on_the_launchers_own_certificate(tmp_path):
+    """--tls-cert/--tls-key: HTTPS, Secure cookies, and a TLS handshake that never comes is dropped."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate to test HTTPS with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    launcher = start_launcher(tmp_path, "--users", str(_users(tmp_path)), "--no-demo", "--tls-cert", str(cert),
+                              "--tls-key", str(key))
+    try:
+        assert launcher.url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+
+        async def scenario():
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+                page = await http.get(launcher.url + "/", headers=basic("alice", USERS["alice"]))
+                assert page.status == 200 and "Secure" in page.headers["Set-Cookie"]
+                plain = launcher.url.replace("https://", "http://")
+                with pytest.raises(aiohttp.ClientError):
+                    await http.get(plain + "/", headers=basic("alice", USERS["alice"]))
+
+        _run(scenario())
+        host, port = launcher.url.split("//")[1].split(":")
+        silent = socket.create_connection((host, int(port)))  # connects, never says hello
+        silent.settimeout(30)
+        began = time.perf_counter()
+        assert silent.recv(1) == b""
+        assert time.perf_counter() - began < 15
+        silent.close()
+    finally:
+        launcher.stop()
