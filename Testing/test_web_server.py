@@ -330,6 +330,19 @@ def test_web_command_refuses_anonymous_network_serving_and_missing_files(capsys,
     assert "missing_ct.nrrd: file or folder does not exist" in capsys.readouterr().err
 
 
+def test_web_command_on_a_port_in_use_is_one_error(capsys, tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["web", "--port", str(port)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"cannot listen on 127.0.0.1:{port}" in error[0], error
+
+
 def test_web_command_adds_users_from_standard_input(tmp_path, monkeypatch, capsys):
     import io
 

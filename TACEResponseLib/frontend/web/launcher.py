@@ -579,7 +579,12 @@ def serve(options: WebOptions, ready=print) -> None:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(str(options.tls_cert), str(options.tls_key))
         site = GuardedSite(runner, options.host, options.port, launcher.guard, ssl_context=ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise InputError(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc} (another "
+                             "program uses the port? choose another with --port)") from None
         host = options.host if ":" not in options.host else f"[{options.host}]"
         ready(f"{LAUNCHER_READY} {'https' if ssl_context else 'http'}://{host}:{site.bound_port}/")
         stop = asyncio.Event()
