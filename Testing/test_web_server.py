@@ -64,6 +64,30 @@ def test_serving_a_network_needs_users(tmp_path):
         check_serving(WebOptions(tls_cert=tmp_path / "cert.pem"))
 
 
+def test_hosts_and_origins_a_launcher_accepts():
+    """What a browser, a reverse proxy and a DNS-rebinding page send (proxy: nginx's ``$http_host`` or ``$host``)."""
+    from types import SimpleNamespace
+
+    from TACEResponseLib.frontend.web.guards import HostRules
+
+    rules = HostRules.for_address("127.0.0.1", ["tace.example.org"], trust_forwarded=True)
+
+    def problems(host: str, origin: str | None = None, forwarded: str | None = None):
+        headers = {"Host": host, **({"Origin": origin} if origin else {}),
+                   **({"X-Forwarded-Host": forwarded} if forwarded else {})}
+        request = SimpleNamespace(headers=headers)
+        return rules.host_problem(request), rules.origin_problem(request)
+
+    assert problems("127.0.0.1:8080", "http://127.0.0.1:8080") == (None, None)
+    assert problems("localhost:8080") == (None, None)  # no Origin: not a browser's cross-site request
+    assert problems("127.0.0.1:8080", None, "tace.example.org:8443") == (None, None)
+    assert problems("127.0.0.1:8080", "https://tace.example.org:8443", "tace.example.org") == (None, None)
+    assert problems("rebound.example:8080", "http://rebound.example:8080")[0] is not None
+    assert problems("127.0.0.1:8080", "http://evil.example")[1] is not None
+    assert problems("127.0.0.1:8080", "http://127.0.0.1:9999")[1] is not None  # another port named: another origin
+    assert problems("127.0.0.1:8080", "null")[1] is not None
+
+
 # --- the launcher over HTTP (no session process: sessions are put in by hand) ----------------------
 def _basic(user: str, password: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}

@@ -263,6 +263,13 @@ class HostRules:
         parts = urlsplit(origin)
         if origin == "null" or not parts.netloc:
             return "a request from an opaque origin"
-        if parts.netloc.lower() != self.request_host(request):
+        host = self.request_host(request)
+        host_port = urlsplit(f"//{host}").port if host else None
+        try:
+            origin_port = parts.port
+        except ValueError:
+            return f"a request from a malformed origin ({origin})"
+        # the same name; the same port too when the Host header names one (a proxy may send the name only)
+        if (parts.hostname or "") != _hostname(host) or (host_port is not None and origin_port != host_port):
             return f"a request from another site ({origin})"
         return None
