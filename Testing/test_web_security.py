@@ -415,7 +415,11 @@ def test_sessions_per_user_logout_and_a_new_password_end_logins_and_sessions(ser
             sid = await _start_session(bob, server, "bob")  # another user still gets one
             bob_page = await _connect(bob, server, sid, "bob")
             bob_pid = _session_pid(server, sid)
-            # bob logs out: his cookie no longer logs in, and the session it opened ends though its page is open
+            # bob logs out (the page at /logout posts its form): his cookie no longer logs in, and the session
+            # it opened ends though its page is open
+            assert 'action="/logout"' in await (await bob.get(server.url + "/logout")).text()
+            assert Path(f"/proc/{bob_pid}").exists() and (await bob.get(server.url + "/")).status == 200, \
+                "a GET /logout must change nothing"
             assert (await bob.post(server.url + "/logout", headers={"Origin": server.url})).status == 200
             assert (await bob.get(server.url + "/")).status == 401
             await _wait(lambda: not Path(f"/proc/{bob_pid}").exists(), 15, "bob's session to end")

@@ -156,6 +156,9 @@ animation:r 1s linear infinite;margin:0 auto 12px}} @keyframes r{{to{{transform:
 <script nonce="{nonce}">document.getElementById("tace-start").submit();</script></div></body></html>
 """
 LOGOUT_FORM = '<form method="post" action="/logout"><button type="submit">Log out</button></form>'
+LOGOUT_PAGE = ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>TACEResponse: log out</title></head>'
+               '<body><p>Log out of TACEResponse: your log-in and the sessions it opened end.</p>'
+               f'{LOGOUT_FORM}</body></html>')
 
 
 class Launcher:
@@ -177,6 +180,7 @@ class Launcher:
         self.app.add_routes([
             web.get("/", self.start_page),
             web.post("/sessions", self.new_session),
+            web.get("/logout", self.logout_page),
             web.post("/logout", self.logout),
             web.post("/s/{sid}/paraview/", self.connection_info),
             web.post("/s/{sid}/upload", self.upload),
@@ -297,6 +301,11 @@ class Launcher:
             response.set_cookie(COOKIE, request[NEW_TOKEN], httponly=True, samesite="Strict", secure=self.options.secure,
                                 path="/", max_age=int(self.options.login.token_lifetime))
         return response
+
+    async def logout_page(self, request: web.Request) -> web.Response:
+        """``GET /logout``: a page with the log-out button (a GET itself changes nothing)."""
+        return web.Response(text=LOGOUT_PAGE, content_type="text/html", headers={
+            "Cache-Control": "no-store", "Content-Security-Policy": "default-src 'none'; form-action 'self'"})
 
     async def logout(self, request: web.Request) -> web.Response:
         """``POST /logout``: the login's token ends, and with it the sessions it opened."""
