@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean browser web
+.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean browser web docs
 
 bootstrap: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tace-response demo --output $(DEMO_OUT)
+	$(VENV)/bin/tace-response demo run --output $(DEMO_OUT)
 
 test: $(STAMP) testdata browser
 	QT_QPA_PLATFORM=offscreen MPLBACKEND=Agg $(PY) -m pytest Testing
@@ -46,13 +46,19 @@ web: $(STAMP)
 	$(VENV)/bin/tace-response web --open
 
 # Every benchmark script, then benchmarks/targets.py: the speed targets of all results files in
-# benchmarks/results/targets.json and the README's table.
+# benchmarks/results/targets.json and the table of docs/benchmarks.md.
 benchmarks: $(STAMP)
 	for b in benchmarks/[!_]*.py; do [ "$$b" = benchmarks/targets.py ] || $(PY) $$b || exit 1; done
-	$(PY) benchmarks/targets.py --readme
+	$(PY) benchmarks/targets.py --docs
+
+# The user guide (docs/, MkDocs with the Material theme, both pinned in requirements.txt) as a website in
+# site/ (not committed); --strict: any warning (a broken link, a missing picture, a page out of the
+# navigation) fails the build. Open site/index.html, or serve it with `$(VENV)/bin/mkdocs serve`.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache site
 
 # Re-create the SYNTHETIC demo model bundle (phantom cohorts → `tace-response train` →
 # held-out `tace-response evaluate` → Resources/Models.json). Seeded and deterministic on the
@@ -60,14 +66,14 @@ clean:
 # held-out report + PNGs) go to build/demo-bundle, which is not committed.
 DEMO_BUNDLE ?= Resources/Models/TACEResponse-demo-synthetic-ct
 demo-bundle: $(STAMP)
-	$(VENV)/bin/tace-response make-demo-bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2
+	$(VENV)/bin/tace-response demo bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2
 
 # The same, keeping the committed weights: only what `train` fits at its end (temperature scaling on
 # the validation patients, the training profile of the OOD warning) on the same regenerated cohort and
 # split, then the held-out evaluation and Models.json. Minutes instead of the training's hour.
 .PHONY: demo-bundle-trust
 demo-bundle-trust: $(STAMP)
-	$(VENV)/bin/tace-response make-demo-bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2 --trust-only
+	$(VENV)/bin/tace-response demo bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2 --trust-only
 
 # Re-create the SYNTHETIC demo survival model (200 phantoms like the demo case → Zhang 2020
 # pipeline with random-init DenseNet-121 features → survival_model.json + nomogram + signature +
@@ -76,4 +82,4 @@ demo-bundle-trust: $(STAMP)
 .PHONY: demo-survival-model
 DEMO_SURVIVAL_MODEL ?= Resources/Models/TACEResponse-demo-synthetic-survival
 demo-survival-model: $(STAMP)
-	$(VENV)/bin/tace-response make-demo-survival-model --work-dir build/demo-survival-model --output $(DEMO_SURVIVAL_MODEL) --workers 2
+	$(VENV)/bin/tace-response demo survival-model --work-dir build/demo-survival-model --output $(DEMO_SURVIVAL_MODEL) --workers 2

@@ -209,6 +209,12 @@ def world(tmp_path_factory, random_bundle):
                          columns=[f"arterial_f{j:04d}" for j in range(16)])
     table.index.name = "case_id"
     w["features"] = write_feature_table(table, root / "t" / "features_ok.csv", {"label": "random numbers, test only"})
+    holed = table.copy()
+    holed.iloc[3, 2] = np.nan
+    w["features_nan"] = write_feature_table(holed, root / "t" / "features_nan.csv", {"label": "a hole, test only"})
+    w["t_good"] = _write_manifest(root / "t" / "good.csv", rows)
+    (root / "nomogram_broken.json").write_text('{"kind": "TACEResponse survival model", "files": {"nomogram": 3')
+    w["nomogram_broken"] = root / "nomogram_broken.json"
     w["t_oneevent"] = _write_manifest(root / "t" / "oneevent.csv",
                                       [{**x, "event": int(n == 0)} for n, x in enumerate(rows)])
     w["t_threerows"] = _write_manifest(root / "t" / "threerows.csv", rows[:2] + [{**rows[2], "event": 1}])
@@ -228,9 +234,9 @@ PA = "patches --image {img} --segmentation {seg}"
 B = "batch --bundle {bundle} --device cpu --no-progress"
 T = "train --architecture resnet18 --size 64 --epochs 1 --batch-size 4 --device cpu --no-progress"
 E = "evaluate --bundle {bundle} --device cpu --no-progress --bootstrap 10"
-X = "extract-features --device cpu --size 32"
-S = "survival --covariates BCLC ALT --device cpu --size 32"
-FS = "fit-signature --device cpu --size 32"
+X = "survival extract-features --device cpu --size 32"
+S = "survival run --covariates BCLC ALT --device cpu --size 32"
+FS = "survival fit-signature --device cpu --size 32"
 
 CASES = [
     # (id, argv template, output kind: "dir" | "file", [words the error line must hold])
@@ -404,17 +410,38 @@ CASES = [
      ["--covariates", "twice"]),
     ("survival-output-missing-parent", S + " --manifest {t_censored}", "missing-parent", ["--output", "does not exist"]),
     # fit-nomogram
-    ("nomogram-missing-signature", "fit-nomogram --signature {missing}", "dir", ["{missing}", "does not exist"]),
-    ("nomogram-not-a-signature", "fit-nomogram --signature {emptydir}", "dir", ["{emptydir}"]),
-    ("nomogram-negative-n-boot", "fit-nomogram --signature {emptydir} --n-boot -1", "dir", ["--n-boot"]),
-    ("nomogram-text-seed", "fit-nomogram --signature {emptydir} --seed abc", "dir", ["--seed", "'abc'"]),
+    ("nomogram-missing-signature", "survival fit-nomogram --signature {missing}", "dir", ["{missing}", "does not exist"]),
+    ("nomogram-not-a-signature", "survival fit-nomogram --signature {emptydir}", "dir", ["{emptydir}"]),
+    ("nomogram-negative-n-boot", "survival fit-nomogram --signature {emptydir} --n-boot -1", "dir", ["--n-boot"]),
+    ("nomogram-text-seed", "survival fit-nomogram --signature {emptydir} --seed abc", "dir", ["--seed", "'abc'"]),
     # other commands' numeric options
-    ("phantoms-zero-cases", "phantoms --cases 0", "dir", ["--cases"]),
-    ("phantoms-zero-shape", "phantoms --shape 0 0 0", "dir", ["--shape"]),
-    ("phantoms-negative-noise", "phantoms --noise -5", "dir", ["--noise"]),
-    ("phantoms-nan-noise", "phantoms --noise nan", "dir", ["--noise"]),
-    ("phantoms-output-is-a-file", "phantoms --cases 1", "file-as-output", ["--output", "is a file"]),
-    ("cohort-zero-spacing", "survival-cohort --spacing 0 1 1", "dir", ["--spacing"]),
+    ("phantoms-zero-cases", "demo phantoms --cases 0", "dir", ["--cases"]),
+    ("phantoms-zero-shape", "demo phantoms --shape 0 0 0", "dir", ["--shape"]),
+    ("phantoms-negative-noise", "demo phantoms --noise -5", "dir", ["--noise"]),
+    ("phantoms-nan-noise", "demo phantoms --noise nan", "dir", ["--noise"]),
+    ("phantoms-output-is-a-file", "demo phantoms --cases 1", "file-as-output", ["--output", "is a file"]),
+    ("cohort-zero-spacing", "survival phantoms --spacing 0 1 1", "dir", ["--spacing"]),
+    # a failure after the first file was written leaves no output (the folder is written as one group)
+    ("signature-nan-feature", FS + " --features {features_nan} --clinical {t_good}", "dir",
+     ["arterial_f0002", "missing", "s3"]),
+    ("survival-nan-feature", S + " --features {features_nan} --clinical {t_good}", "dir", ["arterial_f0002", "s3"]),
+    ("demo-malformed-nomogram", "demo run --device cpu --nomogram {nomogram_broken}", "dir", ["{nomogram_broken}"]),
+    ("demo-malformed-nomogram-new-folder", "demo run --device cpu --nomogram {nomogram_broken}", "new-folder",
+     ["{nomogram_broken}"]),
+    # counts: 0 is refused unless it means something (and then --help and the run say what)
+    ("predict-zero-tta", P + " --tta 0", "dir", ["--tta", "≥ 1"]),
+    ("predict-zero-threads", P + " --threads 0", "dir", ["--threads", "≥ 1"]),
+    ("batch-zero-threads", B + " --manifest {m_dup} --threads 0", "dir", ["--threads", "≥ 1"]),
+    ("train-zero-folds", T + " --manifest {m_oneclass} --folds 0", "bundle-dir", ["--folds", "≥ 2"]),
+    ("train-zero-bootstrap", T + " --manifest {m_oneclass} --bootstrap 0", "bundle-dir", ["--bootstrap", "≥ 1"]),
+    ("evaluate-zero-bootstrap", E.replace("--bootstrap 10", "--bootstrap 0") + " --manifest {m_dup}", "dir",
+     ["--bootstrap", "≥ 1"]),
+    ("demo-survival-model-zero-workers", "demo survival-model --workers 0", "dir", ["--workers", "≥ 1"]),
+    ("web-zero-sessions", "web --max-sessions 0", "none", ["--max-sessions", "≥ 1"]),
+    ("web-negative-port", "web --port -1", "none", ["--port", "≥ 0"]),
+    ("web-zero-session-timeout", "web --session-timeout 0", "none", ["--session-timeout", "≥ 1"]),
+    ("web-zero-upload-files", "web --max-upload-files 0", "none", ["--max-upload-files", "≥ 1"]),
+    ("web-zero-upload-size", "web --max-upload-mb 0", "none", ["--max-upload-mb", "> 0"]),
 ]
 
 
@@ -458,6 +485,8 @@ def test_bad_input_is_one_clear_error_and_leaves_the_output_alone(world, tmp_pat
         argv += ["--output", str(watched / "result.json")]
     elif kind == "folder-as-file":
         argv += ["--output", str(watched)]
+    elif kind == "new-folder":  # not there yet: it must not be created
+        argv += ["--output", str(watched / "new folder")]
     elif kind == "missing-parent":
         argv += ["--output", str(watched / "no" / "such" / "folder")]
     elif kind == "file-missing-parent":

@@ -246,7 +246,7 @@ def test_non_convergence_reaches_the_report_and_the_command_line(tmp_path, capsy
     assert "sep" not in result.selections["combined"].selected
     assert any("sep left out" in w for w in result.report["warnings"])
     clinical.reset_index().to_csv(tmp_path / "clinical.csv", index=False)
-    assert cli.main(["fit-nomogram", "--signature", str(tmp_path / "fit"), "--clinical", str(tmp_path / "clinical.csv"),
+    assert cli.main(["survival", "fit-nomogram", "--signature", str(tmp_path / "fit"), "--clinical", str(tmp_path / "clinical.csv"),
                      "--covariates", "BCLC", "ALT", "sep", "--n-boot", "20", "--output", str(tmp_path / "again")]) == 0
     printed = capsys.readouterr().out
     assert "warning: " in printed and "sep left out" in printed
@@ -473,7 +473,7 @@ def test_external_validation_cohort_and_cindex_difference_from_the_command_line(
 
     files, _, clinical = two_cohorts
     out = tmp_path / "survival"
-    assert cli.main(["survival", *_stage_args(files, out), "--covariates", "BCLC", "ALT", "tumour_size",
+    assert cli.main(["survival", "run", *_stage_args(files, out), "--covariates", "BCLC", "ALT", "tumour_size",
                      "--n-boot", "200"]) == 0
     printed = capsys.readouterr().out
     assert "external cohort" in printed and "C-index combined − clinical on validation" in printed
@@ -512,13 +512,13 @@ def test_external_validation_cohort_and_cindex_difference_from_the_command_line(
 def test_nomogram_stage_refuses_other_outcomes_than_the_signature_stage(two_cohorts, tmp_path, capsys):
     files, _, clinical = two_cohorts
     staged = tmp_path / "staged"
-    assert cli.main(["fit-signature", *_stage_args(files, staged)]) == 0
+    assert cli.main(["survival", "fit-signature", *_stage_args(files, staged)]) == 0
     capsys.readouterr()
     changed = clinical.iloc[:240].copy()
     changed.iloc[[3, 7], changed.columns.get_loc(TIME_COL)] += 1.0
     changed.iloc[11, changed.columns.get_loc(EVENT_COL)] = 1 - changed.iloc[11][EVENT_COL]
     changed.to_csv(tmp_path / "changed.csv", index_label="case_id")
-    args = ["fit-nomogram", "--signature", str(staged), "--covariates", "BCLC", "ALT", "--n-boot", "20",
+    args = ["survival", "fit-nomogram", "--signature", str(staged), "--covariates", "BCLC", "ALT", "--n-boot", "20",
             "--output", str(tmp_path / "nomogram")]
     assert cli.main([*args, "--clinical", str(tmp_path / "changed.csv"),
                      "--validation-clinical", str(files["val_clinical"])]) == 2
@@ -540,7 +540,7 @@ def test_nomogram_stage_refuses_other_outcomes_than_the_signature_stage(two_coho
 def test_external_validation_errors_are_clear(two_cohorts, tmp_path, capsys):
     files, _, clinical = two_cohorts
     out = tmp_path / "x"
-    base = ["fit-signature", "--features", str(files["train_features"]), "--clinical", str(files["train_clinical"]),
+    base = ["survival", "fit-signature", "--features", str(files["train_features"]), "--clinical", str(files["train_clinical"]),
             "--time-col", TIME_COL, "--event-col", EVENT_COL, "--output", str(out)]
     assert cli.main([*base, "--validation-features", str(files["val_features"])]) == 2
     assert "--validation-features needs --validation-clinical" in capsys.readouterr().err
@@ -553,7 +553,7 @@ def test_external_validation_errors_are_clear(two_cohorts, tmp_path, capsys):
     for name, sha in (("train", "a" * 64), ("val", "b" * 64)):
         table, _ = read_feature_table(files[f"{name}_features"])
         write_feature_table(table, tmp_path / f"{name}.csv", {"weights": {"sha256": sha, "label": name}})
-    assert cli.main(["fit-signature", "--features", str(tmp_path / "train.csv"), "--clinical", str(files["train_clinical"]),
+    assert cli.main(["survival", "fit-signature", "--features", str(tmp_path / "train.csv"), "--clinical", str(files["train_clinical"]),
                      "--validation-features", str(tmp_path / "val.csv"), "--validation-clinical", str(files["val_clinical"]),
                      "--time-col", TIME_COL, "--event-col", EVENT_COL, "--output", str(out)]) == 2
     assert "other DenseNet weights" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from TACEResponseLib.cli.common import (
     progress_printer,
 )
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import check_output_folder
+from TACEResponseLib.core.files import atomic_folder, check_output_folder, relocated, write_json_atomic
 from TACEResponseLib.networks.catalog import default_bundle_name
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,11 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     if any(n < 16 for n in args.shape) or float(args.shape[0]) * args.shape[1] * args.shape[2] > 64e6:
         raise InputError(f"--shape {' '.join(map(str, args.shape))}: each side must be ≥ 16 voxels and the volume "
                          "at most 64 million voxels")
-    manifest = make_cohort(args.cases, args.output, modality=args.modality, seed=args.seed,
-                           shape_kji=tuple(args.shape), noise=args.noise)
-    print(f"wrote {args.cases} SYNTHETIC {args.modality} phantom cases; manifest: {manifest}")
+    with atomic_folder(args.output) as staging:
+        manifest = make_cohort(args.cases, staging, modality=args.modality, seed=args.seed,
+                               shape_kji=tuple(args.shape), noise=args.noise)
+    print(f"wrote {args.cases} SYNTHETIC {args.modality} phantom cases; manifest: "
+          f"{relocated(manifest, staging, args.output)}")
     return 0
 
 
@@ -51,7 +53,6 @@ def cmd_patches(args: argparse.Namespace) -> int:
     assessable tumour of the segment (or of every segment), the others listed with their reason."""
     import numpy as np
 
-    from TACEResponseLib.core.files import atomic_paths
     from TACEResponseLib.imaging.segmentation import read_segmentation
     from TACEResponseLib.imaging.tumours import assess_tumours, tumour_rois
     from TACEResponseLib.imaging.views import write_patch_montage
@@ -68,20 +69,17 @@ def cmd_patches(args: argparse.Namespace) -> int:
                for roi, reason, detail in assessment.not_assessable]
     if not sets:
         raise assessment.error(f"{args.segmentation}")
-    out.mkdir(exist_ok=True)
     tumours = []
-    for number_, (roi, patches) in enumerate(sets):
-        stem = "patches" if len(sets) == 1 else f"patches_{number_ + 1:02d}"
-        with atomic_paths([out / f"{stem}.npz"]) as (npz,):
-            with open(npz, "wb") as handle:
+    with atomic_folder(out, last=["patches.json"]) as staging:
+        for number_, (roi, patches) in enumerate(sets):
+            stem = "patches" if len(sets) == 1 else f"patches_{number_ + 1:02d}"
+            with open(staging / f"{stem}.npz", "wb") as handle:
                 np.savez_compressed(handle, images=patches.images)
-        write_patch_montage(patches, images[0], out, stem, mask=roi.full_mask(images[0]))
-        tumours.append({"tumour": roi.label, "volume_ml": roi.volume_ml, "file": f"{stem}.npz",
-                        "provenance": [p.to_dict() for p in patches.provenance]})
-    from TACEResponseLib.core.files import write_json_atomic
-
-    write_json_atomic(out / "patches.json", {"spec": spec.to_dict(), "tumours": tumours, "not_assessable": skipped,
-                                              "provenance": tumours[0]["provenance"]})
+            write_patch_montage(patches, images[0], staging, stem, mask=roi.full_mask(images[0]))
+            tumours.append({"tumour": roi.label, "volume_ml": roi.volume_ml, "file": f"{stem}.npz",
+                            "provenance": [p.to_dict() for p in patches.provenance]})
+        write_json_atomic(staging / "patches.json", {"spec": spec.to_dict(), "tumours": tumours,
+                                                     "not_assessable": skipped, "provenance": tumours[0]["provenance"]})
     total = sum(len(p) for _, p in sets)
     print(f"{total} patches of {sets[0][1].images.shape[1:]} from {len(sets)} tumour(s) → {out}"
           + (f"; {len(skipped)} not assessable (see patches.json)" if skipped else ""))
@@ -98,6 +96,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from TACEResponseLib.networks.catalog import resolve_bundle
 
     resolve_bundle(bundle_option(args.bundle))  # a missing or altered bundle fails before any case is written
+    if args.nomogram and not args.no_survival:  # and so does a malformed survival model
+        from TACEResponseLib.survival.model import load_survival_model
+
+        load_survival_model(nomogram_file(args.nomogram))
+    # written in place, not through atomic_folder: result.json and case.json record where the case's images are
     run_demo(args.output, seed=args.seed, bundle=args.bundle, nomogram=args.nomogram,
              survival=not args.no_survival, device=args.device, say=print)
     return 0
@@ -277,14 +280,14 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = [
-    Command("demo", cmd_demo, _demo_args,
-            "run the main job on the bundled SYNTHETIC demo case"),
     Command("predict", cmd_predict, _predict_args,
-            "predict one case (result.json + heatmap.nrrd)"),
+            "predict one case (result.json + heatmap.nrrd)", task="cases"),
     Command("batch", cmd_batch, _batch_args,
-            "predict a cohort manifest (resumable; a local or existing Dask cluster)"),
-    Command("phantoms", cmd_phantoms, _phantoms_args,
-            "write a SYNTHETIC phantom cohort + manifest.csv"),
+            "predict a cohort manifest (resumable; a local or existing Dask cluster)", task="cases"),
     Command("patches", cmd_patches, _patches_args,
-            "cut tumour patches for one case (PNG + npz + provenance)"),
+            "cut tumour patches for one case (PNG + npz + provenance)", task="cases"),
+    Command("run", cmd_demo, _demo_args,
+            "run the main job on the bundled SYNTHETIC demo case", group="demo", replaces="demo"),
+    Command("phantoms", cmd_phantoms, _phantoms_args,
+            "write a SYNTHETIC phantom cohort + manifest.csv", group="demo", replaces="phantoms"),
 ]

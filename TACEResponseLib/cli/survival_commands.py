@@ -20,9 +20,12 @@ from TACEResponseLib.cli.common import (
     number,
 )
 from TACEResponseLib.core.errors import InputError, TACEResponseError
-from TACEResponseLib.core.files import check_output_file, check_output_folder
+from TACEResponseLib.core.files import atomic_folder, check_output_file, check_output_folder, relocated
 
 logger = logging.getLogger(__name__)
+
+#: what ``--n-boot 0`` means
+NO_BOOTSTRAP = "no bootstrap, C-indices without confidence intervals"
 
 # --- survival (Zhang 2020): deep features, signature, nomogram ---------------------------------
 def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
@@ -208,7 +211,8 @@ def _signature_inputs(args: argparse.Namespace) -> dict:
                 validation_manifest=args.validation_manifest, validation_clinical=args.validation_clinical,
                 validation_features=validation, validation_feature_metadata=validation_metadata,
                 perturbation=perturbation, perturb_voxels=args.perturb_voxels, randomisation=_randomisation_from(args),
-                cache_dir=args.cache, device=args.device, batch_size=args.batch_size)
+                cache_dir=args.cache or Path(args.output) / "feature_cache",  # resumable: kept on failure
+                device=args.device, batch_size=args.batch_size)
 
 
 def _print_signature(stage) -> None:
@@ -225,7 +229,9 @@ def _print_signature(stage) -> None:
           f"{len(stage.cohorts.get('validation', []))} cases ({validation})")
 
 
-def _print_nomogram(result) -> None:
+def _print_nomogram(result, staging: Path | None = None, folder: str | Path | None = None) -> None:
+    """The nomogram's read-out; ``staging``/``folder``: the :func:`atomic_folder` it was written in, and where
+    its files are now."""
     report = result.report
     main = report["survival_model"]["main_nomogram"]
     print(f"nomogram variables: {main} = {[v.name for v in result.pipeline.nomograms[main].variables]}")
@@ -242,8 +248,10 @@ def _print_nomogram(result) -> None:
         print(f"  C-index {d['model_a']} − {d['model_b']} on {d['cohort']}: {d['difference']:+.3f}{ci}{p}")
     for warning in report.get("warnings") or []:
         print(f"warning: {warning}")
-    print(f"report: {result.output_dir / 'report.json'}\nmodel:  {result.model_path} "
-          f"(use: tace-response predict ... --nomogram {result.model_path} --clinical NAME=VALUE)")
+    model = relocated(result.model_path, staging, folder) if staging else result.model_path
+    report_path = relocated(result.output_dir, staging, folder) if staging else result.output_dir
+    print(f"report: {report_path / 'report.json'}\nmodel:  {model} "
+          f"(use: tace-response predict ... --nomogram {model} --clinical NAME=VALUE)")
 
 
 def cmd_survival(args: argparse.Namespace) -> int:
@@ -252,9 +260,11 @@ def cmd_survival(args: argparse.Namespace) -> int:
 
     _check_signature_inputs(args)
     config = _survival_config(args, args.covariates)
-    signature = fit_image_signature(args.output, config=config, **_signature_inputs(args))
+    with atomic_folder(args.output, last=["survival_model.json"]) as staging:
+        signature = fit_image_signature(staging, config=config, **_signature_inputs(args))
+        result = fit_image_nomogram(signature, staging, config=config, clinical=signature.clinical)
     _print_signature(signature.stage)
-    _print_nomogram(fit_image_nomogram(signature, args.output, config=config, clinical=signature.clinical))
+    _print_nomogram(result, staging, args.output)
     return 0
 
 
@@ -263,10 +273,11 @@ def cmd_fit_signature(args: argparse.Namespace) -> int:
     from TACEResponseLib.survival.images import fit_image_signature
 
     _check_signature_inputs(args)
-    signature = fit_image_signature(args.output, config=_survival_config(args, []), **_signature_inputs(args))
+    with atomic_folder(args.output, last=["signature_fit.json"]) as staging:
+        signature = fit_image_signature(staging, config=_survival_config(args, []), **_signature_inputs(args))
     _print_signature(signature.stage)
     print(f"signature: {Path(args.output) / 'signature.json'} "
-          f"(next: tace-response fit-nomogram --signature {args.output})")
+          f"(next: tace-response survival fit-nomogram --signature {args.output})")
     return 0
 
 
@@ -285,10 +296,11 @@ def cmd_fit_nomogram(args: argparse.Namespace) -> int:
     covariates = list(args.covariates)
     config = replace(stage.config, **_nomogram_settings(args, covariates), n_boot=args.n_boot,
                      seed=stage.config.seed if args.seed is None else args.seed)
-    result = fit_image_nomogram(stage, output, config=config, clinical=args.clinical,
-                                validation_clinical=args.validation_clinical)
+    with atomic_folder(output, last=["survival_model.json"]) as staging:
+        result = fit_image_nomogram(stage, staging, config=config, clinical=args.clinical,
+                                    validation_clinical=args.validation_clinical)
     _print_signature(stage)
-    _print_nomogram(result)
+    _print_nomogram(result, staging, output)
     return 0
 
 
@@ -297,10 +309,12 @@ def cmd_survival_cohort(args: argparse.Namespace) -> int:
     from TACEResponseLib.survival.cohort import make_survival_cohort
 
     check_output_folder(args.output)
-    cohort = make_survival_cohort(args.cases, args.output, seed=args.seed, shape_kji=tuple(args.shape),
-                                  spacing_ijk=tuple(args.spacing))
+    with atomic_folder(args.output) as staging:
+        cohort = make_survival_cohort(args.cases, staging, seed=args.seed, shape_kji=tuple(args.shape),
+                                      spacing_ijk=tuple(args.spacing))
     table = cohort.table
-    print(f"wrote {len(table)} SYNTHETIC phantom cases ({int(table['event'].sum())} deaths) → {cohort.csv_path}")
+    print(f"wrote {len(table)} SYNTHETIC phantom cases ({int(table['event'].sum())} deaths) → "
+          f"{relocated(cohort.csv_path, staging, args.output)}")
     return 0
 
 
@@ -354,7 +368,8 @@ def _nomogram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dichotomise", nargs="+", metavar="NAME[=CUTOFF]", default=None,
                    help="continuous variables entered as above/below a cut-off: ALT (> 50 U/L), AFP (> 400 ng/mL), "
                         "tumour_size (> 5 cm) by name, or NAME=VALUE")
-    p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--n-boot", type=number(int, 0, 1_000_000, zero=NO_BOOTSTRAP), default=1000,
+                   help="bootstrap resamples (patients) for the C-index confidence intervals")
 
 
 def _survival_args(p: argparse.ArgumentParser) -> None:
@@ -409,22 +424,29 @@ def _make_demo_survival_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", type=number(int, 20, 100_000), default=200, help="SYNTHETIC phantoms in the cohort")
     p.add_argument("--seed", type=SEED, default=2000, help="first phantom seed (and the clinical/survival draw)")
     p.add_argument("--workers", type=number(int, 1, 256), default=2, help="processes making the phantoms")
-    p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--n-boot", type=number(int, 0, 1_000_000, zero=NO_BOOTSTRAP), default=1000,
+                   help="bootstrap resamples (patients) for the C-index confidence intervals")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None, help="torch threads for the DenseNet features")
     p.add_argument("--device", default="cpu", help="cpu keeps the model reproducible")
 
 
 COMMANDS = [
     Command("extract-features", cmd_extract_features, _extract_features_args,
-            "DenseNet-121 deep features per case and phase (cached) → CSV"),
-    Command("survival", cmd_survival, _survival_args,
-            "Zhang 2020 survival: ICC → signature → nomograms → report + survival_model.json"),
+            "DenseNet-121 deep features per case and phase (cached) → CSV", group="survival",
+            replaces="extract-features"),
     Command("fit-signature", cmd_fit_signature, _signature_args,
-            "Zhang 2020 step 1: ICC filter → mRMR → elastic-net Cox → signature.json (+ scores and split)"),
+            "step 1: ICC filter → mRMR → elastic-net Cox → signature.json (+ scores and split)", group="survival",
+            replaces="fit-signature"),
     Command("fit-nomogram", cmd_fit_nomogram, _fit_nomogram_args,
-            "Zhang 2020 step 2: Cox screen + stepwise AIC → nomograms → report + survival_model.json"),
-    Command("survival-cohort", cmd_survival_cohort, _survival_cohort_args,
-            "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)"),
-    Command("make-demo-survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
-            "re-create the SYNTHETIC demo survival model and register it in Resources/Models.json"),
+            "step 2: Cox screen + stepwise AIC → nomograms → report + survival_model.json", group="survival",
+            replaces="fit-nomogram"),
+    Command("run", cmd_survival, _survival_args,
+            "both steps: ICC → signature → nomograms → report + survival_model.json", group="survival",
+            replaces="survival"),
+    Command("phantoms", cmd_survival_cohort, _survival_cohort_args,
+            "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)", group="survival",
+            replaces="survival-cohort"),
+    Command("survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
+            "re-create the SYNTHETIC demo survival model and register it in Resources/Models.json", group="demo",
+            replaces="make-demo-survival-model"),
 ]

@@ -235,7 +235,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the work dir's checkpoint")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None)
-    p.add_argument("--bootstrap", type=number(int, 0, 1_000_000), default=1000,
+    p.add_argument("--bootstrap", type=number(int, 1, 1_000_000), default=1000,
                    help="bootstrap resamples for validation CIs")
     p.add_argument("--no-progress", action="store_true")
     island_arguments(p)
@@ -248,7 +248,8 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clinical-factor", action="append", default=None, metavar="COLUMN",
                    help="numeric manifest column whose own ROC is reported beside the model's, with DeLong's test "
                         "(repeatable; Quan 2024 compared single clinical factors)")
-    p.add_argument("--bootstrap", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--bootstrap", type=number(int, 1, 1_000_000), default=1000,
+                   help="bootstrap resamples (patients) for the CIs and the ROC bands")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
@@ -271,9 +272,10 @@ def _make_demo_bundle_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = [
     Command("train", cmd_train, _train_args,
-            "train a response network from a cohort manifest → model bundle"),
+            "train a response network from a cohort manifest → model bundle", task="models"),
     Command("evaluate", cmd_evaluate, _evaluate_args,
-            "evaluate a bundle on a labelled cohort (AUC with bootstrap CI, confusion, calibration, DCA)"),
-    Command("make-demo-bundle", cmd_make_demo_bundle, _make_demo_bundle_args,
-            "re-create the SYNTHETIC demo bundle and register it in Resources/Models.json"),
+            "evaluate a bundle on a labelled cohort (AUC with bootstrap CI, confusion, calibration, DCA)", task="models"),
+    Command("bundle", cmd_make_demo_bundle, _make_demo_bundle_args,
+            "re-create the SYNTHETIC demo bundle and register it in Resources/Models.json", group="demo",
+            replaces="make-demo-bundle"),
 ]

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from TACEResponseLib.cli.common import Command, non_negative_int, number, positive_int
+from TACEResponseLib.cli.common import Command, number
 from TACEResponseLib.core.errors import InputError, TACEResponseError
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _web_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only); any other needs --users and "
                         "TLS (--tls-cert/--tls-key, or --behind-tls-proxy)")
-    p.add_argument("--port", type=non_negative_int, default=8080, help="port (0: any free port)")
+    p.add_argument("--port", type=number(int, 0, 65535, zero="any free port"), default=8080, help="port")
     p.add_argument("--users", default=None, metavar="FILE", help="users file: log-in required (HTTP basic, then a cookie)")
     p.add_argument("--add-user", default=None, metavar="NAME",
                    help="add NAME to --users FILE (password read from the terminal or standard input) and exit; "
@@ -111,35 +111,36 @@ def _web_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-demo", action="store_true", help="start sessions empty instead of on the SYNTHETIC demo case")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--encoder", default=None, choices=["jpeg", "png", "webp"], help="view streaming (default jpeg)")
-    p.add_argument("--max-sessions", type=positive_int, default=4, help="sessions at once (each is a process; default 4)")
-    p.add_argument("--max-sessions-per-user", type=positive_int, default=2,
+    p.add_argument("--max-sessions", type=number(int, 1, 10_000), default=4, help="sessions at once (each is a process; default 4)")
+    p.add_argument("--max-sessions-per-user", type=number(int, 1, 10_000), default=2,
                    help="sessions one user may have at once (with --users; default 2)")
-    p.add_argument("--session-timeout", type=positive_int, default=60,
+    p.add_argument("--session-timeout", type=number(int, 1, 7 * 86400), default=60,
                    help="seconds a session lives on after its page closed (then its folder is removed; default 60)")
-    p.add_argument("--max-session-hours", type=number(float, 0, low_open=True), default=12.0,
+    p.add_argument("--max-session-hours", type=number(float, 0, 24 * 365, low_open=True), default=12.0,
                    help="a session ends after this many hours, even in use (default 12)")
-    p.add_argument("--login-hours", type=number(float, 0, low_open=True), default=8.0,
+    p.add_argument("--login-hours", type=number(float, 0, 24 * 365, low_open=True), default=8.0,
                    help="a log-in (its cookie) lasts at most this long (default 8)")
-    p.add_argument("--login-idle-minutes", type=number(float, 0, low_open=True), default=60.0,
+    p.add_argument("--login-idle-minutes", type=number(float, 0, 60 * 24 * 365, low_open=True), default=60.0,
                    help="a log-in not used for this long ends (default 60)")
-    p.add_argument("--max-upload-mb", type=number(float, 0, low_open=True), default=1024,
+    p.add_argument("--max-upload-mb", type=number(float, 0, 1e7, low_open=True), default=1024,
                    help="largest uploaded file (default 1024)")
-    p.add_argument("--max-session-upload-mb", type=number(float, 0, low_open=True), default=4096,
+    p.add_argument("--max-session-upload-mb", type=number(float, 0, 1e7, low_open=True), default=4096,
                    help="all uploads of one session (default 4096)")
-    p.add_argument("--max-upload-files", type=positive_int, default=4000, help="files one session may upload (default 4000)")
-    p.add_argument("--max-image-mb", type=number(float, 0, low_open=True), default=1024,
+    p.add_argument("--max-upload-files", type=number(int, 1, 10_000_000), default=4000, help="files one session may upload (default 4000)")
+    p.add_argument("--max-image-mb", type=number(float, 0, 1e7, low_open=True), default=1024,
                    help="largest image a session decodes, in MB of voxels, checked from its header (default 1024)")
-    p.add_argument("--max-image-megavoxels", type=number(float, 0, low_open=True), default=536.870912,
+    p.add_argument("--max-image-megavoxels", type=number(float, 0, 1e6, low_open=True), default=536.870912,
                    help="largest image a session decodes, in millions of voxels (default 536.87 = 512 × 512 × 2048)")
-    p.add_argument("--max-session-image-mb", type=number(float, 0, low_open=True), default=2048,
+    p.add_argument("--max-session-image-mb", type=number(float, 0, 1e7, low_open=True), default=2048,
                    help="decoded images one session holds at once: its case and segmentation (default 2048)")
-    p.add_argument("--max-connections", type=positive_int, default=512, help="open connections in all (default 512)")
-    p.add_argument("--max-connections-per-address", type=positive_int, default=64,
+    p.add_argument("--max-connections", type=number(int, 1, 1_000_000), default=512, help="open connections in all (default 512)")
+    p.add_argument("--max-connections-per-address", type=number(int, 1, 1_000_000), default=64,
                    help="open connections from one address (default 64; not applied with --behind-tls-proxy)")
     p.add_argument("--open", action="store_true", help="open the page in this computer's browser")
 
 
 COMMANDS = [
     Command("web", cmd_web, _web_args,
-            "serve the workflow as a web page on Slicer's views and segment editor (one process per session)"),
+            "serve the workflow as a web page on Slicer's views and segment editor (one process per session)",
+            task="web"),
 ]

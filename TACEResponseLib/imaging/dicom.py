@@ -27,13 +27,14 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.imaging.geometry import LPS_TO_RAS, Volume, check_volume
 from TACEResponseLib.imaging.sanity import check_spacing
-from TACEResponseLib.imaging.volume_io import _locale_kept, unreadable_image_error
+from TACEResponseLib.imaging.itk_reading import locale_kept, unreadable_image_error
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     import SimpleITK as sitk
 
     series = []
-    with _locale_kept():
+    with locale_kept():
         for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or []:
             files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
             if not files:
@@ -142,8 +143,11 @@ def _choose(folder: Path, series: list[SeriesInfo], choice: str | None) -> Serie
                      f"{folder}#SERIES_UID: {listing}")
 
 
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> Volume:
-    """Read one DICOM series from ``folder`` with its geometry checked (see the module docstring)."""
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None, *,
+                      read_file: Callable[[Path], Volume]) -> Volume:
+    """Read one DICOM series from ``folder`` with its geometry checked (see the module docstring).
+    ``read_file`` reads a series of one file (a multi-frame image) as an image file
+    (:func:`~TACEResponseLib.imaging.volume_io.read_volume`, which calls this for a folder)."""
     import SimpleITK as sitk
 
     folder = Path(folder)
@@ -153,13 +157,11 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     chosen = _choose(folder, series, series_uid)
     warnings: list[str] = []
     if len(chosen.files) == 1:  # one file: a multi-frame image, or a single slice
-        from TACEResponseLib.imaging.volume_io import read_volume
-
-        volume = read_volume(chosen.files[0])
+        volume = read_file(chosen.files[0])
         volume.name = folder.name
         volume.metadata.update({"source": str(folder), "series_uid": chosen.uid})
         return volume
-    with _locale_kept():
+    with locale_kept():
         try:
             headers = [read_header(f) for f in chosen.files]
         except RuntimeError as exc:

@@ -156,7 +156,9 @@ class PhantomCase:
             "modality": self.modality,
             "label": self.label,
             "tumours": [t.to_dict() for t in self.tumours],
-            "files": paths,
+            # names beside this file, not paths: the folder may be moved (or written in a staging folder)
+            "files": {"phases": {name: Path(p).name for name, p in paths["phases"].items()},
+                      "segmentation": Path(paths["segmentation"]).name},
             **self.metadata,
         }
         paths["case_json"] = str(write_json_atomic(folder / f"{self.case_id}_case.json", info))

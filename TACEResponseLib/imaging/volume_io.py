@@ -6,16 +6,16 @@ SimpleITK reads and writes; ITK works in LPS, so the conversion to Slicer's RAS 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path
+from TACEResponseLib.imaging import dicom
 from TACEResponseLib.imaging.geometry import (
     LPS_TO_RAS,
     Volume,
@@ -25,6 +25,7 @@ from TACEResponseLib.imaging.geometry import (
     value_range_of,
 )
 from TACEResponseLib.imaging.image_headers import check_image_file
+from TACEResponseLib.imaging.itk_reading import locale_kept, unreadable_image_error
 from TACEResponseLib.imaging.sanity import check_spacing
 
 logger = logging.getLogger(__name__)
@@ -41,23 +42,6 @@ def volume_from_sitk(image, name: str, metadata: dict[str, Any] | None = None) -
     ijk_to_lps[:3, :3] = direction * spacing
     ijk_to_lps[:3, 3] = image.GetOrigin()
     return Volume(array_of(image), LPS_TO_RAS @ ijk_to_lps, name, dict(metadata or {}))
-
-
-def unreadable_image_error(path: Path, exc: Exception) -> InputError:
-    """The InputError for a file ITK cannot read, with ITK's own reason (not its source location)."""
-    import re
-
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    reason = next((line for line in lines[1:] if "ERROR" in line), lines[-1] if lines else type(exc).__name__)
-    reason = re.sub(r"^(sitk::ERROR:|itk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", reason)
-    reason = reason.replace(f'"{path}"', "it").replace(str(path), "it")
-    if lines and "[nrrd]" in lines[-1]:
-        reason = f"{reason} {lines[-1].split(':', 1)[-1].strip()}"
-    if reason.startswith("Unable to determine ImageIO reader"):
-        reason = "not a readable NRRD, NIfTI, MetaImage or DICOM image, or the file is damaged or truncated"
-    if path.is_file() and path.stat().st_size == 0:
-        reason = "the file is empty"
-    return InputError(f"{path}: cannot be read as an image ({reason[:240]})")
 
 
 #: readers whose files carry no patient geometry (origin, orientation, voxel size)
@@ -97,14 +81,14 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_va
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with _locale_kept():
+        with locale_kept():
             reader.ReadImageInformation()
     except RuntimeError as exc:
         raise unreadable_image_error(path, exc) from None
     _check_has_geometry(path, reader)
     _check_declared_spacing(path)
     try:
-        with _locale_kept():
+        with locale_kept():
             image = reader.Execute()
     except RuntimeError as exc:
         raise unreadable_image_error(path, exc) from None
@@ -182,23 +166,9 @@ def _check_declared_spacing(path: Path) -> None:
 
 
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> Volume:
-    """One DICOM series from a folder (:func:`TACEResponseLib.imaging.dicom.read_dicom_series`)."""
-    from TACEResponseLib.imaging.dicom import read_dicom_series as read
-
-    return read(folder, series_uid)
-
-
-@contextlib.contextmanager
-def _locale_kept() -> Iterator[None]:
-    """GDCM (SimpleITK's DICOM reader) switches the process locale to "C" and leaves it so,
-    after which Python reads and prints text as ASCII; put it back."""
-    import locale
-
-    saved = locale.setlocale(locale.LC_ALL)
-    try:
-        yield
-    finally:
-        locale.setlocale(locale.LC_ALL, saved)
+    """One DICOM series from a folder (:func:`TACEResponseLib.imaging.dicom.read_dicom_series`; a series of
+    one file, a multi-frame image, is read as any image file is)."""
+    return dicom.read_dicom_series(folder, series_uid, read_file=read_volume)
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:

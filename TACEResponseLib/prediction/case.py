@@ -288,7 +288,7 @@ def patient_survival(
 ) -> dict[str, Any]:
     """The patient's nomogram read-out as a plain dict (the ``survival`` of ``result.json``).
 
-    ``nomogram`` is a ``survival_model.json`` written by ``tace-response survival`` (or its
+    ``nomogram`` is a ``survival_model.json`` written by ``tace-response survival run`` (or its
     :class:`~TACEResponseLib.survival.model.SurvivalModel`), or a bare nomogram JSON /
     :class:`~TACEResponseLib.survival.nomogram.Nomogram`. When the nomogram uses the
     deep-learning signature, it is computed from the case itself: the DenseNet-121 features of

@@ -170,7 +170,7 @@ class SignatureStage:
         folder = source if source.is_dir() else source.parent
         path = folder / SIGNATURE_FIT_FILE
         if not path.is_file():
-            raise InputError(f"{folder}: no {SIGNATURE_FIT_FILE} here; run 'tace-response fit-signature' "
+            raise InputError(f"{folder}: no {SIGNATURE_FIT_FILE} here; run 'tace-response survival fit-signature' "
                              f"with --output {folder} first")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
