@@ -226,10 +226,10 @@ def test_session_settings_come_on_standard_input_and_set_the_web_reading_rules(t
 
     from TACEResponseLib.frontend.web import session_setup
     from TACEResponseLib.imaging import image_headers
-    from TACEResponseLib.imaging.volume_io import write_volume
+    from TACEResponseLib.imaging.volume_io import read_volume, write_volume
 
     volume = axial_case.phases["arterial"]  # 2.25 MB decoded
-    limits = uploads.UploadLimits(max_image_bytes=3 * 2**20, max_decoded_bytes=5 * 2**20)
+    limits = uploads.UploadLimits(max_image_bytes=3 * 2**20, max_decoded_bytes=8 * 2**20)
     folder = tmp_path / "session"
     argv = ["session.py", "--port", "0", session_setup.SETTINGS_FLAG]
     saved = image_headers._DEFAULT
@@ -241,16 +241,21 @@ def test_session_settings_come_on_standard_input_and_set_the_web_reading_rules(t
         args = parser.parse_args(argv[1:])
         assert (args.session_dir, args.authKey) == (str(folder), "-key")
         assert json.loads(args.upload_limits)["max_file_bytes"] == limits.max_file_bytes
+        # a file of the command line (--image): a detached header with its data beside it is read, and held
+        header = write_volume(volume, tmp_path / "d.nhdr")
+        assert read_volume(header).array.shape == volume.array.shape
+        budget = image_headers.current_rules().budget
+        assert budget.held_bytes == volume.array.nbytes
         batch = folder / "uploads" / "image" / "b1"
         batch.mkdir(parents=True)
-        for name in ("a.nrrd", "b.nii.gz", "c.mha"):
+        for name in ("a.nrrd", "b.nii.gz", "c.mha", "e.nii"):
             write_volume(volume, batch / name)
         with pytest.raises(InputError) as error:
-            uploads.read_upload_batch(batch)  # 3 × 2.25 MB > 5 MB per session
+            uploads.read_upload_batch(batch)  # 4 × 2.25 MB > 8 MB per session
         assert "allowed per session" in str(error.value) and str(folder) not in str(error.value)
         (batch / "c.mha").unlink()
-        assert len(uploads.read_upload_batch(batch)) == 2
-        header = write_volume(volume, tmp_path / "d.nhdr")  # its data file beside it, not uploaded
+        assert len(uploads.read_upload_batch(batch)) == 3  # they replace the start case: 6.75 MB held
+        assert budget.held_bytes == 3 * volume.array.nbytes
         (batch / "d.nhdr").write_bytes(header.read_bytes())
         with pytest.raises(InputError, match="d.nhdr: a detached header"):
             uploads.read_upload_batch(batch)

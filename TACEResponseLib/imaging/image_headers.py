@@ -89,14 +89,17 @@ class DecodeBudget:
             return sum(self._held.values())
 
     def charge(self, label: str, nbytes: int, slot: str) -> None:
-        """Count ``nbytes`` into ``slot``'s pending read; InputError when the session would pass its limit."""
+        """Count ``nbytes`` into ``slot`` (inside :meth:`slot`: its pending read, which will replace what it
+        held; outside: held at once, added up); InputError when the session would pass its limit."""
         with self._lock:
-            others = sum(v for k, v in self._held.items() if k != slot)
-            pending = self._pending.get(slot, 0) + nbytes
-            if others + pending > self.max_bytes:
-                raise InputError(f"{label}: decoding it would make this session hold {(others + pending) / 2**20:,.0f} MB "
+            reading = slot in self._pending
+            mine = (self._pending if reading else self._held).get(slot, 0) + nbytes
+            others = sum(v for k, v in self._held.items() if k != slot) + \
+                sum(v for k, v in self._pending.items() if k != slot)
+            if others + mine > self.max_bytes:
+                raise InputError(f"{label}: decoding it would make this session hold {(others + mine) / 2**20:,.0f} MB "
                                  f"of images, more than the {self.max_bytes / 2**20:,.0f} MB allowed per session")
-            self._pending[slot] = pending
+            (self._pending if reading else self._held)[slot] = mine
 
     @contextlib.contextmanager
     def slot(self, name: str) -> Iterator["DecodeBudget"]:
@@ -128,7 +131,9 @@ class ReadRules:
 
 _DEFAULT = ReadRules()
 _RULES: contextvars.ContextVar[ReadRules | None] = contextvars.ContextVar("tace_read_rules", default=None)
-_SLOT: contextvars.ContextVar[str] = contextvars.ContextVar("tace_read_slot", default="other")
+#: reads outside :meth:`DecodeBudget.slot` count into "images" (a web session: the case it opened at start,
+#: which an uploaded case replaces)
+_SLOT: contextvars.ContextVar[str] = contextvars.ContextVar("tace_read_slot", default="images")
 
 
 def current_rules() -> ReadRules:

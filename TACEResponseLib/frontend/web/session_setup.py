@@ -5,8 +5,8 @@
   command line, which any local user can read in ``/proc/<pid>/cmdline`` (and which an earlier
   file-read hole turned into other users' folders). The session puts them into its own argument
   list in memory only.
-* **Reading rules.** Uploads are read as self-contained files under the decoding limits per image
-  and per session (:meth:`~.uploads.UploadLimits.reading_rules`).
+* **Reading rules.** Images are decoded under the limits per image and per session
+  (:meth:`~.uploads.UploadLimits.reading_rules`); uploads only as self-contained files.
 * **Nothing of the server in the page.** wslink answers a failing call with the Python traceback
   and exception; the session sends the error code and message only (the traceback stays in the
   log). :func:`client_text` removes the session's folder from messages shown on the page.

@@ -51,10 +51,12 @@ class UploadLimits:
                 "max_files": self.max_files, "accept": {kind: list(suffixes) for kind, suffixes in KINDS.items()}}
 
     def reading_rules(self):
-        """The rules a session reads its uploads under: self-contained files, these decoding limits."""
+        """A session's reading rules: these decoding limits and its budget (uploads are read as
+        self-contained files on top: :func:`read_upload_batch`; ``--image`` files of the command as
+        the library reads them)."""
         from TACEResponseLib.imaging.image_headers import DataFiles, DecodeBudget, DecodeLimits, ReadRules
 
-        return ReadRules(DataFiles.SELF_CONTAINED, DecodeLimits(self.max_image_voxels, self.max_image_bytes),
+        return ReadRules(DataFiles.SAME_FOLDER, DecodeLimits(self.max_image_voxels, self.max_image_bytes),
                          DecodeBudget(self.max_decoded_bytes))
 
 
@@ -133,7 +135,7 @@ def read_upload_batch(folder: str | Path):
     :class:`~TACEResponseLib.imaging.geometry.Volume`; InputError when the folder holds no readable
     image (the message names the file and the reason, not the folder).
     """
-    from TACEResponseLib.imaging.image_headers import current_rules
+    from TACEResponseLib.imaging.image_headers import DataFiles, current_rules, reading_rules
     from TACEResponseLib.imaging.volume_io import read_dicom_series, read_volume
 
     folder = Path(folder)
@@ -141,7 +143,8 @@ def read_upload_batch(folder: str | Path):
     if not files:
         raise InputError("no file was uploaded")
     budget = current_rules().budget
-    with _without_folder(folder), (budget.slot("images") if budget else _nothing()):
+    with _without_folder(folder), reading_rules(data_files=DataFiles.SELF_CONTAINED), \
+            (budget.slot("images") if budget else _nothing()):
         dicom = [p for p in files if has_suffix(p.name, (".dcm", ".ima")) or _starts_as_dicom(p)]
         if dicom:
             if len(dicom) != len(files):
@@ -154,7 +157,7 @@ def read_upload_batch(folder: str | Path):
 def read_upload_segmentation(folder: str | Path):
     """The one segmentation file of an upload batch (.seg.nrrd or labelmap), read under the rules in
     force (it replaces the segmentation the session held); messages name the file, not the folder."""
-    from TACEResponseLib.imaging.image_headers import current_rules
+    from TACEResponseLib.imaging.image_headers import DataFiles, current_rules, reading_rules
     from TACEResponseLib.imaging.segmentation import read_segmentation
 
     folder = Path(folder)
@@ -162,7 +165,8 @@ def read_upload_segmentation(folder: str | Path):
     if len(files) != 1:
         raise InputError(f"upload one segmentation file at a time ({len(files)} given)")
     budget = current_rules().budget
-    with _without_folder(folder), (budget.slot("segmentation") if budget else _nothing()):
+    with _without_folder(folder), reading_rules(data_files=DataFiles.SELF_CONTAINED), \
+            (budget.slot("segmentation") if budget else _nothing()):
         return read_segmentation(files[0])
 
 
