@@ -120,6 +120,22 @@ class TACEResponseParameterNode:
     resultTableNode: vtkMRMLTableNode
     survivalTableNode: vtkMRMLTableNode
     survivalChartNode: vtkMRMLPlotChartNode
+    # "Assess response" (TACEResponseLib.frontend.assess): each visit's arterial and pre-contrast volumes and
+    # tumour segmentation, the new lesions the user saw, and the responses table
+    assessBaselineVolume: vtkMRMLScalarVolumeNode
+    assessBaselinePrecontrast: vtkMRMLScalarVolumeNode
+    assessBaselineSegmentation: vtkMRMLSegmentationNode
+    assessFollowup1Volume: vtkMRMLScalarVolumeNode
+    assessFollowup1Precontrast: vtkMRMLScalarVolumeNode
+    assessFollowup1Segmentation: vtkMRMLSegmentationNode
+    assessFollowup2Volume: vtkMRMLScalarVolumeNode
+    assessFollowup2Precontrast: vtkMRMLScalarVolumeNode
+    assessFollowup2Segmentation: vtkMRMLSegmentationNode
+    assessNewLesion1: bool = False
+    assessNewLesion2: bool = False
+    assessMatches1: str = ""  # the user's lesion pairs at follow-up N: "Tumour_1=Segment_3; Tumour_2="
+    assessMatches2: str = ""
+    assessResponsesTable: vtkMRMLTableNode
 
 
 def userErrorDisplay(what: str):
@@ -198,6 +214,12 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.tumourComboBox.connect("currentIndexChanged(int)", self.onTumourSelected)
         self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultRowClicked)
         self.ui.reliabilityDetailsButton.connect("toggled(bool)", self.view.show_reliability_details)
+        self.ui.assessButton.connect("clicked(bool)", self.onAssess)
+        self.ui.assessResetButton.connect("clicked(bool)", self.onAssessReset)
+        self._assessNodes = self._assessRun = None
+        self._assessTimer = qt.QTimer()
+        self._assessTimer.setInterval(200)
+        self._assessTimer.connect("timeout()", self.onAssessPoll)
 
         self.ui.survivalPlotWidget.plotController().setVisible(False)  # one fixed chart: no chart selector
         self.ui.survivalPlotWidget.setVisible(False)
@@ -212,6 +234,11 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.stop()
         self.logic.cancel()
         self.logic.session.close()
+        self._assessTimer.stop()
+        if self._assessNodes is not None:
+            from TACEResponseLib.frontend import assess
+
+            assess.remove_observers(self._assessNodes)
         self.removeBackButton()
         self.setParameterNode(None)
         self.removeObservers()
@@ -552,6 +579,49 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._backButton.hide()
             self._backButton.deleteLater()
             self._backButton = None
+
+    # -- Assess response (TACEResponseLib.frontend.assess) --------------------------------------------------
+    def onAssess(self) -> None:
+        """Assess the response from the chosen visits; the measuring runs beside the GUI (polled)."""
+        from TACEResponseLib.frontend import assess
+
+        with userErrorDisplay(_("Response assessment failed.")):
+            self._assessRun = assess.AssessmentRun(slicer.mrmlScene, assess.visits_from(self._parameterNode),
+                                                   derive_again=self.ui.assessDeriveAgainCheckBox.checked)
+            self.ui.assessButton.enabled = False
+            self.ui.assessResultLabel.text = _("Assessing: measuring every visit and registering the follow-ups…")
+            self._assessTimer.start()
+
+    def onAssessPoll(self) -> None:
+        """The assessment finished: its lines, tables and viable segments into the scene."""
+        from TACEResponseLib.frontend import assess
+
+        if self._assessRun is None or self._assessRun.running:
+            return
+        self._assessTimer.stop()
+        run, self._assessRun = self._assessRun, None
+        self.ui.assessButton.enabled = True
+        self.ui.assessResultLabel.text = ""
+        with userErrorDisplay(_("Response assessment failed.")):
+            self._assessNodes = run.show(self._assessNodes)
+            self._assessNodes.on_change = self.showAssessment
+            self._parameterNode.assessResponsesTable = self._assessNodes.responses_table
+            assess.jump_to_first_target(slicer.mrmlScene, self._assessNodes)
+            self.showAssessment()
+
+    def onAssessReset(self) -> None:
+        from TACEResponseLib.frontend import assess
+
+        if self._assessNodes is not None:
+            assess.reset_manual(slicer.mrmlScene, self._assessNodes)
+            self.showAssessment()
+
+    def showAssessment(self) -> None:
+        """The responses (re-shown after a line was dragged): the table and the summary."""
+        from TACEResponseLib.frontend import assess
+
+        self.ui.assessTableView.setMRMLTableNode(self._assessNodes.responses_table)
+        self.ui.assessResultLabel.text = assess.summary(self._assessNodes.assessment)
 
 
 #

@@ -75,6 +75,7 @@ def world(tmp_path_factory, random_bundle):
     paths = case.write(root / "case")
     reference = case.reference
     w["img"], w["seg"] = paths["phases"]["arterial"], paths["segmentation"]
+    w["fimg"], w["fseg"] = w["img"], w["seg"]  # a follow-up for assess: the same visit again
     w["portal"] = paths["phases"].get("portal", paths["phases"]["arterial"])
     w["bundle"] = random_bundle.path
     arr = reference.array
@@ -291,6 +292,8 @@ E = "evaluate --bundle {bundle} --device cpu --no-progress --bootstrap 10"
 X = "survival extract-features --device cpu --size 32"
 S = "survival run --covariates BCLC ALT --device cpu --size 32"
 FS = "survival fit-signature --device cpu --size 32"
+A = ("assess --baseline {img} --baseline-segmentation {seg} --followup {fimg} --followup-segmentation {fseg} "
+     "--no-registration")
 
 CASES = [
     # (id, argv template, output kind: "dir" | "file", [words the error line must hold])
@@ -534,6 +537,12 @@ CASES = [
     ("web-zero-session-timeout", "web --session-timeout 0", "none", ["--session-timeout", "≥ 1"]),
     ("web-zero-upload-files", "web --max-upload-files 0", "none", ["--max-upload-files", "≥ 1"]),
     ("web-zero-upload-size", "web --max-upload-mb 0", "none", ["--max-upload-mb", "> 0"]),
+    # response assessment
+    ("assess-missing-followup", A.replace("{fimg}", "{missing}"), "dir", ["{missing}", "does not exist"]),
+    ("assess-2d-baseline", A.replace("--baseline {img}", "--baseline {2d}"), "dir", ["{2d}", "2-D"]),
+    ("assess-followup-without-tumour", A.replace("{fseg}", "{emptyseg}"), "dir", ["followup1", "no tumour"]),
+    ("assess-zero-targets", A + " --max-targets 0", "dir", ["--max-targets", "≥ 1"]),
+    ("cohort-label-missing-manifest", "cohort label --manifest {missing}", "file", ["{missing}", "does not exist"]),
 ]
 
 

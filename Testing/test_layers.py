@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 LIB = Path(__file__).resolve().parents[1] / "TACEResponseLib"
-FLOORS = {"core": 1, "imaging": 2, "networks": 3, "survival": 4, "prediction": 5, "training": 6, "pacs": 6, "demo": 7,
-          "frontend": 8, "cli": 8}
+FLOORS = {"core": 1, "imaging": 2, "networks": 3, "assessment": 3, "survival": 4, "prediction": 5, "training": 6,
+          "pacs": 6, "demo": 7, "frontend": 8, "cli": 8}
 
 
 def _module_name(path: Path, lib: Path = LIB) -> str:

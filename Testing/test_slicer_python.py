@@ -95,7 +95,8 @@ def test_every_parameter_is_classified_and_every_input_changes_the_key():
         import TACEResponse
         from TACEResponseLib.frontend import mrml, panel, selftest
         fields = set(TACEResponse.TACEResponseParameterNode.allParameters)
-        groups = [panel.INPUT_PARAMETERS, panel.RUN_SETTINGS, panel.DISPLAY_PARAMETERS, panel.OUTPUT_PARAMETERS]
+        groups = [panel.INPUT_PARAMETERS, panel.RUN_SETTINGS, panel.DISPLAY_PARAMETERS, panel.OUTPUT_PARAMETERS,
+                  panel.ASSESS_PARAMETERS]
         assert sorted(n for g in groups for n in g) == sorted(fields), sorted(fields ^ {n for g in groups for n in g})
         nodes = selftest.load_phantom_nodes(slicer.mrmlScene)
         logic = TACEResponse.TACEResponseLogic()

@@ -93,7 +93,7 @@ def test_every_widget_has_a_name_and_sections_exist():
     assert all(name for name in widgets), "a widget without objectName"
     sections = {w.findtext("property[@name='text']/string") for w in widgets.values()
                 if w.get("class") == "ctkCollapsibleButton"}
-    assert sections == {"Inputs", "Model", "Clinical factors", "Advanced", "Results"}
+    assert sections == {"Inputs", "Model", "Clinical factors", "Advanced", "Results", "Assess response"}
 
 
 # which widget class can show which field type (what parameterNodeWrapper's GUI connectors accept)
@@ -258,7 +258,8 @@ def test_every_control_of_the_inputs_key_is_locked_while_running(qapp):
     for state, enabled in ((panel.PanelState.RUNNING, False), (panel.PanelState.DONE, True)):
         panel.apply_control_states(ui, panel.control_states(state, has_result=True), locked)
         assert all(getattr(ui, name).isEnabled() is enabled for name in expected), state
-    assert set(bound_parameters()) <= set(panel.INPUT_PARAMETERS + panel.RUN_SETTINGS + panel.DISPLAY_PARAMETERS)
+    assert set(bound_parameters()) <= set(panel.INPUT_PARAMETERS + panel.RUN_SETTINGS + panel.DISPLAY_PARAMETERS
+                                          + panel.ASSESS_PARAMETERS)
 
 
 def test_the_default_reference_volume_follows_the_reference_selector():

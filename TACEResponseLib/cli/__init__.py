@@ -27,6 +27,7 @@ import sys
 from typing import Sequence
 
 from TACEResponseLib.cli import (
+    assess_commands,
     case_commands,
     cohort_commands,
     pacs_commands,
@@ -35,20 +36,30 @@ from TACEResponseLib.cli import (
     web_command,
     worker,
 )
-from TACEResponseLib.cli.common import ArgumentParser, Command, Group, UsageError, say_what_zero_means, zero_meanings
+from TACEResponseLib.cli.common import (
+    UNTRUSTING_COMMANDS,
+    ArgumentParser,
+    Command,
+    Group,
+    UsageError,
+    say_what_zero_means,
+    trust_argument,
+    zero_meanings,
+)
 from TACEResponseLib.core.errors import TACEResponseError
+from TACEResponseLib.imaging.image_headers import trusted_data_files
 
 logger = logging.getLogger("tace-response")
 
 #: every sub-command (top-level ones and those of the groups), in the order ``--help`` lists them
 COMMANDS: list[Command] = [*case_commands.COMMANDS, *training_commands.COMMANDS, *survival_commands.COMMANDS,
                            *cohort_commands.COMMANDS, *web_command.COMMANDS, *worker.COMMANDS,
-                           *pacs_commands.COMMANDS]
+                           *assess_commands.COMMANDS, *pacs_commands.COMMANDS]
 
 #: the command groups: ``tace-response GROUP COMMAND``; a command joins one by naming it as its ``group``
 GROUPS: list[Group] = [
     Group("survival", "Zhang 2020 overall survival", task="survival"),
-    Group("cohort", "public TACE collections", task="cohorts"),
+    Group("cohort", "public TACE collections, and response labels from visits", task="cohorts"),
     Group("demo", "the SYNTHETIC demo and its builders", task="demo"),
     Group("pacs", "DICOM results to and from a PACS", task="pacs"),
 ]
@@ -96,6 +107,8 @@ def _overview() -> str:
 def _add_command(sub, command: Command, prog_words: str) -> None:
     p = sub.add_parser(command.name, description=command.help, prog=f"{PROG} {prog_words}")
     command.add_arguments(p)
+    if command.name not in UNTRUSTING_COMMANDS:
+        trust_argument(p)
     say_what_zero_means(p)
     p.set_defaults(func=command.run, command=prog_words, command_parser=p)
 
@@ -183,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for said in zero_meanings(args.command_parser, args):  # a count of 0 is never taken without a word
         logger.info(said)
     try:
-        return int(args.func(args) or 0)
+        with trusted_data_files(getattr(args, "trust_detached_headers", False)):
+            return int(args.func(args) or 0)
     except TACEResponseError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -57,6 +57,19 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+#: commands that never read a detached header's data from outside its folder (the web page serves
+#: other people's files; the worker takes the flag per request)
+UNTRUSTING_COMMANDS = ("web", "worker")
+
+
+def trust_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-detached-headers``: the one opt-in to data files outside a header's own folder."""
+    parser.add_argument("--trust-detached-headers", action="store_true",
+                        help="read the data file a detached header (.nhdr 'data file:', .mhd ElementDataFile, LIST) "
+                             "names wherever it is; by default it must lie in the header's own folder. Only for "
+                             "files you trust: a header from elsewhere could make this read any file of the machine")
+
+
 def number(kind: type = float, low: float | None = None, high: float | None = None, *,
            low_open: bool = False, high_open: bool = False, zero: str | None = None) -> Callable[[str], Any]:
     """An argparse ``type`` for a finite int or float in ``[low, high]`` (``low_open`` / ``high_open``:

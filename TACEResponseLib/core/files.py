@@ -185,6 +185,37 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+#: what a spreadsheet takes for the start of a formula in a CSV cell
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text, never runs: text beginning with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return gets a leading apostrophe (a case id or segment name such as
+    ``=HYPERLINK(…)`` from an uploaded file). Numbers, and text that is a number ("-1.5"), stay as they are."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
+def write_csv_atomic(path: str | os.PathLike, columns: Iterable[str], rows: Iterable[dict],
+                     extrasaction: str = "raise") -> Path:
+    """Write rows of dicts as CSV (a header of ``columns``), every cell :func:`spreadsheet_safe`, atomically."""
+    import csv
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction=extrasaction)
+            writer.writeheader()
+            writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
+    return path
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON atomically (numpy values and paths become plain JSON)."""
     return write_text_atomic(path, json.dumps(data, indent=2, default=json_default) + "\n")

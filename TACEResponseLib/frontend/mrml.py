@@ -299,6 +299,9 @@ def load_volume_node(path: str | Path, scene, name: str | None = None):
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file does not exist")
+    from TACEResponseLib.imaging.image_headers import check_image_file
+
+    check_image_file(path)  # its data files and decoded size, before Slicer's reader decodes it
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or path.name.split(".")[0])
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(path))

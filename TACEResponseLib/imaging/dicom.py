@@ -39,6 +39,7 @@ import numpy as np
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.imaging.dicom_pixels import PixelLayout, pixel_layout, read_dataset
 from TACEResponseLib.imaging.geometry import LPS_TO_RAS, Volume, check_volume
+from TACEResponseLib.imaging.image_headers import check_decoded_size
 from TACEResponseLib.imaging.sanity import check_spacing
 from TACEResponseLib.imaging.itk_reading import locale_kept, unreadable_image_error
 
@@ -339,9 +340,11 @@ def _decode(folder: Path, ordered: list[SliceHeader]) -> tuple[np.ndarray, tuple
     (column, row step in mm). Uncompressed little-endian slices are read straight from the files with
     the pixel type GDCM would give; anything else is decoded by SimpleITK (GDCM)."""
     fast = _native_pixel_type(ordered)
+    first = ordered[0].layout
+    if first is not None:  # the decoded size against the reading limits, before any pixel is decoded
+        check_decoded_size(str(folder), (first.columns, first.rows, len(ordered)), fast.itemsize if fast else 4)
     if fast is None:
         return _decode_with_sitk(folder, ordered)
-    first = ordered[0].layout
     stored_type = first.numpy_dtype()
     out = np.empty((len(ordered), first.rows, first.columns), fast)
     count = first.rows * first.columns

@@ -38,6 +38,7 @@ from TACEResponseLib.imaging.geometry import (
     in_grid,
     to_sitk_image,
 )
+from TACEResponseLib.imaging.image_headers import check_image_file
 from TACEResponseLib.imaging.volume_io import unreadable_image_error, volume_from_sitk
 
 logger = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ def read_segmentation(path: str | os.PathLike) -> Segmentation:
             raise InputError(f"{path}: is a folder without a DICOM SEG; a segmentation file (.seg.nrrd, .nrrd, "
                              ".nii.gz, DICOM SEG) or a folder holding one DICOM SEG is needed")
         path = found
+    check_image_file(path)  # its data files and decoded size, before anything is decoded
     if is_dicom_seg(path):
         return _read_dicom_seg(path)
     try:

@@ -25,6 +25,7 @@ from TACEResponseLib.imaging.geometry import (
     to_sitk_image,
     value_range_of,
 )
+from TACEResponseLib.imaging.image_headers import check_image_file
 from TACEResponseLib.imaging.itk_reading import locale_kept, unreadable_image_error
 from TACEResponseLib.imaging.sanity import check_spacing
 
@@ -59,8 +60,10 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_va
     A folder with several series is read as ``FOLDER#N`` (N-th series in the listing the error
     gives) or ``FOLDER#UID`` (``series_uid`` does the same). Files without patient geometry
     (PNG, TIFF, an MRC map without a cell size, a multi-frame DICOM without frame positions),
-    truncated gzip data and voxel sizes outside 0.05–30 mm are refused with an InputError; so
-    are NaN or infinite voxels unless ``check_values=False``. The one pass over the voxels that
+    truncated data and voxel sizes outside 0.05–30 mm are refused with an InputError; so
+    are NaN or infinite voxels unless ``check_values=False``. Before any voxel is decoded,
+    :func:`~.image_headers.check_image_file` refuses data files outside the header's folder and
+    images larger than the decoding limits. The one pass over the voxels that
     checks them also records their range for :func:`~TACEResponseLib.imaging.sanity.check_scan`
     (:func:`~.geometry.value_range_of`). The array is SimpleITK's own buffer, not a copy.
     """
@@ -75,6 +78,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_va
         raise InputError(f"{path}: file or folder does not exist")
     if path.is_dir():
         return read_dicom_series(path, series_uid)  # values checked there
+    check_image_file(path)  # its data files and decoded size, before anything is decoded
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -84,7 +88,6 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_va
         raise unreadable_image_error(path, exc) from None
     _check_has_geometry(path, reader)
     _check_declared_spacing(path)
-    _check_gzip_complete(path, reader)
     try:
         with locale_kept():
             image = reader.Execute()
@@ -162,38 +165,6 @@ def _check_declared_spacing(path: Path) -> None:
     if any(not v > 0 for v in values):
         raise InputError(f"{path}: the header declares voxel size {' × '.join(f'{v:g}' for v in values)} mm; "
                          "a voxel size must be positive")
-
-
-def _check_gzip_complete(path: Path, reader) -> None:
-    """A truncated .nii.gz decompresses to a partial image that ITK pads with zeros: compare the
-    gzip trailer's size with the size the header announces."""
-    if not path.name.lower().endswith(".nii.gz"):
-        return
-    import gzip
-    import struct
-
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell() < 18:
-            raise InputError(f"{path}: truncated (only {handle.tell()} bytes)")
-        handle.seek(-4, os.SEEK_END)
-        (stored,) = struct.unpack("<I", handle.read(4))
-    try:
-        with gzip.open(path, "rb") as handle:
-            header = handle.read(352)
-    except (OSError, EOFError) as exc:
-        raise InputError(f"{path}: not valid gzip data ({exc})") from None
-    if len(header) < 348:
-        raise InputError(f"{path}: truncated NIfTI header")
-    sizeof = struct.unpack("<i", header[0:4])[0]
-    endian = "<" if sizeof == 348 else ">"
-    bitpix = struct.unpack(f"{endian}h", header[72:74])[0]
-    vox_offset = struct.unpack(f"{endian}f", header[108:112])[0]
-    n = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
-    expected = int(vox_offset) + n * bitpix // 8
-    if stored != expected % 2**32:
-        raise InputError(f"{path}: truncated or corrupt: the compressed data hold {stored} bytes, the header "
-                         f"announces {expected}")
 
 
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> Volume:

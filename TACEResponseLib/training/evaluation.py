@@ -24,6 +24,7 @@ from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import (
     atomic_path,
     check_output_folder,
+    spreadsheet_safe,
     write_json_atomic,
 )
 from TACEResponseLib.imaging.tumours import PATIENT_RULES
@@ -359,5 +360,5 @@ def write_predictions_csv(path: Path, predictions: Sequence[CasePrediction], cla
                 if objective_indices:
                     row["p_objective_response"] = f"{sum(p.probabilities[i] for i in objective_indices):.6f}"
                     row["objective_response_true"] = int(p.label in [class_names[i] for i in objective_indices])
-                writer.writerow(row)
+                writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
     return path

@@ -7,7 +7,6 @@ table is :mod:`TACEResponseLib.frontend.panel.results_table`.
 
 from __future__ import annotations
 
-import csv
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import atomic_path, safe_file_name
+from TACEResponseLib.core.files import safe_file_name, write_csv_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -283,12 +282,7 @@ def export_report(result, folder: str | Path, *, reference=None, heatmap=None, m
     rows = result_rows(result)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     written = []
-    with atomic_path(folder / f"{stem}.csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-    written.append(folder / f"{stem}.csv")
+    written.append(write_csv_atomic(folder / f"{stem}.csv", columns, rows))
     if reference is not None and heatmap is not None:
         from TACEResponseLib.prediction.figures import save_prediction_png
 

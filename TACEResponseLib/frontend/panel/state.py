@@ -103,6 +103,12 @@ RUN_SETTINGS: tuple[str, ...] = ("keepTemporaryFiles",)
 DISPLAY_PARAMETERS: tuple[str, ...] = ("heatmapVisible", "heatmapOpacity", "heatmapColormap")
 #: the nodes a prediction writes
 OUTPUT_PARAMETERS: tuple[str, ...] = ("heatmapNode", "resultTableNode", "survivalTableNode", "survivalChartNode")
+#: the "Assess response" section's visits, new lesions, lesion pairs and table (TACEResponseLib.frontend.assess):
+#: not what a prediction depends on, so free while one runs and never making its result stale
+ASSESS_PARAMETERS: tuple[str, ...] = tuple(
+    f"assess{visit}{what}" for visit in ("Baseline", "Followup1", "Followup2")
+    for what in ("Volume", "Precontrast", "Segmentation")) + (
+    "assessNewLesion1", "assessNewLesion2", "assessMatches1", "assessMatches2", "assessResponsesTable")
 
 #: widgets the module binds by its own code (no ``SlicerParameterName``), by the parameter they edit
 HAND_BOUND_WIDGETS: dict[str, tuple[str, ...]] = {

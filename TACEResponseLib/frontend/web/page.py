@@ -14,6 +14,8 @@ from trame.widgets import vuetify3 as v3
 from trame_slicer.app.ui import SegmentEditorUI
 from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
 
+from TACEResponseLib.frontend.web import assess_view
+
 STATIC_DIR = Path(__file__).with_name("static")
 #: trame module serving the upload script beside the page
 STATIC_MODULE = {"serve": {"__tace_web": str(STATIC_DIR)}, "scripts": ["__tace_web/tace_web.js"]}
@@ -73,6 +75,7 @@ def build(session) -> SinglePageWithDrawerLayout:
                     _inputs_section(session)
                     _predict_section(session)
                     _results_section()
+                    assess_view.section(session)
     return layout
 
 

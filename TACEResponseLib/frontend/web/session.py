@@ -56,13 +56,15 @@ from TACEResponseLib.frontend.panel.models import (  # noqa: E402
 from TACEResponseLib.frontend.panel.run import PredictionSession  # noqa: E402
 from TACEResponseLib.frontend.process import RunState  # noqa: E402
 from TACEResponseLib.frontend.web import page  # noqa: E402
+from TACEResponseLib.frontend.web.assess_view import AssessView  # noqa: E402
 from TACEResponseLib.frontend.web.results import (  # noqa: E402
     DOWNLOADS,
     download_file,
     result_page,
     survival_figures,
 )
-from TACEResponseLib.frontend.web.uploads import read_upload_batch, stored_name  # noqa: E402
+from TACEResponseLib.frontend.web.session_setup import client_text, prepare_session_process  # noqa: E402
+from TACEResponseLib.frontend.web.uploads import read_upload_batch, read_upload_segmentation, stored_name  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +131,7 @@ class WebSession(TrameApp):
             "colormaps": list(mrml.HEATMAP_COLORMAPS), "layouts": list(LAYOUTS), "layout": LAYOUTS[0],
             "upload_limits": json.loads(self.args.upload_limits or "{}"), "downloads": list(DOWNLOADS),
         })
+        self.assess = AssessView(self)
         self.ui = page.build(self)
         self.editor.segmentation_modified.connect(lambda *_: self.refresh_blockers())
         self.server.trigger("tace_uploaded")(self.on_uploaded)
@@ -152,7 +155,7 @@ class WebSession(TrameApp):
             elif not self.args.no_demo:
                 self.open_demo_case()
         except TACEResponseError as exc:
-            self.state.error = str(exc)
+            self.state.error = client_text(str(exc), self.folder)
 
     def open_demo_case(self) -> None:
         """The SYNTHETIC demo case of ``tace-response demo``, with its tumour and its patient's values."""
@@ -309,7 +312,7 @@ class WebSession(TrameApp):
         try:
             self.predictions.start(inputs, self.device)
         except TACEResponseError as exc:
-            self.state.update({"error": str(exc), "status": ""})
+            self.push(error=str(exc), status="")
             return
         self.state.update({"busy": True, "progress": 0, "stage": "starting", "error": "",
                            "status": "Predicting in the background…"})
@@ -342,7 +345,10 @@ class WebSession(TrameApp):
             self.push(busy=False)
 
     def push(self, **values) -> None:
-        """Set state and send it to the page now (tasks outside a trame callback must flush)."""
+        """Set state and send it to the page now (tasks outside a trame callback must flush); an error
+        shown names no place on the server."""
+        if values.get("error"):
+            values["error"] = client_text(values["error"], self.folder)
         with self.state:
             self.state.update(values)
 
@@ -440,15 +446,13 @@ class WebSession(TrameApp):
 
     def load_segmentation(self, folder: Path) -> None:
         """Replace the tumour segmentation by an uploaded one (.seg.nrrd or labelmap)."""
-        from TACEResponseLib.imaging.segmentation import read_segmentation
-
         files = [p for p in folder.iterdir() if p.is_file()]
         if len(files) != 1:
             raise InputError(f"upload one segmentation file at a time ({len(files)} given)")
         reference = self.editor.active_volume_node
         if reference is None:
             raise InputError("open the case's images before its segmentation")
-        segmentation = read_segmentation(files[0])
+        segmentation = read_upload_segmentation(folder)
         self.editor.deactivate_effect()
         if self.segmentation_node is not None:
             self.scene.RemoveNode(self.segmentation_node)
@@ -468,6 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if argv is not None:
         sys.argv[1:] = argv
+    prepare_session_process()  # settings from the launcher (never on the command line), reading rules
     app = WebSession()
     app.server.start(open_browser=False)
 
