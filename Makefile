@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean browser web docs
+.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean browser pacs-tools web docs
 
 bootstrap: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tace-response demo run --output $(DEMO_OUT)
 
-test: $(STAMP) testdata browser
+test: $(STAMP) testdata browser pacs-tools
 	QT_QPA_PLATFORM=offscreen MPLBACKEND=Agg $(PY) -m pytest Testing
 
 # Real CT/MR files shipped by pinned registry packages (sha256-checked, ~30 MB in
@@ -40,6 +40,18 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libegl1 libgl1 >/dev/null) \
 	  || echo "chromium could not be installed: the browser tests will be skipped"; \
 	else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser tests will be skipped"; fi
+
+# Debian's Orthanc PACS with its DICOMweb plugin (Testing/test_pacs.py starts one on free ports in a
+# throwaway folder), dicom3tools' dciodvfy and dcmtk's dsrdump (Testing/test_dicom_results.py checks every
+# DICOM result with them). Where they cannot be installed (not root, no apt-get) those tests skip and say why.
+pacs-tools:
+	@command -v Orthanc >/dev/null 2>&1 && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+	  && command -v dciodvfy >/dev/null 2>&1 && command -v dsrdump >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's orthanc, orthanc-dicomweb, dicom3tools and dcmtk for the PACS tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb \
+	    dicom3tools dcmtk >/dev/null) || echo "they could not be installed: the PACS and DICOM conformance tests will be skipped"; \
+	else echo "Orthanc, dciodvfy or dsrdump is missing and cannot be installed here (needs root and apt-get): the PACS and DICOM conformance tests will be skipped"; fi
 
 # The web page on the SYNTHETIC demo case, on this computer only: http://127.0.0.1:8080/
 web: $(STAMP)

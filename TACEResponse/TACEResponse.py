@@ -210,6 +210,7 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.tumourComboBox.connect("currentIndexChanged(int)", self.onTumourSelected)
         self.ui.resultsTable.connect("cellClicked(int,int)", self.onResultRowClicked)
         self.ui.reliabilityDetailsButton.connect("toggled(bool)", self.view.show_reliability_details)
@@ -537,6 +538,16 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             files = self.logic.exportReport(self._parameterNode, folder, self.view.tumour_index, self.view.nomogram_png)
             self.ui.statusLabel.setText(_("Report written to {folder}: {files}").format(
                 folder=folder, files=", ".join(f.name for f in files)))
+            self.ui.statusLabel.setVisible(True)
+
+    def onExportDicom(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Write the DICOM results to folder"))
+        if not folder:
+            return
+        with userErrorDisplay(_("The DICOM results could not be written.")), slicer.util.WaitCursor():
+            written = self.logic.exportDicom(self._parameterNode, folder, getattr(slicer, "dicomDatabase", None))
+            self.ui.statusLabel.setText(_("{summary} written to {folder}").format(summary=written.summary(),
+                                                                                 folder=folder))
             self.ui.statusLabel.setVisible(True)
 
     # -- Segment Editor round trip ---------------------------------------------------------------

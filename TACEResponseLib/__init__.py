@@ -16,6 +16,7 @@ floor      package        owns
 4          ``survival``   Zhang 2020: deep features, ICC, signature, Cox, nomogram, survival models
 5          ``prediction`` one case → result (+ CAM heatmap, survival read-out), batches, figures
 6          ``training``   training and evaluation of response models (they predict through ``prediction``)
+6          ``pacs``       DICOM SEG / parametric map / TID 1500 report / secondary capture of a result; PACS I/O
 7          ``demo``       the SYNTHETIC demo case and the builders of the two demo models
 8          ``frontend``   the Slicer side: MRML nodes, panel logic, background process, self-test bodies
 8          ``cli``        ``tace-response``: the only place that parses arguments

@@ -14,7 +14,7 @@ import pytest
 
 LIB = Path(__file__).resolve().parents[1] / "TACEResponseLib"
 FLOORS = {"core": 1, "imaging": 2, "networks": 3, "assessment": 3, "survival": 4, "prediction": 5, "training": 6,
-          "demo": 7, "frontend": 8, "cli": 8}
+          "pacs": 6, "demo": 7, "frontend": 8, "cli": 8}
 
 
 def _module_name(path: Path, lib: Path = LIB) -> str:

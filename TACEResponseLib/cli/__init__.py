@@ -30,6 +30,7 @@ from TACEResponseLib.cli import (
     assess_commands,
     case_commands,
     cohort_commands,
+    pacs_commands,
     survival_commands,
     training_commands,
     web_command,
@@ -53,13 +54,14 @@ logger = logging.getLogger("tace-response")
 #: every sub-command (top-level ones and those of the groups), in the order ``--help`` lists them
 COMMANDS: list[Command] = [*case_commands.COMMANDS, *training_commands.COMMANDS, *survival_commands.COMMANDS,
                            *cohort_commands.COMMANDS, *web_command.COMMANDS, *worker.COMMANDS,
-                           *assess_commands.COMMANDS]
+                           *assess_commands.COMMANDS, *pacs_commands.COMMANDS]
 
 #: the command groups: ``tace-response GROUP COMMAND``; a command joins one by naming it as its ``group``
 GROUPS: list[Group] = [
     Group("survival", "Zhang 2020 overall survival", task="survival"),
     Group("cohort", "public TACE collections, and response labels from visits", task="cohorts"),
     Group("demo", "the SYNTHETIC demo and its builders", task="demo"),
+    Group("pacs", "DICOM results to and from a PACS", task="pacs"),
 ]
 
 #: the headings of ``tace-response --help``, in order: a command's or group's ``task`` → heading (a

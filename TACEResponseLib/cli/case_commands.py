@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from TACEResponseLib.cli import pacs_commands
 from TACEResponseLib.cli.common import (
     SEED,
     Command,
@@ -141,22 +142,28 @@ def case_predictor(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Predict one case from files: result.json + heatmap.nrrd (+ overlay PNG) in --output."""
+    """Predict one case from files (or a PACS study): result.json + heatmap.nrrd (+ overlay PNG) in --output,
+    and with --dicom-out / --send-results its DICOM objects (written, sent)."""
     from TACEResponseLib.prediction.case import predict_case
 
     check_output_folder(args.output)
     check_device(args.device)
-    check_inputs_exist(image=args.image, segmentation=args.segmentation)
+    check_inputs_exist(image=args.image, segmentation=None if pacs_commands.segmentation_from_pacs(args)
+                       else args.segmentation)
+    pacs_commands.check_case_options(args, args.image)
     survival_images = name_value_pairs(args.survival_image, "--survival-image")
     clinical = name_value_pairs(args.clinical)
     nomogram = nomogram_file(args.nomogram)
     predictor = case_predictor(args)
     check_clinical_names(clinical, predictor.bundle, nomogram)
-    result = predict_case(predictor, args.image, args.segmentation, args.output,
-                          segments=args.segment, clinical=clinical, case_id=args.case_id, nomogram=nomogram,
-                          progress=progress_printer(args.progress), survival_images=survival_images, overlay=args.png)
-    if not args.progress:
-        print("\n".join(result.summary_lines()))
+    with pacs_commands.case_images(args, predictor.bundle) as images:
+        result = predict_case(predictor, images, args.segmentation, args.output,
+                              segments=args.segment, clinical=clinical, case_id=args.case_id or args.study,
+                              nomogram=nomogram, progress=progress_printer(args.progress),
+                              survival_images=survival_images, overlay=args.png)
+        if not args.progress:
+            print("\n".join(result.summary_lines()))
+        pacs_commands.case_results(args, result, images, args.output)
     return 0
 
 
@@ -188,11 +195,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
     """Predict a cohort manifest (resumable; failing cases recorded, the batch goes on)."""
     from TACEResponseLib.prediction.batch import run_batch
 
-    check_output_folder(args.output)
+    from TACEResponseLib.networks.catalog import resolve_bundle
+
+    output = check_output_folder(args.output)
     check_device(args.device)
     check_inputs_exist(manifest=args.manifest)
+    pacs_commands.check_case_options(args, None)
     cluster = cluster_from(args)
-    summary = run_batch(args.manifest, bundle_option(args.bundle), args.output, cluster=cluster,
+    dicom = pacs_commands.dicom_folder(args, output) is not None
+    bundle = resolve_bundle(bundle_option(args.bundle)) if args.pacs or dicom else None
+    manifest = pacs_commands.batch_manifest(args, bundle, output)
+    if dicom:
+        pacs_commands.check_batch_references(args, manifest, bundle)
+    summary = run_batch(manifest, bundle_option(args.bundle), args.output, cluster=cluster,
                         device=args.device, progress_bar=not args.no_progress, islands=island_rule_options(args),
                         patient_rule=patient_rule_from(args), rows=args.rows, backend=args.backend,
                         retry_failed=args.retry_failed, tta=args.tta)
@@ -200,7 +215,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
               if summary.failed_before else "")
     print(f"{summary.total} cases: {summary.done} predicted now, {summary.skipped} already done, "
           f"{summary.failed} failed{before} → {summary.summary_csv}")
-    return 0 if summary.failed == 0 and summary.failed_before == 0 else 1
+    dicom_failed = pacs_commands.batch_results(args, manifest, bundle, output)
+    return 0 if summary.failed == 0 and summary.failed_before == 0 and dicom_failed == 0 else 1
 
 
 def island_rule_options(args: argparse.Namespace):
@@ -240,10 +256,11 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", action="append", required=True, metavar="PATH",
-                   help="images in the order the model lists them (reference first)")
+    p.add_argument("--image", action="append", default=None, metavar="PATH",
+                   help="images in the order the model lists them (reference first); or --pacs with --study")
     p.add_argument("--segmentation", required=True, metavar="PATH",
-                   help=".seg.nrrd, labelmap, or DICOM SEG (file or folder; its tumour segments by default)")
+                   help=".seg.nrrd, labelmap, or DICOM SEG (file or folder; its tumour segments by default); with "
+                        "--pacs also pacs:SERIES_UID, a SEG series of the --study")
     p.add_argument("--segment", action="append", default=None,
                    help="segment id or name (repeatable; default: every segment)")
     p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
@@ -262,6 +279,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true", help="print JSON progress lines (for the Slicer module)")
     backend_arguments(p)
     island_arguments(p)
+    pacs_commands.case_pacs_arguments(p)
 
 
 def _batch_args(p: argparse.ArgumentParser) -> None:
@@ -278,6 +296,7 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     backend_arguments(p, threads=False)
     island_arguments(p)
     cluster_arguments(p)
+    pacs_commands.case_pacs_arguments(p, batch=True)
 
 
 COMMANDS = [

@@ -351,6 +351,17 @@ class ParameterNodeLogic:
         return export_report(result, folder, reference=reference, heatmap=heatmap, mask=mask,
                              nomogram_png=nomogramPng, tumour_index=tumourIndex)
 
+    def exportDicom(self, p, folder, database):
+        """The result as DICOM objects in ``folder`` (:mod:`.dicom`), in the study of the DICOM series the
+        reference volume was loaded from (``database``: Slicer's ``slicer.dicomDatabase``)."""
+        from TACEResponseLib.frontend.panel.dicom import dicom_source_files, export_dicom
+
+        source = dicom_source_files(p.referenceVolume, database)
+        segmentation = mrml.segmentation_from_node(p.segmentationNode, p.referenceVolume, [p.segmentId])
+        heatmap = mrml.volume_from_node(p.heatmapNode) if p.heatmapNode else None
+        return export_dicom(self.resultOf(p), mrml.volume_from_node(p.referenceVolume), heatmap, segmentation,
+                            source, folder)
+
     def jumpToTumour(self, p, result, segment_id: str, island: Optional[int]) -> bool:
         """Centre the slice views on a tumour of ``result`` (its centres cached until the segment changes);
         False when the segmentation no longer has it."""

@@ -185,7 +185,8 @@ def _results_section() -> None:
         html.Div("{{ result.status }}", classes="text-caption text-medium-emphasis")
         html.Div("Download", classes="text-overline mt-2")
         with html.Div(classes="d-flex flex-wrap"):
-            for kind, label in (("json", "JSON"), ("csv", "CSV"), ("nrrd", "Heatmap NRRD"), ("mrb", "Slicer scene")):
+            for kind, label in (("json", "JSON"), ("csv", "CSV"), ("nrrd", "Heatmap NRRD"), ("mrb", "Slicer scene"),
+                                ("dicom", "DICOM")):
                 v3.VBtn(label, id=f"tace-download-{kind}", size="small", variant="tonal", classes="mr-1 mb-1",
                         prepend_icon="mdi-download",
                         click=f"utils.download(result.case_id + '{_suffix(kind)}', "

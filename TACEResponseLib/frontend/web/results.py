@@ -24,6 +24,7 @@ DOWNLOADS = {
     "csv": ("_tace_response.csv", "text/csv"),
     "nrrd": ("_heatmap.nrrd", "application/octet-stream"),
     "mrb": ("_scene.mrb", "application/octet-stream"),
+    "dicom": ("_dicom.zip", "application/zip"),
 }
 #: table columns left out of the page (they are in the CSV)
 HIDDEN_COLUMNS = ("case_id", "segment_id", "model", "model_sha256", "device", "synthetic_model", "note")

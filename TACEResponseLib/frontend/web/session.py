@@ -151,6 +151,7 @@ class WebSession(TrameApp):
                 volumes = [read_volume(path) for path in self.args.image]
                 segmentation = read_segmentation(self.args.segmentation) if self.args.segmentation else None
                 self.open_case(volumes, segmentation, volumes[0].name)
+                self.dicom_source = self.args.image[0] if "series_uid" in volumes[0].metadata else None
             elif not self.args.no_demo:
                 self.open_demo_case()
         except TACEResponseError as exc:
@@ -176,6 +177,7 @@ class WebSession(TrameApp):
         self.editor.deactivate_effect()
         self.scene.Clear(0)
         self.predictions.output_nodes, self.result = None, None
+        self.dicom_source = None  # set by the callers that open a DICOM series
         nodes = []
         for volume in volumes:
             node = mrml.volume_to_node(volume, self.scene, volume.name)
@@ -386,9 +388,34 @@ class WebSession(TrameApp):
             if not self.slicer_app.io_manager.write_scene(path):
                 self.state.error = "the scene could not be written"
                 return None
+        elif kind == "dicom":
+            path = self.dicom_download()
+            if path is None:
+                return None
         else:
             path = download_file(kind, self.result, self.folder / "result")
         return self.server.protocol.addAttachment(path.read_bytes())
+
+    def dicom_download(self) -> Path | None:
+        """The result's DICOM objects (SEG, parametric map, TID 1500 report, secondary captures) zipped; the case
+        must have been opened from a DICOM series (its files are the objects' source)."""
+        from TACEResponseLib.frontend.panel.dicom import export_dicom, zipped
+
+        try:
+            if not getattr(self, "dicom_source", None):
+                raise InputError("DICOM results need a case opened from a DICOM series (tace-response web --image "
+                                 "DICOM_FOLDER, or a DICOM series uploaded)")
+            reference = mrml.volume_from_node(self.editor.active_volume_node)
+            segmentation = mrml.segmentation_from_node(self.segmentation_node, self.editor.active_volume_node)
+            heatmap = self.predictions.output_nodes.heatmap_node if self.predictions.output_nodes else None
+            folder = self._subfolder("dicom", fresh=True)
+            export_dicom(self.result, reference, mrml.volume_from_node(heatmap) if heatmap else None, segmentation,
+                         self.dicom_source, folder)
+            return zipped(folder, self._subfolder("download", fresh=True) / f"{safe_file_name(self.result.case_id)}"
+                                                                              "_dicom.zip")
+        except TACEResponseError as exc:
+            self.state.error = str(exc)
+            return None
 
     async def on_uploaded(self, upload: dict) -> None:
         """The page uploaded a batch into this session's folder: open it as the case or the tumour."""
@@ -408,6 +435,8 @@ class WebSession(TrameApp):
                     label = safe_file_name(upload.get("label") or "", fallback="DICOM_series")
                     volumes = [volumes[0].with_array(volumes[0].array, name=label)]
                 self.open_case(volumes, None, volumes[0].name)
+                if "series_uid" in volumes[0].metadata:  # its files kept: the source of DICOM results
+                    self.dicom_source = shutil.move(str(folder), self._subfolder("dicom-source", fresh=True))
             else:
                 self.load_segmentation(folder)
         except TACEResponseError as exc:
