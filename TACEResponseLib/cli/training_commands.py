@@ -63,7 +63,8 @@ def _train_config_from(args: argparse.Namespace):
         patch_spec=spec, clinical=args.clinical or [], clinical_ranges=ranges,
         clinical_units=name_value_pairs(args.clinical_unit, "--clinical-unit"),
         validation_fraction=args.validation_fraction, optimizer=args.optimizer, learning_rate=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
+        momentum=args.momentum, weight_decay=0.0 if args.weight_decay is None else args.weight_decay,
+        batch_size=args.batch_size, epochs=args.epochs,
         patience=args.patience, seed=args.seed, balance=not args.no_balance, augment=not args.no_augment,
         pretrained=args.pretrained, freeze=freeze, device=args.device, threads=args.threads,
         weights_dtype=args.weights_dtype, synthetic=args.synthetic, name=args.name or Path(args.output).name,
@@ -76,11 +77,13 @@ def _train_config_from(args: argparse.Namespace):
                      if getattr(args, {"learning_rate": "lr"}.get(k, k)) != default}
         if args.architecture:
             overrides["architecture"] = args.architecture
+        if args.weight_decay is not None:
+            overrides["weight_decay"] = args.weight_decay
         patch = {k: getattr(args, k) for k in ("size", "slice_spacing_mm") if getattr(args, k) is not None}
         if args.n_slices != 3:
             patch["n_slices"] = args.n_slices
         for key in ("architecture", "validation_fraction", "optimizer", "learning_rate", "momentum", "batch_size",
-                    "epochs"):
+                    "epochs", "weight_decay"):
             values.pop(key)
         return TrainingConfig.for_protocol(args.protocol, overrides={**overrides, "patch_spec": patch}, **values)
     return TrainingConfig(**values)
@@ -185,9 +188,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--architecture", choices=["resnet50", "resnet18", "densenet121", "inceptionv4", "fusion"],
                    default=None, help="resnet50 = Peng 2019 (default); fusion = InceptionV4 + clinical (Quan 2024)")
     p.add_argument("--protocol", choices=["peng2019"], default=None,
-                   help="train as published: peng2019 = ResNet50, every patient trains (no hold-out), no early "
-                        "stopping, SGD lr 1e-4 momentum 0.9, batch 64, 54 epochs, 1 mm through-plane resampling, "
-                        "flips and 90/180/270° rotations")
+                   help="train as published: peng2019 = ResNet50 from ImageNet weights (--pretrained FILE is "
+                        "required) with the convolutional base frozen, every patient trains (no hold-out), no early "
+                        "stopping, SGD lr 1e-4 momentum 0.9, L2 1e-4, batch 64, 54 epochs, 1 mm through-plane "
+                        "resampling, flips and 90/180/270° rotations; every remaining difference from the paper is "
+                        "listed in the card's protocol_deviations")
     p.add_argument("--folds", type=number(int, 2, 50), default=None, metavar="K",
                    help="patient-level K-fold cross-validation of the cohort first (a report per fold and pooled, "
                         "Quan 2024); the bundle is then trained on every patient")
@@ -215,7 +220,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     p.add_argument("--lr", type=number(float, 0, 10, low_open=True), default=1e-4, help="learning rate (Peng 2019: 1e-4 with SGD)")
     p.add_argument("--momentum", type=number(float, 0, 1, high_open=True), default=0.9)
-    p.add_argument("--weight-decay", type=number(float, 0, 1), default=0.0)
+    p.add_argument("--weight-decay", type=number(float, 0, 1), default=None,
+                   help="L2 penalty of the optimizer (default 0; --protocol peng2019: 1e-4, MATLAB's default)")
     p.add_argument("--batch-size", type=number(int, 2, 4096), default=64)
     p.add_argument("--epochs", type=number(int, 1, 100_000), default=54)
     p.add_argument("--patience", type=number(int, 1, 100_000), default=10, help="early stopping: epochs without validation-loss gain")

@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Peng 2019 froze "layers 1–174" of Keras' ResNet50. keras.applications.ResNet50 without its
-#: top has 175 layers (input, conv1 pad/conv/bn/relu, pool pad/pool = 7, then 4 first blocks of
-#: 12 layers and 12 identity blocks of 10 = 168, up to ``conv5_block3_out``), so layers 1–174
-#: are the whole convolutional base and only the new classifier is trained. Here that is
+#: Peng 2019 trained in MATLAB (Deep Learning Toolbox) and froze "layers 1–174" of its ResNet50.
+#: MATLAB's ``resnet50`` layer graph has 177 layers, the last three being ``fc1000``, its softmax
+#: and the classification output, so layers 1–174 end at the global average pooling: the whole
+#: convolutional base is frozen and only the new classifier is trained. Here that is
 #: ``freeze_layers(model, "layer4")``: conv1, bn1 and layer1–layer4 (159 parameter tensors)
 #: frozen, ``fc`` trained.
 PENG2019_FROZEN_STAGE = "layer4"
