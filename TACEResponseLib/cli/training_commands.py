@@ -159,12 +159,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_bundle(bundle, args.manifest, args.output, n_bootstrap=args.bootstrap, seed=args.seed,
                              device=args.device, progress_bar=not args.no_progress,
                              islands=island_rule_from(args, islands), patient_rule=patient_rule_from(args),
-                             clinical_factors=args.clinical_factor or (), cluster=cluster)
+                             clinical_factors=args.clinical_factor or (), cluster=cluster,
+                             factor_directions=_factor_directions(args))
     print("\n".join(report.summary_lines()))
     for case_id, error in report.failed.items():
         print(f"failed: {case_id}: {error}", file=sys.stderr)
     print(f"report: {Path(args.output) / 'report.json'}  figures: {', '.join(sorted(report.files.values()))}")
     return 0 if not report.failed else 1
+
+
+def _factor_directions(args: argparse.Namespace) -> dict[str, str]:
+    """``--factor-direction NAME=higher|lower``, checked against ``--clinical-factor``."""
+    directions = name_value_pairs(args.factor_direction, "--factor-direction")
+    for name, direction in directions.items():
+        if direction not in ("higher", "lower"):
+            raise TACEResponseError(f"--factor-direction {name}={direction}: expected higher or lower")
+        if name not in (args.clinical_factor or []):
+            raise TACEResponseError(f"--factor-direction {name}: not a --clinical-factor")
+    return directions
 
 
 def cmd_make_demo_bundle(args: argparse.Namespace) -> int:
@@ -185,7 +197,7 @@ def cmd_make_demo_bundle(args: argparse.Namespace) -> int:
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="CSV: case_id, one column per phase, segmentation, segment, label")
     p.add_argument("--output", required=True, help="bundle folder to write")
-    p.add_argument("--architecture", choices=["resnet50", "resnet18", "densenet121", "inceptionv4", "fusion"],
+    p.add_argument("--architecture", choices=["resnet50", "resnet18", "densenet121", "inceptionv4", "fusion", "alexnet"],
                    default=None, help="resnet50 = Peng 2019 (default); fusion = InceptionV4 + clinical (Quan 2024)")
     p.add_argument("--protocol", choices=["peng2019"], default=None,
                    help="train as published: peng2019 = ResNet50 from ImageNet weights (--pretrained FILE is "
@@ -197,9 +209,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="patient-level K-fold cross-validation of the cohort first (a report per fold and pooled, "
                         "Quan 2024); the bundle is then trained on every patient")
     p.add_argument("--select-backbone", nargs="+", default=None, metavar="ARCH",
-                   choices=["resnet50", "resnet18", "densenet121", "inceptionv4"],
+                   choices=["resnet50", "resnet18", "densenet121", "inceptionv4", "alexnet"],
                    help="cross-validate each of these networks and train the one with the lowest cross-validated "
-                        "cross-entropy (Quan 2024's backbone selection; uses --folds, default 5)")
+                        "cross-entropy (Quan 2024's backbone selection, which includes AlexNet; uses --folds, "
+                        "default 5). The selection is nested: its performance is measured in outer folds whose "
+                        "patients no selection saw (the candidates' own cross-validation chose the winner and is "
+                        "optimistic for it)")
     p.add_argument("--input-scaling", choices=["auto", "imagenet", "none"], default="auto",
                    help="scaling of the [0, 1] patches before the network: auto = ImageNet mean/SD with "
                         "--pretrained ImageNet weights, else none")
@@ -254,6 +269,9 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clinical-factor", action="append", default=None, metavar="COLUMN",
                    help="numeric manifest column whose own ROC is reported beside the model's, with DeLong's test "
                         "(repeatable; Quan 2024 compared single clinical factors)")
+    p.add_argument("--factor-direction", action="append", default=None, metavar="NAME=higher|lower",
+                   help="pre-specified direction of a --clinical-factor: higher (the default) = a higher value "
+                        "predicts objective response (responder); never chosen on the evaluated cohort")
     p.add_argument("--bootstrap", type=number(int, 0, 1_000_000), default=1000)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu")
