@@ -34,11 +34,14 @@ REFERENCES = {
                  "hepatocellular carcinoma treated by transarterial chemoembolization plus sorafenib. Front Oncol. "
                  "2020;10:593292",
     "he2016": "He K, Zhang X, Ren S, Sun J. Deep residual learning for image recognition. CVPR 2016",
+    "krizhevsky2012": "Krizhevsky A, Sutskever I, Hinton GE. ImageNet classification with deep convolutional neural "
+                      "networks. NeurIPS 2012",
 }
 
 
 ARCHITECTURE_REFERENCES = {"resnet50": ["peng2019", "he2016"], "resnet18": ["peng2019", "he2016"],
-                    "densenet121": ["zhang2020"], "inceptionv4": ["quan2024"], "fusion": ["quan2024"]}
+                    "densenet121": ["zhang2020"], "inceptionv4": ["quan2024"], "fusion": ["quan2024"],
+                    "alexnet": ["quan2024", "krizhevsky2012"]}
 
 
 #: what ``protocol="peng2019"`` sets: Peng 2019 as published — every patient trains (no hold-out),
@@ -111,7 +114,7 @@ DEFAULT_NORMALIZATION = {"CT": "window", "MR": "roi_percentile"}
 
 #: freezing used with ImageNet weights when ``freeze="auto"``: the whole convolutional base (Peng 2019)
 _AUTO_FREEZE = {"resnet50": "layer4", "resnet18": "layer4", "densenet121": "features",
-                "inceptionv4": "blocks", "fusion": "backbone.blocks"}
+                "inceptionv4": "blocks", "fusion": "backbone.blocks", "alexnet": "features"}
 
 
 # --- configuration ---------------------------------------------------------------------------------

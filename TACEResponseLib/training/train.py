@@ -239,23 +239,27 @@ class _Cohort:
 def validation_roles(split: Split, rows: Sequence[ManifestRow], config: TrainingConfig) -> tuple[list[str], list[str], dict[str, Any]]:
     """Which validation patients stop training early and which are scored (the card's validation
     metrics) and fit the temperature: two label-stratified halves, so the patients that chose the
-    epoch never score it. Without early stopping every validation patient is scored; with too few
-    to halve, both jobs share them and the card says so."""
+    epoch never score it. Without early stopping every validation patient is scored; with a single
+    validation patient both jobs share it and the card says so."""
     validation = list(split.validation)
     if not validation:
         return [], [], {}
     if not config.early_stopping:
         return [], validation, {"early_stopping": None, "scored": validation,
                                 "note": "no early stopping: every validation patient is scored and fits the temperature"}
-    labels = {r.case_id: r.label for r in rows}
-    halves = stratified_patient_split(validation, [labels[c] for c in validation], 0.5, config.seed + 1)
-    if not halves.train or not halves.validation:
+    if len(validation) < 2:
         return validation, validation, {
             "early_stopping": validation, "scored": validation,
-            "note": f"only {len(validation)} validation patient(s): early stopping, the temperature and the reported "
-                    "metrics all use them (not separated; the reported metrics are optimistic)"}
-    return list(halves.train), list(halves.validation), {
-        "early_stopping": list(halves.train), "scored": list(halves.validation),
+            "note": f"only {len(validation)} validation patient: early stopping, the temperature and the reported "
+                    "metrics all use it (not separated; the reported metrics are optimistic)"}
+    # label by label in a seeded order, dealt alternately: both halves get every class that has two patients
+    labels = {r.case_id: r.label for r in rows}
+    rng = np.random.default_rng([config.seed, 4099])
+    ordered = sorted(validation, key=lambda c: (labels[c], c))
+    ordered = [ordered[i] for i in np.lexsort((rng.permutation(len(ordered)), [labels[c] for c in ordered]))]
+    stop, scored = ordered[0::2], ordered[1::2]
+    return [c for c in validation if c in stop], [c for c in validation if c in scored], {
+        "early_stopping": [c for c in validation if c in stop], "scored": [c for c in validation if c in scored],
         "note": "early stopping on one half of the validation patients; the reported validation metrics and the "
                 "temperature on the other half (post-calibration ECE cross-fitted, leave-one-patient-out)"}
 
