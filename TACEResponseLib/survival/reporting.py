@@ -120,6 +120,7 @@ def survival_tripod_report(report: Mapping[str, Any], cohorts: Mapping[str, pd.D
         "stops the run with an error naming the rows. The analysis is complete-case by construction; nothing is "
         "imputed and no patient is dropped silently."], fields={"patients with a missing value used": 0}))
 
+    optimism = report.get("optimism") or {}
     fit = signature_fit or report.get("signature") or {}
     signature = fit.get("signature") or {}
     nested = fit.get("nested") or {}
@@ -155,16 +156,24 @@ def survival_tripod_report(report: Mapping[str, Any], cohorts: Mapping[str, pd.D
                                                           "files hold the baseline hazard and the points)."],
                             tables=[table("Final models", ["model", "term", "log HR", "HR"], spec_rows)]))
 
-    validation_rows = [["signature alone", "nested cross-validation (training cohort)",
-                        nested.get("mean_cindex"), f"{nested.get('n_folds')} outer folds" if nested else "not run"]]
+    if nested and nested.get("mean_cindex") is not None:
+        spread = f" ± {nested['se_cindex']:.3f} (SE)" if nested.get("se_cindex") is not None else ""
+        signature_row = ["the signature alone", "nested cross-validation of the training cohort",
+                         f"C-index {nested['mean_cindex']:.3f}{spread} over {nested['n_folds']} outer folds"]
+    else:
+        signature_row = ["the signature alone", "not cross-validated (--nested-folds 0)", ""]
+    validation_rows = [signature_row]
     for name, kind in kinds.items():
-        validation_rows.append([name, kind, None, ""])
+        note = ""
+        if name == "training":
+            note = (f"beside the optimism-corrected values of {optimism.get('n_valid')} bootstrap resamples"
+                    if optimism else "apparent only: no optimism bootstrap ran (--optimism-boot 0)")
+        validation_rows.append([f"the nomograms on the {name} cohort", kind, note])
     sections.append(Section("Validation", text=[
         "Each number below carries its validation type. On the training cohort, apparent numbers are optimistic and "
         "appear only beside their optimism-corrected value; model comparisons are claimed on validation cohorts only."],
-        tables=[table("What each cohort is", ["cohort", "validation type", "C-index", "note"], validation_rows)]))
+        tables=[table("What each number is", ["numbers", "validation type", "note"], validation_rows)]))
 
-    optimism = report.get("optimism") or {}
     discrimination, calibration_rows, dca_rows = [], [], []
     for name, entry in (report.get("models") or {}).items():
         for cohort, result in entry["cohorts"].items():
