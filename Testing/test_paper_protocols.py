@@ -374,14 +374,15 @@ def test_delong_equals_the_definition_on_random_data():
 
 
 def test_youden_ties_go_to_the_lowest_threshold_exactly():
-    """Three positives, three negatives. Cut-offs 0.9 (sensitivity 1/3, specificity 1) and 0.7 (2/3, 2/3)
-    both give J = 1/3 — as floats 1/3 − 0 and 2/3 − 1/3 differ in the last bit; the documented rule
-    (the lowest threshold among ties) must still pick 0.7."""
+    """Two positives, six negatives. Cut-off 0.8 (sensitivity 1/2, specificity 4/6) and cut-off 0.6
+    (sensitivity 1, specificity 1/6) both give J = 1/6 — but as floats 1/2 − 2/6 = 0.16666666666666669
+    and 1 − 5/6 = 0.16666666666666663, so comparing floats picked 0.8. The documented rule (the lowest
+    threshold among ties) must pick 0.6."""
     from TACEResponseLib.training.roc_statistics import youden_cutoff
 
-    cut = youden_cutoff([1, 0, 1, 0, 0, 1], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
-    assert cut["threshold"] == 0.7 and cut["sensitivity"] == pytest.approx(2 / 3)
-    assert cut["youden_j"] == pytest.approx(1 / 3)
+    cut = youden_cutoff([0, 0, 1, 0, 0, 0, 1, 0], [0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55])
+    assert cut["threshold"] == 0.6 and cut["sensitivity"] == 1.0
+    assert cut["youden_j"] == pytest.approx(1 / 6)
 
 
 def test_youden_cut_off_and_operating_point():
