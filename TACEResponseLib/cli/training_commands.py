@@ -121,7 +121,7 @@ def _print_training(result) -> None:
     val = result.validation_metrics
     if val:
         orr = (val.get("objective_response") or {}).get("auc") or {}
-        line = f"validation ({val['n_cases']} patients): accuracy {val['accuracy']:.3f}"
+        line = f"validation ({val.get('patients') or str(val['n_cases']) + ' patients'}): accuracy {val['accuracy']:.3f}"
         if orr.get("auc") is not None:
             line += f", objective-response AUC {orr['auc']:.3f} ({orr['ci_low']:.3f}–{orr['ci_high']:.3f})"
         print(line)
