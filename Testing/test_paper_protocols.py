@@ -238,7 +238,7 @@ def test_peng_protocol_without_imagenet_weights_is_one_clear_error(tmp_path, cap
         TrainingConfig.for_protocol("peng2019")
 
 
-def test_peng_protocol_preset_and_no_early_stopping(cohort, tmp_path):
+def test_peng_protocol_preset_and_no_early_stopping(cohort, tmp_path, caplog):
     config = _config_of("--protocol", "peng2019", "--pretrained", "w.pth")
     assert (config.architecture, config.validation_fraction, config.early_stopping, config.optimizer,
             config.learning_rate, config.momentum, config.batch_size, config.epochs, config.weight_decay) == \
@@ -256,7 +256,10 @@ def test_peng_protocol_preset_and_no_early_stopping(cohort, tmp_path):
     weights = _imagenet_like(tmp_path / "resnet50-imagenet.pth", "resnet50")
     tiny = TrainingConfig.for_protocol("peng2019", overrides={"epochs": 2, "batch_size": 8, "patch_spec": {"size": 32}},
                                        pretrained=str(weights), n_bootstrap=10, threads=2, name="peng-tiny")
-    result = train(cohort, tmp_path / "peng", tiny, progress_bar=False)
+    with caplog.at_level(logging.WARNING, logger="TACEResponseLib.training.train"):
+        result = train(cohort, tmp_path / "peng", tiny, progress_bar=False)
+    assert any("through-plane resampling to 1 mm" in r.getMessage() and "thicker" in r.getMessage()
+               for r in caplog.records)
     assert result.split.validation == [] and len(result.split.train) == 8       # no patient hold-out
     assert result.epochs_run == 2 == result.best_epoch and not result.stopped_early  # the last weights
     card = result.bundle.card

@@ -184,3 +184,35 @@ def test_real_signal_is_still_found_on_a_validation_cohort(tmp_path):
     assert validation["claim"].startswith("combined ranks patients better")
     assert result.report["comparison"]["claimable"] is True
     assert set(truth.informative_features) & set(result.signature_stage.signature.feature_names)
+
+
+@pytest.mark.slow
+def test_optimism_bootstrap_is_seeded_and_the_same_on_dask_workers():
+    """Each resample is seeded by (seed, resample), so 2 Dask worker processes give the numbers one
+    process gives; the defaults are the issue's (200 resamples, nested 5-fold)."""
+    from TACEResponseLib.core.tasks import IN_PROCESS, ClusterOptions
+    from TACEResponseLib.survival.fitting import SurvivalConfig, fit_cox_models
+    from TACEResponseLib.survival.validation import optimism_bootstrap
+
+    assert SurvivalConfig().optimism_boot == 200 and SurvivalConfig().nested_folds == 5
+    _, clinical, _ = synthetic_feature_cohort(100, n_features=4, n_informative=1, seed=41)
+    config = SurvivalConfig(time_col=TIME_COL, event_col=EVENT_COL, clinical_covariates=["BCLC", "ALT"],
+                            optimism_boot=10, seed=41)
+    training = clinical.assign(signature=np.random.default_rng(0).normal(size=len(clinical)))
+    nomograms = fit_cox_models(training, config).nomograms
+    here = optimism_bootstrap(training, nomograms, config, cluster=IN_PROCESS).to_dict()
+    there = optimism_bootstrap(training, nomograms, config, cluster=ClusterOptions(workers=2, dashboard=False)).to_dict()
+    assert here == there and here["n_valid"] == 10
+    assert "the signature (this signature stage kept no training features)" in here["held_fixed"][0]
+
+
+def test_citations_name_what_the_papers_did():
+    """Zhang 2020 cites Peng et al. 2005 for mRMR (not mRMRe); Peng 2019 trained in MATLAB (not Keras)."""
+    import TACEResponseLib.networks.architectures as architectures
+    import TACEResponseLib.survival.selection as selection
+
+    doc = selection.__doc__
+    assert "Zhang 2020 cites Peng, Long & Ding (IEEE TPAMI 2005)" in doc and "which Zhang\n   cites" not in doc
+    source = open(architectures.__file__, encoding="utf-8").read()
+    comment = source[source.index("#: Peng 2019"):source.index("PENG2019_FROZEN_STAGE =")]
+    assert "MATLAB" in comment and "Keras" not in comment
