@@ -244,7 +244,7 @@ def _print_nomogram(result) -> None:
         p = f", log-rank p {row['logrank_p']:.3g}" if row.get("logrank_p") is not None else ""
         if "c_index_corrected" in row:  # training cohort: never the apparent value alone
             corrected = (f"optimism-corrected {row['c_index_corrected']:.3f}" if row["c_index_corrected"] is not None
-                         else "not optimism-corrected (--optimism-boot 0)")
+                         else "not optimism-corrected (see the warnings)")
             plus = f", .632+ {row['c_index_632plus']:.3f}" if row.get("c_index_632plus") is not None else ""
             print(f"  {row['model']:<10} {row['cohort']:<11} C-index {corrected} (apparent {row['c_index']:.3f}{plus})")
             continue

@@ -179,8 +179,8 @@ def _one_resample(payload: _Payload, b: int) -> dict[str, Any]:
     try:
         with _quiet():
             fitted, signature = _refit(payload, rows)
-    except InputError as exc:
-        record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    except Exception as exc:  # noqa: BLE001 - a resample the pipeline cannot fit is counted and reported, not fatal
+        record["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
         return record
     original = payload.table
     if signature is not None:
@@ -197,7 +197,7 @@ def _one_resample(payload: _Payload, b: int) -> dict[str, Any]:
                 boot = measure(nomogram, fitted["sample"], payload.times, payload.n_groups)
                 test = measure(nomogram, original, payload.times, payload.n_groups)
         except InputError as exc:  # e.g. a category level no resampled patient had: it cannot score the cohort
-            record["models"][name] = {"error": f"{str(exc).splitlines()[0][:300]}"}
+            record["models"][name] = {"error": f"{(str(exc).splitlines() or [''])[0][:300]}"}
             continue
         out_of_bag = np.setdiff1d(np.arange(len(original)), rows)
         oob = concordance_many(original[config.time_col].to_numpy(float)[out_of_bag],
