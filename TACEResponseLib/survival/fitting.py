@@ -477,6 +477,9 @@ def fit_nomogram_stage(
         optimism = optimism_bootstrap(training, nomograms, config, features=features, signature=stage.signature,
                                       cluster=cluster, progress_bar=progress_bar)
         notes += optimism.warnings
+    else:
+        notes.append("no optimism bootstrap ran (optimism_boot 0): the training cohort's numbers are apparent only, "
+                     "optimistic, and no training-cohort difference is estimated")
 
     extra: dict[str, Any] = {"config": config.to_dict(), "time_unit": config.time_unit,
                              "codings": {name: coding.to_dict() for name, coding in codings.items()},
