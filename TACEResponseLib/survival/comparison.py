@@ -316,19 +316,21 @@ def plot_cindex_comparison(summary: Sequence[Mapping[str, Any]], differences: Se
     width = 0.8 / max(len(model_names), 1)
     colours = {"combined": "tab:red", "clinical": "tab:blue", "signature": "tab:green"}
     for m, model in enumerate(model_names):
-        xs, ys, err, hollow = [], [], [], []
+        xs, ys, err, hollow, plus = [], [], [], [], []
         for c, cohort in enumerate(cohorts):
             row = next((r for r in summary if r["model"] == model and r["cohort"] == cohort), None)
             if row is None:
                 continue
             x = c - 0.4 + width * (m + 0.5)
             low, high = row.get("ci_lower"), row.get("ci_upper")
-            if "c_index_corrected" in row:  # the training cohort: apparent open, corrected filled
-                hollow.append((x - width * 0.18, row["c_index"]))
+            if "c_index_corrected" in row:  # the training cohort: apparent open, Harrell filled, .632+ diamond
+                hollow.append((x - width * 0.25, row["c_index"]))
                 if row["c_index_corrected"] is not None:
-                    xs.append(x + width * 0.18)
+                    xs.append(x)
                     ys.append(row["c_index_corrected"])
                     err.append((0.0, 0.0))
+                if row.get("c_index_632plus") is not None:
+                    plus.append((x + width * 0.25, row["c_index_632plus"]))
                 continue
             xs.append(x)
             ys.append(row["c_index"])
@@ -337,6 +339,8 @@ def plot_cindex_comparison(summary: Sequence[Mapping[str, Any]], differences: Se
                     color=colours.get(model), label=model)
         if hollow:
             ax.scatter(*zip(*hollow), facecolors="none", edgecolors=colours.get(model, "black"), zorder=3)
+        if plus:
+            ax.scatter(*zip(*plus), marker="D", s=22, color=colours.get(model, "black"), zorder=3)
     for c, cohort in enumerate(cohorts):
         lines = []
         for d in differences:
@@ -353,7 +357,7 @@ def plot_cindex_comparison(summary: Sequence[Mapping[str, Any]], differences: Se
         if lines:
             ax.text(c, 0.02, "\n".join(lines), ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform())
     ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
-    labels = [f"{cohort}\n(apparent ○ / optimism-corrected ●)" if any("c_index_corrected" in r and r["cohort"] == cohort
+    labels = [f"{cohort}\n(apparent ○ / optimism-corrected ● / .632+ ◆)" if any("c_index_corrected" in r and r["cohort"] == cohort
                                                                   for r in summary) else cohort for cohort in cohorts]
     ax.set_xticks(range(len(cohorts)), labels, fontsize=8)
     ax.set_xlim(-0.6, len(cohorts) - 0.4)
