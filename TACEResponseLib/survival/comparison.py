@@ -398,7 +398,9 @@ def plot_time_calibration(results: Sequence[Any], path: str | Path, *, title: st
         ax.set_title(f"{result.time:g} {result.time_unit} ({len(result.groups)} risk groups)", fontsize=9)
         ax.legend(loc="upper left", fontsize=7)
         ax.grid(alpha=0.3)
-    figure.suptitle(title, fontsize=10)
+    lines = title.count("\n") + 1
+    figure.subplots_adjust(top=1.0 - 0.055 * (lines + 1), wspace=0.25)  # the title's lines above the panel titles
+    figure.suptitle(title, fontsize=10, y=0.99)
     return save_figure(figure, path)
 
 
