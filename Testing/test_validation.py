@@ -66,6 +66,21 @@ def test_cox_slope_and_km_equal_lifelines():
         assert km_survival_at(time, event, t) == pytest.approx(float(km.survival_function_at_times(t).iloc[0]), abs=1e-12)
 
 
+def test_bootstrap_groups_are_the_reported_calibration_groups():
+    """The corrected curve is drawn on the groups the report shows, also when they cannot be equal (105 / 10)."""
+    from TACEResponseLib.survival.metrics import calibration
+    from TACEResponseLib.survival.validation import calibration_groups, group_calibration
+
+    rng = np.random.default_rng(0)
+    time, event, predicted = rng.exponential(20, 105), rng.integers(0, 2, 105), rng.uniform(size=105)
+    assert calibration_groups(105, 10) == 10 and calibration_groups(45, 10) == 9 and calibration_groups(8, 10) == 2
+    mean, observed = group_calibration(time, event, predicted, 12.0, 10)
+    reported = calibration(time, event, predicted, 12.0, n_groups=10)
+    assert mean == pytest.approx([g.predicted for g in reported.groups], abs=1e-12)
+    assert observed == pytest.approx([np.nan if g.observed is None else g.observed for g in reported.groups],
+                                     abs=1e-12, nan_ok=True)
+
+
 # --- the signature: nested cross-validation ------------------------------------------------------
 def test_noise_signature_cross_validated_cindex_is_honest():
     """On pure-noise features the signature's CV C-index is about 0.5 when mRMR and the tuning run

@@ -323,6 +323,11 @@ class CalibrationResult(JsonRecord):
     time_unit: str = "months"
 
 
+def quantile_groups(values: Any, n_groups: int) -> np.ndarray:
+    """Group index 0..n_groups-1 of each value: quantile groups of its rank (ties by order), lowest first."""
+    return pd.qcut(pd.Series(np.asarray(values, float)).rank(method="first"), n_groups, labels=False).to_numpy()
+
+
 def calibration(
     time: Any, event: Any, predicted_survival: Any, at_time: float, *, n_groups: int = 4, time_unit: str = "months"
 ) -> CalibrationResult:
@@ -331,7 +336,7 @@ def calibration(
     predicted = check_length(predicted_survival, len(time), name=f"predicted survival at {at_time} {time_unit}")
     if n_groups < 1 or n_groups > len(time):
         raise InputError(f"calibration: n_groups must be between 1 and {len(time)}, got {n_groups}")
-    group = pd.qcut(pd.Series(predicted).rank(method="first"), n_groups, labels=False).to_numpy()
+    group = quantile_groups(predicted, n_groups)
     groups = []
     for g in range(n_groups):
         members = group == g

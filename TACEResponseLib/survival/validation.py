@@ -52,7 +52,7 @@ import pandas as pd
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
-from TACEResponseLib.survival.metrics import calibration_slope, concordance_many, km_survival_at
+from TACEResponseLib.survival.metrics import calibration_slope, concordance_many, km_survival_at, quantile_groups
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ def group_calibration(time: np.ndarray, event: np.ndarray, predicted: np.ndarray
                       n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Per risk group (quantile groups of predicted S(t), lowest first): mean predicted S(t) and the
     Kaplan-Meier observed S(t) (NaN when the group's follow-up ends before ``at_time``)."""
-    rank = pd.Series(predicted).rank(method="first").to_numpy()
-    group = np.minimum((rank - 1) * n_groups // len(rank), n_groups - 1).astype(int)
+    group = quantile_groups(predicted, n_groups)  # the groups calibration() reports
     mean = np.full(n_groups, np.nan)
     observed = np.full(n_groups, np.nan)
     for g in range(n_groups):
