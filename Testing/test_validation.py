@@ -206,7 +206,8 @@ def test_optimism_bootstrap_is_seeded_and_the_same_on_dask_workers():
     """Each resample is seeded by (seed, resample), so 2 Dask worker processes give the numbers one
     process gives; the defaults are the issue's (200 resamples, nested 5-fold)."""
     from TACEResponseLib.core.tasks import IN_PROCESS, ClusterOptions
-    from TACEResponseLib.survival.fitting import SurvivalConfig, fit_cox_models
+    from TACEResponseLib.survival.fitting import SurvivalConfig
+    from TACEResponseLib.survival.nomogram import fit_cox_models
     from TACEResponseLib.survival.validation import optimism_bootstrap
 
     assert SurvivalConfig().optimism_boot == 200 and SurvivalConfig().nested_folds == 5

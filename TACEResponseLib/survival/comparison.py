@@ -35,6 +35,7 @@ from TACEResponseLib.survival.data import validate_survival_table
 from TACEResponseLib.survival.metrics import (
     ConcordanceDifference,
     calibration,
+    calibration_groups,
     calibration_slope,
     concordance,
     concordance_difference,
@@ -90,7 +91,6 @@ def evaluate_models(
     only, and say so). ``validation_types``: what each other cohort is ("held-out split",
     "external"; default "validation"). Returns the report.
     """
-    from TACEResponseLib.survival.validation import calibration_groups
 
     if not models:
         raise InputError("survival report: no model to evaluate")

@@ -46,7 +46,7 @@ from TACEResponseLib.core.files import atomic_path, write_json_atomic
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.survival.data import VariableCoding, codings_for, encode_levels
 from TACEResponseLib.survival.comparison import evaluate_models
-from TACEResponseLib.survival.cox import CoxSelection, fit_cox, select_cox_model
+from TACEResponseLib.survival.cox import CoxSelection
 from TACEResponseLib.survival.data import (
     align_cases,
     check_dimensions,
@@ -54,7 +54,7 @@ from TACEResponseLib.survival.data import (
     numeric_matrix,
     validate_survival_table,
 )
-from TACEResponseLib.survival.nomogram import Nomogram, plot_nomogram
+from TACEResponseLib.survival.nomogram import Nomogram, fit_cox_models, plot_nomogram
 from TACEResponseLib.survival.reporting import write_survival_tripod
 from TACEResponseLib.survival.reproducibility import (
     Reproducibility,
@@ -97,7 +97,7 @@ class SurvivalConfig(JsonRecord):
     survival_times: list[float] = field(default_factory=lambda: [12.0, 24.0, 36.0])
     n_boot: int = 1000
     #: predicted vs Kaplan-Meier observed survival by risk group: deciles, fewer in small cohorts
-    #: (at least :data:`~.validation.MIN_PER_CALIBRATION_GROUP` patients per group)
+    #: (at least :data:`~.metrics.MIN_PER_CALIBRATION_GROUP` patients per group)
     n_calibration_groups: int = 10
     #: outer folds of the signature's nested cross-validation (0: none; the CV C-index is then not reported)
     nested_folds: int = 5
@@ -358,49 +358,6 @@ def fit_signature_stage(
                            dict(files or {}), feats)
     stage.save(output_dir)
     return stage
-
-
-@dataclass
-class CoxModels:
-    """The Cox models of one fit on a training table: ``selections`` (screen + stepwise AIC of the
-    clinical and combined candidates), ``nomograms`` (clinical, combined when something was selected;
-    signature always) and the signature-only Cox fit."""
-
-    selections: dict[str, CoxSelection]
-    nomograms: dict[str, Nomogram]
-    signature_fit: Any
-    notes: list[str] = field(default_factory=list)
-
-
-def fit_cox_models(training: pd.DataFrame, config: SurvivalConfig, *, name_suffix: str = " (training)") -> CoxModels:
-    """Step 5 on a training table with the clinical covariates and the signature score: univariate
-    Cox screen + stepwise AIC for the clinical and the combined candidates, and the signature-only
-    Cox model, each as a :class:`~.nomogram.Nomogram`. The same function fits the published models
-    and every optimism-bootstrap refit (:mod:`.validation`)."""
-    codings = config.codings()
-    nomogram_options = dict(labels=config.labels, levels=config.levels, survival_times=config.survival_times,
-                            note=config.note, time_unit=config.time_unit)
-    selections: dict[str, CoxSelection] = {}
-    nomograms: dict[str, Nomogram] = {}
-    notes: list[str] = []
-    candidates = {"clinical": list(config.clinical_covariates),
-                  "combined": [*config.clinical_covariates, config.signature_name]} if config.clinical_covariates else {}
-    for model, names in candidates.items():
-        selections[model] = select_cox_model(training, config.time_col, config.event_col, names,
-                                             p_threshold=config.screen_p, codings=codings,
-                                             name=f"{model} model{name_suffix}")
-        notes += selections[model].warnings
-        if selections[model].selected:
-            nomograms[model] = Nomogram.from_cox(selections[model].stepwise.final, name=model, **nomogram_options)
-        else:
-            logger.info("%s model: nothing selected; no nomogram", model)
-            notes.append(f"{model} model: no candidate passed the univariate screen (p < {config.screen_p:g}); "
-                         "no nomogram")
-    # the signature-only model has nothing to leave out: a fit that does not converge is refused
-    sig_fit = fit_cox(training, config.time_col, config.event_col, [config.signature_name],
-                      name=f"signature model{name_suffix}")
-    nomograms["signature"] = Nomogram.from_cox(sig_fit, name="signature", **nomogram_options)
-    return CoxModels(selections, nomograms, sig_fit, notes)
 
 
 def fit_nomogram_stage(

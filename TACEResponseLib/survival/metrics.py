@@ -323,6 +323,16 @@ class CalibrationResult(JsonRecord):
     time_unit: str = "months"
 
 
+#: fewest patients per calibration group (deciles in cohorts of 50 or more, fewer groups below)
+MIN_PER_CALIBRATION_GROUP = 5
+
+
+def calibration_groups(n: int, requested: int) -> int:
+    """Risk groups for the time-point calibration: ``requested`` (deciles), fewer when a group would
+    hold fewer than :data:`MIN_PER_CALIBRATION_GROUP` patients, at least 2."""
+    return int(max(2, min(requested, n // MIN_PER_CALIBRATION_GROUP)))
+
+
 def quantile_groups(values: Any, n_groups: int) -> np.ndarray:
     """Group index 0..n_groups-1 of each value: quantile groups of its rank (ties by order), lowest first."""
     return pd.qcut(pd.Series(np.asarray(values, float)).rank(method="first"), n_groups, labels=False).to_numpy()

@@ -52,21 +52,14 @@ import pandas as pd
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.records import JsonRecord
-from TACEResponseLib.survival.metrics import calibration_slope, concordance_many, km_survival_at, quantile_groups
+from TACEResponseLib.survival.metrics import (calibration_groups, calibration_slope,
+                                              concordance_many, km_survival_at, quantile_groups)
 
 logger = logging.getLogger(__name__)
 
-#: fewest patients per calibration group (deciles in cohorts of 50 or more, fewer groups below)
-MIN_PER_CALIBRATION_GROUP = 5
 #: resamples per task sent to a worker
 RESAMPLES_PER_TASK = 5
 COMPARED = ("combined", "clinical")
-
-
-def calibration_groups(n: int, requested: int) -> int:
-    """Risk groups for the time-point calibration: ``requested`` (deciles), fewer when a group would
-    hold fewer than :data:`MIN_PER_CALIBRATION_GROUP` patients, at least 2."""
-    return int(max(2, min(requested, n // MIN_PER_CALIBRATION_GROUP)))
 
 
 def group_calibration(time: np.ndarray, event: np.ndarray, predicted: np.ndarray, at_time: float,
@@ -152,7 +145,7 @@ def _refit(payload: _Payload, rows: np.ndarray) -> tuple[dict[str, Any], Any]:
     (None when the signature is held fixed)."""
     from dataclasses import replace
 
-    from TACEResponseLib.survival.fitting import fit_cox_models
+    from TACEResponseLib.survival.nomogram import fit_cox_models
     from TACEResponseLib.survival.selection import fit_signature
 
     config = payload.config
