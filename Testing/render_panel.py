@@ -1,15 +1,16 @@
 """Render the TACE Response panel offscreen with PySide6, filled with a result, as a PNG.
 
 The same ``TACEResponse.ui`` the module loads is loaded here; Slicer's custom widgets (ctk,
-qMRML) are replaced by plain Qt stand-ins so the picture shows what a user sees. The panel is
-filled through the same Qt-free code the module uses (:mod:`TACEResponseLib.frontend.panel`:
-``result_view``, ``fill_results``, ``apply_control_states``, ``spinbox_config``), so the picture
-follows the module's code.
+qMRML) are replaced by plain Qt stand-ins (the path edit by the CTK model of ``cpp_models.py``)
+so the picture shows what a user sees. The panel is filled by the class the module fills it
+with (:class:`TACEResponseLib.frontend.panel.PanelView`: forms, controls, results, results
+table), so the picture follows the module's code; only the survival chart (a qMRMLPlotWidget in
+Slicer) is drawn with matplotlib from the same step curve.
 
 Usage::
 
     python Testing/render_panel.py [RESULT_JSON] [--bundle NAME_OR_FOLDER] [--nomogram NOMOGRAM_JSON]
-                                   [--output Resources/Screenshots/panel.png]
+                                   [--expanded] [--stale] [--output Resources/Screenshots/panel.png]
 
 Without ``RESULT_JSON`` a hand-made DISPLAY TEST result is shown: made-up numbers to check
 the layout, not a prediction (the case is labelled so in the picture).
@@ -40,18 +41,17 @@ from PySide6.QtWidgets import (  # noqa: E402
     QApplication,
     QComboBox,
     QDoubleSpinBox,
-    QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QSlider,
-    QTableWidget,
-    QTableWidgetItem,
     QWidget,
 )
 
+from cpp_models import ctk_path_line_edit_class  # noqa: E402
+from slicer_app import qt_namespace  # noqa: E402
 from TACEResponseLib.frontend import panel  # noqa: E402
+from TACEResponseLib.frontend.mrml import survival_step_points  # noqa: E402
 from TACEResponseLib.survival.model import nomogram_figure  # noqa: E402
 from TACEResponseLib.prediction.results import PredictionResult, TumourPrediction  # noqa: E402
 
@@ -107,13 +107,14 @@ class SliderWidget(QWidget):
 STAND_INS = {
     "ctkCollapsibleButton": CollapsibleSection,
     "ctkSliderWidget": SliderWidget,
-    "ctkPathLineEdit": QLineEdit,
+    "ctkPathLineEdit": ctk_path_line_edit_class(),
     "qMRMLNodeComboBox": QComboBox,
     "qMRMLSegmentSelectorWidget": QComboBox,
-    "qMRMLTableView": QTableWidget,
     "qMRMLPlotWidget": QLabel,
     "qMRMLWidget": QWidget,
 }
+#: Slicer's ``qt`` module as the panel code sees it: the PySide6 classes under one name
+QT = qt_namespace()
 
 
 class StandInLoader(QUiLoader):
@@ -167,7 +168,7 @@ def survival_curve_png(survival: dict[str, Any], width_px: int = 390) -> bytes:
     figure = Figure(figsize=(width_px / 100, 1.9), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(111)
-    axes.step(times, values, where="post", color="tab:blue")
+    axes.plot(*survival_step_points(times, values), color="tab:blue")  # the vertices the module's table holds
     axes.set_ylim(0, 1.02)
     axes.set_xlabel(f"Time ({survival.get('time_unit', 'months')})", fontsize=8)
     axes.set_ylabel("Survival", fontsize=8)
@@ -180,80 +181,65 @@ def survival_curve_png(survival: dict[str, Any], width_px: int = 390) -> bytes:
     return buffer.getvalue()
 
 
+class _Named:
+    """A stand-in for an MRML node in the panel's inputs: only its name is read."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def GetName(self) -> str:
+        return self._name
+
+
 def fill_panel(ui: types.SimpleNamespace, result: PredictionResult, *, card=None, clinical_fields=(),
                clinical_values: dict[str, Any] | None = None, nomogram_png: str | Path | None = None,
                reference_name: str = "arterial CT", case_name: str = "case", survival_phases=(),
-               nomogram_name: str = "nomogram.json") -> None:
-    """Show inputs, model, clinical form and ``result`` the way the module's widget does."""
+               nomogram_name: str = "nomogram.json", expanded: bool = False, stale: bool = False) -> panel.PanelView:
+    """Show inputs, model, clinical form and ``result`` as the module's widget does (``expanded``: the
+    not-assessable tumours unfolded; ``stale``: an input changed after the result was computed)."""
     phases = [p.name for p in card.inputs] if card is not None else [reference_name]
+    view = panel.PanelView(ui, QT, locked_while_running=panel.locked_while_running(
+        panel.parameter_widgets(ui.root, QWidget), ui))
     ui.referenceVolumeSelector.addItem(f"{case_name}_{phases[0]}")
-    if card is not None:
-        ui.referenceVolumeLabel.setText(f"Reference ({phases[0]}):")
-    form: QFormLayout = ui.phaseSelectorsFrame.layout()
-    for spec in panel.phase_selectors(card, survival_phases):  # as the module builds them
+    ui.segmentSelector.addItem(f"{case_name} tumour › {result.tumours[0].segment_name}")
+
+    def make_selector(spec):
         combo = QComboBox()
         combo.addItem(f"{case_name}_{spec.phase}")
-        combo.setToolTip(spec.tooltip)
-        label = QLabel(spec.label)
-        label.setMinimumWidth(ui.referenceVolumeLabel.minimumWidth())  # as the module does
-        form.addRow(label, combo)
-    ui.phaseSelectorsFrame.setVisible(form.rowCount() > 0)
-    ui.segmentSelector.addItem(f"{case_name} tumour › {result.tumours[0].segment_name}")
-    ui.modelSelector.addItem(result.bundle_id + (" (synthetic demo)" if result.synthetic_model else ""))
-    ui.modelSelector.addItem(panel.LOAD_FROM_FOLDER)
-    ui.modelInfoLabel.setText(panel.describe_card(card) if card is not None else f"Model {result.bundle_id}.")
-    warning = panel.model_warning(card) if card is not None else (result.warning if result.synthetic_model else "")
-    ui.modelWarningLabel.setText(warning)
-    ui.modelWarningLabel.setVisible(bool(warning))
+        return combo
 
-    values = clinical_values or {}
-    clinical_form: QFormLayout = ui.clinicalFactorsFrame.layout()
-    for item in clinical_fields:
-        if item.levels:
-            widget = QComboBox()
-            widget.addItems(["not set", *item.levels])
-            if values.get(item.name) in item.levels:
-                widget.setCurrentIndex(list(item.levels).index(values[item.name]) + 1)
-        else:
-            widget = QDoubleSpinBox()
-            panel.configure_spinbox(widget, item, values.get(item.name))
-        clinical_form.addRow(f"{item.title}:", widget)
-    if clinical_fields:
-        ui.clinicalHintLabel.setText("Clinical values for the model and the nomogram (checked against their "
-                                     "accepted ranges).")
+    nomogram = Path(nomogram_name) if result.survival and nomogram_name else None
+    inputs = panel.PanelInputs(reference=_Named(f"{case_name}_{phases[0]}"), segmentation=_Named(case_name),
+                               segment_id=result.tumours[0].segment_id, model=result.bundle_id, card=card,
+                               clinical_fields=list(clinical_fields), clinical_values=dict(clinical_values or {}),
+                               nomogram=nomogram, survival_phases=list(survival_phases))
+    inputs.phase_volumes = {name: _Named(f"{case_name}_{name}") for name in phases[1:] + inputs.survival_only_phases}
+    view.show_forms(inputs, make_selector)
+    if card is None:
+        ui.modelInfoLabel.setText(f"Model {result.bundle_id}.")
+        warning = result.warning if result.synthetic_model else ""
+        ui.modelWarningLabel.setText(warning)
+        ui.modelWarningLabel.setVisible(bool(warning))
+    title = result.bundle_id + (" (synthetic demo)" if result.synthetic_model else "")
+    view.show_model(result.bundle_id, "", lambda: [panel.ModelChoice(title, result.bundle_id, result.synthetic_model)])
     ui.nomogramCheckBox.setChecked(bool(result.survival))
-    ui.nomogramPathLineEdit.setText(nomogram_name if result.survival else "")
+    ui.nomogramPathLineEdit.setCurrentPath(nomogram_name if result.survival else "")
     ui.deviceComboBox.setCurrentText(result.device if result.device in panel.DEVICE_CHOICES else "auto")
     ui.dependencyFrame.setVisible(False)
 
-    view = panel.result_view(result)
-    machine = panel.PanelStateMachine()
-    machine.start()
-    machine.succeed("Done. " + view.status)
-    panel.apply_control_states(ui, panel.control_states(machine.state, has_result=True, blockers=[]))
-    ui.statusLabel.setText(machine.message)
-    ui.progressBar.setValue(100)
-    panel.fill_results(ui, view)
-    ui.tumourComboBox.addItems(view.tumours)
-
-    rows = panel.result_rows(result)
-    columns = ["tumour", "predicted", *[f"P({c})" for c in result.tumours[0].class_names], "P(objective response)",
-               "volume_ml"]
-    table: QTableWidget = ui.resultsTableView
-    table.setColumnCount(len(columns))
-    table.setRowCount(len(rows))
-    table.setHorizontalHeaderLabels(["Tumour", "Predicted", *columns[2:-2], "P(ORR)", "Volume (ml)"])
-    for r, row in enumerate(rows):
-        for c, key in enumerate(columns):
-            value = row.get(key)
-            text = "" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
-            table.setItem(r, c, QTableWidgetItem(text))
-    table.resizeColumnsToContents()
-    table.resizeRowsToContents()
-    table.verticalHeader().setVisible(False)
-    height = (table.horizontalHeader().sizeHint().height() + table.verticalHeader().length()
-              + table.horizontalScrollBar().sizeHint().height() + 2 * table.frameWidth() + 2)
-    table.setFixedHeight(height)
+    view.set_inputs_key("inputs")
+    view.started("inputs", "Predicting…")
+    view.show_progress(types.SimpleNamespace(fraction=1.0, stage="done"))
+    view.finished(result)
+    view.expanded = expanded
+    view.nomogram_png = Path(nomogram_png) if nomogram_png is not None else None
+    view.show_result(result, "result", lambda: "inputs")
+    if expanded:
+        view.scroll_to_summary()  # as after the click that unfolded them
+    view.succeeded(True)
+    if stale:
+        view.set_inputs_key("changed inputs")
+    view.update_controls(inputs, path_field_enabled=bool(result.survival))
 
     ui.heatmapColormapComboBox.addItems([c for c in ("inferno", "jet", "hot", "viridis") if c != "inferno"])
     if result.survival:
@@ -261,11 +247,7 @@ def fill_panel(ui: types.SimpleNamespace, result: PredictionResult, *, card=None
         ui.survivalPlotWidget.setAlignment(Qt.AlignCenter)
     else:
         ui.survivalPlotWidget.setVisible(False)
-    if nomogram_png is not None and Path(nomogram_png).is_file():
-        ui.nomogramImageLabel.setPixmap(QPixmap(str(nomogram_png)).scaledToWidth(PANEL_WIDTH - 50,
-                                                                               Qt.SmoothTransformation))
-    else:
-        ui.nomogramImageLabel.setVisible(False)
+    return view
 
 
 def grab(root: QWidget, png: str | Path, width: int = PANEL_WIDTH) -> Path:
@@ -284,9 +266,13 @@ def grab(root: QWidget, png: str | Path, width: int = PANEL_WIDTH) -> Path:
 
 
 def render(result: PredictionResult, png: str | Path, **fill_options: Any) -> tuple[Path, types.SimpleNamespace]:
-    """Render the panel filled with ``result`` into ``png``; returns the PNG path and the ``ui`` namespace."""
+    """Render the panel filled with ``result`` into ``png``; returns the PNG path and the ``ui`` namespace
+    (``ui.view``: the :class:`~TACEResponseLib.frontend.panel.PanelView` that filled it)."""
     root, ui = load_panel()
-    fill_panel(ui, result, **fill_options)
+    root.resize(PANEL_WIDTH, 100)  # laid out at the panel's width first: the nomogram figure fits it
+    root.show()
+    QApplication.processEvents()
+    ui.view = fill_panel(ui, result, **fill_options)
     path = grab(root, png)
     return path, ui
 
@@ -344,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("result", nargs="?", help="result.json written by `tace-response predict`")
     parser.add_argument("--bundle", help="bundle name or folder (phases, clinical factors, warning)")
     parser.add_argument("--nomogram", help="nomogram JSON: its variables in the form and its figure")
+    parser.add_argument("--expanded", action="store_true", help="the not-assessable tumours unfolded in the table")
+    parser.add_argument("--stale", action="store_true", help="an input changed after the result was computed")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
     args = parser.parse_args(argv)
     if args.result is None:
@@ -366,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             inputs = {p.name for p in card.inputs} if card is not None else set()
             survival_phases = [p for p in (model.features.phases if model.features else []) if p not in inputs]
         options: dict[str, Any] = {"card": card, "clinical_fields": fields, "clinical_values": values,
+                                   "expanded": args.expanded, "stale": args.stale,
                                    "case_name": result.case_id, "survival_phases": survival_phases,
                                    "nomogram_name": Path(args.nomogram).name if args.nomogram else ""}
         with tempfile.TemporaryDirectory() as folder:

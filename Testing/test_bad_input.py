@@ -75,6 +75,7 @@ def world(tmp_path_factory, random_bundle):
     paths = case.write(root / "case")
     reference = case.reference
     w["img"], w["seg"] = paths["phases"]["arterial"], paths["segmentation"]
+    w["fimg"], w["fseg"] = w["img"], w["seg"]  # a follow-up for assess: the same visit again
     w["portal"] = paths["phases"].get("portal", paths["phases"]["arterial"])
     w["bundle"] = random_bundle.path
     arr = reference.array
@@ -209,17 +210,77 @@ def world(tmp_path_factory, random_bundle):
                          columns=[f"arterial_f{j:04d}" for j in range(16)])
     table.index.name = "case_id"
     w["features"] = write_feature_table(table, root / "t" / "features_ok.csv", {"label": "random numbers, test only"})
+    holed = table.copy()
+    holed.iloc[3, 2] = np.nan
+    w["features_nan"] = write_feature_table(holed, root / "t" / "features_nan.csv", {"label": "a hole, test only"})
+    w["t_good"] = _write_manifest(root / "t" / "good.csv", rows)
+    (root / "nomogram_broken.json").write_text('{"kind": "TACEResponse survival model", "files": {"nomogram": 3')
+    w["nomogram_broken"] = root / "nomogram_broken.json"
     w["t_oneevent"] = _write_manifest(root / "t" / "oneevent.csv",
                                       [{**x, "event": int(n == 0)} for n, x in enumerate(rows)])
     w["t_threerows"] = _write_manifest(root / "t" / "threerows.csv", rows[:2] + [{**rows[2], "event": 1}])
     features = root / "t" / "features.csv"
     features.write_text("case_id,arterial_f0000\ns0,abc\n")
     w["features_text"] = features
+    # --- empty tables and workbooks (one reader: core/tables.py)
+    (root / "t" / "empty.csv").write_text("")
+    w["t_emptycsv"] = root / "t" / "empty.csv"
+    w["t_headeronly"] = _write_manifest(root / "t" / "headeronly.csv", [], columns=list(base))
+    (root / "t" / "features_empty.csv").write_text("")
+    w["f_empty"] = root / "t" / "features_empty.csv"
+    (root / "t" / "features_header.csv").write_text("case_id,arterial_f0000\n")
+    w["f_header"] = root / "t" / "features_header.csv"
+    with pd.ExcelWriter(root / "t" / "clinical.xlsx", engine="openpyxl") as writer:
+        pd.DataFrame(rows).to_excel(writer, sheet_name="data", index=False)
+        pd.DataFrame([{**x, "time_months": "ten" if n == 5 else x["time_months"]} for n, x in enumerate(rows)]) \
+            .to_excel(writer, sheet_name="text", index=False)
+    w["wb"] = root / "t" / "clinical.xlsx"
+    pd.DataFrame({"PATPRI": [1, 2], "survival_time": [100, "long"], "death": [1, 0]}).to_excel(
+        root / "t" / "waw.xlsx", index=False)
+    w["wb_waw"] = root / "t" / "waw.xlsx"
+    _bad_segs(w, root, case)
     (root / "emptydir").mkdir()
     w["emptydir"] = root / "emptydir"
     w["missing"] = root / "does not exist ü.nrrd"
     w["survival"] = SURVIVAL_MODEL
     return w
+
+
+def _bad_segs(w: World, root: Path, case) -> None:
+    """The phantom's CT as a DICOM series and DICOM SEGs of it that are wrong in one way each."""
+    import pydicom
+    from dicom_helpers import write_ct_series, write_seg
+
+    reference = case.reference
+    stored = np.clip(reference.array, -1024, 3000).astype(np.int16) + 1024
+    ct = write_ct_series(root / "dcm" / "ct", stored, reference.ijk_to_ras)
+    w["dcm_ct"] = root / "dcm" / "ct"
+    tumour = case.segmentation.mask(case.tumours[0].segment_id).array > 0
+    liver = np.zeros_like(tumour)
+    liver[4:20, 10:46, 10:46] = True
+    liver_type = {"Liver": ("10200004", "Liver")}
+    write_seg(root / "dcm" / "ok.dcm", ct, {"Liver": liver, "Mass": tumour}, types=liver_type)
+    w["seg_ok"] = root / "dcm" / "ok.dcm"
+    write_seg(root / "dcm" / "empty.dcm", ct, {"Liver": liver, "Mass": np.zeros_like(tumour)}, types=liver_type)
+    w["seg_empty"] = root / "dcm" / "empty.dcm"
+    far_grid = reference.ijk_to_ras.copy()
+    far_grid[:3, 3] += 800.0
+    far = write_ct_series(root / "dcm" / "far", stored, far_grid, series_uid="1.2.826.0.1.3680043.8.498.99")
+    write_seg(root / "dcm" / "far.dcm", far, {"Mass": tumour})
+    w["seg_far"] = root / "dcm" / "far.dcm"
+    write_seg(root / "dcm" / "fractional.dcm", ct, {}, fractional={"Mass": tumour.astype(np.float32)})
+    garbage = pydicom.dcmread(root / "dcm" / "fractional.dcm")
+    garbage.MaximumFractionalValue = 100  # stored values up to 255 now exceed it
+    garbage.save_as(root / "dcm" / "fractional.dcm")
+    w["seg_fractional"] = root / "dcm" / "fractional.dcm"
+    bomb = pydicom.dcmread(ct[0].filename if getattr(ct[0], "filename", None) else sorted(w["dcm_ct"].iterdir())[0])
+    bomb.Rows = bomb.Columns = 4096
+    bomb.PixelData = bytes(64)  # 4096² declared, 64 bytes present: GDCM zero-padded it
+    bomb.save_as(root / "dcm" / "bomb.dcm", enforce_file_format=True)
+    w["dcm_bomb"] = root / "dcm" / "bomb.dcm"
+    data = (root / "dcm" / "ok.dcm").read_bytes()
+    (root / "dcm" / "truncated.dcm").write_bytes(data[: len(data) - 300])
+    w["seg_truncated"] = root / "dcm" / "truncated.dcm"
 
 
 # --- the cases ------------------------------------------------------------------------------------
@@ -228,9 +289,11 @@ PA = "patches --image {img} --segmentation {seg}"
 B = "batch --bundle {bundle} --device cpu --no-progress"
 T = "train --architecture resnet18 --size 64 --epochs 1 --batch-size 4 --device cpu --no-progress"
 E = "evaluate --bundle {bundle} --device cpu --no-progress --bootstrap 10"
-X = "extract-features --device cpu --size 32"
-S = "survival --covariates BCLC ALT --device cpu --size 32"
-FS = "fit-signature --device cpu --size 32"
+X = "survival extract-features --device cpu --size 32"
+S = "survival run --covariates BCLC ALT --device cpu --size 32"
+FS = "survival fit-signature --device cpu --size 32"
+A = ("assess --baseline {img} --baseline-segmentation {seg} --followup {fimg} --followup-segmentation {fseg} "
+     "--no-registration")
 
 CASES = [
     # (id, argv template, output kind: "dir" | "file", [words the error line must hold])
@@ -334,6 +397,20 @@ CASES = [
     ("patches-window-text", PA + " --window low 50", "dir", ["--window", "'low'"]),
     ("patches-unknown-segment", PA + " --segment Nope", "dir", ["'Nope'", "not found"]),
     ("patches-empty-label", PA.replace("{seg}", "{emptyseg}"), "dir", ["Tumour", "empty"]),
+    # DICOM SEG
+    ("seg-empty-segment", "patches --image {dcm_ct} --segmentation {seg_empty}", "dir", ["Mass", "empty"]),
+    ("seg-other-series", "patches --image {dcm_ct} --segmentation {seg_far}", "dir",
+     ["does not overlap", "references series 1.2.826.0.1.3680043.8.498.99"]),
+    ("seg-fractional-garbage", "patches --image {dcm_ct} --segmentation {seg_fractional}", "dir",
+     ["{seg_fractional}", "fractional", "0–1"]),
+    ("seg-truncated", "patches --image {dcm_ct} --segmentation {seg_truncated}", "dir",
+     ["{seg_truncated}", "truncated pixel data"]),
+    ("dicom-truncated-pixel-data", "patches --image {dcm_bomb} --segmentation {seg}", "dir",
+     ["{dcm_bomb}", "truncated pixel data", "4096 × 4096"]),
+    ("seg-given-as-image", "patches --image {seg_ok} --segmentation {seg_ok}", "dir",
+     ["{seg_ok}", "DICOM segmentation (SEG), not an image"]),
+    ("seg-liver-only-chosen-wrong", "patches --image {dcm_ct} --segmentation {seg_ok} --segment 9", "dir",
+     ["'9'", "not found", "1 (Liver)"]),
     ("patches-nan-image", PA.replace("{img}", "{nan}"), "dir", ["{nan}", "NaN"]),
     ("patches-negative-min-island", PA + " --min-island-ml -2", "dir", ["--min-island-ml"]),
     ("patches-output-is-a-file", PA, "file-as-output", ["--output", "is a file"]),
@@ -393,7 +470,31 @@ CASES = [
     ("signature-no-rows", FS + " --manifest {t_norows}", "dir", ["no rows"]),
     ("signature-no-time-column", FS + " --manifest {t_notime}", "dir", ["time_months"]),
     ("signature-neither-manifest-nor-features", FS, "dir", ["--manifest", "--features"]),
-    ("signature-text-features", FS + " --features {features_text} --clinical {t_negtime}", "dir", ["negative"]),
+    ("signature-text-features", FS + " --features {features_text} --clinical {t_negtime}", "dir",
+     ["{features_text}", "arterial_f0000", "'abc'"]),
+    # empty tables (zero bytes, or a header only) and workbooks
+    ("signature-empty-clinical", FS + " --features {features} --clinical {t_emptycsv}", "dir", ["{t_emptycsv}", "0 bytes"]),
+    ("signature-header-only-clinical", FS + " --features {features} --clinical {t_headeronly}", "dir",
+     ["{t_headeronly}", "no rows"]),
+    ("signature-empty-features", FS + " --features {f_empty} --clinical {t_oneevent}", "dir", ["{f_empty}", "0 bytes"]),
+    ("signature-header-only-features", FS + " --features {f_header} --clinical {t_oneevent}", "dir",
+     ["{f_header}", "no rows"]),
+    ("signature-workbook-missing-sheet", FS + " --features {features} --clinical {wb} --sheet Sheet9", "dir",
+     ["{wb}", "'Sheet9'", "its sheets: data, text"]),
+    ("signature-workbook-missing-column", FS + " --features {features} --clinical {wb} --sheet data --time-col OS",
+     "dir", ["'OS'"]),
+    ("signature-workbook-text-in-numbers", FS + " --features {features} --clinical {wb} --sheet text", "dir",
+     ["time_months", "ten"]),
+    ("cohort-import-missing-source", "cohort import hcc-tace-seg {missing} --clinical {wb}", "dir",
+     ["{missing}", "does not exist"]),
+    ("cohort-import-workbook-without-patients", "cohort import hcc-tace-seg {emptydir} --clinical {wb}", "dir",
+     ["{wb}", "TCIA_ID"]),
+    ("cohort-import-missing-sheet", "cohort import hcc-tace-seg {emptydir} --clinical {wb} --sheet Nope", "dir",
+     ["{wb}", "'Nope'", "its sheets: data, text"]),
+    ("cohort-import-text-in-numbers", "cohort import waw-tace {emptydir} --clinical {wb_waw}", "dir",
+     ["{wb_waw}", "survival_time", "'long'"]),
+    ("nomogram-workbook-missing-sheet", "fit-nomogram --signature {emptydir} --clinical {wb} --sheet Nope", "dir",
+     ["{emptydir}"]),
     ("signature-validation-fraction", FS + " --manifest {t_negtime} --validation-fraction 1.5", "dir",
      ["--validation-fraction"]),
     ("signature-icc-threshold", FS + " --manifest {t_negtime} --icc-threshold 2", "dir", ["--icc-threshold"]),
@@ -404,17 +505,44 @@ CASES = [
      ["--covariates", "twice"]),
     ("survival-output-missing-parent", S + " --manifest {t_censored}", "missing-parent", ["--output", "does not exist"]),
     # fit-nomogram
-    ("nomogram-missing-signature", "fit-nomogram --signature {missing}", "dir", ["{missing}", "does not exist"]),
-    ("nomogram-not-a-signature", "fit-nomogram --signature {emptydir}", "dir", ["{emptydir}"]),
-    ("nomogram-negative-n-boot", "fit-nomogram --signature {emptydir} --n-boot -1", "dir", ["--n-boot"]),
-    ("nomogram-text-seed", "fit-nomogram --signature {emptydir} --seed abc", "dir", ["--seed", "'abc'"]),
+    ("nomogram-missing-signature", "survival fit-nomogram --signature {missing}", "dir", ["{missing}", "does not exist"]),
+    ("nomogram-not-a-signature", "survival fit-nomogram --signature {emptydir}", "dir", ["{emptydir}"]),
+    ("nomogram-negative-n-boot", "survival fit-nomogram --signature {emptydir} --n-boot -1", "dir", ["--n-boot"]),
+    ("nomogram-text-seed", "survival fit-nomogram --signature {emptydir} --seed abc", "dir", ["--seed", "'abc'"]),
     # other commands' numeric options
-    ("phantoms-zero-cases", "phantoms --cases 0", "dir", ["--cases"]),
-    ("phantoms-zero-shape", "phantoms --shape 0 0 0", "dir", ["--shape"]),
-    ("phantoms-negative-noise", "phantoms --noise -5", "dir", ["--noise"]),
-    ("phantoms-nan-noise", "phantoms --noise nan", "dir", ["--noise"]),
-    ("phantoms-output-is-a-file", "phantoms --cases 1", "file-as-output", ["--output", "is a file"]),
-    ("cohort-zero-spacing", "survival-cohort --spacing 0 1 1", "dir", ["--spacing"]),
+    ("phantoms-zero-cases", "demo phantoms --cases 0", "dir", ["--cases"]),
+    ("phantoms-zero-shape", "demo phantoms --shape 0 0 0", "dir", ["--shape"]),
+    ("phantoms-negative-noise", "demo phantoms --noise -5", "dir", ["--noise"]),
+    ("phantoms-nan-noise", "demo phantoms --noise nan", "dir", ["--noise"]),
+    ("phantoms-output-is-a-file", "demo phantoms --cases 1", "file-as-output", ["--output", "is a file"]),
+    ("cohort-zero-spacing", "survival phantoms --spacing 0 1 1", "dir", ["--spacing"]),
+    # a failure after the first file was written leaves no output (the folder is written as one group)
+    ("signature-nan-feature", FS + " --features {features_nan} --clinical {t_good}", "dir",
+     ["arterial_f0002", "missing", "s3"]),
+    ("survival-nan-feature", S + " --features {features_nan} --clinical {t_good}", "dir", ["arterial_f0002", "s3"]),
+    ("demo-malformed-nomogram", "demo run --device cpu --nomogram {nomogram_broken}", "dir", ["{nomogram_broken}"]),
+    ("demo-malformed-nomogram-new-folder", "demo run --device cpu --nomogram {nomogram_broken}", "new-folder",
+     ["{nomogram_broken}"]),
+    # counts: 0 is refused unless it means something (and then --help and the run say what)
+    ("predict-zero-tta", P + " --tta 0", "dir", ["--tta", "≥ 1"]),
+    ("predict-zero-threads", P + " --threads 0", "dir", ["--threads", "≥ 1"]),
+    ("batch-zero-threads", B + " --manifest {m_dup} --threads 0", "dir", ["--threads", "≥ 1"]),
+    ("train-zero-folds", T + " --manifest {m_oneclass} --folds 0", "bundle-dir", ["--folds", "≥ 2"]),
+    ("train-zero-bootstrap", T + " --manifest {m_oneclass} --bootstrap 0", "bundle-dir", ["--bootstrap", "≥ 1"]),
+    ("evaluate-zero-bootstrap", E.replace("--bootstrap 10", "--bootstrap 0") + " --manifest {m_dup}", "dir",
+     ["--bootstrap", "≥ 1"]),
+    ("demo-survival-model-zero-workers", "demo survival-model --workers 0", "dir", ["--workers", "≥ 1"]),
+    ("web-zero-sessions", "web --max-sessions 0", "none", ["--max-sessions", "≥ 1"]),
+    ("web-negative-port", "web --port -1", "none", ["--port", "≥ 0"]),
+    ("web-zero-session-timeout", "web --session-timeout 0", "none", ["--session-timeout", "≥ 1"]),
+    ("web-zero-upload-files", "web --max-upload-files 0", "none", ["--max-upload-files", "≥ 1"]),
+    ("web-zero-upload-size", "web --max-upload-mb 0", "none", ["--max-upload-mb", "> 0"]),
+    # response assessment
+    ("assess-missing-followup", A.replace("{fimg}", "{missing}"), "dir", ["{missing}", "does not exist"]),
+    ("assess-2d-baseline", A.replace("--baseline {img}", "--baseline {2d}"), "dir", ["{2d}", "2-D"]),
+    ("assess-followup-without-tumour", A.replace("{fseg}", "{emptyseg}"), "dir", ["followup1", "no tumour"]),
+    ("assess-zero-targets", A + " --max-targets 0", "dir", ["--max-targets", "≥ 1"]),
+    ("cohort-label-missing-manifest", "cohort label --manifest {missing}", "file", ["{missing}", "does not exist"]),
 ]
 
 
@@ -458,6 +586,8 @@ def test_bad_input_is_one_clear_error_and_leaves_the_output_alone(world, tmp_pat
         argv += ["--output", str(watched / "result.json")]
     elif kind == "folder-as-file":
         argv += ["--output", str(watched)]
+    elif kind == "new-folder":  # not there yet: it must not be created
+        argv += ["--output", str(watched / "new folder")]
     elif kind == "missing-parent":
         argv += ["--output", str(watched / "no" / "such" / "folder")]
     elif kind == "file-missing-parent":

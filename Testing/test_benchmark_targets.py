@@ -1,4 +1,4 @@
-"""benchmarks/targets.py: every results file's speed targets merged into targets.json, and the README
+"""benchmarks/targets.py: every results file's speed targets merged into targets.json, and the docs page
 table made from it (the committed files agree with each other)."""
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def test_a_malformed_target_is_refused_with_its_file_and_key(tmp_path, bad):
         targets.collect(tmp_path)
 
 
-def test_main_writes_targets_json_and_the_readme_block(tmp_path, monkeypatch):
+def test_main_writes_targets_json_and_the_docs_page_block(tmp_path, monkeypatch):
     _write(tmp_path, "networks.json", {"machine": MACHINE, "measured_at": "t",
                                        "targets": {"4a": _target(0.9, 0.85, True, "resnet50")}})
-    readme = tmp_path / "README.md"
+    readme = tmp_path / "benchmarks.md"
     readme.write_text(f"intro\n{targets.BEGIN}\nold table\n{targets.END}\nrest\n", encoding="utf-8")
-    monkeypatch.setattr(targets, "README", readme)
-    assert targets.main(["--results", str(tmp_path), "--readme"]) == 0
+    monkeypatch.setattr(targets, "PAGE", readme)
+    assert targets.main(["--results", str(tmp_path), "--docs"]) == 0
     written = json.loads((tmp_path / "targets.json").read_text(encoding="utf-8"))
     assert written["targets"]["4a"]["source"] == "networks.json"
     text = readme.read_text(encoding="utf-8")
@@ -83,11 +83,11 @@ def test_main_writes_targets_json_and_the_readme_block(tmp_path, monkeypatch):
     assert text.startswith("intro\n") and text.endswith(f"{targets.END}\nrest\n")
 
 
-def test_the_committed_targets_and_readme_table_are_the_committed_measurements():
+def test_the_committed_targets_and_docs_table_are_the_committed_measurements():
     collected = targets.collect(targets.RESULTS)
     committed = json.loads((targets.RESULTS / targets.TARGETS_FILE).read_text(encoding="utf-8"))
-    fix = "run `python benchmarks/targets.py --readme` after changing benchmarks/results"
+    fix = "run `python benchmarks/targets.py --docs` after changing benchmarks/results"
     assert committed == json.loads(json.dumps(collected)), fix
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = targets.PAGE.read_text(encoding="utf-8")
     block = readme[readme.index(targets.BEGIN) + len(targets.BEGIN):readme.index(targets.END)]
     assert block.strip() == targets.markdown(collected).strip(), fix

@@ -114,7 +114,7 @@ def test_evaluate_on_an_existing_cluster_by_its_scheduler_file(small_cohort, ran
 
 
 def test_extract_features_on_a_two_worker_local_cluster(small_cohort, tmp_path, capsys):
-    common = ["extract-features", "--manifest", str(small_cohort), "--device", "cpu", "--size", "32",
+    common = ["survival", "extract-features", "--manifest", str(small_cohort), "--device", "cpu", "--size", "32",
               "--fov-mm", "60", "--no-progress"]
     (tmp_path / "cluster").mkdir()
     (tmp_path / "here").mkdir()

@@ -1,6 +1,6 @@
 """The bundled SYNTHETIC demo survival model: registry + checksum, survival images that are not
 response-model inputs (``predict --survival-image``), the panel's survival-phase selectors and
-blockers, and ``tace-response demo`` with its survival outputs.
+blockers, and ``tace-response demo run`` with its survival outputs.
 
 The signature is checked against one computed here independently (own seeded DenseNet-121,
 own patch cutting and resampling, own scoring), and the registry checksum against one computed
@@ -221,7 +221,7 @@ def test_demo_writes_the_survival_outputs(tmp_path, capsys, survival_model):
     from TACEResponseLib.prediction.results import PredictionResult
 
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--output", str(out), "--device", "cpu"]) == 0
+    assert cli.main(["demo", "run", "--output", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     result = PredictionResult.load_json(out / "result.json")
     survival = result.survival

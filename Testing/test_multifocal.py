@@ -169,9 +169,6 @@ def test_training_records_the_tumour_rule_and_prediction_uses_it(tmp_path):
 
 
 def test_table_panel_and_export_show_not_assessable_rows(random_bundle, multifocal, mrml, tmp_path):
-    from PySide6.QtGui import QStandardItem, QStandardItemModel
-    from PySide6.QtWidgets import QApplication, QTableView
-
     from TACEResponseLib.frontend import panel
     from TACEResponseLib.frontend.mrml import show_prediction
 
@@ -194,16 +191,12 @@ def test_table_panel_and_export_show_not_assessable_rows(random_bundle, multifoc
     assert ", ".join(result.patient.tumours) in view.patient_text and view.patient_text in view.detail
     assert view.not_assessable == [f"{t.label}: {t.detail}" for t in result.not_assessable]
 
-    QApplication.instance() or QApplication([])
-    model = QStandardItemModel(n_rows, 3)
-    for row in range(n_rows):
-        for column in range(3):
-            model.setItem(row, column, QStandardItem("x"))
-    table_view = QTableView()
-    table_view.setModel(model)
-    assert panel.grey_not_assessable_rows(table_view, result) == len(result.not_assessable)
-    assert model.item(last, 0).foreground().color().getRgb()[:3] == (150, 150, 150)
-    assert model.item(0, 0).foreground().color().getRgb()[:3] != (150, 150, 150)
+    # the panel's table: a row per predicted tumour, the not-assessable ones folded into one greyed row
+    folded = panel.result_table_rows(result)
+    assert [r.kind for r in folded] == ["patient"] + ["tumour"] * len(result.tumours) + ["summary"]
+    assert folded[-1].cells[0] == f"{len(result.not_assessable)} not assessable" and folded[-1].greyed
+    unfolded = panel.result_table_rows(result, expanded=True)[len(folded):]
+    assert [(r.cells[0], r.greyed) for r in unfolded] == [(t.label, True) for t in result.not_assessable]
 
     rows = panel.result_rows(result)
     assert rows[0]["tumour"].startswith("patient (") and rows[-1]["predicted"] == "not assessable"

@@ -61,7 +61,7 @@ def test_a_typical_session():
 
 class FakeWidget:
     def __init__(self):
-        self.enabled, self.visible = None, None
+        self.enabled, self.visible, self.text = None, None, None
 
     def setEnabled(self, value):
         self.enabled = bool(value)
@@ -69,27 +69,37 @@ class FakeWidget:
     def setVisible(self, value):
         self.visible = bool(value)
 
+    def setText(self, value):
+        self.text = value
+
 
 def _fake_ui():
     names = {n for group in panel.CONTROL_GROUPS.values() for n in group}
-    return types.SimpleNamespace(**{n: FakeWidget() for n in names | {"progressFrame", "stageLabel", "applyBlockersLabel"}})
+    return types.SimpleNamespace(**{n: FakeWidget() for n in names | {"progressFrame", "stageLabel", "applyBlockersLabel",
+                                                                      "staleResultLabel"}})
 
 
 @pytest.mark.parametrize("state", list(PanelState))
 @pytest.mark.parametrize("has_result", [False, True])
 @pytest.mark.parametrize("blocked", [False, True])
-def test_enabled_controls_per_state(state, has_result, blocked):
+@pytest.mark.parametrize("stale", [False, True])
+def test_enabled_controls_per_state(state, has_result, blocked, stale):
     blockers = ["Choose a segment."] if blocked else []
-    ui = _fake_ui()
-    panel.apply_control_states(ui, panel.control_states(state, has_result=has_result, blockers=blockers))
+    ui, inputs = _fake_ui(), [FakeWidget(), FakeWidget()]
+    panel.apply_control_states(ui, panel.control_states(state, has_result=has_result, blockers=blockers, stale=stale),
+                               inputs)
     running = state is PanelState.RUNNING
     for group, names in panel.CONTROL_GROUPS.items():
         expected = {"apply": not running and not blocked, "cancel": running,
-                    "results": has_result and not running}.get(group, not running)
+                    "results": has_result and not running,
+                    "result_values": has_result and not running and not stale}.get(group, not running)
         for name in names:
             assert getattr(ui, name).enabled is expected, (group, name)
+    assert all(w.enabled is not running for w in inputs)
     assert ui.progressFrame.visible is running and ui.stageLabel.visible is running
     assert ui.applyBlockersLabel.visible is (blocked and not running)
+    shown = has_result and stale and not running
+    assert ui.staleResultLabel.visible is shown and (ui.staleResultLabel.text == panel.STALE_RESULT_TEXT) is shown
 
 
 def test_every_engine_stage_has_a_label():

@@ -210,7 +210,7 @@ def test_reentering_the_module_keeps_one_connection_and_the_users_settings(qapp,
 def test_the_module_connects_through_the_binding_and_never_through_tagless_connect_gui():
     source = MODULE_FILE.read_text(encoding="utf-8")
     assert ".connectGui(" not in source, "connectGui returns no tag on Slicer 5.8: the connection could not be undone"
-    assert "connectParametersToGui(panel.parameter_widgets(" in source
+    assert "bound = panel.parameter_widgets(uiWidget" in source and "connectParametersToGui(bound)" in source
     assert "panel.ParameterNodeBinding(" in source and "panel.WrapperCache(TACEResponseParameterNode)" in source
     tree = ast.parse(source)
     widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TACEResponseWidget")
@@ -256,7 +256,7 @@ def test_supported_slicer_versions():
 def test_the_module_asks_for_pythonslicer_the_strict_way():
     source = MODULE_FILE.read_text(encoding="utf-8")
     assert "sys.executable" not in source, "inside Slicer sys.executable is PythonSlicer or '': never a fallback"
-    assert "process.python_slicer_executable()" in source
+    assert "python=process.python_slicer_executable" in source  # the logic asks for it before each run
 
 
 # --- self-tests on a stock Slicer --------------------------------------------------------------------------

@@ -393,7 +393,7 @@ def test_predict_with_nomogram_writes_survival_and_mrml_nodes(cases, survival_mo
 
     table, chart = show_survival(mrml.scene, survival, title=result.case_id)
     assert table.GetClassName() == "vtkMRMLTableNode" and chart.GetClassName() == "vtkMRMLPlotChartNode"
-    assert table.GetNumberOfRows() == len(survival["curve"]["times"])
+    assert table.GetNumberOfRows() == 2 * len(survival["curve"]["times"]) - 1  # the vertices of the step curve
     assert table.GetTable().GetValue(0, 1).ToDouble() == 1.0
     last = table.GetNumberOfRows() - 1
     assert table.GetTable().GetValue(last, 1).ToDouble() == pytest.approx(survival["curve"]["survival"][-1])
@@ -417,8 +417,9 @@ def test_survival_command_end_to_end(cohort, tmp_path, capsys):
     from TACEResponseLib import cli
 
     out = tmp_path / "report"
-    assert cli.main(["survival", "--manifest", str(cohort.csv_path), "--output", str(out), "--size", "32",
-                     "--fov-mm", "60", "--n-boot", "50", "--device", "cpu", "--cache", str(tmp_path / "cache")]) == 0
+    assert cli.main(["survival", "run", "--manifest", str(cohort.csv_path), "--output", str(out), "--size", "32",
+                     "--fov-mm", "60", "--n-boot", "50", "--device", "cpu", "--cache", str(tmp_path / "cache"),
+                     "--optimism-boot", "0"]) == 0
     printed = capsys.readouterr().out
     assert RANDOM_INIT_LABEL in printed and "C-index" in printed
     report = json.loads((out / "report.json").read_text())
@@ -466,8 +467,8 @@ def feature_tables(cohort, settings, tmp_path_factory):
     folder = tmp_path_factory.mktemp("feature_tables")
     common = ["--manifest", str(cohort.csv_path), "--size", "32", "--fov-mm", "60", "--device", "cpu",
               "--cache", str(folder / "cache")]
-    assert cli.main(["extract-features", *common, "--output", str(folder / "features.csv")]) == 0
-    assert cli.main(["extract-features", *common, "--perturb", "erode", "--output", str(folder / "repeat.csv")]) == 0
+    assert cli.main(["survival", "extract-features", *common, "--output", str(folder / "features.csv")]) == 0
+    assert cli.main(["survival", "extract-features", *common, "--perturb", "erode", "--output", str(folder / "repeat.csv")]) == 0
     return folder / "features.csv", folder / "repeat.csv"
 
 
@@ -478,15 +479,24 @@ def test_fit_signature_then_fit_nomogram_equals_survival(cohort, feature_tables,
     features, repeat = feature_tables
     inputs = ["--features", str(features), "--repeat", str(repeat), "--clinical", str(cohort.csv_path), "--seed", "3"]
     whole, staged = tmp_path / "survival", tmp_path / "staged"
-    assert cli.main(["survival", *inputs, "--output", str(whole), "--n-boot", "40"]) == 0
-    assert cli.main(["fit-signature", *inputs, "--output", str(staged)]) == 0
+    # the optimism bootstrap is part of what must come out the same both ways (3 resamples, in this process)
+    assert cli.main(["survival", "run", *inputs, "--output", str(whole), "--n-boot", "40", "--optimism-boot", "3",
+                     "--workers", "0"]) == 0
+    assert cli.main(["survival", "fit-signature", *inputs, "--output", str(staged)]) == 0
     printed = capsys.readouterr().out
     assert "fit-nomogram --signature" in printed and "kept" in printed
     # the signature stage alone: signature, scores, split; no nomogram yet
     assert (staged / "signature.json").is_file() and not (staged / "report.json").exists()
     assert not list(staged.glob("nomogram_*"))
-    assert cli.main(["fit-nomogram", "--signature", str(staged), "--n-boot", "40"]) == 0
-    assert "C-index" in capsys.readouterr().out
+    assert cli.main(["survival", "fit-nomogram", "--signature", str(staged), "--n-boot", "40", "--optimism-boot", "3",
+                     "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "C-index optimism-corrected" in printed and "no test on training data" in printed
+    assert f"model:  {staged / 'survival_model.json'} " in printed
+    # each output folder was written as one group (core.files.atomic_folder): nothing names its staging folder
+    for path in [*whole.rglob("*"), *staged.rglob("*")]:
+        assert ".partial-" not in path.name and (path.is_dir() or b".partial-" not in path.read_bytes()), path
+    assert not list(tmp_path.glob(".*partial-*"))
 
     for name in ["signature.json", "signature_scores.csv", "split.csv", "icc.csv", "scores.csv", "survival_model.json",
                  *[p.name for p in whole.glob("nomogram_*.json")]]:
@@ -496,6 +506,7 @@ def test_fit_signature_then_fit_nomogram_equals_survival(cohort, feature_tables,
     assert one["signature"] == two["signature"] and one["selection"] == two["selection"]
     assert one["config"] == two["config"] and one["deep_features"] == two["deep_features"]
     assert one["example_patient"] == two["example_patient"]
+    assert one["optimism"] == two["optimism"] and one["optimism"]["n_boot"] == 3
 
     # the stage read back scores bit-identically, and its split is the one in split.csv
     stage = SignatureStage.load(staged / "signature.json")
@@ -510,8 +521,8 @@ def test_fit_signature_then_fit_nomogram_equals_survival(cohort, feature_tables,
     # another nomogram on the same signature: the signature files stay as they are
     other = tmp_path / "other"
     before = (staged / "signature.json").read_bytes()
-    assert cli.main(["fit-nomogram", "--signature", str(staged / "signature.json"), "--output", str(other),
-                     "--covariates", "BCLC", "ALT", "--n-boot", "20"]) == 0
+    assert cli.main(["survival", "fit-nomogram", "--signature", str(staged / "signature.json"), "--output", str(other),
+                     "--covariates", "BCLC", "ALT", "--n-boot", "20", "--optimism-boot", "0"]) == 0
     assert (staged / "signature.json").read_bytes() == before
     report = json.loads((other / "report.json").read_text())
     screen = report["selection"]["combined"]["screen"]
@@ -526,19 +537,19 @@ def test_fit_nomogram_bad_input_is_one_clear_error(cohort, feature_tables, tmp_p
 
     features, repeat = feature_tables
     staged = tmp_path / "staged"
-    assert cli.main(["fit-signature", "--features", str(features), "--clinical", str(cohort.csv_path),
+    assert cli.main(["survival", "fit-signature", "--features", str(features), "--clinical", str(cohort.csv_path),
                      "--output", str(staged)]) == 0
     capsys.readouterr()
     table = pd.read_csv(cohort.csv_path)
     cases = [
-        ([], tmp_path / "empty", None, r"no signature_fit\.json here; run 'tace-response fit-signature'"),
+        ([], tmp_path / "empty", None, r"no signature_fit\.json here; run 'tace-response survival fit-signature'"),
         (["--covariates", "BCLC", "albumin"], staged, None, r"albumin"),
         ([], staged, table.iloc[:-3], r"clinical table: no row for 3 case\(s\)"),
         ([], staged, table.assign(ALT="high"), r"ALT"),
     ]
     for extra, signature, clinical, pattern in cases:
         signature.mkdir(exist_ok=True)
-        args = ["fit-nomogram", "--signature", str(signature), "--output", str(tmp_path / "out"), *extra]
+        args = ["survival", "fit-nomogram", "--signature", str(signature), "--output", str(tmp_path / "out"), *extra]
         if clinical is not None:
             clinical.to_csv(tmp_path / "clinical.csv", index=False)
             args += ["--clinical", str(tmp_path / "clinical.csv")]

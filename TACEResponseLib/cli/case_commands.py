@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from TACEResponseLib.cli import pacs_commands
 from TACEResponseLib.cli.common import (
     SEED,
     Command,
@@ -26,7 +27,7 @@ from TACEResponseLib.cli.common import (
     progress_printer,
 )
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import check_output_folder
+from TACEResponseLib.core.files import atomic_folder, check_output_folder, relocated, write_json_atomic
 from TACEResponseLib.networks.catalog import default_bundle_name
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,11 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     if any(n < 16 for n in args.shape) or float(args.shape[0]) * args.shape[1] * args.shape[2] > 64e6:
         raise InputError(f"--shape {' '.join(map(str, args.shape))}: each side must be ≥ 16 voxels and the volume "
                          "at most 64 million voxels")
-    manifest = make_cohort(args.cases, args.output, modality=args.modality, seed=args.seed,
-                           shape_kji=tuple(args.shape), noise=args.noise)
-    print(f"wrote {args.cases} SYNTHETIC {args.modality} phantom cases; manifest: {manifest}")
+    with atomic_folder(args.output) as staging:
+        manifest = make_cohort(args.cases, staging, modality=args.modality, seed=args.seed,
+                               shape_kji=tuple(args.shape), noise=args.noise)
+    print(f"wrote {args.cases} SYNTHETIC {args.modality} phantom cases; manifest: "
+          f"{relocated(manifest, staging, args.output)}")
     return 0
 
 
@@ -51,7 +54,6 @@ def cmd_patches(args: argparse.Namespace) -> int:
     assessable tumour of the segment (or of every segment), the others listed with their reason."""
     import numpy as np
 
-    from TACEResponseLib.core.files import atomic_paths
     from TACEResponseLib.imaging.segmentation import read_segmentation
     from TACEResponseLib.imaging.tumours import assess_tumours, tumour_rois
     from TACEResponseLib.imaging.views import write_patch_montage
@@ -68,20 +70,17 @@ def cmd_patches(args: argparse.Namespace) -> int:
                for roi, reason, detail in assessment.not_assessable]
     if not sets:
         raise assessment.error(f"{args.segmentation}")
-    out.mkdir(exist_ok=True)
     tumours = []
-    for number_, (roi, patches) in enumerate(sets):
-        stem = "patches" if len(sets) == 1 else f"patches_{number_ + 1:02d}"
-        with atomic_paths([out / f"{stem}.npz"]) as (npz,):
-            with open(npz, "wb") as handle:
+    with atomic_folder(out, last=["patches.json"]) as staging:
+        for number_, (roi, patches) in enumerate(sets):
+            stem = "patches" if len(sets) == 1 else f"patches_{number_ + 1:02d}"
+            with open(staging / f"{stem}.npz", "wb") as handle:
                 np.savez_compressed(handle, images=patches.images)
-        write_patch_montage(patches, images[0], out, stem, mask=roi.full_mask(images[0]))
-        tumours.append({"tumour": roi.label, "volume_ml": roi.volume_ml, "file": f"{stem}.npz",
-                        "provenance": [p.to_dict() for p in patches.provenance]})
-    from TACEResponseLib.core.files import write_json_atomic
-
-    write_json_atomic(out / "patches.json", {"spec": spec.to_dict(), "tumours": tumours, "not_assessable": skipped,
-                                              "provenance": tumours[0]["provenance"]})
+            write_patch_montage(patches, images[0], staging, stem, mask=roi.full_mask(images[0]))
+            tumours.append({"tumour": roi.label, "volume_ml": roi.volume_ml, "file": f"{stem}.npz",
+                            "provenance": [p.to_dict() for p in patches.provenance]})
+        write_json_atomic(staging / "patches.json", {"spec": spec.to_dict(), "tumours": tumours,
+                                                     "not_assessable": skipped, "provenance": tumours[0]["provenance"]})
     total = sum(len(p) for _, p in sets)
     print(f"{total} patches of {sets[0][1].images.shape[1:]} from {len(sets)} tumour(s) → {out}"
           + (f"; {len(skipped)} not assessable (see patches.json)" if skipped else ""))
@@ -98,6 +97,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from TACEResponseLib.networks.catalog import resolve_bundle
 
     resolve_bundle(bundle_option(args.bundle))  # a missing or altered bundle fails before any case is written
+    if args.nomogram and not args.no_survival:  # and so does a malformed survival model
+        from TACEResponseLib.survival.model import load_survival_model
+
+        load_survival_model(nomogram_file(args.nomogram))
+    # written in place, not through atomic_folder: result.json and case.json record where the case's images are
     run_demo(args.output, seed=args.seed, bundle=args.bundle, nomogram=args.nomogram,
              survival=not args.no_survival, device=args.device, say=print)
     return 0
@@ -138,22 +142,28 @@ def case_predictor(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Predict one case from files: result.json + heatmap.nrrd (+ overlay PNG) in --output."""
+    """Predict one case from files (or a PACS study): result.json + heatmap.nrrd (+ overlay PNG) in --output,
+    and with --dicom-out / --send-results its DICOM objects (written, sent)."""
     from TACEResponseLib.prediction.case import predict_case
 
     check_output_folder(args.output)
     check_device(args.device)
-    check_inputs_exist(image=args.image, segmentation=args.segmentation)
+    check_inputs_exist(image=args.image, segmentation=None if pacs_commands.segmentation_from_pacs(args)
+                       else args.segmentation)
+    pacs_commands.check_case_options(args, args.image)
     survival_images = name_value_pairs(args.survival_image, "--survival-image")
     clinical = name_value_pairs(args.clinical)
     nomogram = nomogram_file(args.nomogram)
     predictor = case_predictor(args)
     check_clinical_names(clinical, predictor.bundle, nomogram)
-    result = predict_case(predictor, args.image, args.segmentation, args.output,
-                          segments=args.segment, clinical=clinical, case_id=args.case_id, nomogram=nomogram,
-                          progress=progress_printer(args.progress), survival_images=survival_images, overlay=args.png)
-    if not args.progress:
-        print("\n".join(result.summary_lines()))
+    with pacs_commands.case_images(args, predictor.bundle) as images:
+        result = predict_case(predictor, images, args.segmentation, args.output,
+                              segments=args.segment, clinical=clinical, case_id=args.case_id or args.study,
+                              nomogram=nomogram, progress=progress_printer(args.progress),
+                              survival_images=survival_images, overlay=args.png)
+        if not args.progress:
+            print("\n".join(result.summary_lines()))
+        pacs_commands.case_results(args, result, images, args.output)
     return 0
 
 
@@ -185,11 +195,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
     """Predict a cohort manifest (resumable; failing cases recorded, the batch goes on)."""
     from TACEResponseLib.prediction.batch import run_batch
 
-    check_output_folder(args.output)
+    from TACEResponseLib.networks.catalog import resolve_bundle
+
+    output = check_output_folder(args.output)
     check_device(args.device)
     check_inputs_exist(manifest=args.manifest)
+    pacs_commands.check_case_options(args, None)
     cluster = cluster_from(args)
-    summary = run_batch(args.manifest, bundle_option(args.bundle), args.output, cluster=cluster,
+    dicom = pacs_commands.dicom_folder(args, output) is not None
+    bundle = resolve_bundle(bundle_option(args.bundle)) if args.pacs or dicom else None
+    manifest = pacs_commands.batch_manifest(args, bundle, output)
+    if dicom:
+        pacs_commands.check_batch_references(args, manifest, bundle)
+    summary = run_batch(manifest, bundle_option(args.bundle), args.output, cluster=cluster,
                         device=args.device, progress_bar=not args.no_progress, islands=island_rule_options(args),
                         patient_rule=patient_rule_from(args), rows=args.rows, backend=args.backend,
                         retry_failed=args.retry_failed, tta=args.tta)
@@ -197,7 +215,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
               if summary.failed_before else "")
     print(f"{summary.total} cases: {summary.done} predicted now, {summary.skipped} already done, "
           f"{summary.failed} failed{before} → {summary.summary_csv}")
-    return 0 if summary.failed == 0 and summary.failed_before == 0 else 1
+    dicom_failed = pacs_commands.batch_results(args, manifest, bundle, output)
+    return 0 if summary.failed == 0 and summary.failed_before == 0 and dicom_failed == 0 else 1
 
 
 def island_rule_options(args: argparse.Namespace):
@@ -237,9 +256,11 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", action="append", required=True, metavar="PATH",
-                   help="images in the order the model lists them (reference first)")
-    p.add_argument("--segmentation", required=True, metavar="PATH", help=".seg.nrrd or labelmap")
+    p.add_argument("--image", action="append", default=None, metavar="PATH",
+                   help="images in the order the model lists them (reference first); or --pacs with --study")
+    p.add_argument("--segmentation", required=True, metavar="PATH",
+                   help=".seg.nrrd, labelmap, or DICOM SEG (file or folder; its tumour segments by default); with "
+                        "--pacs also pacs:SERIES_UID, a SEG series of the --study")
     p.add_argument("--segment", action="append", default=None,
                    help="segment id or name (repeatable; default: every segment)")
     p.add_argument("--bundle", default=None, help="bundle folder or registered name (default: the demo model)")
@@ -258,6 +279,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true", help="print JSON progress lines (for the Slicer module)")
     backend_arguments(p)
     island_arguments(p)
+    pacs_commands.case_pacs_arguments(p)
 
 
 def _batch_args(p: argparse.ArgumentParser) -> None:
@@ -274,17 +296,18 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     backend_arguments(p, threads=False)
     island_arguments(p)
     cluster_arguments(p)
+    pacs_commands.case_pacs_arguments(p, batch=True)
 
 
 COMMANDS = [
-    Command("demo", cmd_demo, _demo_args,
-            "run the main job on the bundled SYNTHETIC demo case"),
     Command("predict", cmd_predict, _predict_args,
-            "predict one case (result.json + heatmap.nrrd)"),
+            "predict one case (result.json + heatmap.nrrd)", task="cases"),
     Command("batch", cmd_batch, _batch_args,
-            "predict a cohort manifest (resumable; a local or existing Dask cluster)"),
-    Command("phantoms", cmd_phantoms, _phantoms_args,
-            "write a SYNTHETIC phantom cohort + manifest.csv"),
+            "predict a cohort manifest (resumable; a local or existing Dask cluster)", task="cases"),
     Command("patches", cmd_patches, _patches_args,
-            "cut tumour patches for one case (PNG + npz + provenance)"),
+            "cut tumour patches for one case (PNG + npz + provenance)", task="cases"),
+    Command("run", cmd_demo, _demo_args,
+            "run the main job on the bundled SYNTHETIC demo case", group="demo", replaces="demo"),
+    Command("phantoms", cmd_phantoms, _phantoms_args,
+            "write a SYNTHETIC phantom cohort + manifest.csv", group="demo", replaces="phantoms"),
 ]

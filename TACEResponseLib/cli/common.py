@@ -14,15 +14,35 @@ from TACEResponseLib.core.errors import InputError, TACEResponseError
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Command:
-    """One sub-command: its name, what it runs, how its arguments are declared, its help line."""
+    """One sub-command: its name, what it runs, how its arguments are declared, its help line, and
+    where ``tace-response --help`` lists it.
+
+    ``group``: the :class:`Group` it belongs to (``"survival"`` → ``tace-response survival NAME``;
+    empty: a top-level command, listed under the heading ``task``). ``replaces``: the command's old
+    flat name, still accepted for one release with a deprecation line. ``hidden``: internal (the
+    Slicer module's worker), left out of ``--help`` and of shell completion.
+    """
 
     name: str
     run: Callable[[argparse.Namespace], int]
     add_arguments: Callable[[argparse.ArgumentParser], None]
     help: str
+    group: str = ""
+    task: str = ""
+    replaces: str = ""
+    hidden: bool = False
+
+
+@dataclass(frozen=True)
+class Group:
+    """A word of the command line that gathers the commands of one task (``tace-response survival …``),
+    listed in ``tace-response --help`` under the heading ``task``; its commands name it as their ``group``."""
+
+    name: str
+    help: str
+    task: str
 
 
 class UsageError(TACEResponseError):
@@ -37,10 +57,29 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+#: commands that never read a detached header's data from outside its folder (the web page serves
+#: other people's files; the worker takes the flag per request)
+UNTRUSTING_COMMANDS = ("web", "worker")
+
+
+def trust_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-detached-headers``: the one opt-in to data files outside a header's own folder."""
+    parser.add_argument("--trust-detached-headers", action="store_true",
+                        help="read the data file a detached header (.nhdr 'data file:', .mhd ElementDataFile, LIST) "
+                             "names wherever it is; by default it must lie in the header's own folder. Only for "
+                             "files you trust: a header from elsewhere could make this read any file of the machine")
+
+
 def number(kind: type = float, low: float | None = None, high: float | None = None, *,
-           low_open: bool = False, high_open: bool = False) -> Callable[[str], Any]:
+           low_open: bool = False, high_open: bool = False, zero: str | None = None) -> Callable[[str], Any]:
     """An argparse ``type`` for a finite int or float in ``[low, high]`` (``low_open`` / ``high_open``:
-    the bound itself excluded); the message says the range."""
+    the bound itself excluded); the message says the range.
+
+    A count or size that accepts 0 says what 0 means in ``zero``: ``tace-response`` adds it to the
+    option's help and logs it when 0 is given (:func:`zero_meanings`). Every other count refuses 0
+    (``low`` ≥ 1), so no 0 is taken without a word."""
+    if zero is not None and not ((low is None or low <= 0) and (high is None or high >= 0)):
+        raise ValueError("zero= given for a range without 0")
     parts = []
     if low is not None:
         parts.append(f"{'>' if low_open else '≥'} {low:g}")
@@ -59,7 +98,33 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
         return value
 
     convert.__name__ = kind.__name__  # argparse names the type in some messages
+    convert.zero = zero  # type: ignore[attr-defined]
     return convert
+
+
+def zero_meaning(action: argparse.Action) -> str | None:
+    """What 0 means for an option whose type is a :func:`number` declared with ``zero``."""
+    return getattr(action.type, "zero", None)
+
+
+def say_what_zero_means(parser: argparse.ArgumentParser) -> None:
+    """Add to the help of each option of ``parser`` that accepts 0 what 0 means."""
+    for action in parser._actions:
+        meaning = zero_meaning(action)
+        if meaning and action.help is not argparse.SUPPRESS:
+            help_text = action.help or ""
+            action.help = (f"{help_text[:-1]}; 0: {meaning})" if help_text.endswith(")")
+                           else f"{help_text} (0: {meaning})" if help_text else f"0: {meaning}")
+
+
+def zero_meanings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """``--option 0: what it means`` for each option of ``parser`` given as 0 in ``args``."""
+    said = []
+    for action in parser._actions:
+        meaning = zero_meaning(action)
+        if meaning and action.option_strings and getattr(args, action.dest, None) == 0:
+            said.append(f"{action.option_strings[-1]} 0: {meaning}")
+    return said
 
 
 def positive_int(text: str) -> int:
@@ -76,7 +141,8 @@ SEED = number(int, 0, 2**32 - 1)
 
 def island_arguments(parser: argparse.ArgumentParser, patient_rule: bool = True) -> None:
     """``--min-island-ml``, ``--no-split-islands`` (and ``--patient-rule``): how segments become tumours."""
-    parser.add_argument("--min-island-ml", type=number(float, 0, 1e4), default=None, metavar="ML",
+    parser.add_argument("--min-island-ml", type=number(float, 0, 1e4, zero="no minimum volume"),
+                        default=None, metavar="ML",
                         help="smallest tumour (island) in ml; smaller ones are listed as not assessable "
                              "(default: the model's training rule, else 0.05)")
     parser.add_argument("--no-split-islands", action="store_true",
@@ -144,8 +210,11 @@ def check_inputs_exist(**paths: str | Sequence[str] | None) -> None:
 def case_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", action="append", required=True, metavar="PATH",
                         help="reference volume first, then other phases/sequences (NRRD, NIfTI or DICOM folder)")
-    parser.add_argument("--segmentation", required=True, metavar="PATH", help=".seg.nrrd or labelmap file")
-    parser.add_argument("--segment", default=None, help="segment id or name (default: the first segment)")
+    parser.add_argument("--segmentation", required=True, metavar="PATH",
+                        help=".seg.nrrd, labelmap, or DICOM SEG (file or folder)")
+    parser.add_argument("--segment", default=None,
+                        help="segment id or name, or a DICOM SEG's number, label or code such as SCT:4147007 "
+                             "(default: the first segment; a DICOM SEG's tumour segments)")
 
 
 def patch_spec_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,7 +224,7 @@ def patch_spec_arguments(parser: argparse.ArgumentParser) -> None:
                              "InceptionV4 and fusion, else 224)")
     parser.add_argument("--fov-mm", type=number(float, 0, 1000, low_open=True), default=None,
                         help="centroid patch field of view (mm)")
-    parser.add_argument("--min-square-mm", type=number(float, 0, 500), default=8.0,
+    parser.add_argument("--min-square-mm", type=number(float, 0, 500, zero="no minimum"), default=8.0,
                         help="smallest square (mm) a largest-slice patch may cover")
     parser.add_argument("--normalization", choices=["window", "percentile", "roi_percentile", "zscore"], default=None,
                         help="intensity normalisation of every input (default by modality: CT window; MR "
@@ -213,9 +282,9 @@ def nomogram_file(name_or_path: str | None) -> Path | None:
 def cluster_arguments(parser: argparse.ArgumentParser) -> None:
     """``--workers``, ``--threads``, ``--scheduler``, ``--scheduler-file``: where a cohort's cases run (Dask)."""
     group = parser.add_argument_group("where the cases run (Dask)")
-    group.add_argument("--workers", type=number(int, 0, 4096), default=None,
-                       help="worker processes of the local Dask cluster (default: one per core, fewer when memory is "
-                            "short; 0: one case after another in this process, no cluster)")
+    group.add_argument("--workers", type=number(int, 0, 4096, zero="one case after another in this process, no cluster"),
+                       default=None, help="worker processes of the local Dask cluster (default: one per core, fewer "
+                                          "when memory is short)")
     group.add_argument("--threads", type=number(int, 1, 4096), default=None,
                        help="CPU threads of the network per worker (default: cores ÷ workers; on an existing cluster: each "
                             "worker's --nthreads)")

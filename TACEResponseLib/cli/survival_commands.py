@@ -20,9 +20,15 @@ from TACEResponseLib.cli.common import (
     number,
 )
 from TACEResponseLib.core.errors import InputError, TACEResponseError
-from TACEResponseLib.core.files import check_output_file, check_output_folder
+from TACEResponseLib.core.files import atomic_folder, check_output_file, check_output_folder, relocated
+from TACEResponseLib.core.tables import with_sheet
 
 logger = logging.getLogger(__name__)
+
+#: what ``--n-boot 0`` means
+NO_BOOTSTRAP = "no bootstrap, C-indices without confidence intervals"
+#: what ``--optimism-boot 0`` means
+NO_OPTIMISM_BOOTSTRAP = "no optimism bootstrap: the training cohort's numbers are reported as apparent only"
 
 # --- survival (Zhang 2020): deep features, signature, nomogram ---------------------------------
 def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +61,9 @@ def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, metavar="DIR", help="per-case feature cache folder")
     p.add_argument("--batch-size", type=number(int, 1, 4096), default=16, help="patches per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+#: 1, 2 and 3 years in each survival time unit (the read-out times of the nomogram and the report)
+YEAR_TIMES = {"months": (12, 24, 36), "weeks": (52, 104, 156), "days": (365, 730, 1096)}
 
 
 def _settings_from(args: argparse.Namespace):
@@ -158,12 +167,13 @@ def _survival_config(args: argparse.Namespace, covariates: Sequence[str]):
     from TACEResponseLib.survival.fitting import SurvivalConfig
 
     return SurvivalConfig(
-        time_col=args.time_col, event_col=args.event_col, id_col="case_id",
+        time_col=args.time_col, event_col=args.event_col, id_col="case_id", time_unit=args.time_unit,
+        survival_times=[float(t) for t in YEAR_TIMES[args.time_unit]],
         labels={**CLINICAL_LABELS, "signature": "DL signature"}, **_nomogram_settings(args, covariates),
         icc_threshold=args.icc_threshold, icc_kind=args.icc_kind, max_signature_features=args.max_features,
-        mrmr_method=args.mrmr, l1_ratios=list(args.l1_ratios),
-        n_boot=getattr(args, "n_boot", 1000), validation_fraction=args.validation_fraction, seed=args.seed,
-        note=args.note or "",
+        mrmr_method=args.mrmr, l1_ratios=list(args.l1_ratios), nested_folds=args.nested_folds,
+        n_boot=getattr(args, "n_boot", 1000), optimism_boot=getattr(args, "optimism_boot", 200),
+        validation_fraction=args.validation_fraction, seed=args.seed, note=args.note or "",
     )
 
 
@@ -204,11 +214,13 @@ def _signature_inputs(args: argparse.Namespace) -> dict:
         raise TACEResponseError("--validation-clinical needs the validation cohort's deep features: "
                                 "--validation-features (from extract-features) or --validation-manifest (images)")
     return dict(settings=_settings_from(args) if not args.features else None, manifest=args.manifest,
-                clinical=args.clinical, features=features, repeat=repeat, feature_metadata=metadata,
-                validation_manifest=args.validation_manifest, validation_clinical=args.validation_clinical,
+                clinical=with_sheet(args.clinical, args.sheet), features=features, repeat=repeat,
+                feature_metadata=metadata, validation_manifest=args.validation_manifest,
+                validation_clinical=with_sheet(args.validation_clinical, args.sheet),
                 validation_features=validation, validation_feature_metadata=validation_metadata,
                 perturbation=perturbation, perturb_voxels=args.perturb_voxels, randomisation=_randomisation_from(args),
-                cache_dir=args.cache, device=args.device, batch_size=args.batch_size)
+                cache_dir=args.cache or Path(args.output) / "feature_cache",  # resumable: kept on failure
+                device=args.device, batch_size=args.batch_size)
 
 
 def _print_signature(stage) -> None:
@@ -218,14 +230,24 @@ def _print_signature(stage) -> None:
         r = stage.reproducibility.to_dict()
         print(f"{r['kind']} > {r['threshold']:g} ({r['repeat']}): kept {r['n_kept']} of {r['n_features']} features")
     signature = stage.signature
-    cv = f", CV C-index {signature.cv_cindex:.3f}" if signature.cv_cindex is not None else ""
+    nested = (stage.fit.get("nested") or {}) if signature.cv_scheme else {}
+    cv = ""
+    if signature.cv_cindex is not None and nested:
+        cv = (f", nested {nested['n_folds']}-fold CV C-index {signature.cv_cindex:.3f}"
+              + (f" ± {nested['se_cindex']:.3f}" if nested.get("se_cindex") is not None else ""))
+    elif signature.cv_cindex is not None:
+        cv = f", CV C-index {signature.cv_cindex:.3f} (not nested: written by an older version, optimistic)"
+    if signature.tuning_cindex is not None:
+        cv += f"; tuning criterion {signature.tuning_cindex:.3f} (optimistic, not an estimate)"
     validation = stage.context.get("validation") or "none"
     print(f"signature: {len(signature.feature_names)} features (elastic-net l1_ratio {signature.l1_ratio:g}, "
           f"alpha {signature.alpha:.3g}{cv}); training {len(stage.cohorts['training'])} / validation "
           f"{len(stage.cohorts.get('validation', []))} cases ({validation})")
 
 
-def _print_nomogram(result) -> None:
+def _print_nomogram(result, staging: Path | None = None, folder: str | Path | None = None) -> None:
+    """The nomogram's read-out; ``staging``/``folder``: the :func:`atomic_folder` it was written in, and where
+    its files are now."""
     report = result.report
     main = report["survival_model"]["main_nomogram"]
     print(f"nomogram variables: {main} = {[v.name for v in result.pipeline.nomograms[main].variables]}")
@@ -233,17 +255,34 @@ def _print_nomogram(result) -> None:
         if variable.coding != "linear":
             print(f"  {variable.title}: {variable.describe()}")
     for row in report["summary"]:
-        ci = (f" ({row['ci_lower']:.3f}–{row['ci_upper']:.3f})" if row.get("ci_lower") is not None else "")
         p = f", log-rank p {row['logrank_p']:.3g}" if row.get("logrank_p") is not None else ""
-        print(f"  {row['model']:<10} {row['cohort']:<11} C-index {row['c_index']:.3f}{ci}{p}")
+        if "c_index_corrected" in row:  # training cohort: never the apparent value alone
+            corrected = (f"optimism-corrected {row['c_index_corrected']:.3f}" if row["c_index_corrected"] is not None
+                         else "not optimism-corrected (see the warnings)")
+            plus = f", .632+ {row['c_index_632plus']:.3f}" if row.get("c_index_632plus") is not None else ""
+            print(f"  {row['model']:<10} {row['cohort']:<11} C-index {corrected} (apparent {row['c_index']:.3f}{plus})")
+            continue
+        ci = (f" ({row['ci_lower']:.3f}–{row['ci_upper']:.3f})" if row.get("ci_lower") is not None else "")
+        print(f"  {row['model']:<10} {row['cohort']:<11} C-index {row['c_index']:.3f}{ci}{p} "
+              f"[{row.get('validation_type', 'validation')}]")
     for d in report.get("c_index_difference") or []:
+        if "difference_corrected" in d:
+            value = (f"optimism-corrected {d['difference_corrected']:+.3f} (apparent {d['difference_apparent']:+.3f})"
+                     if d.get("difference_corrected") is not None else "not estimated")
+            print(f"  C-index {d['model_a']} − {d['model_b']} on {d['cohort']}: {value}; no test on training data")
+            continue
         ci = f" ({d['ci_lower']:+.3f} to {d['ci_upper']:+.3f})" if d.get("ci_lower") is not None else ""
         p = f", p {d['p_value']:.3g}" if d.get("p_value") is not None else ""
-        print(f"  C-index {d['model_a']} − {d['model_b']} on {d['cohort']}: {d['difference']:+.3f}{ci}{p}")
+        print(f"  C-index {d['model_a']} − {d['model_b']} on {d['cohort']}: {d['difference']:+.3f}{ci}{p}: {d['claim']}")
+    comparison = report.get("comparison") or {}
+    if comparison and not comparison.get("claimable"):
+        print(f"comparison: {comparison['statement']}")
     for warning in report.get("warnings") or []:
         print(f"warning: {warning}")
-    print(f"report: {result.output_dir / 'report.json'}\nmodel:  {result.model_path} "
-          f"(use: tace-response predict ... --nomogram {result.model_path} --clinical NAME=VALUE)")
+    model = relocated(result.model_path, staging, folder) if staging else result.model_path
+    report_path = relocated(result.output_dir, staging, folder) if staging else result.output_dir
+    print(f"report: {report_path / 'report.json'} (TRIPOD+AI: {report_path / 'tripod_report.md'})\nmodel:  {model} "
+          f"(use: tace-response predict ... --nomogram {model} --clinical NAME=VALUE)")
 
 
 def cmd_survival(args: argparse.Namespace) -> int:
@@ -252,9 +291,13 @@ def cmd_survival(args: argparse.Namespace) -> int:
 
     _check_signature_inputs(args)
     config = _survival_config(args, args.covariates)
-    signature = fit_image_signature(args.output, config=config, **_signature_inputs(args))
+    cluster = cluster_from(args)
+    with atomic_folder(args.output, last=["survival_model.json"]) as staging:
+        signature = fit_image_signature(staging, config=config, **_signature_inputs(args))
+        result = fit_image_nomogram(signature, staging, config=config, clinical=signature.clinical,
+                                    cluster=cluster, progress_bar=True)
     _print_signature(signature.stage)
-    _print_nomogram(fit_image_nomogram(signature, args.output, config=config, clinical=signature.clinical))
+    _print_nomogram(result, staging, args.output)
     return 0
 
 
@@ -263,10 +306,11 @@ def cmd_fit_signature(args: argparse.Namespace) -> int:
     from TACEResponseLib.survival.images import fit_image_signature
 
     _check_signature_inputs(args)
-    signature = fit_image_signature(args.output, config=_survival_config(args, []), **_signature_inputs(args))
+    with atomic_folder(args.output, last=["signature_fit.json"]) as staging:
+        signature = fit_image_signature(staging, config=_survival_config(args, []), **_signature_inputs(args))
     _print_signature(signature.stage)
     print(f"signature: {Path(args.output) / 'signature.json'} "
-          f"(next: tace-response fit-nomogram --signature {args.output})")
+          f"(next: tace-response survival fit-nomogram --signature {args.output})")
     return 0
 
 
@@ -284,11 +328,14 @@ def cmd_fit_nomogram(args: argparse.Namespace) -> int:
     stage = SignatureStage.load(source)
     covariates = list(args.covariates)
     config = replace(stage.config, **_nomogram_settings(args, covariates), n_boot=args.n_boot,
-                     seed=stage.config.seed if args.seed is None else args.seed)
-    result = fit_image_nomogram(stage, output, config=config, clinical=args.clinical,
-                                validation_clinical=args.validation_clinical)
+                     optimism_boot=args.optimism_boot, seed=stage.config.seed if args.seed is None else args.seed)
+    cluster = cluster_from(args)
+    with atomic_folder(output, last=["survival_model.json"]) as staging:
+        result = fit_image_nomogram(stage, staging, config=config, clinical=with_sheet(args.clinical, args.sheet),
+                                    validation_clinical=with_sheet(args.validation_clinical, args.sheet),
+                                    cluster=cluster, progress_bar=True)
     _print_signature(stage)
-    _print_nomogram(result)
+    _print_nomogram(result, staging, output)
     return 0
 
 
@@ -297,10 +344,12 @@ def cmd_survival_cohort(args: argparse.Namespace) -> int:
     from TACEResponseLib.survival.cohort import make_survival_cohort
 
     check_output_folder(args.output)
-    cohort = make_survival_cohort(args.cases, args.output, seed=args.seed, shape_kji=tuple(args.shape),
-                                  spacing_ijk=tuple(args.spacing))
+    with atomic_folder(args.output) as staging:
+        cohort = make_survival_cohort(args.cases, staging, seed=args.seed, shape_kji=tuple(args.shape),
+                                      spacing_ijk=tuple(args.spacing))
     table = cohort.table
-    print(f"wrote {len(table)} SYNTHETIC phantom cases ({int(table['event'].sum())} deaths) → {cohort.csv_path}")
+    print(f"wrote {len(table)} SYNTHETIC phantom cases ({int(table['event'].sum())} deaths) → "
+          f"{relocated(cohort.csv_path, staging, args.output)}")
     return 0
 
 
@@ -317,7 +366,9 @@ def _signature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", default=None, help="cases on disk (features extracted and cached)")
     p.add_argument("--features", default=None, help="feature CSV from extract-features instead of --manifest")
     p.add_argument("--repeat", default=None, help="second extraction (perturbed ROI / reader 2) for the ICC filter")
-    p.add_argument("--clinical", default=None, help="CSV with case_id, time, event, clinical columns (default: manifest)")
+    p.add_argument("--clinical", default=None,
+                   help="CSV or workbook (.xlsx, .xls, .ods) with case_id, time, event, clinical columns (default: manifest)")
+    p.add_argument("--sheet", default=None, help="the sheet of a workbook --clinical / --validation-clinical (default: the first)")
     p.add_argument("--validation-features", default=None, metavar="CSV",
                    help="external validation cohort: its feature table (extract-features, same settings)")
     p.add_argument("--validation-manifest", default=None, metavar="CSV",
@@ -327,6 +378,9 @@ def _signature_args(p: argparse.ArgumentParser) -> None:
                         "--validation-manifest); replaces the random --validation-fraction split")
     p.add_argument("--output", required=True)
     p.add_argument("--time-col", default="time_months")
+    p.add_argument("--time-unit", choices=sorted(YEAR_TIMES), default="months",
+                   help="unit of --time-col, said in the report and on the nomogram; survival is read out at 1, 2 "
+                        "and 3 years in it (12/24/36 months, 52/104/156 weeks, 365/730/1096 days)")
     p.add_argument("--event-col", default="event")
     p.add_argument("--icc-threshold", type=number(float, -1, 1), default=0.75)
     p.add_argument("--icc-kind", choices=["ICC(2,1)", "ICC(3,1)"], default="ICC(2,1)")
@@ -337,6 +391,10 @@ def _signature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l1-ratios", type=number(float, 0, 1, low_open=True), nargs="+",
                    default=[0.1, 0.3, 0.5, 0.7, 0.9, 1.0], metavar="R",
                    help="elastic-net mixing ratios tried by cross-validation (one value: fixed)")
+    p.add_argument("--nested-folds", type=number(int, 0, 50, zero="no nested cross-validation, no CV C-index reported"),
+                   default=5, metavar="K",
+                   help="outer folds of the signature's nested cross-validation: mRMR and the elastic-net tuning "
+                        "redone inside each, so the reported CV C-index is honest")
     p.add_argument("--validation-fraction", type=number(float, 0, 1, high_open=True), default=0.3)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--note", default=None, help="shown on every figure (e.g. 'SYNTHETIC phantom cohort')")
@@ -354,7 +412,13 @@ def _nomogram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dichotomise", nargs="+", metavar="NAME[=CUTOFF]", default=None,
                    help="continuous variables entered as above/below a cut-off: ALT (> 50 U/L), AFP (> 400 ng/mL), "
                         "tumour_size (> 5 cm) by name, or NAME=VALUE")
-    p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--n-boot", type=number(int, 0, 1_000_000, zero=NO_BOOTSTRAP), default=1000,
+                   help="bootstrap resamples (patients) of the confidence intervals (C-index, C-index difference)")
+    p.add_argument("--optimism-boot", type=number(int, 0, 100_000, zero=NO_OPTIMISM_BOOTSTRAP), default=200,
+                   metavar="B", help="Harrell's optimism bootstrap of the training cohort: B resamples, each refitting "
+                                     "the whole pipeline (signature and nomograms); seeded by --seed, run on the Dask "
+                                     "workers below")
+    cluster_arguments(p)
 
 
 def _survival_args(p: argparse.ArgumentParser) -> None:
@@ -364,7 +428,9 @@ def _survival_args(p: argparse.ArgumentParser) -> None:
 
 def _fit_nomogram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signature", required=True, metavar="DIR", help="the folder fit-signature wrote")
-    p.add_argument("--clinical", default=None, help="clinical CSV (default: the table the signature was fitted with)")
+    p.add_argument("--clinical", default=None,
+                   help="clinical CSV or workbook (default: the table the signature was fitted with)")
+    p.add_argument("--sheet", default=None, help="the sheet of a workbook --clinical / --validation-clinical")
     p.add_argument("--validation-clinical", default=None,
                    help="the external validation cohort's clinical CSV (default: the one the signature was fitted with)")
     p.add_argument("--output", default=None, help="report folder (default: the signature's folder)")
@@ -409,22 +475,29 @@ def _make_demo_survival_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", type=number(int, 20, 100_000), default=200, help="SYNTHETIC phantoms in the cohort")
     p.add_argument("--seed", type=SEED, default=2000, help="first phantom seed (and the clinical/survival draw)")
     p.add_argument("--workers", type=number(int, 1, 256), default=2, help="processes making the phantoms")
-    p.add_argument("--n-boot", type=number(int, 0, 1_000_000), default=1000)
+    p.add_argument("--n-boot", type=number(int, 0, 1_000_000, zero=NO_BOOTSTRAP), default=1000,
+                   help="bootstrap resamples (patients) for the C-index confidence intervals")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None, help="torch threads for the DenseNet features")
     p.add_argument("--device", default="cpu", help="cpu keeps the model reproducible")
 
 
 COMMANDS = [
     Command("extract-features", cmd_extract_features, _extract_features_args,
-            "DenseNet-121 deep features per case and phase (cached) → CSV"),
-    Command("survival", cmd_survival, _survival_args,
-            "Zhang 2020 survival: ICC → signature → nomograms → report + survival_model.json"),
+            "DenseNet-121 deep features per case and phase (cached) → CSV", group="survival",
+            replaces="extract-features"),
     Command("fit-signature", cmd_fit_signature, _signature_args,
-            "Zhang 2020 step 1: ICC filter → mRMR → elastic-net Cox → signature.json (+ scores and split)"),
+            "step 1: ICC filter → mRMR → elastic-net Cox → signature.json (+ scores and split)", group="survival",
+            replaces="fit-signature"),
     Command("fit-nomogram", cmd_fit_nomogram, _fit_nomogram_args,
-            "Zhang 2020 step 2: Cox screen + stepwise AIC → nomograms → report + survival_model.json"),
-    Command("survival-cohort", cmd_survival_cohort, _survival_cohort_args,
-            "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)"),
-    Command("make-demo-survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
-            "re-create the SYNTHETIC demo survival model and register it in Resources/Models.json"),
+            "step 2: Cox screen + stepwise AIC → nomograms → report + survival_model.json", group="survival",
+            replaces="fit-nomogram"),
+    Command("run", cmd_survival, _survival_args,
+            "both steps: ICC → signature → nomograms → report + survival_model.json", group="survival",
+            replaces="survival"),
+    Command("phantoms", cmd_survival_cohort, _survival_cohort_args,
+            "write a SYNTHETIC phantom survival cohort (images + survival_cohort.csv)", group="survival",
+            replaces="survival-cohort"),
+    Command("survival-model", cmd_make_demo_survival_model, _make_demo_survival_model_args,
+            "re-create the SYNTHETIC demo survival model and register it in Resources/Models.json", group="demo",
+            replaces="make-demo-survival-model"),
 ]

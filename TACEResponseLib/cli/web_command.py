@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from TACEResponseLib.cli.common import Command
+from TACEResponseLib.cli.common import Command, number
 from TACEResponseLib.core.errors import InputError, TACEResponseError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ def cmd_web(args: argparse.Namespace) -> int:
         raise TACEResponseError(f"'tace-response web' needs the web extra; missing Python package(s): "
                                 f"{', '.join(missing)}. Install it with: pip install 'TACEResponse[web]' "
                                 "(or pip install -r requirements.txt)")
-    from TACEResponseLib.frontend.web.auth import add_user
+    from TACEResponseLib.frontend.web.auth import LoginPolicy, add_user
+    from TACEResponseLib.frontend.web.guards import ConnectionLimits
     from TACEResponseLib.frontend.web.launcher import WebOptions, serve
     from TACEResponseLib.frontend.web.uploads import UploadLimits
 
@@ -58,12 +59,22 @@ def cmd_web(args: argparse.Namespace) -> int:
     if args.encoder:
         session += ["--encoder", args.encoder]
     megabyte = 1024 * 1024
-    options = WebOptions(host=args.host, port=args.port, users_file=Path(args.users) if args.users else None, session_arguments=session,
-                         max_sessions=args.max_sessions, session_timeout=args.session_timeout,
-                         limits=UploadLimits(int(args.max_upload_mb * megabyte), int(args.max_session_upload_mb * megabyte),
-                                             args.max_upload_files),
+    limits = UploadLimits(int(args.max_upload_mb * megabyte), int(args.max_session_upload_mb * megabyte),
+                          args.max_upload_files, max_image_voxels=int(args.max_image_megavoxels * 1e6),
+                          max_image_bytes=int(args.max_image_mb * megabyte),
+                          max_decoded_bytes=int(args.max_session_image_mb * megabyte))
+    options = WebOptions(host=args.host, port=args.port, users_file=Path(args.users) if args.users else None,
+                         session_arguments=session, max_sessions=args.max_sessions,
+                         max_sessions_per_user=args.max_sessions_per_user, session_timeout=args.session_timeout,
+                         session_lifetime=args.max_session_hours * 3600, limits=limits,
                          tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-                         tls_key=Path(args.tls_key) if args.tls_key else None, spare_sessions=args.spare_sessions)
+                         tls_key=Path(args.tls_key) if args.tls_key else None,
+                         behind_tls_proxy=args.behind_tls_proxy, allowed_hosts=list(args.allowed_host or []),
+                         login=LoginPolicy(token_lifetime=args.login_hours * 3600,
+                                           token_idle=args.login_idle_minutes * 60),
+                         connections=ConnectionLimits(max_connections=args.max_connections,
+                                                      max_connections_per_address=args.max_connections_per_address),
+                         spare_sessions=args.spare_sessions)
 
     def ready(line: str) -> None:
         print(line, flush=True)
@@ -80,25 +91,52 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 def _web_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this computer only); any other needs --users")
-    p.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+                   help="address to listen on (default 127.0.0.1: this computer only); any other needs --users and "
+                        "TLS (--tls-cert/--tls-key, or --behind-tls-proxy)")
+    p.add_argument("--port", type=number(int, 0, 65535, zero="any free port"), default=8080, help="port")
     p.add_argument("--users", default=None, metavar="FILE", help="users file: log-in required (HTTP basic, then a cookie)")
     p.add_argument("--add-user", default=None, metavar="NAME",
-                   help="add NAME to --users FILE (password read from the terminal or standard input) and exit")
+                   help="add NAME to --users FILE (password read from the terminal or standard input) and exit; "
+                        "changing a password ends that user's logins and sessions")
     p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
     p.add_argument("--tls-key", default=None, metavar="PEM")
+    p.add_argument("--behind-tls-proxy", action="store_true",
+                   help="a reverse proxy in front serves HTTPS: allows a network --host without --tls-cert, marks "
+                        "cookies Secure, and takes the browser's address and host from X-Forwarded-For/-Host")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="a host name browsers reach this server by (repeatable); requests naming another are refused "
+                        "(default: localhost, 127.0.0.1, ::1, the --host address, this machine's name for 0.0.0.0)")
     p.add_argument("--image", action="append", default=None, metavar="PATH",
                    help="open this CT/MR in every session (file or DICOM folder; repeatable, reference first)")
     p.add_argument("--segmentation", default=None, metavar="PATH", help="tumour segmentation of --image")
     p.add_argument("--no-demo", action="store_true", help="start sessions empty instead of on the SYNTHETIC demo case")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--encoder", default=None, choices=["jpeg", "png", "webp"], help="view streaming (default jpeg)")
-    p.add_argument("--max-sessions", type=int, default=4, help="sessions at once (each is a process)")
-    p.add_argument("--session-timeout", type=int, default=60,
-                   help="seconds a session lives on after its page closed (then its folder is removed)")
-    p.add_argument("--max-upload-mb", type=float, default=1024, help="largest uploaded file")
-    p.add_argument("--max-session-upload-mb", type=float, default=4096, help="all uploads of one session")
-    p.add_argument("--max-upload-files", type=int, default=4000, help="files one session may upload")
+    p.add_argument("--max-sessions", type=number(int, 1, 10_000), default=4, help="sessions at once (each is a process; default 4)")
+    p.add_argument("--max-sessions-per-user", type=number(int, 1, 10_000), default=2,
+                   help="sessions one user may have at once (with --users; default 2)")
+    p.add_argument("--session-timeout", type=number(int, 1, 7 * 86400), default=60,
+                   help="seconds a session lives on after its page closed (then its folder is removed; default 60)")
+    p.add_argument("--max-session-hours", type=number(float, 0, 24 * 365, low_open=True), default=12.0,
+                   help="a session ends after this many hours, even in use (default 12)")
+    p.add_argument("--login-hours", type=number(float, 0, 24 * 365, low_open=True), default=8.0,
+                   help="a log-in (its cookie) lasts at most this long (default 8)")
+    p.add_argument("--login-idle-minutes", type=number(float, 0, 60 * 24 * 365, low_open=True), default=60.0,
+                   help="a log-in not used for this long ends (default 60)")
+    p.add_argument("--max-upload-mb", type=number(float, 0, 1e7, low_open=True), default=1024,
+                   help="largest uploaded file (default 1024)")
+    p.add_argument("--max-session-upload-mb", type=number(float, 0, 1e7, low_open=True), default=4096,
+                   help="all uploads of one session (default 4096)")
+    p.add_argument("--max-upload-files", type=number(int, 1, 10_000_000), default=4000, help="files one session may upload (default 4000)")
+    p.add_argument("--max-image-mb", type=number(float, 0, 1e7, low_open=True), default=1024,
+                   help="largest image a session decodes, in MB of voxels, checked from its header (default 1024)")
+    p.add_argument("--max-image-megavoxels", type=number(float, 0, 1e6, low_open=True), default=536.870912,
+                   help="largest image a session decodes, in millions of voxels (default 536.87 = 512 × 512 × 2048)")
+    p.add_argument("--max-session-image-mb", type=number(float, 0, 1e7, low_open=True), default=2048,
+                   help="decoded images one session holds at once: its case and segmentation (default 2048)")
+    p.add_argument("--max-connections", type=number(int, 1, 1_000_000), default=512, help="open connections in all (default 512)")
+    p.add_argument("--max-connections-per-address", type=number(int, 1, 1_000_000), default=64,
+                   help="open connections from one address (default 64; not applied with --behind-tls-proxy)")
     p.add_argument("--spare-sessions", type=int, choices=(0, 1), default=1,
                    help="sessions started ahead of their page, demo case loaded and model warm (default 1; 0: "
                         "each page starts its own, ~6 s later on 2 cores)")
@@ -107,5 +145,6 @@ def _web_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = [
     Command("web", cmd_web, _web_args,
-            "serve the workflow as a web page on Slicer's views and segment editor (one process per session)"),
+            "serve the workflow as a web page on Slicer's views and segment editor (one process per session)",
+            task="web"),
 ]

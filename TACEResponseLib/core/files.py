@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -76,6 +77,67 @@ def atomic_paths(paths: Iterable[str | os.PathLike]) -> Iterator[list[Path]]:
                 tmp.unlink()
 
 
+#: the staging folders of :func:`atomic_folder` are named ``.<folder>.partial-<random>`` beside it
+PARTIAL = ".partial-"
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike, last: Sequence[str] = ()) -> Iterator[Path]:
+    """Write a command's output folder as one group: yield an empty staging folder beside ``folder`` (hidden,
+    same parent, so renames stay on one file system) to write everything into.
+
+    When the block ends without an exception, the staging folder becomes ``folder`` (one rename when
+    ``folder`` does not exist) or is merged into it (each file renamed into place, replacing a previous
+    result's file of the same name; other files are left alone; files named in ``last`` — the one whose
+    presence means "complete" — go last). When the block raises, the staging folder is removed and
+    ``folder`` is exactly as it was: never a half-written output. A staging path the block records goes
+    through :func:`relocated` to name the final file.
+    """
+    final = Path(folder).resolve()  # "." has no name and is its own parent; a link: beside its target (one FS)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}{PARTIAL}", dir=final.parent))
+    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700; an output folder is as readable as any
+    try:
+        yield staging
+        _check_mergeable(staging, final)
+        if not final.exists():
+            try:
+                os.rename(staging, final)
+                return
+            except OSError:  # created meanwhile: merge into it
+                pass
+        files = sorted((p for p in staging.rglob("*") if not p.is_dir()),
+                       key=lambda p: (p.relative_to(staging).as_posix() in last, p.relative_to(staging).as_posix()))
+        for source in files:
+            target = final / source.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_mergeable(staging: Path, final: Path) -> None:
+    """Refuse, before anything moves, a merge where a file would replace a folder or the other way round."""
+    if final.exists() and not final.is_dir():
+        raise InputError(f"{final}: is a file, not a folder")
+    for source in staging.rglob("*"):
+        target = final / source.relative_to(staging)
+        if target.exists() and target.is_dir() != source.is_dir():
+            raise InputError(f"{target}: is a {'folder' if target.is_dir() else 'file'} in the output folder; the "
+                             f"new output has a {'folder' if source.is_dir() else 'file'} of that name")
+
+
+def relocated(path: str | os.PathLike, staging: Path, folder: str | os.PathLike) -> Path:
+    """``path`` inside an :func:`atomic_folder` staging folder → the same file in the final ``folder``
+    (any other path as it is)."""
+    path = Path(path)
+    try:
+        return Path(folder) / path.relative_to(staging)
+    except ValueError:
+        return path
+
+
 # --- output locations ---------------------------------------------------------------------
 def _probe_writable(folder: Path, what: str) -> None:
     try:
@@ -121,6 +183,37 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+#: what a spreadsheet takes for the start of a formula in a CSV cell
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text, never runs: text beginning with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return gets a leading apostrophe (a case id or segment name such as
+    ``=HYPERLINK(…)`` from an uploaded file). Numbers, and text that is a number ("-1.5"), stay as they are."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
+def write_csv_atomic(path: str | os.PathLike, columns: Iterable[str], rows: Iterable[dict],
+                     extrasaction: str = "raise") -> Path:
+    """Write rows of dicts as CSV (a header of ``columns``), every cell :func:`spreadsheet_safe`, atomically."""
+    import csv
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction=extrasaction)
+            writer.writeheader()
+            writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
+    return path
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
@@ -189,6 +282,10 @@ def content_fingerprint(paths: Iterable[str | os.PathLike | None], extra: Any = 
             digest.update(b"<none>\0")
             continue
         path = Path(entry)
+        if not path.exists() and "#" in path.name and Path(str(path).rsplit("#", 1)[0]).is_dir():
+            folder, choice = str(path).rsplit("#", 1)  # FOLDER#SERIES[@ACQUISITION]: the folder and the choice
+            digest.update(f"<series {choice}>\0".encode())
+            path = Path(folder)
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs.sort()

@@ -1,4 +1,4 @@
-"""``tace-response demo``: the SYNTHETIC demo case predicted with the demo models, and its outputs.
+"""``tace-response demo run``: the SYNTHETIC demo case predicted with the demo models, and its outputs.
 
 The case is ``make_phantom("PR", seed=7, case_id="demo_case")`` with plausible SYNTHETIC
 clinical values (:data:`DEMO_CLINICAL`); the response and survival models are the registered
@@ -15,7 +15,7 @@ from TACEResponseLib.core.errors import InputError, TACEResponseError
 
 logger = logging.getLogger(__name__)
 
-#: the case ``tace-response demo`` shows (:func:`run_demo`): make_phantom("PR", seed=7, case_id="demo_case")
+#: the case ``tace-response demo run`` shows (:func:`run_demo`): make_phantom("PR", seed=7, case_id="demo_case")
 DEMO_CASE = {"response": "PR", "seed": 7, "case_id": "demo_case"}
 
 #: plausible clinical values of the SYNTHETIC demo patient (intermediate-stage HCC, compensated

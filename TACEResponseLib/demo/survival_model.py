@@ -10,7 +10,7 @@ Not patient data and not for clinical use. :func:`make_demo_survival_model` re-c
    size and Child-Pugh are noise). Phantom seeds start at ``seed`` (2000), disjoint from the
    demo case (7) and the response demo bundle's phantoms (1000-1079, 5000-5039);
 2. the Zhang 2020 pipeline (:func:`TACEResponseLib.survival.images.run_image_survival_pipeline`,
-   the code of ``tace-response survival``) with *random-init* (seeded) DenseNet-121 features on
+   the code of ``tace-response survival run``) with *random-init* (seeded) DenseNet-121 features on
    64-pixel centroid patches over 64 mm, ICC(2,1) > 0.75 against a randomised repeat, mRMR +
    5-fold elastic-net Cox signature, univariate screen + stepwise AIC (BCLC and Child-Pugh as
    categories), nomograms, C-index with 1000-bootstrap CIs on a
@@ -74,7 +74,12 @@ def _cohort_matches(folder: Path, n_cases: int, seed: int) -> bool:
 
 def _fmt_ci(row: Mapping[str, Any]) -> str:
     low, high = row.get("ci_lower"), row.get("ci_upper")
-    return f"{row['c_index']:.3f} ({low:.3f}–{high:.3f})" if low is not None and high is not None else f"{row['c_index']:.3f}"
+    text = f"{row['c_index']:.3f} ({low:.3f}–{high:.3f})" if low is not None and high is not None else f"{row['c_index']:.3f}"
+    if "c_index_corrected" in row:  # the training cohort: never the apparent value alone
+        corrected = row.get("c_index_corrected")
+        text = (f"apparent {text}; optimism-corrected {corrected:.3f}" if corrected is not None
+                else f"apparent {text} (not optimism-corrected)")
+    return text
 
 
 def make_demo_survival_model(
@@ -151,7 +156,7 @@ def _demo_cohort(cohort_dir: Path, n_cases: int, seed: int, workers: int, starte
 
 
 def _fit_demo_model(work: Path, manifest: Path, n_boot: int, device: str):
-    """The Zhang 2020 pipeline (the code of ``tace-response survival``) with the demo settings."""
+    """The Zhang 2020 pipeline (the code of ``tace-response survival run``) with the demo settings."""
     from TACEResponseLib.survival.cohort import CLINICAL_LABELS, CLINICAL_LEVELS
     from TACEResponseLib.survival.deep_features import FeatureSettings
     from TACEResponseLib.survival.fitting import SurvivalConfig
@@ -200,7 +205,7 @@ def _copy_card_figures(report: Mapping[str, Any], main: str, fit_dir: Path, outp
 
 
 def _demo_case_readout(model: Any, device: str) -> dict[str, Any]:
-    """The demo case's read-out, as ``tace-response demo`` will show it."""
+    """The demo case's read-out, as ``tace-response demo run`` will show it."""
     from TACEResponseLib.imaging.phantoms import make_phantom
 
     case = make_phantom(DEMO_CASE["response"], seed=DEMO_CASE["seed"], case_id=DEMO_CASE["case_id"])
@@ -279,7 +284,7 @@ def _card_markdown(model: Any, report: Mapping[str, Any], main: str, *, n_cases:
                    figures: Sequence[str], demo: Mapping[str, Any], cohort_s: float | None, fit_s: float,
                    total_s: float, workers: int, truth: Mapping[str, Any], cohort_reused: bool = False) -> str:
     """docs/README.md of the demo survival model (``Resources/Templates/demo_survival_card.md``)."""
-    from TACEResponseLib.networks.catalog import render_template
+    from TACEResponseLib.core.resources import render_template
 
     deep = report.get("deep_features") or {}
     return render_template(

@@ -132,6 +132,44 @@ def volume_node_state(node) -> tuple:
     return node.GetID(), int(image.GetMTime()), tuple(np.round(node_ijk_to_world(node), 12).ravel().tolist())
 
 
+def node_content_state(node) -> tuple:
+    """What a result computed from ``node`` depends on: a volume's voxels and world geometry
+    (:func:`volume_node_state`), any other node's identity and parent transform."""
+    if node is None:
+        return (None,)
+    if node.IsA("vtkMRMLScalarVolumeNode"):
+        return volume_node_state(node)
+    return node.GetID(), _transform_state(node)
+
+
+def _transform_state(node) -> tuple | None:
+    transform = node.GetParentTransformNode() if hasattr(node, "GetParentTransformNode") else None
+    if transform is None:
+        return None
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    if transform.IsTransformToWorldLinear():
+        transform.GetMatrixTransformToWorld(matrix)
+        return tuple(round(matrix.GetElement(r, c), 12) for r in range(4) for c in range(4))
+    return transform.GetID(), int(transform.GetMTime())
+
+
+def segment_state(segmentation_node, segment_id: str) -> tuple | None:
+    """What the chosen segment's voxels depend on: the modification time of its source representation
+    (a binary labelmap, which Segment Editor effects modify) and the node's parent transform. Segments
+    sharing a labelmap layer share the time, so painting any of them counts."""
+    if segmentation_node is None or not segment_id:
+        return None
+    segmentation = segmentation_node.GetSegmentation()
+    segment = segmentation.GetSegment(segment_id)
+    if segment is None:
+        return segmentation_node.GetID(), segment_id, None
+    representation = segment.GetRepresentation(segmentation.GetSourceRepresentationName())
+    return (segmentation_node.GetID(), segment_id, int(representation.GetMTime()) if representation is not None else None,
+            _transform_state(segmentation_node))
+
+
 def volume_from_node(node, label: str | None = None) -> Volume:
     """Copy a scalar volume node into a :class:`Volume` (array ``[k, j, i]``, world IJK→RAS)."""
     slicer = _slicer()
@@ -261,6 +299,9 @@ def load_volume_node(path: str | Path, scene, name: str | None = None):
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file does not exist")
+    from TACEResponseLib.imaging.image_headers import check_image_file
+
+    check_image_file(path)  # its data files and decoded size, before Slicer's reader decodes it
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or path.name.split(".")[0])
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(path))
@@ -315,7 +356,10 @@ def heatmap_color_node(scene, colormap: str = "inferno"):
     existing = scene.GetFirstNodeByName(name)
     if existing is not None:
         return existing
-    from matplotlib import colormaps
+    try:
+        from matplotlib import colormaps
+    except ImportError:
+        raise InputError("the heatmap colours need the Python package 'matplotlib': click 'Install dependencies'") from None
 
     node = slicer.vtkMRMLColorTableNode()
     node.SetName(name)
@@ -450,51 +494,127 @@ def prediction_table_columns(result) -> list[tuple[str, list, str]]:
 
 PLOT_VIEW_LAYOUT_NAME = "TACEResponse"
 
+#: what a copy of a plot series / chart keeps (vtkMRMLPlotSeriesNode / vtkMRMLPlotChartNode Get…/Set… pairs)
+_SERIES_PROPERTIES = ("PlotType", "XColumnName", "YColumnName", "LabelColumnName", "MarkerStyle", "MarkerSize",
+                      "LineStyle", "LineWidth", "Color", "Opacity")
+_CHART_PROPERTIES = ("Title", "XAxisTitle", "YAxisTitle", "TitleVisibility", "LegendVisibility", "GridVisibility",
+                     "XAxisTitleVisibility", "YAxisTitleVisibility", "XAxisLogScale", "YAxisLogScale")
 
-def module_plot_view_node(scene, owner_node, chart_node=None):
-    """The module's plot view node (one per scene) showing ``chart_node``.
 
-    Its parent layout node is ``owner_node`` (the module's parameter node), so Slicer's main
-    layout does not create a hidden plot widget for it (qMRMLLayoutViewFactory::onNodeAdded
-    handles only view nodes without a parent layout node).
+class PanelPlotScene:
+    """The panel's survival chart in an MRML scene of its own, shown by the panel's ``qMRMLPlotWidget``.
+
+    In the application's scene a plot view node is touched by Slicer in two ways the panel must avoid:
+
+    - ``vtkMRMLApplicationLogic::PropagatePlotChartSelection`` sets the active chart on every plot view
+      node that allows it (Slicer v5.10.0 Libs/MRML/Logic/vtkMRMLApplicationLogic.cxx:491-510), so any
+      chart shown in the layout would replace the panel's (the view node here has it off as well);
+    - ``qMRMLLayoutViewFactory::onSceneModified``, at the end of every batch process (loading, importing
+      or closing a scene), gives *every* view node of the scene a hidden main-layout widget, whatever its
+      parent layout node (Libs/MRML/Widgets/qMRMLLayoutViewFactory.cxx:435-450); the first plot view of
+      the layout manager becomes its active one (:414-417).
+
+    Neither sees this scene. ``qMRMLPlotView`` only looks its chart, series and tables up by ID in the
+    scene it is given (qMRMLPlotView.cxx:199, :426, :703), so they are copied here from the result's
+    chart, which stays in the application's scene (saved with it, shown by the Plots module).
     """
-    slicer = _slicer()
-    view = scene.GetSingletonNode(PLOT_VIEW_LAYOUT_NAME, "vtkMRMLPlotViewNode")
-    if view is None:
+
+    def __init__(self) -> None:
+        slicer = _slicer()
+        self.scene = slicer.vtkMRMLScene()
         view = slicer.vtkMRMLPlotViewNode()
-        view.SetLayoutName(PLOT_VIEW_LAYOUT_NAME)  # also its singleton tag
+        view.SetLayoutName(PLOT_VIEW_LAYOUT_NAME)
         view.SetName("TACE Response survival")
-        if owner_node is not None:
-            view.SetAndObserveParentLayoutNodeID(owner_node.GetID())
-        view = scene.AddNode(view)
-    elif owner_node is not None and view.GetParentLayoutNode() is None:
-        view.SetAndObserveParentLayoutNodeID(owner_node.GetID())
-    if chart_node is not None:
-        view.SetPlotChartNodeID(chart_node.GetID())
-    return view
+        view.SetDoPropagatePlotChartSelection(False)
+        self.view_node = self.scene.AddNode(view)
+        self.chart_node = None
+
+    def show(self, chart_node):
+        """Show a copy of ``chart_node`` (its series and their tables); returns the view node."""
+        for node in list(self._copies()):
+            self.scene.RemoveNode(node)
+        self.chart_node = None
+        if chart_node is not None:
+            chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", chart_node.GetName())
+            _copy_properties(chart_node, chart, _CHART_PROPERTIES)
+            for n in range(chart_node.GetNumberOfPlotSeriesNodes()):
+                source = chart_node.GetNthPlotSeriesNode(n)
+                if source is None or source.GetTableNode() is None:
+                    continue
+                table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", source.GetTableNode().GetName())
+                table.GetTable().DeepCopy(source.GetTableNode().GetTable())
+                series = self.scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", source.GetName())
+                _copy_properties(source, series, _SERIES_PROPERTIES)
+                series.SetAndObserveTableNodeID(table.GetID())
+                chart.AddAndObservePlotSeriesNodeID(series.GetID())
+            self.chart_node = chart
+        self.view_node.SetPlotChartNodeID(self.chart_node.GetID() if self.chart_node is not None else None)
+        return self.view_node
+
+    def _copies(self):
+        for class_name in ("vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode", "vtkMRMLTableNode"):
+            for n in range(self.scene.GetNumberOfNodesByClass(class_name)):
+                yield self.scene.GetNthNodeByClass(n, class_name)
+
+
+def _copy_properties(source, target, names) -> None:
+    for name in names:
+        getter, setter = getattr(source, f"Get{name}", None), getattr(target, f"Set{name}", None)
+        if getter is not None and setter is not None:
+            value = getter()
+            setter(*value) if isinstance(value, tuple) else setter(value)
+
+
+def survival_step_points(times: list[float], values: list[float]) -> tuple[list[float], list[float]]:
+    """The vertices of a survival step curve: S(t) keeps each value until the next time, where it drops
+    (``[0, 12], [1, 0.8]`` → ``[0, 12, 12], [1, 1, 0.8]``), as a Breslow / Kaplan–Meier estimate is drawn."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for time, value in zip(times, values):
+        if ys:
+            xs.append(float(time))
+            ys.append(ys[-1])
+        xs.append(float(time))
+        ys.append(float(value))
+    return xs, ys
+
+
+def _style_survival_series(series) -> None:
+    """X from the time column: a Scatter series (a Line series ignores its X column and spaces its points
+    one index apart, Libs/MRML/Core/vtkMRMLPlotSeriesNode.h:137 and qMRMLPlotView.cxx:361-386), drawn
+    as a solid line without markers."""
+    series.SetPlotType(series.PlotTypeScatter)
+    series.SetMarkerStyle(series.MarkerStyleNone)
+    series.SetLineStyle(series.LineStyleSolid)
 
 
 def show_survival(scene, survival: dict, table_node=None, chart_node=None, title: str = "patient"):
-    """Survival curve as a table node (time, survival) plotted by a plot chart node."""
+    """Survival curve as a table node (the step curve's vertices: time, survival) plotted by a plot chart node."""
+    import json
+
     curve = survival.get("curve") or {}
-    times, values = list(curve.get("times", [])), list(curve.get("survival", []))
+    unit = survival.get("time_unit", "months")
+    times, values = survival_step_points(list(curve.get("times", [])), list(curve.get("survival", [])))
+    time_column = f"Time ({unit})"
     if table_node is None:
         table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{title} survival curve")
-    fill_table_node(table_node, [("Time (months)", times, "double"), ("Survival probability", values, "double")])
+    fill_table_node(table_node, [(time_column, times, "double"), ("Survival probability", values, "double")])
     points = survival.get("points", {})
-    table_node.SetAttribute("TACEResponse.Survival", __import__("json").dumps(survival))
+    table_node.SetAttribute("TACEResponse.Survival", json.dumps(survival))
     if chart_node is None:
         chart_node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{title} survival")
         series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{title} survival")
         series.SetAndObserveTableNodeID(table_node.GetID())
-        series.SetXColumnName("Time (months)")
-        series.SetYColumnName("Survival probability")
-        series.SetPlotType(series.PlotTypeLine if hasattr(series, "PlotTypeLine") else 1)
-        series.SetMarkerStyle(series.MarkerStyleNone if hasattr(series, "MarkerStyleNone") else 0)
         chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
+    for n in range(chart_node.GetNumberOfPlotSeriesNodes()):  # also a chart saved by an older version
+        series = chart_node.GetNthPlotSeriesNode(n)
+        if series is not None and series.GetTableNodeID() == table_node.GetID():
+            series.SetXColumnName(time_column)
+            series.SetYColumnName("Survival probability")
+            _style_survival_series(series)
     chart_node.SetTitle(f"Predicted overall survival — risk group {survival.get('risk_group', '?')}"
                         f", {sum(points.values()) if points else survival.get('total_points', 0):.0f} points")
-    chart_node.SetXAxisTitle("Time (months)")
+    chart_node.SetXAxisTitle(time_column)
     chart_node.SetYAxisTitle("Survival probability")
     return table_node, chart_node
 
@@ -542,6 +662,26 @@ def segmentation_from_node(segmentation_node, reference_node, segments: list[str
         segment.terminology = segment_tag(vtk_segment, TERMINOLOGY_TAG)
         segment.status = segment_tag(vtk_segment, STATUS_TAG)
     return segmentation
+
+
+def tumour_centres(segmentation_node, reference_node, segments: list[str] | None = None,
+                   islands=None) -> dict[tuple[str, int | None], list[float]]:
+    """``{(segment id, island number or None): centre RAS (mm)}`` of every tumour of the chosen segments,
+    split into islands as a prediction splits them (:func:`~TACEResponseLib.imaging.tumours.tumour_rois`,
+    numbered by size): the mean position of the tumour's voxels on the reference grid."""
+    from TACEResponseLib.imaging.tumours import IslandRule, tumour_rois
+
+    segmentation = segmentation_from_node(segmentation_node, reference_node, segments)
+    grid = segmentation.mask(segmentation.segments[0].id)  # the reference grid, without the reference's voxels
+    centres: dict[tuple[str, int | None], list[float]] = {}
+    for roi in tumour_rois(segmentation, grid, [s.id for s in segmentation.segments], islands or IslandRule()):
+        if roi.mask is None:
+            continue
+        kji = np.argwhere(roi.mask.array > 0)
+        if len(kji):
+            ijk1 = np.array([kji[:, 2].mean(), kji[:, 1].mean(), kji[:, 0].mean(), 1.0])
+            centres[(roi.segment_id, roi.island)] = [float(v) for v in (np.asarray(roi.mask.ijk_to_ras) @ ijk1)[:3]]
+    return centres
 
 
 def segment_tag(vtk_segment, name: str) -> str | None:

@@ -194,8 +194,10 @@ def cli_command(arguments: Sequence[str], python: str | None = None) -> list[str
 
 # --- the warm worker ---------------------------------------------------------------------------
 def worker_command(python: str | None = None, idle_timeout: float = 1800.0) -> list[str]:
-    """``[python, -m, TACEResponseLib.cli, worker, --idle-timeout, S]``."""
-    return cli_command(["worker", "--idle-timeout", repr(float(idle_timeout))], python)
+    """``[python, -m, TACEResponseLib.cli, worker, --idle-timeout, S, --parent-pid, PID]``: a worker that exits
+    when this process is gone (even if a launcher stands between them, or another process holds its stdin)."""
+    return cli_command(["worker", "--idle-timeout", repr(float(idle_timeout)), "--parent-pid", str(os.getpid())],
+                       python)
 
 
 class WorkerJob:
@@ -311,6 +313,8 @@ class WorkerProcess:
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            kill_process_group(self.process, grace=0.5)
+        if not _WINDOWS and _group_alive(self.process.pid):  # a helper it started outlived it
             kill_process_group(self.process, grace=0.5)
         for thread in self.readers:
             thread.join(0.5)

@@ -392,11 +392,10 @@ def demo_inputs_with_survival(scene) -> panel.PanelInputs:
     return inputs
 
 
-def check_demo_prediction_with_survival(scene, folder: str | Path, python: str | None = None,
-                                        owner_node: Any = None) -> None:
+def check_demo_prediction_with_survival(scene, folder: str | Path, python: str | None = None) -> None:
     """The default demo flow with its survival model: result, survival read-out, survival table and
-    chart nodes, and the module's own plot view node showing that chart (owned by ``owner_node``)."""
-    from TACEResponseLib.frontend.mrml import module_plot_view_node, show_prediction
+    chart nodes, and the panel's own plot scene showing a copy of that chart."""
+    from TACEResponseLib.frontend.mrml import PanelPlotScene, show_prediction
 
     inputs = demo_inputs_with_survival(scene)
     run = panel.PredictionRun(inputs, device="cpu", python=python, work_root=folder).start()
@@ -408,11 +407,18 @@ def check_demo_prediction_with_survival(scene, folder: str | Path, python: str |
     outputs = show_prediction(scene, result, heatmap, inputs.reference)
     check(outputs.survival_chart_node is not None and outputs.survival_table_node is not None,
           "the survival estimate should give a survival table and chart node")
-    owner = owner_node or scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "selftest owner")
-    view = module_plot_view_node(scene, owner, outputs.survival_chart_node)
-    check(view.GetPlotChartNodeID() == outputs.survival_chart_node.GetID(), "the plot view must show the survival chart")
-    check(view.GetParentLayoutNode() is owner, "the plot view belongs to the module, not to Slicer's main layout")
-    check(module_plot_view_node(scene, owner, outputs.survival_chart_node) is view, "one plot view node per scene")
+    panel_plot = PanelPlotScene()
+    view = panel_plot.show(outputs.survival_chart_node)
+    shown = view.GetScene().GetNodeByID(view.GetPlotChartNodeID())
+    check(shown is not None and shown.GetTitle() == outputs.survival_chart_node.GetTitle(),
+          "the panel's plot view must show the survival chart")
+    series = shown.GetNthPlotSeriesNode(0)
+    check(series.IsXColumnRequired() and series.GetTableNode().GetNumberOfRows() ==
+          outputs.survival_table_node.GetNumberOfRows(), "the panel's copy must plot the survival curve against time")
+    check(scene.GetNumberOfNodesByClass("vtkMRMLPlotViewNode") == 0 or
+          all(scene.GetNthNodeByClass(n, "vtkMRMLPlotViewNode").GetLayoutName() != view.GetLayoutName()
+              for n in range(scene.GetNumberOfNodesByClass("vtkMRMLPlotViewNode"))),
+          "the panel's plot view must not be in the application's scene")
 
 
 def check_segment_choice(scene) -> None:

@@ -5,11 +5,18 @@ The test bodies are shared with pytest (:mod:`TACEResponseLib.frontend.selftest`
 Python packages are missing (a stock Slicer before 'Install dependencies') is skipped with a
 message (:data:`~TACEResponseLib.frontend.selftest.SELF_TEST_NEEDS`); the Qt/MRML checks run on
 any Slicer 5.10 or later.
+
+CTest does not call :meth:`TACEResponseTest.runTest`: ``slicer.testing.runUnitTest`` loads the class
+with ``unittest.TestLoader().loadTestsFromName("TACEResponse")`` (Slicer v5.10.0
+Base/Python/slicer/testing.py:25), which runs every ``test_*`` method on its own, after ``setUp``.
+So the skip is raised in :meth:`setUp`, where unittest records it as a skip; "Reload and Test" calls
+``runTest``, which runs the same ``setUp`` and shows the skip message instead.
 """
 
 import os
 import sys
 import tempfile
+import unittest
 
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
@@ -34,23 +41,30 @@ class TACEResponseTest(ScriptedLoadableModuleTest):
     """
 
     def setUp(self):
+        """Skip a test whose Python packages are missing (unittest records the skip), else clear the scene."""
+        self.prepare(self._testMethodName)
+
+    def prepare(self, name):
+        problem = _module().SUPPORT_PROBLEM
+        if problem is not None:
+            raise unittest.SkipTest(f"TACE Response self-test skipped: {problem}")
+        missing = selftest.missing_for_self_test(name)
+        if missing:
+            raise unittest.SkipTest(f"{name} skipped: Python package(s) {', '.join(missing)} not installed "
+                                    "(click 'Install dependencies' in the module)")
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        problem = _module().SUPPORT_PROBLEM
-        if problem is not None:
-            self.delayDisplay(f"TACE Response self-test skipped: {problem}")
-            return
+        """Slicer's "Reload and Test": every test, each after setUp; a skipped one says why."""
         for test in (self.test_apply_blockers, self.test_case_inputs_round_trip, self.test_survival_phase_inputs,
                      self.test_cancel_stops_process_tree, self.test_cli_error_is_reported,
                      self.test_parameter_node_round_trip, self.test_segment_choice, self.test_prediction,
                      self.test_prediction_with_survival):
-            missing = selftest.missing_for_self_test(test.__name__)
-            if missing:
-                self.delayDisplay(f"{test.__name__} skipped: Python package(s) {', '.join(missing)} not installed "
-                                  "(click 'Install dependencies' in the module)")
+            try:
+                self.prepare(test.__name__)
+            except unittest.SkipTest as skip:
+                self.delayDisplay(str(skip))
                 continue
-            self.setUp()
             test()
 
     def test_apply_blockers(self):
@@ -116,11 +130,9 @@ class TACEResponseTest(ScriptedLoadableModuleTest):
 
     def test_prediction_with_survival(self):
         self.delayDisplay("The default flow with the survival model: result, survival chart in the panel")
-        logic = _logic()
         with tempfile.TemporaryDirectory() as folder:
             selftest.check_demo_prediction_with_survival(slicer.mrmlScene, folder,
-                                                         python=process.python_slicer_executable(),
-                                                         owner_node=logic.getParameterNode().parameterNode)
+                                                         python=process.python_slicer_executable())
         # the panel shows a loaded result with its survival chart (the widget path of the same nodes)
         widget = slicer.modules.taceresponse.widgetRepresentation().self()
         widget.initializeParameterNode()  # the scene was cleared: its parameter node is a new one
@@ -133,8 +145,10 @@ class TACEResponseTest(ScriptedLoadableModuleTest):
             p.clinicalValues = panel.dump_clinical_values(inputs.clinical_values)
         widget.logic.processParameterNode(p, timeout=300)
         widget.refreshResults()
-        self.assertEqual(widget._resultProblem, "", "the results could not be shown")
+        self.assertNotIn("results", widget.view.problems, "the results could not be shown")
         viewNode = widget.ui.survivalPlotWidget.mrmlPlotViewNode()
         self.assertIsNotNone(viewNode, "the panel's plot widget shows no plot view node")
-        self.assertEqual(viewNode.GetPlotChartNodeID(), p.survivalChartNode.GetID())
+        self.assertIsNot(viewNode.GetScene(), slicer.mrmlScene, "the panel's plot view must be in its own scene")
+        self.assertEqual(viewNode.GetScene().GetNodeByID(viewNode.GetPlotChartNodeID()).GetTitle(),
+                         p.survivalChartNode.GetTitle())
         self.delayDisplay("Survival chart shown")

@@ -1,8 +1,9 @@
 """Cohort manifests (CSV): read, resolve and validate every row before any work starts.
 
 Columns: ``case_id``, one column per image phase/sequence (named like the model's inputs,
-e.g. ``arterial``; the first is the reference), ``segmentation`` (``.seg.nrrd`` or labelmap),
-optional ``segment`` (id or name; blank → the segmentation's first segment), ``label``
+e.g. ``arterial``; the first is the reference), ``segmentation`` (``.seg.nrrd``, labelmap, or a DICOM
+SEG file or folder), optional ``segment`` (id, name, or for a DICOM SEG number, label or code; blank →
+the segmentation's first segment, or every tumour segment of a DICOM SEG), ``label``
 (response class; required for training and evaluation), one column per clinical factor, and
 optionally a second reader's ``segmentation_2`` / ``segment_2`` (for the ICC of deep features).
 Relative paths are relative to the manifest's own folder, so a cohort folder can be moved.
@@ -90,15 +91,22 @@ def _check_segment(row: ManifestRow) -> str | None:
         return str(exc)
     if not segmentation.segments:
         return f"segmentation {row.segmentation.name} has no segments"
-    key = row.segment or segmentation.segments[0].id
     try:
-        segment = segmentation.find(key)
+        seg = segmentation.metadata.get("kind") == "dicom-seg"  # blank: every tumour segment, else the first segment
+        keys = [row.segment] if row.segment else segmentation.default_segment_ids()[:None if seg else 1]
+        found = [segmentation.find(key) for key in keys]
     except InputError as exc:
         return str(exc)
-    if not np.any(segmentation.layers[segment.layer] == segment.label_value):
-        return f"segment {key!r} of {row.segmentation.name} is empty (no voxel drawn)"
-    if row.segment is None:
-        row.segment = segment.id
+    drawn = [s for s in found if np.any(segmentation.layers[s.layer] == s.label_value)]
+    if not drawn:
+        return f"segment {', '.join(repr(k) for k in keys[:3])} of {row.segmentation.name} is empty (no voxel drawn)"
+    if row.segment is None and not seg:
+        row.segment = found[0].id  # a DICOM SEG's blank stays blank: every tumour segment
+    references = segmentation.metadata.get("referenced_instances")
+    if seg and references:  # a folder of several series / stacked acquisitions: the one the SEG was drawn on
+        from TACEResponseLib.imaging.dicom import image_for_references
+
+        row.images = [Path(image_for_references(image, references)) for image in row.images]
     return None
 
 
@@ -132,7 +140,7 @@ def read_manifest(
     first_line: dict[str, int] = {}
     for offset, raw in enumerate(raw_rows):
         row = _row(raw, offset + 2, path.parent, phases, list(clinical), require_label, class_names, first_line)
-        if check_segments and row.segmentation.is_file():
+        if check_segments and row.segmentation.exists() and str(row.segmentation) not in ("", "."):
             problem = _check_segment(row)
             if problem:
                 row.problems.append(problem)
@@ -211,7 +219,9 @@ def _existing(base: Path, value: str, what: str, problems: list[str]) -> Path:
         problems.append(f"{what} path is blank")
         return Path()
     path = _resolve(base, value)
-    if not path.exists() or (what.startswith("segmentation") and not path.is_file()):
+    if not path.exists() and "#" in path.name and Path(str(path).rsplit("#", 1)[0]).is_dir():
+        return path  # FOLDER#SERIES[@ACQUISITION]: one series of a DICOM folder
+    if not path.exists():
         problems.append(f"{what} {path} does not exist")
     return path
 

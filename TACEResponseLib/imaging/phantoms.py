@@ -156,7 +156,9 @@ class PhantomCase:
             "modality": self.modality,
             "label": self.label,
             "tumours": [t.to_dict() for t in self.tumours],
-            "files": paths,
+            # names beside this file, not paths: the folder may be moved (or written in a staging folder)
+            "files": {"phases": {name: Path(p).name for name, p in paths["phases"].items()},
+                      "segmentation": Path(paths["segmentation"]).name},
             **self.metadata,
         }
         paths["case_json"] = str(write_json_atomic(folder / f"{self.case_id}_case.json", info))
@@ -537,3 +539,167 @@ def make_cohort(
             writer.writerows(rows)
     (folder / "README.txt").write_text(SYNTHETIC_NOTE + "\n", encoding="utf-8")
     return manifest
+
+
+# --- a SYNTHETIC treatment series: baseline and follow-ups after TACE ------------------------------------------
+#: CT numbers (HU) before contrast and in the arterial phase of the treated-liver phantoms
+_TREATED_CT = {
+    "air": {"precontrast": -1000, "arterial": -1000},
+    "fat": {"precontrast": -100, "arterial": -100},
+    "muscle": {"precontrast": 50, "arterial": 55},
+    "liver": {"precontrast": 55, "arterial": 75},
+    "vessel": {"precontrast": 40, "arterial": 220},
+    "necrosis": {"precontrast": 22, "arterial": 24},      # treated, non-enhancing tumour
+    "viable": {"precontrast": 40, "arterial": 190},       # arterially enhancing (viable) tumour
+    "oil": {"precontrast": 650, "arterial": 650},         # iodised oil (Lipiodol) deposit
+}
+SERIES_PHASES = ("arterial", "precontrast")
+
+
+@dataclass
+class LesionState(JsonRecord):
+    """One tumour at one visit of a treatment series, in the patient's frame (mm, R/A/S axes): the whole
+    tumour and its viable (arterially enhancing) part as axis-aligned ellipsoids, the viable one offset from
+    the tumour's centre (semi-axes 0: no viable tumour), and iodised-oil balls ``(dR, dA, dS, radius)``."""
+
+    semi_axes_mm: tuple[float, float, float]
+    viable_semi_axes_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    viable_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    oil: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+    @classmethod
+    def enhancing(cls, semi_axes_mm) -> "LesionState":
+        """A wholly viable tumour (untreated)."""
+        return cls(tuple(semi_axes_mm), tuple(semi_axes_mm))
+
+
+#: where each tumour of the series sits: offset (mm) from the liver's centre in the patient's frame
+SERIES_CENTRES = {"Tumour_1": (-18.0, 10.0, 0.0), "Tumour_2": (18.0, -14.0, 4.0), "Tumour_3": (5.0, 25.0, -12.0),
+                  "New_1": (20.0, 22.0, -8.0)}
+_T1, _T2, _T3 = (15.0, 11.5, 10.5), (10.5, 8.5, 8.5), (3.0, 3.0, 3.0)
+#: the default series: baseline (two enhancing targets, 32 and 22 mm, and a 7-mm nodule), a follow-up with
+#: residual viable tumour and oil (mRECIST PR, RECIST 1.1 SD), and one where the viable parts grow again from
+#: that nadir while still 41 % below baseline and a new enhancing nodule appears (mRECIST PD). Oil lies
+#: more than the oil rim (2 mm) away from viable tissue.
+TREATMENT_SERIES: dict[str, dict[str, LesionState]] = {
+    "baseline": {"Tumour_1": LesionState.enhancing((16.0, 12.0, 11.0)), "Tumour_2": LesionState.enhancing((11.0, 9.0, 9.0)),
+                 "Tumour_3": LesionState.enhancing((3.5, 3.5, 3.5))},
+    "followup1": {"Tumour_1": LesionState(_T1, (7.0, 6.0, 6.0), (6.0, 3.0, 0.0), [(-7.0, -3.0, 0.0, 3.0),
+                                                                                  (-8.0, 4.0, -3.0, 2.5)]),
+                  "Tumour_2": LesionState(_T2, (5.0, 4.0, 4.0), (-3.0, 2.0, 0.0), [(6.0, -4.0, 0.0, 2.0)]),
+                  "Tumour_3": LesionState(_T3)},
+    "followup2": {"Tumour_1": LesionState(_T1, (9.5, 8.0, 8.0), (4.0, 1.5, 0.0), [(-10.0, -4.0, 0.0, 2.5)]),
+                  "Tumour_2": LesionState(_T2, (6.5, 5.0, 5.0), (-2.5, 1.5, 0.0), [(6.5, -4.5, 0.0, 1.5)]),
+                  "Tumour_3": LesionState(_T3), "New_1": LesionState.enhancing((5.0, 5.0, 5.0))},
+}
+#: a follow-up with no enhancement left in any tumour (mRECIST / EASL / volumetric CR), oil in the scars
+COMPLETE_RESPONSE = {"Tumour_1": LesionState((14.0, 11.0, 10.0), oil=[(-5.0, -2.0, 0.0, 3.0), (4.0, 3.0, 0.0, 2.5)]),
+                     "Tumour_2": LesionState((10.0, 8.0, 8.0), oil=[(2.0, -2.0, 0.0, 2.0)]),
+                     "Tumour_3": LesionState(_T3)}
+#: the patient's position at each visit: translation (mm) and rotation (degrees about R, A, S) of the body
+SERIES_POSES = {"baseline": ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)), "followup1": ((5.0, -4.0, 3.0), (0.0, 0.0, 3.0)),
+                "followup2": ((-3.0, 4.0, -2.0), (2.0, 0.0, -2.0))}
+#: each visit's voxel grid: shape (k, j, i), spacing (i, j, k mm), grid rotation (degrees; a tilted gantry)
+SERIES_GRIDS = {"baseline": ((48, 112, 112), (1.4, 1.4, 2.0), (0.0, 0.0, 0.0)),
+                "followup1": ((48, 112, 112), (1.4, 1.4, 2.0), (0.0, 0.0, 0.0)),
+                "followup2": ((40, 128, 128), (1.2, 1.2, 2.5), (6.0, 0.0, 0.0))}
+
+
+@dataclass
+class SeriesVisit:
+    """One visit of a SYNTHETIC treatment series: arterial and pre-contrast CT, the tumour segmentation
+    (one segment per tumour, the whole tumour as a radiologist outlines it), and the truth."""
+
+    name: str
+    phases: dict[str, Volume]
+    segmentation: Segmentation
+    lesions: dict[str, LesionState]
+    pose: tuple[tuple[float, float, float], tuple[float, float, float]]
+    centres_ras: dict[str, tuple[float, float, float]]
+
+    def patient_to_ras(self) -> np.ndarray:
+        """4×4 map from the patient's frame of this series (baseline RAS) to this visit's RAS (mm)."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = rotation_matrix(self.pose[1])
+        matrix[:3, 3] = self.pose[0]
+        return matrix
+
+    def write(self, folder: str | Path, prefix: str = "series") -> dict[str, Any]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{prefix}_{self.name}"
+        paths: dict[str, Any] = {name: str(write_volume(v, folder / f"{stem}_{name}.nrrd")) for name, v in self.phases.items()}
+        paths["segmentation"] = str(write_segmentation(self.segmentation, folder / f"{stem}_tumour.seg.nrrd"))
+        info = {"visit": self.name, "synthetic": True, "note": SYNTHETIC_NOTE, "pose": self.pose,
+                "lesions": {k: v.to_dict() for k, v in self.lesions.items()}, "centres_ras": self.centres_ras, "files": paths}
+        paths["visit_json"] = str(write_json_atomic(folder / f"{stem}_visit.json", info))
+        return paths
+
+
+def make_treatment_series(visits: dict[str, dict[str, LesionState]] | None = None, seed: int = 0, noise: float = 10.0,
+                          poses: dict | None = None, grids: dict | None = None,
+                          centres: dict[str, tuple[float, float, float]] | None = None) -> list[SeriesVisit]:
+    """A SYNTHETIC CT series of one patient treated by conventional TACE: per visit, arterial and
+    pre-contrast images on the visit's own grid (``grids``; default :data:`SERIES_GRIDS`), the body moved by
+    the visit's pose (``poses``), each tumour as ``visits[visit][name]`` says (default
+    :data:`TREATMENT_SERIES`), placed at ``centres`` (default :data:`SERIES_CENTRES`) in the liver."""
+    visits = visits or TREATMENT_SERIES
+    poses, grids, centres = poses or SERIES_POSES, grids or SERIES_GRIDS, centres or SERIES_CENTRES
+    base_grid = _Grid.centred(*grids.get("baseline", next(iter(grids.values()))))
+    half_fov, half_height = base_grid.half_fov, base_grid.half_height
+    series = []
+    for number, (name, lesions) in enumerate(visits.items()):
+        unknown = sorted(set(lesions) - set(centres))
+        if unknown:
+            raise InputError(f"treatment series: no place given for tumour(s) {unknown}; known: {sorted(centres)}")
+        rng = np.random.default_rng(seed + number)
+        grid = _Grid.centred(*grids.get(name, grids.get("baseline", next(iter(grids.values())))))
+        shift, degrees = poses.get(name, ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)))
+        rotation = rotation_matrix(degrees)
+        ras = grid.ras.reshape(3, -1)
+        patient = (rotation.T @ (ras - np.asarray(shift, np.float32)[:, None])).astype(np.float32).reshape(grid.ras.shape)
+        frame = _Grid(grid.shape_kji, grid.spacing, grid.ijk_to_ras, patient, half_fov, half_height)
+        anatomy = _Anatomy.of(frame)
+        tissue = {k: v.copy() for k, v in anatomy.tissue.items()}
+        masks: dict[str, np.ndarray] = {}
+        for lesion, state in lesions.items():
+            centre = anatomy.liver_c + np.asarray(centres[lesion])
+            whole = _ellipsoid(patient, centre, state.semi_axes_mm)
+            viable = _ellipsoid(patient, centre + np.asarray(state.viable_offset_mm), state.viable_semi_axes_mm) & whole
+            oil = np.zeros(whole.shape, bool)
+            for d_r, d_a, d_s, radius in state.oil:
+                oil |= _ellipsoid(patient, centre + np.array([d_r, d_a, d_s]), (radius,) * 3) & whole
+            for other in tissue.values():
+                other[whole] = False
+            tissue["necrosis"] = tissue.get("necrosis", np.zeros(whole.shape, bool)) | (whole & ~viable & ~oil)
+            tissue["viable"] = tissue.get("viable", np.zeros(whole.shape, bool)) | (viable & ~oil)
+            tissue["oil"] = tissue.get("oil", np.zeros(whole.shape, bool)) | oil
+            masks[lesion] = whole
+        texture = _smooth_noise(rng, grid.shape_kji, sigma_vox=3.0 / grid.spacing[::-1])
+        phases = {}
+        for phase in SERIES_PHASES:
+            image = np.zeros(grid.shape_kji, np.float32)
+            for tissue_name, mask in tissue.items():
+                image[mask] = _TREATED_CT[tissue_name][phase]
+            image[tissue["liver"]] += 6.0 * texture[tissue["liver"]]
+            image += rng.normal(0.0, noise, size=grid.shape_kji).astype(np.float32)
+            phases[phase] = Volume(image, grid.ijk_to_ras, f"{name}_{phase}",
+                                   {"synthetic": True, "modality": "CT", "units": "HU"})
+        segmentation = Segmentation.from_masks(Volume(np.zeros(grid.shape_kji, np.uint8), grid.ijk_to_ras), masks,
+                                               name=f"{name}_tumour", terminology=LIVER_TUMOUR_TERMINOLOGY)
+        for segment in segmentation.segments:
+            segment.id = segment.name  # stable ids across visits: Tumour_1 is Tumour_1 at every visit
+        placed = {lesion: tuple(float(v) for v in rotation @ (anatomy.liver_c + np.asarray(centres[lesion])) + shift)
+                  for lesion in lesions}
+        series.append(SeriesVisit(name, phases, segmentation, dict(lesions), (tuple(shift), tuple(degrees)), placed))
+    return series
+
+
+def _ellipsoid(points: np.ndarray, centre, semi_axes) -> np.ndarray:
+    """Voxels whose patient-frame point (3, k, j, i) lies in the axis-aligned ellipsoid (empty for a 0 axis)."""
+    semi = np.asarray(semi_axes, np.float32)
+    if np.any(semi <= 0):
+        return np.zeros(points.shape[1:], bool)
+    c = np.asarray(centre, np.float32)
+    return (((points[0] - c[0]) / semi[0]) ** 2 + ((points[1] - c[1]) / semi[1]) ** 2
+            + ((points[2] - c[2]) / semi[2]) ** 2) <= 1.0

@@ -6,8 +6,12 @@ of Slicer's segmentation file format), so they are what Slicer's
 one labelmap layer and ``list domain domain domain`` for several (overlapping segments), LPS
 space, per-segment ``ID / Name / Color / LabelValue / Layer / Extent / Tags`` with the
 ``TerminologyEntry`` tag, and a file grid that may be cropped, shifted or finer than the
-image the segments were drawn on. Any other labelmap file (NRRD, NIfTI, MHA; integer or
-integral float values) becomes one segment per label value, named ``Label_<value>``.
+image the segments were drawn on. A DICOM SEG (file, or a folder holding one) is read through
+highdicom (:mod:`.dicom_seg`) onto its frames' own grid: segment id = segment number, name =
+SegmentLabel, codes kept as tags and as Slicer's ``TerminologyEntry``; a blank segment choice means
+its tumour segments (:meth:`Segmentation.default_segment_ids`). Any other labelmap file (NRRD,
+NIfTI, MHA; integer or integral float values) becomes one segment per label value, named
+``Label_<value>``.
 :func:`segment_mask_on` puts one segment onto a reference volume's grid (nearest
 neighbour), which is how every consumer gets its mask.
 """
@@ -24,6 +28,7 @@ import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path
+from TACEResponseLib.imaging.dicom_seg import is_dicom_seg, read_dicom_seg, seg_file_in
 from TACEResponseLib.imaging.geometry import (
     LPS_TO_RAS,
     Volume,
@@ -33,6 +38,7 @@ from TACEResponseLib.imaging.geometry import (
     in_grid,
     to_sitk_image,
 )
+from TACEResponseLib.imaging.image_headers import check_image_file
 from TACEResponseLib.imaging.volume_io import unreadable_image_error, volume_from_sitk
 
 logger = logging.getLogger(__name__)
@@ -103,8 +109,27 @@ class Segmentation:
             for segment in self.segments:
                 if segment.label_value == int(key):
                     return segment
+        coded = [s for s in self.segments if _matches_code(s, key)]
+        if len(coded) == 1:
+            return coded[0]
+        if len(coded) > 1:
+            raise InputError(f"segmentation {self.name!r} has {len(coded)} segments coded {key!r}; "
+                             f"choose one by number or label: {', '.join(f'{s.id} ({s.name})' for s in coded)}")
         available = ", ".join(f"{s.id} ({s.name})" for s in self.segments) or "none"
         raise InputError(f"segment {key!r} not found in segmentation {self.name!r}; available: {available}")
+
+    def default_segment_ids(self) -> list[str]:
+        """The segments a blank choice means: for a DICOM SEG its tumour segments (type Mass / Tumor /
+        Neoplasm …, never the liver, vessels or necrosis; an InputError listing the segments when it has
+        none); for any other segmentation every segment."""
+        if self.metadata.get("kind") != "dicom-seg":
+            return [s.id for s in self.segments]
+        tumours = list(self.metadata.get("tumour_segments") or [])
+        if not tumours:
+            listed = ", ".join(f"{s.id} ({s.name}, {s.tags.get(SEG_TYPE_TAG, '')})" for s in self.segments)
+            raise InputError(f"segmentation {self.name!r} (DICOM SEG) has no tumour segment (type Mass, Tumor or "
+                             f"Neoplasm); choose a segment by number, label or code: {listed}")
+        return tumours
 
     def mask(self, key: str) -> Volume:
         """Binary (uint8 0/1) mask of one segment on the segmentation's own grid."""
@@ -158,6 +183,21 @@ class Segmentation:
         return cls(layers, grid.ijk_to_ras.copy(), segments, name)
 
 
+#: segment tags that keep a DICOM SEG segment's codes ("SCHEME:VALUE meaning")
+SEG_TYPE_TAG = "DICOM.SegmentedPropertyType"
+SEG_CATEGORY_TAG = "DICOM.SegmentedPropertyCategory"
+
+
+def _matches_code(segment: Segment, key: str) -> bool:
+    """``key`` names the segment's type or category code: ``SCT:4147007``, ``SCT^4147007`` or ``4147007``."""
+    wanted = str(key).strip().replace("^", ":").upper()
+    for tag in (SEG_TYPE_TAG, SEG_CATEGORY_TAG):
+        code = segment.tags.get(tag, "").split(" ", 1)[0].upper()
+        if code and (wanted == code or (":" not in wanted and wanted == code.split(":", 1)[-1])):
+            return True
+    return False
+
+
 _DEFAULT_COLORS = [(0.85, 0.32, 0.24), (0.95, 0.85, 0.15), (0.30, 0.70, 0.90), (0.55, 0.85, 0.35)]
 
 
@@ -174,7 +214,14 @@ def read_segmentation(path: str | os.PathLike) -> Segmentation:
     if not path.exists():
         raise InputError(f"{path}: segmentation file does not exist")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder; a segmentation file (.seg.nrrd, .nrrd, .nii.gz) is needed")
+        found = seg_file_in(path)
+        if found is None:
+            raise InputError(f"{path}: is a folder without a DICOM SEG; a segmentation file (.seg.nrrd, .nrrd, "
+                             ".nii.gz, DICOM SEG) or a folder holding one DICOM SEG is needed")
+        path = found
+    check_image_file(path)  # its data files and decoded size, before anything is decoded
+    if is_dicom_seg(path):
+        return _read_dicom_seg(path)
     try:
         return _read_seg_nrrd(path) if _has_segment_metadata(path) else _read_labelmap(path)
     except InputError:
@@ -233,6 +280,26 @@ def _read_seg_nrrd(path: Path) -> Segmentation:
     metadata = {"source": str(path), "kind": "seg.nrrd",
                 "reference_extent_offset": list(data.get("referenceImageExtentOffset", [0, 0, 0]))}
     return Segmentation(layers, ijk_to_ras, segments, _stem(path), metadata)
+
+
+def _read_dicom_seg(path: Path) -> Segmentation:
+    """A DICOM SEG as a Segmentation on its frames' grid (overlapping segments on extra layers)."""
+    data = read_dicom_seg(path)
+    shape = next(iter(data.masks.values())).shape
+    grid = Volume(np.broadcast_to(np.uint8(0), shape), data.ijk_to_ras)
+    masks = {str(s.number): data.masks[s.number] for s in data.segments}
+    built = Segmentation.from_masks(grid, masks, name=_stem(path))
+    segments = []
+    for segment, described in zip(built.segments, data.segments):
+        terminology = (f"Segmentation category and type - DICOM master list~{'^'.join(described.category_code)}"
+                       f"~{'^'.join(described.type_code)}~^^~Anatomic codes - DICOM master list~^^~^^")
+        segments.append(Segment(
+            id=str(described.number), name=described.label, label_value=segment.label_value, layer=segment.layer,
+            color=described.color or segment.color, terminology=terminology,
+            tags={SEG_TYPE_TAG: described.type, SEG_CATEGORY_TAG: described.category,
+                  "DICOM.SegmentAlgorithmType": described.algorithm}))
+    metadata = {**data.metadata, "tumour_segments": [str(s.number) for s in data.segments if s.tumour]}
+    return Segmentation(built.layers, data.ijk_to_ras, segments, _stem(path), metadata)
 
 
 def _read_labelmap(path: Path) -> Segmentation:
@@ -400,7 +467,10 @@ def segment_box_on(segmentation: Segmentation, segment: str, reference: Volume) 
     lo, hi = np.maximum(lo - 1, 0), np.minimum(hi + 1, layer.shape[:3])
     own = Volume((layer[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == found.label_value).astype(np.uint8),
                  _shifted(segmentation.ijk_to_ras, lo), found.name)
-    sampled, box_lo = _resample_mask(own, reference, label)
+    try:
+        sampled, box_lo = _resample_mask(own, reference, label)
+    except InputError as exc:
+        raise InputError(f"{exc}{_series_note(segmentation, reference)}") from None
     return Volume(sampled, _shifted(reference.ijk_to_ras, box_lo), found.name,
                   {**metadata, "crop_offset_kji": [int(v) for v in box_lo]})
 
@@ -436,6 +506,16 @@ def _resample_mask(own: Volume, reference: Volume, label: str) -> tuple[np.ndarr
         logger.warning("%s: only about %.0f%% of it lies inside the image %r", label, 100 * inside / expected,
                        reference.name)
     return sampled, box_lo
+
+
+def _series_note(segmentation: Segmentation, reference: Volume) -> str:
+    """For a DICOM SEG drawn on another series than the image: both series, named."""
+    referenced = segmentation.metadata.get("referenced_series") or []
+    image_series = str(reference.metadata.get("series_uid") or "")
+    if segmentation.metadata.get("kind") != "dicom-seg" or not referenced or image_series in referenced:
+        return ""
+    return (f" (the SEG {segmentation.metadata.get('series_uid', '')} references series {', '.join(referenced)}; "
+            f"the image is series {image_series or 'without a DICOM series UID'})")
 
 
 def _shifted(ijk_to_ras: np.ndarray, lo_kji: np.ndarray) -> np.ndarray:

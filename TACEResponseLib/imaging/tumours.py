@@ -142,7 +142,8 @@ def tumour_rois(
     segments: Sequence[str] | None = None,
     islands: IslandRule = IslandRule(),
 ) -> list[TumourROI]:
-    """Every tumour of the chosen segments (all when ``None``), on the reference grid.
+    """Every tumour of the chosen segments (``None``: every segment; a DICOM SEG's tumour segments), on the
+    reference grid.
 
     With ``islands.split`` a segment made of several separate islands (26-connected
     components) becomes one tumour per island, numbered by size (largest = #1). A tumour
@@ -151,7 +152,7 @@ def tumour_rois(
     """
     from scipy.ndimage import find_objects, label
 
-    chosen = list(segments) if segments else [s.id for s in segmentation.segments]
+    chosen = list(segments) if segments else segmentation.default_segment_ids()
     if not chosen:
         raise InputError(f"segmentation {segmentation.name!r} has no segments; draw the tumour first")
     voxel_ml = float(np.prod(reference.spacing)) / 1000.0
@@ -207,7 +208,7 @@ def index_tumour(segmentation: Segmentation, reference: Volume, segment: str | N
     """The tumour that stands for a segment (the first segment when ``None``): its largest
     island under ``islands`` (the whole segment with ``split=False``); an InputError when it is
     empty or below the minimum volume."""
-    key = segment or (segmentation.segments[0].id if segmentation.segments else None)
+    key = segment or next(iter(segmentation.default_segment_ids()), None)
     if key is None:
         raise InputError(f"segmentation {segmentation.name!r} has no segments; draw the tumour first")
     rois = tumour_rois(segmentation, reference, [key], islands)

@@ -6,16 +6,17 @@ SimpleITK reads and writes; ITK works in LPS, so the conversion to Slicer's RAS 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path
+from TACEResponseLib.imaging import dicom
+from TACEResponseLib.imaging.dicom_pixels import pixel_layout, read_dataset
 from TACEResponseLib.imaging.geometry import (
     LPS_TO_RAS,
     Volume,
@@ -24,6 +25,8 @@ from TACEResponseLib.imaging.geometry import (
     to_sitk_image,
     value_range_of,
 )
+from TACEResponseLib.imaging.image_headers import check_image_file
+from TACEResponseLib.imaging.itk_reading import locale_kept, unreadable_image_error
 from TACEResponseLib.imaging.sanity import check_spacing
 
 logger = logging.getLogger(__name__)
@@ -42,23 +45,6 @@ def volume_from_sitk(image, name: str, metadata: dict[str, Any] | None = None) -
     return Volume(array_of(image), LPS_TO_RAS @ ijk_to_lps, name, dict(metadata or {}))
 
 
-def unreadable_image_error(path: Path, exc: Exception) -> InputError:
-    """The InputError for a file ITK cannot read, with ITK's own reason (not its source location)."""
-    import re
-
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    reason = next((line for line in lines[1:] if "ERROR" in line), lines[-1] if lines else type(exc).__name__)
-    reason = re.sub(r"^(sitk::ERROR:|itk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", reason)
-    reason = reason.replace(f'"{path}"', "it").replace(str(path), "it")
-    if lines and "[nrrd]" in lines[-1]:
-        reason = f"{reason} {lines[-1].split(':', 1)[-1].strip()}"
-    if reason.startswith("Unable to determine ImageIO reader"):
-        reason = "not a readable NRRD, NIfTI, MetaImage or DICOM image, or the file is damaged or truncated"
-    if path.is_file() and path.stat().st_size == 0:
-        reason = "the file is empty"
-    return InputError(f"{path}: cannot be read as an image ({reason[:240]})")
-
-
 #: readers whose files carry no patient geometry (origin, orientation, voxel size)
 _NO_GEOMETRY_IO = {"PNGImageIO", "JPEGImageIO", "BMPImageIO", "TIFFImageIO", "GiplImageIO", "LSMImageIO",
                    "VTKImageIO", "BioRadImageIO", "StimulateImageIO"}
@@ -74,8 +60,10 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_va
     A folder with several series is read as ``FOLDER#N`` (N-th series in the listing the error
     gives) or ``FOLDER#UID`` (``series_uid`` does the same). Files without patient geometry
     (PNG, TIFF, an MRC map without a cell size, a multi-frame DICOM without frame positions),
-    truncated gzip data and voxel sizes outside 0.05–30 mm are refused with an InputError; so
-    are NaN or infinite voxels unless ``check_values=False``. The one pass over the voxels that
+    truncated data and voxel sizes outside 0.05–30 mm are refused with an InputError; so
+    are NaN or infinite voxels unless ``check_values=False``. Before any voxel is decoded,
+    :func:`~.image_headers.check_image_file` refuses data files outside the header's folder and
+    images larger than the decoding limits. The one pass over the voxels that
     checks them also records their range for :func:`~TACEResponseLib.imaging.sanity.check_scan`
     (:func:`~.geometry.value_range_of`). The array is SimpleITK's own buffer, not a copy.
     """
@@ -90,18 +78,18 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None, check_va
         raise InputError(f"{path}: file or folder does not exist")
     if path.is_dir():
         return read_dicom_series(path, series_uid)  # values checked there
+    check_image_file(path)  # its data files and decoded size, before anything is decoded
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with _locale_kept():
+        with locale_kept():
             reader.ReadImageInformation()
     except RuntimeError as exc:
         raise unreadable_image_error(path, exc) from None
     _check_has_geometry(path, reader)
     _check_declared_spacing(path)
-    _check_gzip_complete(path, reader)
     try:
-        with _locale_kept():
+        with locale_kept():
             image = reader.Execute()
     except RuntimeError as exc:
         raise unreadable_image_error(path, exc) from None
@@ -141,6 +129,7 @@ def _check_has_geometry(path: Path, reader) -> None:
         sop = get("0008|0016")
         if sop in _NOT_IMAGES:
             raise InputError(f"{path}: is {_NOT_IMAGES[sop]}, not an image")
+        pixel_layout(path, read_dataset(path))  # truncated pixel data: refused before GDCM pads them with zeros
         frames = int(get("0028|0008") or 1) if get("0028|0008").isdigit() else 1
         if frames > 1 and reader.GetOrigin() == (0.0, 0.0, 0.0) and reader.GetSpacing() == (1.0, 1.0, 1.0) \
                 and not get("0028|0030"):
@@ -178,56 +167,10 @@ def _check_declared_spacing(path: Path) -> None:
                          "a voxel size must be positive")
 
 
-def _check_gzip_complete(path: Path, reader) -> None:
-    """A truncated .nii.gz decompresses to a partial image that ITK pads with zeros: compare the
-    gzip trailer's size with the size the header announces."""
-    if not path.name.lower().endswith(".nii.gz"):
-        return
-    import gzip
-    import struct
-
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell() < 18:
-            raise InputError(f"{path}: truncated (only {handle.tell()} bytes)")
-        handle.seek(-4, os.SEEK_END)
-        (stored,) = struct.unpack("<I", handle.read(4))
-    try:
-        with gzip.open(path, "rb") as handle:
-            header = handle.read(352)
-    except (OSError, EOFError) as exc:
-        raise InputError(f"{path}: not valid gzip data ({exc})") from None
-    if len(header) < 348:
-        raise InputError(f"{path}: truncated NIfTI header")
-    sizeof = struct.unpack("<i", header[0:4])[0]
-    endian = "<" if sizeof == 348 else ">"
-    bitpix = struct.unpack(f"{endian}h", header[72:74])[0]
-    vox_offset = struct.unpack(f"{endian}f", header[108:112])[0]
-    n = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
-    expected = int(vox_offset) + n * bitpix // 8
-    if stored != expected % 2**32:
-        raise InputError(f"{path}: truncated or corrupt: the compressed data hold {stored} bytes, the header "
-                         f"announces {expected}")
-
-
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> Volume:
-    """One DICOM series from a folder (:func:`TACEResponseLib.imaging.dicom.read_dicom_series`)."""
-    from TACEResponseLib.imaging.dicom import read_dicom_series as read
-
-    return read(folder, series_uid)
-
-
-@contextlib.contextmanager
-def _locale_kept() -> Iterator[None]:
-    """GDCM (SimpleITK's DICOM reader) switches the process locale to "C" and leaves it so,
-    after which Python reads and prints text as ASCII; put it back."""
-    import locale
-
-    saved = locale.setlocale(locale.LC_ALL)
-    try:
-        yield
-    finally:
-        locale.setlocale(locale.LC_ALL, saved)
+    """One DICOM series from a folder (:func:`TACEResponseLib.imaging.dicom.read_dicom_series`; a series of
+    one file, a multi-frame image, is read as any image file is)."""
+    return dicom.read_dicom_series(folder, series_uid, read_file=read_volume)
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:

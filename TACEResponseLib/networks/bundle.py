@@ -32,6 +32,7 @@ from TACEResponseLib.core.files import (
     write_text_atomic,
 )
 from TACEResponseLib.core.records import JsonRecord
+from TACEResponseLib.core.resources import render_template
 from TACEResponseLib.imaging.patches import PatchSpec
 from TACEResponseLib.networks.clinical import ClinicalFactor
 from TACEResponseLib.networks.trust import (
@@ -283,8 +284,6 @@ def save_bundle(path: str | os.PathLike, network, card: BundleCard, profile_arra
 
 def card_markdown(card: BundleCard) -> str:
     """The model card as Markdown (``Resources/Templates/model_card.md``), the synthetic warning first when it applies."""
-    from TACEResponseLib.networks.catalog import render_template
-
     return render_template(
         "model_card.md", name=card.name, version=card.version,
         synthetic_banner=f"> **{SYNTHETIC_WARNING}**\n\n" if card.synthetic else "",

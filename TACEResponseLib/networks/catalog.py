@@ -19,28 +19,12 @@ from typing import Any
 
 from TACEResponseLib.core.errors import BundleError
 from TACEResponseLib.core.files import sha256_of, write_json_atomic, write_text_atomic
+from TACEResponseLib.core.resources import resources_dir
 from TACEResponseLib.networks.bundle import Bundle, load_bundle
 
 logger = logging.getLogger(__name__)
 
 # --- registry ----------------------------------------------------------------------------------
-def resources_dir() -> Path:
-    """The extension's shared Resources folder (source tree, or beside the library in Slicer)."""
-    override = os.environ.get("TACERESPONSE_RESOURCES")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2] / "Resources"
-
-
-def render_template(template: str, **values: Any) -> str:
-    """``Resources/Templates/<template>`` with its ``$placeholders`` filled (:class:`string.Template`);
-    a placeholder without a value is a :class:`KeyError` naming it, so no card ships half-filled."""
-    import string
-
-    path = resources_dir() / "Templates" / template
-    return string.Template(path.read_text(encoding="utf-8")).substitute(values)
-
-
 @dataclass
 class RegistryEntry:
     """One line of Resources/Models.json."""
@@ -120,7 +104,7 @@ class SurvivalRegistryEntry(RegistryEntry):
     ``path`` is the model's folder (relative to Resources/) holding ``survival_model.json`` and
     the nomogram / signature files it names. ``sha256`` is :func:`survival_model_sha256` of that
     folder's model. ``default_for`` lists the response models (registry names) the panel and
-    ``tace-response demo`` pair it with by default.
+    ``tace-response demo run`` pair it with by default.
     """
 
     default_for: list[str] = field(default_factory=list)

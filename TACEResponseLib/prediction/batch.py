@@ -28,7 +28,6 @@ row per case (the patient-level answer, with the case's time on its worker) or, 
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
@@ -38,10 +37,10 @@ from typing import Any, Callable, Sequence
 
 from TACEResponseLib.core.errors import InputError, TACEResponseError
 from TACEResponseLib.core.files import (
-    atomic_path,
     check_output_folder,
     content_fingerprint,
     safe_file_name,
+    write_csv_atomic,
     write_json_atomic,
 )
 from TACEResponseLib.core.tasks import (
@@ -364,14 +363,8 @@ def write_summary(rows: dict[str, list[dict[str, Any]]], order: list[str], outpu
                    "predicted", *probability_columns, *TRUST_COLUMNS, "calibration", "synthetic_model", "warnings",
                    "error"]
     columns += ["seconds", "read_seconds"]
-    path = output / SUMMARY_FILE
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for case_id in order:
-                writer.writerows(rows.get(case_id) or [])
-    return path
+    return write_csv_atomic(output / SUMMARY_FILE, columns,
+                            (row for case_id in order for row in rows.get(case_id) or []), extrasaction="ignore")
 
 
 def run_batch(

@@ -26,6 +26,7 @@ from TACEResponseLib.core.files import (
     content_fingerprint,
 )
 from TACEResponseLib.imaging.geometry import Volume
+from TACEResponseLib.imaging.dicom import image_for_references
 from TACEResponseLib.imaging.segmentation import Segmentation, read_segmentation
 from TACEResponseLib.imaging.volume_io import read_phase_volumes
 from TACEResponseLib.prediction.predictor import Predictor, Progress, no_progress
@@ -94,6 +95,13 @@ def predict_case(
     if model is not None:
         model.clinical_values(clinical or {})  # a missing or bad clinical value fails before any work
     progress(0.0, "reading")
+    segmentation_source = segmentation
+    if not isinstance(segmentation, Segmentation):
+        segmentation = read_segmentation(segmentation)
+    # a DICOM SEG names the images it was drawn on: in a folder of several series or stacked
+    # acquisitions, those are the default image
+    images = [image_for_references(image, segmentation.metadata.get("referenced_instances"))
+              if not isinstance(image, Volume) else image for image in images]
     volumes = _volumes(images, [p.name for p in predictor.bundle.card.inputs])
     survival_volumes: dict[str, Any] = {}
     survival_sources: dict[str, str] = {}
@@ -106,11 +114,9 @@ def predict_case(
                 source = survival_images[phase]  # type: ignore[index]
                 (survival_volumes[phase],) = _volumes([source], [phase])
                 survival_sources[phase] = source.name if isinstance(source, Volume) else str(source)
-    segmentation_source = segmentation
-    if not isinstance(segmentation, Segmentation):
-        segmentation = read_segmentation(segmentation)
     read_s = time.perf_counter() - started
-    case_id = case_id or (volumes[0].name if isinstance(images[0], Volume) else Path(images[0]).name.split(".")[0])
+    case_id = case_id or (volumes[0].name if isinstance(images[0], Volume) else  # FOLDER#SERIES: the folder's name
+                          Path(str(images[0]).split("#")[0]).name.split(".")[0])
     result = predictor.predict(volumes, segmentation, segments=segments, clinical=clinical, case_id=case_id,
                                progress=progress)
     result.timings["read"] = read_s
@@ -288,7 +294,7 @@ def patient_survival(
 ) -> dict[str, Any]:
     """The patient's nomogram read-out as a plain dict (the ``survival`` of ``result.json``).
 
-    ``nomogram`` is a ``survival_model.json`` written by ``tace-response survival`` (or its
+    ``nomogram`` is a ``survival_model.json`` written by ``tace-response survival run`` (or its
     :class:`~TACEResponseLib.survival.model.SurvivalModel`), or a bare nomogram JSON /
     :class:`~TACEResponseLib.survival.nomogram.Nomogram`. When the nomogram uses the
     deep-learning signature, it is computed from the case itself: the DenseNet-121 features of

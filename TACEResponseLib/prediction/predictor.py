@@ -323,6 +323,7 @@ class Predictor:
             warnings=warnings,
             heatmap=heatmap,
             heatmap_box_kji=[[int(v) for v in lo], [int(v) for v in hi]],
+            heatmap_method=self.cam_method if cams is not None else "",
             backend=self.engine.info.to_dict(),
         )
 

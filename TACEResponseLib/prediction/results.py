@@ -128,6 +128,8 @@ class PredictionResult(JsonRecord):
     trust: dict[str, Any] = field(default_factory=dict)
     #: "this image is unlike the model's training data: …" with each odd tumour's reasons ("" when none)
     ood_warning: str = ""
+    #: what made the heatmap: "cam" (class activation map) or "gradcam" ("" when none was made)
+    heatmap_method: str = ""
     heatmap: Any = field(default=None, repr=False, compare=False, metadata={"json": False})
 
     json_header = {"format": RESULT_FORMAT}

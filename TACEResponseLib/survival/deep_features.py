@@ -284,7 +284,7 @@ def _pick_segment(segmentation: Segmentation, segment: str | None) -> str:
         return segmentation.find(segment).id
     if not segmentation.segments:
         raise InputError(f"segmentation {segmentation.name!r} has no segments; draw the tumour first")
-    return segmentation.segments[0].id
+    return segmentation.default_segment_ids()[0]
 
 
 # --- rigid registration of a phase onto the reference -------------------------------------------
@@ -735,14 +735,11 @@ def write_feature_table(table: pd.DataFrame, path: str | Path, metadata: Mapping
 
 def read_feature_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     """A feature CSV (index ``case_id``) and its metadata JSON when present."""
+    from TACEResponseLib.core.tables import read_table
+
+    table = read_table(path, what="feature table", required=["case_id"], text_columns=["case_id"], numeric="*",
+                       float_precision="round_trip").set_index("case_id")  # the values written, to the last bit
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: feature table does not exist")
-    table = pd.read_csv(path, float_precision="round_trip")  # the values written, to the last bit
-    if "case_id" not in table.columns:
-        raise InputError(f"{path}: feature table has no case_id column")
-    table["case_id"] = table["case_id"].astype(str)
-    table = table.set_index("case_id")
     meta_path = feature_metadata_path(path)
     metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
     return table, metadata

@@ -19,6 +19,7 @@ import pandas as pd
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import atomic_path, write_json_atomic
+from TACEResponseLib.core.tables import read_table
 from TACEResponseLib.survival.data import encode_levels
 from TACEResponseLib.survival.deep_features import (
     RESEARCH_NOTE,
@@ -45,11 +46,8 @@ class ImageSurvivalResult:
 
 
 def _read_clinical(clinical: pd.DataFrame | str | Path, id_col: str) -> pd.DataFrame:
-    if isinstance(clinical, (str, Path)):
-        path = Path(clinical)
-        if not path.is_file():
-            raise InputError(f"{path}: clinical table does not exist")
-        clinical = pd.read_csv(path, dtype={id_col: str})
+    if isinstance(clinical, (str, Path)):  # CSV or a workbook's sheet (FILE.xlsx#SHEET)
+        clinical = read_table(clinical, what="clinical table", required=[id_col], text_columns=[id_col])
     if id_col in clinical.columns:
         clinical = clinical.assign(**{id_col: clinical[id_col].astype(str)}).set_index(id_col)
     elif clinical.index.name != id_col:
@@ -335,6 +333,8 @@ def fit_image_nomogram(
     clinical: pd.DataFrame | str | Path | None = None,
     validation_clinical: pd.DataFrame | str | Path | None = None,
     main_model: str = "combined",
+    cluster: Any = None,
+    progress_bar: bool = False,
 ) -> ImageSurvivalResult:
     """Zhang 2020 from the signature on: Cox screen + stepwise AIC -> nomograms -> report -> survival_model.json.
 
@@ -344,7 +344,8 @@ def fit_image_nomogram(
     times and events must be the ones the signature saw. ``output_dir`` defaults to the
     signature's folder. ``config`` sets the nomogram side
     (covariates, levels, labels, time points, bootstrap); survival columns, split and the
-    data note (SYNTHETIC ...) come from the signature stage.
+    data note (SYNTHETIC ...) come from the signature stage. ``cluster``: where the optimism
+    bootstrap's resamples run (:class:`~TACEResponseLib.core.tasks.ClusterOptions`; default: here).
     """
     from TACEResponseLib.survival.fitting import (
         SIGNATURE_STAGE_SETTINGS,
@@ -382,7 +383,7 @@ def fit_image_nomogram(
     if clinical_table.index.has_duplicates:
         raise InputError("fit-nomogram: the clinical and validation clinical tables share case ids "
                          f"{list(clinical_table.index[clinical_table.index.duplicated()][:5])}")
-    result = fit_nomogram_stage(stage, clinical_table, output_dir, config)
+    result = fit_nomogram_stage(stage, clinical_table, output_dir, config, cluster=cluster, progress_bar=progress_bar)
     signature_name = stage.config.signature_name
     files = dict(result.files)
     deep = dict(stage.context.get("deep_features") or {})
@@ -407,6 +408,12 @@ def fit_image_nomogram(
     report["survival_model"] = {"file": model_path.name, "main_nomogram": main.name}
     report.setdefault("files", {}).update(files)
     write_json_atomic(output_dir / "report.json", report)
+    # the TRIPOD+AI report again, now with the deep features' origin
+    from TACEResponseLib.survival.reporting import write_survival_tripod
+
+    merged = pd.concat([clinical_table.loc[stage.cohorts[name]] for name in stage.cohorts])
+    write_survival_tripod(report, {name: merged.loc[index] for name, index in stage.cohorts.items()}, output_dir,
+                          context=stage.context, note=config.note)
     return ImageSurvivalResult(output_dir, model_path, report, result, files)
 
 
@@ -424,5 +431,7 @@ def run_image_survival_pipeline(
     ``output_dir`` — the same code and files as ``tace-response fit-signature`` followed by
     ``fit-nomogram``.
     """
+    cluster, progress_bar = signature_inputs.pop("cluster", None), signature_inputs.pop("progress_bar", False)
     signature = fit_image_signature(output_dir, config=config, **signature_inputs)
-    return fit_image_nomogram(signature, output_dir, config=config, clinical=signature.clinical, main_model=main_model)
+    return fit_image_nomogram(signature, output_dir, config=config, clinical=signature.clinical, main_model=main_model,
+                              cluster=cluster, progress_bar=progress_bar)

@@ -274,7 +274,7 @@ class SurvivalModel:
             else:
                 raise InputError(f"the nomogram {self.nomogram.name!r} uses the deep-learning {self.signature_name}: "
                                  "give the case's images and tumour segmentation (and use the survival_model.json "
-                                 f"written by 'tace-response survival'), or a precomputed {self.signature_name}=VALUE")
+                                 f"written by 'tace-response survival run'), or a precomputed {self.signature_name}=VALUE")
             values[self.signature_name] = value
             var = next(v for v in self.nomogram.variables if v.name == self.signature_name)
             if not var.minimum <= value <= var.maximum:

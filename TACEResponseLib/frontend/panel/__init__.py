@@ -14,4 +14,8 @@ from TACEResponseLib.frontend.panel.models import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.results import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.run import *  # noqa: F401,F403
 from TACEResponseLib.frontend.panel.state import *  # noqa: F401,F403
+from TACEResponseLib.frontend.panel.results_table import *  # noqa: F401,F403
+from TACEResponseLib.frontend.panel.logic import *  # noqa: F401,F403
+from TACEResponseLib.frontend.panel.widgets import *  # noqa: F401,F403
+from TACEResponseLib.frontend.panel.view import *  # noqa: F401,F403
 from TACEResponseLib.imaging.tumours import IslandRule  # noqa: F401,E402 - the panel's island settings

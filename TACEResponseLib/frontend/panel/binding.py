@@ -10,8 +10,8 @@
   ``connectParametersToGui`` takes (it returns a tag on Slicer 5.8 and 5.10 alike).
 - :class:`SegmentChoice`: which segment to select after the segmentation changed
   (``qMRMLSegmentSelectorWidget`` with ``noneEnabled`` keeps "None").
-- :func:`nomogram_choice` / :func:`nomogram_path_after_edit`: the survival nomogram as the
-  user set it (``ctkPathLineEdit`` never reports a cleared field through ``currentPathChanged``).
+- :func:`nomogram_choice` / :func:`connect_path_text`: the survival nomogram as the user sees it
+  in its ``ctkPathLineEdit``, every keystroke included (its own signals skip some, see there).
 """
 
 from __future__ import annotations
@@ -131,14 +131,19 @@ def nomogram_choice(enabled: bool, path_text: str | Path | None) -> Path | None:
     return Path(text)
 
 
-def nomogram_path_after_edit(text: str, valid: bool | None = None) -> str | None:
-    """What the parameter node should store after the nomogram field changed, or None to leave it.
+def connect_path_text(path_edit: Any, on_text: Callable[[str], None]) -> None:
+    """Call ``on_text(text)`` whenever the text a ``ctkPathLineEdit`` shows changes (typed, pasted, chosen
+    with its browse button or history, or set by code), so the parameter holds what the user sees.
 
-    ``ctkPathLineEdit`` emits ``currentPathChanged`` only for text its name filters accept
-    (``*.json``) and never for an empty field; clearing is seen as ``validInputChanged(False)``
-    with empty text. A half-typed path (invalid, not empty) leaves the node alone.
+    The path edit's own signals cannot do that (CTK dd4caeae, the commit Slicer 5.10.0 pins,
+    Libs/Widgets/ctkPathLineEdit.cpp:825-845): ``currentPathChanged`` is emitted only for text its
+    validator accepts, and ``validInputChanged`` only when acceptability flips. The name filter
+    ``*.json`` becomes the pattern ``(.*\\.json?$)`` (Libs/Core/ctkUtils.cpp:141-188; ``n?`` makes
+    the last letter optional), so backspacing "model.json" reports "model.jso", then "model.js"
+    flips to invalid, and the field emptied further emits nothing: the field is empty while the
+    parameter holds "model.jso". The editable combo box inside (``comboBox()``, Q_INVOKABLE,
+    ctkPathLineEdit.h:234) emits ``editTextChanged`` for every change of its line edit's text.
+    The text is passed as it is (spaces included, so typing is never corrected under the cursor);
+    :func:`nomogram_choice` strips it when the path is used.
     """
-    text = (text or "").strip()
-    if valid is False:
-        return "" if text == "" else None
-    return text
+    path_edit.comboBox().editTextChanged.connect(lambda text: on_text(text or ""))

@@ -1,11 +1,12 @@
 """What the results section shows for a tumour and for the patient, and the report export (CSV,
-overlay PNG/PDF, nomogram). Tumours that could not be assessed are listed with their reason and
-shown greyed in the results table.
+overlay PNG/PDF, nomogram). Every warning is shown where the number is: an out-of-distribution
+tumour gets an "unreliable" badge with one plain sentence (the details folded), survival numbers
+computed from a value outside the nomogram's training range say so beside them. The results
+table is :mod:`TACEResponseLib.frontend.panel.results_table`.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import atomic_path, safe_file_name
+from TACEResponseLib.core.files import safe_file_name, write_csv_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,17 @@ class ResultView:
     ood_warning: str = ""
     #: the spread of each class probability over the test-time views, in percent (None: not computed)
     spreads: list[int] | None = None
+    #: the tumour is unlike the model's training data: a badge, one plain sentence, the details folded
+    unreliable: bool = False
+    reliability_details: str = ""
+    #: survival numbers from values outside the nomogram's training range ("" when none)
+    survival_warning: str = ""
+
+
+#: the badge and the sentence over an out-of-distribution result
+UNRELIABLE_BADGE = "UNRELIABLE"
+UNRELIABLE_SENTENCE = ("This image is unlike the images the model was trained on, so this prediction may be wrong: "
+                       "do not rely on it.")
 
 
 def _percent(value: float | None) -> int:
@@ -70,6 +82,25 @@ def survival_texts(survival: Mapping[str, Any] | None) -> tuple[str, str]:
     risk_text = f"{risk.capitalize()} risk group" + (f" · {points:.0f} nomogram points" if points is not None else "")
     parts = [f"{time}: {_percent(s)} %" for time, s in survival_at(survival).items()]
     return risk_text, ("Predicted survival — " + " · ".join(parts)) if parts else ""
+
+
+def survival_warning(survival: Mapping[str, Any] | None, fields: Any = ()) -> str:
+    """What to say beside survival numbers computed from values outside the nomogram's training range
+    (the read-out's ``extrapolated`` variables, with their value and, when a form field knows it, the range)."""
+    outside = list((survival or {}).get("extrapolated") or [])
+    if not outside:
+        return ""
+    values = (survival or {}).get("values") or {}
+    ranges = {f.name: f.training_range for f in fields if getattr(f, "training_range", None)}
+    parts = []
+    for name in outside:
+        value = values.get(name, (survival.get("signature") or {}).get("value") if name == "signature" else None)
+        text = name if value is None else f"{name} = {float(value):g}"
+        if ranges.get(name):
+            text += f" (training range {ranges[name][0]:g}–{ranges[name][1]:g})"
+        parts.append(text)
+    return ("⚠ Outside the nomogram's training range: " + "; ".join(parts)
+            + ". These survival numbers are extrapolated; do not rely on them.")
 
 
 def survival_at(survival: Mapping[str, Any] | None) -> dict[str, float]:
@@ -94,9 +125,10 @@ def patient_text(result) -> str:
             f"{probability} %) from {', '.join(patient.tumours)} — {rule}")
 
 
-def result_view(result, tumour_index: int = 0) -> ResultView:
-    """Headline class, bars, ORR, warning, risk group and survival text for one tumour, with the
-    patient-level answer and the tumours that could not be assessed."""
+def result_view(result, tumour_index: int = 0, fields: Any = ()) -> ResultView:
+    """Headline class, bars, ORR, warnings, risk group and survival text for one tumour, with the
+    patient-level answer and the tumours that could not be assessed (``fields``: the clinical form's
+    fields, for the training ranges of the survival warning)."""
     if not result.tumours:
         raise InputError(f"result of case {result.case_id!r} has no tumour")
     tumour_index = min(max(tumour_index, 0), len(result.tumours) - 1)
@@ -116,7 +148,7 @@ def result_view(result, tumour_index: int = 0) -> ResultView:
     if patient and (len(result.tumours) > 1 or skipped):
         detail += f"\n{patient}"
     if skipped:
-        detail += f"\n{len(skipped)} tumour(s) not assessable (greyed in the table, reason in its last column)"
+        detail += f"\n{len(skipped)} tumour(s) not assessable (listed in the table with the reason)"
     bars = [(name, _percent(p), name == predicted) for name, p in zip(tumour.class_names, tumour.probabilities)]
     spreads = [_percent(s) for s in trust.spread] if trust is not None and trust.spread is not None else None
     orr = (ORR_LABEL, _percent(tumour.objective_response_probability)) \
@@ -125,11 +157,17 @@ def result_view(result, tumour_index: int = 0) -> ResultView:
     seconds = result.timings.get("total")
     status = f"Model {result.bundle_id} on {result.device}" + (f", {seconds:.1f} s." if seconds else ".")
     warnings = ([result.warning] if result.synthetic_model else []) + list(getattr(result, "warnings", []) or [])
+    unreliable = bool(trust is not None and trust.unlike_training)
+    details = ""
+    if unreliable:
+        details = "\n".join([f"{tumour.label}: " + "; ".join(trust.reasons or ["unlike the training data"]) + ".",
+                             " · ".join(trust.summary_parts()) + "."])
     return ResultView(headline=predicted, detail=detail, bars=bars, orr=orr, tumours=[t.label for t in result.tumours],
                       tumour_index=tumour_index, warning="\n".join(warnings),
                       risk_text=risk_text, survival_text=survival_text, status=status, patient_text=patient,
                       not_assessable=skipped, ood_warning=trust.warning if trust is not None else "",
-                      spreads=spreads)
+                      spreads=spreads, unreliable=unreliable, reliability_details=details,
+                      survival_warning=survival_warning(result.survival, fields))
 
 
 def trust_text(trust) -> str:
@@ -140,38 +178,15 @@ def trust_text(trust) -> str:
     return " · ".join(trust.summary_parts())
 
 
-def grey_not_assessable_rows(table_view: Any, result, colour: tuple[int, int, int] = (150, 150, 150)) -> int:
-    """Grey the not-assessable rows of the results table (they follow the predicted tumours, as
-    :func:`TACEResponseLib.frontend.mrml.prediction_table_columns` orders them); returns how many."""
-    model = table_view.model() if table_view is not None and hasattr(table_view, "model") else None
-    first, count = len(result.tumours), len(getattr(result, "not_assessable", []))
-    if model is None or not count:
-        return 0
-    try:
-        import qt  # Slicer's PythonQt
-
-        brush, role = qt.QBrush(qt.QColor(*colour)), qt.Qt.ForegroundRole
-    except ImportError:
-        from PySide6.QtCore import Qt
-        from PySide6.QtGui import QBrush, QColor
-
-        brush, role = QBrush(QColor(*colour)), Qt.ItemDataRole.ForegroundRole
-    greyed = 0
-    for row in range(first, min(first + count, model.rowCount())):
-        for column in range(model.columnCount()):
-            model.setData(model.index(row, column), brush, role)
-        greyed += 1
-    return greyed
-
-
 def fill_results(ui: Any, view: ResultView) -> None:
     """Show a :class:`ResultView` in the results section (bars beyond the .ui's four must exist on ``ui``)."""
     ui.syntheticWarningLabel.setText(view.warning)
     ui.syntheticWarningLabel.setVisible(bool(view.warning))
-    ood = getattr(ui, "oodWarningLabel", None)
-    if ood is not None:
-        ood.setText(f"⚠ {view.ood_warning[0].upper()}{view.ood_warning[1:]}" if view.ood_warning else "")
-        ood.setVisible(bool(view.ood_warning))
+    ui.reliabilityFrame.setVisible(view.unreliable)
+    ui.reliabilityBadgeLabel.setText(UNRELIABLE_BADGE)
+    ui.reliabilitySentenceLabel.setText(UNRELIABLE_SENTENCE if view.unreliable else "")
+    ui.reliabilityDetailsLabel.setText(view.reliability_details)
+    ui.reliabilityDetailsLabel.setVisible(view.unreliable and bool(ui.reliabilityDetailsButton.property("checked")))
     ui.predictedClassLabel.setText(view.headline)
     ui.predictedClassDetailLabel.setText(view.detail)
     count = max(len(view.bars), PROBABILITY_BARS)
@@ -197,13 +212,16 @@ def fill_results(ui: Any, view: ResultView) -> None:
     ui.riskGroupLabel.setText(view.risk_text)
     ui.survivalSummaryLabel.setText(view.survival_text)
     ui.survivalSummaryLabel.setVisible(bool(view.survival_text))
+    ui.survivalWarningLabel.setText(view.survival_warning)
+    ui.survivalWarningLabel.setVisible(bool(view.survival_warning))
 
 
 def clear_results(ui: Any) -> None:
     """The results section before any prediction."""
     ui.syntheticWarningLabel.setVisible(False)
-    if getattr(ui, "oodWarningLabel", None) is not None:
-        ui.oodWarningLabel.setVisible(False)
+    ui.reliabilityFrame.setVisible(False)
+    ui.survivalWarningLabel.setVisible(False)
+    ui.resultsTable.setRowCount(0)
     ui.predictedClassLabel.setText("—")
     ui.predictedClassDetailLabel.setText("No prediction yet.")
     for index in range(PROBABILITY_BARS):
@@ -264,12 +282,7 @@ def export_report(result, folder: str | Path, *, reference=None, heatmap=None, m
     rows = result_rows(result)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     written = []
-    with atomic_path(folder / f"{stem}.csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-    written.append(folder / f"{stem}.csv")
+    written.append(write_csv_atomic(folder / f"{stem}.csv", columns, rows))
     if reference is not None and heatmap is not None:
         from TACEResponseLib.prediction.figures import save_prediction_png
 

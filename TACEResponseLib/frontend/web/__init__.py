@@ -11,6 +11,10 @@ modules, so the library and the Slicer module never need them.
   otherwise, authenticates users when serving a network (:mod:`.auth`), starts one session
   process per page and proxies its page and websocket, receives uploads (:mod:`.uploads`) into
   the session's own folder, and removes that folder when the session ends.
+* :mod:`.guards` — what the launcher holds connections, websocket messages, hosts and origins to;
+  :mod:`.auth` — users, log-ins, lockouts; :mod:`.uploads` — upload quotas and how uploads are read.
+* :mod:`.session_setup` — a session process's settings from its standard input, its reading rules,
+  and what it never sends the page (tracebacks, server paths).
 * :mod:`.session` — one session process: a trame app with a trame-slicer ``SlicerApp`` (its own
   MRML scene), the case, the form, Predict/Cancel and the downloads; :mod:`.page` is its page,
   :mod:`.viewer` its views (Slicer's layouts, letters, slice numbers, window/level, fitting, labels),

@@ -17,6 +17,7 @@ from trame.widgets import vuetify3 as v3
 from trame_slicer.app.ui import SegmentEditorUI
 from trame_vuetify.ui.vuetify3 import VAppLayout
 
+from TACEResponseLib.frontend.web import assess_view
 from TACEResponseLib.frontend.web.results import DOWNLOADS, STALE_TEXT, field_state  # noqa: F401 - field_state: page API
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -89,6 +90,7 @@ def build(session) -> VAppLayout:
                         _case_section()
                         _inputs_section()
                         _results_section()
+                        assess_view.section(session)
                     _action_bar(session)
         _figure_dialog()
     return layout
@@ -254,7 +256,8 @@ def _result_body() -> None:
     html.Div("{{ result.status }}", classes="text-caption text-medium-emphasis")
     html.Div("Download", classes="text-overline mt-2")
     with html.Div(classes="d-flex flex-wrap"):
-        for kind, label in (("json", "JSON"), ("csv", "CSV"), ("nrrd", "Heatmap NRRD"), ("mrb", "Slicer scene")):
+        for kind, label in (("json", "JSON"), ("csv", "CSV"), ("nrrd", "Heatmap NRRD"), ("mrb", "Slicer scene"),
+                            ("dicom", "DICOM")):
             v3.VBtn(label, id=f"tace-download-{kind}", size="small", variant="tonal", classes="mr-1 mb-1",
                     prepend_icon="mdi-download",
                     click=f"utils.download(result.case_id + '{DOWNLOADS[kind][0]}', "

@@ -42,6 +42,7 @@ DOWNLOADS = {
     "csv": ("_tace_response.csv", "text/csv"),
     "nrrd": ("_heatmap.nrrd", "application/octet-stream"),
     "mrb": ("_scene.mrb", "application/octet-stream"),
+    "dicom": ("_dicom.zip", "application/zip"),
 }
 #: what the page says when a tumour is unlike the model's training data (the details are folded)
 UNRELIABLE_SENTENCE = ("Unreliable: this image is unlike the images the model was trained on, so this prediction "

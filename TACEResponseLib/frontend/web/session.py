@@ -66,6 +66,7 @@ from TACEResponseLib.frontend.panel.models import (  # noqa: E402
 from TACEResponseLib.frontend.panel.run import PredictionSession  # noqa: E402
 from TACEResponseLib.frontend.process import RunState  # noqa: E402
 from TACEResponseLib.frontend.web import page  # noqa: E402
+from TACEResponseLib.frontend.web.assess_view import AssessView  # noqa: E402
 from TACEResponseLib.frontend.web.results import (  # noqa: E402
     DOWNLOADS,
     STALE_TEXT,
@@ -75,15 +76,22 @@ from TACEResponseLib.frontend.web.results import (  # noqa: E402
     result_page,
     survival_figures,
 )
-from TACEResponseLib.frontend.web.tumours import segment_centre_ras, segment_fingerprint, tumour_places  # noqa: E402
-from TACEResponseLib.frontend.web.uploads import read_upload_batch, stored_name  # noqa: E402
+from TACEResponseLib.frontend.web.session_setup import (  # noqa: E402
+    READY_PREFIX,
+    WARM_PREFIX,
+    client_text,
+    prepare_session_process,
+)
+from TACEResponseLib.frontend.web.tumours import (  # noqa: E402
+    segment_centre_ras,
+    segment_fingerprint,
+    tumour_places,
+)
+from TACEResponseLib.frontend.web.uploads import read_upload_batch, read_upload_segmentation, stored_name  # noqa: E402
 from TACEResponseLib.frontend.web.viewer import LAYOUT_NAMES, Viewer, colormap_gradient, slicer_layouts  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-READY_PREFIX = "TACE_WEB_SESSION_READY"
-#: printed once the prediction worker holds the model (the launcher logs it; benchmarks wait for it)
-WARM_PREFIX = "TACE_WEB_SESSION_WARM"
 LAYOUTS = LAYOUT_NAMES
 #: seconds a session started for a waiting page lets the page load before it loads the model
 WARM_UP_DELAY_S = 8.0
@@ -161,6 +169,7 @@ class WebSession(TrameApp):
             "upload_limits": json.loads(self.args.upload_limits or "{}"), "downloads": list(DOWNLOADS),
             "brush_caption": f"2-D brush, {BRUSH_DIAMETER_MM:g} mm diameter",
         })
+        self.assess = AssessView(self)
         self.ui = page.build(self)
         self.editor_logic.set_ui(self.editor_ui)
         self._brush_defaults()
@@ -219,10 +228,11 @@ class WebSession(TrameApp):
                 volumes = [read_volume(path) for path in self.args.image]
                 segmentation = read_segmentation(self.args.segmentation) if self.args.segmentation else None
                 self.open_case(volumes, segmentation, volumes[0].name)
+                self.dicom_source = self.args.image[0] if "series_uid" in volumes[0].metadata else None
             elif not self.args.no_demo:
                 self.open_demo_case()
         except TACEResponseError as exc:
-            self.state.error = str(exc)
+            self.state.error = client_text(str(exc), self.folder)
 
     def open_demo_case(self) -> None:
         """The SYNTHETIC demo case of ``tace-response demo``, with its tumour and its patient's values."""
@@ -245,6 +255,7 @@ class WebSession(TrameApp):
         self.scene.Clear(0)
         self.predictions.output_nodes, self.result = None, None
         self._result_key, self._result_segment, self._tumour_places = None, None, {}
+        self.dicom_source = None  # set by the callers that open a DICOM series
         nodes = []
         self._is_ct = {}
         for volume in volumes:
@@ -619,7 +630,10 @@ class WebSession(TrameApp):
         return folder
 
     def push(self, **values) -> None:
-        """Set state and send it to the page now (tasks outside a trame callback must flush)."""
+        """Set state and send it to the page now (tasks outside a trame callback must flush); an error
+        shown names no place on the server."""
+        if values.get("error"):
+            values["error"] = client_text(values["error"], self.folder)
         with self.state:
             self.state.update(values)
 
@@ -633,9 +647,34 @@ class WebSession(TrameApp):
             if not self.slicer_app.io_manager.write_scene(path):
                 self.state.error = "the scene could not be written"
                 return None
+        elif kind == "dicom":
+            path = self.dicom_download()
+            if path is None:
+                return None
         else:
             path = download_file(kind, self.result, self.folder / "result")
         return self.server.protocol.addAttachment(path.read_bytes())
+
+    def dicom_download(self) -> Path | None:
+        """The result's DICOM objects (SEG, parametric map, TID 1500 report, secondary captures) zipped; the case
+        must have been opened from a DICOM series (its files are the objects' source)."""
+        from TACEResponseLib.frontend.panel.dicom import export_dicom, zipped
+
+        try:
+            if not getattr(self, "dicom_source", None):
+                raise InputError("DICOM results need a case opened from a DICOM series (tace-response web --image "
+                                 "DICOM_FOLDER, or a DICOM series uploaded)")
+            reference = mrml.volume_from_node(self.editor.active_volume_node)
+            segmentation = mrml.segmentation_from_node(self.segmentation_node, self.editor.active_volume_node)
+            heatmap = self.predictions.output_nodes.heatmap_node if self.predictions.output_nodes else None
+            folder = self._subfolder("dicom", fresh=True)
+            export_dicom(self.result, reference, mrml.volume_from_node(heatmap) if heatmap else None, segmentation,
+                         self.dicom_source, folder)
+            return zipped(folder, self._subfolder("download", fresh=True) / f"{safe_file_name(self.result.case_id)}"
+                                                                              "_dicom.zip")
+        except TACEResponseError as exc:
+            self.state.error = str(exc)
+            return None
 
     async def on_uploaded(self, upload: dict) -> None:
         """The page uploaded a batch into this session's folder: open it as the case or the tumour."""
@@ -657,6 +696,8 @@ class WebSession(TrameApp):
                     volumes = [volumes[0].with_array(volumes[0].array, name=label)]
                     identity = await asyncio.to_thread(dicom_identity, sorted(p for p in folder.iterdir() if p.is_file()))
                 self.open_case(volumes, None, volumes[0].name, identity=identity)
+                if "series_uid" in volumes[0].metadata:  # its files kept: the source of DICOM results
+                    self.dicom_source = shutil.move(str(folder), self._subfolder("dicom-source", fresh=True))
             else:
                 self.load_segmentation(folder)
         except TACEResponseError as exc:
@@ -666,15 +707,13 @@ class WebSession(TrameApp):
 
     def load_segmentation(self, folder: Path) -> None:
         """Replace the tumour segmentation by an uploaded one (.seg.nrrd or labelmap)."""
-        from TACEResponseLib.imaging.segmentation import read_segmentation
-
         files = [p for p in folder.iterdir() if p.is_file()]
         if len(files) != 1:
             raise InputError(f"upload one segmentation file at a time ({len(files)} given)")
         reference = self.editor.active_volume_node
         if reference is None:
             raise InputError("open the case's images before its segmentation")
-        segmentation = read_segmentation(files[0])
+        segmentation = read_upload_segmentation(folder)
         self.editor.deactivate_effect()
         if self.segmentation_node is not None:
             self.scene.RemoveNode(self.segmentation_node)
@@ -746,6 +785,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if argv is not None:
         sys.argv[1:] = argv
+    prepare_session_process()  # settings from the launcher (never on the command line), reading rules
     app = WebSession()
     app.server.start(open_browser=False)
 
