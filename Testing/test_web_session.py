@@ -120,3 +120,46 @@ def test_a_shown_result_goes_stale_on_any_input_change_and_back(monkeypatch, tmp
     # the nomogram
     state.nomogram = ""
     assert session.check_stale()
+
+
+def test_a_dicom_seg_listing_the_liver_first_opens_on_its_tumour(monkeypatch, tmp_path, axial_case):
+    """A DICOM SEG often lists the liver before the tumour: the editor starts on the tumour (the segment
+    Predict uses) and the views on the tumour's centre, not the liver's; the series' patient is in the title."""
+    pytest.importorskip("highdicom", reason="highdicom is not installed")
+    from dicom_helpers import write_ct_series, write_seg
+
+    arterial = axial_case.phases["arterial"]
+    stored = np.round(arterial.array).astype(np.int16)
+    source = write_ct_series(tmp_path / "ct", stored, arterial.ijk_to_ras, intercept=0.0, patient_id="HCC_042")
+    tumour = axial_case.segmentation.layers[0] == axial_case.segmentation.segments[0].label_value
+    liver = np.zeros_like(tumour)
+    liver[:16, 20:70, 20:70] = True  # the upper slices: away from the tumour
+    batch = tmp_path / "uploads" / "segmentation" / "b1"
+    write_seg(batch / "seg.dcm", source, {"Liver": liver, "Tumour": tumour}, types={"Liver": ("10200004", "Liver")})
+
+    def centre_s(mask) -> float:  # superior coordinate (mm) of a mask's voxel centroid
+        k, j, i = np.argwhere(mask).mean(axis=0)
+        return float((arterial.ijk_to_ras @ np.array([i, j, k, 1.0]))[2])
+
+    assert abs(centre_s(tumour) - centre_s(liver)) > 10.0, "the test needs the two centres apart"
+    session = _session(monkeypatch, tmp_path, "--image", str(tmp_path / "ct"))
+    session.load_segmentation(batch)
+    names = dict(zip(*(f(session.segmentation_node) for f in (_segment_ids, _segment_names))))
+    assert names[session.editor.get_active_segment_id()] == "Tumour"
+    assert session.inputs().segment_problem is None
+    red = next(v for v in session.viewer.slice_views(visible_only=False) if v.get_singleton_tag() == "Red")
+    spacing_s = float(np.linalg.norm(arterial.ijk_to_ras[:3, 2]))
+    assert abs(red.get_view_node().GetSliceOffset() - centre_s(tumour)) <= spacing_s / 2 + 1e-3
+    assert "Patient HCC_042" in session.state.case_identity  # --image DICOM_FOLDER, as after an upload
+
+
+def _segment_ids(node):
+    from TACEResponseLib.frontend.mrml import segment_ids
+
+    return segment_ids(node)
+
+
+def _segment_names(node):
+    from TACEResponseLib.frontend.mrml import segment_names
+
+    return segment_names(node)

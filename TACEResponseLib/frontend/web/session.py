@@ -85,6 +85,7 @@ from TACEResponseLib.frontend.web.session_setup import (  # noqa: E402
 from TACEResponseLib.frontend.web.tumours import (  # noqa: E402
     segment_centre_ras,
     segment_fingerprint,
+    start_segment_id,
     tumour_places,
 )
 from TACEResponseLib.frontend.web.uploads import read_upload_batch, read_upload_segmentation, stored_name  # noqa: E402
@@ -227,8 +228,11 @@ class WebSession(TrameApp):
 
                 volumes = [read_volume(path) for path in self.args.image]
                 segmentation = read_segmentation(self.args.segmentation) if self.args.segmentation else None
-                self.open_case(volumes, segmentation, volumes[0].name)
-                self.dicom_source = self.args.image[0] if "series_uid" in volumes[0].metadata else None
+                dicom = "series_uid" in volumes[0].metadata
+                identity = dicom_identity(sorted(p for p in Path(self.args.image[0]).iterdir() if p.is_file())) \
+                    if dicom and Path(self.args.image[0]).is_dir() else ""
+                self.open_case(volumes, segmentation, volumes[0].name, identity=identity)
+                self.dicom_source = self.args.image[0] if dicom else None
             elif not self.args.no_demo:
                 self.open_demo_case()
         except TACEResponseError as exc:
@@ -267,17 +271,15 @@ class WebSession(TrameApp):
         reference = nodes[0]
         self.slicer_app.display_manager.show_volume_in_slice_background(reference)
         self.slicer_app.display_manager.show_volume_in_slice_foreground(None)
+        centre = None
         if segmentation is not None:
-            self.segmentation_node = mrml.segmentation_to_node(segmentation, self.scene, f"{title} tumour")
-            self.editor.set_active_segmentation(self.segmentation_node, reference)
-            self.editor.set_active_segment_id(mrml.segment_ids(self.segmentation_node)[0])
+            centre = self._show_segmentation(segmentation, reference, f"{title} tumour")
         else:
             self.segmentation_node = self.editor.create_empty_segmentation_node()
             self.segmentation_node.SetName(f"{title} tumour")
             self.editor.set_active_segmentation(self.segmentation_node, reference)
             self.editor.set_active_segment_id(mrml.add_tumour_segment(self.segmentation_node))
         self.viewer.case_opened(reference, self._is_ct[reference.GetID()])
-        centre = segment_centre_ras(segmentation) if segmentation is not None else None
         if centre is not None:
             self.viewer.jump_to(centre)
         with self.state:
@@ -717,15 +719,23 @@ class WebSession(TrameApp):
         self.editor.deactivate_effect()
         if self.segmentation_node is not None:
             self.scene.RemoveNode(self.segmentation_node)
-        self.segmentation_node = mrml.segmentation_to_node(segmentation, self.scene, files[0].name.split(".")[0])
-        self.editor.set_active_segmentation(self.segmentation_node, reference)
-        self.editor.set_active_segment_id(mrml.segment_ids(self.segmentation_node)[0])
-        centre = segment_centre_ras(segmentation)
+        centre = self._show_segmentation(segmentation, reference, files[0].name.split(".")[0])
         if centre is not None:
             self.viewer.jump_to(centre)
         self.push(status=f"Opened segmentation {files[0].name}.")
         self.refresh_blockers()
         self.check_stale(segment=True)
+
+    def _show_segmentation(self, segmentation, reference, name: str):
+        """A segmentation into the scene and the editor, on its tumour segment (a DICOM SEG's tumour, not
+        the liver it may list first); where that tumour is (RAS, mm: the views go there), or None."""
+        self.segmentation_node = mrml.segmentation_to_node(segmentation, self.scene, name)
+        self.editor.set_active_segmentation(self.segmentation_node, reference)
+        ids = mrml.segment_ids(self.segmentation_node)
+        start = start_segment_id(segmentation)
+        if ids:
+            self.editor.set_active_segment_id(start if start in ids else ids[0])
+        return segment_centre_ras(segmentation, start)
 
     # -- life cycle -----------------------------------------------------------------------------
     def _bind_routes(self, wslink_server) -> None:

@@ -9,11 +9,27 @@ import hashlib
 import numpy as np
 
 
-def segment_centre_ras(segmentation) -> np.ndarray | None:
-    """Centre (RAS, mm) of the first segment's voxels of a library Segmentation, or None if empty."""
+def start_segment_id(segmentation) -> str | None:
+    """The segment a newly opened segmentation starts on (active in the editor, so the one Predict uses,
+    and centred in the views): its first tumour segment — of a DICOM SEG the first of type Mass, Tumor
+    or Neoplasm, not the liver it may list first — else its first segment; None when it has none."""
+    from TACEResponseLib.core.errors import InputError
+
     if not segmentation.segments:
         return None
-    mask = segmentation.mask(segmentation.segments[0].id)
+    try:
+        tumours = segmentation.default_segment_ids()
+    except InputError:  # a DICOM SEG without a tumour segment: the reader chooses one in the editor
+        tumours = []
+    return tumours[0] if tumours else segmentation.segments[0].id
+
+
+def segment_centre_ras(segmentation, segment_id: str | None = None) -> np.ndarray | None:
+    """Centre (RAS, mm) of a segment's voxels (default: the first segment) of a library Segmentation, or
+    None if empty."""
+    if not segmentation.segments:
+        return None
+    mask = segmentation.mask(segment_id or segmentation.segments[0].id)
     kji = np.argwhere(np.asarray(mask.array) > 0)
     if not len(kji):
         return None
