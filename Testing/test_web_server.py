@@ -243,6 +243,11 @@ def test_session_settings_come_on_standard_input_and_set_the_web_reading_rules(t
         args = parser.parse_args(argv[1:])
         assert (args.session_dir, args.authKey) == (str(folder), "-key")
         assert json.loads(args.upload_limits)["max_file_bytes"] == limits.max_file_bytes
+        assert "--logout-link" not in argv  # no users, no log-out on the page
+        with_users = ["session.py", session_setup.SETTINGS_FLAG]
+        session_setup.prepare_session_process(with_users, io.StringIO(session_setup.settings_line(folder, "k", limits,
+                                                                                                  logout=True)))
+        assert "--logout-link" in with_users
         # a file of the command line (--image): a detached header with its data beside it is read, and held
         header = write_volume(volume, tmp_path / "d.nhdr")
         assert read_volume(header).array.shape == volume.array.shape

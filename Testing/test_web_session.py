@@ -7,6 +7,8 @@ The session is built in this process (trame server not started); the browser tes
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -163,3 +165,13 @@ def _segment_names(node):
     from TACEResponseLib.frontend.mrml import segment_names
 
     return segment_names(node)
+
+
+def test_the_page_links_to_the_log_out_only_when_users_log_in(monkeypatch, tmp_path):
+    """The launcher tells a session whether users log in (``--logout-link`` from its settings); only then
+    does the title bar offer "Log out", which opens the launcher's log-out page."""
+    with_users = _session(monkeypatch, tmp_path / "a", "--no-demo", "--logout-link")
+    assert with_users.state.logout_link is True
+    link = re.search(r'<VBtn[^>]*id="tace-logout"[^>]*>', with_users.ui.html)
+    assert link and 'href="/logout"' in link.group(0) and 'v-if="logout_link"' in link.group(0)
+    assert _session(monkeypatch, tmp_path / "b", "--no-demo").state.logout_link is False

@@ -407,7 +407,8 @@ class Launcher:
                 *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True, cwd=session.folder)
             assert session.process.stdin is not None
-            session.process.stdin.write(settings_line(session.folder, session.key, self.options.limits).encode())
+            settings = settings_line(session.folder, session.key, self.options.limits, logout=self.logins is not None)
+            session.process.stdin.write(settings.encode())
             await session.process.stdin.drain()
             session.process.stdin.close()
             reader = asyncio.get_running_loop().create_task(self._read_output(session))

@@ -72,6 +72,9 @@ def build(session) -> VAppLayout:
                        variant="plain", style="max-width: 160px;", classes="mx-1 tace-layout", id="tace-layout",
                        title="Slicer's view layouts")
             v3.VChip("research use only", color="orange", size="small", classes="mx-2 tace-research-chip")
+            # the launcher's log-out page (its button ends the log-in and the sessions it opened)
+            v3.VBtn("Log out", v_if=("logout_link",), href="/logout", variant="text", size="small",
+                    prepend_icon="mdi-logout", id="tace-logout", title="Log out of TACEResponse")
         # open on wide screens, a drawer over the views below WIDE_SCREEN (None: Vuetify decides by width)
         with v3.VNavigationDrawer(v_model=("editor_drawer", None), width=DRAWER_WIDTH, location="left",
                                   mobile_breakpoint="lg", id="tace-editor-drawer", classes="tace-editor-drawer"):

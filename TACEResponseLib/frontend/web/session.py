@@ -116,6 +116,7 @@ class WebSession(TrameApp):
         cli.add_argument("--spare", action="store_true",
                          help="a spare session started before its page: not ended for want of a page until one "
                               "has connected (it ends with the launcher)")
+        cli.add_argument("--logout-link", action="store_true", help="users log in: the page links to the log-out")
         self.args, _ = cli.parse_known_args()
         self.folder = Path(self.args.session_dir)
         self.device = self.args.device
@@ -168,6 +169,7 @@ class WebSession(TrameApp):
             "heatmap_visible": True, "heatmap_opacity": 0.5, "heatmap_colormap": "inferno",
             "colormaps": list(mrml.HEATMAP_COLORMAPS), "layouts": list(LAYOUTS), "layout": LAYOUTS[0],
             "upload_limits": json.loads(self.args.upload_limits or "{}"), "downloads": list(DOWNLOADS),
+            "logout_link": bool(self.args.logout_link),
             "brush_caption": f"2-D brush, {BRUSH_DIAMETER_MM:g} mm diameter",
         })
         self.assess = AssessView(self)
