@@ -115,10 +115,11 @@ def demo(server, browser):
     context = browser.new_context(viewport=WIDE, accept_downloads=True)
     page = context.new_page()
     opened = time.perf_counter()
-    first = page.goto(server["url"])  # the page's HTML, after the launcher's redirect to the session
+    page.goto(server["url"])  # the launcher's start page: its script asks for a session (a POST)
     view = _wait_for_view(page)
     yield {"page": page, "view": view, "context": context, "first_view_s": time.perf_counter() - opened,
-           "session": _session_folder(server, page), "first_html": first.text()}
+           "session": _session_folder(server, page), "start_html": page.request.get(server["url"]).text(),
+           "session_html": page.request.get(page.url).text()}
     context.close()
 
 
@@ -261,7 +262,10 @@ def test_page_opens_on_the_demo_case_with_slicers_view_basics(server, demo):
     page = demo["page"]
     spare = re.search(r"spare session ([0-9a-f]{8}) ready", server["log"].read_text()).group(1)
     assert re.search(r"/s/([0-9a-f]{32})/", page.url).group(1).startswith(spare), "the page did not get the spare"
-    assert 'id="tace-loading"' in demo["first_html"].split("<script", 1)[0], "no indicator before the first script"
+    # an indicator before any script: the start page's spinner, then the session page's own
+    assert 'class="spin"' in demo["start_html"].split("<script", 1)[0], "no indicator on the start page"
+    assert 'id="tace-loading"' in demo["session_html"].split("<script", 1)[0], "no indicator before the first script"
+    assert not page.locator("#tace-logout").count(), "no users: nothing to log out of"
     assert "demo_case" in page.locator("#tace-case-title").inner_text()
     assert "SYNTHETIC" in page.locator("#tace-case-note").inner_text()
     assert "synthetic" in page.locator("#tace-model-warning").inner_text().lower()

@@ -150,7 +150,8 @@ START_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>TACEResponse</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{{font:16px system-ui,sans-serif;display:flex;align-items:center;justify-content:center;height:90vh;
-color:#333}} .spin{{width:28px;height:28px;border:4px solid #ccc;border-top-color:#1976d2;border-radius:50%;
+color:#ddd;background:#121212}}
+.spin{{width:28px;height:28px;border:4px solid #444;border-top-color:#ffa726;border-radius:50%;
 animation:r 1s linear infinite;margin:0 auto 12px}} @keyframes r{{to{{transform:rotate(360deg)}}}}</style>
 </head><body><div style="text-align:center"><div class="spin"></div>
 <p id="tace-starting">Starting your TACEResponse session… (research use only)</p>
@@ -456,8 +457,8 @@ class Launcher:
                 session.port = int(line.split("port=")[1].split()[0])
                 session.ready.set()
             elif line.startswith(WARM_PREFIX):
-                logger.info("%s %s: prediction worker warm (%s)", "spare session" if session is self.spare else "session",
-                            session.id[:8], line.split(None, 1)[-1])
+                what = "spare session" if session is self.spare else "session"
+                logger.info("%s %s: prediction worker warm (%s)", what, session.id[:8], line.split(None, 1)[-1])
             elif "Traceback" in line or line.startswith(("ERROR", "error:")):
                 logger.warning("[session %s] %s", session.id[:8], line)
             else:
