@@ -1,6 +1,6 @@
 """The launcher's spare session, without starting real sessions: a page gets the spare (waiting for it
 while it starts), two pages at once get it only once, a spare that failed is not handed out, the spare
-ends with the launcher; a spare taken by the start page's POST becomes that user's (unreachable before,
+ends with the launcher, the next one starts a while after a page took one; a spare taken by the start page's POST becomes that user's (unreachable before,
 counted against the user's cap, ended by the user's log-out) and its lifetime starts then. The browser
 test (``test_web.py``) opens its first page on a real spare, the attack tests (``test_web_security.py``)
 run against a launcher that keeps one."""
@@ -35,7 +35,7 @@ async def _fake_spare(launcher: Launcher, name: str, ready: bool = False) -> Ses
 
 
 def test_a_page_waits_for_the_starting_spare_and_two_pages_get_it_once(tmp_path, monkeypatch):
-    launcher = _launcher(tmp_path)
+    launcher = _launcher(tmp_path, spare_refill_delay=0.5)
     started = []
     monkeypatch.setattr(launcher, "_start_spare", lambda: started.append(True))  # no real session process
 
@@ -50,6 +50,8 @@ def test_a_page_waits_for_the_starting_spare_and_two_pages_get_it_once(tmp_path,
         claimed = await first, await second
         assert claimed == (spare, None)  # the first page gets it, the second starts its own session
         assert spare.user == "alice" and launcher.sessions[spare.id] is spare and launcher.spare is None
+        assert started == [], "the next spare leaves the CPU to the page just opened for a while"
+        await asyncio.sleep(0.7)
         assert started == [True], "a new spare starts behind the claimed one"
         await launcher.end_session(spare)
 

@@ -29,7 +29,8 @@ a random key, and working in its own folder. The launcher
   its page closed), and every folder and process when the launcher stops;
 * keeps ``spare_sessions`` (the command's default: 1) session started ahead of its page, so that the
   start page's POST gets a session already running, its case loaded and its prediction worker warm
-  (the spare becomes the user's, with that user's caps, log-in and lifetime, only when claimed).
+  (the spare becomes the user's, with that user's caps, log-in and lifetime, only when claimed); the
+  next spare starts a while after (``spare_refill_delay``), leaving the CPU to the page just opened.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class WebOptions:
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     websocket: WebsocketLimits = field(default_factory=WebsocketLimits)
     spare_sessions: int = 0  # the command's default is 1 (--spare-sessions)
+    #: seconds after a page took the spare before the next one starts: starting it (the session process, then
+    #: its worker's model and warm-up run) takes 10-15 s of CPU, which the page just opened — loading, and
+    #: often its first Predict — would otherwise share on a small server
+    spare_refill_delay: float = 20.0
 
     @property
     def secure(self) -> bool:
@@ -178,6 +183,7 @@ class Launcher:
         os.chmod(self.root, 0o700)
         self.sessions: dict[str, Session] = {}
         self.spare: Session | None = None  # started before its page (given to the next page that asks)
+        self._refill: asyncio.TimerHandle | None = None  # the next spare's start, after a page took one
         self.http: ClientSession | None = None
         self._housekeeper: asyncio.Task | None = None
         self.app = web.Application(middlewares=[self._errors, self._hosts_and_origins, self._authenticate],
@@ -211,6 +217,8 @@ class Launcher:
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         spare, self.spare, self.options.spare_sessions = self.spare, None, 0
+        if self._refill is not None:
+            self._refill.cancel()
         ending = list(self.sessions.values()) + ([spare] if spare is not None else [])
         await asyncio.gather(*(self.end_session(s) for s in ending), return_exceptions=True)
         if self.http is not None:
@@ -375,13 +383,17 @@ class Launcher:
 
     def _start_spare(self) -> None:
         """Start a spare session unless one runs, spares are off, or every session is in use."""
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
         if self.spare is None and self.options.spare_sessions > 0 and len(self.sessions) < self.options.max_sessions:
             self.spare = self._new_session(None, None)
             asyncio.get_running_loop().create_task(self._run_session(self.spare, spare=True))
 
     async def _claim_spare(self, user, login: Login | None) -> Session | None:
-        """The spare session for this page (it becomes the user's; a new spare starts), waiting for it when
-        it is still starting (it is ahead of any session started now); None when there is none."""
+        """The spare session for this page (it becomes the user's; a new spare starts after
+        ``spare_refill_delay``), waiting for it when it is still starting (it is ahead of any session
+        started now); None when there is none."""
         spare = self.spare
         if spare is not None and not spare.ready.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -393,7 +405,8 @@ class Launcher:
         spare.user, spare.login, spare.started = user, login, time.monotonic()  # its lifetime starts now
         self.sessions[spare.id] = spare
         logger.info("spare session %s given to a page (user %s)", spare.id[:8], user)
-        self._start_spare()
+        if self._refill is None:
+            self._refill = asyncio.get_running_loop().call_later(self.options.spare_refill_delay, self._start_spare)
         return spare
 
     async def _run_session(self, session: Session, spare: bool = False) -> None:
