@@ -60,6 +60,8 @@ if not Path(CHROMIUM).is_file():
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
 
+from web_client import started_under  # noqa: E402
+
 
 # --- the server and the browser -------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -85,19 +87,7 @@ def server(tmp_path_factory):
             process.kill()
             process.wait()
     assert not list(root.glob("tace-web-*")), "the launcher left session folders behind"
-    _poll(lambda: not _started_under(root), 15, "the sessions and their workers to end")
-
-
-def _started_under(root: Path) -> list[int]:
-    """Processes whose environment names ``root`` as their TMPDIR: the launcher's sessions and their workers."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and f"TMPDIR={root}".encode() in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    _poll(lambda: not started_under(root), 15, "the sessions and their workers to end")
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +370,7 @@ def test_cancel_mid_prediction_leaves_no_result(server, demo):
 
 def _workers(root: Path) -> list[int]:
     """The prediction workers (``tace-response worker``) of the sessions of the server under ``root``."""
-    return [pid for pid in _started_under(root) if b"worker" in _read(Path(f"/proc/{pid}/cmdline"))]
+    return [pid for pid in started_under(root) if b"worker" in _read(Path(f"/proc/{pid}/cmdline"))]
 
 
 def _read(path: Path) -> bytes:

@@ -39,6 +39,9 @@ from pathlib import Path
 
 from _common import REPO, print_table, save_results
 
+sys.path.insert(0, str(REPO / "Testing"))
+from web_client import started_under  # noqa: E402
+
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 FIRST_IMAGE = ("() => { const i = document.querySelector('img.image-display-area');"
@@ -82,18 +85,6 @@ def descendants(pid: int) -> list[int]:
             children = []
         found += children
         queue += children
-    return found
-
-
-def started_under(root: Path) -> list[int]:
-    """Processes whose environment names ``root`` as their TMPDIR: a server's sessions and their workers."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and f"TMPDIR={root}".encode() in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
     return found
 
 
