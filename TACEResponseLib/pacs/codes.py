@@ -39,7 +39,7 @@ CLASS_WORDS = {"CR": "complete response", "PR": "partial response", "SD": "stabl
 
 
 #: typographic characters of the library's sentences → what every DICOM character set holds
-ASCII_FOR = {"—": "-", "–": "-", "→": "->", "←": "<-", "≥": ">=", "≤": "<=", "±": "+/-", "×": "x", "…": "...",
+ASCII_FOR = {"—": "-", "–": "-", "−": "-", "→": "->", "←": "<-", "≥": ">=", "≤": "<=", "±": "+/-", "×": "x", "…": "...",
              "’": "'", "‘": "'", "“": '"', "”": '"', "⚠": "!", "²": "2", "³": "3", "µ": "u", "°": " deg"}
 
 
