@@ -107,3 +107,12 @@ def write_seg(path: Path, source: Sequence[Dataset], masks: dict[str, np.ndarray
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
     return seg
+
+
+def assess_argv(visits: dict, out, names: Sequence[str] = ("baseline", "followup1")) -> list[str]:
+    """``assess`` on the DICOM visits of conftest's ``dicom_visits`` (first name: the baseline)."""
+    argv = ["assess", "--baseline", str(visits[names[0]]["ct"]), "--baseline-segmentation", str(visits[names[0]]["seg"]),
+            "--output", str(out)]
+    for name in names[1:]:
+        argv += ["--followup", str(visits[name]["ct"]), "--followup-segmentation", str(visits[name]["seg"])]
+    return argv

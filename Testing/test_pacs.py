@@ -26,23 +26,7 @@ from TACEResponseLib.imaging.volume_io import read_volume
 from TACEResponseLib.prediction.results import PredictionResult
 
 pytestmark = pytest.mark.skipif(bool(orthanc_server.missing()), reason=orthanc_server.missing() or "")
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    server = orthanc_server.start(tmp_path_factory.mktemp("orthanc"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture()
-def login(pacs, tmp_path, monkeypatch):
-    """The PACS password in the environment (as a site would set it), never on a command line."""
-    monkeypatch.setenv("TACE_PACS_USER", orthanc_server.USER)
-    monkeypatch.setenv("TACE_PACS_PASSWORD", pacs.password)
-    return pacs
+# the PACS: conftest's ``pacs`` (one Orthanc for the session) and ``login`` (its password in the environment)
 
 
 @pytest.fixture(scope="module")

@@ -280,6 +280,68 @@ def batch_results(args: argparse.Namespace, manifest: str, bundle, output: Path)
     return failed
 
 
+# --- assess -----------------------------------------------------------------------------------------
+def assess_pacs_arguments(p: argparse.ArgumentParser) -> None:
+    """``assess``'s ``--dicom-out``, ``--send-results`` with ``--to``, and the connection options."""
+    group = p.add_argument_group("DICOM results and PACS")
+    group.add_argument("--dicom-out", default=None, metavar="DIR",
+                       help="also write each visit's results as DICOM into DIR/VISIT, in that visit's study: SEG of the "
+                            "target lesions and their viable parts, TID 1500 report of the measurements and responses, "
+                            "secondary captures of the overlays; the arterial images must be DICOM")
+    group.add_argument("--send-results", action="store_true",
+                       help="send the DICOM results to the PACS of --to (into --dicom-out, else OUTPUT/dicom)")
+    group.add_argument("--to", default=None, metavar="URL|AET@HOST:PORT",
+                       help="the PACS to send the results to: a DICOMweb URL (STOW-RS) or a DIMSE peer (C-STORE)")
+    connection_arguments(group)
+
+
+def check_assess_options(args: argparse.Namespace, arterial: Sequence[tuple[str, str]]) -> None:
+    """Before any work: ``--send-results`` with ``--to`` (the PACS and its credentials), the DICOM output folder,
+    and every visit's arterial image DICOM with the identifiers results refer to. ``arterial``: (option, path)."""
+    from TACEResponseLib.core.files import check_output_folder
+
+    quiet_libraries(args)
+    if args.send_results and not args.to:
+        raise InputError("--send-results: no PACS to send to; give --to URL|AET@HOST:PORT")
+    if args.to and not args.send_results:
+        raise InputError("--to names the PACS --send-results sends to; give --send-results too")
+    if args.send_results:
+        endpoint_from(args, "--to", args.to)
+    if dicom_folder(args, ".") is None:
+        return
+    from TACEResponseLib.pacs.source import check_dicom_reference, check_dicom_writer
+
+    check_dicom_writer()
+    if args.dicom_out is not None:
+        check_output_folder(args.dicom_out, "--dicom-out")
+    for option, path in arterial:
+        try:
+            check_dicom_reference(path)
+        except InputError as exc:
+            raise InputError(f"{option} {path}: {exc}") from None
+
+
+def assess_results(args: argparse.Namespace, assessment, staging: Path) -> Path | None:
+    """``--dicom-out`` / ``--send-results`` of ``assess``: each visit's DICOM objects, written while the
+    assessment's folder is staged (``staging``: its overlays become the secondary captures; without
+    --dicom-out the objects go into it, under ``dicom``). Returns the folder written, or None."""
+    folder = Path(args.dicom_out) if args.dicom_out is not None else (staging / DICOM_FOLDER if args.send_results
+                                                                       else None)
+    if folder is None:
+        return None
+    from TACEResponseLib.pacs.assessment_report import write_assessment_dicom
+
+    written = write_assessment_dicom(assessment, folder, overlays=staging)
+    for visit, index in written.items():
+        print(f"{visit}: {index.summary()}")
+    return folder
+
+
+def send_assess_results(args: argparse.Namespace, folder: Path | None) -> None:
+    if args.send_results and folder is not None:
+        send_or_fail(folder, endpoint_from(args, "--to", args.to))
+
+
 # --- the pacs group ---------------------------------------------------------------------------------
 def cmd_send(args: argparse.Namespace) -> int:
     """Send a folder of DICOM files (e.g. ``--dicom-out``'s) to a PACS; only what it confirmed is reported."""
