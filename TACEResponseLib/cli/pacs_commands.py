@@ -4,7 +4,8 @@
   captures (:mod:`TACEResponseLib.pacs.export`), beside the usual files; DICOM input only.
 - ``--pacs URL|AET@HOST:PORT`` with ``--study UID`` (``predict``): the images are fetched from the PACS
   (WADO-RS or C-GET); ``batch --pacs`` reads ``STUDY_UID`` or ``STUDY_UID/SERIES_UID`` in the
-  manifest's image columns.
+  manifest's image columns. The tumours may be a DICOM SEG series of the study: ``--segmentation
+  pacs:SERIES_UID`` (``predict``), a ``segmentation`` cell ``pacs:SERIES_UID`` (``batch``).
 - ``--send-results``: the DICOM results are sent back to the same PACS.
 - ``--credentials FILE`` (or ``$TACE_PACS_USER``/``$TACE_PACS_PASSWORD``, ``$TACE_PACS_TOKEN``),
   ``--calling-aet``, ``--pacs-timeout``.
@@ -64,7 +65,9 @@ def case_pacs_arguments(p: argparse.ArgumentParser, batch: bool = False) -> None
                                 "a volume saved as NRRD): its folder, or its files (repeatable)")
     group.add_argument("--pacs", default=None, metavar="URL|AET@HOST:PORT",
                        help="read the images from this PACS (DICOMweb URL, or DIMSE peer)"
-                            + (": the manifest's image columns hold STUDY_UID or STUDY_UID/SERIES_UID" if batch
+                            + (": the manifest's image columns hold STUDY_UID or STUDY_UID/SERIES_UID, its "
+                               "segmentation column a file or pacs:SERIES_UID (a DICOM SEG series of the case's study)"
+                               if batch
                                else " instead of --image"))
     if not batch:
         group.add_argument("--study", default=None, metavar="UID", help="Study Instance UID to read from --pacs")
@@ -162,7 +165,7 @@ def case_images(args: argparse.Namespace, bundle) -> Iterator[list[str]]:
             raise InputError("no image given: --image PATH (or --pacs with --study)")
         yield list(args.image)
         return
-    from TACEResponseLib.pacs.transfer import fetch_study_series
+    from TACEResponseLib.pacs.transfer import fetch_segmentation_series, fetch_study_series
 
     endpoint = endpoint_from(args)
     inputs = bundle.card.inputs
@@ -171,8 +174,7 @@ def case_images(args: argparse.Namespace, bundle) -> Iterator[list[str]]:
                                      sorted({p.modality for p in inputs if p.modality}), folder)
         if str(args.segmentation).startswith(SEG_FROM_PACS):  # the study's DICOM SEG as the tumours
             uid = str(args.segmentation)[len(SEG_FROM_PACS):]
-            (seg,) = fetch_study_series(endpoint, args.study, [uid], 1, ["SEG"], Path(folder) / "segmentation")
-            args.segmentation = str(seg)
+            args.segmentation = str(fetch_segmentation_series(endpoint, args.study, uid, Path(folder) / "segmentation"))
         print(f"fetched {len(folders)} series of study {args.study} from {endpoint}")
         yield [str(f) for f in folders]
 
@@ -202,14 +204,32 @@ def send_or_fail(folder: Path, endpoint) -> None:
 
 
 # --- batch ------------------------------------------------------------------------------------------
+def _pacs_segmentations(manifest: str | Path) -> list[tuple[str, str]]:
+    """``(case id, cell)`` of the manifest's ``pacs:`` segmentation cells (none when it cannot be read as CSV:
+    the batch's own reader then says what is wrong with it)."""
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            return [(row.get("case_id") or "", (row.get("segmentation") or "").strip()) for row in csv.DictReader(handle)
+                    if (row.get("segmentation") or "").strip().startswith(SEG_FROM_PACS)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 def batch_manifest(args: argparse.Namespace, bundle, output: Path) -> str:
     """The manifest ``batch`` runs: as given, or with ``--pacs`` a copy under OUTPUT whose image cells
     (``STUDY_UID`` or ``STUDY_UID/SERIES_UID``) are replaced by the series fetched into
-    ``OUTPUT/pacs-images/CASE/PHASE`` (kept: a rerun fetches nothing again)."""
+    ``OUTPUT/pacs-images/CASE/PHASE``, and whose ``pacs:SERIES_UID`` segmentation cells (a DICOM SEG series of
+    the case's study: its reference image's) by that series fetched into ``OUTPUT/pacs-images/CASE/segmentation``
+    (kept: a rerun fetches nothing again)."""
     if not args.pacs:
+        found = _pacs_segmentations(args.manifest)
+        if found:
+            case, cell = found[0]
+            raise InputError(f"{args.manifest}, case {case}: segmentation {cell} is a SEG series on a PACS; give "
+                             "--pacs (the images' studies are read from it too)")
         return args.manifest
     from TACEResponseLib.core.files import atomic_path, safe_file_name
-    from TACEResponseLib.pacs.transfer import fetch_study_series
+    from TACEResponseLib.pacs.transfer import fetch_segmentation_series, fetch_study_series
 
     endpoint = endpoint_from(args)
     manifest = Path(args.manifest)
@@ -222,9 +242,14 @@ def batch_manifest(args: argparse.Namespace, bundle, output: Path) -> str:
     if missing or not rows:
         raise InputError(f"{manifest}: {'no cases' if not rows else 'no column ' + ', '.join(missing)}; with --pacs "
                          f"each of {', '.join(phases)} holds STUDY_UID or STUDY_UID/SERIES_UID")
+    from TACEResponseLib.pacs.transfer import check_uid
+
+    for case, cell in _pacs_segmentations(manifest):  # before anything connects
+        check_uid(cell[len(SEG_FROM_PACS):], f"{manifest}, case {case}: segmentation pacs:")
     output.mkdir(parents=True, exist_ok=True)
     for row in rows:
         case = safe_file_name(row.get("case_id") or "case")
+        studies = []
         for phase in phases:
             study, _, series = (row.get(phase) or "").strip().partition("/")
             if not study:
@@ -232,8 +257,14 @@ def batch_manifest(args: argparse.Namespace, bundle, output: Path) -> str:
             (folder,) = fetch_study_series(endpoint, study, [series] if series else None, 1, modalities,
                                            output / "pacs-images" / case / phase)
             row[phase] = str(folder)
-        if row.get("segmentation") and not Path(row["segmentation"]).is_absolute():
-            row["segmentation"] = str((manifest.parent / row["segmentation"]).resolve())
+            studies.append(study)
+        segmentation = (row.get("segmentation") or "").strip()
+        if segmentation.startswith(SEG_FROM_PACS) and studies:  # the tumours: a SEG series of the reference's study
+            row["segmentation"] = str(fetch_segmentation_series(
+                endpoint, studies[0], segmentation[len(SEG_FROM_PACS):], output / "pacs-images" / case / "segmentation",
+                f"{manifest}, case {row.get('case_id')}: segmentation pacs:"))
+        elif segmentation and not segmentation.startswith(SEG_FROM_PACS) and not Path(segmentation).is_absolute():
+            row["segmentation"] = str((manifest.parent / segmentation).resolve())
     local = output / "pacs-manifest.csv"
     with atomic_path(local) as temporary:
         with open(temporary, "w", newline="", encoding="utf-8") as handle:
