@@ -207,12 +207,14 @@ def send_or_fail(folder: Path, endpoint) -> None:
 def _pacs_segmentations(manifest: str | Path) -> list[tuple[str, str]]:
     """``(case id, cell)`` of the manifest's ``pacs:`` segmentation cells (none when it cannot be read as CSV:
     the batch's own reader then says what is wrong with it)."""
+    from TACEResponseLib.imaging.manifest import read_manifest_rows
+
     try:
-        with open(manifest, newline="", encoding="utf-8-sig") as handle:
-            return [(row.get("case_id") or "", (row.get("segmentation") or "").strip()) for row in csv.DictReader(handle)
-                    if (row.get("segmentation") or "").strip().startswith(SEG_FROM_PACS)]
-    except (OSError, UnicodeDecodeError, csv.Error):
+        rows = read_manifest_rows(Path(manifest), ())
+    except InputError:
         return []
+    return [(row.get("case_id") or "", (row.get("segmentation") or "").strip()) for row in rows
+            if (row.get("segmentation") or "").strip().startswith(SEG_FROM_PACS)]
 
 
 def batch_manifest(args: argparse.Namespace, bundle, output: Path) -> str:
@@ -235,13 +237,14 @@ def batch_manifest(args: argparse.Namespace, bundle, output: Path) -> str:
     manifest = Path(args.manifest)
     phases = [p.name for p in bundle.card.inputs]
     modalities = sorted({p.modality for p in bundle.card.inputs if p.modality})
-    with open(manifest, newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-        columns = list(rows[0].keys()) if rows else []
-    missing = [p for p in phases if p not in columns]
-    if missing or not rows:
-        raise InputError(f"{manifest}: {'no cases' if not rows else 'no column ' + ', '.join(missing)}; with --pacs "
-                         f"each of {', '.join(phases)} holds STUDY_UID or STUDY_UID/SERIES_UID")
+    from TACEResponseLib.imaging.manifest import read_manifest_rows
+
+    try:
+        rows = read_manifest_rows(manifest, phases)
+    except InputError as exc:
+        raise InputError(f"{exc}; with --pacs each of {', '.join(phases)} holds STUDY_UID or STUDY_UID/SERIES_UID") \
+            from None
+    columns = [c for c in rows[0] if c is not None]  # None: the cells of a row longer than the header
     from TACEResponseLib.pacs.transfer import check_uid
 
     for case, cell in _pacs_segmentations(manifest):  # before anything connects
@@ -268,7 +271,7 @@ def batch_manifest(args: argparse.Namespace, bundle, output: Path) -> str:
     local = output / "pacs-manifest.csv"
     with atomic_path(local) as temporary:
         with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
     print(f"fetched the images of {len(rows)} case(s) from {endpoint} → {output / 'pacs-images'}")
