@@ -232,6 +232,23 @@ def test_assessing_again_gives_the_same_instances(assessed, capsys):
     assert after == before
 
 
+def test_a_local_code_means_one_thing_in_the_prediction_and_the_assessment_reports():
+    """The local scheme 99TACER is one coding scheme for every report this tool stores in a PACS: a code value
+    (e.g. NOTE, MRECIST) must not carry two meanings between the prediction's and the assessment's reports."""
+    from TACEResponseLib.pacs import assessment_report, codes
+
+    meanings: dict[str, set[str]] = {}
+    for module in (codes, assessment_report):
+        for value in vars(module).values():
+            for pair in (value.values() if isinstance(value, dict) else [value]):
+                if isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair):
+                    meanings.setdefault(pair[0], set()).add(pair[1])
+    meanings.setdefault(codes.response_method(["CR", "PR", "SD", "PD"]).value, set()).add(
+        codes.response_method(["CR", "PR", "SD", "PD"]).meaning)
+    assert "NOTE" in meanings and "MRECIST" in meanings
+    assert {value: sorted(m) for value, m in meanings.items() if len(m) > 1} == {}
+
+
 # --- bad input: one line, exit 2, nothing written ----------------------------------------------------------
 def _refused(capsys, argv) -> str:
     assert main(argv) == 2

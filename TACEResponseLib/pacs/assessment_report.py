@@ -45,7 +45,7 @@ ASSESSMENT_NAME = "Response assessment"
 VIABLE_PART = ("VIABLE", "Viable (arterially enhancing) part")
 VIABLE_METHOD = ("MRECIST-VIABLE", "Viable tumour, arterial phase (mRECIST)")
 EASL_METHOD = ("EASL-VIABLE", "Viable tumour, perpendicular to the longest (EASL)")
-LOCAL_CRITERIA = {"mRECIST": ("MRECIST", "mRECIST (modified RECIST for hepatocellular carcinoma)"),
+LOCAL_CRITERIA = {"mRECIST": codes.MRECIST_NAME,
                   "EASL": ("EASL", "EASL (viable tumour, bidimensional)"),
                   "volumetric": ("VOLUMETRIC", "Volumetric (enhancing tumour volume, qEASL)")}
 SUM_NAME = ("SUM", "Sum over the target lesions")
@@ -56,7 +56,6 @@ CHANGE_NADIR_NAME = ("CHANGE-NADIR", "Change of the sum from the nadir")
 NEAR_THRESHOLD_NAME = ("NEAR-THRESHOLD", "Category could change within the measurement uncertainty")
 COULD_BE_NAME = ("COULD-BE", "Categories within the measurement uncertainty")
 REASON_NAME = ("REASON", "Why this category")
-NOTE_NAME = ("NOTE", "Note on the measurement")
 
 
 def criterion_code(name: str):
@@ -112,7 +111,7 @@ def _lesion_group(assessment, visit, target: str, lesion) -> ReportGroup:
     ]
     if visit is assessment.baseline:
         group.evaluations.append((codes.standard("DCM.BaselineCategory"), codes.standard("DCM.TargetLesionAtBaseline")))
-    note = codes.local(*NOTE_NAME)
+    note = codes.local(*codes.NOTE_NAME)
     tumour = lesion.viable_tumour
     group.texts.append((note, f"viable tumour {tumour.source}: {tumour.method}"))
     if lesion.manual_viable is not None:
@@ -160,7 +159,7 @@ def _criterion_groups(assessment, visit) -> list[ReportGroup]:
         group.texts.append((codes.local(*REASON_NAME), response.reason))
         if response.could_be:
             group.texts.append((codes.local(*COULD_BE_NAME), ", ".join(response.could_be)))
-        note = codes.local(*NOTE_NAME)
+        note = codes.local(*codes.NOTE_NAME)
         group.texts.append((note, f"nadir at {response.nadir_visit}"))
         if response.new_lesion:
             group.texts.append((note, "a new lesion was marked at this visit by the user"))
