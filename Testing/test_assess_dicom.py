@@ -14,14 +14,13 @@ fetched back and read.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import numpy as np
 import pydicom
 import pytest
 
-from dicom_helpers import assess_argv
+from dicom_helpers import SOP_CLASSES, assess_argv, conformance_tool
 from TACEResponseLib.cli import main
 from TACEResponseLib.imaging.segmentation import read_segmentation, segment_mask_on
 from TACEResponseLib.imaging.volume_io import read_volume
@@ -33,14 +32,7 @@ VISITS = ("baseline", "followup1", "followup2")
 RESPONSE_MEANING = {"CR": "Target Lesion Complete Response", "PR": "Target Lesion Partial Response",
                     "SD": "Target Lesion Stable Disease", "PD": "Target Lesion Progressive Disease"}
 RESPONSE_CODE = {"CR": "112041", "PR": "112042", "SD": "112044", "PD": "112043"}
-SC_CLASS, SEG_CLASS, SR_CLASS = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (make test installs dicom3tools and dcmtk with apt-get when run as root)")
-    return path
+SC_CLASS, SEG_CLASS, SR_CLASS = SOP_CLASSES["SC"], SOP_CLASSES["SEG"], SOP_CLASSES["SR"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,7 @@ def _visit(record, name):
 
 @pytest.mark.slow
 def test_each_visits_objects_pass_dciodvfy_without_errors(assessed):
-    dciodvfy = _tool("dciodvfy")
+    dciodvfy = conformance_tool("dciodvfy")
     record = assessed["record"]
     for visit in VISITS:
         folder = assessed["dicom"] / visit
@@ -78,7 +70,7 @@ def test_each_visits_objects_pass_dciodvfy_without_errors(assessed):
 
 @pytest.mark.slow
 def test_dsrdump_reads_each_report_with_the_standard_codes(assessed):
-    dsrdump = _tool("dsrdump")
+    dsrdump = conformance_tool("dsrdump")
     record = assessed["record"]
     for visit in VISITS:
         run = subprocess.run([dsrdump, "+Pl", str(assessed["dicom"] / visit / "report_sr.dcm")], capture_output=True,

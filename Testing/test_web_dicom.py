@@ -27,11 +27,11 @@ aiohttp = pytest.importorskip("aiohttp")
 hd = pytest.importorskip("highdicom", reason="highdicom is not installed")
 
 from dicom_case import identified_ct, tumour_masks, write_segmentation  # noqa: E402
+from dicom_helpers import SOP_CLASSES  # noqa: E402
 from web_client import WslinkClient, start_launcher  # noqa: E402
 
 pytestmark = pytest.mark.slow
-SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.30": "PM",
-               "1.2.840.10008.5.1.4.1.1.88.34": "SR", "1.2.840.10008.5.1.4.1.1.7": "SC"}
+KIND_OF_CLASS = {uid: kind for kind, uid in SOP_CLASSES.items()}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_the_dicom_download_of_a_web_session_holds_every_object_readable(case):
     kinds = {}
     for name, data in objects.items():
         dataset = pydicom.dcmread(io.BytesIO(data))
-        kind = SOP_CLASSES[str(dataset.SOPClassUID)]
+        kind = KIND_OF_CLASS[str(dataset.SOPClassUID)]
         kinds.setdefault(kind, []).append(name)
         read = {"SEG": hd.seg.Segmentation.from_dataset, "SR": hd.sr.Comprehensive3DSR.from_dataset}.get(
             kind, hd.Image.from_dataset)(dataset)  # highdicom opens each object
