@@ -1,0 +1,131 @@
+"""Files and network answers made by an attacker or a careless source, each refused with one clear
+``error:`` line (exit 2), nothing written or half-written, and never decoded into more memory than
+the reading limits allow.
+
+Every bomb here is a bomb by declaration (a header, a code stream, a zip directory, a SEG frame
+position claims a size; the file itself is a few kilobytes), so the suite stays fast. Commands run
+in-process through :func:`TACEResponseLib.cli.main`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from TACEResponseLib.cli import main
+from TACEResponseLib.core.errors import InputError
+
+ONE_MM = np.diag([1.0, 1.0, 2.0, 1.0])
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+def refused_by_cli(argv: list[str], words: list[str], capsys, output: Path | None = None) -> str:
+    """Run ``argv`` (with ``--output OUTPUT`` when given, a folder holding a previous result): exit 2,
+    one ``error:`` line holding ``words``, no traceback, the output folder as it was."""
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "result.json").write_text('{"previous": "result"}\n')
+        argv = [*argv, "--output", str(output)]
+    before = _snapshot(output) if output is not None else {}
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert code == 2, captured.err[-3000:]
+    assert "Traceback" not in captured.err + captured.out
+    assert len(errors) == 1, captured.err[-3000:]
+    for word in words:
+        assert word in errors[0], errors[0]
+    if output is not None:
+        assert _snapshot(output) == before, "the output folder changed"
+    return errors[0]
+
+
+# --- DICOM: compressed pixel data whose code stream declares more than the header ------------------------
+def _ct(folder: Path, slices: int = 3, size: int = 16) -> list[pydicom.Dataset]:
+    from dicom_helpers import write_ct_series
+
+    array = (np.arange(slices * size * size).reshape(slices, size, size) % 200).astype(np.int16)
+    write_ct_series(folder, array, ONE_MM)
+    return [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+
+
+def _jpeg(rows: int, columns: int, stream_size: tuple[int, int] | None = None) -> bytes:
+    """A baseline JPEG of ``rows`` × ``columns`` grey pixels whose frame header (SOF0) then claims
+    ``stream_size`` (rows, columns): a JPEG bomb by declaration."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.arange(rows * columns).reshape(rows, columns) % 200).astype(np.uint8)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    if stream_size is not None:
+        sof = data.find(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", *stream_size)
+    return bytes(data)
+
+
+def _as_jpeg_series(source: list[pydicom.Dataset], folder: Path, stream_size=None, header_size=None) -> Path:
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, original in enumerate(source):
+        ds = copy.deepcopy(original)
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        ds.PixelData = encapsulate([_jpeg(ds.Rows, ds.Columns, stream_size)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        if header_size is not None:
+            ds.Rows, ds.Columns = header_size
+        ds.save_as(folder / f"{k}.dcm", enforce_file_format=False)
+    return folder
+
+
+def test_a_jpeg_stream_declaring_more_pixels_than_the_header_is_refused_before_decoding(tmp_path, capsys):
+    """16 KB of JPEG whose frame headers declare 30000 × 30000 pixels, in files whose DICOM header says
+    16 × 16: GDCM believed the streams and decoded 3 × 30000² pixels (10.4 GB, 47 s) past every limit."""
+    from TACEResponseLib.imaging.volume_io import read_volume
+
+    source = _ct(tmp_path / "ct")
+    good = _as_jpeg_series(source, tmp_path / "jpeg")
+    assert read_volume(good).array.shape == (3, 16, 16)  # a sound JPEG series reads
+    bomb = _as_jpeg_series(source, tmp_path / "bomb", stream_size=(30000, 30000))
+    with pytest.raises(InputError, match=r"frame 1 declare 30000 × 30000 pixels.*the header 16 × 16"):
+        read_volume(bomb)
+    shrunk = _as_jpeg_series(source, tmp_path / "shrunk", header_size=(8192, 8192))  # the header lies instead
+    with pytest.raises(InputError, match=r"declare 16 × 16 pixels.*the header 8192 × 8192"):
+        read_volume(shrunk)
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "one.dcm").write_bytes((bomb / "0.dcm").read_bytes())
+    with pytest.raises(InputError, match="30000 × 30000"):
+        read_volume(single / "one.dcm")
+    refused_by_cli(["patches", "--image", bomb, "--segmentation", bomb / "0.dcm"], [str(bomb), "30000 × 30000"],
+                   capsys, tmp_path / "out")
+
+
+def test_compressed_pixel_data_with_fewer_frames_than_declared_are_refused_as_truncated(tmp_path):
+    from pydicom.uid import RLELossless
+
+    from TACEResponseLib.imaging.volume_io import read_volume
+
+    source = _ct(tmp_path / "ct", slices=1)
+    ds = copy.deepcopy(source[0])
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    ds.NumberOfFrames = 2000  # one RLE frame present
+    ds.save_as(tmp_path / "frames.dcm", enforce_file_format=False)
+    with pytest.raises(InputError, match="declares 2000 frame.*hold 1"):
+        read_volume(tmp_path / "frames.dcm")
