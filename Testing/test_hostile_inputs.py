@@ -129,3 +129,92 @@ def test_compressed_pixel_data_with_fewer_frames_than_declared_are_refused_as_tr
     ds.save_as(tmp_path / "frames.dcm", enforce_file_format=False)
     with pytest.raises(InputError, match="declares 2000 frame.*hold 1"):
         read_volume(tmp_path / "frames.dcm")
+
+
+# --- DICOM SEG: what the header declares, checked before highdicom allocates it ----------------------------
+@pytest.fixture(scope="module")
+def seg_source(tmp_path_factory):
+    """A 4-slice CT and a BINARY and a FRACTIONAL SEG of it (one segment, 16 × 16 frames)."""
+    from dicom_helpers import write_seg
+
+    root = tmp_path_factory.mktemp("seg")
+    source = _ct(root / "ct", slices=4)
+    mask = np.zeros((4, 16, 16), bool)
+    mask[:, 4:10, 4:10] = True
+    write_seg(root / "binary.dcm", source, {"tumour": mask})
+    write_seg(root / "fractional.dcm", source, {}, fractional={"tumour": mask.astype(np.float32) * 0.8})
+    return root
+
+
+def _edited(seg_source: Path, name: str, target: Path, change) -> Path:
+    ds = pydicom.dcmread(seg_source / name)
+    change(ds)
+    ds.save_as(target)
+    return target
+
+
+@pytest.mark.parametrize("name", ["binary.dcm", "fractional.dcm"])
+def test_a_seg_whose_frames_span_a_huge_volume_is_refused_before_it_is_allocated(seg_source, tmp_path, name):
+    """highdicom fills the slices between far-apart frames with zeros: 6 KB whose last frame lay 4 km away
+    made 2,000,000 × 16 × 16 voxels (a 4 GB peak for a FRACTIONAL SEG, read as float32)."""
+    from TACEResponseLib.imaging.dicom_seg import read_dicom_seg
+    from TACEResponseLib.imaging.image_headers import DecodeLimits, reading_rules
+
+    def far(ds):
+        ds.PerFrameFunctionalGroupsSequence[3].PlanePositionSequence[0].ImagePositionPatient = [0, 0, 4_000_000]
+
+    path = _edited(seg_source, name, tmp_path / name, far)
+    with reading_rules(limits=DecodeLimits(max_image_voxels=100_000_000)):
+        with pytest.raises(InputError, match=r"its frames span 2000000 × 16 × 16 voxels × 1 segment.*more than"):
+            read_dicom_seg(path)
+    assert read_dicom_seg(seg_source / name).masks[1].sum() == 4 * 36  # the sound SEG reads
+
+
+def test_a_seg_with_thousands_of_segments_is_refused_from_its_header(seg_source, tmp_path):
+    """2,000 segment descriptions kept the reader busy 113 s (highdicom's lookup per segment scans them
+    all); 20,000 (4 MB) would take hours."""
+    from TACEResponseLib.imaging.dicom_seg import MAX_SEGMENTS, read_dicom_seg
+
+    def many(ds):
+        template = ds.SegmentSequence[0]
+        items = []
+        for number in range(1, 2001):
+            item = copy.deepcopy(template)
+            item.SegmentNumber, item.SegmentLabel = number, f"tumour {number}"
+            items.append(item)
+        ds.SegmentSequence = items
+
+    with pytest.raises(InputError, match=f"describes 2,000 segments, more than the {MAX_SEGMENTS}"):
+        read_dicom_seg(_edited(seg_source, "binary.dcm", tmp_path / "many.dcm", many))
+
+
+def test_seg_frames_of_an_undescribed_segment_or_an_absurd_voxel_size_are_refused(seg_source, tmp_path, capsys):
+    from TACEResponseLib.imaging.dicom_seg import read_dicom_seg
+
+    def orphan(ds):
+        ds.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence[0].ReferencedSegmentNumber = 9
+
+    def absurd(ds):
+        ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing = [1e-30, 1e30]
+
+    with pytest.raises(InputError, match="a frame belongs to segment 9, which the SEG does not describe"):
+        read_dicom_seg(_edited(seg_source, "binary.dcm", tmp_path / "orphan.dcm", orphan))
+    path = _edited(seg_source, "binary.dcm", tmp_path / "absurd.dcm", absurd)
+    with pytest.raises(InputError, match=r"voxel size 1e\+30 × 1e-30 × 2 mm is outside"):
+        read_dicom_seg(path)
+    refused_by_cli(["patches", "--image", seg_source / "ct", "--segmentation", path], [str(path), "voxel size"],
+                   capsys, tmp_path / "out")
+
+
+def test_a_fractional_seg_is_thresholded_at_half_its_maximum_value(seg_source, tmp_path):
+    """Read as stored integers (no float copy): 127/255 is out, 128/255 in, as the rescaled 0.5 was."""
+    from TACEResponseLib.imaging.dicom_seg import read_dicom_seg
+
+    def values(ds):
+        frames = np.frombuffer(ds.PixelData, np.uint8).reshape(-1, 16, 16).copy()
+        frames[:] = 0
+        frames[:, 0, 0], frames[:, 0, 1] = 127, 128
+        ds.PixelData = frames.tobytes()
+
+    mask = read_dicom_seg(_edited(seg_source, "fractional.dcm", tmp_path / "f.dcm", values)).masks[1]
+    assert not mask[:, 0, 0].any() and mask[:, 0, 1].all()
