@@ -218,3 +218,36 @@ def test_a_fractional_seg_is_thresholded_at_half_its_maximum_value(seg_source, t
 
     mask = read_dicom_seg(_edited(seg_source, "fractional.dcm", tmp_path / "f.dcm", values)).masks[1]
     assert not mask[:, 0, 0].any() and mask[:, 0, 1].all()
+
+
+# --- cohort folders: links out of the folder, case ids that share an output folder ---------------------
+def test_a_cohort_folders_links_to_files_outside_it_are_not_read_and_are_reported(tmp_path):
+    from dicom_helpers import write_ct_series
+
+    from TACEResponseLib.imaging.cohort_import import scan_dicom_tree
+
+    array = np.zeros((2, 8, 8), np.int16)
+    write_ct_series(tmp_path / "cohort" / "HCC_001" / "ct", array, ONE_MM, patient_id="HCC_001")
+    write_ct_series(tmp_path / "elsewhere" / "ct", array, ONE_MM, patient_id="SOMEONE_ELSE")
+    outside = sorted((tmp_path / "elsewhere" / "ct").glob("*.dcm"))[0]
+    (tmp_path / "cohort" / "HCC_001" / "ct" / "zz.dcm").symlink_to(outside)
+    (tmp_path / "cohort" / "HCC_002").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    inside = sorted((tmp_path / "cohort" / "HCC_001" / "ct").glob("1-*.dcm"))[0]
+    (tmp_path / "cohort" / "HCC_001" / "ct" / "again.dcm").symlink_to(inside)  # a link inside the folder is fine
+
+    tree = scan_dicom_tree(tmp_path / "cohort")
+    assert sorted(tree.by_patient) == ["HCC_001"]
+    assert sorted(Path(h.path).name for h in tree.by_patient["HCC_001"]) == ["1-001.dcm", "1-002.dcm", "again.dcm"]
+    said = " ".join(text for texts in tree.problems.values() for text in texts)
+    assert "link(s) to files or folders outside" in said and "HCC_001/ct/zz.dcm" in said and "HCC_002" in said
+
+
+def test_case_ids_that_would_share_an_output_folder_stop_a_batch(tmp_path):
+    from TACEResponseLib.prediction.batch import read_batch_manifest
+
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("case_id,CT,segmentation\nHCC/001,a.nrrd,a.seg.nrrd\nHCC_002,b.nrrd,b.seg.nrrd\n"
+                        "hcc_001,c.nrrd,c.seg.nrrd\n")
+    with pytest.raises(InputError, match="case ids 'HCC/001' and 'hcc_001' would share the output folder "
+                                         "cases/hcc_001"):
+        read_batch_manifest(manifest, ["CT"], [])
