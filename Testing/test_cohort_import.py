@@ -118,11 +118,12 @@ def test_train_and_the_survival_pipeline_accept_the_imported_cohort(imported, ca
                  "--validation-fraction", "0", "--output", str(root / "model")]) == 0
     card = json.loads((root / "model" / "configs" / "metadata.json").read_text())
     assert card["class_names"] == ["CR", "PR", "SD", "PD"]
-    assert main(["fit-signature", "--manifest", str(out / "survival.csv"), "--phases", "ct", "--time-col", "os_weeks",
+    assert main(["survival", "fit-signature", "--manifest", str(out / "survival.csv"), "--phases", "ct", "--time-col", "os_weeks",
                  "--event-col", "death", "--time-unit", "weeks", "--size", "32", "--device", "cpu",
                  "--validation-fraction", "0", "--perturb", "none", "--max-features", "1",
-                 "--output", str(root / "sig")]) == 0
-    assert main(["fit-nomogram", "--signature", str(root / "sig"), "--covariates", "BCLC", "AFP", "--n-boot", "20"]) == 0
+                 "--nested-folds", "0", "--output", str(root / "sig")]) == 0
+    assert main(["survival", "fit-nomogram", "--signature", str(root / "sig"), "--covariates", "BCLC", "AFP", "--n-boot", "20",
+                 "--optimism-boot", "0"]) == 0
     model = json.loads((root / "sig" / "survival_model.json").read_text())
     text = json.dumps(model)
     assert '"time_unit": "weeks"' in text and "52" in text

@@ -204,29 +204,110 @@ def test_through_plane_resampling_picks_the_neighbours_1_mm_apart():
         np.testing.assert_allclose(resampled.images[n], direct.images[match[0]], atol=1e-4)
 
 
-def test_peng_protocol_preset_and_no_early_stopping(cohort, tmp_path):
-    config = _config_of("--protocol", "peng2019")
+def test_a_case_with_thicker_slices_than_the_model_samples_is_warned_about(tmp_path):
+    """Peng's 1 mm resampling on a 5 mm CT: the prediction says its patches are interpolated; a 1 mm CT
+    and a model that keeps the acquired slices get no such warning."""
+    from conftest import make_random_bundle
+
+    from TACEResponseLib.networks.bundle import CARD_FILE, load_bundle
+    from TACEResponseLib.prediction.predictor import Predictor
+
+    bundle = make_random_bundle(tmp_path / "peng", seed=1, size=32)
+    card = json.loads((bundle.path / CARD_FILE).read_text())
+    card["patch_spec"]["slice_spacing_mm"] = 1.0
+    (bundle.path / CARD_FILE).write_text(json.dumps(card))
+    resampling = Predictor(load_bundle(bundle.path), device="cpu", cam_method="none")
+    as_acquired = Predictor(make_random_bundle(tmp_path / "plain", seed=1, size=32), device="cpu", cam_method="none")
+    thick = make_phantom("SD", shape_kji=(20, 80, 80), spacing_ijk=(1.0, 1.0, 5.0), seed=3)
+    thin = make_phantom("SD", shape_kji=(40, 80, 80), spacing_ijk=(1.0, 1.0, 1.0), seed=3)
+
+    def interpolated(predictor, case):
+        result = predictor.predict([case.phases["arterial"]], case.segmentation)
+        return [w for w in result.warnings if "interpolated" in w]
+
+    warned = interpolated(resampling, thick)
+    assert len(warned) == 1 and "slices 5 mm apart, resampled to the model's 1 mm" in warned[0]
+    assert interpolated(resampling, thin) == [] and interpolated(as_acquired, thick) == []
+
+
+def _imagenet_like(path: Path, architecture: str) -> Path:
+    """A torchvision-layout state dict with seeded random weights, standing in for an ImageNet file."""
+    from TACEResponseLib.networks.architectures import build_network
+
+    torch.manual_seed(0)
+    torch.save(build_network(architecture, 1000, 3).state_dict(), path)
+    return path
+
+
+#: the paper-settings table of docs/validation.md: setting → (Peng 2019, --protocol peng2019, deviation?)
+def _docs_peng_table() -> dict[str, tuple[str, str, bool]]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "validation.md").read_text(encoding="utf-8")
+    block = text.split("<!-- peng2019-settings -->")[1].split("<!-- /peng2019-settings -->")[0]
+    rows = {}
+    for line in block.strip().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0].strip("`")] = (cells[1], cells[2], {"yes": True, "no": False}[cells[3]])
+    return rows
+
+
+def test_peng_protocol_without_imagenet_weights_is_one_clear_error(tmp_path, capsys):
+    from TACEResponseLib.cli import main
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("case_id,arterial,segmentation,label\n")
+    assert main(["train", "--manifest", str(manifest), "--output", str(tmp_path / "out"), "--protocol", "peng2019"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+    assert "ImageNet" in err[0] and "--pretrained FILE" in err[0] and "resnet50-" in err[0]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="--pretrained"):
+        TrainingConfig.for_protocol("peng2019")
+
+
+def test_peng_protocol_preset_and_no_early_stopping(cohort, tmp_path, caplog):
+    config = _config_of("--protocol", "peng2019", "--pretrained", "w.pth")
     assert (config.architecture, config.validation_fraction, config.early_stopping, config.optimizer,
-            config.learning_rate, config.momentum, config.batch_size, config.epochs) == \
-        ("resnet50", 0.0, False, "sgd", 1e-4, 0.9, 64, 54)
+            config.learning_rate, config.momentum, config.batch_size, config.epochs, config.weight_decay) == \
+        ("resnet50", 0.0, False, "sgd", 1e-4, 0.9, 64, 54, 1e-4)
     assert (config.patch_spec.size, config.patch_spec.n_slices, config.patch_spec.slice_spacing_mm) == (224, 3, 1.0)
-    assert config.protocol == "peng2019" and config.protocol_deviations == {}
-    changed = _config_of("--protocol", "peng2019", "--epochs", "3", "--architecture", "resnet18")
-    assert changed.epochs == 3 and set(changed.protocol_deviations) == {"epochs", "architecture"}
+    assert config.protocol == "peng2019"
+    assert all(d["reason"] and not d["reason"].startswith("asked") for d in config.protocol_deviations.values())
+    changed = _config_of("--protocol", "peng2019", "--pretrained", "w.pth", "--epochs", "3", "--architecture",
+                         "resnet18", "--weight-decay", "0")
+    asked = {k for k, d in changed.protocol_deviations.items() if d["reason"] == "asked for by the user"}
+    assert changed.epochs == 3 and asked == {"epochs", "architecture", "weight_decay"}
 
     from TACEResponseLib.training.train import train
 
-    tiny = TrainingConfig.for_protocol("peng2019", overrides={
-        "architecture": "resnet18", "epochs": 3, "batch_size": 8, "learning_rate": 1e-3,
-        "patch_spec": {"size": 32, "slice_spacing_mm": None}}, n_bootstrap=10, threads=2, name="peng-tiny")
-    result = train(cohort, tmp_path / "peng", tiny, progress_bar=False)
+    weights = _imagenet_like(tmp_path / "resnet50-imagenet.pth", "resnet50")
+    tiny = TrainingConfig.for_protocol("peng2019", overrides={"epochs": 2, "batch_size": 8, "patch_spec": {"size": 32}},
+                                       pretrained=str(weights), n_bootstrap=10, threads=2, name="peng-tiny")
+    with caplog.at_level(logging.WARNING, logger="TACEResponseLib.training.train"):
+        result = train(cohort, tmp_path / "peng", tiny, progress_bar=False)
+    assert any("through-plane resampling to 1 mm" in r.getMessage() and "thicker" in r.getMessage()
+               for r in caplog.records)
     assert result.split.validation == [] and len(result.split.train) == 8       # no patient hold-out
-    assert result.epochs_run == 3 == result.best_epoch and not result.stopped_early  # the last weights
+    assert result.epochs_run == 2 == result.best_epoch and not result.stopped_early  # the last weights
     card = result.bundle.card
-    assert card.training_data["protocol"] == "peng2019"
-    assert str(card.training_data["epochs"]["early_stopping"]).startswith("none")
-    assert "180°" in card.training_data["augmentation"]
-    assert card.metrics["operating_point"]["chosen_on"].startswith("training patients")
+    data = card.training_data
+    assert data["protocol"] == "peng2019" and data["frozen"]["stage"] == "layer4"
+    assert str(data["epochs"]["early_stopping"]).startswith("none")
+    assert "180°" in data["augmentation"]
+    assert "operating_point" not in card.metrics  # no held-out patients: no cut-off chosen on training patients
+    # the card against the docs' paper-settings table: no unlisted deviation, the matching rows match
+    table = _docs_peng_table()
+    asked = {"epochs", "batch_size", "patch_size"}
+    deviations = data["protocol_deviations"]
+    assert set(deviations) == {k for k, (_, _, differs) in table.items() if differs} | asked
+    assert {k for k, d in deviations.items() if d["reason"] == "asked for by the user"} == asked
+    for key, (paper, used, differs) in table.items():
+        assert deviations.get(key, {"protocol": paper})["protocol"] == paper, key
+        if not differs and key not in asked:
+            assert data["protocol_settings"][key] == used, key
+    # 2 mm phantom slices resampled to 1 mm: interpolated, and the card says so
+    through = data["through_plane"]
+    assert through["target_mm"] == 1.0 and through["n_interpolated"] == 8 and through["acquired_mm"]["max"] == 2.0
+    assert through["n_independent_units"] < through["n_patches"]
 
 
 def test_evaluate_reports_patch_level_metrics_mann_whitney_operating_point_and_factors(cohort, tmp_path):
@@ -255,17 +336,33 @@ def test_evaluate_reports_patch_level_metrics_mann_whitney_operating_point_and_f
     assert mw["u"] == pytest.approx(expected.statistic, abs=0.5) and mw["p_value"] == pytest.approx(expected.pvalue,
                                                                                                        rel=1e-3)
     op = metrics["operating_point"]
-    assert "this cohort" in op["chosen_on"]  # a random bundle has no training cut-off
-    positive = score >= op["threshold"] - 1e-6
+    # a random bundle has no cut-off chosen on held-out data: the pre-specified 0.5, never one chosen on this cohort
+    assert op["threshold"] == 0.5 and op["chosen_on"].startswith("pre-specified")
+    positive = score >= op["threshold"]
     assert op["sensitivity"] == pytest.approx(np.mean(positive[truth == 1]))
     assert op["specificity"] == pytest.approx(np.mean(~positive[truth == 0]))
+    # the factor's direction is pre-specified (default: higher → response), not flipped to flatter it
     factor = metrics["clinical_factors"]["afp"]
     values = np.array([afp[r["case_id"]] for r in rows])
-    assert factor["auc"] == pytest.approx(max(roc_auc_score(truth, values), 1 - roc_auc_score(truth, values)))
-    assert factor["direction"].startswith("lower afp")
-    paired = delong(truth, [score, -values]).compare()
+    assert factor["auc"] == pytest.approx(roc_auc_score(truth, values)) and factor["auc"] < 0.5
+    assert factor["direction"].startswith("higher afp")
+    paired = delong(truth, [score, values]).compare()
     assert factor["delong_model_vs_factor"]["p_value"] == pytest.approx(paired["p_value"], abs=1e-3)
     assert (out / "clinical_factor_roc.png").read_bytes()[:4] == b"\x89PNG"
+    again = tmp_path / "eval-lower"
+    assert main(["evaluate", "--bundle", str(bundle.path), "--manifest", str(cohort), "--output", str(again),
+                 "--bootstrap", "50", "--no-progress", "--clinical-factor", "afp", "--factor-direction", "afp=lower"]) == 0
+    lower = json.loads((again / "report.json").read_text())["metrics"]["clinical_factors"]["afp"]
+    assert lower["auc"] == pytest.approx(1 - roc_auc_score(truth, values)) and lower["direction"].startswith("lower afp")
+    # patch level by independent unit, and the TRIPOD+AI report beside report.json
+    assert patch["n_units"] <= patch["n_patches"] and "acquired slice" in patch["unit"]
+    tripod = json.loads((out / "tripod_report.json").read_text())
+    titles = [section["title"] for section in tripod["sections"]]
+    assert {"Source of data and participants", "Validation", "Performance: discrimination", "Decision curve",
+            "Operating point", "Single clinical factors", "Deviations from the cited protocol"} <= set(titles)
+    markdown = (out / "tripod_report.md").read_text()
+    assert "pre-specified" in markdown
+    assert f"**evaluated**: {metrics['n_cases']}" in markdown
 
 
 # --- 4. Quan 2024 -----------------------------------------------------------------------------------------
@@ -305,6 +402,18 @@ def test_delong_equals_the_definition_on_random_data():
     assert result.aucs == pytest.approx([roc_auc_score(y, s) for s in scores])
 
 
+def test_youden_ties_go_to_the_lowest_threshold_exactly():
+    """Two positives, six negatives. Cut-off 0.8 (sensitivity 1/2, specificity 4/6) and cut-off 0.6
+    (sensitivity 1, specificity 1/6) both give J = 1/6 — but as floats 1/2 − 2/6 = 0.16666666666666669
+    and 1 − 5/6 = 0.16666666666666663, so comparing floats picked 0.8. The documented rule (the lowest
+    threshold among ties) must pick 0.6."""
+    from TACEResponseLib.training.roc_statistics import youden_cutoff
+
+    cut = youden_cutoff([0, 0, 1, 0, 0, 0, 1, 0], [0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55])
+    assert cut["threshold"] == 0.6 and cut["sensitivity"] == 1.0
+    assert cut["youden_j"] == pytest.approx(1 / 6)
+
+
 def test_youden_cut_off_and_operating_point():
     from TACEResponseLib.training.roc_statistics import operating_point, youden_cutoff
 
@@ -312,7 +421,7 @@ def test_youden_cut_off_and_operating_point():
     s = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     # positive when score ≥ t: t = 0.4 gives sensitivity 4/4, specificity 3/4 (J 0.75); t = 0.6 gives 3/4, 4/4 (J 0.75)
     cut = youden_cutoff(y, s)
-    assert cut["youden_j"] == pytest.approx(0.75) and cut["threshold"] in (0.4, 0.6)
+    assert cut["youden_j"] == pytest.approx(0.75) and cut["threshold"] == 0.4  # ties: the lowest threshold
     point = operating_point(y, s, 0.4)
     assert (point["tp"], point["fp"], point["tn"], point["fn"]) == (4, 1, 3, 0)
     assert (point["sensitivity"], point["specificity"], point["ppv"], point["npv"]) == (1.0, 0.75, 0.8, 1.0)
@@ -355,26 +464,61 @@ def test_train_folds_reports_each_fold_and_the_pooled_out_of_fold_predictions(co
 
 
 def test_backbone_selection_trains_the_lowest_cross_validated_loss(cohort, tmp_path, monkeypatch):
+    """The candidates' losses are faked; the outer loop of the nested selection really trains and scores."""
     import TACEResponseLib.training.crossval as crossval
 
-    losses = {"resnet18": 0.9, "densenet121": 0.6, "resnet50": 0.8}
+    losses = {"resnet18": 0.6, "alexnet": 0.9, "resnet50": 0.8}  # AlexNet is a candidate (its 58M-parameter head is
+    # not trained here: resnet18 wins)
     asked = []
 
     def fake_cross_validate(manifest, config, k, work, progress_bar=False, n_bootstrap=None):
-        asked.append((config.architecture, config.patch_spec.size))
+        with open(manifest, newline="") as handle:
+            asked.append((config.architecture, {r["case_id"] for r in csv.DictReader(handle)}))
         return crossval.CrossValidation(config.architecture, [], {"accuracy": 0.5}, losses[config.architecture])
 
     monkeypatch.setattr(crossval, "cross_validate", fake_cross_validate)
     config = TrainingConfig(architecture="resnet18", patch_spec=PatchSpec(size=32), optimizer="adam", epochs=1,
                             batch_size=8, n_bootstrap=10, threads=2)
     outcome = crossval.train_with_cross_validation(cohort, tmp_path / "chosen", config, folds=2,
-                                                   backbones=["resnet18", "densenet121", "resnet50"], keep_size=True)
-    assert [a for a, _ in asked] == ["resnet18", "densenet121", "resnet50"]
-    assert outcome.chosen == "densenet121" and outcome.final.bundle.card.architecture == "densenet121"
-    assert outcome.final.bundle.card.metrics["cross_validation"]["candidates"]["resnet50"]["cross_entropy"] == 0.8
+                                                   backbones=["resnet18", "alexnet", "resnet50"], keep_size=True)
+    with open(cohort, newline="") as handle:
+        everyone = {r["case_id"] for r in csv.DictReader(handle)}
+    assert [a for a, _ in asked[:3]] == ["resnet18", "alexnet", "resnet50"] and all(m == everyone for _, m in asked[:3])
+    assert outcome.chosen == "resnet18" and outcome.final.bundle.card.architecture == "resnet18"
+    cv = outcome.final.bundle.card.metrics["cross_validation"]
+    assert cv["candidates"]["resnet50"]["cross_entropy"] == 0.8
+    # nested: in each outer fold the candidates saw only the outer-training patients; the winner was scored on the rest
+    nested = outcome.nested
+    assert nested is not None and len(nested.folds) == 2 and len(asked) == 3 + 2 * 3
+    for fold, inner in zip(nested.folds, [asked[3:6], asked[6:9]]):
+        assert [a for a, _ in inner] == ["resnet18", "alexnet", "resnet50"]
+        assert fold["chosen"] == "resnet18" and all(not set(fold["test_cases"]) & seen for _, seen in inner)
+    assert sorted(c for f in nested.folds for c in f["test_cases"]) == sorted(everyone)
+    assert nested.pooled["n_cases"] == 8 and cv["nested_selection"]["chosen_per_fold"] == ["resnet18", "resnet18"]
+    assert "nested backbone selection" in outcome.final.bundle.card.metrics["operating_point"]["chosen_on"]
+    assert any("nested" in line for line in outcome.summary_lines())
     with pytest.raises(InputError, match="pretrained"):
         crossval.train_with_cross_validation(cohort, tmp_path / "x", TrainingConfig(pretrained="w.pt"), folds=2,
                                              backbones=["resnet18", "resnet50"])
+
+
+def test_alexnet_is_a_backbone_with_torchvision_weights_and_grad_cam(tmp_path):
+    from TACEResponseLib.networks.architectures import build_network, cam_layers
+    from TACEResponseLib.networks.pretrained import load_pretrained
+
+    assert "alexnet" in _train_args("--select-backbone", "resnet50", "alexnet").select_backbone
+    assert _config_of("--architecture", "alexnet").patch_spec.size == 224
+    weights = _imagenet_like(tmp_path / "alexnet-imagenet.pth", "alexnet")
+    network = build_network("alexnet", 4, 3)
+    report = load_pretrained(network, weights, "alexnet")
+    reference = torch.load(weights, weights_only=True)
+    assert torch.equal(network.state_dict()["features.0.weight"], reference["features.0.weight"])
+    assert network.state_dict()["classifier.6.weight"].shape == (4, 4096)  # the head is new, not ImageNet's
+    assert set(report.skipped) == {"classifier.6.weight", "classifier.6.bias"} and len(report.loaded) == 14
+    assert cam_layers("alexnet") == ("features", None)  # no linear head on pooled features: Grad-CAM
+    network.eval()
+    assert network(torch.zeros(2, 3, 224, 224)).shape == (2, 4)
+    assert TrainingConfig(architecture="alexnet", pretrained=str(weights)).resolved_freeze() == "features"
 
 
 # --- 5. InceptionV4 at its own size -----------------------------------------------------------------------

@@ -331,7 +331,8 @@ def feature_cohort():
 @pytest.fixture(scope="module")
 def signature_fit(feature_cohort):
     features, clinical, _ = feature_cohort
-    return fit_signature(features, clinical[TIME_COL], clinical[EVENT_COL], n_mrmr=50, max_features=10, seed=0)
+    return fit_signature(features, clinical[TIME_COL], clinical[EVENT_COL], n_mrmr=50, max_features=10, seed=0,
+                         nested_folds=0)  # the nested CV is Testing/test_validation.py's
 
 
 def test_signature_recovers_informative_features(signature_fit, feature_cohort):
@@ -440,7 +441,7 @@ def test_pipeline_end_to_end(tmp_path):
     features, clinical, truth = synthetic_feature_cohort(300, n_features=120, n_informative=5, seed=5)
     repeat, unstable = perturbed_extraction(features, stable=truth.informative_features, seed=6)
     config = SurvivalConfig(clinical_covariates=["BCLC", "ALT", "tumour_size"], labels=LABELS, levels=LEVELS,
-                            id_col="case_id", n_boot=40, n_mrmr=30)
+                            id_col="case_id", n_boot=40, n_mrmr=30, optimism_boot=0)
     result = run_survival_pipeline(features.reset_index(), clinical.reset_index(), tmp_path, config,
                                    features_repeat=repeat.iloc[:60])
     assert not set(unstable) & set(result.reproducible_features)

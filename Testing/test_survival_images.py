@@ -418,7 +418,8 @@ def test_survival_command_end_to_end(cohort, tmp_path, capsys):
 
     out = tmp_path / "report"
     assert cli.main(["survival", "run", "--manifest", str(cohort.csv_path), "--output", str(out), "--size", "32",
-                     "--fov-mm", "60", "--n-boot", "50", "--device", "cpu", "--cache", str(tmp_path / "cache")]) == 0
+                     "--fov-mm", "60", "--n-boot", "50", "--device", "cpu", "--cache", str(tmp_path / "cache"),
+                     "--optimism-boot", "0"]) == 0
     printed = capsys.readouterr().out
     assert RANDOM_INIT_LABEL in printed and "C-index" in printed
     report = json.loads((out / "report.json").read_text())
@@ -478,16 +479,20 @@ def test_fit_signature_then_fit_nomogram_equals_survival(cohort, feature_tables,
     features, repeat = feature_tables
     inputs = ["--features", str(features), "--repeat", str(repeat), "--clinical", str(cohort.csv_path), "--seed", "3"]
     whole, staged = tmp_path / "survival", tmp_path / "staged"
-    assert cli.main(["survival", "run", *inputs, "--output", str(whole), "--n-boot", "40"]) == 0
+    # the optimism bootstrap is part of what must come out the same both ways (3 resamples, in this process)
+    assert cli.main(["survival", "run", *inputs, "--output", str(whole), "--n-boot", "40", "--optimism-boot", "3",
+                     "--workers", "0"]) == 0
     assert cli.main(["survival", "fit-signature", *inputs, "--output", str(staged)]) == 0
     printed = capsys.readouterr().out
     assert "fit-nomogram --signature" in printed and "kept" in printed
     # the signature stage alone: signature, scores, split; no nomogram yet
     assert (staged / "signature.json").is_file() and not (staged / "report.json").exists()
     assert not list(staged.glob("nomogram_*"))
-    assert cli.main(["survival", "fit-nomogram", "--signature", str(staged), "--n-boot", "40"]) == 0
+    assert cli.main(["survival", "fit-nomogram", "--signature", str(staged), "--n-boot", "40", "--optimism-boot", "3",
+                     "--workers", "0"]) == 0
     printed = capsys.readouterr().out
-    assert "C-index" in printed and f"model:  {staged / 'survival_model.json'} " in printed
+    assert "C-index optimism-corrected" in printed and "no test on training data" in printed
+    assert f"model:  {staged / 'survival_model.json'} " in printed
     # each output folder was written as one group (core.files.atomic_folder): nothing names its staging folder
     for path in [*whole.rglob("*"), *staged.rglob("*")]:
         assert ".partial-" not in path.name and (path.is_dir() or b".partial-" not in path.read_bytes()), path
@@ -501,6 +506,7 @@ def test_fit_signature_then_fit_nomogram_equals_survival(cohort, feature_tables,
     assert one["signature"] == two["signature"] and one["selection"] == two["selection"]
     assert one["config"] == two["config"] and one["deep_features"] == two["deep_features"]
     assert one["example_patient"] == two["example_patient"]
+    assert one["optimism"] == two["optimism"] and one["optimism"]["n_boot"] == 3
 
     # the stage read back scores bit-identically, and its split is the one in split.csv
     stage = SignatureStage.load(staged / "signature.json")
@@ -516,7 +522,7 @@ def test_fit_signature_then_fit_nomogram_equals_survival(cohort, feature_tables,
     other = tmp_path / "other"
     before = (staged / "signature.json").read_bytes()
     assert cli.main(["survival", "fit-nomogram", "--signature", str(staged / "signature.json"), "--output", str(other),
-                     "--covariates", "BCLC", "ALT", "--n-boot", "20"]) == 0
+                     "--covariates", "BCLC", "ALT", "--n-boot", "20", "--optimism-boot", "0"]) == 0
     assert (staged / "signature.json").read_bytes() == before
     report = json.loads((other / "report.json").read_text())
     screen = report["selection"]["combined"]["screen"]

@@ -241,13 +241,15 @@ def test_non_convergence_reaches_the_report_and_the_command_line(tmp_path, capsy
     early = (clinical[EVENT_COL] == 1) & (clinical[TIME_COL] < clinical.loc[clinical[EVENT_COL] == 1, TIME_COL].median())
     clinical = clinical.assign(sep=early.astype(float))
     config = SurvivalConfig(clinical_covariates=["BCLC", "ALT", "sep"], levels=BCLC_LEVELS, time_col=TIME_COL,
-                            event_col=EVENT_COL, n_boot=20, n_mrmr=20, l1_ratios=[0.5])
+                            event_col=EVENT_COL, n_boot=20, n_mrmr=20, l1_ratios=[0.5], optimism_boot=0,
+                            nested_folds=0)
     result = run_survival_pipeline(features.reset_index(), clinical.reset_index(), tmp_path / "fit", config)
     assert "sep" not in result.selections["combined"].selected
     assert any("sep left out" in w for w in result.report["warnings"])
     clinical.reset_index().to_csv(tmp_path / "clinical.csv", index=False)
     assert cli.main(["survival", "fit-nomogram", "--signature", str(tmp_path / "fit"), "--clinical", str(tmp_path / "clinical.csv"),
-                     "--covariates", "BCLC", "ALT", "sep", "--n-boot", "20", "--output", str(tmp_path / "again")]) == 0
+                     "--covariates", "BCLC", "ALT", "sep", "--n-boot", "20", "--optimism-boot", "0",
+                     "--output", str(tmp_path / "again")]) == 0
     printed = capsys.readouterr().out
     assert "warning: " in printed and "sep left out" in printed
 
@@ -290,7 +292,7 @@ def test_l1_ratio_is_chosen_by_cross_validation():
 
     features, clinical, _ = synthetic_feature_cohort(240, n_features=60, n_informative=4, seed=7)
     time, event = clinical[TIME_COL].to_numpy(), clinical[EVENT_COL].to_numpy()
-    fit = fit_signature(features, time, event, n_mrmr=20, l1_ratios=[0.1, 0.5, 1.0], seed=3)
+    fit = fit_signature(features, time, event, n_mrmr=20, l1_ratios=[0.1, 0.5, 1.0], seed=3, nested_folds=0)
     cv = fit.cv
     assert [r.l1_ratio for r in cv.ratios] == [0.1, 0.5, 1.0]
     best = max(cv.ratios, key=lambda r: (r.mean_cindex, r.l1_ratio))
@@ -304,7 +306,7 @@ def test_l1_ratio_is_chosen_by_cross_validation():
             z[train], Surv.from_arrays(event[train].astype(bool), time[train]))
         scores.append(concordance_index(time[test], -model.predict(z[test], alpha=best.alpha), event[test]))
     assert np.mean(scores) == pytest.approx(best.mean_cindex, abs=1e-9)
-    fixed = fit_signature(features, time, event, n_mrmr=20, l1_ratios=0.5, seed=3)
+    fixed = fit_signature(features, time, event, n_mrmr=20, l1_ratios=0.5, seed=3, nested_folds=0)
     assert fixed.signature.l1_ratio == 0.5 and len(fixed.cv.ratios) == 1
 
 
@@ -463,7 +465,8 @@ def two_cohorts(tmp_path_factory):
 def _stage_args(files, output):
     return ["--features", str(files["train_features"]), "--clinical", str(files["train_clinical"]),
             "--validation-features", str(files["val_features"]), "--validation-clinical", str(files["val_clinical"]),
-            "--time-col", TIME_COL, "--event-col", EVENT_COL, "--l1-ratios", "0.5", "1.0", "--output", str(output)]
+            "--time-col", TIME_COL, "--event-col", EVENT_COL, "--l1-ratios", "0.5", "1.0", "--output", str(output),
+            "--nested-folds", "0"]  # nested CV and optimism bootstrap: Testing/test_validation.py
 
 
 def test_external_validation_cohort_and_cindex_difference_from_the_command_line(two_cohorts, tmp_path, capsys):
@@ -474,7 +477,7 @@ def test_external_validation_cohort_and_cindex_difference_from_the_command_line(
     files, _, clinical = two_cohorts
     out = tmp_path / "survival"
     assert cli.main(["survival", "run", *_stage_args(files, out), "--covariates", "BCLC", "ALT", "tumour_size",
-                     "--n-boot", "200"]) == 0
+                     "--n-boot", "200", "--optimism-boot", "0"]) == 0
     printed = capsys.readouterr().out
     assert "external cohort" in printed and "C-index combined − clinical on validation" in printed
     split = pd.read_csv(out / "split.csv", dtype={"case_id": str})
@@ -519,7 +522,7 @@ def test_nomogram_stage_refuses_other_outcomes_than_the_signature_stage(two_coho
     changed.iloc[11, changed.columns.get_loc(EVENT_COL)] = 1 - changed.iloc[11][EVENT_COL]
     changed.to_csv(tmp_path / "changed.csv", index_label="case_id")
     args = ["survival", "fit-nomogram", "--signature", str(staged), "--covariates", "BCLC", "ALT", "--n-boot", "20",
-            "--output", str(tmp_path / "nomogram")]
+            "--optimism-boot", "0", "--output", str(tmp_path / "nomogram")]
     assert cli.main([*args, "--clinical", str(tmp_path / "changed.csv"),
                      "--validation-clinical", str(files["val_clinical"])]) == 2
     err = capsys.readouterr().err

@@ -168,11 +168,19 @@ def test_tiny_training_lowers_the_loss_and_writes_a_full_card(tiny_cohort, tmp_p
     assert sorted(data["split"]["train"] + data["split"]["validation"]) == sorted(r.case_id for r in rows)
     assert data["split"]["n_validation_per_class"] == {"CR": 1, "PR": 1, "SD": 1, "PD": 1}
     assert "ALL layers were trained" in data["initialisation"] and data["frozen"]["parameter_tensors"] == 0
-    assert card.metrics["validation"]["n_cases"] == 4 and len(card.metrics["training_history"]) == 5
+    # one validation set, one job each: two patients choose the epoch, the other two are scored and fit the temperature
+    roles = data["validation_roles"]
+    assert sorted(roles["early_stopping"] + roles["scored"]) == sorted(data["split"]["validation"])
+    assert len(roles["early_stopping"]) == len(roles["scored"]) == 2 and not set(roles["early_stopping"]) & set(roles["scored"])
+    assert card.metrics["validation"]["n_cases"] == 2 and len(card.metrics["training_history"]) == 5
+    assert "did not choose the epoch" in card.metrics["validation"]["patients"]
+    operating = card.metrics.get("operating_point")
+    assert operating is None or operating["chosen_on"].startswith("held-out validation patients (2,")
     assert any("Peng" in ref for ref in card.references)
     assert (tmp_path / "bundle" / "docs" / "training_curve.png").is_file()
     # calibration and the out-of-distribution profile, fitted at the end on the validation patients
-    assert card.calibration is not None and card.calibration.n_patients == 4 and card.calibration.temperature > 0
+    assert card.calibration is not None and card.calibration.n_patients == 2 and card.calibration.temperature > 0
+    assert card.calibration.ece_after_cross_fitted is not None  # out of sample, beside the in-sample ece_after
     profile = card.training_profile
     assert profile.n_training_patches == len(train_rows) and profile.threshold > 0 and profile.modality == "CT"
     assert bundle.profile_arrays().components.shape[1] == profile.n_features
@@ -280,7 +288,8 @@ def test_train_command_line(tiny_cohort, tmp_path, capsys):
                    "--batch-size", "8", "--epochs", "1", "--bootstrap", "20", "--no-progress"])
     assert status == 0
     out = capsys.readouterr().out
-    assert "cli_bundle" in out and "synthetic" in out.lower() and "validation (4 patients)" in out
+    assert "cli_bundle" in out and "synthetic" in out.lower()
+    assert "validation (2 validation patients that did not choose the epoch)" in out  # the other 2 stopped it
     card = json.loads((tmp_path / "cli_bundle" / "configs" / "metadata.json").read_text())
     assert card["training_data"]["optimizer"]["name"] == "adam" and card["name"] == "cli_bundle"
 

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 #: what ``--n-boot 0`` means
 NO_BOOTSTRAP = "no bootstrap, C-indices without confidence intervals"
+#: what ``--optimism-boot 0`` means
+NO_OPTIMISM_BOOTSTRAP = "no optimism bootstrap: the training cohort's numbers are reported as apparent only"
 
 # --- survival (Zhang 2020): deep features, signature, nomogram ---------------------------------
 def _feature_settings_arguments(p: argparse.ArgumentParser) -> None:
@@ -169,9 +171,9 @@ def _survival_config(args: argparse.Namespace, covariates: Sequence[str]):
         survival_times=[float(t) for t in YEAR_TIMES[args.time_unit]],
         labels={**CLINICAL_LABELS, "signature": "DL signature"}, **_nomogram_settings(args, covariates),
         icc_threshold=args.icc_threshold, icc_kind=args.icc_kind, max_signature_features=args.max_features,
-        mrmr_method=args.mrmr, l1_ratios=list(args.l1_ratios),
-        n_boot=getattr(args, "n_boot", 1000), validation_fraction=args.validation_fraction, seed=args.seed,
-        note=args.note or "",
+        mrmr_method=args.mrmr, l1_ratios=list(args.l1_ratios), nested_folds=args.nested_folds,
+        n_boot=getattr(args, "n_boot", 1000), optimism_boot=getattr(args, "optimism_boot", 200),
+        validation_fraction=args.validation_fraction, seed=args.seed, note=args.note or "",
     )
 
 
@@ -228,7 +230,15 @@ def _print_signature(stage) -> None:
         r = stage.reproducibility.to_dict()
         print(f"{r['kind']} > {r['threshold']:g} ({r['repeat']}): kept {r['n_kept']} of {r['n_features']} features")
     signature = stage.signature
-    cv = f", CV C-index {signature.cv_cindex:.3f}" if signature.cv_cindex is not None else ""
+    nested = (stage.fit.get("nested") or {}) if signature.cv_scheme else {}
+    cv = ""
+    if signature.cv_cindex is not None and nested:
+        cv = (f", nested {nested['n_folds']}-fold CV C-index {signature.cv_cindex:.3f}"
+              + (f" ± {nested['se_cindex']:.3f}" if nested.get("se_cindex") is not None else ""))
+    elif signature.cv_cindex is not None:
+        cv = f", CV C-index {signature.cv_cindex:.3f} (not nested: written by an older version, optimistic)"
+    if signature.tuning_cindex is not None:
+        cv += f"; tuning criterion {signature.tuning_cindex:.3f} (optimistic, not an estimate)"
     validation = stage.context.get("validation") or "none"
     print(f"signature: {len(signature.feature_names)} features (elastic-net l1_ratio {signature.l1_ratio:g}, "
           f"alpha {signature.alpha:.3g}{cv}); training {len(stage.cohorts['training'])} / validation "
@@ -245,18 +255,33 @@ def _print_nomogram(result, staging: Path | None = None, folder: str | Path | No
         if variable.coding != "linear":
             print(f"  {variable.title}: {variable.describe()}")
     for row in report["summary"]:
-        ci = (f" ({row['ci_lower']:.3f}–{row['ci_upper']:.3f})" if row.get("ci_lower") is not None else "")
         p = f", log-rank p {row['logrank_p']:.3g}" if row.get("logrank_p") is not None else ""
-        print(f"  {row['model']:<10} {row['cohort']:<11} C-index {row['c_index']:.3f}{ci}{p}")
+        if "c_index_corrected" in row:  # training cohort: never the apparent value alone
+            corrected = (f"optimism-corrected {row['c_index_corrected']:.3f}" if row["c_index_corrected"] is not None
+                         else "not optimism-corrected (see the warnings)")
+            plus = f", .632+ {row['c_index_632plus']:.3f}" if row.get("c_index_632plus") is not None else ""
+            print(f"  {row['model']:<10} {row['cohort']:<11} C-index {corrected} (apparent {row['c_index']:.3f}{plus})")
+            continue
+        ci = (f" ({row['ci_lower']:.3f}–{row['ci_upper']:.3f})" if row.get("ci_lower") is not None else "")
+        print(f"  {row['model']:<10} {row['cohort']:<11} C-index {row['c_index']:.3f}{ci}{p} "
+              f"[{row.get('validation_type', 'validation')}]")
     for d in report.get("c_index_difference") or []:
+        if "difference_corrected" in d:
+            value = (f"optimism-corrected {d['difference_corrected']:+.3f} (apparent {d['difference_apparent']:+.3f})"
+                     if d.get("difference_corrected") is not None else "not estimated")
+            print(f"  C-index {d['model_a']} − {d['model_b']} on {d['cohort']}: {value}; no test on training data")
+            continue
         ci = f" ({d['ci_lower']:+.3f} to {d['ci_upper']:+.3f})" if d.get("ci_lower") is not None else ""
         p = f", p {d['p_value']:.3g}" if d.get("p_value") is not None else ""
-        print(f"  C-index {d['model_a']} − {d['model_b']} on {d['cohort']}: {d['difference']:+.3f}{ci}{p}")
+        print(f"  C-index {d['model_a']} − {d['model_b']} on {d['cohort']}: {d['difference']:+.3f}{ci}{p}: {d['claim']}")
+    comparison = report.get("comparison") or {}
+    if comparison and not comparison.get("claimable"):
+        print(f"comparison: {comparison['statement']}")
     for warning in report.get("warnings") or []:
         print(f"warning: {warning}")
     model = relocated(result.model_path, staging, folder) if staging else result.model_path
     report_path = relocated(result.output_dir, staging, folder) if staging else result.output_dir
-    print(f"report: {report_path / 'report.json'}\nmodel:  {model} "
+    print(f"report: {report_path / 'report.json'} (TRIPOD+AI: {report_path / 'tripod_report.md'})\nmodel:  {model} "
           f"(use: tace-response predict ... --nomogram {model} --clinical NAME=VALUE)")
 
 
@@ -266,9 +291,11 @@ def cmd_survival(args: argparse.Namespace) -> int:
 
     _check_signature_inputs(args)
     config = _survival_config(args, args.covariates)
+    cluster = cluster_from(args)
     with atomic_folder(args.output, last=["survival_model.json"]) as staging:
         signature = fit_image_signature(staging, config=config, **_signature_inputs(args))
-        result = fit_image_nomogram(signature, staging, config=config, clinical=signature.clinical)
+        result = fit_image_nomogram(signature, staging, config=config, clinical=signature.clinical,
+                                    cluster=cluster, progress_bar=True)
     _print_signature(signature.stage)
     _print_nomogram(result, staging, args.output)
     return 0
@@ -301,10 +328,12 @@ def cmd_fit_nomogram(args: argparse.Namespace) -> int:
     stage = SignatureStage.load(source)
     covariates = list(args.covariates)
     config = replace(stage.config, **_nomogram_settings(args, covariates), n_boot=args.n_boot,
-                     seed=stage.config.seed if args.seed is None else args.seed)
+                     optimism_boot=args.optimism_boot, seed=stage.config.seed if args.seed is None else args.seed)
+    cluster = cluster_from(args)
     with atomic_folder(output, last=["survival_model.json"]) as staging:
         result = fit_image_nomogram(stage, staging, config=config, clinical=with_sheet(args.clinical, args.sheet),
-                                    validation_clinical=with_sheet(args.validation_clinical, args.sheet))
+                                    validation_clinical=with_sheet(args.validation_clinical, args.sheet),
+                                    cluster=cluster, progress_bar=True)
     _print_signature(stage)
     _print_nomogram(result, staging, output)
     return 0
@@ -362,6 +391,10 @@ def _signature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l1-ratios", type=number(float, 0, 1, low_open=True), nargs="+",
                    default=[0.1, 0.3, 0.5, 0.7, 0.9, 1.0], metavar="R",
                    help="elastic-net mixing ratios tried by cross-validation (one value: fixed)")
+    p.add_argument("--nested-folds", type=number(int, 0, 50, zero="no nested cross-validation, no CV C-index reported"),
+                   default=5, metavar="K",
+                   help="outer folds of the signature's nested cross-validation: mRMR and the elastic-net tuning "
+                        "redone inside each, so the reported CV C-index is honest")
     p.add_argument("--validation-fraction", type=number(float, 0, 1, high_open=True), default=0.3)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--note", default=None, help="shown on every figure (e.g. 'SYNTHETIC phantom cohort')")
@@ -380,7 +413,12 @@ def _nomogram_args(p: argparse.ArgumentParser) -> None:
                    help="continuous variables entered as above/below a cut-off: ALT (> 50 U/L), AFP (> 400 ng/mL), "
                         "tumour_size (> 5 cm) by name, or NAME=VALUE")
     p.add_argument("--n-boot", type=number(int, 0, 1_000_000, zero=NO_BOOTSTRAP), default=1000,
-                   help="bootstrap resamples (patients) for the C-index confidence intervals")
+                   help="bootstrap resamples (patients) of the confidence intervals (C-index, C-index difference)")
+    p.add_argument("--optimism-boot", type=number(int, 0, 100_000, zero=NO_OPTIMISM_BOOTSTRAP), default=200,
+                   metavar="B", help="Harrell's optimism bootstrap of the training cohort: B resamples, each refitting "
+                                     "the whole pipeline (signature and nomograms); seeded by --seed, run on the Dask "
+                                     "workers below")
+    cluster_arguments(p)
 
 
 def _survival_args(p: argparse.ArgumentParser) -> None:

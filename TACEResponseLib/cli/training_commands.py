@@ -63,7 +63,8 @@ def _train_config_from(args: argparse.Namespace):
         patch_spec=spec, clinical=args.clinical or [], clinical_ranges=ranges,
         clinical_units=name_value_pairs(args.clinical_unit, "--clinical-unit"),
         validation_fraction=args.validation_fraction, optimizer=args.optimizer, learning_rate=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
+        momentum=args.momentum, weight_decay=0.0 if args.weight_decay is None else args.weight_decay,
+        batch_size=args.batch_size, epochs=args.epochs,
         patience=args.patience, seed=args.seed, balance=not args.no_balance, augment=not args.no_augment,
         pretrained=args.pretrained, freeze=freeze, device=args.device, threads=args.threads,
         weights_dtype=args.weights_dtype, synthetic=args.synthetic, name=args.name or Path(args.output).name,
@@ -76,11 +77,13 @@ def _train_config_from(args: argparse.Namespace):
                      if getattr(args, {"learning_rate": "lr"}.get(k, k)) != default}
         if args.architecture:
             overrides["architecture"] = args.architecture
+        if args.weight_decay is not None:
+            overrides["weight_decay"] = args.weight_decay
         patch = {k: getattr(args, k) for k in ("size", "slice_spacing_mm") if getattr(args, k) is not None}
         if args.n_slices != 3:
             patch["n_slices"] = args.n_slices
         for key in ("architecture", "validation_fraction", "optimizer", "learning_rate", "momentum", "batch_size",
-                    "epochs"):
+                    "epochs", "weight_decay"):
             values.pop(key)
         return TrainingConfig.for_protocol(args.protocol, overrides={**overrides, "patch_spec": patch}, **values)
     return TrainingConfig(**values)
@@ -118,7 +121,7 @@ def _print_training(result) -> None:
     val = result.validation_metrics
     if val:
         orr = (val.get("objective_response") or {}).get("auc") or {}
-        line = f"validation ({val['n_cases']} patients): accuracy {val['accuracy']:.3f}"
+        line = f"validation ({val.get('patients') or str(val['n_cases']) + ' patients'}): accuracy {val['accuracy']:.3f}"
         if orr.get("auc") is not None:
             line += f", objective-response AUC {orr['auc']:.3f} ({orr['ci_low']:.3f}–{orr['ci_high']:.3f})"
         print(line)
@@ -156,12 +159,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_bundle(bundle, args.manifest, args.output, n_bootstrap=args.bootstrap, seed=args.seed,
                              device=args.device, progress_bar=not args.no_progress,
                              islands=island_rule_from(args, islands), patient_rule=patient_rule_from(args),
-                             clinical_factors=args.clinical_factor or (), cluster=cluster)
+                             clinical_factors=args.clinical_factor or (), cluster=cluster,
+                             factor_directions=_factor_directions(args))
     print("\n".join(report.summary_lines()))
     for case_id, error in report.failed.items():
         print(f"failed: {case_id}: {error}", file=sys.stderr)
     print(f"report: {Path(args.output) / 'report.json'}  figures: {', '.join(sorted(report.files.values()))}")
     return 0 if not report.failed else 1
+
+
+def _factor_directions(args: argparse.Namespace) -> dict[str, str]:
+    """``--factor-direction NAME=higher|lower``, checked against ``--clinical-factor``."""
+    directions = name_value_pairs(args.factor_direction, "--factor-direction")
+    for name, direction in directions.items():
+        if direction not in ("higher", "lower"):
+            raise TACEResponseError(f"--factor-direction {name}={direction}: expected higher or lower")
+        if name not in (args.clinical_factor or []):
+            raise TACEResponseError(f"--factor-direction {name}: not a --clinical-factor")
+    return directions
 
 
 def cmd_make_demo_bundle(args: argparse.Namespace) -> int:
@@ -182,19 +197,24 @@ def cmd_make_demo_bundle(args: argparse.Namespace) -> int:
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="CSV: case_id, one column per phase, segmentation, segment, label")
     p.add_argument("--output", required=True, help="bundle folder to write")
-    p.add_argument("--architecture", choices=["resnet50", "resnet18", "densenet121", "inceptionv4", "fusion"],
+    p.add_argument("--architecture", choices=["resnet50", "resnet18", "densenet121", "inceptionv4", "fusion", "alexnet"],
                    default=None, help="resnet50 = Peng 2019 (default); fusion = InceptionV4 + clinical (Quan 2024)")
     p.add_argument("--protocol", choices=["peng2019"], default=None,
-                   help="train as published: peng2019 = ResNet50, every patient trains (no hold-out), no early "
-                        "stopping, SGD lr 1e-4 momentum 0.9, batch 64, 54 epochs, 1 mm through-plane resampling, "
-                        "flips and 90/180/270° rotations")
+                   help="train as published: peng2019 = ResNet50 from ImageNet weights (--pretrained FILE is "
+                        "required) with the convolutional base frozen, every patient trains (no hold-out), no early "
+                        "stopping, SGD lr 1e-4 momentum 0.9, L2 1e-4, batch 64, 54 epochs, 1 mm through-plane "
+                        "resampling, flips and 90/180/270° rotations; every remaining difference from the paper is "
+                        "listed in the card's protocol_deviations")
     p.add_argument("--folds", type=number(int, 2, 50), default=None, metavar="K",
                    help="patient-level K-fold cross-validation of the cohort first (a report per fold and pooled, "
                         "Quan 2024); the bundle is then trained on every patient")
     p.add_argument("--select-backbone", nargs="+", default=None, metavar="ARCH",
-                   choices=["resnet50", "resnet18", "densenet121", "inceptionv4"],
+                   choices=["resnet50", "resnet18", "densenet121", "inceptionv4", "alexnet"],
                    help="cross-validate each of these networks and train the one with the lowest cross-validated "
-                        "cross-entropy (Quan 2024's backbone selection; uses --folds, default 5)")
+                        "cross-entropy (Quan 2024's backbone selection, which includes AlexNet; uses --folds, "
+                        "default 5). The selection is nested: its performance is measured in outer folds whose "
+                        "patients no selection saw (the candidates' own cross-validation chose the winner and is "
+                        "optimistic for it)")
     p.add_argument("--input-scaling", choices=["auto", "imagenet", "none"], default="auto",
                    help="scaling of the [0, 1] patches before the network: auto = ImageNet mean/SD with "
                         "--pretrained ImageNet weights, else none")
@@ -215,7 +235,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     p.add_argument("--lr", type=number(float, 0, 10, low_open=True), default=1e-4, help="learning rate (Peng 2019: 1e-4 with SGD)")
     p.add_argument("--momentum", type=number(float, 0, 1, high_open=True), default=0.9)
-    p.add_argument("--weight-decay", type=number(float, 0, 1), default=0.0)
+    p.add_argument("--weight-decay", type=number(float, 0, 1), default=None,
+                   help="L2 penalty of the optimizer (default 0; --protocol peng2019: 1e-4, MATLAB's default)")
     p.add_argument("--batch-size", type=number(int, 2, 4096), default=64)
     p.add_argument("--epochs", type=number(int, 1, 100_000), default=54)
     p.add_argument("--patience", type=number(int, 1, 100_000), default=10, help="early stopping: epochs without validation-loss gain")
@@ -248,6 +269,9 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clinical-factor", action="append", default=None, metavar="COLUMN",
                    help="numeric manifest column whose own ROC is reported beside the model's, with DeLong's test "
                         "(repeatable; Quan 2024 compared single clinical factors)")
+    p.add_argument("--factor-direction", action="append", default=None, metavar="NAME=higher|lower",
+                   help="pre-specified direction of a --clinical-factor: higher (the default) = a higher value "
+                        "predicts objective response (responder); never chosen on the evaluated cohort")
     p.add_argument("--bootstrap", type=number(int, 1, 1_000_000), default=1000,
                    help="bootstrap resamples (patients) for the CIs and the ROC bands")
     p.add_argument("--seed", type=SEED, default=0)

@@ -74,7 +74,12 @@ def _cohort_matches(folder: Path, n_cases: int, seed: int) -> bool:
 
 def _fmt_ci(row: Mapping[str, Any]) -> str:
     low, high = row.get("ci_lower"), row.get("ci_upper")
-    return f"{row['c_index']:.3f} ({low:.3f}–{high:.3f})" if low is not None and high is not None else f"{row['c_index']:.3f}"
+    text = f"{row['c_index']:.3f} ({low:.3f}–{high:.3f})" if low is not None and high is not None else f"{row['c_index']:.3f}"
+    if "c_index_corrected" in row:  # the training cohort: never the apparent value alone
+        corrected = row.get("c_index_corrected")
+        text = (f"apparent {text}; optimism-corrected {corrected:.3f}" if corrected is not None
+                else f"apparent {text} (not optimism-corrected)")
+    return text
 
 
 def make_demo_survival_model(

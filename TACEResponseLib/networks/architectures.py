@@ -8,6 +8,7 @@ resnet18      MONAI ``resnet18`` laid out like torchvision's  224×224    smalle
 densenet121   MONAI ``DenseNet121``                           224×224    Zhang 2020 (survival)
 inceptionv4   :class:`InceptionV4` (plain torch, ``width``)   299×299    Quan 2024 (HAIC)
 fusion        :class:`FusionNet`: InceptionV4 + clinical      299×299    Quan 2024 (HAIC)
+alexnet       :class:`AlexNet` laid out like torchvision's   224×224    Quan 2024's candidates
 ============  ==============================================  =========  ======================
 
 No torchvision (it cannot be imported here) and no download. Every network is 2-D, takes
@@ -31,10 +32,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Peng 2019 froze "layers 1–174" of Keras' ResNet50. keras.applications.ResNet50 without its
-#: top has 175 layers (input, conv1 pad/conv/bn/relu, pool pad/pool = 7, then 4 first blocks of
-#: 12 layers and 12 identity blocks of 10 = 168, up to ``conv5_block3_out``), so layers 1–174
-#: are the whole convolutional base and only the new classifier is trained. Here that is
+#: Peng 2019 trained in MATLAB (Deep Learning Toolbox) and froze "layers 1–174" of its ResNet50.
+#: MATLAB's ``resnet50`` layer graph has 177 layers, the last three being ``fc1000``, its softmax
+#: and the classification output, so layers 1–174 end at the global average pooling: the whole
+#: convolutional base is frozen and only the new classifier is trained. Here that is
 #: ``freeze_layers(model, "layer4")``: conv1, bn1 and layer1–layer4 (159 parameter tensors)
 #: frozen, ``fc`` trained.
 PENG2019_FROZEN_STAGE = "layer4"
@@ -86,6 +87,32 @@ def _build_inceptionv4(num_classes: int, in_channels: int, width: float = 1.0, d
     return InceptionV4(num_classes, in_channels, width=width, dropout=dropout)
 
 
+def _build_alexnet(num_classes: int, in_channels: int, dropout: float = 0.5) -> "nn.Module":
+    from torch import nn
+
+    class AlexNet(nn.Module):
+        """Krizhevsky et al. 2012 in torchvision's layout (``features``, ``avgpool``, ``classifier``), so
+        torchvision's ImageNet file loads; no in-place ReLU, so Grad-CAM's hooks see every activation."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(in_channels, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+            self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+            self.classifier = nn.Sequential(
+                nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(),
+                nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes))
+
+        def forward(self, x):
+            return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+    return AlexNet()
+
+
 def _build_fusion(num_classes: int, in_channels: int, width: float = 1.0, n_clinical: int = 0, hidden: int = 0,
                   dropout: float = 0.0) -> "nn.Module":
     from TACEResponseLib.networks.inception import FusionNet, InceptionV4
@@ -124,6 +151,9 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
                          lambda key: "backbone." + _rename_inception(key), "backbone.blocks.0.conv.weight",
                          ("backbone.fc.", "image_head.", "clinical_head.", "mlp."), "backbone.blocks", "image_head",
                          ("width", "n_clinical", "hidden", "dropout")),
+        # the classifier is three fully connected layers, not a linear head on pooled features: Grad-CAM only
+        ArchitectureSpec("alexnet", "Quan 2024's candidates (Krizhevsky 2012)", 224, _build_alexnet, lambda key: key,
+                         "features.0.weight", ("classifier.6.",), "features", None, ("dropout",)),
     ]
 }
 
@@ -139,7 +169,8 @@ def build_network(architecture: str, num_classes: int, in_channels: int = 3, **o
     """A freshly initialised network from the registry (see the module table).
 
     Options: ``inceptionv4`` takes ``width`` and ``dropout``; ``fusion`` takes ``width``,
-    ``n_clinical``, ``hidden`` and ``dropout`` (see :class:`FusionNet`); the others none.
+    ``n_clinical``, ``hidden`` and ``dropout`` (see :class:`FusionNet`); ``alexnet`` takes
+    ``dropout``; the others none.
     """
     spec = architecture_spec(architecture)
     unknown = sorted(set(options) - set(spec.options))

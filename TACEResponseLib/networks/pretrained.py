@@ -144,7 +144,7 @@ def freeze_layers(model: nn.Module, n_frozen: int | str) -> list[str]:
     ``n_frozen`` is either a **stage name** — every parameter up to and including the last one
     under that module prefix is frozen (ResNet: ``"layer3"`` freezes conv1, bn1, layer1–3;
     DenseNet: ``"features.denseblock3"``; InceptionV4: ``"blocks.17"``) — or an **integer
-    count of parameter tensors** (weights and biases counted separately; not Keras layers). For
+    count of parameter tensors** (weights and biases counted separately; not MATLAB or Keras layers). For
     Peng 2019 use :data:`PENG2019_FROZEN_STAGE`. Returns the frozen parameter names. Frozen
     BatchNorm layers still update their running statistics in ``train()`` mode; call
     :func:`freeze_batchnorm_statistics` after ``model.train()`` to stop that (as Keras does).

@@ -66,6 +66,10 @@ class Calibration(JsonRecord):
     nll_after: float | None = None
     #: the temperature the fit found (``temperature`` is 1 when it was rejected)
     fitted_temperature: float | None = None
+    #: ECE and NLL after calibration, out of sample: each patient scored with the temperature fitted
+    #: on the other patients (cross-fitted); ``ece_after`` is in-sample and optimistic
+    ece_after_cross_fitted: float | None = None
+    nll_after_cross_fitted: float | None = None
 
     def short(self) -> str:
         """``"temperature scaling, T = 1.3"`` (and the rejected fit, when there was one)."""
@@ -82,8 +86,10 @@ class Calibration(JsonRecord):
         text = f"{self.method}, T = {self.temperature:.3g}"
         if self.fitted_on:
             text += f", fitted on {self.fitted_on}"
-        if self.ece_before is not None and self.ece_after is not None:
-            text += f"; validation ECE {self.ece_before:.3f} → {self.ece_after:.3f}"
+        if self.ece_before is not None and self.ece_after_cross_fitted is not None:
+            text += f"; validation ECE {self.ece_before:.3f} → {self.ece_after_cross_fitted:.3f} (cross-fitted)"
+        elif self.ece_before is not None and self.ece_after is not None:
+            text += f"; validation ECE {self.ece_before:.3f} → {self.ece_after:.3f} (in-sample)"
         return text
 
 

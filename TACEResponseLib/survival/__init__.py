@@ -12,7 +12,10 @@ Floor 4: may import ``core``, ``imaging`` and ``networks``. Modules, data flowin
 * :mod:`.cox` — univariate screen, multivariable Cox, stepwise AIC (on lifelines); non-convergence refused
 * :mod:`.nomogram` — points, total points, survival at 1/2/3 years, risk group, figure
 * :mod:`.metrics` — C-index + bootstrap CI, C-index difference, calibration, KM + log-rank, AUC(t)
-* :mod:`.comparison` — JSON + PNG report comparing models over cohorts
+* :mod:`.validation` — Harrell's optimism bootstrap of the whole pipeline (+ the .632+ C-index)
+* :mod:`.comparison` — JSON + PNG report comparing models over cohorts (apparent / optimism-corrected /
+  validation, comparisons claimed on validation cohorts only)
+* :mod:`.reporting` — the TRIPOD+AI-style report (Markdown + JSON) of a survival run
 * :mod:`.fitting` — :func:`run_survival_pipeline` from a feature table + clinical table
   (= :func:`fit_signature_stage` then :func:`fit_nomogram_stage`)
 * :mod:`.images` — the same from images on disk (deep features first); ``survival_model.json``
@@ -64,6 +67,10 @@ _EXPORTS = {
     "plot_kaplan_meier": "metrics",
     "time_dependent_auc": "metrics",
     "evaluate_models": "comparison",
+    "optimism_bootstrap": "validation",
+    "OptimismResult": "validation",
+    "nested_cross_validation": "selection",
+    "survival_tripod_report": "reporting",
     "SurvivalConfig": "fitting",
     "run_survival_pipeline": "fitting",
     "fit_signature_stage": "fitting",

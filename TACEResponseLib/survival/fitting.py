@@ -46,7 +46,7 @@ from TACEResponseLib.core.files import atomic_path, write_json_atomic
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.survival.data import VariableCoding, codings_for, encode_levels
 from TACEResponseLib.survival.comparison import evaluate_models
-from TACEResponseLib.survival.cox import CoxSelection, fit_cox, select_cox_model
+from TACEResponseLib.survival.cox import CoxSelection
 from TACEResponseLib.survival.data import (
     align_cases,
     check_dimensions,
@@ -54,7 +54,8 @@ from TACEResponseLib.survival.data import (
     numeric_matrix,
     validate_survival_table,
 )
-from TACEResponseLib.survival.nomogram import Nomogram, plot_nomogram
+from TACEResponseLib.survival.nomogram import Nomogram, fit_cox_models, plot_nomogram
+from TACEResponseLib.survival.reporting import write_survival_tripod
 from TACEResponseLib.survival.reproducibility import (
     Reproducibility,
     feature_reproducibility,
@@ -95,7 +96,14 @@ class SurvivalConfig(JsonRecord):
     screen_p: float = 0.05
     survival_times: list[float] = field(default_factory=lambda: [12.0, 24.0, 36.0])
     n_boot: int = 1000
-    n_calibration_groups: int = 4
+    #: predicted vs Kaplan-Meier observed survival by risk group: deciles, fewer in small cohorts
+    #: (at least :data:`~.metrics.MIN_PER_CALIBRATION_GROUP` patients per group)
+    n_calibration_groups: int = 10
+    #: outer folds of the signature's nested cross-validation (0: none; the CV C-index is then not reported)
+    nested_folds: int = 5
+    #: Harrell's optimism bootstrap of the training cohort: resamples of the whole pipeline (0: none,
+    #: and the training cohort's numbers are labelled apparent only)
+    optimism_boot: int = 200
     validation_fraction: float = 0.3
     seed: int = 0
     signature_name: str = "signature"
@@ -107,9 +115,18 @@ class SurvivalConfig(JsonRecord):
         return codings_for(self.clinical_covariates, levels=self.levels, ordinal=self.ordinal,
                            cutoffs=self.cutoffs, reference=self.reference)
 
+    def signature_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~.selection.fit_signature` (mRMR, elastic-net tuning, nesting)."""
+        return dict(n_mrmr=self.n_mrmr, method=self.mrmr_method, relevance=self.mrmr_relevance,
+                    scheme=self.mrmr_scheme, l1_ratios=self.l1_ratios, n_folds=self.n_folds, rule=self.cv_rule,
+                    max_features=self.max_signature_features, seed=self.seed, name=self.signature_name,
+                    nested_folds=self.nested_folds)
+
 
 SIGNATURE_FIT_FILE = "signature_fit.json"
 SIGNATURE_SCORES_FILE = "signature_scores.csv"
+#: the training cases' deep features after the ICC filter: what the optimism bootstrap refits the signature on
+SIGNATURE_FEATURES_FILE = "signature_training_features.csv"
 SIGNATURE_STAGE_KIND = "TACEResponse survival signature stage"
 #: Settings the nomogram stage takes from the signature stage (same survival columns, same cases, same data note).
 SIGNATURE_STAGE_SETTINGS = ("time_col", "event_col", "id_col", "time_unit", "signature_name", "validation_fraction",
@@ -123,7 +140,9 @@ class SignatureStage:
     ``scores`` is indexed by case id with the columns ``cohort`` ("training" / "validation")
     and the signature's name; ``fit`` is :meth:`SignatureFit.to_dict` (mRMR ranking, CV path);
     ``reproducibility`` the ICC filter (``icc.csv``) when a repeated extraction was given;
-    ``context`` is what the caller records about the features' origin (saved with the stage).
+    ``context`` is what the caller records about the features' origin (saved with the stage);
+    ``training_features`` the training cases' features after the ICC filter (None for stages
+    written before they were kept: the optimism bootstrap then holds the signature fixed, and says so).
     """
 
     signature: Signature
@@ -133,6 +152,7 @@ class SignatureStage:
     reproducibility: Reproducibility | None = None
     context: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    training_features: pd.DataFrame | None = None
 
     @property
     def reproducible_features(self) -> list[str] | None:
@@ -154,6 +174,10 @@ class SignatureStage:
         files["signature_scores"] = SIGNATURE_SCORES_FILE
         if self.reproducibility is not None:
             files["icc"] = self.reproducibility.write_csv(folder / "icc.csv").name
+        if self.training_features is not None:
+            with atomic_path(folder / SIGNATURE_FEATURES_FILE) as tmp:
+                self.training_features.to_csv(tmp, index_label="case_id")
+            files["signature_training_features"] = SIGNATURE_FEATURES_FILE
         self.files.update(files)
         write_json_atomic(folder / SIGNATURE_FIT_FILE, {
             "kind": SIGNATURE_STAGE_KIND, "version": 1, "config": self.config.to_dict(), "fit": self.fit,
@@ -196,7 +220,14 @@ class SignatureStage:
             if not (folder / files.get("icc", "icc.csv")).is_file():
                 raise InputError(f"{folder / files.get('icc', 'icc.csv')}: ICC table missing (written by fit-signature)")
             reproducibility = Reproducibility.read_csv(folder / files.get("icc", "icc.csv"), data["icc"])
-        return cls(signature, data.get("fit") or {}, scores, config, reproducibility, data.get("context") or {}, files)
+        training_features = None
+        if files.get("signature_training_features"):
+            path = folder / files["signature_training_features"]
+            if not path.is_file():
+                raise InputError(f"{path}: the signature's training features are missing (written by fit-signature)")
+            training_features = pd.read_csv(path, dtype={"case_id": str}, float_precision="round_trip").set_index("case_id")
+        return cls(signature, data.get("fit") or {}, scores, config, reproducibility, data.get("context") or {}, files,
+                   training_features)
 
 
 @dataclass
@@ -308,13 +339,7 @@ def fit_signature_stage(
             raise InputError(f"repeated feature table: no feature has {config.icc_kind} > {config.icc_threshold}")
         feats = feats[reproducibility.kept]
 
-    signature_fit = fit_signature(
-        feats, table[config.time_col], table[config.event_col],
-        n_mrmr=config.n_mrmr, method=config.mrmr_method, relevance=config.mrmr_relevance,  # type: ignore[arg-type]
-        scheme=config.mrmr_scheme, l1_ratios=config.l1_ratios, n_folds=config.n_folds,  # type: ignore[arg-type]
-        rule=config.cv_rule,  # type: ignore[arg-type]
-        max_features=config.max_signature_features, seed=config.seed, name=config.signature_name,
-    )
+    signature_fit = fit_signature(feats, table[config.time_col], table[config.event_col], **config.signature_options())
     signature = signature_fit.signature
     if config.note:
         signature.note = f"{config.note} {signature.note}"
@@ -324,8 +349,13 @@ def fit_signature_stage(
     scores = pd.concat([pd.DataFrame({"cohort": name, config.time_col: cohort[config.time_col],
                                       config.event_col: cohort[config.event_col], config.signature_name: values},
                                      index=cohort.index) for name, cohort, values in scored])
-    stage = SignatureStage(signature, signature_fit.to_dict(), scores, config, reproducibility, dict(context or {}),
-                           dict(files or {}))
+    context = dict(context or {})
+    if "validation" not in context:
+        context["validation"] = ("external cohort" if validation_clinical is not None else
+                                 f"{config.validation_fraction:.0%} held out, stratified by event, seed {config.seed}"
+                                 if val_table is not None else None)
+    stage = SignatureStage(signature, signature_fit.to_dict(), scores, config, reproducibility, context,
+                           dict(files or {}), feats)
     stage.save(output_dir)
     return stage
 
@@ -335,13 +365,20 @@ def fit_nomogram_stage(
     clinical: pd.DataFrame,
     output_dir: str | Path,
     config: SurvivalConfig | None = None,
+    *,
+    cluster: Any = None,
+    progress_bar: bool = False,
 ) -> SurvivalPipelineResult:
-    """Steps 5-6: Cox screen + stepwise AIC -> nomograms, then the report, on the stage's cohorts.
+    """Steps 5-6: Cox screen + stepwise AIC -> nomograms, then the optimism bootstrap and the report.
 
     ``clinical`` holds every case of the stage (training and validation) with the survival
     columns and ``config.clinical_covariates``. The survival columns, the signature's name and
     the split are the stage's (:data:`SIGNATURE_STAGE_SETTINGS`); the rest of ``config`` is free.
+    ``cluster`` (:class:`~TACEResponseLib.core.tasks.ClusterOptions`, default: this process) is
+    where the ``config.optimism_boot`` resamples of the optimism bootstrap run.
     """
+    from TACEResponseLib.survival.validation import optimism_bootstrap
+
     config = config or stage.config
     config = replace(config, **{k: getattr(stage.config, k) for k in SIGNATURE_STAGE_SETTINGS})
     _check_config(config)
@@ -364,27 +401,8 @@ def fit_nomogram_stage(
     training = cohorts["training"]
 
     files: dict[str, str] = dict(stage.files)
-    nomogram_options = dict(labels=config.labels, levels=config.levels, survival_times=config.survival_times, note=config.note,
-                            time_unit=config.time_unit)
-    selections: dict[str, CoxSelection] = {}
-    nomograms: dict[str, Nomogram] = {}
-    notes: list[str] = []
-    candidates = {"clinical": list(config.clinical_covariates),
-                  "combined": [*config.clinical_covariates, config.signature_name]} if config.clinical_covariates else {}
-    for model, names in candidates.items():
-        selections[model] = select_cox_model(training, config.time_col, config.event_col, names,
-                                             p_threshold=config.screen_p, codings=codings,
-                                             name=f"{model} model (training)")
-        notes += selections[model].warnings
-        if selections[model].selected:
-            nomograms[model] = Nomogram.from_cox(selections[model].stepwise.final, name=model, **nomogram_options)
-        else:
-            logger.warning("%s model: nothing selected; no nomogram", model)
-            notes.append(f"{model} model: no candidate passed the univariate screen (p < {config.screen_p:g}); "
-                         "no nomogram")
-    # the signature-only model has nothing to leave out: a fit that does not converge is refused
-    sig_fit = fit_cox(training, config.time_col, config.event_col, [config.signature_name], name="signature model (training)")
-    nomograms["signature"] = Nomogram.from_cox(sig_fit, name="signature", **nomogram_options)
+    fitted = fit_cox_models(training, config)
+    selections, nomograms, sig_fit, notes = fitted.selections, fitted.nomograms, fitted.signature_fit, fitted.notes
     for name, nomogram in nomograms.items():
         files[f"nomogram_{name}"] = nomogram.save_json(output_dir / f"nomogram_{name}.json").name
 
@@ -408,6 +426,18 @@ def fit_nomogram_stage(
         scores_out.to_csv(tmp)
     files["scores"] = "scores.csv"
 
+    optimism = None
+    if config.optimism_boot > 0:
+        features = None
+        if stage.training_features is not None:
+            features = stage.training_features.loc[ids["training"]]
+        optimism = optimism_bootstrap(training, nomograms, config, features=features, signature=stage.signature,
+                                      cluster=cluster, progress_bar=progress_bar)
+        notes += optimism.warnings
+    else:
+        notes.append("no optimism bootstrap ran (optimism_boot 0): the training cohort's numbers are apparent only, "
+                     "optimistic, and no training-cohort difference is estimated")
+
     extra: dict[str, Any] = {"config": config.to_dict(), "time_unit": config.time_unit,
                              "codings": {name: coding.to_dict() for name, coding in codings.items()},
                              "warnings": list(dict.fromkeys(notes))}
@@ -420,9 +450,16 @@ def fit_nomogram_stage(
         "example_patient": {"case_id": str(example_id), **patient.to_dict()},
         "files": files,
     })
+    validation_kind = stage.context.get("validation")
     report = evaluate_models(nomograms, cohorts, output_dir, training="training", n_boot=config.n_boot, figure_note=config.note,
-                             seed=config.seed, n_calibration_groups=config.n_calibration_groups, extra=extra)
+                             seed=config.seed, n_calibration_groups=config.n_calibration_groups, extra=extra,
+                             optimism=optimism,
+                             validation_types={name: ("external" if validation_kind == "external cohort" else
+                                                      "held-out split") for name in cohorts if name != "training"})
     files["report"] = "report.json"
+    files.update(write_survival_tripod(report, cohorts, output_dir, context=stage.context, note=config.note))
+    report["files"] = dict(files)
+    write_json_atomic(output_dir / "report.json", report)
     return SurvivalPipelineResult(output_dir, stage, selections, nomograms, report, files)
 
 
@@ -464,12 +501,14 @@ def run_survival_pipeline(
     ``signature_inputs`` go to :func:`fit_signature_stage`: ``features_repeat`` (a second
     extraction, same columns, any subset of cases, for the ICC filter), ``validation_features``
     + ``validation_clinical`` (without them ``config.validation_fraction`` of the cases are held
-    out, stratified by event, seeded), ``repeat_name``, ``context``.
+    out, stratified by event, seeded), ``repeat_name``, ``context``; ``cluster`` and
+    ``progress_bar`` go to :func:`fit_nomogram_stage` (the optimism bootstrap).
     """
     config = config or SurvivalConfig()
+    cluster, progress_bar = signature_inputs.pop("cluster", None), signature_inputs.pop("progress_bar", False)
     stage = fit_signature_stage(features, clinical, output_dir, config, **signature_inputs)
     validation_clinical = signature_inputs.get("validation_clinical")
     both = clinical if validation_clinical is None else pd.concat([
         index_by_case(clinical, config.id_col, name="training clinical table"),
         index_by_case(validation_clinical, config.id_col, name="validation clinical table")])
-    return fit_nomogram_stage(stage, both, output_dir, config)
+    return fit_nomogram_stage(stage, both, output_dir, config, cluster=cluster, progress_bar=progress_bar)

@@ -333,6 +333,8 @@ def fit_image_nomogram(
     clinical: pd.DataFrame | str | Path | None = None,
     validation_clinical: pd.DataFrame | str | Path | None = None,
     main_model: str = "combined",
+    cluster: Any = None,
+    progress_bar: bool = False,
 ) -> ImageSurvivalResult:
     """Zhang 2020 from the signature on: Cox screen + stepwise AIC -> nomograms -> report -> survival_model.json.
 
@@ -342,7 +344,8 @@ def fit_image_nomogram(
     times and events must be the ones the signature saw. ``output_dir`` defaults to the
     signature's folder. ``config`` sets the nomogram side
     (covariates, levels, labels, time points, bootstrap); survival columns, split and the
-    data note (SYNTHETIC ...) come from the signature stage.
+    data note (SYNTHETIC ...) come from the signature stage. ``cluster``: where the optimism
+    bootstrap's resamples run (:class:`~TACEResponseLib.core.tasks.ClusterOptions`; default: here).
     """
     from TACEResponseLib.survival.fitting import (
         SIGNATURE_STAGE_SETTINGS,
@@ -380,7 +383,7 @@ def fit_image_nomogram(
     if clinical_table.index.has_duplicates:
         raise InputError("fit-nomogram: the clinical and validation clinical tables share case ids "
                          f"{list(clinical_table.index[clinical_table.index.duplicated()][:5])}")
-    result = fit_nomogram_stage(stage, clinical_table, output_dir, config)
+    result = fit_nomogram_stage(stage, clinical_table, output_dir, config, cluster=cluster, progress_bar=progress_bar)
     signature_name = stage.config.signature_name
     files = dict(result.files)
     deep = dict(stage.context.get("deep_features") or {})
@@ -405,6 +408,12 @@ def fit_image_nomogram(
     report["survival_model"] = {"file": model_path.name, "main_nomogram": main.name}
     report.setdefault("files", {}).update(files)
     write_json_atomic(output_dir / "report.json", report)
+    # the TRIPOD+AI report again, now with the deep features' origin
+    from TACEResponseLib.survival.reporting import write_survival_tripod
+
+    merged = pd.concat([clinical_table.loc[stage.cohorts[name]] for name in stage.cohorts])
+    write_survival_tripod(report, {name: merged.loc[index] for name, index in stage.cohorts.items()}, output_dir,
+                          context=stage.context, note=config.note)
     return ImageSurvivalResult(output_dir, model_path, report, result, files)
 
 
@@ -422,5 +431,7 @@ def run_image_survival_pipeline(
     ``output_dir`` — the same code and files as ``tace-response fit-signature`` followed by
     ``fit-nomogram``.
     """
+    cluster, progress_bar = signature_inputs.pop("cluster", None), signature_inputs.pop("progress_bar", False)
     signature = fit_image_signature(output_dir, config=config, **signature_inputs)
-    return fit_image_nomogram(signature, output_dir, config=config, clinical=signature.clinical, main_model=main_model)
+    return fit_image_nomogram(signature, output_dir, config=config, clinical=signature.clinical, main_model=main_model,
+                              cluster=cluster, progress_bar=progress_bar)

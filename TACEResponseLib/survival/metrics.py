@@ -159,6 +159,133 @@ def concordance_difference(
                                  len(values), len(time), int(event.sum()))
 
 
+# --- many scores at once ------------------------------------------------------------------
+def comparable_pairs(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays ``(i, j)`` of Harrell's comparable pairs as lifelines counts them: patient ``i``
+    died and ``j`` left the study later, or was censored at the same time (a death at ``t`` is
+    compared with a patient censored at ``t``; two deaths at the same time are not compared)."""
+    time = np.asarray(time, float)
+    died = np.asarray(event).astype(bool)
+    later = time[None, :] > time[:, None]
+    censored_same = (time[None, :] == time[:, None]) & ~died[None, :]
+    i, j = np.nonzero(died[:, None] & (later | censored_same))
+    return i, j
+
+
+def concordance_many(time: Any, event: Any, risks: Any, *, chunk: int = 64) -> np.ndarray:
+    """Harrell's C of every column of ``risks`` (``(n, k)``; higher = worse prognosis) — lifelines'
+    ``concordance_index(time, -risk, event)`` for each column, computed over the comparable pairs at
+    once (ties in risk count one half). NaN for a column when there is no comparable pair."""
+    risks = np.asarray(risks, float)
+    if risks.ndim == 1:
+        risks = risks[:, None]
+    i, j = comparable_pairs(np.asarray(time, float), np.asarray(event))
+    if not len(i):
+        return np.full(risks.shape[1], np.nan)
+    out = np.empty(risks.shape[1])
+    for start in range(0, risks.shape[1], chunk):
+        block = risks[:, start:start + chunk]
+        a, b = block[i], block[j]
+        out[start:start + chunk] = ((a > b).sum(axis=0) + 0.5 * (a == b).sum(axis=0)) / len(i)
+    return out
+
+
+def km_survival_at(time: np.ndarray, event: np.ndarray, at_time: float) -> float | None:
+    """Kaplan-Meier S(``at_time``) (product over event times ≤ ``at_time`` of 1 − deaths / at risk);
+    None when nobody is followed up to ``at_time`` (no estimate there). Same value as lifelines'."""
+    time = np.asarray(time, float)
+    event = np.asarray(event).astype(bool)
+    if not len(time) or (time.max() < at_time and not (event & (time == time.max())).any()):
+        return None
+    deaths, counts = np.unique(time[event & (time <= at_time)], return_counts=True)
+    at_risk = len(time) - np.searchsorted(np.sort(time), deaths, side="left")
+    return float(np.prod(1.0 - counts / at_risk))
+
+
+# --- calibration slope -------------------------------------------------------------------
+@dataclass
+class CalibrationSlope(JsonRecord):
+    """Cox regression of the outcome on the model's linear predictor alone: slope 1 = the spread of
+    the predictions is right; below 1 = too extreme (overfitted), above 1 = too timid."""
+
+    slope: float | None
+    se: float | None
+    ci_lower: float | None
+    ci_upper: float | None
+    n: int
+    n_events: int
+
+
+def _efron_terms(time: np.ndarray, event: np.ndarray, x: np.ndarray, beta: float) -> tuple[float, float, float]:
+    """Log partial likelihood, score and information of a one-covariate Cox model (Efron's ties)."""
+    w = np.exp(beta * x)
+    order = np.argsort(-time, kind="stable")  # longest first: cumulative sums are the risk sets
+    t, e, xs, ws = time[order], event[order], x[order], w[order]
+    s0, s1, s2 = np.cumsum(ws), np.cumsum(ws * xs), np.cumsum(ws * xs * xs)
+    loglik = score = information = 0.0
+    last = np.searchsorted(-t, -np.unique(t[e == 1]), side="right") - 1  # the risk set ends at each event time
+    for end in last:
+        tied = (t == t[end]) & (e == 1)
+        d = int(tied.sum())
+        r0, r1, r2 = s0[end], s1[end], s2[end]
+        d0, d1, d2 = ws[tied].sum(), (ws * xs)[tied].sum(), (ws * xs * xs)[tied].sum()
+        loglik += beta * xs[tied].sum()
+        score += xs[tied].sum()
+        for k in range(d):
+            f = k / d
+            a0, a1, a2 = r0 - f * d0, r1 - f * d1, r2 - f * d2
+            loglik -= np.log(a0)
+            score -= a1 / a0
+            information += a2 / a0 - (a1 / a0) ** 2
+    return float(loglik), float(score), float(information)
+
+
+def cox_slope(time: Any, event: Any, x: Any, *, max_iter: int = 50, tol: float = 1e-9) -> tuple[float, float] | None:
+    """Coefficient and standard error of a one-covariate Cox model (Efron ties, Newton-Raphson with
+    step halving) — what lifelines' ``CoxPHFitter`` gives for one column, without its overhead (the
+    optimism bootstrap fits thousands). None when the likelihood has no finite maximum."""
+    time = np.asarray(time, float)
+    event = np.asarray(event, int)
+    x = np.asarray(x, float)
+    x = x - x.mean()
+    beta = 0.0
+    loglik, score, information = _efron_terms(time, event, x, beta)
+    for _ in range(max_iter):
+        if information <= 0:
+            return None
+        step = score / information
+        for _ in range(30):
+            candidate = _efron_terms(time, event, x, beta + step)
+            if candidate[0] >= loglik - 1e-12:
+                break
+            step /= 2.0
+        beta += step
+        loglik, score, information = candidate
+        if abs(step) < tol:
+            break
+    else:
+        return None
+    if information <= 0 or not math.isfinite(beta) or abs(beta) * x.std() > 8.0:
+        return None
+    return float(beta), float(1.0 / math.sqrt(information))
+
+
+def calibration_slope(time: Any, event: Any, lp: Any) -> CalibrationSlope:
+    """Slope of the linear predictor ``lp`` in a Cox model (Efron ties, :func:`cox_slope`) with its
+    95% Wald CI. Constant ``lp`` (a model that selected nothing) or a fit that does not converge give None."""
+    time, event = validate_survival_arrays(time, event, name="calibration slope survival data")
+    lp = check_length(lp, len(time), name="calibration slope linear predictor")
+    none = CalibrationSlope(None, None, None, None, len(time), int(event.sum()))
+    if np.ptp(lp) <= 1e-12:
+        return none
+    fitted = cox_slope(time, event, lp)
+    if fitted is None:
+        return none
+    slope, se = fitted
+    return CalibrationSlope(slope, se, slope - 1.959963984540054 * se, slope + 1.959963984540054 * se,
+                            len(time), int(event.sum()))
+
+
 # --- Kaplan-Meier helpers --------------------------------------------------------------
 def _km(time: np.ndarray, event: np.ndarray, label: str):
     from lifelines import KaplanMeierFitter
@@ -196,6 +323,21 @@ class CalibrationResult(JsonRecord):
     time_unit: str = "months"
 
 
+#: fewest patients per calibration group (deciles in cohorts of 50 or more, fewer groups below)
+MIN_PER_CALIBRATION_GROUP = 5
+
+
+def calibration_groups(n: int, requested: int) -> int:
+    """Risk groups for the time-point calibration: ``requested`` (deciles), fewer when a group would
+    hold fewer than :data:`MIN_PER_CALIBRATION_GROUP` patients, at least 2."""
+    return int(max(2, min(requested, n // MIN_PER_CALIBRATION_GROUP)))
+
+
+def quantile_groups(values: Any, n_groups: int) -> np.ndarray:
+    """Group index 0..n_groups-1 of each value: quantile groups of its rank (ties by order), lowest first."""
+    return pd.qcut(pd.Series(np.asarray(values, float)).rank(method="first"), n_groups, labels=False).to_numpy()
+
+
 def calibration(
     time: Any, event: Any, predicted_survival: Any, at_time: float, *, n_groups: int = 4, time_unit: str = "months"
 ) -> CalibrationResult:
@@ -204,7 +346,7 @@ def calibration(
     predicted = check_length(predicted_survival, len(time), name=f"predicted survival at {at_time} {time_unit}")
     if n_groups < 1 or n_groups > len(time):
         raise InputError(f"calibration: n_groups must be between 1 and {len(time)}, got {n_groups}")
-    group = pd.qcut(pd.Series(predicted).rank(method="first"), n_groups, labels=False).to_numpy()
+    group = quantile_groups(predicted, n_groups)
     groups = []
     for g in range(n_groups):
         members = group == g
@@ -332,6 +474,43 @@ def plot_kaplan_meier(
     ax.set_title(title, fontsize=10)
     add_at_risk_counts(*fitters.values(), ax=ax, fig=figure, rows_to_show=["At risk"])
     return save_figure(figure, path)
+
+
+# --- decision curve --------------------------------------------------------------------
+@dataclass
+class SurvivalDecisionCurve(JsonRecord):
+    """Net benefit at ``time`` of treating the patients whose predicted risk of death by ``time``
+    (1 − S(t)) reaches each threshold, with the observed risk from Kaplan-Meier (Vickers et al.,
+    BMC Med Inform Decis Mak 2008): ``NB = P(r ≥ p) (1 − S_KM(t | r ≥ p)) − P(r ≥ p) S_KM(t | r ≥ p) p / (1 − p)``.
+    ``treat_all`` is the same with everybody treated; treating nobody is 0. None where the
+    Kaplan-Meier estimate at ``time`` does not exist (follow-up too short)."""
+
+    time: float
+    thresholds: list[float]
+    net_benefit: list[float | None]
+    treat_all: list[float | None]
+    time_unit: str = "months"
+
+
+def survival_decision_curve(time: Any, event: Any, risk_at_time: Any, at_time: float, *,
+                            thresholds: Sequence[float] | None = None, time_unit: str = "months") -> SurvivalDecisionCurve:
+    """Decision curve of predicted risks of death by ``at_time`` (see :class:`SurvivalDecisionCurve`)."""
+    time, event = validate_survival_arrays(time, event, name="decision curve survival data")
+    risk = check_length(risk_at_time, len(time), name=f"predicted risk by {at_time:g} {time_unit}")
+    grid = np.round(np.arange(0.02, 0.96, 0.02), 2) if thresholds is None else np.asarray(thresholds, float)
+    overall = km_survival_at(time, event, at_time)
+    net, everyone = [], []
+    for p in grid:
+        odds = p / (1.0 - p)
+        everyone.append(None if overall is None else float((1.0 - overall) - overall * odds))
+        treated = risk >= p
+        if not treated.any():
+            net.append(0.0)
+            continue
+        s = km_survival_at(time[treated], event[treated], at_time)
+        share = treated.mean()
+        net.append(None if s is None else float(share * (1.0 - s) - share * s * odds))
+    return SurvivalDecisionCurve(float(at_time), [float(p) for p in grid], net, everyone, time_unit)
 
 
 # --- time-dependent AUC -----------------------------------------------------------------

@@ -45,7 +45,7 @@ import pandas as pd
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.figures import new_figure, save_figure
 from TACEResponseLib.core.records import JsonRecord
-from TACEResponseLib.survival.cox import CoxFit
+from TACEResponseLib.survival.cox import CoxFit, CoxSelection, fit_cox, select_cox_model
 from TACEResponseLib.survival.data import numeric_matrix
 
 logger = logging.getLogger(__name__)
@@ -629,3 +629,46 @@ def plot_survival_curve(
         figure.text(0.01, 0.005, textwrap.fill(note, 100), fontsize=7, color="dimgray", ha="left", va="bottom")
         figure.subplots_adjust(bottom=0.2)
     return save_figure(figure, path)
+
+
+@dataclass
+class CoxModels:
+    """The Cox models of one fit on a training table: ``selections`` (screen + stepwise AIC of the
+    clinical and combined candidates), ``nomograms`` (clinical, combined when something was selected;
+    signature always) and the signature-only Cox fit."""
+
+    selections: dict[str, CoxSelection]
+    nomograms: dict[str, Nomogram]
+    signature_fit: Any
+    notes: list[str] = field(default_factory=list)
+
+
+def fit_cox_models(training: pd.DataFrame, config: Any, *, name_suffix: str = " (training)") -> CoxModels:
+    """Step 5 on a training table with the clinical covariates and the signature score: univariate
+    Cox screen + stepwise AIC for the clinical and the combined candidates, and the signature-only
+    Cox model, each as a :class:`Nomogram`. ``config``: a :class:`~.fitting.SurvivalConfig`. The same function fits the published models
+    and every optimism-bootstrap refit (:mod:`.validation`)."""
+    codings = config.codings()
+    nomogram_options = dict(labels=config.labels, levels=config.levels, survival_times=config.survival_times,
+                            note=config.note, time_unit=config.time_unit)
+    selections: dict[str, CoxSelection] = {}
+    nomograms: dict[str, Nomogram] = {}
+    notes: list[str] = []
+    candidates = {"clinical": list(config.clinical_covariates),
+                  "combined": [*config.clinical_covariates, config.signature_name]} if config.clinical_covariates else {}
+    for model, names in candidates.items():
+        selections[model] = select_cox_model(training, config.time_col, config.event_col, names,
+                                             p_threshold=config.screen_p, codings=codings,
+                                             name=f"{model} model{name_suffix}")
+        notes += selections[model].warnings
+        if selections[model].selected:
+            nomograms[model] = Nomogram.from_cox(selections[model].stepwise.final, name=model, **nomogram_options)
+        else:
+            logger.info("%s model: nothing selected; no nomogram", model)
+            notes.append(f"{model} model: no candidate passed the univariate screen (p < {config.screen_p:g}); "
+                         "no nomogram")
+    # the signature-only model has nothing to leave out: a fit that does not converge is refused
+    sig_fit = fit_cox(training, config.time_col, config.event_col, [config.signature_name],
+                      name=f"signature model{name_suffix}")
+    nomograms["signature"] = Nomogram.from_cox(sig_fit, name="signature", **nomogram_options)
+    return CoxModels(selections, nomograms, sig_fit, notes)

@@ -1,6 +1,13 @@
 """Quan 2024's protocol: patient-level K-fold cross-validation of the training cohort, backbone
 selection by cross-validated cross-entropy, then the final model on every training patient.
 
+With several backbones the cross-validation that chose the winner is optimistic for it (the
+minimum of several noisy losses), so the selection itself is validated: :func:`nested_backbone_selection`
+repeats it inside each of K outer folds (the candidates cross-validated on the outer-training
+patients only, the winner trained on them) and scores the winner on the outer fold's patients,
+which no selection saw. Those pooled outer predictions are the performance the card reports for
+"select a backbone, then train it", and give the Youden operating point.
+
 Each fold trains through :func:`~.train.train` (same patches, split rules, augmentation and
 card) on the other folds' patients and is evaluated through
 :func:`~.evaluation.evaluate_bundle` (the path prediction takes) on its own patients, so no
@@ -138,14 +145,87 @@ def cross_validate(manifest: str | Path, config: TrainingConfig, k: int, work: s
                            _cross_entropy(pooled, config.class_names), pooled)
 
 
+def _candidate(config: TrainingConfig, name: str, keep_size: bool) -> TrainingConfig:
+    """``config`` for backbone ``name`` (its own input size unless ``keep_size``)."""
+    from TACEResponseLib.networks.architectures import architecture_spec
+
+    spec = config.patch_spec if keep_size else replace(config.patch_spec, size=architecture_spec(name).input_size)
+    return replace(config, architecture=name, patch_spec=spec)
+
+
+@dataclass
+class NestedSelection:
+    """The backbone selection validated in outer folds: per fold the winner of the inner
+    cross-validation (on the outer-training patients only) and its score on the fold's patients."""
+
+    outer_folds: int
+    folds: list[dict[str, Any]]
+    pooled: dict[str, Any]
+    loss: float
+    predictions: list[Any] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"outer_folds": self.outer_folds, "cross_entropy": self.loss, "folds": self.folds,
+                "pooled": self.pooled, "chosen_per_fold": [f["chosen"] for f in self.folds],
+                "note": "performance of 'choose the backbone by cross-validated loss, then train it', measured on "
+                        "outer-fold patients that no selection saw"}
+
+
+def nested_backbone_selection(manifest: str | Path, config: TrainingConfig, backbones: Sequence[str], k: int,
+                              work: str | Path, progress_bar: bool = False, keep_size: bool = False,
+                              n_bootstrap: int | None = None) -> NestedSelection:
+    """The backbone selection inside each of ``k`` outer patient folds (see the module docstring)."""
+    from TACEResponseLib.networks.bundle import load_bundle
+    from TACEResponseLib.training.evaluation import evaluate_bundle, response_statistics
+    from TACEResponseLib.training.metrics import compute_metrics
+    from TACEResponseLib.training.train import compact_metrics, train
+
+    manifest, work = Path(manifest), Path(work)
+    rows = read_manifest(manifest, config.phases, require_label=True, clinical=config.clinical,
+                         class_names=config.class_names)
+    outer = patient_folds([r.case_id for r in rows], [r.label for r in rows], k, config.seed + 1)
+    n_bootstrap = config.n_bootstrap if n_bootstrap is None else n_bootstrap
+    folds, pooled, card = [], [], None
+    for number, test_ids in enumerate(outer, start=1):
+        fold_dir = work / f"outer{number}"
+        train_ids = {r.case_id for r in rows} - set(test_ids)
+        train_csv = _write_subset(manifest, train_ids, config.phases, fold_dir / "train.csv")
+        test_csv = _write_subset(manifest, set(test_ids), config.phases, fold_dir / "test.csv")
+        inner = [cross_validate(train_csv, _candidate(config, name, keep_size), k, fold_dir / f"cv_{name}", progress_bar)
+                 for name in backbones]
+        best = min(inner, key=lambda cv: (cv.loss, list(backbones).index(cv.architecture)))
+        chosen = _candidate(config, best.architecture, keep_size)
+        logger.info("outer fold %d/%d: %s chosen on %d patients, scored on %d", number, k, best.architecture,
+                    len(train_ids), len(test_ids))
+        result = train(train_csv, fold_dir / "bundle", replace(chosen, name=f"{config.name}-outer{number}"),
+                       work_dir=fold_dir / "training", progress_bar=progress_bar)
+        bundle = load_bundle(result.bundle.path)
+        card = card or bundle.card
+        evaluation = evaluate_bundle(bundle, test_csv, fold_dir / "evaluation", n_bootstrap=n_bootstrap,
+                                     seed=config.seed, progress_bar=progress_bar, plots=False)
+        pooled += evaluation.predictions
+        folds.append({"fold": number, "chosen": best.architecture, "test_cases": list(test_ids),
+                      "n_train": len(train_ids), "n_test": len(test_ids),
+                      "inner_cross_entropy": {cv.architecture: cv.loss for cv in inner},
+                      "cross_entropy": _cross_entropy(evaluation.predictions, config.class_names),
+                      "failed_cases": evaluation.failed})
+    labels = [p.label for p in pooled]
+    metrics = compute_metrics(labels, np.array([p.probabilities for p in pooled]), config.class_names,
+                              card.objective_response_indices, n_bootstrap=n_bootstrap, seed=config.seed)
+    metrics.update(response_statistics(pooled, card))
+    return NestedSelection(k, folds, compact_metrics(metrics), _cross_entropy(pooled, config.class_names), pooled)
+
+
 @dataclass
 class CrossValidatedTraining:
-    """What ``train --folds`` did: each candidate's cross-validation, the choice, the final training."""
+    """What ``train --folds`` did: each candidate's cross-validation, the choice, the final training,
+    and (several candidates) the nested validation of the choice."""
 
     candidates: list[CrossValidation]
     chosen: str
     final: Any  # TrainingResult
     report_path: Path
+    nested: NestedSelection | None = None
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -157,14 +237,20 @@ class CrossValidatedTraining:
                              f"{fold['metrics']['accuracy']:.3f}, cross-entropy {fold['cross_entropy']:.4f}"
                              + _auc_text(fold["metrics"]))
         if len(self.candidates) > 1:
-            lines.append(f"chosen backbone: {self.chosen} (lowest cross-validated cross-entropy)")
+            lines.append(f"chosen backbone: {self.chosen} (lowest cross-validated cross-entropy; that loss chose it and "
+                         "is optimistic for it)")
+        if self.nested is not None:
+            lines.append(f"the selection, nested ({self.nested.outer_folds} outer folds no selection saw; chosen "
+                         f"{', '.join(f['chosen'] for f in self.nested.folds)}): cross-entropy {self.nested.loss:.4f}, "
+                         f"pooled accuracy {self.nested.pooled['accuracy']:.3f}" + _auc_text(self.nested.pooled))
         lines.append(f"cross-validation report: {self.report_path}")
         return lines
 
 
-def _out_of_fold_operating_point(cv: CrossValidation, card) -> dict[str, Any] | None:
+def _out_of_fold_operating_point(cv: CrossValidation | NestedSelection, card) -> dict[str, Any] | None:
     """The Youden cut-off of the binary outcome on the training patients' out-of-fold predictions
-    (less optimistic than the final model's in-sample predictions)."""
+    (never the final model's in-sample predictions); with a backbone selection, the nested outer
+    folds' predictions (no selection saw those patients)."""
     from TACEResponseLib.training.roc_statistics import youden_cutoff
 
     objective = card.objective_response_indices
@@ -172,9 +258,10 @@ def _out_of_fold_operating_point(cv: CrossValidation, card) -> dict[str, Any] | 
     if not objective or not 0 < truth.sum() < len(truth):
         return None
     score = np.array([sum(p.probabilities[i] for i in objective) for p in cv.predictions])
+    where = (f"the nested backbone selection's outer folds ({cv.outer_folds} folds" if isinstance(cv, NestedSelection)
+             else f"{len(cv.folds)}-fold cross-validation")
     return {**youden_cutoff(truth, score), "outcome": " + ".join(card.class_names[i] for i in objective),
-            "chosen_on": f"training patients' out-of-fold predictions ({len(cv.folds)}-fold cross-validation, "
-                         f"{len(truth)} patients, Youden J)"}
+            "chosen_on": f"training patients' out-of-fold predictions ({where}, {len(truth)} patients, Youden J)"}
 
 
 def _auc_text(metrics: dict[str, Any]) -> str:
@@ -193,7 +280,6 @@ def train_with_cross_validation(manifest: str | Path, output: str | Path, config
         keep_size: keep ``config.patch_spec.size`` for every backbone (else each gets its own input size).
     """
     from TACEResponseLib.core.files import check_output_folder, write_text_atomic
-    from TACEResponseLib.networks.architectures import architecture_spec
     from TACEResponseLib.networks.bundle import CARD_FILE, DOC_FILE, card_markdown
     from TACEResponseLib.training.train import train
 
@@ -207,19 +293,17 @@ def train_with_cross_validation(manifest: str | Path, output: str | Path, config
     if len(names) > 1 and config.clinical:
         raise InputError("--select-backbone chooses an image backbone; clinical factors need the fusion architecture")
     work.mkdir(parents=True, exist_ok=True)
-    candidates = []
-    for name in names:
-        spec = config.patch_spec if keep_size else replace(config.patch_spec, size=architecture_spec(name).input_size)
-        candidate = replace(config, architecture=name, patch_spec=spec)
-        candidates.append(cross_validate(manifest, candidate, folds, work / f"cv_{name}", progress_bar))
+    candidates = [cross_validate(manifest, _candidate(config, name, keep_size), folds, work / f"cv_{name}", progress_bar)
+                  for name in names]
     best = min(candidates, key=lambda cv: (cv.loss, names.index(cv.architecture)))
-    spec = config.patch_spec if keep_size else replace(config.patch_spec,
-                                                       size=architecture_spec(best.architecture).input_size)
-    final_config = replace(config, architecture=best.architecture, patch_spec=spec)
+    nested = (nested_backbone_selection(manifest, config, names, folds, work / "nested", progress_bar, keep_size)
+              if len(names) > 1 else None)
+    final_config = _candidate(config, best.architecture, keep_size)
     final = train(manifest, output, final_config, work_dir=work / "final", progress_bar=progress_bar)
     report = {"format": "tace-response-cross-validation/1", "folds": folds, "unit": "patient",
               "selection": "lowest mean patient-level cross-entropy of the out-of-fold predictions",
-              "chosen": best.architecture, "candidates": [cv.to_dict() for cv in candidates]}
+              "chosen": best.architecture, "candidates": [cv.to_dict() for cv in candidates],
+              "nested_selection": nested.to_dict() if nested is not None else None}
     report_path = write_json_atomic(final.bundle.path / "docs" / REPORT_FILE, report)
     card = final.bundle.card
     card.metrics["cross_validation"] = {
@@ -230,9 +314,14 @@ def train_with_cross_validation(manifest: str | Path, output: str | Path, config
                                                        "accuracy": f["metrics"]["accuracy"],
                                                        "cross_entropy": f["cross_entropy"]} for f in cv.folds]}
                        for cv in candidates}}
-    operating = _out_of_fold_operating_point(best, card)
+    if nested is not None:
+        card.metrics["cross_validation"]["nested_selection"] = {
+            k: v for k, v in nested.to_dict().items() if k != "folds"} | {
+            "per_fold": [{"fold": f["fold"], "chosen": f["chosen"], "n_test": f["n_test"],
+                          "cross_entropy": f["cross_entropy"]} for f in nested.folds]}
+    operating = _out_of_fold_operating_point(nested if nested is not None else best, card)
     if operating:
         card.metrics["operating_point"] = operating
     write_json_atomic(final.bundle.path / CARD_FILE, card.to_dict())
     write_text_atomic(final.bundle.path / DOC_FILE, card_markdown(card))
-    return CrossValidatedTraining(candidates, best.architecture, final, report_path)
+    return CrossValidatedTraining(candidates, best.architecture, final, report_path, nested)

@@ -54,6 +54,8 @@ class CasePrediction:
     #: the patient's answer lies beyond the training data (None: the bundle has no training profile)
     unlike_training: bool | None = None
     ood_score: float | None = None
+    #: per patch, its independent unit: ``tumour@acquired slice`` (patches resampled from one slice share it)
+    patch_units: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +122,8 @@ def predict_rows(predictor, rows, output: Path, cluster=None,
             patient = result.patient
             used = set(patient.tumours)
             patches = [p for t in result.tumours if t.label in used for p in t.patch_probabilities]
+            units = [f"{t.label}@{prov.get('slice_index')}" for t in result.tumours if t.label in used
+                     for prov in (t.provenance or [{}] * len(t.patch_probabilities))]
             chosen = {t.label: t for t in result.tumours}
             uncalibrated = None
             if all(chosen[label].uncalibrated_probabilities is not None for label in patient.tumours):
@@ -128,7 +132,7 @@ def predict_rows(predictor, rows, output: Path, cluster=None,
             predictions.append(CasePrediction(row.case_id, row.label, list(patient.probabilities), patient.n_patches,
                                               patches, dict(row.clinical or {}), uncalibrated,
                                               None if patient.trust is None else patient.trust.unlike_training,
-                                              None if patient.trust is None else patient.trust.ood_score))
+                                              None if patient.trust is None else patient.trust.ood_score, units))
         else:
             failed[row.case_id] = (read_error(folder) or {}).get("error") or "not predicted"
             logger.error("case %s: %s", row.case_id, failed[row.case_id])
@@ -148,6 +152,7 @@ def evaluate_bundle(
     patient_rule: str | None = None,
     clinical_factors: Sequence[str] = (),
     cluster=None,
+    factor_directions: dict[str, str] | None = None,
 ) -> EvaluationReport:
     """Predict every case of ``manifest`` with ``bundle`` and write the report and figures to ``output``.
 
@@ -158,6 +163,8 @@ def evaluate_bundle(
         plots: also draw the ROC, confusion, calibration and decision-curve figures.
         islands, patient_rule: the tumour rules (default: the bundle's training rules, as prediction).
         clinical_factors: numeric manifest columns whose own ROC is compared with the model's (DeLong).
+        factor_directions: each factor's pre-specified direction, ``"higher"`` (default: a higher value
+            predicts the positive outcome) or ``"lower"``; never chosen on the evaluated cohort.
         cluster: where the cases run (:class:`~TACEResponseLib.core.tasks.ClusterOptions`; default:
             in this process). Each case's ``result.json`` goes to ``<output>/cases/<case id>/``, so an
             interrupted evaluation resumes.
@@ -187,7 +194,7 @@ def evaluate_bundle(
     probabilities = np.array([p.probabilities for p in predictions])
     metrics = compute_metrics(labels, probabilities, card.class_names, card.objective_response_indices,
                               n_bootstrap=n_bootstrap, seed=seed)
-    metrics.update(response_statistics(predictions, card, clinical_factors))
+    metrics.update(response_statistics(predictions, card, clinical_factors, factor_directions))
     metrics["calibration"] = calibration_before_after(predictions, card)
     flags = [p.unlike_training for p in predictions if p.unlike_training is not None]
     metrics["out_of_distribution"] = ({"flagged": int(sum(flags)), "of": len(flags),
@@ -204,6 +211,8 @@ def evaluate_bundle(
         "cohort": {"manifest": str(Path(manifest).resolve()), "n_rows": len(rows),
                    "synthetic": cohort_synthetic},
         "failed_cases": failed,
+        "evaluated_cases": [p.case_id for p in predictions],
+        "through_plane": _shared_slices(predictions),
         "patient_probability": PATIENT_RULES[predictor.patient_rule],
         "tumour_rule": {**predictor.islands.to_dict(), "patient_rule": predictor.patient_rule,
                         "description": predictor.islands.describe()},
@@ -223,10 +232,26 @@ def evaluate_bundle(
         if metrics.get("clinical_factors"):
             files["clinical_factor_roc"] = _factor_figure(predictions, card, metrics["clinical_factors"], output,
                                                           _footer(card.synthetic, cohort_synthetic, bundle.id)).name
+    from TACEResponseLib.training.reporting import evaluation_tripod_report
+
+    files.update(evaluation_tripod_report(report, card, n_bootstrap=n_bootstrap).write(output))
     report["files"] = files
     report["runtime_s"] = round(time.perf_counter() - started, 2)
     write_json_atomic(output / REPORT_FILE, report)
     return EvaluationReport(metrics, predictions, failed, output, files)
+
+
+def _shared_slices(predictions: Sequence[CasePrediction]) -> dict[str, Any]:
+    """Cases whose patches come partly from one acquired slice (resampled through-plane from thicker
+    slices): their patches are not independent; the patch-level figures count each slice once."""
+    shared = [p.case_id for p in predictions if p.patch_units and len(set(p.patch_units)) < len(p.patch_units)]
+    if shared:
+        logger.warning("%d of %d cases have several patches interpolated from one acquired slice (slices thicker "
+                       "than the patch spec's through-plane spacing); patch-level figures count each slice once",
+                       len(shared), len(predictions))
+    return {"cases_with_patches_from_one_acquired_slice": len(shared), "of": len(predictions), "cases": shared[:50],
+            "patches": sum(len(p.patch_units) for p in predictions),
+            "independent_units": sum(len(set(p.patch_units)) for p in predictions)}
 
 
 def calibration_before_after(predictions: Sequence[CasePrediction], card) -> dict[str, Any]:
@@ -241,26 +266,32 @@ def calibration_before_after(predictions: Sequence[CasePrediction], card) -> dic
             "before": before, "after": after}
 
 
-def response_statistics(predictions: Sequence[CasePrediction], card, clinical_factors: Sequence[str] = ()) -> dict[str, Any]:
-    """Patch-level metrics, and for the binary outcome (objective response, or responder): the
-    Mann–Whitney U of its probability between the two groups, sensitivity/specificity/PPV/NPV at
-    the Youden cut-off chosen on the training data (the card's; else on this cohort, and said so),
-    and each clinical factor's own ROC AUC compared with the model's by DeLong's test."""
-    from TACEResponseLib.training.roc_statistics import (
-        delong,
-        mann_whitney,
-        operating_point,
-        patch_metrics,
-        youden_cutoff,
-    )
+#: the cut-off of the binary outcome's probability when the card has none chosen on held-out data
+PRESPECIFIED_CUTOFF = 0.5
+FACTOR_DIRECTIONS = ("higher", "lower")
+
+
+def response_statistics(predictions: Sequence[CasePrediction], card, clinical_factors: Sequence[str] = (),
+                        factor_directions: dict[str, str] | None = None) -> dict[str, Any]:
+    """Patch-level metrics (by independent unit: patches from one acquired slice count once), and for
+    the binary outcome (objective response, or responder): the Mann–Whitney U of its probability
+    between the two groups, sensitivity/specificity/PPV/NPV at the card's Youden cut-off (chosen on
+    held-out or out-of-fold predictions at training; without one, the pre-specified
+    :data:`PRESPECIFIED_CUTOFF` — never a cut-off chosen on the cohort it is scored on), and each
+    clinical factor's own ROC AUC in its pre-specified direction (``factor_directions``, default
+    ``"higher"``: a higher value predicts the positive outcome) compared with the model's by
+    DeLong's test."""
+    from TACEResponseLib.training.roc_statistics import delong, mann_whitney, operating_point, patch_metrics
 
     class_names = list(card.class_names)
     objective = card.objective_response_indices
     patch_labels = [class_names.index(p.label) for p in predictions for _ in p.patch_probabilities]
     patch_probs = np.array([q for p in predictions for q in p.patch_probabilities], float)
+    units = [f"{p.case_id}/{u}" for p in predictions for u in p.patch_units]
     out: dict[str, Any] = {}
     if len(patch_probs):
-        out["patch_level"] = patch_metrics(patch_labels, patch_probs, class_names, objective)
+        out["patch_level"] = patch_metrics(patch_labels, patch_probs, class_names, objective,
+                                           units=units if len(units) == len(patch_probs) else None)
     if not objective:
         return out
     truth = np.array([int(class_names.index(p.label) in objective) for p in predictions])
@@ -272,25 +303,32 @@ def response_statistics(predictions: Sequence[CasePrediction], card, clinical_fa
         return out
     trained = (card.metrics or {}).get("operating_point") or {}
     if trained.get("threshold") is not None:
-        threshold, chosen = float(trained["threshold"]), trained.get("chosen_on", "training data (Youden J)")
+        threshold, chosen = float(trained["threshold"]), trained.get("chosen_on", "the card's cut-off")
     else:
-        threshold = youden_cutoff(truth, score)["threshold"]
-        chosen = "this cohort (Youden J; the card has no training cut-off, so these figures are optimistic)"
+        threshold = PRESPECIFIED_CUTOFF
+        chosen = (f"pre-specified P({positive}) ≥ {PRESPECIFIED_CUTOFF:g} (the card has no cut-off chosen on held-out "
+                  "data; a cut-off chosen on this cohort would flatter it)")
     out["operating_point"] = {"chosen_on": chosen, **operating_point(truth, score, threshold)}
     factors = {}
+    directions = dict(factor_directions or {})
+    unknown = sorted(set(directions) - set(clinical_factors))
+    if unknown:
+        raise InputError(f"factor direction given for {unknown}, which are not among the clinical factors "
+                         f"{list(clinical_factors)}")
     for name in clinical_factors:
         values = np.array([p.clinical.get(name, np.nan) for p in predictions], float)
         if not np.all(np.isfinite(values)):
             factors[name] = {"note": "missing values; not compared"}
             continue
-        result = delong(truth, [score, values])
-        higher = result.aucs[1] >= 0.5  # a factor may point either way: its better direction is reported
-        if not higher:
-            result = delong(truth, [score, -values])
-        factors[name] = {"auc": result.aucs[1], "direction": f"higher {name} → {positive}" if higher
-                         else f"lower {name} → {positive}", "model_auc": result.aucs[0],
-                         "delong_model_vs_factor": result.compare(0, 1),
-                         "note": "direction chosen on this cohort"}
+        direction = directions.get(name, "higher")
+        if direction not in FACTOR_DIRECTIONS:
+            raise InputError(f"factor direction of {name}: expected 'higher' or 'lower', got {direction!r}")
+        result = delong(truth, [score, values if direction == "higher" else -values])
+        factors[name] = {"auc": result.aucs[1], "direction": f"{direction} {name} → {positive}",
+                         "model_auc": result.aucs[0], "delong_model_vs_factor": result.compare(0, 1),
+                         "note": ("direction pre-specified" if name in directions else
+                                  "direction pre-specified by default (higher → positive); an AUC below 0.5 means "
+                                  "the factor points the other way on this cohort")}
     if factors:
         out["clinical_factors"] = factors
     return out
@@ -314,7 +352,8 @@ def statistics_lines(metrics: dict[str, Any]) -> list[str]:
     patch = metrics.get("patch_level")
     if patch:
         aucs = ", ".join(f"{k} {v:.3f}" for k, v in patch["auc_per_class"].items() if v is not None)
-        lines.append(f"patch level ({patch['n_patches']} patches): accuracy {patch['accuracy']:.3f}; AUC {aucs}")
+        lines.append(f"patch level ({patch['n_patches']} patches, {patch.get('n_units', patch['n_patches'])} independent "
+                     f"units = {patch.get('unit', 'patch').split(' (')[0]}s): accuracy {patch['accuracy']:.3f}; AUC {aucs}")
     mw = metrics.get("mann_whitney")
     if mw and mw.get("u") is not None:
         lines.append(f"Mann–Whitney U of {mw['score']}: U = {mw['u']:.1f}, p = {mw['p_value']:.3g} "

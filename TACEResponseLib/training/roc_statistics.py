@@ -6,12 +6,14 @@ point, the Mann–Whitney U test and patch-level metrics.
   negative), computed with midranks as in Sun & Xu (IEEE Signal Process Lett 2014); the
   two-sided z test of ``AUC1 − AUC2`` (Quan 2024 compares the model with single clinical factors).
 * :func:`youden_cutoff` / :func:`operating_point` — the cut-off maximising sensitivity +
-  specificity − 1, chosen on training data, and sensitivity, specificity, PPV, NPV there.
+  specificity − 1 (exact ties: the lowest threshold), chosen on held-out or out-of-fold
+  predictions, and sensitivity, specificity, PPV, NPV there.
 * :func:`mann_whitney` — scipy's Mann–Whitney U of a score between two groups (Peng 2019 tested
   the response probability between responders and non-responders).
 * :func:`patch_metrics` — per-class AUC, accuracy and confusion of patches (Peng 2019 reported
-  patch-level figures beside the patient-level ones); patches of one patient are not
-  independent, so no confidence interval is given.
+  patch-level figures beside the patient-level ones), counted by independent unit: patches
+  resampled from one acquired slice are one; units of one patient are still not independent,
+  so no confidence interval is given.
 """
 
 from __future__ import annotations
@@ -103,15 +105,21 @@ def delong(y_true: Sequence[int], scores: Sequence[Sequence[float]] | np.ndarray
 
 def youden_cutoff(y_true: Sequence[int], scores: Sequence[float]) -> dict[str, float]:
     """The cut-off ``t`` (positive when score ≥ t) maximising Youden's J = sensitivity + specificity − 1
-    (scikit-learn's ROC thresholds; the lowest such threshold on ties)."""
+    over scikit-learn's ROC thresholds (without the infinite one).
+
+    Ties: J is compared exactly, as the integer ``TP·N − FP·P`` (``P`` positives, ``N`` negatives),
+    so two operating points with the same J are recognised as tied even when ``tpr − fpr`` rounds
+    differently; among tied points the **lowest** threshold wins (the more sensitive one).
+    """
     from sklearn.metrics import roc_curve
 
     y = _binary(y_true)
-    fpr, tpr, thresholds = roc_curve(y, np.asarray(scores, float))
-    finite = np.isfinite(thresholds)
-    j = np.where(finite, tpr - fpr, -np.inf)
-    best = int(np.flatnonzero(j == j.max())[-1])
-    return {"threshold": float(thresholds[best]), "youden_j": float(j[best]),
+    fpr, tpr, thresholds = roc_curve(y, np.asarray(scores, float), drop_intermediate=False)
+    positives, negatives = int(y.sum()), int(len(y) - y.sum())
+    tp, fp = np.rint(tpr * positives).astype(np.int64), np.rint(fpr * negatives).astype(np.int64)
+    exact = np.where(np.isfinite(thresholds), tp * negatives - fp * positives, np.iinfo(np.int64).min)
+    best = int(np.flatnonzero(exact == exact.max())[-1])  # thresholds decrease: the last is the lowest
+    return {"threshold": float(thresholds[best]), "youden_j": float(tpr[best] - fpr[best]),
             "sensitivity": float(tpr[best]), "specificity": float(1.0 - fpr[best])}
 
 
@@ -151,12 +159,24 @@ def mann_whitney(scores: Sequence[float], groups: Sequence[int]) -> dict[str, An
 
 
 def patch_metrics(labels: Sequence[int], probabilities: np.ndarray, class_names: Sequence[str],
-                  objective_indices: Sequence[int] | None = None) -> dict[str, Any]:
-    """Per-class one-vs-rest AUC, accuracy and confusion matrix of patches (each labelled with its patient's class)."""
+                  objective_indices: Sequence[int] | None = None, units: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per-class one-vs-rest AUC, accuracy and confusion matrix of patches (each labelled with its patient's class).
+
+    ``units`` (one key per patch, e.g. ``"case/tumour@acquired slice"``): patches resampled from one
+    acquired slice are one independent unit, so their probabilities are averaged into one before
+    anything is counted (``n_units``); without units every patch counts and the result says so.
+    """
     from sklearn.metrics import confusion_matrix, roc_auc_score
 
     y = np.asarray(labels, int)
     p = np.asarray(probabilities, float)
+    n_patches = int(len(y))
+    if units is not None:
+        keys = list(dict.fromkeys(units))
+        index = {k: n for n, k in enumerate(keys)}
+        group = np.array([index[u] for u in units])
+        p = np.stack([p[group == g].mean(axis=0) for g in range(len(keys))])
+        y = np.array([y[group == g][0] for g in range(len(keys))])
     k = len(class_names)
     predicted = p.argmax(axis=1)
     aucs = {}
@@ -164,12 +184,15 @@ def patch_metrics(labels: Sequence[int], probabilities: np.ndarray, class_names:
         truth = (y == index).astype(int)
         aucs[name] = float(roc_auc_score(truth, p[:, index])) if 0 < truth.sum() < len(truth) else None
     out: dict[str, Any] = {
-        "n_patches": int(len(y)),
+        "n_patches": n_patches,
+        "n_units": int(len(y)),
+        "unit": ("acquired slice (patches resampled from one acquired slice averaged into one)" if units is not None
+                 else "patch (not independent: patches may share an acquired slice)"),
         "accuracy": float(np.mean(predicted == y)) if len(y) else None,
         "auc_per_class": aucs,
         "confusion_matrix": {"labels": list(class_names),
                              "rows_true_columns_predicted": confusion_matrix(y, predicted, labels=list(range(k))).tolist()},
-        "note": "patches of one patient are not independent: no confidence intervals at patch level",
+        "note": "units of one patient are not independent either: no confidence intervals at patch level",
     }
     if objective_indices:
         truth = np.isin(y, list(objective_indices)).astype(int)

@@ -19,9 +19,13 @@ Steps:
    algorithms on the CPU), tqdm progress bar, early stopping on the validation loss with
    patience (the best epoch's weights are kept), a checkpoint after every epoch (atomic) from
    which ``resume=True`` continues at the next epoch with results identical to an
-   uninterrupted run.
-7. Calibration (temperature scaling on the validation patients) and the training profile for the
-   out-of-distribution warning (:mod:`.trust`).
+   uninterrupted run. One validation set does not serve three jobs: with early stopping the
+   validation patients are halved (stratified by label, :func:`validation_roles`); one half
+   chooses the epoch, the other is scored (the card's validation metrics, the Youden operating
+   point) and fits the temperature, whose post-calibration ECE is also given cross-fitted.
+7. Calibration (temperature scaling on the scored validation patients) and the training profile
+   for the out-of-distribution warning (:mod:`.trust`). Patches resampled through-plane from
+   thicker slices are interpolated; the card says how many cases and independent slices.
 8. :func:`~TACEResponseLib.networks.bundle.save_bundle` with a full card: classes, inputs,
    patch spec, clinical factors with the training set's mean/std, training data (cohort,
    counts per class, split, synthetic flag), patient-level validation metrics, references.
@@ -56,6 +60,7 @@ from TACEResponseLib.training.config import (
     ARCHITECTURE_REFERENCES,
     REFERENCES,
     TrainingConfig,
+    protocol_settings,
 )
 from TACEResponseLib.training.dataset import (
     PatchCache,
@@ -63,6 +68,7 @@ from TACEResponseLib.training.dataset import (
     Split,
     build_dataset,
     stratified_patient_split,
+    through_plane,
 )
 from TACEResponseLib.training.figures import write_training_curve
 from TACEResponseLib.training.trust import fit_trust
@@ -214,15 +220,48 @@ class _Cohort:
     clinical_per_patch: np.ndarray | None
     fingerprint: dict[str, Any]      # what a resumed run must share with the checkpoint
     scaling: Any = None              # InputScaling applied to dataset.images
+    stop_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int))    # validation patches that stop early
+    report_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # validation patches that are scored
+    roles: dict[str, Any] = field(default_factory=dict)  # which validation patients do which job (the card's)
+    through_plane: dict[str, Any] | None = None           # what the 1 mm through-plane resampling interpolated
 
     @property
     def has_validation(self) -> bool:
         return bool(len(self.val_rows))
 
-    def validation_set(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """``(images, clinical or None, labels)`` of the validation patches."""
-        clinical = None if self.clinical_per_patch is None else self.clinical_per_patch[self.val_rows]
-        return self.dataset.images[self.val_rows], clinical, self.patch_labels[self.val_rows]
+    def validation_set(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """``(images, clinical or None, labels)`` of validation patches (default: the scored ones)."""
+        rows = self.report_rows if rows is None else rows
+        clinical = None if self.clinical_per_patch is None else self.clinical_per_patch[rows]
+        return self.dataset.images[rows], clinical, self.patch_labels[rows]
+
+
+def validation_roles(split: Split, rows: Sequence[ManifestRow], config: TrainingConfig) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Which validation patients stop training early and which are scored (the card's validation
+    metrics) and fit the temperature: two label-stratified halves, so the patients that chose the
+    epoch never score it. Without early stopping every validation patient is scored; with a single
+    validation patient both jobs share it and the card says so."""
+    validation = list(split.validation)
+    if not validation:
+        return [], [], {}
+    if not config.early_stopping:
+        return [], validation, {"early_stopping": None, "scored": validation,
+                                "note": "no early stopping: every validation patient is scored and fits the temperature"}
+    if len(validation) < 2:
+        return validation, validation, {
+            "early_stopping": validation, "scored": validation,
+            "note": f"only {len(validation)} validation patient: early stopping, the temperature and the reported "
+                    "metrics all use it (not separated; the reported metrics are optimistic)"}
+    # label by label in a seeded order, dealt alternately: both halves get every class that has two patients
+    labels = {r.case_id: r.label for r in rows}
+    rng = np.random.default_rng([config.seed, 4099])
+    ordered = sorted(validation, key=lambda c: (labels[c], c))
+    ordered = [ordered[i] for i in np.lexsort((rng.permutation(len(ordered)), [labels[c] for c in ordered]))]
+    stop, scored = ordered[0::2], ordered[1::2]
+    return [c for c in validation if c in stop], [c for c in validation if c in scored], {
+        "early_stopping": [c for c in validation if c in stop], "scored": [c for c in validation if c in scored],
+        "note": "early stopping on one half of the validation patients; the reported validation metrics and the "
+                "temperature on the other half (post-calibration ECE cross-fitted, leave-one-patient-out)"}
 
 
 def _prepare_cohort(manifest: str | Path, config: TrainingConfig, work: Path, progress_bar: bool) -> _Cohort:
@@ -238,6 +277,11 @@ def _prepare_cohort(manifest: str | Path, config: TrainingConfig, work: Path, pr
     scaler, factors = _clinical_factors(config, rows, set(split.train))
     cache = PatchCache(work / "patches", config.islands, config.patient_rule)
     dataset = build_dataset(rows, config.patch_spec, config.class_names, cache, progress_bar)
+    through = through_plane(dataset, config.patch_spec)
+    if through and through["n_interpolated"]:
+        logger.warning("through-plane resampling to %g mm: %s (acquired up to %g mm; %d patches from %d independent "
+                       "acquired slices)", through["target_mm"], through["note"], through["acquired_mm"]["max"],
+                       through["n_patches"], through["n_independent_units"])
     scaling = config.resolved_input_scaling(dataset.images.shape[1])
     # the input scaling the weights expect, once for all epochs (flips and rotations commute with it)
     dataset.images = scale_inputs(dataset.images, scaling)
@@ -246,6 +290,9 @@ def _prepare_cohort(manifest: str | Path, config: TrainingConfig, work: Path, pr
     data_key = hashlib.sha256("".join(cache.key(r, config.patch_spec) for r in rows).encode()).hexdigest()
     train_rows = dataset.rows_of(split.train)
     val_rows = dataset.rows_of(split.validation) if split.validation else np.zeros(0, int)
+    stop_ids, report_ids, roles = validation_roles(split, rows, config)
+    stop_rows = dataset.rows_of(stop_ids) if stop_ids else np.zeros(0, int)
+    report_rows = dataset.rows_of(report_ids) if report_ids else np.zeros(0, int)
     patch_labels = dataset.patch_labels()
     if config.balance:
         index, transforms = balance_by_augmentation(patch_labels[train_rows], seed=config.seed)
@@ -254,7 +301,8 @@ def _prepare_cohort(manifest: str | Path, config: TrainingConfig, work: Path, pr
         train_index, transforms = train_rows, np.zeros(len(train_rows), int)
     return _Cohort(rows, split, factors, dataset, train_rows, val_rows, patch_labels, train_index, transforms,
                    None if dataset.clinical is None else dataset.clinical[dataset.case_index],
-                   {"config": config.fingerprint(), "split": split.to_dict(), "data": data_key}, scaling)
+                   {"config": config.fingerprint(), "split": split.to_dict(), "data": data_key}, scaling,
+                   stop_rows, report_rows, roles, through)
 
 
 def _build_model(config: TrainingConfig, n_classes: int, in_channels: int, device) -> tuple[Any, Any, dict[str, Any]]:
@@ -316,10 +364,12 @@ def _train_epoch(network, optimizer, cohort: _Cohort, config: TrainingConfig, ep
 
 
 def _validate_epoch(network, cohort: _Cohort, device, batch_size: int) -> dict[str, float]:
-    """Validation loss (patches) and patient-level accuracy (mean of each patient's patches)."""
-    images, clinical, labels = cohort.validation_set()
+    """Validation loss (patches) and patient-level accuracy (mean of each patient's patches) on the
+    patients that decide early stopping (the scored ones when nothing stops early)."""
+    rows = cohort.stop_rows if len(cohort.stop_rows) else cohort.report_rows
+    images, clinical, labels = cohort.validation_set(rows)
     val_loss, probs = _evaluate_patches(network, images, clinical, labels, device, batch_size)
-    cases, patient_probs = _patient_probabilities(probs, cohort.dataset.case_index[cohort.val_rows])
+    cases, patient_probs = _patient_probabilities(probs, cohort.dataset.case_index[rows])
     return {"val_loss": val_loss,
             "val_patient_accuracy": float(np.mean(patient_probs.argmax(1) == cohort.dataset.labels[cases]))}
 
@@ -388,12 +438,17 @@ def _validation_metrics(network, cohort: _Cohort, config: TrainingConfig, best_l
         return None
     images, clinical, labels = cohort.validation_set()
     _, probs = _evaluate_patches(network, images, clinical, labels, "cpu", config.batch_size)
-    cases, patient_probs = _patient_probabilities(probs, cohort.dataset.case_index[cohort.val_rows])
+    cases, patient_probs = _patient_probabilities(probs, cohort.dataset.case_index[cohort.report_rows])
     class_names = config.class_names
     orr = _objective_indices(config)
     metrics = compute_metrics([class_names[i] for i in cohort.dataset.labels[cases]], patient_probs, class_names, orr,
                               n_bootstrap=config.n_bootstrap, seed=config.seed)
-    return {**compact_metrics(metrics), "loss": best_loss}
+    scored = cohort.roles.get("scored") or []
+    separated = set(scored).isdisjoint(cohort.roles.get("early_stopping") or [])
+    return {**compact_metrics(metrics), "loss": best_loss,
+            "patients": (f"{len(scored)} validation patients that did not choose the epoch" if separated else
+                         f"{len(scored)} validation patients that also chose the epoch (optimistic)"),
+            "loss_on": "the early-stopping patients" if len(cohort.stop_rows) else "the scored patients"}
 
 
 def _objective_indices(config: TrainingConfig) -> list[int]:
@@ -403,10 +458,14 @@ def _objective_indices(config: TrainingConfig) -> list[int]:
 
 def _training_operating_point(network, cohort: _Cohort, config: TrainingConfig) -> dict[str, Any] | None:
     """The Youden cut-off of the binary outcome's probability (objective response, or responder) on the
-    training patients (patient level); evaluation reports sensitivity, specificity, PPV and NPV there."""
+    scored validation patients (patient level), never on the training patients the weights were
+    fitted on; evaluation reports sensitivity, specificity, PPV and NPV there. None without scored
+    validation patients (``--folds`` gives one from out-of-fold predictions instead)."""
     from TACEResponseLib.training.roc_statistics import youden_cutoff
 
-    rows = cohort.train_rows
+    rows = cohort.report_rows
+    if not len(rows):
+        return None
     clinical = None if cohort.clinical_per_patch is None else cohort.clinical_per_patch[rows]
     _, probs = _evaluate_patches(network, cohort.dataset.images[rows], clinical, cohort.patch_labels[rows], "cpu",
                                  config.batch_size)
@@ -417,7 +476,8 @@ def _training_operating_point(network, cohort: _Cohort, config: TrainingConfig) 
         return None
     cut = youden_cutoff(truth, patient_probs[:, objective].sum(axis=1))
     return {**cut, "outcome": " + ".join(config.class_names[i] for i in objective),
-            "chosen_on": f"training patients ({len(truth)}, patient level, Youden J)"}
+            "chosen_on": f"held-out validation patients ({len(truth)}, patient level, Youden J; not the training "
+                         "patients)"}
 
 
 def _training_data(manifest: str | Path, config: TrainingConfig, cohort: _Cohort, network, init: dict[str, Any],
@@ -460,6 +520,13 @@ def _training_data(manifest: str | Path, config: TrainingConfig, cohort: _Cohort
                         + ("; random flip / 90°, 180° or 270° rotation / identity per sample every epoch"
                            if config.augment else ""),
         "protocol": config.protocol,
+        "protocol_settings": ({**protocol_settings(config),
+                               "iterations_per_epoch": f"{len(cohort.train_index)} balanced patches / "
+                                                       f"{config.batch_size} = {len(_batches(np.arange(len(cohort.train_index)), config.batch_size))}"}
+                              if config.protocol else None),
+        "protocol_deviations": config.protocol_deviations if config.protocol else None,
+        "validation_roles": cohort.roles or None,
+        "through_plane": cohort.through_plane,
         "input_scaling": cohort.scaling.to_dict() if cohort.scaling is not None else None,
         "patch_normalization": [config.patch_spec.describe_normalization(n) for n in range(len(config.phases))],
         "slice_spacing_mm": config.patch_spec.slice_spacing_mm,

@@ -107,12 +107,13 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, case_index: np.ndarr
     temperature = fitted = fit_temperature(logits, labels, case_index)
     cases = np.unique(case_index)
     truth = np.array([labels[case_index == c][0] for c in cases])
-    held_out, plain = [], []
+    held_out, plain, cross_fitted = [], [], []
     for case in cases:
         rest, one = case_index != case, case_index == case
         t = fit_temperature(logits[rest], labels[rest], case_index[rest])
         held_out.append(_patient_nll(logits[one], labels[one], case_index[one], t))
         plain.append(_patient_nll(logits[one], labels[one], case_index[one], 1.0))
+        cross_fitted.append(softmax(logits[one] / t).mean(axis=0))
     loo, loo_plain = float(np.mean(held_out)), float(np.mean(plain))
     fitted_on = (f"{len(cases)} validation patients ({len(labels)} patches; patient-level likelihood of the mean of "
                  f"each patient's patch probabilities); leave-one-patient-out NLL {loo_plain:.3f} at T = 1 vs "
@@ -122,9 +123,12 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, case_index: np.ndarr
         temperature = 1.0
     before = top_label_calibration(truth, _patient_means(softmax(logits), case_index))
     after = top_label_calibration(truth, _patient_means(softmax(logits / temperature), case_index))
+    # out of sample: each patient with the temperature the others gave (T = 1 kept: nothing was fitted)
+    outside = before if temperature == 1.0 else top_label_calibration(truth, np.stack(cross_fitted))
     return Calibration(temperature=temperature, fitted_on=fitted_on, n_patients=int(len(cases)),
                        n_patches=int(len(labels)), ece_before=before["ece"], ece_after=after["ece"],
-                       nll_before=before["nll"], nll_after=after["nll"], fitted_temperature=fitted)
+                       nll_before=before["nll"], nll_after=after["nll"], fitted_temperature=fitted,
+                       ece_after_cross_fitted=outside["ece"], nll_after_cross_fitted=outside["nll"])
 
 
 def fit_feature_profile(features: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[ProfileArrays, float]:
@@ -217,7 +221,10 @@ def fit_training_profile(train_features: np.ndarray, train_labels: np.ndarray, t
 def fit_trust(network, cohort, config) -> tuple[Calibration | None, TrainingProfile, ProfileArrays]:
     """Calibration (None without validation patients) and training profile of a trained network.
 
-    ``network`` must compute what the saved weights compute (float16 weights: rounded first).
+    The temperature is fitted on the validation patients that did not choose the epoch
+    (``cohort.report_rows``: early stopping used the others); its post-calibration ECE is also
+    given cross-fitted. ``network`` must compute what the saved weights compute (float16 weights:
+    rounded first).
     """
     from TACEResponseLib.networks.architectures import cam_layers
 
@@ -234,7 +241,9 @@ def fit_trust(network, cohort, config) -> tuple[Calibration | None, TrainingProf
     val_features = None
     if cohort.has_validation:
         val_logits, val_features = outputs(rows_v)
-        calibration = fit_calibration(val_logits, cohort.patch_labels[rows_v], dataset.case_index[rows_v])
+        report = np.isin(rows_v, cohort.report_rows)
+        calibration = fit_calibration(val_logits[report], cohort.patch_labels[rows_v][report],
+                                      dataset.case_index[rows_v][report])
     stats, spacings = tumour_intensities([r for r in cohort.rows if r.case_id in set(cohort.split.train)],
                                          config.islands, config.phases)
     target, _ = cam_layers(config.architecture, **dict(config.network_options))
