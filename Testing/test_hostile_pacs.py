@@ -193,3 +193,39 @@ def test_an_instance_without_end_is_cut_off_at_the_instance_limit(hostile_pacs, 
     set_answer(multipart_answer([_instance(), _instance() + b"\0" * (8 << 20)], end=False))
     with pytest.raises(PacsError, match="cut off while fetching series.*one instance of its answer passed 1 MB"):
         fetch(endpoint, tmp_path / "series")
+
+
+def test_a_dimse_pacs_sending_more_instances_than_listed_is_cut_off(tmp_path):
+    from pynetdicom import AE, StoragePresentationContexts, evt
+    from pynetdicom.sop_class import (
+        StudyRootQueryRetrieveInformationModelFind as FIND,
+        StudyRootQueryRetrieveInformationModelGet as GET,
+    )
+
+    sent = []
+
+    def on_find(event):
+        answer = pydicom.Dataset()
+        answer.QueryRetrieveLevel, answer.SOPClassUID = "IMAGE", "1.2.840.10008.5.1.4.1.1.2"
+        yield 0xFF00, answer
+
+    def on_get(event):
+        yield 50
+        for _ in range(50):  # a PACS that sends on whatever it is answered
+            sent.append(1)
+            yield 0xFF00, pydicom.dcmread(io.BytesIO(_instance()))
+
+    ae = AE(ae_title="HOSTILE")
+    ae.add_supported_context(FIND)
+    ae.add_supported_context(GET)
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, scu_role=False, scp_role=True)
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_C_GET, on_get)])
+    try:
+        endpoint = parse_endpoint(f"HOSTILE@127.0.0.1:{server.server_address[1]}", timeout_s=5.0)
+        with pytest.raises(PacsError, match="sent more instances of series .* than the 2 it listed"):
+            fetch(endpoint, tmp_path / "series")
+    finally:
+        server.shutdown()
+    assert len(list((tmp_path / "series").glob("*.dcm"))) == 2 and len(sent) < 50
