@@ -114,18 +114,27 @@ class DicomTree:
 
 def scan_dicom_tree(source: Path, patient_of_folder: Callable[[Path], str] | None = None) -> DicomTree:
     """Read every DICOM header under ``source`` (pydicom, pixels left on disk), grouped by PatientID
-    (else by ``patient_of_folder``). A folder that cannot be read is recorded against its patient."""
+    (else by ``patient_of_folder``). A folder that cannot be read is recorded against its patient, and so
+    are links to files or folders outside ``source``: they are not opened (a downloaded cohort could
+    otherwise make the import, and the predictions after it, read any file this user may read)."""
     by_patient: dict[str, list[SliceHeader]] = {}
     folder_of: dict[str, Path] = {}
     problems: dict[str, list[str]] = {}
     total = 0
-    for folder, _, files in sorted(os.walk(source)):
-        if not files:
-            continue
+    root = Path(os.path.realpath(source))
+    for folder, subfolders, files in sorted(os.walk(source)):
         folder = Path(folder)
         fallback = patient_of_folder(folder) if patient_of_folder else folder.name
+        outside = [str(folder / name) for name in [*subfolders, *files] if not _inside(folder / name, root)]
+        if outside:
+            shown = ", ".join(os.path.relpath(p, source) for p in outside[:3]) + (" …" if len(outside) > 3 else "")
+            problems.setdefault(fallback, []).append(
+                f"{folder}: {len(outside)} link(s) to files or folders outside {source} not read ({shown}); copy "
+                "what they point to into the cohort folder")
+        if not files:
+            continue
         try:
-            headers = read_headers(folder)
+            headers = read_headers(folder, skip=set(outside))
         except InputError as exc:
             problems.setdefault(fallback, []).append(str(exc))
             continue
@@ -135,6 +144,13 @@ def scan_dicom_tree(source: Path, patient_of_folder: Callable[[Path], str] | Non
             folder_of[header.path] = folder
             total += os.path.getsize(header.path)
     return DicomTree(by_patient, folder_of, problems, total)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """``path``, its links followed, lies under ``root`` (itself resolved)."""
+    if not os.path.islink(path):
+        return True
+    return Path(os.path.realpath(path)).is_relative_to(root)
 
 
 def image_reference(folder: Path, key: str, keys_in_folder: int, output: Path) -> str:

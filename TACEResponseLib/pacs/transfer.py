@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 NOT_IMAGES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "DOC", "FID", "PLAN"}
 FETCHED_FILE = ".fetched.json"
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: the most instances fetched for a series whose listing gave no count
+MAX_SERIES_INSTANCES = 20_000
 
 
 def _protocol(endpoint: Endpoint):
@@ -77,6 +79,10 @@ def find_series(endpoint: Endpoint, study_uid: str) -> list[RemoteSeries]:
     """The series of ``study_uid`` on the PACS; a study it does not hold is a PacsError."""
     check_uid(study_uid, "--study")
     series = _protocol(endpoint).find_series(endpoint, study_uid)
+    for listed in series:  # a series' UID names the folder it is fetched into
+        if not UID_PATTERN.fullmatch(listed.uid) or len(listed.uid) > 64:
+            raise PacsError(f"the PACS at {endpoint} listed a series of study {study_uid} whose UID "
+                            f"{listed.uid[:80]!r} is not a DICOM UID (digits and dots, at most 64 characters)")
     if not series:
         raise PacsError(f"the PACS at {endpoint} holds no study {study_uid} (or none of its series)")
     return series
@@ -130,15 +136,24 @@ def fetch_series_to(endpoint: Endpoint, study_uid: str, series: RemoteSeries, fo
     folder.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)
 
+    expected = series.instances if series.instances > 0 else MAX_SERIES_INSTANCES
+    stored: set[str] = set()
+
     def store(dataset) -> None:
         uid = str(dataset.get("SOPInstanceUID", "") or "")
+        if uid in stored:
+            raise PacsError(f"the PACS at {endpoint} sent instance {uid} of series {series.uid} twice")
+        if len(stored) >= expected:
+            raise PacsError(f"the PACS at {endpoint} sent more instances of series {series.uid} than the "
+                            f"{expected} {'it listed' if series.instances > 0 else 'read here'}")
         if str(dataset.get("StudyInstanceUID", "")) != study_uid or str(dataset.get("SeriesInstanceUID", "")) != series.uid:
             raise PacsError(f"the PACS at {endpoint} sent an instance of another study or series than "
                             f"{series.uid}; nothing of it is used")
-        if not UID_PATTERN.match(uid):
+        if not UID_PATTERN.fullmatch(uid):
             raise PacsError(f"the PACS at {endpoint} sent an instance without a valid SOP Instance UID")
         with atomic_path(folder / f"{uid}.dcm") as temporary:
             dataset.save_as(temporary, enforce_file_format=True)
+        stored.add(uid)
 
     count = _protocol(endpoint).fetch_series(endpoint, study_uid, series.uid, store)
     if count == 0:
