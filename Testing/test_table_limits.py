@@ -151,3 +151,23 @@ def test_the_cli_answers_a_table_bomb_with_one_error_line(tmp_path, capsys):
     refused_by_cli(["survival", "fit-signature", "--device", "cpu", "--size", "32", "--features", bomb,
                     "--clinical", bomb], ["clinical.xlsx", "1,048,576 rows × 16,384 columns"], capsys,
                    output=tmp_path / "signature")
+
+
+def test_a_large_feature_table_of_numbers_is_read_and_a_word_in_it_is_one_error(tmp_path):
+    """A deep-feature CSV beyond the 4,000,000 cells of a clinical table (2,000 patients × 2,100 features)
+    is read as numbers; a word in it, or a table of words that large, is refused without pandas making
+    a Python object per cell."""
+    rows, columns = 2_000, 2_100
+    header = "case_id," + ",".join(f"f{n}" for n in range(columns)) + "\n"
+    line = ",".join(["1"] * columns)
+    features = tmp_path / "features.csv"
+    features.write_text(header + "".join(f"P{n:04d},{line}\n" for n in range(rows)))
+    table = read_table(features, what="feature table", text_columns=["case_id"], numeric="*")
+    assert table.shape == (rows, columns + 1) and table["case_id"].iloc[-1] == "P1999"
+    assert (table.dtypes.iloc[1:] == "float64").all()
+    with open(features, "a") as handle:
+        handle.write("P2000," + ",".join(["1"] * (columns - 1)) + ",abc\n")
+    with pytest.raises(InputError, match="feature table .*cannot be read as a table .*'abc'"):
+        read_table(features, what="feature table", text_columns=["case_id"], numeric="*")
+    with pytest.raises(InputError, match="more than the 4,000,000 read here"):  # the same file, not as numbers
+        read_table(features, what="clinical table", text_columns=["case_id"])

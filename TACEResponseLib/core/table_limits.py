@@ -38,14 +38,22 @@ MAX_TABLE_BYTES = 256 << 20
 #: the most cells a sheet's values may span (first to last row × first to last column); about 1 GB of
 #: Python objects once pandas holds them
 MAX_SHEET_CELLS = 4_000_000
+#: the most cells of a text table read as numbers only (deep-feature tables: 1,024 DenseNet features per
+#: phase and patient): 8 bytes each once read, 256 MB at the most
+MAX_NUMERIC_CELLS = 32_000_000
+#: the largest text table read as numbers only
+MAX_NUMERIC_TABLE_BYTES = 1 << 30
 #: the most characters a workbook's cells may hold once repeated cells and shared strings are expanded
 MAX_TABLE_TEXT = 128 << 20
 _BLOCK = 1 << 20
 
 
-def check_table_file(file: Path, label: str) -> str:
+def check_table_file(file: Path, label: str, numeric: bool = False) -> tuple[str, int]:
     """Refuse a table that would make pandas or calamine allocate far more than the file holds; returns
-    the encoding a text table is read with (UTF-16 when it starts with its byte-order mark, else UTF-8)."""
+    the encoding a text table is read with (UTF-16 when it starts with its byte-order mark, else UTF-8;
+    "" for a workbook) and its cells counted by separators (0 for a workbook).
+    ``numeric``: a text table read as numbers only (no Python object per cell) may be larger:
+    :data:`MAX_NUMERIC_CELLS` cells and :data:`MAX_NUMERIC_TABLE_BYTES`."""
     size = file.stat().st_size
     if file.suffix.lower() in WORKBOOK_SUFFIXES:
         with open(file, "rb") as handle:
@@ -54,9 +62,10 @@ def check_table_file(file: Path, label: str) -> str:
             check_zipped_workbook(file, label)
         elif size > MAX_TABLE_BYTES:
             raise InputError(f"{label}: {size / 2**20:,.0f} MB, more than the {MAX_TABLE_BYTES >> 20} MB read here")
-        return ""
-    if size > MAX_TABLE_BYTES:
-        raise InputError(f"{label}: {size / 2**20:,.0f} MB, more than the {MAX_TABLE_BYTES >> 20} MB read here")
+        return "", 0
+    max_bytes, max_cells = (MAX_NUMERIC_TABLE_BYTES, MAX_NUMERIC_CELLS) if numeric else (MAX_TABLE_BYTES, MAX_SHEET_CELLS)
+    if size > max_bytes:
+        raise InputError(f"{label}: {size / 2**20:,.0f} MB, more than the {max_bytes >> 20} MB read here")
     with open(file, "rb") as handle:
         utf16 = handle.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # Excel's "Unicode text"
         handle.seek(0)
@@ -70,10 +79,10 @@ def check_table_file(file: Path, label: str) -> str:
             for separator in separators:
                 separators[separator] += block.count(separator)
         cells = line + max(separators.values())
-        if cells > MAX_SHEET_CELLS:
+        if cells > max_cells:
             raise InputError(f"{label}: holds about {cells:,} cells ({line:,} lines), more than the "
-                             f"{MAX_SHEET_CELLS:,} read here")
-    return "utf-16" if utf16 else "utf-8-sig"
+                             f"{max_cells:,} read here")
+    return ("utf-16" if utf16 else "utf-8-sig"), cells
 
 
 def check_zipped_workbook(file: Path, label: str) -> None:

@@ -20,11 +20,13 @@ pandas' silent ``age.1``.
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.table_limits import WORKBOOK_SUFFIXES, check_table_file
+from TACEResponseLib.core.table_limits import MAX_SHEET_CELLS, WORKBOOK_SUFFIXES, check_table_file
+
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 MAX_SHOWN = 5
 
@@ -73,7 +75,7 @@ def read_table(path: str | os.PathLike, *, what: str = "table", sheet: str | Non
         raise InputError(f"{label}: is empty (0 bytes)")
     text_columns = list(dict.fromkeys([*text_columns]))
     suffix = file.suffix.lower()
-    encoding = check_table_file(file, label)
+    encoding, cells = check_table_file(file, label, numeric=numeric == "*")
     try:
         if suffix in WORKBOOK_SUFFIXES:
             frame, header = _read_workbook(file, sheet, label, text_columns)
@@ -82,8 +84,10 @@ def read_table(path: str | os.PathLike, *, what: str = "table", sheet: str | Non
                 raise InputError(f"{label}: a sheet is chosen, but {file.name} is not a workbook (.xlsx, .xls, .ods)")
             options = dict(sep=None if suffix in (".tsv", ".txt") else ",", encoding=encoding,
                            engine="python" if suffix in (".tsv", ".txt") or encoding != "utf-8-sig" else "c")
-            frame = pd.read_csv(file, dtype={c: str for c in text_columns} or None, float_precision=float_precision,
-                                **options)
+            dtype: Any = {c: str for c in text_columns} or None
+            if numeric == "*" and cells > MAX_SHEET_CELLS:  # numbers as they are parsed: no Python object per cell
+                dtype = defaultdict(lambda: "float64", dtype or {})
+            frame = pd.read_csv(file, dtype=dtype, float_precision=float_precision, **options)
             header = pd.read_csv(file, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
     except InputError:
         raise

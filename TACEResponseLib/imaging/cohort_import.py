@@ -125,7 +125,7 @@ def scan_dicom_tree(source: Path, patient_of_folder: Callable[[Path], str] | Non
     for folder, subfolders, files in sorted(os.walk(source)):
         folder = Path(folder)
         fallback = patient_of_folder(folder) if patient_of_folder else folder.name
-        outside = [str(folder / name) for name in [*subfolders, *files] if not _inside(folder / name, root)]
+        outside = [str(folder / name) for name in [*subfolders, *files] if not link_inside(folder / name, root)]
         if outside:
             shown = ", ".join(os.path.relpath(p, source) for p in outside[:3]) + (" …" if len(outside) > 3 else "")
             problems.setdefault(fallback, []).append(
@@ -146,8 +146,9 @@ def scan_dicom_tree(source: Path, patient_of_folder: Callable[[Path], str] | Non
     return DicomTree(by_patient, folder_of, problems, total)
 
 
-def _inside(path: Path, root: Path) -> bool:
-    """``path``, its links followed, lies under ``root`` (itself resolved)."""
+def link_inside(path: Path, root: Path) -> bool:
+    """``path``, its links followed, lies under ``root`` (itself resolved): a cohort folder's link to a file
+    elsewhere is not read as one of its patients."""
     if not os.path.islink(path):
         return True
     return Path(os.path.realpath(path)).is_relative_to(root)

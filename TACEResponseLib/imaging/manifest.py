@@ -73,7 +73,9 @@ def _case_is_synthetic(row: ManifestRow) -> bool:
     """A phantom writes ``<case_id>_case.json`` with ``"synthetic": true`` beside its images."""
     for folder in dict.fromkeys([p.parent for p in row.images] + [row.segmentation.parent]):
         info = folder / f"{row.case_id}_case.json"
-        if info.is_file():
+        if info.parent != folder:  # a case id naming another folder ("../x") is no phantom's
+            return False
+        if info.is_file() and info.stat().st_size < 1 << 20:
             try:
                 return bool(json.loads(info.read_text(encoding="utf-8")).get("synthetic", False))
             except (OSError, json.JSONDecodeError):
