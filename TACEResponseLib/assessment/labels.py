@@ -19,8 +19,6 @@ assessment (JSON, overlays, viable segmentations) is kept there and reused when 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -30,7 +28,7 @@ from typing import Callable
 
 from TACEResponseLib.assessment.criteria import CRITERIA
 from TACEResponseLib.core.errors import InputError, TACEResponseError
-from TACEResponseLib.core.files import content_fingerprint, safe_file_name, write_text_atomic
+from TACEResponseLib.core.files import content_fingerprint, safe_file_name, write_csv_atomic, write_text_atomic
 from TACEResponseLib.imaging.manifest import read_manifest_rows
 
 logger = logging.getLogger(__name__)
@@ -214,9 +212,5 @@ def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns or ["case_id"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+    write_csv_atomic(path, columns or ["case_id"], rows)
 

@@ -11,8 +11,6 @@ moved together.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -24,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import atomic_folder
+from TACEResponseLib.core.files import atomic_folder, csv_text
 from TACEResponseLib.imaging.dicom import SliceHeader, read_headers
 
 logger = logging.getLogger(__name__)
@@ -188,13 +186,8 @@ def classify_enhancement(aorta_hu: float, portal_hu: float) -> str:
 
 # --- writing ----------------------------------------------------------------------------------------------
 def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None or (isinstance(v, float) and not np.isfinite(v)) else v)
-                         for k, v in row.items()})
-    return buffer.getvalue()
+    return csv_text(columns, ({k: ("" if v is None or (isinstance(v, float) and not np.isfinite(v)) else v)
+                               for k, v in row.items()} for row in rows), extrasaction="ignore")
 
 
 def columns_of(rows: Iterable[dict[str, Any]], first: Sequence[str]) -> list[str]:

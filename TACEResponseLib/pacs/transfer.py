@@ -170,3 +170,17 @@ def fetch_study_series(endpoint: Endpoint, study_uid: str, series_uids: Sequence
         check_uid(uid, "--series")
     chosen = choose_series(find_series(endpoint, study_uid), series_uids, count, modalities, study_uid, endpoint)
     return [fetch_series_to(endpoint, study_uid, s, Path(folder) / s.uid) for s in chosen]
+
+
+def fetch_segmentation_series(endpoint: Endpoint, study_uid: str, series_uid: str, folder: str | Path,
+                              option: str = "--segmentation pacs:") -> Path:
+    """The DICOM SEG series ``series_uid`` of ``study_uid`` (e.g. a radiologist's tumour outlines, or a SEG this
+    tool stored before) fetched into ``folder``; a series that is not there, or not a SEG, is one error."""
+    check_uid(series_uid, option)
+    series = find_series(endpoint, study_uid)
+    (chosen,) = choose_series(series, [series_uid], 1, ["SEG"], study_uid, endpoint)
+    if chosen.modality.upper() != "SEG":
+        raise InputError(f"{option}{series_uid}: series {chosen.describe()} of study {study_uid} on {endpoint} is not "
+                         "a DICOM SEG; name the study's segmentation series (tace-response pacs series lists them)")
+    return fetch_series_to(endpoint, study_uid, chosen, folder)
+
