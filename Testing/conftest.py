@@ -101,3 +101,59 @@ def treatment_files(treatment_series, tmp_path_factory):
     """The treatment series written as NRRD + .seg.nrrd: {visit name: {"arterial", "precontrast", "segmentation"}}."""
     folder = tmp_path_factory.mktemp("treatment_series")
     return {visit.name: visit.write(folder) for visit in treatment_series}
+
+
+#: the Study Instance UID of each visit of the treatment series as DICOM (:func:`dicom_visits`)
+VISIT_STUDIES = {"baseline": "1.2.826.0.1.3680043.8.498.10", "followup1": "1.2.826.0.1.3680043.8.498.11",
+                 "followup2": "1.2.826.0.1.3680043.8.498.12"}
+
+
+@pytest.fixture(scope="session")
+def dicom_visits(treatment_series, tmp_path_factory):
+    """Each visit of the SYNTHETIC treatment series as a DICOM CT series of its own study (a patient's exams) with
+    a DICOM SEG (highdicom) that also outlines the liver: {visit: {"ct", "seg", "study", "masks"}}."""
+    pytest.importorskip("highdicom", reason="highdicom is not installed")
+    import numpy as np
+    from dicom_helpers import write_ct_series, write_seg
+
+    root = tmp_path_factory.mktemp("dicom_visits")
+    visits = {}
+    for visit in treatment_series:
+        arterial = visit.phases["arterial"]
+        folder = root / visit.name
+        stored = np.round(arterial.array).astype(np.int16)
+        source = write_ct_series(folder / "ct", stored, arterial.ijk_to_ras, intercept=0.0, series_number=3,
+                                 description=f"{visit.name} arterial", study_uid=VISIT_STUDIES[visit.name],
+                                 frame_of_reference=VISIT_STUDIES[visit.name] + ".1")
+        masks = {s.name: visit.segmentation.layers[s.layer] == s.label_value for s in visit.segmentation.segments}
+        masks["Liver"] = stored > -500  # the body, standing in for a liver outline
+        write_seg(folder / "seg.dcm", source, masks, types={"Liver": ("10200004", "Liver")})
+        visits[visit.name] = {"ct": folder / "ct", "seg": folder / "seg.dcm", "study": VISIT_STUDIES[visit.name],
+                              "masks": masks}
+    return visits
+
+
+# --- a real PACS (Orthanc), shared by the PACS tests --------------------------------------------------------
+@pytest.fixture(scope="session")
+def pacs(tmp_path_factory):
+    """A running Orthanc with its DICOMweb plugin (orthanc_server.py) for the whole test session, stopped at its
+    end whatever happens; the tests that use it skip, saying why, where Orthanc is not installed."""
+    import orthanc_server
+
+    if orthanc_server.missing():
+        pytest.skip(orthanc_server.missing())
+    server = orthanc_server.start(tmp_path_factory.mktemp("orthanc"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def login(pacs, monkeypatch):
+    """The PACS password in the environment (as a site would set it), never on a command line."""
+    import orthanc_server
+
+    monkeypatch.setenv("TACE_PACS_USER", orthanc_server.USER)
+    monkeypatch.setenv("TACE_PACS_PASSWORD", pacs.password)
+    return pacs

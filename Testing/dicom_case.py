@@ -56,3 +56,21 @@ def write_segmentation(ct_folder: Path, path: Path) -> Path:
     ct = read_volume(ct_folder)
     first, second = tumour_masks(ct.shape_kji)
     return write(Segmentation.from_masks(ct, {"Tumour": first | second}), path)
+
+
+def write_dicom_seg(ct_folder: Path, path: Path) -> Path:
+    """``path``: a DICOM SEG as a radiologist's workstation writes one (highdicom, MANUAL), segment "Tumour"
+    holding both ellipsoids, each frame on the CT image it outlines."""
+    import pydicom
+    from dicom_helpers import write_seg
+
+    from TACEResponseLib.imaging.geometry import LPS_TO_RAS
+    from TACEResponseLib.imaging.volume_io import read_volume
+
+    ct = read_volume(ct_folder)
+    first, second = tumour_masks(ct.shape_kji)
+    datasets = [pydicom.dcmread(f) for f in sorted(ct_folder.iterdir())]
+    slices = [int(round(ct.ras_to_ijk_points((LPS_TO_RAS[:3, :3] @ np.asarray(ds.ImagePositionPatient, float))[None])
+                        [0][2])) for ds in datasets]
+    write_seg(path, datasets, {"Tumour": (first | second)[slices]}, description="Tumours (radiologist)")
+    return path

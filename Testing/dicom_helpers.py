@@ -16,7 +16,22 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+#: the SOP classes of the objects results are written as (PS3.4 B.5), by short name
+SOP_CLASSES = {"SEG": "1.2.840.10008.5.1.4.1.1.66.4", "PM": "1.2.840.10008.5.1.4.1.1.30",
+               "SR": "1.2.840.10008.5.1.4.1.1.88.34", "SC": "1.2.840.10008.5.1.4.1.1.7"}
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def conformance_tool(name: str) -> str:
+    """The path of a DICOM checker (dciodvfy, dsrdump); the test is skipped, saying why, when it is missing."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (make test installs dicom3tools and dcmtk with apt-get when run as root)")
+    return path
 
 
 def _ds(value: float) -> str:
@@ -107,3 +122,12 @@ def write_seg(path: Path, source: Sequence[Dataset], masks: dict[str, np.ndarray
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
     return seg
+
+
+def assess_argv(visits: dict, out, names: Sequence[str] = ("baseline", "followup1")) -> list[str]:
+    """``assess`` on the DICOM visits of conftest's ``dicom_visits`` (first name: the baseline)."""
+    argv = ["assess", "--baseline", str(visits[names[0]]["ct"]), "--baseline-segmentation", str(visits[names[0]]["seg"]),
+            "--output", str(out)]
+    for name in names[1:]:
+        argv += ["--followup", str(visits[name]["ct"]), "--followup-segmentation", str(visits[name]["seg"])]
+    return argv

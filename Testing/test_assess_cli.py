@@ -190,27 +190,13 @@ def test_cohort_label_writes_a_training_manifest_with_each_labels_measurements(t
 
 
 @pytest.mark.slow
-def test_dicom_series_and_a_dicom_seg_work_alike(treatment_series, tmp_path, capsys):
+def test_dicom_series_and_a_dicom_seg_work_alike(dicom_visits, tmp_path, capsys):
     """Each visit as a DICOM CT series with a DICOM SEG (highdicom) that also outlines the liver: the SEG's
     tumour segments are assessed (the liver is the parenchyma reference), with the same categories."""
-    pytest.importorskip("highdicom", reason="highdicom is not installed")
-    from dicom_helpers import write_ct_series, write_seg
+    from dicom_helpers import assess_argv
 
-    args = []
-    for visit in treatment_series[:2]:
-        arterial = visit.phases["arterial"]
-        folder = tmp_path / visit.name
-        stored = np.round(arterial.array).astype(np.int16)
-        source = write_ct_series(folder / "ct", stored, arterial.ijk_to_ras, intercept=0.0,
-                                 series_number=3, description=f"{visit.name} arterial")
-        masks = {s.name: visit.segmentation.layers[s.layer] == s.label_value for s in visit.segmentation.segments}
-        masks["Liver"] = stored > -500  # the body, standing in for a liver outline
-        write_seg(folder / "seg.dcm", source, masks, types={"Liver": ("10200004", "Liver")})
-        args.append((str(folder / "ct"), str(folder / "seg.dcm")))
     out = tmp_path / "out"
-    argv = ["assess", "--baseline", args[0][0], "--baseline-segmentation", args[0][1], "--followup", args[1][0],
-            "--followup-segmentation", args[1][1], "--output", str(out)]
-    assert main(argv) == 0, capsys.readouterr().err
+    assert main(assess_argv(dicom_visits, out)) == 0, capsys.readouterr().err
     record = json.loads((out / "assessment.json").read_text())
     assert record["targets"] == ["Tumour_1", "Tumour_2"]
     assert {m["label"] for m in record["visits"][0]["lesions"]} == {"Tumour_1", "Tumour_2", "Tumour_3"}

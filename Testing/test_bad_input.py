@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -608,6 +609,7 @@ def test_bad_input_is_one_clear_error_and_leaves_the_output_alone(world, tmp_pat
     assert code == 2, (captured.out[-2000:], captured.err[-2000:])
     assert "Traceback" not in captured.err + captured.out
     assert len(errors) == 1, captured.err
+    assert not re.search(r":;|; - ", errors[0]), f"a list joined as punctuation: {errors[0]}"
     for word in words:
         assert world.format(word) in errors[0], errors[0]
     assert _snapshot(watched) == before, "the output folder changed"

@@ -154,8 +154,16 @@ def test_waw_tace_import_maps_lirads_response_and_days(tmp_path):
     rows = [{"PATPRI": p, "age": 60 + p, "gender_woman": p % 2, "survival_time": 100.0 * p, "death": p % 2,
              "lab_afp": 10.0 * p, "lab_alt": 40.0, "LI-RADS TR response": r} for p, r in responses.items()]
     pd.DataFrame(rows).to_excel(tmp_path / "src" / "clinical_data_wawtace_v2_15_07_2024.xlsx", index=False)
+    # patient 4's scan is a link to a file outside the collection, patient 5's folder a link to one outside it
+    elsewhere = tmp_path / "elsewhere"
+    write_volume(Volume(np.full((10, 40, 40), 99, np.int16), grid, "ct"), elsewhere / "5" / "5_1_scan.nii.gz")
+    (tmp_path / "src" / "ct_scans" / "4").mkdir()
+    (tmp_path / "src" / "ct_scans" / "4" / "4_1_scan.nii.gz").symlink_to(elsewhere / "5" / "5_1_scan.nii.gz")
+    (tmp_path / "src" / "ct_scans" / "5").symlink_to(elsewhere / "5", target_is_directory=True)
     report = import_waw_tace(tmp_path / "src", tmp_path / "out")
     by_id = {p.patient: p for p in report.patients}
+    assert "link(s) to files outside" in by_id["4"].notes[0] and by_id["4"].status == "excluded"
+    assert "5" not in by_id  # a linked folder is not descended into
     assert {k: v.status for k, v in by_id.items()} == {"1": "used", "2": "used", "3": "survival only", "4": "excluded"}
     assert (by_id["1"].label, by_id["2"].label) == ("responder", "non-responder")
     assert "no CT scan" in by_id["4"].reason and "2 lesion masks" in by_id["1"].notes[0]

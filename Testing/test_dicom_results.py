@@ -11,7 +11,6 @@ are result.json's. Expected codes are typed from DICOM PS3.16, not taken from th
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 
 import numpy as np
@@ -19,6 +18,7 @@ import pydicom
 import pytest
 
 from dicom_case import PATIENT_ID, identified_ct, tumour_masks, write_segmentation
+from dicom_helpers import SOP_CLASSES, conformance_tool
 from TACEResponseLib.cli import main
 from TACEResponseLib.imaging.geometry import in_grid
 from TACEResponseLib.imaging.volume_io import read_volume
@@ -46,15 +46,8 @@ def case(tmp_path_factory, realdata):
             "reference": read_volume(ct), "argv": argv}
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (make test installs dicom3tools and dcmtk with apt-get when run as root)")
-    return path
-
-
 def test_every_object_passes_dciodvfy_without_errors(case):
-    dciodvfy = _tool("dciodvfy")
+    dciodvfy = conformance_tool("dciodvfy")
     files = sorted(case["dicom"].glob("*.dcm"))
     assert {f.name for f in files} == {"seg.dcm", "heatmap_pm.dcm", "report_sr.dcm", "overlay_sc_01.dcm",
                                        "overlay_sc_02.dcm"}
@@ -68,7 +61,7 @@ def test_every_object_passes_dciodvfy_without_errors(case):
 
 
 def test_dsrdump_reads_the_report(case):
-    run = subprocess.run([_tool("dsrdump"), "+Pl", str(case["dicom"] / FILES["SR"])], capture_output=True, text=True,
+    run = subprocess.run([conformance_tool("dsrdump"), "+Pl", str(case["dicom"] / FILES["SR"])], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0, run.stderr
     text = run.stdout
@@ -189,7 +182,7 @@ def test_all_objects_belong_to_the_source_study_each_in_a_new_series(case):
 
 def test_the_secondary_capture_carries_the_caveat_burned_in(case):
     sc = pydicom.dcmread(case["dicom"] / FILES["SC"])
-    assert sc.BurnedInAnnotation == "YES" and sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert sc.BurnedInAnnotation == "YES" and sc.SOPClassUID == SOP_CLASSES["SC"]
     pixels = sc.pixel_array
     assert pixels.ndim == 3 and pixels.shape[2] == 3
     red = np.all(np.abs(pixels.astype(int) - [150, 0, 0]) <= 1, axis=2).mean(axis=1)  # share of red per row
@@ -345,7 +338,7 @@ def test_other_commands_write_their_findings_the_same_way(case, tmp_path):
         ("Target lesion 1", 1, "Target Lesion Partial Response", 31.5),
         ("Target lesion 2", 2, "Target Lesion Stable Disease", 12.0)]
     assert comments == ["RESEARCH USE ONLY - not for diagnosis"]
-    run = subprocess.run([_tool("dciodvfy"), str(tmp_path / "assess" / "report_sr.dcm")], capture_output=True, text=True)
+    run = subprocess.run([conformance_tool("dciodvfy"), str(tmp_path / "assess" / "report_sr.dcm")], capture_output=True, text=True)
     assert not [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 

@@ -149,7 +149,20 @@ def test_two_dimensional_and_nan_files_are_refused(tmp_path):
         read_volume(write_volume(nan, tmp_path / "nan.nrrd"))
 
 
-def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, data_name", [("ct.nhdr", "ct.raw.gz"), ("ct.mhd", "ct.zraw")])
+def test_detached_header_names_its_data_file_after_itself(tmp_path, name, data_name):
+    """A header and its data file keep their final names (not a temporary one) and a second write
+    replaces both, leaving nothing else in the folder."""
+    volume = _oblique_volume()
+    for _ in range(2):
+        back = read_volume(write_volume(volume, tmp_path / name))
+    np.testing.assert_array_equal(back.array, volume.array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, data_name])
+    assert data_name in (tmp_path / name).read_text()
+
+
+@pytest.mark.parametrize("name", ["out.nrrd", "out.nhdr"])
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch, name):
     volume = _oblique_volume()
 
     def failing_write(*args, **kwargs):
@@ -157,7 +170,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sitk, "WriteImage", failing_write)
     with pytest.raises(RuntimeError):
-        write_volume(volume, tmp_path / "out.nrrd")
+        write_volume(volume, tmp_path / name)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -59,6 +59,23 @@ def test_synthetic_is_false_without_case_json(cohort, tmp_path):
     assert not any(r.synthetic for r in read_manifest(folder / "manifest.csv", ["arterial"]))
 
 
+def test_a_case_id_naming_another_folder_finds_no_phantom_marker_there(cohort, tmp_path):
+    """The marker is looked for beside the case's own files: case id '../marked/x' must not read
+    ``../marked/x_case.json``."""
+    folder = tmp_path / "copy"
+    shutil.copytree(cohort.parent, folder)
+    for info in folder.glob("*_case.json"):
+        info.unlink()
+    (tmp_path / "marked").mkdir()
+    (tmp_path / "marked" / "x_case.json").write_text('{"synthetic": true}')
+    rows = _rows(folder / "manifest.csv")
+    rows[0]["case_id"] = "../marked/x"
+    rows[0]["arterial"] = str(folder / rows[0]["arterial"])
+    rows[0]["segmentation"] = str(folder / rows[0]["segmentation"])
+    manifest = _write(folder / "manifest_x.csv", rows)
+    assert not any(r.synthetic for r in read_manifest(manifest, ["arterial"]))
+
+
 def test_blank_segment_becomes_the_first_segment(cohort, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(cohort.parent, folder)

@@ -20,29 +20,13 @@ import pydicom
 import pytest
 
 import orthanc_server
-from dicom_case import identified_ct, tumour_masks, write_segmentation
+from dicom_case import identified_ct, tumour_masks, write_dicom_seg, write_segmentation
 from TACEResponseLib.cli import main
 from TACEResponseLib.imaging.volume_io import read_volume
 from TACEResponseLib.prediction.results import PredictionResult
 
 pytestmark = pytest.mark.skipif(bool(orthanc_server.missing()), reason=orthanc_server.missing() or "")
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
-    server = orthanc_server.start(tmp_path_factory.mktemp("orthanc"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture()
-def login(pacs, tmp_path, monkeypatch):
-    """The PACS password in the environment (as a site would set it), never on a command line."""
-    monkeypatch.setenv("TACE_PACS_USER", orthanc_server.USER)
-    monkeypatch.setenv("TACE_PACS_PASSWORD", pacs.password)
-    return pacs
+# the PACS: conftest's ``pacs`` (one Orthanc for the session) and ``login`` (its password in the environment)
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +164,39 @@ def test_batch_reads_studies_from_the_pacs_and_sends_each_case_back(login, study
         assert written["case_id"] == case and {o["sop_instance_uid"] for o in written["objects"]} <= pacs.instance_uids()
     said = _ok(capsys, argv)  # a rerun fetches, predicts and writes nothing again
     assert "2 cases: 0 predicted now, 2 already done" in said
+
+
+@pytest.mark.slow
+def test_batch_reads_each_cases_tumours_from_a_seg_series_of_its_study(login, study, tmp_path, capsys):
+    """A radiologist's DICOM SEG stored beside the CT: ``pacs:SEG_SERIES_UID`` in the manifest's segmentation
+    column is fetched with the case's study, and predicts what the same tumours from a file predict."""
+    pacs = login
+    seg = write_dicom_seg(study["ct"], tmp_path / "radiologist" / "seg.dcm")
+    seg_series = str(pydicom.dcmread(seg, stop_before_pixels=True).SeriesInstanceUID)
+    _ok(capsys, ["pacs", "send", str(study["ct"]), "--to", pacs.url])
+    _ok(capsys, ["pacs", "send", str(seg.parent), "--to", pacs.dimse])
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text("case_id,arterial,segmentation\n"
+                        f"from_pacs,{study['uid']},pacs:{seg_series}\n"
+                        f"from_file,{study['uid']}/{study['series']},{study['seg']}\n")
+    out = tmp_path / "out"
+    argv = ["batch", "--manifest", str(manifest), "--output", str(out), "--workers", "0", "--backend", "torch",
+            "--tta", "2", "--no-progress", "--pacs", pacs.url]
+    said = _ok(capsys, argv)
+    assert "2 cases: 2 predicted now, 0 already done, 0 failed" in said
+    fetched = list((out / "pacs-images" / "from_pacs" / "segmentation").glob("*.dcm"))
+    assert [str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID) for f in fetched] == [seg_series]
+    from_pacs, from_file = (PredictionResult.load_json(out / "cases" / case / "result.json")
+                            for case in ("from_pacs", "from_file"))
+    assert [t.label for t in from_pacs.tumours] == [t.label for t in from_file.tumours] == ["Tumour #1", "Tumour #2"]
+    for a, b in zip(from_pacs.tumours, from_file.tumours):
+        assert a.volume_ml == pytest.approx(b.volume_ml, rel=1e-9)
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+    assert "2 cases: 0 predicted now, 2 already done" in _ok(capsys, argv)  # nothing fetched or predicted again
+    # a pacs: cell naming the CT series, not a SEG: one error naming the case
+    manifest.write_text(f"case_id,arterial,segmentation\nwrong,{study['uid']},pacs:{study['series']}\n")
+    error = _one_error(capsys, argv[:4] + [str(tmp_path / "out2")] + argv[5:])
+    assert f"case wrong: segmentation pacs:{study['series']}" in error and "is not a DICOM SEG" in error
 
 
 # --- a PACS that says no, or is not there ---------------------------------------------------------------

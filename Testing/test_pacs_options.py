@@ -115,11 +115,19 @@ def dicom_folder(tmp_path):
      ["--segmentation pacs:1.2.3", "--pacs and --study"]),
     (["predict", "--segmentation", "pacs:x.y", "--output", "{out}", "--pacs", "http://127.0.0.1:9/dicom-web",
       "--study", "1.2.3"], ["--segmentation pacs:", "not a DICOM UID"]),
+    (["batch", "--manifest", "{seg_from_pacs}", "--output", "{out}"],
+     ["{seg_from_pacs}, case c1: segmentation pacs:1.2.3 is a SEG series on a PACS; give --pacs"]),
+    (["batch", "--manifest", "{bad_seg_uid}", "--output", "{out}", "--pacs", "http://127.0.0.1:9/dicom-web"],
+     ["{bad_seg_uid}, case c1: segmentation pacs: 'x.y': not a DICOM UID"]),
 ])
 def test_bad_pacs_options_are_one_error_before_any_work(argv, words, dicom_folder, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     names = {"missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty"), "dicom": str(dicom_folder),
-             "out": str(tmp_path / "out")}
+             "out": str(tmp_path / "out"), "seg_from_pacs": str(tmp_path / "seg_from_pacs.csv"),
+             "bad_seg_uid": str(tmp_path / "bad_seg_uid.csv")}
+    for name, cell in (("seg_from_pacs", "pacs:1.2.3"), ("bad_seg_uid", "pacs:x.y")):
+        with open(names[name], "w") as handle:
+            handle.write(f"case_id,arterial,segmentation\nc1,1.2.826.0.1.3680043.8.498.1,{cell}\n")
     assert main([a.format(**names) for a in argv]) == 2
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]

@@ -204,6 +204,32 @@ def test_through_plane_resampling_picks_the_neighbours_1_mm_apart():
         np.testing.assert_allclose(resampled.images[n], direct.images[match[0]], atol=1e-4)
 
 
+def test_a_case_with_thicker_slices_than_the_model_samples_is_warned_about(tmp_path):
+    """Peng's 1 mm resampling on a 5 mm CT: the prediction says its patches are interpolated; a 1 mm CT
+    and a model that keeps the acquired slices get no such warning."""
+    from conftest import make_random_bundle
+
+    from TACEResponseLib.networks.bundle import CARD_FILE, load_bundle
+    from TACEResponseLib.prediction.predictor import Predictor
+
+    bundle = make_random_bundle(tmp_path / "peng", seed=1, size=32)
+    card = json.loads((bundle.path / CARD_FILE).read_text())
+    card["patch_spec"]["slice_spacing_mm"] = 1.0
+    (bundle.path / CARD_FILE).write_text(json.dumps(card))
+    resampling = Predictor(load_bundle(bundle.path), device="cpu", cam_method="none")
+    as_acquired = Predictor(make_random_bundle(tmp_path / "plain", seed=1, size=32), device="cpu", cam_method="none")
+    thick = make_phantom("SD", shape_kji=(20, 80, 80), spacing_ijk=(1.0, 1.0, 5.0), seed=3)
+    thin = make_phantom("SD", shape_kji=(40, 80, 80), spacing_ijk=(1.0, 1.0, 1.0), seed=3)
+
+    def interpolated(predictor, case):
+        result = predictor.predict([case.phases["arterial"]], case.segmentation)
+        return [w for w in result.warnings if "interpolated" in w]
+
+    warned = interpolated(resampling, thick)
+    assert len(warned) == 1 and "slices 5 mm apart, resampled to the model's 1 mm" in warned[0]
+    assert interpolated(resampling, thin) == [] and interpolated(as_acquired, thick) == []
+
+
 def _imagenet_like(path: Path, architecture: str) -> Path:
     """A torchvision-layout state dict with seeded random weights, standing in for an ImageNet file."""
     from TACEResponseLib.networks.architectures import build_network

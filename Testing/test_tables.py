@@ -24,10 +24,14 @@ def write_ods(path: Path, sheets: dict[str, list[list]]) -> Path:
             return f'<table:table-cell office:value-type="float" office:value="{value}"><text:p>{value}</text:p></table:table-cell>'
         return f'<table:table-cell office:value-type="string"><text:p>{escape(str(value))}</text:p></table:table-cell>'
 
-    tables = "".join(
+    return write_ods_xml(path, "".join(
         f'<table:table table:name="{escape(name)}">'
         + "".join("<table:table-row>" + "".join(cell(v) for v in row) + "</table:table-row>" for row in rows)
-        + "</table:table>" for name, rows in sheets.items())
+        + "</table:table>" for name, rows in sheets.items()))
+
+
+def write_ods_xml(path: Path, tables: str) -> Path:
+    """An OpenDocument spreadsheet around ``tables``, the ``<table:table>`` elements as written."""
     content = ('<?xml version="1.0" encoding="UTF-8"?><office:document-content '
                'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
                'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" '

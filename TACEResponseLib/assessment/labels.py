@@ -19,8 +19,6 @@ assessment (JSON, overlays, viable segmentations) is kept there and reused when 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -30,7 +28,8 @@ from typing import Callable
 
 from TACEResponseLib.assessment.criteria import CRITERIA
 from TACEResponseLib.core.errors import InputError, TACEResponseError
-from TACEResponseLib.core.files import content_fingerprint, safe_file_name, write_text_atomic
+from TACEResponseLib.core.files import content_fingerprint, safe_file_name, write_csv_atomic, write_text_atomic
+from TACEResponseLib.imaging.manifest import read_manifest_rows
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +69,8 @@ def _resolve(base: Path, text: str) -> Path:
 def read_visits(path: str | os.PathLike) -> list[PatientVisits]:
     """The patients of a visits manifest, each with its baseline first; one InputError lists every problem."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: visits manifest does not exist")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            reader.fieldnames = [c.strip() for c in (reader.fieldnames or [])]
-            rows = list(reader)
-            columns = list(reader.fieldnames)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: cannot be read as a CSV visits manifest ({exc})") from None
-    missing = [c for c in REQUIRED if c not in columns]
-    if missing:
-        raise InputError(f"{path}: visits manifest lacks column(s) {missing}; it has {columns}")
-    if not rows:
-        raise InputError(f"{path}: visits manifest has no rows")
+    rows = read_manifest_rows(path, REQUIRED, "visits manifest")
+    columns = list(rows[0])
     problems: list[str] = []
     patients: dict[str, list[VisitRow]] = {}
     for line, raw in enumerate(rows, start=2):
@@ -226,9 +212,5 @@ def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns or ["case_id"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+    write_csv_atomic(path, columns or ["case_id"], rows)
 

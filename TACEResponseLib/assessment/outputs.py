@@ -7,14 +7,13 @@ Everything is computed before anything is written; each file is written atomical
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
 from TACEResponseLib.assessment.criteria import CRITERIA, format_change
 from TACEResponseLib.assessment.figures import lesion_overlay
 from TACEResponseLib.assessment.series import SeriesAssessment, image_window, viable_segmentation
+from TACEResponseLib.core.files import csv_text as spreadsheet_csv_text
 from TACEResponseLib.core.files import safe_file_name, write_json_atomic, write_text_atomic
 from TACEResponseLib.imaging.segmentation import write_segmentation
 
@@ -31,12 +30,10 @@ def _pct(value: float | None) -> str:
 
 def csv_text(assessment: SeriesAssessment) -> str:
     """One row per follow-up and criterion (the responses), numbers as computed."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
+    rows = []
     for visit in assessment.followups:
         for name, r in visit.responses.items():
-            writer.writerow({
+            rows.append({
                 "visit": visit.name, "criterion": name, "category": r.category, "sum": f"{r.total:.4f}", "unit": r.unit,
                 "sum_sd": f"{r.total_sd:.4f}", "baseline": f"{r.baseline:.4f}", "nadir": f"{r.nadir:.4f}",
                 "nadir_visit": r.nadir_visit, "change_from_baseline_pct": _pct(r.change_from_baseline),
@@ -44,7 +41,7 @@ def csv_text(assessment: SeriesAssessment) -> str:
                 "change_from_nadir_pct": _pct(r.change_from_nadir), "change_from_nadir_sd_pct": _pct(r.change_from_nadir_sd),
                 "near_threshold": int(r.near_threshold), "could_be": " ".join(r.could_be), "new_lesion": int(r.new_lesion),
                 "manual": int(r.manual), "reason": r.reason})
-    return buffer.getvalue()
+    return spreadsheet_csv_text(CSV_COLUMNS, rows)
 
 
 def response_text(r) -> str:

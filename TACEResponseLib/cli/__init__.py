@@ -163,8 +163,15 @@ def renamed(argv: Sequence[str]) -> tuple[list[str], str | None]:
 
 
 def one_line(message: str) -> str:
-    """A message on one line (lists of problems joined with "; ")."""
-    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    """A message on one line: its lines joined with "; ", a list's "- " bullets dropped, and the line that
+    introduces a list (ending in ":") followed by a space ("table: 2 problem(s): A; B")."""
+    text = ""
+    for line in message.splitlines():
+        line = line.strip()
+        line = line[2:].lstrip() if line.startswith("- ") else line
+        if line:
+            text += line if not text else (" " if text.endswith(":") else "; ") + line
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

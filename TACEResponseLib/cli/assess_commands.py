@@ -8,9 +8,10 @@ import json
 import logging
 from pathlib import Path
 
+from TACEResponseLib.cli import pacs_commands
 from TACEResponseLib.cli.common import Command, check_inputs_exist, number
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import atomic_folder, check_output_file, check_output_folder
+from TACEResponseLib.core.files import atomic_folder, check_output_file, check_output_folder, relocated
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ def cmd_assess(args: argparse.Namespace) -> int:
     new = set(args.new_lesion or [])
     if any(n > len(followups) for n in new):
         raise InputError(f"--new-lesion {max(new)}: there are {len(followups)} follow-up(s)")
+    pacs_commands.check_assess_options(args, [("--baseline", args.baseline[0])] + [
+        (f"--followup {n}", images[0]) for n, images in enumerate(followups, start=1)])
     options = _options(args)
     matches = _matches(args.match, len(followups))
     visits = [read_visit("baseline", args.baseline, args.baseline_segmentation)]
@@ -103,8 +106,13 @@ def cmd_assess(args: argparse.Namespace) -> int:
     assessment = assess_series(visits, options)
     with atomic_folder(out, last=["assessment.json"]) as staging:  # all of it, or the folder as it was
         write_assessment(assessment, staging)
+        dicom = pacs_commands.assess_results(args, assessment, staging)
     print("\n".join(summary_lines(assessment)))
     print(f"→ {out / 'assessment.json'}")
+    if dicom is not None:
+        dicom = relocated(dicom, staging, out) if dicom.is_relative_to(staging) else dicom
+        print(f"DICOM results → {dicom}")
+        pacs_commands.send_assess_results(args, dicom)
     return 0
 
 
@@ -178,6 +186,7 @@ def _assess_args(p: argparse.ArgumentParser) -> None:
                    help="at follow-up N, baseline lesion BASELINE is follow-up lesion FOLLOWUP (empty: not present); "
                         "overrides the matching by overlap (repeatable)")
     _assessment_options(p)
+    pacs_commands.assess_pacs_arguments(p)
 
 
 def _cohort_label_args(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,8 @@
   captures (:mod:`TACEResponseLib.pacs.export`), beside the usual files; DICOM input only.
 - ``--pacs URL|AET@HOST:PORT`` with ``--study UID`` (``predict``): the images are fetched from the PACS
   (WADO-RS or C-GET); ``batch --pacs`` reads ``STUDY_UID`` or ``STUDY_UID/SERIES_UID`` in the
-  manifest's image columns.
+  manifest's image columns. The tumours may be a DICOM SEG series of the study: ``--segmentation
+  pacs:SERIES_UID`` (``predict``), a ``segmentation`` cell ``pacs:SERIES_UID`` (``batch``).
 - ``--send-results``: the DICOM results are sent back to the same PACS.
 - ``--credentials FILE`` (or ``$TACE_PACS_USER``/``$TACE_PACS_PASSWORD``, ``$TACE_PACS_TOKEN``),
   ``--calling-aet``, ``--pacs-timeout``.
@@ -64,7 +65,9 @@ def case_pacs_arguments(p: argparse.ArgumentParser, batch: bool = False) -> None
                                 "a volume saved as NRRD): its folder, or its files (repeatable)")
     group.add_argument("--pacs", default=None, metavar="URL|AET@HOST:PORT",
                        help="read the images from this PACS (DICOMweb URL, or DIMSE peer)"
-                            + (": the manifest's image columns hold STUDY_UID or STUDY_UID/SERIES_UID" if batch
+                            + (": the manifest's image columns hold STUDY_UID or STUDY_UID/SERIES_UID, its "
+                               "segmentation column a file or pacs:SERIES_UID (a DICOM SEG series of the case's study)"
+                               if batch
                                else " instead of --image"))
     if not batch:
         group.add_argument("--study", default=None, metavar="UID", help="Study Instance UID to read from --pacs")
@@ -162,7 +165,7 @@ def case_images(args: argparse.Namespace, bundle) -> Iterator[list[str]]:
             raise InputError("no image given: --image PATH (or --pacs with --study)")
         yield list(args.image)
         return
-    from TACEResponseLib.pacs.transfer import fetch_study_series
+    from TACEResponseLib.pacs.transfer import fetch_segmentation_series, fetch_study_series
 
     endpoint = endpoint_from(args)
     inputs = bundle.card.inputs
@@ -171,8 +174,7 @@ def case_images(args: argparse.Namespace, bundle) -> Iterator[list[str]]:
                                      sorted({p.modality for p in inputs if p.modality}), folder)
         if str(args.segmentation).startswith(SEG_FROM_PACS):  # the study's DICOM SEG as the tumours
             uid = str(args.segmentation)[len(SEG_FROM_PACS):]
-            (seg,) = fetch_study_series(endpoint, args.study, [uid], 1, ["SEG"], Path(folder) / "segmentation")
-            args.segmentation = str(seg)
+            args.segmentation = str(fetch_segmentation_series(endpoint, args.study, uid, Path(folder) / "segmentation"))
         print(f"fetched {len(folders)} series of study {args.study} from {endpoint}")
         yield [str(f) for f in folders]
 
@@ -202,29 +204,55 @@ def send_or_fail(folder: Path, endpoint) -> None:
 
 
 # --- batch ------------------------------------------------------------------------------------------
+def _pacs_segmentations(manifest: str | Path) -> list[tuple[str, str]]:
+    """``(case id, cell)`` of the manifest's ``pacs:`` segmentation cells (none when it cannot be read as CSV:
+    the batch's own reader then says what is wrong with it)."""
+    from TACEResponseLib.imaging.manifest import read_manifest_rows
+
+    try:
+        rows = read_manifest_rows(Path(manifest), ())
+    except InputError:
+        return []
+    return [(row.get("case_id") or "", (row.get("segmentation") or "").strip()) for row in rows
+            if (row.get("segmentation") or "").strip().startswith(SEG_FROM_PACS)]
+
+
 def batch_manifest(args: argparse.Namespace, bundle, output: Path) -> str:
     """The manifest ``batch`` runs: as given, or with ``--pacs`` a copy under OUTPUT whose image cells
     (``STUDY_UID`` or ``STUDY_UID/SERIES_UID``) are replaced by the series fetched into
-    ``OUTPUT/pacs-images/CASE/PHASE`` (kept: a rerun fetches nothing again)."""
+    ``OUTPUT/pacs-images/CASE/PHASE``, and whose ``pacs:SERIES_UID`` segmentation cells (a DICOM SEG series of
+    the case's study: its reference image's) by that series fetched into ``OUTPUT/pacs-images/CASE/segmentation``
+    (kept: a rerun fetches nothing again)."""
     if not args.pacs:
+        found = _pacs_segmentations(args.manifest)
+        if found:
+            case, cell = found[0]
+            raise InputError(f"{args.manifest}, case {case}: segmentation {cell} is a SEG series on a PACS; give "
+                             "--pacs (the images' studies are read from it too)")
         return args.manifest
     from TACEResponseLib.core.files import atomic_path, safe_file_name
-    from TACEResponseLib.pacs.transfer import fetch_study_series
+    from TACEResponseLib.pacs.transfer import fetch_segmentation_series, fetch_study_series
 
     endpoint = endpoint_from(args)
     manifest = Path(args.manifest)
     phases = [p.name for p in bundle.card.inputs]
     modalities = sorted({p.modality for p in bundle.card.inputs if p.modality})
-    with open(manifest, newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-        columns = list(rows[0].keys()) if rows else []
-    missing = [p for p in phases if p not in columns]
-    if missing or not rows:
-        raise InputError(f"{manifest}: {'no cases' if not rows else 'no column ' + ', '.join(missing)}; with --pacs "
-                         f"each of {', '.join(phases)} holds STUDY_UID or STUDY_UID/SERIES_UID")
+    from TACEResponseLib.imaging.manifest import read_manifest_rows
+
+    try:
+        rows = read_manifest_rows(manifest, phases)
+    except InputError as exc:
+        raise InputError(f"{exc}; with --pacs each of {', '.join(phases)} holds STUDY_UID or STUDY_UID/SERIES_UID") \
+            from None
+    columns = [c for c in rows[0] if c is not None]  # None: the cells of a row longer than the header
+    from TACEResponseLib.pacs.transfer import check_uid
+
+    for case, cell in _pacs_segmentations(manifest):  # before anything connects
+        check_uid(cell[len(SEG_FROM_PACS):], f"{manifest}, case {case}: segmentation pacs:")
     output.mkdir(parents=True, exist_ok=True)
     for row in rows:
         case = safe_file_name(row.get("case_id") or "case")
+        studies = []
         for phase in phases:
             study, _, series = (row.get(phase) or "").strip().partition("/")
             if not study:
@@ -232,12 +260,18 @@ def batch_manifest(args: argparse.Namespace, bundle, output: Path) -> str:
             (folder,) = fetch_study_series(endpoint, study, [series] if series else None, 1, modalities,
                                            output / "pacs-images" / case / phase)
             row[phase] = str(folder)
-        if row.get("segmentation") and not Path(row["segmentation"]).is_absolute():
-            row["segmentation"] = str((manifest.parent / row["segmentation"]).resolve())
+            studies.append(study)
+        segmentation = (row.get("segmentation") or "").strip()
+        if segmentation.startswith(SEG_FROM_PACS) and studies:  # the tumours: a SEG series of the reference's study
+            row["segmentation"] = str(fetch_segmentation_series(
+                endpoint, studies[0], segmentation[len(SEG_FROM_PACS):], output / "pacs-images" / case / "segmentation",
+                f"{manifest}, case {row.get('case_id')}: segmentation pacs:"))
+        elif segmentation and not segmentation.startswith(SEG_FROM_PACS) and not Path(segmentation).is_absolute():
+            row["segmentation"] = str((manifest.parent / segmentation).resolve())
     local = output / "pacs-manifest.csv"
     with atomic_path(local) as temporary:
         with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
     print(f"fetched the images of {len(rows)} case(s) from {endpoint} → {output / 'pacs-images'}")
@@ -278,6 +312,68 @@ def batch_results(args: argparse.Namespace, manifest: str, bundle, output: Path)
             print(f"case {case.case_id}: DICOM results not {stage}: {exc}")
     print(f"DICOM results of {written} case(s) → {folder}" + (f"; {failed} case(s) failed" if failed else ""))
     return failed
+
+
+# --- assess -----------------------------------------------------------------------------------------
+def assess_pacs_arguments(p: argparse.ArgumentParser) -> None:
+    """``assess``'s ``--dicom-out``, ``--send-results`` with ``--to``, and the connection options."""
+    group = p.add_argument_group("DICOM results and PACS")
+    group.add_argument("--dicom-out", default=None, metavar="DIR",
+                       help="also write each visit's results as DICOM into DIR/VISIT, in that visit's study: SEG of the "
+                            "target lesions and their viable parts, TID 1500 report of the measurements and responses, "
+                            "secondary captures of the overlays; the arterial images must be DICOM")
+    group.add_argument("--send-results", action="store_true",
+                       help="send the DICOM results to the PACS of --to (into --dicom-out, else OUTPUT/dicom)")
+    group.add_argument("--to", default=None, metavar="URL|AET@HOST:PORT",
+                       help="the PACS to send the results to: a DICOMweb URL (STOW-RS) or a DIMSE peer (C-STORE)")
+    connection_arguments(group)
+
+
+def check_assess_options(args: argparse.Namespace, arterial: Sequence[tuple[str, str]]) -> None:
+    """Before any work: ``--send-results`` with ``--to`` (the PACS and its credentials), the DICOM output folder,
+    and every visit's arterial image DICOM with the identifiers results refer to. ``arterial``: (option, path)."""
+    from TACEResponseLib.core.files import check_output_folder
+
+    quiet_libraries(args)
+    if args.send_results and not args.to:
+        raise InputError("--send-results: no PACS to send to; give --to URL|AET@HOST:PORT")
+    if args.to and not args.send_results:
+        raise InputError("--to names the PACS --send-results sends to; give --send-results too")
+    if args.send_results:
+        endpoint_from(args, "--to", args.to)
+    if dicom_folder(args, ".") is None:
+        return
+    from TACEResponseLib.pacs.source import check_dicom_reference, check_dicom_writer
+
+    check_dicom_writer()
+    if args.dicom_out is not None:
+        check_output_folder(args.dicom_out, "--dicom-out")
+    for option, path in arterial:
+        try:
+            check_dicom_reference(path)
+        except InputError as exc:
+            raise InputError(f"{option} {path}: {exc}") from None
+
+
+def assess_results(args: argparse.Namespace, assessment, staging: Path) -> Path | None:
+    """``--dicom-out`` / ``--send-results`` of ``assess``: each visit's DICOM objects, written while the
+    assessment's folder is staged (``staging``: its overlays become the secondary captures; without
+    --dicom-out the objects go into it, under ``dicom``). Returns the folder written, or None."""
+    folder = Path(args.dicom_out) if args.dicom_out is not None else (staging / DICOM_FOLDER if args.send_results
+                                                                       else None)
+    if folder is None:
+        return None
+    from TACEResponseLib.pacs.assessment_report import write_assessment_dicom
+
+    written = write_assessment_dicom(assessment, folder, overlays=staging)
+    for visit, index in written.items():
+        print(f"{visit}: {index.summary()}")
+    return folder
+
+
+def send_assess_results(args: argparse.Namespace, folder: Path | None) -> None:
+    if args.send_results and folder is not None:
+        send_or_fail(folder, endpoint_from(args, "--to", args.to))
 
 
 # --- the pacs group ---------------------------------------------------------------------------------

@@ -202,18 +202,55 @@ def spreadsheet_safe(value: Any) -> Any:
         return "'" + value
 
 
+def from_spreadsheet_safe(value: Any) -> Any:
+    """The cell :func:`spreadsheet_safe` was given, read back from a CSV this package wrote (its leading
+    apostrophe removed), so an id such as ``-7`` or ``=A1`` matches the same id in the user's own tables."""
+    if isinstance(value, str) and value.startswith("'") and spreadsheet_safe(value[1:]) == value:
+        return value[1:]
+    return value
+
+
+def csv_text(columns: Iterable[str], rows: Iterable[dict], extrasaction: str = "raise") -> str:
+    """Rows of dicts as CSV text (a header of ``columns``), every cell and column name :func:`spreadsheet_safe`:
+    what every CSV output of this package goes through."""
+    import csv
+    import io
+
+    columns = list(columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction=extrasaction, lineterminator="\n")
+    writer.writerow({column: spreadsheet_safe(column) for column in columns})
+    writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
 def write_csv_atomic(path: str | os.PathLike, columns: Iterable[str], rows: Iterable[dict],
                      extrasaction: str = "raise") -> Path:
-    """Write rows of dicts as CSV (a header of ``columns``), every cell :func:`spreadsheet_safe`, atomically."""
-    import csv
+    """Write rows of dicts as CSV (:func:`csv_text`: every cell :func:`spreadsheet_safe`), atomically."""
+    return write_text_atomic(path, csv_text(columns, rows, extrasaction))
 
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction=extrasaction)
-            writer.writeheader()
-            writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
-    return path
+
+def spreadsheet_safe_frame(frame):
+    """A copy of a pandas DataFrame to write with ``to_csv``: its text cells, index labels and column names
+    :func:`spreadsheet_safe` (numbers untouched; :func:`from_spreadsheet_safe` undoes it on reading)."""
+    safe = frame.copy(deep=False)
+    for position, dtype in enumerate(safe.dtypes):
+        if dtype == object or str(dtype) in ("string", "category"):
+            safe.isetitem(position, safe.iloc[:, position].astype(object).map(spreadsheet_safe))
+    safe.index = safe.index.map(spreadsheet_safe)
+    safe.columns = safe.columns.map(spreadsheet_safe)
+    return safe
+
+
+def from_spreadsheet_safe_frame(frame):
+    """A DataFrame read from a CSV :func:`spreadsheet_safe_frame` wrote, its text cells, index labels and column
+    names as they were (:func:`from_spreadsheet_safe`)."""
+    for position, dtype in enumerate(frame.dtypes):
+        if dtype == object:
+            frame.isetitem(position, frame.iloc[:, position].map(from_spreadsheet_safe))
+    frame.index = frame.index.map(from_spreadsheet_safe)
+    frame.columns = frame.columns.map(from_spreadsheet_safe)
+    return frame
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:

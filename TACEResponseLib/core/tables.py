@@ -10,17 +10,23 @@ A workbook's sheet is chosen with ``sheet=`` or as ``FILE.xlsx#SHEET`` (the CLI'
 writes that); the first sheet otherwise. Workbooks are read through pandas with the calamine
 engine (python-calamine, from PyPI: .xlsx, .xlsm, .xls, .ods), or openpyxl for .xlsx when calamine
 is missing. Units stay explicit: nothing here converts a value.
+
+A table from elsewhere is measured before pandas or calamine reads it
+(:func:`~TACEResponseLib.core.table_limits.check_table_file`: cells, inflated bytes, expanded text), since
+calamine trusts what a workbook declares. Column names that appear twice are an error rather than
+pandas' silent ``age.1``.
 """
 
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from TACEResponseLib.core.errors import InputError
+from TACEResponseLib.core.table_limits import MAX_SHEET_CELLS, WORKBOOK_SUFFIXES, check_table_file
 
-WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods")
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 MAX_SHOWN = 5
 
@@ -69,21 +75,27 @@ def read_table(path: str | os.PathLike, *, what: str = "table", sheet: str | Non
         raise InputError(f"{label}: is empty (0 bytes)")
     text_columns = list(dict.fromkeys([*text_columns]))
     suffix = file.suffix.lower()
+    encoding, cells = check_table_file(file, label, numeric=numeric == "*")
     try:
         if suffix in WORKBOOK_SUFFIXES:
-            frame = _read_workbook(file, sheet, label, text_columns)
+            frame, header = _read_workbook(file, sheet, label, text_columns)
         else:
             if sheet:
                 raise InputError(f"{label}: a sheet is chosen, but {file.name} is not a workbook (.xlsx, .xls, .ods)")
-            frame = pd.read_csv(file, sep=None if suffix in (".tsv", ".txt") else ",", engine="python"
-                                if suffix in (".tsv", ".txt") else "c", encoding="utf-8-sig",
-                                dtype={c: str for c in text_columns} or None, float_precision=float_precision)
+            options = dict(sep=None if suffix in (".tsv", ".txt") else ",", encoding=encoding,
+                           engine="python" if suffix in (".tsv", ".txt") or encoding != "utf-8-sig" else "c")
+            dtype: Any = {c: str for c in text_columns} or None
+            if numeric == "*" and cells > MAX_SHEET_CELLS:  # numbers as they are parsed: no Python object per cell
+                dtype = defaultdict(lambda: "float64", dtype or {})
+            frame = pd.read_csv(file, dtype=dtype, float_precision=float_precision, **options)
+            header = pd.read_csv(file, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
     except InputError:
         raise
     except pd.errors.EmptyDataError:
         raise InputError(f"{label}: is empty (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
         raise InputError(f"{label}: cannot be read as a table ({_first_line(exc)})") from None
+    _check_unique_columns(label, [] if header.empty else list(header.iloc[0]))
     frame.columns = [str(c).strip() for c in frame.columns]
     frame = frame.dropna(how="all")  # workbooks end in blank formatted rows
     columns = list(frame.columns)
@@ -121,7 +133,27 @@ def _read_workbook(file: Path, sheet: str | None, label: str, text_columns: list
             raise InputError(f"{label}: the workbook has no sheet {sheet!r}; its sheets: {', '.join(names)}")
         if not names:
             raise InputError(f"{label}: the workbook has no sheets")
-        return workbook.parse(sheet if sheet is not None else names[0], dtype={c: object for c in text_columns} or None)
+        chosen = sheet if sheet is not None else names[0]
+        try:
+            return (workbook.parse(chosen, dtype={c: object for c in text_columns} or None),
+                    workbook.parse(chosen, header=None, nrows=1, dtype=object))
+        except BaseException as exc:  # calamine raises its own types, a Rust panic a BaseException
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
+            raise InputError(f"{label}: cannot be read as a workbook ({_first_line(exc)})") from None
+
+
+def _check_unique_columns(label: str, names: list) -> None:
+    """Refuse a header naming one column twice (pandas would read the second as ``NAME.1``)."""
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(names, start=1):
+        name = "" if raw is None or (isinstance(raw, float) and raw != raw) else str(raw).strip()
+        if not name:
+            continue
+        if name in seen:
+            raise InputError(f"{label}: column {name!r} appears twice (columns {seen[name]} and {number}); "
+                             "which one is meant? Rename one of them")
+        seen[name] = number
 
 
 def _engine(file: Path) -> str | None:

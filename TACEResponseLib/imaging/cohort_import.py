@@ -11,8 +11,6 @@ moved together.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -24,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import atomic_folder
+from TACEResponseLib.core.files import atomic_folder, csv_text
 from TACEResponseLib.imaging.dicom import SliceHeader, read_headers
 
 logger = logging.getLogger(__name__)
@@ -116,18 +114,27 @@ class DicomTree:
 
 def scan_dicom_tree(source: Path, patient_of_folder: Callable[[Path], str] | None = None) -> DicomTree:
     """Read every DICOM header under ``source`` (pydicom, pixels left on disk), grouped by PatientID
-    (else by ``patient_of_folder``). A folder that cannot be read is recorded against its patient."""
+    (else by ``patient_of_folder``). A folder that cannot be read is recorded against its patient, and so
+    are links to files or folders outside ``source``: they are not opened (a downloaded cohort could
+    otherwise make the import, and the predictions after it, read any file this user may read)."""
     by_patient: dict[str, list[SliceHeader]] = {}
     folder_of: dict[str, Path] = {}
     problems: dict[str, list[str]] = {}
     total = 0
-    for folder, _, files in sorted(os.walk(source)):
-        if not files:
-            continue
+    root = Path(os.path.realpath(source))
+    for folder, subfolders, files in sorted(os.walk(source)):
         folder = Path(folder)
         fallback = patient_of_folder(folder) if patient_of_folder else folder.name
+        outside = [str(folder / name) for name in [*subfolders, *files] if not link_inside(folder / name, root)]
+        if outside:
+            shown = ", ".join(os.path.relpath(p, source) for p in outside[:3]) + (" …" if len(outside) > 3 else "")
+            problems.setdefault(fallback, []).append(
+                f"{folder}: {len(outside)} link(s) to files or folders outside {source} not read ({shown}); copy "
+                "what they point to into the cohort folder")
+        if not files:
+            continue
         try:
-            headers = read_headers(folder)
+            headers = read_headers(folder, skip=set(outside))
         except InputError as exc:
             problems.setdefault(fallback, []).append(str(exc))
             continue
@@ -137,6 +144,14 @@ def scan_dicom_tree(source: Path, patient_of_folder: Callable[[Path], str] | Non
             folder_of[header.path] = folder
             total += os.path.getsize(header.path)
     return DicomTree(by_patient, folder_of, problems, total)
+
+
+def link_inside(path: Path, root: Path) -> bool:
+    """``path``, its links followed, lies under ``root`` (itself resolved): a cohort folder's link to a file
+    elsewhere is not read as one of its patients."""
+    if not os.path.islink(path):
+        return True
+    return Path(os.path.realpath(path)).is_relative_to(root)
 
 
 def image_reference(folder: Path, key: str, keys_in_folder: int, output: Path) -> str:
@@ -171,13 +186,8 @@ def classify_enhancement(aorta_hu: float, portal_hu: float) -> str:
 
 # --- writing ----------------------------------------------------------------------------------------------
 def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None or (isinstance(v, float) and not np.isfinite(v)) else v)
-                         for k, v in row.items()})
-    return buffer.getvalue()
+    return csv_text(columns, ({k: ("" if v is None or (isinstance(v, float) and not np.isfinite(v)) else v)
+                               for k, v in row.items()} for row in rows), extrasaction="ignore")
 
 
 def columns_of(rows: Iterable[dict[str, Any]], first: Sequence[str]) -> list[str]:

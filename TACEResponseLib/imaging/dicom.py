@@ -32,7 +32,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -185,9 +185,10 @@ def _dicom_files(folder: Path) -> list[str]:
     return [e.path for e in entries if e.is_file() and not e.name.startswith(".") and e.name.upper() != "DICOMDIR"]
 
 
-def read_headers(folder: str | os.PathLike) -> list[SliceHeader]:
-    """Every DICOM image header of ``folder`` (not its sub-folders); other files are skipped."""
-    return [h for h in (read_header(f) for f in _dicom_files(Path(folder))) if h is not None]
+def read_headers(folder: str | os.PathLike, skip: Collection[str] = ()) -> list[SliceHeader]:
+    """Every DICOM image header of ``folder`` (not its sub-folders); other files, and the paths in
+    ``skip``, are skipped (never opened)."""
+    return [h for h in (read_header(f) for f in _dicom_files(Path(folder)) if f not in skip) if h is not None]
 
 
 def list_series(folder: str | os.PathLike, headers: list[SliceHeader] | None = None) -> list[SeriesInfo]:

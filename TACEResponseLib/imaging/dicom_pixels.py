@@ -4,8 +4,14 @@ A DICOM header declares Rows × Columns × frames × samples × BitsAllocated; t
 states its own length, and the file may end before that. GDCM (SimpleITK) pads what is missing
 with zeros without a word, so a 4096² image with 64 bytes of pixels reads as a black image. Every
 DICOM file is checked here against what its header declares before any pixel is decoded
-(:func:`pixel_layout`). Compressed (encapsulated) pixel data carry no declared size: their
-decoder reports truncation itself.
+(:func:`pixel_layout`).
+
+Compressed (encapsulated) pixel data carry no length the header promises, but each frame's code
+stream declares its own size (JPEG and JPEG-LS in the SOF segment, JPEG 2000 in SIZ). GDCM believes
+the stream: 16 KB of JPEG declaring 30000 × 30000 pixels, in files whose header says 16 × 16, were
+decoded into 10 GB, past every decoding limit (which go by the header). So each frame's stream size
+must be the header's Rows × Columns, its components no more than SamplesPerPixel, and there must be
+a stream for every frame the header declares (:func:`check_encapsulated_frames`).
 
 Only pydicom (the header parser) is used here; nothing is decoded.
 """
@@ -13,6 +19,7 @@ Only pydicom (the header parser) is used here; nothing is decoded.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +106,12 @@ def pixel_layout(path: str | os.PathLike, dataset) -> PixelLayout | None:
     layout = PixelLayout(rows, columns, frames, samples, bits_allocated, bits_stored, signed,
                          str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper(), syntax,
                          offset, length)
-    if offset is None or syntax == DEFLATED:
-        return layout  # compressed: its decoder checks the stream
+    if offset is None:
+        if isinstance(element, RawDataElement):
+            check_encapsulated_frames(path, layout, int(element.value_tell))
+        return layout
+    if syntax == DEFLATED:
+        return layout  # deflated: zlib reports a truncated stream itself
     declared = layout.declared_bytes
     stored = os.path.getsize(path) - offset
     if length < declared or stored < declared:
@@ -108,3 +119,97 @@ def pixel_layout(path: str | os.PathLike, dataset) -> PixelLayout | None:
         raise InputError(f"{path}: truncated pixel data: the header declares {rows} × {columns} pixels × {frames} "
                          f"frame(s) × {bits_allocated} bits = {declared} bytes, the file holds {max(have, 0)}")
     return layout
+
+
+# --- compressed (encapsulated) pixel data -------------------------------------------------------------
+#: JPEG start-of-frame markers (baseline … lossless, arithmetic) and JPEG-LS's SOF55: height, width follow
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+#: transfer syntaxes whose every frame starts a fragment with a code stream this module reads
+#: (JPEG, JPEG-LS, JPEG 2000, HTJ2K) or an RLE header
+_FRAMED_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+                    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+                    "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5"}
+
+
+#: bytes of each fragment read to find its code stream's frame header (JPEG tables come before it)
+_HEAD_BYTES = 1 << 16
+
+
+def _fragment_heads(path: str | os.PathLike, value_at: int) -> list[bytes]:
+    """The first bytes of each fragment of the encapsulated pixel data whose value starts at byte
+    ``value_at`` of ``path`` (PS3.5 A.4: items after the Basic Offset Table), read item header by item
+    header, never the whole data; here rather than pydicom's ``generate_fragments``, which Slicer 5.10's
+    pydicom 2.4 lacks."""
+    heads = []
+    with open(path, "rb") as handle:
+        handle.seek(value_at)
+        first = True
+        while True:
+            item = handle.read(8)
+            if len(item) < 8:
+                break
+            group, element, length = struct.unpack("<HHL", item)
+            if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+                break  # the sequence delimiter, or damage the decoder will name
+            if not first:
+                heads.append(handle.read(min(length, _HEAD_BYTES)))
+                handle.seek(length - len(heads[-1]), os.SEEK_CUR)
+            else:
+                handle.seek(length, os.SEEK_CUR)
+            first = False
+    return heads
+
+
+def stream_size(fragment: bytes) -> tuple[int, int, int] | None:
+    """``(columns, rows, components)`` a frame's code stream declares (JPEG, JPEG-LS, JPEG 2000 /
+    HTJ2K, raw or in a JP2 box), ``(0, 0, 0)`` for an RLE frame (its size is the header's), or None
+    when ``fragment`` does not start a code stream this function reads."""
+    if len(fragment) >= 64 and 1 <= struct.unpack_from("<L", fragment)[0] <= 15 \
+            and struct.unpack_from("<L", fragment, 4)[0] == 64:
+        return (0, 0, 0)  # RLE: a header of segment offsets, the first segment at byte 64
+    if fragment.startswith(_JP2_SIGNATURE):
+        box = fragment.find(b"jp2c")
+        fragment = fragment[box + 4:] if box >= 0 else b""
+    if fragment.startswith(b"\xff\x4f\xff\x51") and len(fragment) >= 42:
+        x_size, y_size, x_origin, y_origin = struct.unpack_from(">LLLL", fragment, 8)
+        return (x_size - x_origin, y_size - y_origin, struct.unpack_from(">H", fragment, 40)[0])
+    if not fragment.startswith(b"\xff\xd8"):
+        return None
+    position = 2
+    while position + 4 <= len(fragment):
+        if fragment[position] != 0xFF:
+            return None
+        marker = fragment[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _JPEG_SOF and position + 10 <= len(fragment):
+            rows, columns = struct.unpack_from(">HH", fragment, position + 5)
+            return (columns, rows, fragment[position + 9])
+        if marker == 0xDA:  # scan data before any frame header
+            return None
+        position += 2 + struct.unpack_from(">H", fragment, position + 2)[0]
+    return None
+
+
+def check_encapsulated_frames(path: str | os.PathLike, layout: PixelLayout, value_at: int) -> None:
+    """Refuse compressed pixel data whose frames' code streams declare another size than the header's
+    Rows × Columns (or more components than SamplesPerPixel), or that hold fewer frames than the header
+    declares, before a decoder allocates what the stream says."""
+    starts = 0
+    for fragment in _fragment_heads(path, value_at):
+        size = stream_size(fragment)
+        if size is None:
+            continue  # a later fragment of a frame, or a code stream not read here
+        starts += 1
+        columns, rows, components = size
+        if (columns, rows) != (0, 0) and ((columns, rows) != (layout.columns, layout.rows)
+                                          or components > layout.samples):
+            raise InputError(f"{path}: the compressed pixel data of frame {starts} declare {columns} × {rows} pixels × "
+                             f"{components} component(s), the header {layout.columns} × {layout.rows} × "
+                             f"{layout.samples}; refused before decoding (damaged or forged)")
+    if layout.transfer_syntax in _FRAMED_SYNTAXES and starts < layout.frames:
+        raise InputError(f"{path}: truncated pixel data: the header declares {layout.frames} frame(s), the compressed "
+                         f"data hold {starts}")

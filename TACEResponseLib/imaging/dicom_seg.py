@@ -12,11 +12,19 @@ SCT 49755003 "Morphologically Altered Structure" / SCT 4147007 "Mass"). :func:`i
 decides which segments a blank choice means: tumours (mass, tumour, neoplasm, carcinoma, lesion),
 never the liver, vessels or necrosis. FRACTIONAL segments are thresholded at 0.5 (said in a
 warning); values beyond the maximum fractional value are refused.
+
+What a SEG declares is checked before highdicom allocates it: at most :data:`MAX_SEGMENTS` segments
+(20,000 segment descriptions in 4 MB kept a reader busy for hours), frames referencing only described
+segments, and the volume its frames span — whose slices between far-apart frames highdicom fills
+with zeros (6 KB of SEG whose last frame lies 4 km away decoded into 4 GB) — times its segments
+within the reading limits (:func:`~.image_headers.check_decoded_size`); its voxel size must be one a
+scan has (:func:`~.sanity.check_spacing`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +33,9 @@ import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.imaging.dicom_pixels import pixel_layout, read_dataset
-from TACEResponseLib.imaging.geometry import LPS_TO_RAS
+from TACEResponseLib.imaging.geometry import LPS_TO_RAS, Volume
+from TACEResponseLib.imaging.image_headers import check_decoded_size
+from TACEResponseLib.imaging.sanity import check_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +49,10 @@ TUMOUR_CODES = {"4147007", "M-03000",          # Mass
                 "52988006", "M-01000"}         # Lesion
 #: words of a segment's label or type meaning that make it a tumour, and words that never do
 TUMOUR_WORDS = ("mass", "tumor", "tumour", "neoplasm", "carcinoma", "hcc", "lesion", "nodule")
+#: the most segments a SEG may describe (TotalSegmentator's whole-body SEG has 117)
+MAX_SEGMENTS = 512
+#: decoded bytes per voxel and segment while reading: the frames as stored (uint8), then one boolean mask each
+BYTES_PER_SEGMENT_VOXEL = 2
 NOT_TUMOUR_WORDS = ("necros", "liver", "vein", "artery", "aorta", "vessel", "vascular", "portal", "spleen", "kidney",
                     "background")
 
@@ -145,6 +159,7 @@ def read_dicom_seg(path: str | os.PathLike) -> SegData:
         raise InputError(f"{path}: cannot be read as a DICOM file ({_reason(exc)})") from None
     if str(dataset.get("SOPClassUID", "")) != SEG_SOP_CLASS:
         raise InputError(f"{path}: is a DICOM file but not a segmentation (SEG)")
+    _check_declared_segments(path, dataset)
     import highdicom as hd
 
     try:
@@ -153,8 +168,8 @@ def read_dicom_seg(path: str | os.PathLike) -> SegData:
         raise InputError(f"{path}: not a DICOM SEG highdicom can read ({_reason(exc)})") from None
     kind = str(seg.SegmentationType).upper()
     segments = []
-    for number in seg.segment_numbers:
-        description = seg.get_segment_description(number)
+    for description in seg.SegmentSequence:  # not get_segment_description(n): a scan of all per call
+        number = int(description.segment_number)
         label = str(description.segment_label or f"Segment {number}")
         type_code = _code(description.segmented_property_type)
         category_code = _code(description.segmented_property_category)
@@ -166,29 +181,38 @@ def read_dicom_seg(path: str | os.PathLike) -> SegData:
     if not segments:
         raise InputError(f"{path}: the DICOM SEG describes no segments")
     try:
-        volume = seg.get_volume(rescale_fractional=True, allow_missing_positions=True)
+        geometry = seg.get_volume_geometry(allow_missing_positions=True)
+        if geometry is None:
+            raise ValueError("its frames are not a regularly spaced stack")
+        ijk_to_lps = np.asarray(geometry.affine, np.float64)[:, [2, 1, 0, 3]]  # highdicom: (slice, row, column) → LPS
+        check_spacing(Volume(np.broadcast_to(np.uint8(0), (2, 2, 2)), LPS_TO_RAS @ ijk_to_lps), f"{path} (its frames)")
+        check_decoded_size(f"{path} (its frames span {' × '.join(map(str, geometry.spatial_shape))} voxels × "
+                           f"{len(segments)} segment(s))", (*geometry.spatial_shape, len(segments)),
+                           BYTES_PER_SEGMENT_VOXEL)
+        volume = seg.get_volume(rescale_fractional=False, allow_missing_positions=True)
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - RuntimeError/ValueError when frames are not one regular volume
-        if "MaximumFractionalValue" in str(exc):
-            raise InputError(f"{path}: fractional SEG values exceed its MaximumFractionalValue "
-                             f"({seg.get('MaximumFractionalValue', '?')}); they must lie within 0–1 of it "
-                             "(a damaged file?)") from None
         raise InputError(f"{path}: the SEG's frames cannot be placed on one regular volume ({_reason(exc)})") from None
     array = np.asarray(volume.array)
     if array.ndim == 3:
         array = array[..., np.newaxis]
     warnings: list[str] = []
     if kind == "FRACTIONAL":
-        if array.size and (float(array.max()) > 1.0 + 1e-6 or float(array.min()) < 0.0):
-            raise InputError(f"{path}: fractional SEG values run from {float(array.min()):g} to {float(array.max()):g} "
-                             "of the maximum fractional value; they must lie within 0–1 (a damaged file?)")
+        top = float(seg.get("MaximumFractionalValue", 255) or 255)
+        if array.size and float(array.max()) > top:
+            raise InputError(f"{path}: fractional SEG values run from {float(array.min()) / top:g} to "
+                             f"{float(array.max()) / top:g} of the maximum fractional value ({top:g}); they must lie "
+                             "within 0–1 (a damaged file?)")
         warnings.append(f"{path.name}: FRACTIONAL segmentation ({seg.get('SegmentationFractionalType', 'PROBABILITY')}) "
                         "thresholded at 0.5")
         logger.warning(warnings[-1])
-        binary = array >= 0.5
+        binary = array >= math.ceil(top / 2)  # value / maximum ≥ 0.5, in the stored integers
     else:
         binary = array > 0
-    ijk_to_lps = np.asarray(volume.affine, np.float64)[:, [2, 1, 0, 3]]  # highdicom: (slice, row, column) → LPS
+    del volume, array
     masks = {s.number: np.ascontiguousarray(binary[..., n]) for n, s in enumerate(segments)}
+    del binary
     referenced_series = [str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])]
     instances = sorted({str(sop) for _, _, sop in seg.get_source_image_uids()})
     metadata = {
@@ -198,6 +222,24 @@ def read_dicom_seg(path: str | os.PathLike) -> SegData:
         "frame_of_reference_uid": str(seg.get("FrameOfReferenceUID", "")), "warnings": warnings,
     }
     return SegData(masks, LPS_TO_RAS @ ijk_to_lps, segments, metadata)
+
+
+def _check_declared_segments(path: Path, dataset) -> None:
+    """Refuse, from the header, more than :data:`MAX_SEGMENTS` segments and frames referencing a segment
+    the SEG does not describe (highdicom would leave those frames out without a word)."""
+    described = dataset.get("SegmentSequence") or []
+    if len(described) > MAX_SEGMENTS:
+        raise InputError(f"{path}: the DICOM SEG describes {len(described):,} segments, more than the {MAX_SEGMENTS} "
+                         "read here")
+    numbers = {int(item.get("SegmentNumber", 0) or 0) for item in described}
+    groups = [*(dataset.get("SharedFunctionalGroupsSequence") or [])[:1],
+              *(dataset.get("PerFrameFunctionalGroupsSequence") or [])]
+    for group in groups:
+        for item in group.get("SegmentIdentificationSequence") or []:
+            number = int(item.get("ReferencedSegmentNumber", 0) or 0)
+            if number not in numbers:
+                raise InputError(f"{path}: a frame belongs to segment {number}, which the SEG does not describe "
+                                 f"(its segments: {', '.join(map(str, sorted(numbers))) or 'none'}); a damaged file?")
 
 
 def _reason(exc: Exception) -> str:

@@ -73,7 +73,9 @@ def _case_is_synthetic(row: ManifestRow) -> bool:
     """A phantom writes ``<case_id>_case.json`` with ``"synthetic": true`` beside its images."""
     for folder in dict.fromkeys([p.parent for p in row.images] + [row.segmentation.parent]):
         info = folder / f"{row.case_id}_case.json"
-        if info.is_file():
+        if info.parent != folder:  # a case id naming another folder ("../x") is no phantom's
+            return False
+        if info.is_file() and info.stat().st_size < 1 << 20:
             try:
                 return bool(json.loads(info.read_text(encoding="utf-8")).get("synthetic", False))
             except (OSError, json.JSONDecodeError):
@@ -134,7 +136,7 @@ def read_manifest(
         raise InputError("read_manifest: at least one image phase column is needed")
     path = Path(path)
     needed = ["case_id", *phases, "segmentation", *(["label"] if require_label else []), *clinical]
-    raw_rows = _read_csv(path, needed)
+    raw_rows = read_manifest_rows(path, needed)
     rows: list[ManifestRow] = []
     problems: list[str] = []
     first_line: dict[str, int] = {}
@@ -160,10 +162,11 @@ def read_manifest(
     return rows
 
 
-def _read_csv(path: Path, needed: Sequence[str]) -> list[dict[str, str]]:
-    """The manifest's rows as dicts (header names stripped, BOM ignored); missing columns or no rows raise."""
+def read_manifest_rows(path: Path, needed: Sequence[str], what: str = "manifest") -> list[dict[str, str]]:
+    """A CSV manifest's rows as dicts (header names stripped, BOM ignored); a missing file, a missing
+    column or no rows raise an InputError naming ``what`` (e.g. "visits manifest")."""
     if not path.is_file():
-        raise InputError(f"{path}: manifest does not exist")
+        raise InputError(f"{path}: {what} does not exist")
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -171,12 +174,12 @@ def _read_csv(path: Path, needed: Sequence[str]) -> list[dict[str, str]]:
             reader.fieldnames = columns
             raw_rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: cannot be read as a CSV manifest ({exc})") from None
+        raise InputError(f"{path}: cannot be read as a CSV {what} ({exc})") from None
     missing_columns = [c for c in needed if c not in columns]
     if missing_columns:
-        raise InputError(f"{path}: manifest lacks column(s) {missing_columns}; it has {columns}")
+        raise InputError(f"{path}: {what} lacks column(s) {missing_columns}; it has {columns}")
     if not raw_rows:
-        raise InputError(f"{path}: manifest has no rows")
+        raise InputError(f"{path}: {what} has no rows")
     return raw_rows
 
 

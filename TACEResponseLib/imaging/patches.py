@@ -668,6 +668,20 @@ def _slice_resampling(volume: Volume, slice_axis: int, target_mm: float | None) 
     return n, step
 
 
+def through_plane_warning(volume: Volume, spec: PatchSpec, label: str) -> str | None:
+    """A warning when ``spec`` resamples ``volume`` to thinner slices than were acquired: the patches'
+    slices then lie between acquired ones (interpolated, not measured). None when nothing is interpolated."""
+    if not spec.slice_spacing_mm:
+        return None
+    acquired = float(volume.spacing[2 - volume.array_axis_for(spec.axis)])
+    target = float(spec.slice_spacing_mm)
+    if acquired <= target * 1.001:
+        return None
+    return (f"{label}: slices {acquired:.3g} mm apart, resampled to the model's {target:g} mm: the patches' slices "
+            f"between acquired ones are interpolated (about {acquired / target:.0f} per acquired slice), so the network "
+            "and the heatmap see no more through-plane detail than the acquired slices hold")
+
+
 def _resample_along(volume: Volume, axis: int, steps: tuple[int, float], binary: bool = False) -> Volume:
     """``volume`` linearly resampled along array ``axis``: resampled slice k′ is acquired slice k′·step
     (a mask: interpolated, then ≥ 0.5). The IJK→RAS matrix follows, so RAS positions are kept."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -173,12 +175,28 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     return dicom.read_dicom_series(folder, series_uid, read_file=read_volume)
 
 
+#: formats whose header names a separate data file (written under the header's own name)
+DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")
+
+
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write a volume (format from the suffix) atomically; RAS geometry stored as LPS."""
     import SimpleITK as sitk
 
     path = Path(path)
     image = to_sitk_image(volume)
+    if path.suffix.lower() in DETACHED_HEADER_SUFFIXES:
+        # a detached header names its data file after itself: written under the final names in a
+        # staging folder, the data file renamed into place first and the header last
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            sitk.WriteImage(image, str(staging / path.name), compress)
+            for written in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
+                os.replace(written, path.parent / written.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return path
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), compress)
     return path

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from TACEResponseLib.imaging.cohort_import import (
     PatientOutcome,
     columns_of,
     import_folder,
+    link_inside,
     relative_to,
     write_import,
 )
@@ -73,17 +75,23 @@ def response_label(value: Any) -> str:
     return ""
 
 
-def _files(source: Path) -> dict[str, dict[str, dict[str, list[Path]]]]:
-    """patient → {"scans" | "masks": {phase code: [files]}} of every image file named <id>_<phase>_…"""
+def _files(source: Path) -> tuple[dict[str, dict[str, dict[str, list[Path]]]], dict[str, list[Path]]]:
+    """patient → {"scans" | "masks": {phase code: [files]}} of every image file named <id>_<phase>_…, and
+    patient → the links among them to files outside ``source`` (not read: see :func:`.link_inside`)."""
     found: dict[str, dict[str, dict[str, list[Path]]]] = {}
+    outside: dict[str, list[Path]] = {}
+    root = Path(os.path.realpath(source))
     for path in sorted(source.rglob("*")):
         match = NAME.match(path.name)
         if not match or not path.is_file():
             continue
         patient, phase, _, rest, _ = match.groups()
+        if not all(link_inside(Path(*path.parts[:n]), root) for n in range(len(source.parts) + 1, len(path.parts) + 1)):
+            outside.setdefault(str(int(patient)), []).append(path)
+            continue
         kind = "masks" if any(word in rest.lower() for word in MASK_WORDS) else "scans"
         found.setdefault(str(int(patient)), {"scans": {}, "masks": {}})[kind].setdefault(phase, []).append(path)
-    return found
+    return found, outside
 
 
 def _number(value: Any) -> float:
@@ -119,13 +127,17 @@ def import_waw_tace(source: str | Path, output: str | Path, clinical: str | Path
                          f"{', '.join(map(str, table.columns[:30]))}")
     table.index = [str(int(v)) if not math.isnan(_number(v)) else str(v).strip() for v in table[id_column]]
     with import_folder(output) as staging:  # all or nothing: a failed import leaves no half folder
-        files = _files(source)
+        files, linked_out = _files(source)
         if files:
             (staging / "segmentations").mkdir(parents=True, exist_ok=True)
         outcomes, manifest_rows, survival_rows = [], [], []
-        for patient in sorted(set(files) | set(table.index), key=lambda p: (len(p), p)):
+        for patient in sorted(set(files) | set(linked_out) | set(table.index), key=lambda p: (len(p), p)):
             outcome = PatientOutcome(patient)
             outcomes.append(outcome)
+            if patient in linked_out:
+                shown = ", ".join(str(p.relative_to(source)) for p in linked_out[patient][:3])
+                outcome.notes.append(f"{len(linked_out[patient])} link(s) to files outside {source} not read ({shown}); "
+                                     "copy what they point to into the collection's folder")
             data = files.get(patient)
             if not data or not data["scans"]:
                 outcome.exclude("no CT scan of this patient in the source")

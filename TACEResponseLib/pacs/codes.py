@@ -39,7 +39,7 @@ CLASS_WORDS = {"CR": "complete response", "PR": "partial response", "SD": "stabl
 
 
 #: typographic characters of the library's sentences → what every DICOM character set holds
-ASCII_FOR = {"—": "-", "–": "-", "→": "->", "←": "<-", "≥": ">=", "≤": "<=", "±": "+/-", "×": "x", "…": "...",
+ASCII_FOR = {"—": "-", "–": "-", "−": "-", "→": "->", "←": "<-", "≥": ">=", "≤": "<=", "±": "+/-", "×": "x", "…": "...",
              "’": "'", "‘": "'", "“": '"', "”": '"', "⚠": "!", "²": "2", "³": "3", "µ": "u", "°": " deg"}
 
 
@@ -106,7 +106,7 @@ def response_code(class_name: str):
 def response_method(class_names: list[str]):
     """How the classes are defined: mRECIST for CR/PR/SD/PD, else the model's own classes."""
     if {c.upper() for c in class_names} <= set(RESPONSE_CODES):
-        return local("MRECIST", "mRECIST (modified RECIST for hepatocellular carcinoma)")
+        return local(*MRECIST_NAME)
     return local("CLASSES", "Response classes of the model: " + ", ".join(class_names))
 
 
@@ -148,4 +148,6 @@ OOD_SCORE_NAME = ("OOD-SCORE", "Feature distance to the training data")
 OOD_THRESHOLD_NAME = ("OOD-THRESHOLD", "Feature distance warning threshold")
 POINTS_NAME = ("NOMO-POINTS", "Nomogram total points")
 RISK_NAME = ("NOMO-RISK", "Nomogram risk group")
-NOTE_NAME = ("NOTE", "Note on the prediction")
+#: one meaning per local code value: a note on a prediction or on a measurement is the same concept
+NOTE_NAME = ("NOTE", "Note")
+MRECIST_NAME = ("MRECIST", "mRECIST (modified RECIST for hepatocellular carcinoma)")

@@ -120,6 +120,14 @@ def _status_text(code: int) -> str:
     return f"status 0x{code:04X}{' ' + meaning if meaning else ''}"
 
 
+def _count(identifier, keyword: str) -> int:
+    """An IS element of a C-FIND answer as a count; 0 when it is absent or not a number."""
+    try:
+        return max(int(identifier.get(keyword) or 0), 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def find_series(endpoint: Endpoint, study_uid: str) -> list[RemoteSeries]:
     """The series of a study (C-FIND, Study Root, SERIES level); none when the PACS does not hold it."""
     from pydicom.dataset import Dataset
@@ -146,7 +154,7 @@ def find_series(endpoint: Endpoint, study_uid: str) -> list[RemoteSeries]:
                     found.append(RemoteSeries(uid=str(identifier.get("SeriesInstanceUID", "")),
                                               modality=str(identifier.get("Modality", "") or ""),
                                               description=str(identifier.get("SeriesDescription", "") or ""),
-                                              instances=int(identifier.get("NumberOfSeriesRelatedInstances") or 0),
+                                              instances=_count(identifier, "NumberOfSeriesRelatedInstances"),
                                               number=str(identifier.get("SeriesNumber", "") or "")))
                 elif code not in PENDING and code != SUCCESS:
                     raise PacsError(f"the PACS at {endpoint} refused to list the series of study {study_uid} "
@@ -216,6 +224,9 @@ def fetch_series(endpoint: Endpoint, study_uid: str, series_uid: str, store: Cal
                     raise PacsError(f"the PACS at {endpoint} stopped answering while sending series {series_uid} "
                                     f"({received[0]} instance(s) received)")
                 final = int(status.Status)
+                if failures:  # a PACS sending on after what was refused is not waited for
+                    association.abort()
+                    break
         finally:
             if association.is_established:
                 association.release()

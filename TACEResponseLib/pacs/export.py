@@ -207,7 +207,7 @@ def _write_folder(output: Path, objects: Sequence[tuple[str, str, Any]], source:
         frame_of_reference_uid=source.frame_of_reference_uid, case_id=case_id,
         objects=[DicomObject(kind, name, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID),
                              str(ds.get("SeriesDescription", ""))) for kind, name, ds in objects],
-        result_key=key, not_written=list(not_written), checks={"seg_equals_tumour_masks": True, "tumours": tumours})
+        result_key=key, not_written=list(not_written), checks={"seg_equals_tumour_masks": tumours > 0, "tumours": tumours})
     output.mkdir(exist_ok=True)
     with atomic_paths([*(output / name for _, name, _ in objects), output / INDEX_FILE]) as temporaries:
         for (_, _, dataset), temporary in zip(objects, temporaries):
@@ -222,54 +222,79 @@ def _write_folder(output: Path, objects: Sequence[tuple[str, str, Any]], source:
 
 @dataclass
 class Finding:
-    """One tumour of a report other than a prediction's (e.g. a response assessment): its label, its mask
-    on the reference grid (bool ``[k, j, i]``), and its measurement group (``segment_number`` and
-    ``tracking_uid`` are filled in here)."""
+    """One region of a report other than a prediction's (e.g. a response assessment's target lesion): its label,
+    its mask on the reference grid (bool ``[k, j, i]``), and its measurement group (``segment_number`` is filled
+    in here; ``tracking_uid`` too unless given — give it to track one lesion across the reports of several
+    visits). ``group`` None: a SEG segment without a group of its own (e.g. a lesion's viable part, measured in
+    the lesion's group); ``type_modifier``: what the segment is of the Mass (e.g. its viable part)."""
 
     label: str
     mask: np.ndarray
-    group: ReportGroup
+    group: ReportGroup | None
     source_segment: str = ""
+    type_modifier: Any = None
+    tracking_uid: str = ""
 
 
 def write_findings(findings: Sequence[Finding], reference: Volume, source: str | Path | Sequence[str | Path],
                    output_dir: str | Path, identity: Identity, *, case_id: str = "", method: str = "",
-                   patient: ReportGroup | None = None, comments: Sequence[str] = ()) -> DicomResults:
-    """A SEG of the findings' masks and a TID 1500 report of their groups (and ``patient``'s), in the source's
-    study, written like :func:`write_dicom_results` (same folder layout, ``dicom.json``, atomic, the SEG
-    checked voxel for voxel, UIDs from the content). For commands with their own measurements — ``assess``
-    fills :class:`~.report.ReportGroup` with e.g. ``(standard("DCM.CurrentResponse"), response_code("PR"))``
-    — ``identity`` names the method (:class:`~.images.Identity`); ``method``: the tumour rule said in the SEG."""
+                   patient: ReportGroup | Sequence[ReportGroup] | None = None, comments: Sequence[str] = (),
+                   captures: Sequence[str | Path] = ()) -> DicomResults:
+    """A SEG of the findings' masks, a TID 1500 report of their groups (and the patient-level ``patient``
+    group or groups) and a secondary capture of each PNG of ``captures`` (axial figures; ``identity.caveat``
+    burned in), in the source's study, written like :func:`write_dicom_results` (same folder layout,
+    ``dicom.json``, atomic, the SEG checked voxel for voxel, UIDs from the content). For commands with their
+    own measurements — ``assess`` fills :class:`~.report.ReportGroup` with e.g.
+    ``(standard("DCM.CurrentResponse"), response_code("PR"))`` — ``identity`` names the method
+    (:class:`~.images.Identity`); ``method``: the tumour rule said in the SEG. Without findings only the
+    report (and the captures) are written."""
     output = check_output_folder(output_dir, "--dicom-out")
     check_dicom_reference(source)
-    if not findings:
+    patients = [patient] if isinstance(patient, ReportGroup) else list(patient or [])
+    if not findings and not patients:
         raise InputError("no finding to write as DICOM")
     series = read_source_series(source, reference)
+    pictures = [Path(p) for p in captures]
     content = {"identity": identity.__dict__, "case": case_id, "comments": list(comments), "source": series.series_uid,
-               "software": software_version(),
-               "findings": [[f.label, hashlib.sha256(np.packbits(f.mask)).hexdigest(), repr(f.group)] for f in findings],
-               "patient": repr(patient)}
+               "software": software_version(), "method": method,
+               "findings": [[f.label, hashlib.sha256(np.packbits(f.mask)).hexdigest(), repr(f.group), f.tracking_uid,
+                             repr(f.type_modifier)] for f in findings],
+               "patient": [repr(g) for g in patients],
+               "captures": [hashlib.sha256(p.read_bytes()).hexdigest() for p in pictures]}
     key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
     previous = read_dicom_index(output)
     if previous is not None and previous.result_key == key and all(p.is_file() for p in previous.files(output)):
         return previous
-    tumours = [TumourSegment(f.label, np.asarray(f.mask, bool), _uid(key, "tumour", n), f.source_segment or f.label,
-                             float(np.count_nonzero(f.mask)) * float(np.prod(reference.spacing)) / 1000.0)
+    tumours = [TumourSegment(f.label, np.asarray(f.mask, bool), f.tracking_uid or _uid(key, "tumour", n),
+                             f.source_segment or f.label,
+                             float(np.count_nonzero(f.mask)) * float(np.prod(reference.spacing)) / 1000.0,
+                             f.type_modifier)
                for n, f in enumerate(findings)]
     uids = {kind: {"series": _uid(key, kind, "series"), "instance": _uid(key, kind, "instance")} for kind in ("SEG", "SR")}
-    seg = segmentation_object(series, reference, tumours, identity, method, uids["SEG"], SERIES_NUMBERS["SEG"])
-    _check_segments(seg, reference, tumours)
+    objects: list[tuple[str, str, Any]] = []
+    seg = None
+    if tumours:
+        seg = segmentation_object(series, reference, tumours, identity, method, uids["SEG"], SERIES_NUMBERS["SEG"])
+        _check_segments(seg, reference, tumours)
+        objects.append(("SEG", SEG_FILE, seg))
     groups = []
     for n, (finding, tumour) in enumerate(zip(findings, tumours), start=1):
-        finding.group.segment_number, finding.group.tracking_uid = n, tumour.tracking_uid
-        groups.append(finding.group)
-    if patient is not None:
-        patient.tracking_uid = patient.tracking_uid or _uid(key, "patient")
-        groups.append(patient)
+        if finding.group is not None:
+            finding.group.segment_number, finding.group.tracking_uid = n, tumour.tracking_uid
+            groups.append(finding.group)
+    for n, group in enumerate(patients):
+        group.tracking_uid = group.tracking_uid or _uid(key, "patient", n)
+        groups.append(group)
     sr = measurement_report(series, seg, groups, comments, identity, {**uids["SR"], "device": _uid(key, "device")},
                             SERIES_NUMBERS["SR"])
-    return _write_folder(output, [("SEG", SEG_FILE, seg), ("SR", SR_FILE, sr)], series, case_id, key, previous, [],
-                         len(tumours))
+    objects.append(("SR", SR_FILE, sr))
+    sc_series = {"series": _uid(key, "SC", "series")}
+    for n, picture in enumerate(pictures):
+        objects.append(("SC", f"overlay_sc_{n + 1:02d}.dcm",
+                        secondary_capture_object(series, burn_in_caveat(picture, identity.caveat), identity, "axial",
+                                                 {**sc_series, "instance": _uid(key, "SC", n)}, n + 1,
+                                                 SERIES_NUMBERS["SC"])))
+    return _write_folder(output, objects, series, case_id, key, previous, [], len(tumours))
 
 
 def _check_segments(seg, reference: Volume, tumours: Sequence[TumourSegment]) -> None:

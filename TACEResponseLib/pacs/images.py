@@ -37,7 +37,8 @@ RESEARCH_ONLY = "RESEARCH USE ONLY - not for diagnosis or treatment decisions"
 @dataclass
 class Identity:
     """Who made the objects: the model (name, version, bundle sha256), the software version, whether the
-    model is SYNTHETIC, and the research-use sentence."""
+    model is SYNTHETIC, and the research-use sentence. ``model`` False: no model made them (e.g. a response
+    assessment, named by ``model_name``): no bundle checksum is stated."""
 
     model_name: str
     model_version: str
@@ -45,6 +46,7 @@ class Identity:
     software_version: str
     synthetic: bool
     caveat: str
+    model: bool = True
 
     @classmethod
     def of(cls, result, software_version: str) -> "Identity":
@@ -60,7 +62,8 @@ class Identity:
                 "device_serial_number": (self.bundle_sha256 or "unknown")[:16]}
 
     def algorithm_parameters(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {"bundle_sha256": self.bundle_sha256 or "unknown", **(extra or {})}
+        bundle = {"bundle_sha256": self.bundle_sha256 or "unknown"} if self.model else {}
+        return {**bundle, **(extra or {})}
 
 
 @dataclass
@@ -72,6 +75,8 @@ class TumourSegment:
     tracking_uid: str
     source_segment: str
     volume_ml: float
+    #: a Segmented Property Type Modifier of the Mass (e.g. the viable part of a tumour), or None
+    type_modifier: Any = None
 
 
 def series_description(kind: str, identity: Identity) -> str:
@@ -119,12 +124,17 @@ def segmentation_object(source: SourceSeries, reference: Volume, tumours: Sequen
             segmented_property_type=dcm.SCT.Mass, algorithm_type="SEMIAUTOMATIC",
             algorithm_identification=algorithm, tracking_uid=tumour.tracking_uid,
             tracking_id=codes.dicom_text(tumour.label)[:64], anatomic_regions=[dcm.SCT.Liver]))
+        if tumour.type_modifier is not None:  # nested in the type's item (Segment Description macro)
+            descriptions[-1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                tumour.type_modifier]
     seg = hd.seg.Segmentation(
         source_images=source.datasets, pixel_array=volume, segmentation_type="BINARY",
         segment_descriptions=descriptions, series_instance_uid=uids["series"], series_number=series_number,
         sop_instance_uid=uids["instance"], instance_number=1, **identity.equipment(),
         content_label="TUMOURS", content_description=f"Tumours used - {RESEARCH_ONLY}"[:64],
         series_description=series_description("Tumours (SEG)", identity))
+    if any(getattr(t.type_modifier, "scheme_designator", "") == codes.LOCAL_SCHEME for t in tumours):
+        codes.declare_local_scheme(seg)
     return seg
 
 

@@ -80,17 +80,25 @@ def parametric_map_on(path_or_dataset: Any, grid: Volume) -> np.ndarray:
     return out
 
 
+#: "Time Point" (UMLS), the name of a group's time point (TID 1502, an observation context of the group)
+TIME_POINT = "C2348792"
+
+
 @dataclass
 class GroupReadBack:
     """One measurement group of a TID 1500 report as read back: label, referenced segment, coded
-    evaluations (name meaning → value meaning), numbers (name meaning → value; a standard deviation
-    under ``"<name> (SD)"``) and texts."""
+    evaluations (name meaning → value meaning), numbers (name meaning → value; a measurement with its own
+    method under ``"<name> [<method>]"``, a standard deviation under ``"<name> (SD)"``), each number's
+    UCUM unit (same keys), texts, the group's method and time point (TID 1502) when it states them."""
 
     label: str
     segment_number: int | None
     evaluations: dict[str, str] = field(default_factory=dict)
     numbers: dict[str, float] = field(default_factory=dict)
     texts: list[str] = field(default_factory=list)
+    units: dict[str, str] = field(default_factory=dict)
+    method: str | None = None
+    time_point: str | None = None
 
 
 def report_groups(path_or_dataset: Any) -> tuple[list[GroupReadBack], list[str]]:
@@ -106,17 +114,21 @@ def report_groups(path_or_dataset: Any) -> tuple[list[GroupReadBack], list[str]]
         segment = getattr(group, "referenced_segment", None)
         numbers = segment.referenced_segment_numbers if segment is not None else None
         read = GroupReadBack(label=str(group.tracking_identifier),
-                             segment_number=int(numbers[0]) if numbers else None)
+                             segment_number=int(numbers[0]) if numbers else None,
+                             method=group.method.meaning if group.method is not None else None)
         for evaluation in group.get_qualitative_evaluations():
             read.evaluations[evaluation.name.meaning] = evaluation.value.meaning
         for measurement in group.get_measurements():
-            derivation = measurement.derivation
-            key = measurement.name.meaning + (" (SD)" if derivation is not None
-                                              and derivation.meaning.lower() == "standard deviation" else "")
+            derivation, method = measurement.derivation, measurement.method
+            key = (measurement.name.meaning + (f" [{method.meaning}]" if method is not None else "")
+                   + (" (SD)" if derivation is not None and derivation.meaning.lower() == "standard deviation" else ""))
             read.numbers[key] = float(measurement.value)
+            read.units[key] = str(measurement.unit.value)
         for item in group[0].ContentSequence:
             if item.ValueType == ValueTypeValues.TEXT.value and item.RelationshipType == "CONTAINS":
                 read.texts.append(str(item.TextValue))
+            elif item.ValueType == ValueTypeValues.TEXT.value and item.ConceptNameCodeSequence[0].CodeValue == TIME_POINT:
+                read.time_point = str(item.TextValue)
         groups.append(read)
     comments = []
     for item in sr.ContentSequence:

@@ -32,17 +32,20 @@ class ReportGroup:
     """One measurement group: what it is about, its numbers, coded evaluations and sentences.
 
     ``segment_number``: the SEG segment it refers to (None: a patient-level group, TID 1501);
-    ``measurements``: ``(name concept, value, unit concept, derivation concept or None)``;
-    ``evaluations``: ``(name concept, value concept)``; ``texts``: ``(name concept, text)``.
+    ``measurements``: ``(name concept, value, unit concept, derivation concept or None)``, optionally with a
+    fifth element, the measurement's own method concept (e.g. the same "Long axis" of the whole and of the
+    viable tumour); ``evaluations``: ``(name concept, value concept)``; ``texts``: ``(name concept, text)``;
+    ``time_point``: ``(name, type concept or None, order)`` of a longitudinal series (TID 1502).
     """
 
     label: str
     tracking_uid: str
     segment_number: int | None = None
     method: Any = None
-    measurements: list[tuple[Any, float, Any, Any]] = field(default_factory=list)
+    measurements: list[tuple] = field(default_factory=list)
     evaluations: list[tuple[Any, Any]] = field(default_factory=list)
     texts: list[tuple[Any, str]] = field(default_factory=list)
+    time_point: tuple[str, Any, int] | None = None
 
 
 def _text_item(name, text: str):
@@ -54,12 +57,18 @@ def _text_item(name, text: str):
 def _group_template(group: ReportGroup, seg, source: SourceSeries, algorithm):
     import highdicom as hd
 
-    measurements = [hd.sr.Measurement(name=name, value=float(value), unit=unit, derivation=derivation)
-                    for name, value, unit, derivation in group.measurements]  # the group names the algorithm
+    measurements = [hd.sr.Measurement(name=name, value=float(value), unit=unit, derivation=derivation,
+                                       method=method[0] if method else None)  # the group names the algorithm
+                    for name, value, unit, derivation, *method in group.measurements]
     evaluations = [hd.sr.QualitativeEvaluation(name, value) for name, value in group.evaluations]
     tracking = hd.sr.TrackingIdentifier(uid=group.tracking_uid, identifier=codes.dicom_text(group.label)[:64])
+    time_point = None
+    if group.time_point is not None:
+        name, kind, order = group.time_point
+        time_point = hd.sr.TimePointContext(codes.dicom_text(name)[:64], time_point_type=kind, time_point_order=order)
     common = dict(tracking_identifier=tracking, algorithm_id=algorithm, method=group.method,
-                  measurements=measurements or None, qualitative_evaluations=evaluations or None)
+                  measurements=measurements or None, qualitative_evaluations=evaluations or None,
+                  time_point_context=time_point)
     if group.segment_number is None:
         template = hd.sr.MeasurementsAndQualitativeEvaluations(**common)
     else:
@@ -89,10 +98,10 @@ def measurement_report(source: SourceSeries, seg, groups: Sequence[ReportGroup],
     with ``comments`` in its document-level qualitative evaluations."""
     import highdicom as hd
 
+    bundle = [f"bundle sha256 {identity.bundle_sha256 or 'unknown'}"] if identity.model else []
     algorithm = hd.sr.AlgorithmIdentification(
         name=f"TACEResponse {identity.model_name}"[:64], version=identity.model_version[:64],
-        parameters=[f"bundle sha256 {identity.bundle_sha256 or 'unknown'}",
-                    f"TACEResponse {identity.software_version}"])
+        parameters=[*bundle, f"TACEResponse {identity.software_version}"])
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=uids["device"], name=f"TACEResponse {identity.model_name}"[:64], manufacturer_name="TACEResponse",
         model_name=identity.model_name[:64], serial_number=(identity.bundle_sha256 or "unknown")[:16])

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 NOT_IMAGES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "DOC", "FID", "PLAN"}
 FETCHED_FILE = ".fetched.json"
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: the most instances fetched for a series whose listing gave no count
+MAX_SERIES_INSTANCES = 20_000
 
 
 def _protocol(endpoint: Endpoint):
@@ -77,6 +79,10 @@ def find_series(endpoint: Endpoint, study_uid: str) -> list[RemoteSeries]:
     """The series of ``study_uid`` on the PACS; a study it does not hold is a PacsError."""
     check_uid(study_uid, "--study")
     series = _protocol(endpoint).find_series(endpoint, study_uid)
+    for listed in series:  # a series' UID names the folder it is fetched into
+        if not UID_PATTERN.fullmatch(listed.uid) or len(listed.uid) > 64:
+            raise PacsError(f"the PACS at {endpoint} listed a series of study {study_uid} whose UID "
+                            f"{listed.uid[:80]!r} is not a DICOM UID (digits and dots, at most 64 characters)")
     if not series:
         raise PacsError(f"the PACS at {endpoint} holds no study {study_uid} (or none of its series)")
     return series
@@ -130,15 +136,24 @@ def fetch_series_to(endpoint: Endpoint, study_uid: str, series: RemoteSeries, fo
     folder.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)
 
+    expected = series.instances if series.instances > 0 else MAX_SERIES_INSTANCES
+    stored: set[str] = set()
+
     def store(dataset) -> None:
         uid = str(dataset.get("SOPInstanceUID", "") or "")
+        if uid in stored:
+            raise PacsError(f"the PACS at {endpoint} sent instance {uid} of series {series.uid} twice")
+        if len(stored) >= expected:
+            raise PacsError(f"the PACS at {endpoint} sent more instances of series {series.uid} than the "
+                            f"{expected} {'it listed' if series.instances > 0 else 'read here'}")
         if str(dataset.get("StudyInstanceUID", "")) != study_uid or str(dataset.get("SeriesInstanceUID", "")) != series.uid:
             raise PacsError(f"the PACS at {endpoint} sent an instance of another study or series than "
                             f"{series.uid}; nothing of it is used")
-        if not UID_PATTERN.match(uid):
+        if not UID_PATTERN.fullmatch(uid):
             raise PacsError(f"the PACS at {endpoint} sent an instance without a valid SOP Instance UID")
         with atomic_path(folder / f"{uid}.dcm") as temporary:
             dataset.save_as(temporary, enforce_file_format=True)
+        stored.add(uid)
 
     count = _protocol(endpoint).fetch_series(endpoint, study_uid, series.uid, store)
     if count == 0:
@@ -155,3 +170,17 @@ def fetch_study_series(endpoint: Endpoint, study_uid: str, series_uids: Sequence
         check_uid(uid, "--series")
     chosen = choose_series(find_series(endpoint, study_uid), series_uids, count, modalities, study_uid, endpoint)
     return [fetch_series_to(endpoint, study_uid, s, Path(folder) / s.uid) for s in chosen]
+
+
+def fetch_segmentation_series(endpoint: Endpoint, study_uid: str, series_uid: str, folder: str | Path,
+                              option: str = "--segmentation pacs:") -> Path:
+    """The DICOM SEG series ``series_uid`` of ``study_uid`` (e.g. a radiologist's tumour outlines, or a SEG this
+    tool stored before) fetched into ``folder``; a series that is not there, or not a SEG, is one error."""
+    check_uid(series_uid, option)
+    series = find_series(endpoint, study_uid)
+    (chosen,) = choose_series(series, [series_uid], 1, ["SEG"], study_uid, endpoint)
+    if chosen.modality.upper() != "SEG":
+        raise InputError(f"{option}{series_uid}: series {chosen.describe()} of study {study_uid} on {endpoint} is not "
+                         "a DICOM SEG; name the study's segmentation series (tace-response pacs series lists them)")
+    return fetch_series_to(endpoint, study_uid, chosen, folder)
+

@@ -88,6 +88,13 @@ def read_batch_manifest(path: str | Path, phases: list[str], clinical: list[str]
     if duplicates:
         raise InputError(f"{path}: case id(s) {', '.join(duplicates)} appear more than once; "
                          "outputs are stored per case id, so make them unique")
+    folders: dict[str, str] = {}
+    for row in rows:  # 'HCC/001' and 'HCC_001' (or 'hcc_001' on a case-insensitive disk) share a folder
+        folder = safe_file_name(row.case_id).lower()
+        if folders.setdefault(folder, row.case_id) != row.case_id:
+            raise InputError(f"{path}: case ids {folders[folder]!r} and {row.case_id!r} would share the output "
+                             f"folder cases/{safe_file_name(row.case_id)} (one case's results would replace the "
+                             "other's); make them differ in letters or digits")
     return rows
 
 

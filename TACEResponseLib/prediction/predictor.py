@@ -29,6 +29,7 @@ import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.imaging.geometry import Volume, crop
+from TACEResponseLib.imaging.patches import through_plane_warning
 from TACEResponseLib.imaging.sanity import check_scan, hu_warning
 from TACEResponseLib.imaging.segmentation import Segmentation
 from TACEResponseLib.imaging.tumours import (
@@ -197,6 +198,10 @@ class Predictor:
             if warning:
                 logger.warning(warning)
                 warnings.append(warning)
+        interpolated = through_plane_warning(images[0], card.patch_spec, f"{card.inputs[0].name} image")
+        if interpolated:
+            logger.warning(interpolated)
+            warnings.append(interpolated)
         return warnings
 
     def predict(

@@ -52,8 +52,10 @@ from TACEResponseLib.core.errors import InputError, TACEResponseError
 from TACEResponseLib.core.files import (
     atomic_path,
     content_fingerprint,
+    from_spreadsheet_safe_frame,
     safe_file_name,
     sha256_of,
+    spreadsheet_safe_frame,
     write_json_atomic,
 )
 from TACEResponseLib.core.records import JsonRecord
@@ -728,7 +730,7 @@ def write_feature_table(table: pd.DataFrame, path: str | Path, metadata: Mapping
     """``table`` as CSV (index ``case_id``) and its metadata as JSON beside it (same stem)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        table.to_csv(tmp, index_label="case_id")
+        spreadsheet_safe_frame(table).to_csv(tmp, index_label="case_id")
     write_json_atomic(feature_metadata_path(path), dict(metadata))
     return path
 
@@ -739,6 +741,7 @@ def read_feature_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any] |
 
     table = read_table(path, what="feature table", required=["case_id"], text_columns=["case_id"], numeric="*",
                        float_precision="round_trip").set_index("case_id")  # the values written, to the last bit
+    table = from_spreadsheet_safe_frame(table)  # ids and feature names as they were before writing
     path = Path(path)
     meta_path = feature_metadata_path(path)
     metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None

@@ -42,7 +42,12 @@ import numpy as np
 import pandas as pd
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import atomic_path, write_json_atomic
+from TACEResponseLib.core.files import (
+    atomic_path,
+    from_spreadsheet_safe_frame,
+    spreadsheet_safe_frame,
+    write_json_atomic,
+)
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.survival.data import VariableCoding, codings_for, encode_levels
 from TACEResponseLib.survival.comparison import evaluate_models
@@ -170,13 +175,13 @@ class SignatureStage:
         folder.mkdir(parents=True, exist_ok=True)
         files = {"signature": self.signature.save_json(folder / "signature.json").name}
         with atomic_path(folder / SIGNATURE_SCORES_FILE) as tmp:
-            self.scores.to_csv(tmp, index_label="case_id")
+            spreadsheet_safe_frame(self.scores).to_csv(tmp, index_label="case_id")
         files["signature_scores"] = SIGNATURE_SCORES_FILE
         if self.reproducibility is not None:
             files["icc"] = self.reproducibility.write_csv(folder / "icc.csv").name
         if self.training_features is not None:
             with atomic_path(folder / SIGNATURE_FEATURES_FILE) as tmp:
-                self.training_features.to_csv(tmp, index_label="case_id")
+                spreadsheet_safe_frame(self.training_features).to_csv(tmp, index_label="case_id")
             files["signature_training_features"] = SIGNATURE_FEATURES_FILE
         self.files.update(files)
         write_json_atomic(folder / SIGNATURE_FIT_FILE, {
@@ -208,7 +213,8 @@ class SignatureStage:
         if not scores_path.is_file():
             raise InputError(f"{scores_path}: signature scores missing (written by fit-signature)")
         # round_trip: the scores read back are bit-identical to the ones written
-        scores = pd.read_csv(scores_path, dtype={"case_id": str}, float_precision="round_trip").set_index("case_id")
+        scores = from_spreadsheet_safe_frame(pd.read_csv(scores_path, dtype={"case_id": str},
+                                                         float_precision="round_trip").set_index("case_id"))
         expected = [["cohort", config.time_col, config.event_col, config.signature_name],
                     ["cohort", config.signature_name]]  # the second: written before times/events were kept
         if list(scores.columns) not in expected:
@@ -225,7 +231,8 @@ class SignatureStage:
             path = folder / files["signature_training_features"]
             if not path.is_file():
                 raise InputError(f"{path}: the signature's training features are missing (written by fit-signature)")
-            training_features = pd.read_csv(path, dtype={"case_id": str}, float_precision="round_trip").set_index("case_id")
+            training_features = from_spreadsheet_safe_frame(pd.read_csv(path, dtype={"case_id": str},
+                                                                        float_precision="round_trip").set_index("case_id"))
         return cls(signature, data.get("fit") or {}, scores, config, reproducibility, data.get("context") or {}, files,
                    training_features)
 
@@ -423,7 +430,7 @@ def fit_nomogram_stage(
         scores_out[f"lp_{name}"] = nomogram.linear_predictor(merged)
         scores_out[f"risk_{name}"] = nomogram.risk_group(merged)
     with atomic_path(output_dir / "scores.csv") as tmp:
-        scores_out.to_csv(tmp)
+        spreadsheet_safe_frame(scores_out).to_csv(tmp)
     files["scores"] = "scores.csv"
 
     optimism = None

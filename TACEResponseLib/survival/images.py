@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import atomic_path, write_json_atomic
+from TACEResponseLib.core.files import atomic_path, spreadsheet_safe_frame, write_json_atomic
 from TACEResponseLib.core.tables import read_table
 from TACEResponseLib.survival.data import encode_levels
 from TACEResponseLib.survival.deep_features import (
@@ -169,8 +169,8 @@ def _check_training_deaths(checked: pd.DataFrame, train_ids: pd.Index, config: A
 
 def _write_split(output_dir: Path, files: dict[str, str], train_ids: pd.Index, val_ids: pd.Index) -> None:
     with atomic_path(output_dir / "split.csv") as tmp:
-        pd.DataFrame({"case_id": [*train_ids, *val_ids],
-                      "cohort": ["training"] * len(train_ids) + ["validation"] * len(val_ids)}).to_csv(tmp, index=False)
+        spreadsheet_safe_frame(pd.DataFrame({"case_id": [*train_ids, *val_ids], "cohort": ["training"] * len(train_ids)
+                                             + ["validation"] * len(val_ids)})).to_csv(tmp, index=False)
     files["split"] = "split.csv"
 
 

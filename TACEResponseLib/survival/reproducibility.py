@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from TACEResponseLib.core.errors import InputError
-from TACEResponseLib.core.files import atomic_path
+from TACEResponseLib.core.files import atomic_path, from_spreadsheet_safe_frame, spreadsheet_safe_frame
 from TACEResponseLib.core.records import JsonRecord
 from TACEResponseLib.imaging.geometry import AXIS_NAMES, LPS_TO_RAS, Volume, bounding_box, to_sitk_image
 from TACEResponseLib.survival.data import numeric_matrix
@@ -162,13 +162,13 @@ class Reproducibility:
     def write_csv(self, path: str | Path) -> Path:
         frame = pd.DataFrame({self.kind: self.values, "kept": self.values.index.isin(self.kept)})
         with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index_label="feature")
+            spreadsheet_safe_frame(frame).to_csv(tmp, index_label="feature")
         return Path(path)
 
     @classmethod
     def read_csv(cls, path: str | Path, summary: Mapping[str, Any]) -> "Reproducibility":
         """Read back what :meth:`write_csv` wrote (``summary``: :meth:`to_dict`)."""
-        frame = pd.read_csv(path, index_col="feature", float_precision="round_trip")
+        frame = from_spreadsheet_safe_frame(pd.read_csv(path, index_col="feature", float_precision="round_trip"))
         values = frame[summary["kind"]].rename(summary["kind"])
         return cls(summary["kind"], float(summary["threshold"]), values, list(values.index[frame["kept"]]),
                    summary.get("repeat", ""), int(summary.get("n_cases", 0)))

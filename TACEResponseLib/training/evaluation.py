@@ -11,7 +11,6 @@ and after the bundle's calibration, with ECE and NLL). Outputs are written atomi
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,9 +21,8 @@ import numpy as np
 
 from TACEResponseLib.core.errors import InputError
 from TACEResponseLib.core.files import (
-    atomic_path,
     check_output_folder,
-    spreadsheet_safe,
+    write_csv_atomic,
     write_json_atomic,
 )
 from TACEResponseLib.imaging.tumours import PATIENT_RULES
@@ -387,17 +385,14 @@ def write_predictions_csv(path: Path, predictions: Sequence[CasePrediction], cla
     if objective_indices:
         columns += ["p_objective_response", "objective_response_true"]
     columns.append("n_patches")
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            for p in predictions:
-                predicted = class_names[int(np.argmax(p.probabilities))]
-                row = {"case_id": p.case_id, "label": p.label, "predicted": predicted,
-                       "correct": int(predicted == p.label), "n_patches": p.n_patches,
-                       **{f"p_{c}": f"{v:.6f}" for c, v in zip(class_names, p.probabilities)}}
-                if objective_indices:
-                    row["p_objective_response"] = f"{sum(p.probabilities[i] for i in objective_indices):.6f}"
-                    row["objective_response_true"] = int(p.label in [class_names[i] for i in objective_indices])
-                writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
-    return path
+    rows = []
+    for p in predictions:
+        predicted = class_names[int(np.argmax(p.probabilities))]
+        row = {"case_id": p.case_id, "label": p.label, "predicted": predicted,
+               "correct": int(predicted == p.label), "n_patches": p.n_patches,
+               **{f"p_{c}": f"{v:.6f}" for c, v in zip(class_names, p.probabilities)}}
+        if objective_indices:
+            row["p_objective_response"] = f"{sum(p.probabilities[i] for i in objective_indices):.6f}"
+            row["objective_response_true"] = int(p.label in [class_names[i] for i in objective_indices])
+        rows.append(row)
+    return write_csv_atomic(path, columns, rows)
