@@ -243,6 +243,11 @@ def test_session_settings_come_on_standard_input_and_set_the_web_reading_rules(t
         args = parser.parse_args(argv[1:])
         assert (args.session_dir, args.authKey) == (str(folder), "-key")
         assert json.loads(args.upload_limits)["max_file_bytes"] == limits.max_file_bytes
+        assert "--logout-link" not in argv  # no users, no log-out on the page
+        with_users = ["session.py", session_setup.SETTINGS_FLAG]
+        session_setup.prepare_session_process(with_users, io.StringIO(session_setup.settings_line(folder, "k", limits,
+                                                                                                  logout=True)))
+        assert "--logout-link" in with_users
         # a file of the command line (--image): a detached header with its data beside it is read, and held
         header = write_volume(volume, tmp_path / "d.nhdr")
         assert read_volume(header).array.shape == volume.array.shape
@@ -284,9 +289,9 @@ def test_result_page_and_csv_download(tmp_path):
     assert [t["label"] for t in shown["tumours"]] == ["Tumour", "Tumour #2"]
     bars = {b["name"]: (b["percent"], b["predicted"]) for b in shown["tumours"][1]["bars"]}
     assert bars == {"CR": (5, False), "PR": (15, False), "SD": (20, False), "PD": (60, True)}
-    assert shown["warning"] == "SYNTHETIC demo model" and len(shown["rows"]) == 2
-    titles = [h["title"] for h in shown["headers"]]
-    assert "predicted" in titles and "model_sha256" not in titles
+    assert shown["synthetic"] == "SYNTHETIC demo model" and len(shown["rows"]) == 2
+    assert [(r["short"], r["cls"], r["percent"], r["volume"]) for r in shown["rows"]] == \
+        [("Tumour", "PR", 60, "21.4"), ("#2", "PD", 60, "3.2")]
     result.save_json(tmp_path / "result.json")
     path = download_file("csv", result, tmp_path)
     with open(path, newline="") as handle:
@@ -337,10 +342,10 @@ def test_result_page_shows_the_patient_and_greys_tumours_not_assessed():
                               patient=patient)
     shown = result_page(result)
     assert shown["patient_text"].startswith("Patient: PR") and "Tumour" in shown["patient_text"]
-    assert shown["not_assessable"] == ["Tumour #3: 0.02 ml, below the 0.1 ml minimum"]
-    assert [row["assessed"] for row in shown["rows"]] == [True, True, False]  # patient, tumour, speck
-    reason = next(h["key"] for h in shown["headers"] if h["title"] == "reason")
-    assert shown["rows"][2][reason] == "0.02 ml, below the 0.1 ml minimum"
+    assert shown["summary"]["headline"] == "PR" and shown["summary"]["scope"].startswith("Patient (1 of 1")
+    assert [row["label"] for row in shown["rows"]] == ["Tumour"]  # the speck is not a table row: it is folded
+    assert shown["skipped"] == [{"key": "s0", "label": "Tumour #3", "volume": "0.02",
+                                 "reason": "0.02 ml, below the 0.1 ml minimum"}]
 
 
 # --- the command ------------------------------------------------------------------------------------

@@ -92,6 +92,18 @@ def start_launcher(root: Path, *arguments: str, timeout: float = 90.0, env: dict
     raise TimeoutError(f"{READY} not printed after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def started_under(root: Path) -> list[int]:
+    """Processes whose environment names ``root`` as their TMPDIR: a server's sessions and their workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"TMPDIR={root}".encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def memory_mb(pid: int, field_name: str = "VmRSS") -> float:
     """A process's resident memory (``VmRSS``) or its peak (``VmHWM``), MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

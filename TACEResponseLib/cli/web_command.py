@@ -73,7 +73,8 @@ def cmd_web(args: argparse.Namespace) -> int:
                          login=LoginPolicy(token_lifetime=args.login_hours * 3600,
                                            token_idle=args.login_idle_minutes * 60),
                          connections=ConnectionLimits(max_connections=args.max_connections,
-                                                      max_connections_per_address=args.max_connections_per_address))
+                                                      max_connections_per_address=args.max_connections_per_address),
+                         spare_sessions=args.spare_sessions)
 
     def ready(line: str) -> None:
         print(line, flush=True)
@@ -136,6 +137,9 @@ def _web_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections", type=number(int, 1, 1_000_000), default=512, help="open connections in all (default 512)")
     p.add_argument("--max-connections-per-address", type=number(int, 1, 1_000_000), default=64,
                    help="open connections from one address (default 64; not applied with --behind-tls-proxy)")
+    p.add_argument("--spare-sessions", type=number(int, 0, 1, zero="no spare: each page starts its own session, "
+                                                                "6-12 s on 2 cores"), default=1,
+                   help="sessions started ahead of their page, case loaded and model warm (default 1)")
     p.add_argument("--open", action="store_true", help="open the page in this computer's browser")
 
 

@@ -244,6 +244,10 @@ class PredictionSession:
             self.worker = WorkerProcess(command, env=env)
         return self.worker
 
+    def warm_worker(self):
+        """The session's worker, started now (e.g. to load a model before the first Apply)."""
+        return self._worker().start()
+
     def _files(self) -> InputFiles:
         if self.files is None:
             import tempfile

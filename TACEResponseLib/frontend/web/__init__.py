@@ -16,6 +16,9 @@ modules, so the library and the Slicer module never need them.
 * :mod:`.session_setup` — a session process's settings from its standard input, its reading rules,
   and what it never sends the page (tracebacks, server paths).
 * :mod:`.session` — one session process: a trame app with a trame-slicer ``SlicerApp`` (its own
-  MRML scene), the case, the form, Predict/Cancel and the downloads; :mod:`.page` is its page.
-* :mod:`.results` — what the page shows of a result and the files it offers (no trame).
+  MRML scene), the case, the form, Predict/Cancel and the downloads; :mod:`.page` is its page,
+  :mod:`.viewer` its views (Slicer's layouts, letters, slice numbers, window/level, fitting, labels),
+  :mod:`.prewarm` the warm-up of its prediction worker, :mod:`.tumours` where its tumours are and
+  whether its segment changed since Predict.
+* :mod:`.results` — what the page shows of a result and of the form, and the files it offers (no trame).
 """

@@ -26,7 +26,11 @@ a random key, and working in its own folder. The launcher
 * caps connections in total and per address and closes connections whose headers do not arrive
   in time (:class:`~.guards.ConnectionGuard`); sends no traceback or server path to a client;
 * removes the session folder when the session process ends (it ends by itself a set time after
-  its page closed), and every folder and process when the launcher stops.
+  its page closed), and every folder and process when the launcher stops;
+* keeps ``spare_sessions`` (the command's default: 1) session started ahead of its page, so that the
+  start page's POST gets a session already running, its case loaded and its prediction worker warm
+  (the spare becomes the user's, with that user's caps, log-in and lifetime, only when claimed); the
+  next spare starts a while after (``spare_refill_delay``), leaving the CPU to the page just opened.
 """
 
 from __future__ import annotations
@@ -59,12 +63,11 @@ from TACEResponseLib.frontend.web.guards import (
     WslinkGate,
     is_loopback,
 )
-from TACEResponseLib.frontend.web.session_setup import SETTINGS_FLAG, settings_line
+from TACEResponseLib.frontend.web.session_setup import READY_PREFIX, SETTINGS_FLAG, WARM_PREFIX, settings_line
 from TACEResponseLib.frontend.web.uploads import UploadLimits, UploadQuota, name_problem, stored_name, upload_problem
 
 logger = logging.getLogger(__name__)
 
-READY_PREFIX = "TACE_WEB_SESSION_READY"
 LAUNCHER_READY = "TACE_WEB_READY"
 COOKIE = "tace_web_auth"
 USER = web.RequestKey("tace_user", object)  # the logged-in user (None: no users file)
@@ -99,6 +102,11 @@ class WebOptions:
     login: LoginPolicy = field(default_factory=LoginPolicy)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     websocket: WebsocketLimits = field(default_factory=WebsocketLimits)
+    spare_sessions: int = 0  # the command's default is 1 (--spare-sessions)
+    #: seconds after a page took the spare before the next one starts: starting it (the session process, then
+    #: its worker's model and warm-up run) takes 10-15 s of CPU, which the page just opened — loading, and
+    #: often its first Predict — would otherwise share on a small server
+    spare_refill_delay: float = 20.0
 
     @property
     def secure(self) -> bool:
@@ -147,7 +155,8 @@ START_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>TACEResponse</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{{font:16px system-ui,sans-serif;display:flex;align-items:center;justify-content:center;height:90vh;
-color:#333}} .spin{{width:28px;height:28px;border:4px solid #ccc;border-top-color:#1976d2;border-radius:50%;
+color:#ddd;background:#121212}}
+.spin{{width:28px;height:28px;border:4px solid #444;border-top-color:#ffa726;border-radius:50%;
 animation:r 1s linear infinite;margin:0 auto 12px}} @keyframes r{{to{{transform:rotate(360deg)}}}}</style>
 </head><body><div style="text-align:center"><div class="spin"></div>
 <p id="tace-starting">Starting your TACEResponse session… (research use only)</p>
@@ -173,6 +182,8 @@ class Launcher:
         self.root = Path(tempfile.mkdtemp(prefix="tace-web-", dir=options.work_root))
         os.chmod(self.root, 0o700)
         self.sessions: dict[str, Session] = {}
+        self.spare: Session | None = None  # started before its page (given to the next page that asks)
+        self._refill: asyncio.TimerHandle | None = None  # the next spare's start, after a page took one
         self.http: ClientSession | None = None
         self._housekeeper: asyncio.Task | None = None
         self.app = web.Application(middlewares=[self._errors, self._hosts_and_origins, self._authenticate],
@@ -200,11 +211,16 @@ class Launcher:
     async def _start(self, _app) -> None:
         self.http = ClientSession(auto_decompress=False)
         self._housekeeper = asyncio.get_running_loop().create_task(self._housekeep())
+        self._start_spare()
 
     async def _stop(self, _app) -> None:
         if self._housekeeper is not None:
             self._housekeeper.cancel()
-        await asyncio.gather(*(self.end_session(s) for s in list(self.sessions.values())), return_exceptions=True)
+        spare, self.spare, self.options.spare_sessions = self.spare, None, 0
+        if self._refill is not None:
+            self._refill.cancel()
+        ending = list(self.sessions.values()) + ([spare] if spare is not None else [])
+        await asyncio.gather(*(self.end_session(s) for s in ending), return_exceptions=True)
         if self.http is not None:
             await self.http.close()
         if self.logins is not None:
@@ -346,22 +362,57 @@ class Launcher:
         if user is not None and mine >= self.options.max_sessions_per_user:
             return web.Response(status=429, text=f"You have {mine} sessions open, the most one user may have; close "
                                                   "a page (its session ends a minute later) and try again.")
-        sid = secrets.token_hex(16)
-        folder = self.root / sid
-        folder.mkdir(mode=0o700)
-        session = Session(sid, user, folder, secrets.token_urlsafe(32), quota=UploadQuota(self.options.limits),
-                          login=request.get(LOGIN))
-        self.sessions[sid] = session
+        spare = await self._claim_spare(user, request.get(LOGIN))
+        if spare is not None:
+            return web.Response(status=303, headers={"Location": f"/s/{spare.id}/"})
+        session = self._new_session(user, request.get(LOGIN))
+        self.sessions[session.id] = session
         asyncio.get_running_loop().create_task(self._run_session(session))
         await asyncio.wait_for(session.ready.wait(), timeout=self.options.start_timeout + 5)
         if session.error:
             return web.Response(status=500, text="The session could not start (the server's log says why).")
-        return web.Response(status=303, headers={"Location": f"/s/{sid}/"})
+        return web.Response(status=303, headers={"Location": f"/s/{session.id}/"})
 
-    async def _run_session(self, session: Session) -> None:
+    def _new_session(self, user, login: Login | None) -> Session:
+        """A session (its private folder made, not yet started)."""
+        sid = secrets.token_hex(16)
+        folder = self.root / sid
+        folder.mkdir(mode=0o700)
+        return Session(sid, user, folder, secrets.token_urlsafe(32), quota=UploadQuota(self.options.limits),
+                       login=login)
+
+    def _start_spare(self) -> None:
+        """Start a spare session unless one runs, spares are off, or every session is in use."""
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
+        if self.spare is None and self.options.spare_sessions > 0 and len(self.sessions) < self.options.max_sessions:
+            self.spare = self._new_session(None, None)
+            asyncio.get_running_loop().create_task(self._run_session(self.spare, spare=True))
+
+    async def _claim_spare(self, user, login: Login | None) -> Session | None:
+        """The spare session for this page (it becomes the user's; a new spare starts after
+        ``spare_refill_delay``), waiting for it when it is still starting (it is ahead of any session
+        started now); None when there is none."""
+        spare = self.spare
+        if spare is not None and not spare.ready.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(spare.ready.wait()), timeout=self.options.start_timeout)
+        if spare is None or spare is not self.spare or not spare.ready.is_set() or spare.error \
+                or spare.process is None or spare.process.returncode is not None:
+            return None
+        self.spare = None
+        spare.user, spare.login, spare.started = user, login, time.monotonic()  # its lifetime starts now
+        self.sessions[spare.id] = spare
+        logger.info("spare session %s given to a page (user %s)", spare.id[:8], user)
+        if self._refill is None:
+            self._refill = asyncio.get_running_loop().call_later(self.options.spare_refill_delay, self._start_spare)
+        return spare
+
+    async def _run_session(self, session: Session, spare: bool = False) -> None:
         command = [self.options.python, "-m", "TACEResponseLib.frontend.web.session", "--host", "127.0.0.1",
                    "--port", "0", "--server", "--timeout", str(self.options.session_timeout), SETTINGS_FLAG,
-                   *self.options.session_arguments]
+                   *self.options.session_arguments, *(["--spare"] if spare else [])]
         env = dict(os.environ, PYTHONUNBUFFERED="1", TRAME_SERVER="1")
         env.pop("TACERESPONSE_TRUST_DETACHED_HEADERS", None)  # never for other people's files
         env.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -370,7 +421,8 @@ class Launcher:
                 *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True, cwd=session.folder)
             assert session.process.stdin is not None
-            session.process.stdin.write(settings_line(session.folder, session.key, self.options.limits).encode())
+            settings = settings_line(session.folder, session.key, self.options.limits, logout=self.logins is not None)
+            session.process.stdin.write(settings.encode())
             await session.process.stdin.drain()
             session.process.stdin.close()
             reader = asyncio.get_running_loop().create_task(self._read_output(session))
@@ -382,12 +434,9 @@ class Launcher:
             if session.error:
                 logger.warning("session %s did not start: %s", session.id[:8], session.error)
             else:
-                logger.info("session %s ready on port %s (user %s)", session.id[:8], session.port, session.user)
-                try:
-                    await asyncio.wait_for(session.process.wait(), timeout=self.options.session_lifetime)
-                except asyncio.TimeoutError:
-                    logger.info("session %s reached its lifetime of %.0f s", session.id[:8], self.options.session_lifetime)
-                    await self.end_session(session)
+                logger.info("%s %s ready on port %s (user %s)", "spare session" if spare else "session",
+                            session.id[:8], session.port, session.user)
+                await self._live(session)
             await asyncio.wait_for(reader, timeout=5)
         except Exception as exc:  # noqa: BLE001 - a session that fails must not stop the launcher
             session.error = session.error or str(exc)
@@ -395,6 +444,22 @@ class Launcher:
             logger.exception("session %s failed", session.id[:8])
         finally:
             await self.end_session(session)
+            if self.spare is session:  # a spare that failed or ended before a page took it
+                self.spare = None
+
+    async def _live(self, session: Session) -> None:
+        """Until the session process ends, or its lifetime (counted from when a page got it) is over."""
+        lifetime = self.options.session_lifetime
+        while session.process.returncode is None:
+            unclaimed = session is self.spare
+            left = lifetime if unclaimed else lifetime - (time.monotonic() - session.started)
+            if left <= 0:
+                logger.info("session %s reached its lifetime of %.0f s", session.id[:8], lifetime)
+                await self.end_session(session)
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(session.process.wait(), timeout=left)
+
     async def _read_output(self, session: Session) -> None:
         assert session.process is not None and session.process.stdout is not None
         last: list[str] = []
@@ -404,6 +469,9 @@ class Launcher:
             if line.startswith(READY_PREFIX) and not session.ready.is_set():
                 session.port = int(line.split("port=")[1].split()[0])
                 session.ready.set()
+            elif line.startswith(WARM_PREFIX):
+                what = "spare session" if session is self.spare else "session"
+                logger.info("%s %s: prediction worker warm (%s)", what, session.id[:8], line.split(None, 1)[-1])
             elif "Traceback" in line or line.startswith(("ERROR", "error:")):
                 logger.warning("[session %s] %s", session.id[:8], line)
             else:
@@ -426,6 +494,7 @@ class Launcher:
                 await process.wait()
         if self.sessions.pop(session.id, None) is not None:
             logger.info("session %s ended; its folder is removed", session.id[:8])
+            self._start_spare()  # a place became free
         shutil.rmtree(session.folder, ignore_errors=True)
 
     # -- the page ---------------------------------------------------------------------------------

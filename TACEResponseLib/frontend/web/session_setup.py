@@ -25,11 +25,15 @@ logger = logging.getLogger(__name__)
 
 #: the session's argument telling it to read its settings from standard input
 SETTINGS_FLAG = "--settings-from-stdin"
+#: what a session process prints when its server listens (``… port=N``) and when its prediction worker is warm
+READY_PREFIX = "TACE_WEB_SESSION_READY"
+WARM_PREFIX = "TACE_WEB_SESSION_WARM"
 
 
-def settings_line(folder: Path, key: str, limits) -> str:
-    """What the launcher writes to a new session's standard input."""
-    return json.dumps({"session_dir": str(folder), "key": key, "upload_limits": {
+def settings_line(folder: Path, key: str, limits, logout: bool = False) -> str:
+    """What the launcher writes to a new session's standard input (``logout``: users log in, so the page
+    offers a log-out)."""
+    return json.dumps({"session_dir": str(folder), "key": key, "logout": logout, "upload_limits": {
         "max_file_bytes": limits.max_file_bytes, "max_session_bytes": limits.max_session_bytes,
         "max_files": limits.max_files, "max_image_voxels": limits.max_image_voxels,
         "max_image_bytes": limits.max_image_bytes, "max_decoded_bytes": limits.max_decoded_bytes}}) + "\n"
@@ -50,6 +54,8 @@ def prepare_session_process(argv: list[str] | None = None, stdin=None) -> None:
         # "--name=value": a key may begin with "-"
         argv += [f"--session-dir={settings['session_dir']}", f"--authKey={settings['key']}",
                  f"--upload-limits={json.dumps(limits.to_client())}"]
+        if settings.get("logout"):
+            argv.append("--logout-link")
     set_default_rules(limits.reading_rules())
     hide_tracebacks()
 

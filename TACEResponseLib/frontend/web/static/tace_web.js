@@ -61,5 +61,13 @@
     return files.length === 1 && files[0].name.toLowerCase().endsWith(".seg.nrrd") ? "segmentation" : "image";
   }
 
-  window.taceWeb = { upload, kindOf };
+  // The result's details: scrolled into view in the panel (the summary stays in the action bar).
+  function showResult() {
+    window.setTimeout(() => {
+      const result = document.getElementById("tace-result");
+      if (result) result.scrollIntoView({ behavior: "smooth", block: "start" });
+    }, 50);
+  }
+
+  window.taceWeb = { upload, kindOf, showResult };
 })();
