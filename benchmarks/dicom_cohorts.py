@@ -63,6 +63,7 @@ def _read_all_bytes(paths: list[Path]) -> int:
 
 
 def main() -> int:
+    load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "ct"
@@ -102,7 +103,9 @@ def main() -> int:
                   "import_MB_per_s": round(total / 1e6 / import_s, 1), "plain_read_MB_per_s": round(total / 1e6 / plain_s, 1),
                   "what": "HCC-TACE-Seg import (512² replica, 5 series per patient) beside a plain read of the same files"}
     print(f"\nread_volume ÷ SimpleITK = {ratio:.2f} (goal ≤ {GOAL_RATIO})")
-    save_results("dicom_cohorts", {"rows": rows, "targets": targets, "import_throughput": throughput, "load_average_1min": round(os.getloadavg()[0], 2)})
+    save_results("dicom_cohorts", {"rows": rows, "targets": targets, "import_throughput": throughput,
+                                     "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                     "load_average": {"before": load_before, "after": os.getloadavg()}})
     return 0
 
 

@@ -162,7 +162,14 @@ animation:r 1s linear infinite;margin:0 auto 12px}} @keyframes r{{to{{transform:
 <p id="tace-starting">Starting your TACEResponse session… (research use only)</p>
 <form id="tace-start" method="post" action="/sessions"><noscript><button type="submit">Start a session</button>
 </noscript></form>{logout}
-<script nonce="{nonce}">document.getElementById("tace-start").submit();</script></div></body></html>
+<script nonce="{nonce}">/* asked for after this page's first paint (a frame's callback, then a task), so the
+spinner shows at once even when a spare session answers before the page would paint; a tab opened in the
+background draws no frames, so it asks after 200 ms at the latest */
+let asked = false;
+const ask = () => {{ if (!asked) {{ asked = true; document.getElementById("tace-start").submit(); }} }};
+requestAnimationFrame(() => setTimeout(ask, 0));
+setTimeout(ask, 200);</script>
+</div></body></html>
 """
 LOGOUT_FORM = '<form method="post" action="/logout"><button type="submit">Log out</button></form>'
 LOGOUT_PAGE = ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>TACEResponse: log out</title></head>'
