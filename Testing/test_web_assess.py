@@ -80,8 +80,15 @@ def page(server):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1500, "height": 1000})
         tab = context.new_page()
-        tab.goto(server)
-        _poll(lambda: tab.evaluate("() => !!(window.trame && window.trame.state)"), 120, "the page")
+        tab.goto(server)  # the launcher's start page, which asks for a session (a POST) once it has painted
+
+        def session_page() -> bool:
+            try:
+                return tab.evaluate("() => !!(window.trame && window.trame.state)")
+            except playwright_api.Error:  # the start page navigating to the session's page meanwhile
+                return False
+
+        _poll(session_page, 120, "the page")
         _poll(lambda: len(_state(tab, "volumes") or []) == 2, 120, "the baseline case")
         yield tab
         context.close()
