@@ -297,7 +297,8 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             node = p.segmentationNode
             segmentId = self._segmentChoice.update(node, mrml.segment_ids(node) if node else [], p.segmentId,
-                                                   segment_names=mrml.segment_names(node) if node else [])
+                                                   segment_names=mrml.segment_names(node) if node else [],
+                                                   preferred=mrml.tumour_segment_ids(node) if node else [])
             inputs = self.logic.collectInputs(p, self._missingPackages)
             view.show_forms(inputs, self.newPhaseSelector)
             self.ui.segmentSelector.setCurrentNode(p.segmentationNode)
@@ -356,7 +357,8 @@ class TACEResponseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._updating or self._parameterNode is None:
             return
         p = self._parameterNode
-        segmentId = self._segmentChoice.update(node, mrml.segment_ids(node) if node is not None else [], p.segmentId)
+        segmentId = self._segmentChoice.update(node, mrml.segment_ids(node) if node is not None else [], p.segmentId,
+                                               preferred=mrml.tumour_segment_ids(node) if node is not None else [])
         with slicer.util.NodeModify(p):
             p.segmentationNode, p.segmentId = node, segmentId
 

@@ -692,6 +692,22 @@ def segment_tag(vtk_segment, name: str) -> str | None:
     return str(value) if vtk_segment.GetTag(name, value) and str(value) else None
 
 
+def tumour_segment_ids(segmentation_node) -> list[str]:
+    """The node's segments that are tumours, in order: by the type of their terminology entry (Mass,
+    Neoplasm … as a DICOM SEG codes them) or their name, never the liver, vessels or necrosis
+    (:func:`~TACEResponseLib.imaging.dicom_seg.is_tumour_segment`, the rule the file readers use)."""
+    from TACEResponseLib.imaging.dicom_seg import is_tumour_segment
+
+    found = []
+    for segment_id in segment_ids(segmentation_node):
+        segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+        fields = (segment_tag(segment, TERMINOLOGY_TAG) or "").split("~")  # context~category~type~modifier~…
+        type_code = tuple((fields[2].split("^") + ["", "", ""])[:3]) if len(fields) > 2 else ("", "", "")
+        if is_tumour_segment(segment.GetName(), type_code):
+            found.append(segment_id)
+    return found
+
+
 def add_tumour_segment(segmentation_node, name: str = "Tumour") -> str:
     """Add an empty segment with the liver-tumour terminology (as the Segment Editor would after
     choosing it); returns its id."""

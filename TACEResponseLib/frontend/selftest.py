@@ -422,9 +422,10 @@ def check_demo_prediction_with_survival(scene, folder: str | Path, python: str |
 
 
 def check_segment_choice(scene) -> None:
-    """Choosing a segmentation selects its first segment; a chosen segment is kept; a segment id
-    left over from another segmentation is replaced; a deliberate "None" stays."""
-    from TACEResponseLib.frontend.mrml import add_tumour_segment, segment_ids
+    """Choosing a segmentation selects its first segment (its first tumour segment when it has one
+    coded so, as a DICOM SEG listing the liver first); a chosen segment is kept; a segment id left
+    over from another segmentation is replaced; a deliberate "None" stays."""
+    from TACEResponseLib.frontend.mrml import add_tumour_segment, segment_ids, tumour_segment_ids
 
     first = load_phantom_nodes(scene, seed=3).segmentation
     second = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "second")
@@ -444,6 +445,18 @@ def check_segment_choice(scene) -> None:
     check(choice.update(empty, segment_ids(empty), "Tumour", segment_names=["Tumour"]) == drawn,
           "a segment named by a script stands for its id")
     check(choice.update(None, [], drawn) == "", "no segmentation, no segment")
+    # a segmentation from a DICOM SEG that lists the liver first starts on its tumour
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "dicom seg")
+    liver = seg.GetSegmentation().AddEmptySegment("", "Liver", [0.8, 0.4, 0.3])
+    seg.GetSegmentation().GetSegment(liver).SetTag(
+        "TerminologyEntry", "Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure"
+        "~SCT^10200004^Liver~^^~^^~^^~^^")
+    mass = add_tumour_segment(seg, "Mass")
+    check(tumour_segment_ids(seg) == [mass], f"only the Mass segment is a tumour, got {tumour_segment_ids(seg)}")
+    check(choice.update(seg, segment_ids(seg), drawn, preferred=tumour_segment_ids(seg)) == mass,
+          "a DICOM SEG listing the liver first should start on its tumour segment")
+    check(choice.update(seg, segment_ids(seg), liver, preferred=tumour_segment_ids(seg)) == liver,
+          "the liver, chosen on purpose, is kept")
 
 
 def parameter_state(p) -> dict[str, Any]:

@@ -100,15 +100,17 @@ class SegmentChoice:
     The chosen segment is kept while the segmentation has it. Otherwise the first segment is
     selected when the segmentation was changed, when a segment was added, or when the chosen
     id does not exist (left over from another segmentation); a deliberate "None" on the same
-    segmentation is kept.
+    segmentation is kept. A segmentation newly chosen starts on its first ``preferred`` segment
+    (its tumours: a DICOM SEG often lists the liver first) when it has one.
     """
 
     segmentation: Any = None
 
     def update(self, segmentation: Any, segment_ids: Sequence[str], current: str,
-               segment_added: bool = False, segment_names: Sequence[str] = ()) -> str:
+               segment_added: bool = False, segment_names: Sequence[str] = (),
+               preferred: Sequence[str] = ()) -> str:
         """The segment id to select; ``segment_names`` (in the order of the ids) lets a script's
-        segment name stand for its segment."""
+        segment name stand for its segment; ``preferred``: the ids to start a new segmentation on."""
         changed = segmentation is not self.segmentation
         self.segmentation = segmentation
         if segmentation is None:
@@ -117,6 +119,10 @@ class SegmentChoice:
             return current
         if current and current in segment_names:
             return segment_ids[list(segment_names).index(current)]
+        if changed:
+            start = [i for i in preferred if i in segment_ids]
+            if start:
+                return start[0]
         if current or changed or segment_added:
             return segment_ids[0] if segment_ids else ""
         return ""
