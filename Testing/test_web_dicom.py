@@ -82,7 +82,11 @@ async def _download_dicom(url: str, timeout: float = 300.0) -> tuple[bytes, byte
         predict = _trigger_of(state["trame__template_main"], "tace-predict")
         await client.call("trame.trigger", predict, [], {})
         end = time.monotonic() + timeout
-        while not (state.get("stage") == "done" and state.get("result")):
+        # the summary is shown first; the downloads are enabled once the files they are made from exist
+        assert 'id="tace-download-dicom"' in state["trame__template_main"]
+        assert re.search(r'<[^<>]*id="tace-download-dicom"[^<>]*:disabled="!downloads_ready"', state["trame__template_main"]) \
+            or re.search(r'<[^<>]*:disabled="!downloads_ready"[^<>]*id="tace-download-dicom"', state["trame__template_main"])
+        while not (state.get("stage") == "done" and state.get("result") and state.get("downloads_ready")):
             assert not state.get("error"), state["error"]
             assert time.monotonic() < end, f"no result after {timeout:.0f} s (stage {state.get('stage')!r})"
             await asyncio.sleep(1.0)

@@ -262,7 +262,7 @@ def _result_body() -> None:
         for kind, label in (("json", "JSON"), ("csv", "CSV"), ("nrrd", "Heatmap NRRD"), ("mrb", "Slicer scene"),
                             ("dicom", "DICOM")):
             v3.VBtn(label, id=f"tace-download-{kind}", size="small", variant="tonal", classes="mr-1 mb-1",
-                    prepend_icon="mdi-download",
+                    prepend_icon="mdi-download", disabled=("!downloads_ready",),
                     click=f"utils.download(result.case_id + '{DOWNLOADS[kind][0]}', "
                           f"trigger('tace_download', ['{kind}']), 'application/octet-stream')")
 

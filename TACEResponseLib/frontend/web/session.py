@@ -164,7 +164,7 @@ class WebSession(TrameApp):
             "nomograms": [], "nomogram": "",
             "clinical_fields": [], "clinical_values": {}, "clinical_note": "",
             "blockers": [], "busy": False, "progress": 0, "stage": "", "status": "", "error": "",
-            "result": None, "result_serial": 0, "stale": False, "stale_text": STALE_TEXT, "selected_tumour": 0,
+            "result": None, "result_serial": 0, "downloads_ready": False, "stale": False, "stale_text": STALE_TEXT, "selected_tumour": 0,
             "figure_open": "", "editor_drawer": None, "worker_ready": False, "predict_timings": {},
             "heatmap_visible": True, "heatmap_opacity": 0.5, "heatmap_colormap": "inferno",
             "colormaps": list(mrml.HEATMAP_COLORMAPS), "layouts": list(LAYOUTS), "layout": LAYOUTS[0],
@@ -288,6 +288,7 @@ class WebSession(TrameApp):
             self.state.case_title, self.state.case_note, self.state.case_identity = title, note, identity
             self.state.volumes = [{"title": n.GetName(), "value": n.GetID()} for n in nodes]
             self.state.result, self.state.error, self.state.status = None, "", f"Opened {title}."
+            self.state.downloads_ready = False
             self.state.stale, self.state.selected_tumour = False, 0
             self.state.phase_nodes = self._assign_phases(nodes)
             # a new case starts with an empty form: the demo patient's made-up values never carry over
@@ -539,7 +540,8 @@ class WebSession(TrameApp):
                    "worker_s": clock["finished"] - clock["started"], "read_and_shown_s": clock["shown"] - clock["finished"],
                    "total_s": clock["shown"] - clock["clicked"], "case_in_worker_s": result.timings.get("total", 0.0),
                    "received_epoch": clock["clicked_epoch"], "sent_epoch": time.time()}
-        self.push(result=shown, result_serial=int(self.state.result_serial or 0) + 1, stale=False, selected_tumour=0,
+        self.push(result=shown, result_serial=int(self.state.result_serial or 0) + 1, downloads_ready=False,
+                  stale=False, selected_tumour=0,
                   progress=100, stage="done", predict_timings={k: round(v, 3) for k, v in timings.items()},
                   status=f"Done: {shown['summary']['scope']} {shown['summary']['headline']}.")
         await asyncio.sleep(0.05)  # sent before the views' new images queue up behind it
@@ -549,6 +551,7 @@ class WebSession(TrameApp):
                                  float(self.state.heatmap_opacity), self.state.heatmap_colormap)
         self.viewer.sync_layers()
         self.result, self._result_key, self._result_segment = result, key, segment
+        self.push(downloads_ready=True)  # the summary went ahead of the files the downloads are made from
         self.check_stale()  # an input changed while it ran
         await self._label_tumours(inputs, result)
         first = self._tumour_places.get("t0") or next((t.heatmap_peak_ras for t in result.tumours
